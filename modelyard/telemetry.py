@@ -1,0 +1,87 @@
+"""OpenTelemetry tracing and trace-aware logging, set up once per service process.
+
+Spans go over OTLP/gRPC when OTEL_EXPORTER_OTLP_ENDPOINT is set (Jaeger speaks
+OTLP natively); the standard OTEL_* variables configure the exporter and
+sampler. The gRPC interceptors make one request one trace across services.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.instrumentation.grpc import aio_client_interceptors, aio_server_interceptor
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+import modelyard
+
+_provider: TracerProvider | None = None
+
+
+def setup_tracing(service_name: str, *, instance_id: str = "") -> TracerProvider:
+    """Install the global tracer provider for this process (idempotent)."""
+    global _provider
+    if _provider is not None:
+        return _provider
+    attributes: dict[str, Any] = {
+        "service.name": os.environ.get("OTEL_SERVICE_NAME", service_name),
+        "service.namespace": "modelyard",
+        "service.version": modelyard.__version__,
+    }
+    if instance_id:
+        attributes["service.instance.id"] = instance_id
+    provider = TracerProvider(resource=Resource.create(attributes))
+    if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get(
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+    ):
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    trace.set_tracer_provider(provider)
+    _provider = provider
+    return provider
+
+
+def shutdown_tracing() -> None:
+    """Flush pending spans; call before the process exits."""
+    if _provider is not None:
+        _provider.force_flush(timeout_millis=5000)
+        _provider.shutdown()
+
+
+def server_interceptors() -> list[Any]:
+    return [aio_server_interceptor()]
+
+
+def client_interceptors() -> list[Any]:
+    return list(aio_client_interceptors())
+
+
+class _TraceContextFilter(logging.Filter):
+    """Adds trace_id/span_id of the current span to every record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        ctx = trace.get_current_span().get_span_context()
+        record.trace_id = format(ctx.trace_id, "032x") if ctx.is_valid else "-"
+        record.span_id = format(ctx.span_id, "016x") if ctx.is_valid else "-"
+        return True
+
+
+LOG_FORMAT = (
+    "%(asctime)s %(levelname)-7s %(name)s [trace_id=%(trace_id)s span_id=%(span_id)s] %(message)s"
+)
+
+
+def setup_logging(level: str = "INFO") -> None:
+    """Log to stderr with the trace id of the current request on every line."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(_TraceContextFilter())
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())

@@ -1,0 +1,76 @@
+"""Validation of generation input, shared by the router (fail fast) and the worker."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from modelyard.errors import FieldViolation, InvalidArgument
+from modelyard.v1 import common_pb2
+
+DEFAULT_MAX_TOKENS = 256
+MAX_STOP_SEQUENCES = 16
+CHAT_ROLES = frozenset({"system", "user", "assistant", "tool"})
+
+
+def sampling_violations(s: common_pb2.SamplingParams, prefix: str = "sampling") -> list[FieldViolation]:
+    out: list[FieldViolation] = []
+
+    def bad(field: str, description: str) -> None:
+        out.append(FieldViolation(f"{prefix}.{field}", description))
+
+    if s.max_tokens < 0:
+        bad("max_tokens", f"must be >= 0 (0 means the default), got {s.max_tokens}")
+    if s.HasField("temperature") and not (s.temperature >= 0 and math.isfinite(s.temperature)):
+        bad("temperature", f"must be >= 0 (0 is greedy), got {s.temperature}")
+    if s.HasField("top_p") and not (0 < s.top_p <= 1):
+        bad("top_p", f"must be in (0, 1], got {s.top_p}")
+    if s.top_k < 0:
+        bad("top_k", f"must be >= 0 (0 disables), got {s.top_k}")
+    if not (0 <= s.min_p <= 1):
+        bad("min_p", f"must be in [0, 1], got {s.min_p}")
+    for name in ("presence_penalty", "frequency_penalty"):
+        value = getattr(s, name)
+        if not (-2 <= value <= 2):
+            bad(name, f"must be in [-2, 2], got {value}")
+    if s.HasField("repetition_penalty") and not s.repetition_penalty > 0:
+        bad("repetition_penalty", f"must be > 0, got {s.repetition_penalty}")
+    if len(s.stop) > MAX_STOP_SEQUENCES:
+        bad("stop", f"at most {MAX_STOP_SEQUENCES} stop sequences, got {len(s.stop)}")
+    if any(not seq for seq in s.stop):
+        bad("stop", "stop sequences must be non-empty")
+    return out
+
+
+def input_violations(
+    prompt: str, messages: Sequence[common_pb2.ChatMessage]
+) -> list[FieldViolation]:
+    out: list[FieldViolation] = []
+    if prompt and messages:
+        out.append(FieldViolation("prompt", "set either prompt or messages, not both"))
+    elif not prompt and not messages:
+        out.append(FieldViolation("prompt", "set a prompt or at least one chat message"))
+    for i, m in enumerate(messages):
+        if m.role not in CHAT_ROLES:
+            out.append(
+                FieldViolation(
+                    f"messages[{i}].role",
+                    f"must be one of {', '.join(sorted(CHAT_ROLES))}, got {m.role!r}",
+                )
+            )
+    return out
+
+
+def check_generation(
+    prompt: str,
+    messages: Sequence[common_pb2.ChatMessage],
+    sampling: common_pb2.SamplingParams,
+) -> None:
+    """Raise INVALID_ARGUMENT listing every bad field of a generation request."""
+    violations = input_violations(prompt, messages) + sampling_violations(sampling)
+    if violations:
+        raise InvalidArgument.for_violations(violations)
+
+
+def max_tokens_of(sampling: common_pb2.SamplingParams) -> int:
+    return sampling.max_tokens or DEFAULT_MAX_TOKENS

