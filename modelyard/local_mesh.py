@@ -1,0 +1,220 @@
+"""Run registry, worker(s) and router as child processes on loopback.
+
+`modelyard up` and the integration tests both use this: each service is a real
+process (`python -m modelyard <service> serve`), ready once its grpc.health.v1
+check answers SERVING. Children die with their parent (PR_SET_PDEATHSIG on
+Linux) and are stopped SIGTERM-first, so nothing is left orphaned.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+_PR_SET_PDEATHSIG = 1
+
+
+class ServiceFailed(RuntimeError):
+    """A child service exited or did not become healthy in time."""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _die_with_parent() -> None:
+    # Runs in the child between fork and exec: ask the kernel to SIGTERM us when
+    # the parent dies, even by SIGKILL.
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+@dataclass
+class ServiceProcess:
+    """One running service."""
+
+    name: str
+    address: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def wait_healthy(self, timeout_s: float = 60.0) -> None:
+        """Block until the health check says SERVING; raise with the log tail otherwise."""
+        deadline = time.monotonic() + timeout_s
+        with grpc.insecure_channel(self.address) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            while True:
+                if self.process.poll() is not None:
+                    raise ServiceFailed(
+                        f"{self.name} exited with code {self.process.returncode}; "
+                        f"log {self.log_path}:\n{self.log_tail()}"
+                    )
+                try:
+                    reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                except grpc.RpcError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise ServiceFailed(
+                        f"{self.name} on {self.address} not healthy after {timeout_s:.0f} s; "
+                        f"log {self.log_path}:\n{self.log_tail()}"
+                    )
+                time.sleep(0.1)
+
+    def stop(self, timeout_s: float = 15.0) -> int:
+        """SIGTERM (graceful), then SIGKILL after timeout_s. Returns the exit code."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def spawn_service(
+    name: str,
+    args: Sequence[str],
+    address: str,
+    log_path: Path,
+    env: Mapping[str, str] | None = None,
+) -> ServiceProcess:
+    """Start `python -m modelyard <args>` with output going to log_path."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    child_env = {**os.environ, **(env or {})}
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "modelyard", *args],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=child_env,
+            # Own process group: a terminal Ctrl-C reaches only `up`, which then
+            # stops the children in order.
+            start_new_session=True,
+            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+        )
+    return ServiceProcess(name, address, process, log_path)
+
+
+@dataclass
+class LocalMesh:
+    """Registry + workers + router on loopback, as separate processes."""
+
+    data_dir: Path
+    registry_port: int = 0
+    router_port: int = 0
+    worker_ports: Sequence[int] = (0,)
+    worker_threads: int | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+    services: list[ServiceProcess] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.registry_port = self.registry_port or free_port()
+        self.router_port = self.router_port or free_port()
+        self.worker_ports = [p or free_port() for p in self.worker_ports]
+
+    @property
+    def registry_address(self) -> str:
+        return f"127.0.0.1:{self.registry_port}"
+
+    @property
+    def router_address(self) -> str:
+        return f"127.0.0.1:{self.router_port}"
+
+    @property
+    def worker_addresses(self) -> list[str]:
+        return [f"127.0.0.1:{p}" for p in self.worker_ports]
+
+    def start(self, timeout_s: float = 90.0) -> None:
+        """Start every service and wait until all are healthy; on failure stop what started."""
+        logs = self.data_dir / "logs"
+        try:
+            self.services.append(
+                spawn_service(
+                    "registry",
+                    [
+                        "registry",
+                        "serve",
+                        "--address",
+                        self.registry_address,
+                        "--database-url",
+                        f"sqlite+aiosqlite:///{self.data_dir / 'registry.db'}",
+                    ],
+                    self.registry_address,
+                    logs / "registry.log",
+                    self.env,
+                )
+            )
+            for i, address in enumerate(self.worker_addresses):
+                args = ["worker", "serve", "--address", address, "--worker-id", f"worker-{i}"]
+                if self.worker_threads:
+                    args += ["--threads", str(self.worker_threads)]
+                self.services.append(
+                    spawn_service(f"worker-{i}", args, address, logs / f"worker-{i}.log", self.env)
+                )
+            router_args = [
+                "router",
+                "serve",
+                "--address",
+                self.router_address,
+                "--registry-address",
+                self.registry_address,
+            ]
+            for address in self.worker_addresses:
+                router_args += ["--worker", address]
+            self.services.append(
+                spawn_service(
+                    "router", router_args, self.router_address, logs / "router.log", self.env
+                )
+            )
+            for service in self.services:
+                service.wait_healthy(timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+
+    def service(self, name: str) -> ServiceProcess:
+        for s in self.services:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+    def stop(self) -> None:
+        """Stop the router first (no new requests), then workers, then the registry."""
+        for service in reversed(self.services):
+            service.stop()
+        self.services.clear()

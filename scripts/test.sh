@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Set up everything from PyPI and run every check: the contract, lint, types, the test suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh dev
+export PATH="$PWD/.venv/bin:$PATH"
+
+echo "==> buf lint and buf format"
+buf lint
+buf format --diff --exit-code
+
+echo "==> generated stubs match the protos"
+bash scripts/gen_protos.sh
+if [ -n "$(git status --porcelain -- modelyard/v1)" ]; then
+  git status --short -- modelyard/v1
+  echo "modelyard/v1 differs from what the protos generate: run scripts/gen_protos.sh and commit" >&2
+  exit 1
+fi
+
+echo "==> ruff"
+ruff check .
+ruff format --check .
+
+echo "==> mypy"
+mypy
+
+echo "==> pytest"
+pytest -p no:cacheprovider "$@"

@@ -1,0 +1,44 @@
+"""A real mesh for the integration tests: registry, worker and router as separate
+processes on loopback, serving the real SmolLM2 model."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from modelyard.bundled import smollm2_model
+from modelyard.local_mesh import LocalMesh
+from modelyard.v1 import model_pb2, registry_pb2, registry_pb2_grpc
+
+
+def register(registry_address: str, model: model_pb2.Model) -> None:
+    with grpc.insecure_channel(registry_address) as channel:
+        registry_pb2_grpc.RegistryServiceStub(channel).RegisterModel(
+            registry_pb2.RegisterModelRequest(model=model), timeout=30
+        )
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> model_pb2.Model:
+    return smollm2_model()
+
+
+@pytest.fixture(scope="session")
+def mesh(tmp_path_factory: pytest.TempPathFactory, smollm2: model_pb2.Model) -> Iterator[LocalMesh]:
+    data_dir: Path = tmp_path_factory.mktemp("mesh")
+    local = LocalMesh(data_dir=data_dir, worker_threads=2)
+    local.start()
+    try:
+        register(local.registry_address, smollm2)
+        yield local
+    finally:
+        local.stop()
+
+
+@pytest.fixture
+def router_channel(mesh: LocalMesh) -> Iterator[grpc.Channel]:
+    with grpc.insecure_channel(mesh.router_address) as channel:
+        yield channel

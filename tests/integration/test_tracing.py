@@ -1,0 +1,84 @@
+"""One generation is one trace across router and worker, exported over real OTLP/gRPC."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+
+from modelyard.local_mesh import LocalMesh
+from modelyard.v1 import common_pb2, model_pb2, router_pb2, router_pb2_grpc
+from tests.integration.conftest import register
+from tests.otlp_receiver import OtlpReceiver, ReceivedSpan
+
+ROUTER_RPC = "/modelyard.v1.RouterService/Generate"
+WORKER_RPC = "/modelyard.v1.WorkerService/Generate"
+
+
+def _ancestors(span: ReceivedSpan, by_id: dict[str, ReceivedSpan]) -> list[ReceivedSpan]:
+    chain = []
+    while span.parent_span_id in by_id:
+        span = by_id[span.parent_span_id]
+        chain.append(span)
+    return chain
+
+
+def test_router_and_worker_spans_share_one_trace_and_nest(
+    tmp_path: Path, smollm2: model_pb2.Model
+) -> None:
+    receiver = OtlpReceiver()
+    receiver.start()
+    env = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+        "OTEL_EXPORTER_OTLP_INSECURE": "true",
+        "OTEL_BSP_SCHEDULE_DELAY": "100",
+    }
+    mesh = LocalMesh(data_dir=tmp_path, worker_threads=2, env=env)
+    try:
+        mesh.start()
+        register(mesh.registry_address, smollm2)
+        with grpc.insecure_channel(mesh.router_address) as channel:
+            stub = router_pb2_grpc.RouterServiceStub(channel)
+            events = list(
+                stub.Generate(
+                    router_pb2.GenerateRequest(
+                        model=smollm2.name,
+                        prompt="Hello",
+                        request_id="trace-me",
+                        sampling=common_pb2.SamplingParams(max_tokens=8, temperature=0.0),
+                    ),
+                    timeout=120,
+                )
+            )
+        assert events[-1].WhichOneof("event") == "finished"
+
+        def complete(spans: list[ReceivedSpan]) -> bool:
+            names = {(s.service, s.name) for s in spans}
+            return (
+                ("modelyard-router", ROUTER_RPC) in names
+                and (
+                    "modelyard-worker",
+                    WORKER_RPC,
+                )
+                in names
+                and any(s.name == "engine.decode" for s in spans)
+            )
+
+        spans = receiver.wait_for(complete)
+    finally:
+        mesh.stop()
+        receiver.stop()
+
+    router_span = next(s for s in spans if s.service == "modelyard-router" and s.name == ROUTER_RPC)
+    trace = [s for s in spans if s.trace_id == router_span.trace_id]
+    by_id = {s.span_id: s for s in trace}
+    worker_span = next(s for s in trace if s.service == "modelyard-worker" and s.name == WORKER_RPC)
+    # The worker's server span descends from the router's server span, through the
+    # router's client span for the outgoing call.
+    chain = _ancestors(worker_span, by_id)
+    assert router_span in chain
+    assert chain[0].service == "modelyard-router"
+    decode = next(s for s in trace if s.name == "engine.decode")
+    assert worker_span in _ancestors(decode, by_id)
+    assert decode.attributes.get("gen_ai.request.model") == smollm2.name
+    assert decode.attributes.get("gen_ai.usage.output_tokens") == 8
