@@ -1,0 +1,36 @@
+"""Settings of the registry process, from MODELYARD_REGISTRY_* variables or flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_database_url() -> str:
+    return "sqlite+aiosqlite:///" + str(Path("~/.modelyard/registry.db").expanduser())
+
+
+class RegistrySettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MODELYARD_REGISTRY_", extra="ignore")
+
+    address: str = Field(
+        default="127.0.0.1:50051",
+        description="host:port to listen on; port 0 picks a free port.",
+    )
+    database_url: str = Field(
+        default_factory=default_database_url,
+        description=(
+            "SQLAlchemy async URL of the catalogue: sqlite+aiosqlite:///path.db "
+            "(default ~/.modelyard/registry.db) or postgresql+asyncpg://user@host/db."
+        ),
+    )
+    log_level: str = Field(default="INFO", description="Log level: DEBUG, INFO, WARNING or ERROR.")
+    admin_token: str = Field(
+        default="",
+        description=(
+            "Bearer token required for writes; empty disables the check "
+            "(not enforced yet in this release)."
+        ),
+    )

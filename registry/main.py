@@ -1,0 +1,55 @@
+"""Run the registry: open the store, serve gRPC until SIGINT/SIGTERM, stop cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Callable
+
+from modelyard.server import host_of, start_server, wait_for_signal
+from modelyard.telemetry import setup_logging, setup_tracing, shutdown_tracing
+from registry.config import RegistrySettings
+from registry.service import SERVICE_NAME, add_to_server
+from registry.store import open_store
+
+log = logging.getLogger(__name__)
+
+# In-flight calls get this long to finish after a stop signal.
+STOP_GRACE_S = 5.0
+
+
+async def serve(
+    settings: RegistrySettings, *, on_ready: Callable[[int], None] | None = None
+) -> None:
+    """Serve until a stop signal; `on_ready` gets the bound port (useful with port 0)."""
+    store = await open_store(settings.database_url)
+    try:
+        running = await start_server(
+            settings.address, functools.partial(add_to_server, store), [SERVICE_NAME]
+        )
+        try:
+            log.info(
+                "registry listening on %s:%d (catalogue %s)",
+                host_of(settings.address),
+                running.port,
+                store.engine.url.render_as_string(hide_password=True),
+            )
+            if on_ready is not None:
+                on_ready(running.port)
+            await wait_for_signal()
+            log.info("registry stopping")
+        finally:
+            await running.stop(STOP_GRACE_S)
+    finally:
+        await store.close()
+
+
+def run(settings: RegistrySettings) -> None:
+    """The process entry point behind `modelyard registry serve`."""
+    setup_logging(settings.log_level)
+    setup_tracing("modelyard-registry")
+    try:
+        asyncio.run(serve(settings))
+    finally:
+        shutdown_tracing()

@@ -1,0 +1,93 @@
+"""The catalogue's SQL schema (SQLite by default, PostgreSQL in a cluster).
+
+A model version is stored as the columns queries filter or sort on plus the
+full Model message (without stage and timestamps, which live in columns) so a
+new proto field needs no new column.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class CatalogRow(Base):
+    """One row holding the catalogue's current revision.
+
+    A counter row (rather than max(changes.revision)) survives pruning of old
+    changes and, on PostgreSQL, its row lock serializes concurrent writers.
+    """
+
+    __tablename__ = "catalog"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    revision: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+CATALOG_ID = 1
+
+
+class ChangeRow(Base):
+    """One write to the catalogue: what Watch replays after a given revision."""
+
+    __tablename__ = "changes"
+
+    revision: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    kind: Mapped[int] = mapped_column(Integer)  # registry_pb2.ChangeKind
+    payload: Mapped[bytes] = mapped_column(LargeBinary)  # a serialized CatalogChange
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ModelRow(Base):
+    __tablename__ = "models"
+    __table_args__ = (
+        UniqueConstraint("name", "version", name="uq_models_name_version"),
+        Index("ix_models_name_id", "name", "id"),
+        # Ids order versions by registration; never reuse one after a delete.
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(128))
+    version: Mapped[str] = mapped_column(String(128))
+    stage: Mapped[int] = mapped_column(Integer)  # model_pb2.Stage
+    chat: Mapped[bool]
+    completion: Mapped[bool]
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    spec: Mapped[bytes] = mapped_column(LargeBinary)  # Model, deterministic serialization
+
+
+class ModelTagRow(Base):
+    __tablename__ = "model_tags"
+
+    model_id: Mapped[int] = mapped_column(
+        ForeignKey("models.id", ondelete="CASCADE"), primary_key=True
+    )
+    tag: Mapped[str] = mapped_column(String, primary_key=True)
+
+
+class ModelLabelRow(Base):
+    __tablename__ = "model_labels"
+    __table_args__ = (Index("ix_model_labels_key_value", "key", "value"),)
+
+    model_id: Mapped[int] = mapped_column(
+        ForeignKey("models.id", ondelete="CASCADE"), primary_key=True
+    )
+    key: Mapped[str] = mapped_column(String, primary_key=True)
+    value: Mapped[str] = mapped_column(String)

@@ -1,0 +1,171 @@
+"""RegistryService over a real in-process grpc.aio server, called with the generated stub."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import cast
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from modelyard.errors import from_rpc_error
+from modelyard.server import start_server
+from modelyard.v1 import model_pb2, registry_pb2, registry_pb2_grpc
+from registry.config import RegistrySettings
+from registry.main import serve
+from registry.service import SERVICE_NAME, add_to_server
+from registry.store import open_store
+
+
+@pytest.fixture
+async def channel(tmp_path: Path) -> AsyncIterator[grpc.aio.Channel]:
+    store = await open_store(f"sqlite+aiosqlite:///{tmp_path / 'registry.db'}")
+    running = await start_server(
+        "127.0.0.1:0", functools.partial(add_to_server, store), [SERVICE_NAME]
+    )
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as chan:
+        yield chan
+    await running.stop(0)
+    await store.close()
+
+
+@pytest.fixture
+def stub(channel: grpc.aio.Channel) -> registry_pb2_grpc.RegistryServiceAsyncStub:
+    # grpc is untyped here, so the stub's overload cannot tell that this channel is async.
+    return cast(
+        "registry_pb2_grpc.RegistryServiceAsyncStub", registry_pb2_grpc.RegistryServiceStub(channel)
+    )
+
+
+def model(version: str = "1", uri: str = "file:///models/smollm2.gguf") -> model_pb2.Model:
+    return model_pb2.Model(
+        name="smollm2",
+        version=version,
+        artifact=model_pb2.Artifact(uri=uri),
+        capabilities=model_pb2.Capabilities(chat=True),
+    )
+
+
+async def test_register_get_list_round_trip(
+    stub: registry_pb2_grpc.RegistryServiceAsyncStub,
+) -> None:
+    registered = await stub.RegisterModel(registry_pb2.RegisterModelRequest(model=model()))
+    again = await stub.RegisterModel(registry_pb2.RegisterModelRequest(model=model()))
+    got = await stub.GetModel(registry_pb2.GetModelRequest(name="smollm2"))
+    listed = await stub.ListModels(registry_pb2.ListModelsRequest(require_chat=True))
+
+    assert registered.created and registered.revision == 1
+    assert registered.model.stage == model_pb2.STAGE_STAGING
+    assert not again.created and again.revision == 1
+    assert got.model == registered.model
+    assert list(listed.models) == [registered.model]
+    assert listed.revision == 1
+    assert listed.next_page_token == ""
+
+
+async def test_invalid_argument_names_the_field(
+    stub: registry_pb2_grpc.RegistryServiceAsyncStub,
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.RegisterModel(registry_pb2.RegisterModelRequest(model=model(uri="")))
+
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "model.artifact.uri" in (caught.value.details() or "")
+    err = from_rpc_error(caught.value)
+    assert [v.field for v in err.violations] == ["model.artifact.uri"]
+
+
+async def test_missing_model_is_invalid_argument(
+    stub: registry_pb2_grpc.RegistryServiceAsyncStub,
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.RegisterModel(registry_pb2.RegisterModelRequest())
+
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [v.field for v in from_rpc_error(caught.value).violations] == ["model"]
+
+
+async def test_not_found(stub: registry_pb2_grpc.RegistryServiceAsyncStub) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.GetModel(registry_pb2.GetModelRequest(name="nope"))
+
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "model 'nope' not found" in (caught.value.details() or "")
+    assert from_rpc_error(caught.value).reason == "MODEL_NOT_FOUND"
+
+
+async def test_already_exists(stub: registry_pb2_grpc.RegistryServiceAsyncStub) -> None:
+    await stub.RegisterModel(registry_pb2.RegisterModelRequest(model=model()))
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.RegisterModel(
+            registry_pb2.RegisterModelRequest(model=model(uri="file:///other.gguf"))
+        )
+
+    assert caught.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert "smollm2@1" in (caught.value.details() or "")
+
+
+async def test_later_rpcs_are_unimplemented(
+    stub: registry_pb2_grpc.RegistryServiceAsyncStub,
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.SetStage(registry_pb2.SetStageRequest(name="smollm2", version="1"))
+    assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert "issue #3" in (caught.value.details() or "")
+
+    with pytest.raises(grpc.aio.AioRpcError) as streamed:
+        async for _ in stub.Watch(registry_pb2.WatchRequest()):
+            pass
+    assert streamed.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+async def test_health_reports_serving(channel: grpc.aio.Channel) -> None:
+    health = health_pb2_grpc.HealthStub(channel)
+    for service in ("", SERVICE_NAME):
+        reply = await health.Check(health_pb2.HealthCheckRequest(service=service))
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_serve_answers_until_sigterm_then_stops(tmp_path: Path) -> None:
+    settings = RegistrySettings(
+        address="127.0.0.1:0", database_url=f"sqlite+aiosqlite:///{tmp_path / 'r.db'}"
+    )
+    ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    server = asyncio.create_task(serve(settings, on_ready=ready.set_result))
+    port = await asyncio.wait_for(ready, 10)
+
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as chan:
+        stub = registry_pb2_grpc.RegistryServiceStub(chan)
+        reply = await stub.RegisterModel(registry_pb2.RegisterModelRequest(model=model()))
+        assert reply.created
+
+    # serve() installed its handler before on_ready returned control to this task.
+    os.kill(os.getpid(), signal.SIGTERM)
+    await asyncio.wait_for(server, 10)
+
+
+def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MODELYARD_REGISTRY_ADDRESS", "0.0.0.0:6000")
+    monkeypatch.setenv("MODELYARD_REGISTRY_DATABASE_URL", "sqlite+aiosqlite:///x.db")
+
+    settings = RegistrySettings()
+
+    assert settings.address == "0.0.0.0:6000"
+    assert settings.database_url == "sqlite+aiosqlite:///x.db"
+    assert settings.log_level == "INFO"
+
+
+def test_default_database_is_under_the_home_directory(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MODELYARD_REGISTRY_DATABASE_URL", raising=False)
+
+    url = RegistrySettings().database_url
+
+    assert url.startswith("sqlite+aiosqlite:///")
+    assert url.endswith(str(Path("~/.modelyard/registry.db").expanduser()))
