@@ -30,7 +30,26 @@ class RegistrySettings(BaseSettings):
     admin_token: str = Field(
         default="",
         description=(
-            "Bearer token required for writes; empty disables the check "
-            "(not enforced yet in this release)."
+            "Bearer token required for writes (metadata 'authorization: Bearer <token>'); "
+            "empty disables the check. Reads are always open."
         ),
+    )
+    change_retention: int = Field(
+        default=10_000,
+        ge=1,
+        description=(
+            "Changes kept for Watch to replay; a watcher resuming from further back "
+            "gets a fresh snapshot instead."
+        ),
+    )
+    watch_poll_interval_s: float = Field(
+        default=1.0,
+        gt=0,
+        description=(
+            "How often watchers check for writes made by other registry replicas "
+            "(writes of this replica wake them at once)."
+        ),
+    )
+    metrics_port: int = Field(
+        default=0, ge=0, le=65535, description="Prometheus /metrics port; 0 = off."
     )

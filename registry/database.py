@@ -1,4 +1,4 @@
-"""The engine under the store: SQLite settings, schema creation, the revision row."""
+"""The engine under the store: SQLite settings and transactions, PostgreSQL pool."""
 
 from __future__ import annotations
 
@@ -6,32 +6,36 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event, insert, select
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy import event
+from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-
-from registry.tables import CATALOG_ID, Base, CatalogRow
 
 log = logging.getLogger(__name__)
 
 SQLITE_PRAGMAS = (
     # Readers never block the writer and the writer never blocks readers.
     "PRAGMA journal_mode=WAL",
-    # Fsync at every commit: an acknowledged registration survives power loss.
+    # Fsync at every commit: an acknowledged write survives power loss.
     "PRAGMA synchronous=FULL",
     "PRAGMA foreign_keys=ON",
     # Another process holding the write lock is waited for, not an error.
-    "PRAGMA busy_timeout=5000",
+    "PRAGMA busy_timeout=10000",
 )
+
+
+def is_sqlite(engine: AsyncEngine) -> bool:
+    return engine.dialect.name == "sqlite"
 
 
 def create_engine(url: str) -> AsyncEngine:
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        return create_async_engine(parsed, pool_pre_ping=True)
+        # pre_ping: a replica survives a PostgreSQL restart without failing the next call.
+        return create_async_engine(parsed, pool_pre_ping=True, pool_size=10, max_overflow=10)
     _make_parent_dir(parsed)
     engine = create_async_engine(parsed)
-    event.listen(engine.sync_engine, "connect", _set_sqlite_pragmas)
+    event.listen(engine.sync_engine, "connect", _on_sqlite_connect)
+    event.listen(engine.sync_engine, "begin", _on_sqlite_begin)
     return engine
 
 
@@ -41,7 +45,11 @@ def _make_parent_dir(url: URL) -> None:
         Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
 
 
-def _set_sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+def _on_sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
+    # The sqlite3 module only opens a transaction before DML, so two SELECTs of
+    # one "transaction" could see different commits. Take over BEGIN (below) so
+    # that a read transaction is a real snapshot, as Watch's snapshot needs.
+    dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     try:
         for pragma in SQLITE_PRAGMAS:
@@ -50,11 +58,5 @@ def _set_sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
         cursor.close()
 
 
-async def create_schema(engine: AsyncEngine) -> None:
-    """Create missing tables and the revision row (until migrations own the schema)."""
-    async with engine.begin() as conn:
-        await conn.run_sync(Base.metadata.create_all)
-        found = await conn.scalar(select(CatalogRow.id).where(CatalogRow.id == CATALOG_ID))
-        if found is None:
-            await conn.execute(insert(CatalogRow).values(id=CATALOG_ID, revision=0))
-    log.debug("schema ready on %s", engine.url.render_as_string(hide_password=True))
+def _on_sqlite_begin(conn: Connection) -> None:
+    conn.exec_driver_sql("BEGIN")

@@ -1,4 +1,4 @@
-"""Run the registry: open the store, serve gRPC until SIGINT/SIGTERM, stop cleanly."""
+"""Run the registry: migrate and open the store, serve gRPC until SIGINT/SIGTERM, stop cleanly."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ from collections.abc import Callable
 
 from modelyard.server import host_of, start_server, wait_for_signal
 from modelyard.telemetry import setup_logging, setup_tracing, shutdown_tracing
+from registry.auth import AdminToken
 from registry.config import RegistrySettings
+from registry.metrics import serve_metrics
 from registry.service import SERVICE_NAME, add_to_server
 from registry.store import open_store
 
@@ -23,10 +25,17 @@ async def serve(
     settings: RegistrySettings, *, on_ready: Callable[[int], None] | None = None
 ) -> None:
     """Serve until a stop signal; `on_ready` gets the bound port (useful with port 0)."""
-    store = await open_store(settings.database_url)
+    store = await open_store(
+        settings.database_url,
+        change_retention=settings.change_retention,
+        poll_interval_s=settings.watch_poll_interval_s,
+    )
     try:
+        admin = AdminToken(settings.admin_token)
         running = await start_server(
-            settings.address, functools.partial(add_to_server, store), [SERVICE_NAME]
+            settings.address,
+            functools.partial(add_to_server, store, admin=admin),
+            [SERVICE_NAME],
         )
         try:
             log.info(
@@ -35,6 +44,9 @@ async def serve(
                 running.port,
                 store.engine.url.render_as_string(hide_password=True),
             )
+            if not admin.enabled:
+                log.info("no admin token configured: writes are open to every caller")
+            serve_metrics(settings.metrics_port, host_of(settings.address))
             if on_ready is not None:
                 on_ready(running.port)
             await wait_for_signal()

@@ -1,4 +1,4 @@
-"""RegistryService over gRPC: translates messages and calls the store, nothing more."""
+"""RegistryService over gRPC: checks the admin token on writes, translates, calls the store."""
 
 from __future__ import annotations
 
@@ -7,24 +7,29 @@ from typing import Any, TypeAlias
 
 import grpc
 
-from modelyard.errors import InvalidArgument, grpc_errors, unimplemented
+from modelyard.errors import InvalidArgument, grpc_errors
 from modelyard.v1 import registry_pb2, registry_pb2_grpc
-from registry.store import ModelFilter, ModelStore
+from registry.auth import AdminToken
+from registry.store import ModelFilter, RegistryStore
 
 SERVICE_NAME = registry_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_name
-ISSUE_3 = "issue #3: versions, stages, routes and Watch"
 
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 
 
 class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
-    def __init__(self, store: ModelStore) -> None:
+    def __init__(self, store: RegistryStore, admin: AdminToken | None = None) -> None:
         self._store = store
+        self._admin = admin or AdminToken("")
+
+    def _require_admin(self, context: Context, action: str) -> None:
+        self._admin.check(context.invocation_metadata(), action)
 
     @grpc_errors
     async def RegisterModel(
         self, request: registry_pb2.RegisterModelRequest, context: Context
     ) -> registry_pb2.RegisterModelResponse:
+        self._require_admin(context, "RegisterModel")
         if not request.HasField("model"):
             raise InvalidArgument.for_field("model", "required: the model version to register")
         result = await self._store.register(request.model)
@@ -62,45 +67,59 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     async def SetStage(
         self, request: registry_pb2.SetStageRequest, context: Context
     ) -> registry_pb2.SetStageResponse:
-        raise unimplemented("RegistryService.SetStage", ISSUE_3)
+        self._require_admin(context, "SetStage")
+        model, revision = await self._store.set_stage(request.name, request.version, request.stage)
+        return registry_pb2.SetStageResponse(model=model, revision=revision)
 
     @grpc_errors
     async def DeleteModel(
         self, request: registry_pb2.DeleteModelRequest, context: Context
     ) -> registry_pb2.DeleteModelResponse:
-        raise unimplemented("RegistryService.DeleteModel", ISSUE_3)
+        self._require_admin(context, "DeleteModel")
+        revision = await self._store.delete_model(request.name, request.version)
+        return registry_pb2.DeleteModelResponse(revision=revision)
 
     @grpc_errors
     async def PutRoute(
         self, request: registry_pb2.PutRouteRequest, context: Context
     ) -> registry_pb2.PutRouteResponse:
-        raise unimplemented("RegistryService.PutRoute", ISSUE_3)
+        self._require_admin(context, "PutRoute")
+        if not request.HasField("route"):
+            raise InvalidArgument.for_field("route", "required: the route to create or replace")
+        route, revision = await self._store.put_route(request.route)
+        return registry_pb2.PutRouteResponse(route=route, revision=revision)
 
     @grpc_errors
     async def GetRoute(
         self, request: registry_pb2.GetRouteRequest, context: Context
     ) -> registry_pb2.GetRouteResponse:
-        raise unimplemented("RegistryService.GetRoute", ISSUE_3)
+        return registry_pb2.GetRouteResponse(route=await self._store.get_route(request.name))
 
     @grpc_errors
     async def ListRoutes(
         self, request: registry_pb2.ListRoutesRequest, context: Context
     ) -> registry_pb2.ListRoutesResponse:
-        raise unimplemented("RegistryService.ListRoutes", ISSUE_3)
+        listed = await self._store.list_routes()
+        return registry_pb2.ListRoutesResponse(routes=listed.routes, revision=listed.revision)
 
     @grpc_errors
     async def DeleteRoute(
         self, request: registry_pb2.DeleteRouteRequest, context: Context
     ) -> registry_pb2.DeleteRouteResponse:
-        raise unimplemented("RegistryService.DeleteRoute", ISSUE_3)
+        self._require_admin(context, "DeleteRoute")
+        return registry_pb2.DeleteRouteResponse(
+            revision=await self._store.delete_route(request.name)
+        )
 
     @grpc_errors
     async def Watch(
         self, request: registry_pb2.WatchRequest, context: Context
     ) -> AsyncIterator[registry_pb2.WatchResponse]:
-        raise unimplemented("RegistryService.Watch", ISSUE_3)
-        yield  # an async generator, as a server-streaming method must be
+        async for event in self._store.watch(request.since_revision):
+            yield event
 
 
-def add_to_server(store: ModelStore, server: grpc.aio.Server) -> None:
-    registry_pb2_grpc.add_RegistryServiceServicer_to_server(RegistryServicer(store), server)
+def add_to_server(
+    store: RegistryStore, server: grpc.aio.Server, admin: AdminToken | None = None
+) -> None:
+    registry_pb2_grpc.add_RegistryServiceServicer_to_server(RegistryServicer(store, admin), server)

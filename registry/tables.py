@@ -91,3 +91,35 @@ class ModelLabelRow(Base):
     )
     key: Mapped[str] = mapped_column(String, primary_key=True)
     value: Mapped[str] = mapped_column(String)
+
+
+class RouteRow(Base):
+    """A route, stored like a model: the columns lookups need plus the full message."""
+
+    __tablename__ = "routes"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    spec: Mapped[bytes] = mapped_column(LargeBinary)  # Route without updated_at
+
+
+class RouteRefRow(Base):
+    """One reference from a route (an arm or a fallback) to a model or another route.
+
+    Kept as rows so "is this version in use?" (DeleteModel, SetStage to archived,
+    DeleteRoute) and the fallback graph are indexed queries, not a scan of every route.
+    """
+
+    __tablename__ = "route_refs"
+    __table_args__ = (
+        Index("ix_route_refs_target", "target_kind", "target_name", "target_version"),
+    )
+
+    route_name: Mapped[str] = mapped_column(
+        ForeignKey("routes.name", ondelete="CASCADE"), primary_key=True
+    )
+    # The field that holds the reference, e.g. "arms[1].model" or "fallbacks[0]".
+    field: Mapped[str] = mapped_column(String(64), primary_key=True)
+    target_kind: Mapped[str] = mapped_column(String(8))  # "model" or "route"
+    target_name: Mapped[str] = mapped_column(String(128))
+    target_version: Mapped[str] = mapped_column(String(128))  # "" for a bare name

@@ -24,5 +24,8 @@ ruff format --check .
 echo "==> mypy"
 mypy
 
+echo "==> PostgreSQL for the registry tests"
+export MODELYARD_TEST_POSTGRES_URL="$(bash scripts/postgres.sh)"
+
 echo "==> pytest"
 pytest -p no:cacheprovider "$@"

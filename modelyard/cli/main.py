@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from modelyard.cli import generate, models, serve, up
+from modelyard.cli import generate, models, routes, serve, up
 
 app = typer.Typer(
     name="modelyard",
@@ -16,6 +16,7 @@ app.command("up")(up.up)
 app.command("generate")(generate.generate)
 app.command("chat")(generate.chat)
 app.add_typer(models.app, name="models")
+app.add_typer(routes.app, name="routes")
 app.add_typer(serve.registry_app, name="registry")
 app.add_typer(serve.worker_app, name="worker")
 app.add_typer(serve.router_app, name="router")

@@ -1,44 +1,142 @@
-"""`modelyard models ...`: read the registry's catalogue."""
+"""`modelyard models ...`: the registry's catalogue of model versions.
+
+Writes (register, stage, delete) send the admin token, when given, as
+`authorization: Bearer <token>`. A model comes from flags, a YAML/JSON file
+(`-f model.yaml`, keys as in the proto's JSON form: name, version, artifact:
+{uri, sha256, format}, capabilities: {chat, contextLength, tags}, ...), or both:
+flags override the file.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
 
 import grpc
 import typer
+import yaml
+from google.protobuf.json_format import ParseDict, ParseError
+from google.protobuf.message import Message
 from rich.table import Table
 
 from modelyard.cli.output import cli_errors, console, to_json
-from modelyard.errors import from_rpc_error
+from modelyard.errors import InvalidArgument, from_rpc_error
 from modelyard.v1 import common_pb2, model_pb2, registry_pb2, registry_pb2_grpc
 
 app = typer.Typer(help="The model catalogue in the registry.")
+
+M = TypeVar("M", bound=Message)
+R = TypeVar("R")
 
 RegistryOpt = Annotated[
     str,
     typer.Option("--registry", envvar="MODELYARD_REGISTRY", help="Registry host:port."),
 ]
+AdminTokenOpt = Annotated[
+    str,
+    typer.Option(
+        "--admin-token",
+        envvar="MODELYARD_ADMIN_TOKEN",
+        help="The registry's admin token, needed for writes when it has one.",
+        show_default=False,
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="JSON instead of a table.")]
+FileOpt = Annotated[
+    Path | None,
+    typer.Option("-f", "--file", help="YAML or JSON file, keys as in the proto's JSON form."),
+]
+
+
+@contextmanager
+def registry_stub(address: str) -> Iterator[registry_pb2_grpc.RegistryServiceStub]:
+    with grpc.insecure_channel(address) as channel:
+        yield registry_pb2_grpc.RegistryServiceStub(channel)
+
+
+def call(rpc: Callable[..., R], request: Message, token: str = "", timeout: float = 30) -> R:
+    """One unary call; a failure becomes the domain error that `cli_errors` prints."""
+    metadata = (("authorization", f"Bearer {token}"),) if token else ()
+    try:
+        return rpc(request, timeout=timeout, metadata=metadata)
+    except grpc.RpcError as err:
+        raise from_rpc_error(err) from err
+
+
+def load_message(path: Path | None, message: M) -> M:
+    """Fill `message` from a YAML or JSON file (JSON is YAML too)."""
+    if path is None:
+        return message
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise InvalidArgument.for_field(str(path), f"cannot read: {err}") from err
+    if not isinstance(data, dict):
+        raise InvalidArgument.for_field(str(path), "must hold a mapping of fields")
+    try:
+        ParseDict(data, message)
+    except ParseError as err:
+        raise InvalidArgument.for_field(str(path), str(err)) from err
+    return message
+
+
+def enum_value(enum: Any, prefix: str, text: str, field: str) -> int:
+    """'production' -> STAGE_PRODUCTION's number, with the choices in the error."""
+    key = f"{prefix}{text.strip().upper().replace('-', '_')}"
+    try:
+        return int(enum.Value(key))
+    except ValueError as err:
+        keys: list[str] = list(enum.keys())  # a protobuf enum wrapper, not a dict
+        names = [k.removeprefix(prefix).lower() for k in keys if not k.endswith("UNSPECIFIED")]
+        raise InvalidArgument.for_field(
+            field, f"{text!r} is not one of {', '.join(names)}"
+        ) from err
+
+
+def short(enum: Any, prefix: str, value: int) -> str:
+    return str(enum.Name(value)).removeprefix(prefix).lower()
+
+
+def parse_labels(pairs: list[str]) -> dict[str, str]:
+    labels: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise InvalidArgument.for_field("--label", f"{pair!r}: use key=value")
+        labels[key] = value
+    return labels
 
 
 @app.command("list")
 def list_models(
     registry: RegistryOpt = "127.0.0.1:50051",
     name: Annotated[str, typer.Option(help="Only versions of this model.")] = "",
+    stage: Annotated[str, typer.Option(help="Only this stage: staging|production|archived.")] = "",
+    tag: Annotated[list[str] | None, typer.Option(help="Only with this tag; repeatable.")] = None,
+    selector: Annotated[
+        str, typer.Option("--selector", "-l", help="Label selector, e.g. team=search,tier!=free.")
+    ] = "",
     json_out: Annotated[bool, typer.Option("--json", help="One JSON object per model.")] = False,
 ) -> None:
     """List registered model versions."""
     models: list[model_pb2.Model] = []
-    with cli_errors(), grpc.insecure_channel(registry) as channel:
-        stub = registry_pb2_grpc.RegistryServiceStub(channel)
+    with cli_errors(), registry_stub(registry) as stub:
+        stage_value = enum_value(model_pb2.Stage, "STAGE_", stage, "--stage") if stage else 0
         token = ""
         while True:
-            try:
-                page = stub.ListModels(
-                    registry_pb2.ListModelsRequest(name=name, page_token=token, page_size=500),
-                    timeout=30,
-                )
-            except grpc.RpcError as err:
-                raise from_rpc_error(err) from err
+            page = call(
+                stub.ListModels,
+                registry_pb2.ListModelsRequest(
+                    name=name,
+                    stage=model_pb2.Stage.ValueType(stage_value),
+                    tags=tag or [],
+                    label_selector=selector,
+                    page_token=token,
+                    page_size=500,
+                ),
+            )
             models += page.models
             token = page.next_page_token
             if not token:
@@ -52,11 +150,168 @@ def list_models(
         table.add_row(
             m.name,
             m.version,
-            model_pb2.Stage.Name(m.stage).removeprefix("STAGE_").lower(),
-            ",".join(common_pb2.Engine.Name(e).removeprefix("ENGINE_").lower() for e in m.engines)
-            or "any",
+            short(model_pb2.Stage, "STAGE_", m.stage),
+            ",".join(short(common_pb2.Engine, "ENGINE_", e) for e in m.engines) or "any",
             str(m.capabilities.context_length or "-"),
             "yes" if m.capabilities.chat else "no",
             m.artifact.uri,
         )
+    console.print(table)
+
+
+@app.command("show")
+def show(
+    ref: Annotated[str, typer.Argument(help="name or name@version (bare: newest production).")],
+    registry: RegistryOpt = "127.0.0.1:50051",
+    json_out: JsonOpt = False,
+) -> None:
+    """Show one model version."""
+    name, _, version = ref.partition("@")
+    with cli_errors(), registry_stub(registry) as stub:
+        model = call(stub.GetModel, registry_pb2.GetModelRequest(name=name, version=version)).model
+    print_model(model, json_out)
+
+
+@app.command("register")
+def register(
+    file: FileOpt = None,
+    name: Annotated[str | None, typer.Option(help="Model name.")] = None,
+    version: Annotated[str | None, typer.Option(help="Version, e.g. 1 or 2024-11-01.")] = None,
+    uri: Annotated[
+        str | None, typer.Option(help="Artifact URI: file://, https://, s3://, hf://")
+    ] = None,
+    sha256: Annotated[str | None, typer.Option(help="Artifact sha256 (hex).")] = None,
+    artifact_format: Annotated[str | None, typer.Option("--format", help="gguf or hf.")] = None,
+    engine: Annotated[
+        list[str] | None, typer.Option(help="Allowed engine, in preference order; repeatable.")
+    ] = None,
+    chat: Annotated[bool | None, typer.Option("--chat/--no-chat", help="Supports chat.")] = None,
+    completion: Annotated[
+        bool | None, typer.Option("--completion/--no-completion", help="Supports completion.")
+    ] = None,
+    context_length: Annotated[int | None, typer.Option(help="Context window in tokens.")] = None,
+    tag: Annotated[list[str] | None, typer.Option(help="Capability tag; repeatable.")] = None,
+    label: Annotated[list[str] | None, typer.Option(help="key=value label; repeatable.")] = None,
+    stage: Annotated[str | None, typer.Option(help="staging (default) or production.")] = None,
+    description: Annotated[str | None, typer.Option(help="Free text.")] = None,
+    registry: RegistryOpt = "127.0.0.1:50051",
+    admin_token: AdminTokenOpt = "",
+    json_out: JsonOpt = False,
+) -> None:
+    """Register a model version (idempotent: the same content again changes nothing)."""
+    with cli_errors(), registry_stub(registry) as stub:
+        model = load_message(file, model_pb2.Model())
+        for field_name, value in (
+            ("name", name),
+            ("version", version),
+            ("description", description),
+        ):
+            if value is not None:
+                setattr(model, field_name, value)
+        if uri is not None:
+            model.artifact.uri = uri
+        if sha256 is not None:
+            model.artifact.sha256 = sha256
+        if artifact_format is not None:
+            model.artifact.format = model_pb2.ArtifactFormat.ValueType(
+                enum_value(
+                    model_pb2.ArtifactFormat, "ARTIFACT_FORMAT_", artifact_format, "--format"
+                )
+            )
+        if engine:
+            model.engines[:] = [
+                common_pb2.Engine.ValueType(enum_value(common_pb2.Engine, "ENGINE_", e, "--engine"))
+                for e in engine
+            ]
+        if chat is not None:
+            model.capabilities.chat = chat
+        if completion is not None:
+            model.capabilities.completion = completion
+        if context_length is not None:
+            model.capabilities.context_length = context_length
+        if tag:
+            model.capabilities.tags[:] = tag
+        model.labels.update(parse_labels(label or []))
+        if stage is not None:
+            model.stage = model_pb2.Stage.ValueType(
+                enum_value(model_pb2.Stage, "STAGE_", stage, "--stage")
+            )
+        reply = call(
+            stub.RegisterModel, registry_pb2.RegisterModelRequest(model=model), admin_token
+        )
+    if not json_out:
+        what = "registered" if reply.created else "already registered (identical)"
+        console.print(
+            f"{what} {reply.model.name}@{reply.model.version} at revision {reply.revision}"
+        )
+    print_model(reply.model, json_out)
+
+
+@app.command("stage")
+def stage(
+    ref: Annotated[str, typer.Argument(help="name@version")],
+    to: Annotated[str, typer.Argument(help="staging, production or archived.")],
+    registry: RegistryOpt = "127.0.0.1:50051",
+    admin_token: AdminTokenOpt = "",
+    json_out: JsonOpt = False,
+) -> None:
+    """Move a version to another stage."""
+    name, _, version = ref.partition("@")
+    with cli_errors(), registry_stub(registry) as stub:
+        value = model_pb2.Stage.ValueType(enum_value(model_pb2.Stage, "STAGE_", to, "stage"))
+        reply = call(
+            stub.SetStage,
+            registry_pb2.SetStageRequest(name=name, version=version, stage=value),
+            admin_token,
+        )
+    if json_out:
+        console.print(to_json(reply), highlight=False, soft_wrap=True)
+    else:
+        console.print(f"{ref} is {to.lower()} (revision {reply.revision})")
+
+
+@app.command("delete")
+def delete(
+    ref: Annotated[str, typer.Argument(help="name@version")],
+    registry: RegistryOpt = "127.0.0.1:50051",
+    admin_token: AdminTokenOpt = "",
+) -> None:
+    """Delete a version (refused while a route uses it)."""
+    name, _, version = ref.partition("@")
+    with cli_errors(), registry_stub(registry) as stub:
+        reply = call(
+            stub.DeleteModel,
+            registry_pb2.DeleteModelRequest(name=name, version=version),
+            admin_token,
+        )
+    console.print(f"deleted {ref} (revision {reply.revision})")
+
+
+def print_model(model: model_pb2.Model, json_out: bool) -> None:
+    if json_out:
+        console.print(to_json(model), highlight=False, soft_wrap=True)
+        return
+    table = Table("field", "value", show_header=False)
+    caps = model.capabilities
+    rows = [
+        ("model", f"{model.name}@{model.version}"),
+        ("stage", short(model_pb2.Stage, "STAGE_", model.stage)),
+        ("artifact", model.artifact.uri),
+        ("sha256", model.artifact.sha256 or "-"),
+        ("format", short(model_pb2.ArtifactFormat, "ARTIFACT_FORMAT_", model.artifact.format)),
+        (
+            "engines",
+            ",".join(short(common_pb2.Engine, "ENGINE_", e) for e in model.engines) or "any",
+        ),
+        ("chat / completion", f"{caps.chat} / {caps.completion}"),
+        ("context", str(caps.context_length or "-")),
+        ("tags", ",".join(caps.tags) or "-"),
+        ("labels", ",".join(f"{k}={v}" for k, v in sorted(model.labels.items())) or "-"),
+        ("created", model.created_at.ToJsonString()),
+        ("updated", model.updated_at.ToJsonString()),
+    ]
+    if model.description:
+        rows.append(("description", model.description))
+    for key, value in rows:
+        table.add_row(key, value)
     console.print(table)

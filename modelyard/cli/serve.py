@@ -6,6 +6,7 @@ wins over the environment, which wins over the default.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -50,15 +51,31 @@ def registry_serve(
     log_level: LogLevel = None,
 ) -> None:
     """Run the registry."""
-    from registry.main import run
-
     from registry.config import RegistrySettings
+    from registry.main import run
 
     run(
         build_settings(
             RegistrySettings, address=address, database_url=database_url, log_level=log_level
         )
     )
+
+
+@registry_app.command("migrate")
+def registry_migrate(
+    database_url: Annotated[
+        str | None,
+        typer.Option(help="SQLAlchemy URL of the catalogue. Env: MODELYARD_REGISTRY_DATABASE_URL."),
+    ] = None,
+    to: Annotated[str, typer.Option(help="Target schema revision.")] = "head",
+) -> None:
+    """Apply the catalogue's schema migrations (the registry also does at start)."""
+    from registry.config import RegistrySettings
+    from registry.migrate import migrate_url
+
+    settings = build_settings(RegistrySettings, database_url=database_url)
+    result = asyncio.run(migrate_url(settings.database_url, to))
+    typer.echo(f"schema {result.before or 'empty'} -> {result.after}")
 
 
 @worker_app.command("serve")

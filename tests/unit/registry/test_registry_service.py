@@ -17,6 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from modelyard.errors import from_rpc_error
 from modelyard.server import start_server
 from modelyard.v1 import model_pb2, registry_pb2, registry_pb2_grpc
+from registry.auth import AdminToken, bearer_metadata
 from registry.config import RegistrySettings
 from registry.main import serve
 from registry.service import SERVICE_NAME, add_to_server
@@ -112,20 +113,6 @@ async def test_already_exists(stub: registry_pb2_grpc.RegistryServiceAsyncStub) 
     assert "smollm2@1" in (caught.value.details() or "")
 
 
-async def test_later_rpcs_are_unimplemented(
-    stub: registry_pb2_grpc.RegistryServiceAsyncStub,
-) -> None:
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await stub.SetStage(registry_pb2.SetStageRequest(name="smollm2", version="1"))
-    assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "issue #3" in (caught.value.details() or "")
-
-    with pytest.raises(grpc.aio.AioRpcError) as streamed:
-        async for _ in stub.Watch(registry_pb2.WatchRequest()):
-            pass
-    assert streamed.value.code() == grpc.StatusCode.UNIMPLEMENTED
-
-
 async def test_health_reports_serving(channel: grpc.aio.Channel) -> None:
     health = health_pb2_grpc.HealthStub(channel)
     for service in ("", SERVICE_NAME):
@@ -169,3 +156,111 @@ def test_default_database_is_under_the_home_directory(monkeypatch: pytest.Monkey
 
     assert url.startswith("sqlite+aiosqlite:///")
     assert url.endswith(str(Path("~/.modelyard/registry.db").expanduser()))
+
+
+async def test_routes_stages_and_deletes_over_grpc(
+    stub: registry_pb2_grpc.RegistryServiceAsyncStub,
+) -> None:
+    await stub.RegisterModel(registry_pb2.RegisterModelRequest(model=model("1")))
+    staged = await stub.SetStage(
+        registry_pb2.SetStageRequest(name="smollm2", version="1", stage=model_pb2.STAGE_PRODUCTION)
+    )
+    route = model_pb2.Route(name="chat", arms=[model_pb2.RouteArm(model="smollm2", weight=1)])
+    put = await stub.PutRoute(registry_pb2.PutRouteRequest(route=route))
+    got = await stub.GetRoute(registry_pb2.GetRouteRequest(name="chat"))
+    listed = await stub.ListRoutes(registry_pb2.ListRoutesRequest())
+
+    assert staged.model.stage == model_pb2.STAGE_PRODUCTION and staged.revision == 2
+    assert put.revision == 3 and got.route == put.route and list(listed.routes) == [put.route]
+
+    with pytest.raises(grpc.aio.AioRpcError) as in_use:
+        await stub.DeleteModel(registry_pb2.DeleteModelRequest(name="smollm2", version="1"))
+    assert in_use.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+    with pytest.raises(grpc.aio.AioRpcError) as bad:
+        await stub.PutRoute(
+            registry_pb2.PutRouteRequest(
+                route=model_pb2.Route(
+                    name="chat", arms=[model_pb2.RouteArm(model="smollm2", weight=0)]
+                )
+            )
+        )
+    assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [v.field for v in from_rpc_error(bad.value).violations] == ["route.arms[0].weight"]
+
+    with pytest.raises(grpc.aio.AioRpcError) as missing:
+        await stub.PutRoute(registry_pb2.PutRouteRequest())
+    assert [v.field for v in from_rpc_error(missing.value).violations] == ["route"]
+
+    deleted = await stub.DeleteRoute(registry_pb2.DeleteRouteRequest(name="chat"))
+    gone = await stub.DeleteModel(registry_pb2.DeleteModelRequest(name="smollm2", version="1"))
+    assert (deleted.revision, gone.revision) == (4, 5)
+
+
+async def test_watch_streams_over_grpc_and_resumes(
+    stub: registry_pb2_grpc.RegistryServiceAsyncStub,
+) -> None:
+    await stub.RegisterModel(registry_pb2.RegisterModelRequest(model=model("1")))
+    call = stub.Watch(registry_pb2.WatchRequest())
+    first = await asyncio.wait_for(call.read(), 10)
+    await stub.RegisterModel(registry_pb2.RegisterModelRequest(model=model("2")))
+    second = await asyncio.wait_for(call.read(), 10)
+    call.cancel()
+
+    assert first.snapshot.revision == 1 and len(first.snapshot.models) == 1
+    assert second.change.revision == 2
+
+    await stub.RegisterModel(registry_pb2.RegisterModelRequest(model=model("3")))
+    resumed = stub.Watch(registry_pb2.WatchRequest(since_revision=2))
+    third = await asyncio.wait_for(resumed.read(), 10)
+    resumed.cancel()
+    assert third.change.revision == 3 and third.change.model.version == "3"
+
+
+@pytest.fixture
+async def guarded(tmp_path: Path) -> AsyncIterator[registry_pb2_grpc.RegistryServiceAsyncStub]:
+    store = await open_store(f"sqlite+aiosqlite:///{tmp_path / 'registry.db'}")
+    running = await start_server(
+        "127.0.0.1:0",
+        functools.partial(add_to_server, store, admin=AdminToken("s3cret")),
+        [SERVICE_NAME],
+    )
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as chan:
+        yield cast(
+            "registry_pb2_grpc.RegistryServiceAsyncStub",
+            registry_pb2_grpc.RegistryServiceStub(chan),
+        )
+    await running.stop(0)
+    await store.close()
+
+
+async def test_writes_need_the_admin_token_reads_do_not(
+    guarded: registry_pb2_grpc.RegistryServiceAsyncStub,
+) -> None:
+    request = registry_pb2.RegisterModelRequest(model=model())
+    with pytest.raises(grpc.aio.AioRpcError) as absent:
+        await guarded.RegisterModel(request)
+    with pytest.raises(grpc.aio.AioRpcError) as wrong:
+        await guarded.RegisterModel(request, metadata=bearer_metadata("guess"))
+    with pytest.raises(grpc.aio.AioRpcError) as not_bearer:
+        await guarded.RegisterModel(request, metadata=(("authorization", "Basic s3cret"),))
+    for rpc in (
+        guarded.SetStage(registry_pb2.SetStageRequest(name="smollm2", version="1")),
+        guarded.DeleteModel(registry_pb2.DeleteModelRequest(name="smollm2", version="1")),
+        guarded.PutRoute(registry_pb2.PutRouteRequest(route=model_pb2.Route(name="r"))),
+        guarded.DeleteRoute(registry_pb2.DeleteRouteRequest(name="r")),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as denied:
+            await rpc
+        assert denied.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+    assert absent.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert "admin token" in (absent.value.details() or "")
+    assert wrong.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert not_bearer.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+    ok = await guarded.RegisterModel(request, metadata=bearer_metadata("s3cret"))
+    assert ok.created
+    listed = await guarded.ListModels(registry_pb2.ListModelsRequest())
+    assert len(listed.models) == 1
+    assert (await guarded.GetModel(registry_pb2.GetModelRequest(name="smollm2"))).model

@@ -1,8 +1,7 @@
-"""ModelStore on a real SQLite file: registration, lookup, listing, revisions."""
+"""RegistryStore on a real SQLite file: registration, lookup, listing, revisions."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -10,41 +9,12 @@ from sqlalchemy import select, text
 
 from modelyard.errors import AlreadyExists, InvalidArgument, NotFound
 from modelyard.v1 import model_pb2, registry_pb2
-from registry.store import ModelFilter, ModelStore, open_store
+from registry.store import ModelFilter, RegistryStore, open_store
 from registry.tables import ChangeRow
+from tests.unit.registry.factories import make_model
 
 
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[ModelStore]:
-    opened = await open_store(f"sqlite+aiosqlite:///{tmp_path / 'registry.db'}")
-    yield opened
-    await opened.close()
-
-
-def make_model(
-    name: str = "smollm2",
-    version: str = "1",
-    *,
-    stage: model_pb2.Stage.ValueType = model_pb2.STAGE_UNSPECIFIED,
-    chat: bool = True,
-    completion: bool = True,
-    tags: tuple[str, ...] = (),
-    labels: dict[str, str] | None = None,
-    uri: str = "file:///models/smollm2.gguf",
-) -> model_pb2.Model:
-    return model_pb2.Model(
-        name=name,
-        version=version,
-        stage=stage,
-        artifact=model_pb2.Artifact(uri=uri, format=model_pb2.ARTIFACT_FORMAT_GGUF),
-        capabilities=model_pb2.Capabilities(
-            chat=chat, completion=completion, context_length=2048, tags=tags
-        ),
-        labels=labels or {},
-    )
-
-
-async def test_register_then_get_returns_the_stored_model(store: ModelStore) -> None:
+async def test_register_then_get_returns_the_stored_model(store: RegistryStore) -> None:
     result = await store.register(make_model(tags=("small",), labels={"team": "search"}))
 
     assert result.created
@@ -72,14 +42,16 @@ async def test_store_survives_reopening(tmp_path: Path) -> None:
         await second.close()
 
 
-async def test_sqlite_runs_in_wal_with_foreign_keys(store: ModelStore) -> None:
+async def test_sqlite_runs_in_wal_with_foreign_keys(tmp_path: Path) -> None:
+    store = await open_store(f"sqlite+aiosqlite:///{tmp_path / 'registry.db'}")
     async with store.engine.connect() as conn:
         assert (await conn.scalar(text("PRAGMA journal_mode"))) == "wal"
         assert (await conn.scalar(text("PRAGMA foreign_keys"))) == 1
         assert (await conn.scalar(text("PRAGMA synchronous"))) == 2  # FULL
+    await store.close()
 
 
-async def test_identical_registration_is_idempotent(store: ModelStore) -> None:
+async def test_identical_registration_is_idempotent(store: RegistryStore) -> None:
     first = await store.register(make_model())
     again = make_model()
     again.created_at.seconds = 12345  # registry-owned fields do not count as content
@@ -91,7 +63,7 @@ async def test_identical_registration_is_idempotent(store: ModelStore) -> None:
     assert second.revision == first.revision == await store.revision()
 
 
-async def test_reregistering_after_a_promotion_is_still_idempotent(store: ModelStore) -> None:
+async def test_reregistering_after_a_promotion_is_still_idempotent(store: RegistryStore) -> None:
     await store.register(make_model(stage=model_pb2.STAGE_PRODUCTION))
 
     result = await store.register(make_model())  # stage unspecified: the default
@@ -100,7 +72,7 @@ async def test_reregistering_after_a_promotion_is_still_idempotent(store: ModelS
     assert result.model.stage == model_pb2.STAGE_PRODUCTION
 
 
-async def test_different_content_is_already_exists_naming_the_model(store: ModelStore) -> None:
+async def test_different_content_is_already_exists_naming_the_model(store: RegistryStore) -> None:
     await store.register(make_model())
 
     with pytest.raises(AlreadyExists) as caught:
@@ -113,7 +85,7 @@ async def test_different_content_is_already_exists_naming_the_model(store: Model
 
 
 async def test_asking_for_another_stage_on_an_existing_version_conflicts(
-    store: ModelStore,
+    store: RegistryStore,
 ) -> None:
     await store.register(make_model())
 
@@ -121,7 +93,7 @@ async def test_asking_for_another_stage_on_an_existing_version_conflicts(
         await store.register(make_model(stage=model_pb2.STAGE_PRODUCTION))
 
 
-async def test_invalid_model_lists_every_bad_field(store: ModelStore) -> None:
+async def test_invalid_model_lists_every_bad_field(store: RegistryStore) -> None:
     bad = make_model(name="Bad Name", version="", uri="")
 
     with pytest.raises(InvalidArgument) as caught:
@@ -132,14 +104,14 @@ async def test_invalid_model_lists_every_bad_field(store: ModelStore) -> None:
     assert await store.revision() == 0
 
 
-async def test_missing_artifact_uri_names_the_field(store: ModelStore) -> None:
+async def test_missing_artifact_uri_names_the_field(store: RegistryStore) -> None:
     with pytest.raises(InvalidArgument) as caught:
         await store.register(make_model(uri=""))
 
     assert caught.value.message.startswith("model.artifact.uri:")
 
 
-async def test_get_without_version_prefers_newest_production(store: ModelStore) -> None:
+async def test_get_without_version_prefers_newest_production(store: RegistryStore) -> None:
     await store.register(make_model(version="1", stage=model_pb2.STAGE_PRODUCTION))
     await store.register(make_model(version="2", stage=model_pb2.STAGE_PRODUCTION))
     await store.register(make_model(version="3"))  # staging, newer
@@ -147,7 +119,7 @@ async def test_get_without_version_prefers_newest_production(store: ModelStore) 
     assert (await store.get("smollm2")).version == "2"
 
 
-async def test_get_without_version_falls_back_to_newest_not_archived(store: ModelStore) -> None:
+async def test_get_without_version_falls_back_to_newest_not_archived(store: RegistryStore) -> None:
     await store.register(make_model(version="1"))
     await store.register(make_model(version="2"))
     await store.register(make_model(version="3", stage=model_pb2.STAGE_ARCHIVED))
@@ -155,7 +127,7 @@ async def test_get_without_version_falls_back_to_newest_not_archived(store: Mode
     assert (await store.get("smollm2")).version == "2"
 
 
-async def test_get_with_only_archived_versions_says_so(store: ModelStore) -> None:
+async def test_get_with_only_archived_versions_says_so(store: RegistryStore) -> None:
     await store.register(make_model(version="1", stage=model_pb2.STAGE_ARCHIVED))
 
     with pytest.raises(NotFound, match="archived"):
@@ -163,7 +135,7 @@ async def test_get_with_only_archived_versions_says_so(store: ModelStore) -> Non
     assert (await store.get("smollm2", "1")).stage == model_pb2.STAGE_ARCHIVED
 
 
-async def test_unknown_name_lists_what_exists(store: ModelStore) -> None:
+async def test_unknown_name_lists_what_exists(store: RegistryStore) -> None:
     with pytest.raises(NotFound, match="no models yet"):
         await store.get("smollm2")
 
@@ -177,7 +149,7 @@ async def test_unknown_name_lists_what_exists(store: ModelStore) -> None:
     assert caught.value.metadata == {"model": "zzz", "version": ""}
 
 
-async def test_unknown_version_lists_the_versions(store: ModelStore) -> None:
+async def test_unknown_version_lists_the_versions(store: RegistryStore) -> None:
     await store.register(make_model(version="1"))
     await store.register(make_model(version="2"))
 
@@ -185,7 +157,7 @@ async def test_unknown_version_lists_the_versions(store: ModelStore) -> None:
         await store.get("smollm2", "9")
 
 
-async def test_get_validates_name_and_version(store: ModelStore) -> None:
+async def test_get_validates_name_and_version(store: RegistryStore) -> None:
     with pytest.raises(InvalidArgument, match=r"^name:"):
         await store.get("Not Valid")
     with pytest.raises(InvalidArgument, match=r"^version:"):
@@ -193,7 +165,7 @@ async def test_get_validates_name_and_version(store: ModelStore) -> None:
 
 
 async def test_every_write_bumps_the_revision_by_one_and_records_a_change(
-    store: ModelStore,
+    store: RegistryStore,
 ) -> None:
     revisions = [(await store.register(make_model(version=str(i)))).revision for i in range(1, 4)]
     await store.register(make_model(version="1"))  # no-op: no new revision
@@ -210,7 +182,7 @@ async def test_every_write_bumps_the_revision_by_one_and_records_a_change(
     assert change.model.created_at.seconds > 0
 
 
-async def test_list_orders_by_name_then_newest_first(store: ModelStore) -> None:
+async def test_list_orders_by_name_then_newest_first(store: RegistryStore) -> None:
     for name, version in [("b", "1"), ("a", "1"), ("b", "2"), ("a", "2"), ("c", "1")]:
         await store.register(make_model(name=name, version=version))
 
@@ -228,7 +200,7 @@ async def test_list_orders_by_name_then_newest_first(store: ModelStore) -> None:
 
 
 async def test_paging_walks_every_row_once_even_with_writes_between_pages(
-    store: ModelStore,
+    store: RegistryStore,
 ) -> None:
     for name in ("a", "b", "c"):
         for version in ("1", "2", "3"):
@@ -251,7 +223,7 @@ async def test_paging_walks_every_row_once_even_with_writes_between_pages(
     assert seen == ["a@3", "a@2", "a@1", "b@3", "b@2", "b@1", "c@3", "c@2", "c@1"]
 
 
-async def test_page_size_defaults_and_caps(store: ModelStore) -> None:
+async def test_page_size_defaults_and_caps(store: RegistryStore) -> None:
     for version in range(3):
         await store.register(make_model(version=str(version)))
 
@@ -259,7 +231,7 @@ async def test_page_size_defaults_and_caps(store: ModelStore) -> None:
     assert len((await store.list_models(page_size=5000)).models) == 3
 
 
-async def test_bad_or_foreign_page_tokens_are_invalid_argument(store: ModelStore) -> None:
+async def test_bad_or_foreign_page_tokens_are_invalid_argument(store: RegistryStore) -> None:
     for version in ("1", "2"):
         await store.register(make_model(version=version))
     token = (await store.list_models(page_size=1)).next_page_token
@@ -271,7 +243,7 @@ async def test_bad_or_foreign_page_tokens_are_invalid_argument(store: ModelStore
         await store.list_models(ModelFilter(require_chat=True), page_size=1, page_token=token)
 
 
-async def test_list_filters(store: ModelStore) -> None:
+async def test_list_filters(store: RegistryStore) -> None:
     await store.register(
         make_model(
             name="chat-only",
@@ -308,7 +280,7 @@ async def test_list_filters(store: ModelStore) -> None:
     assert await names(ModelFilter(label_selector="!tier")) == ["other"]
 
 
-async def test_list_rejects_bad_filters(store: ModelStore) -> None:
+async def test_list_rejects_bad_filters(store: RegistryStore) -> None:
     with pytest.raises(InvalidArgument, match=r"^label_selector:"):
         await store.list_models(ModelFilter(label_selector="tier in (free)"))
     with pytest.raises(InvalidArgument, match=r"^stage:"):

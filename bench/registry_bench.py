@@ -1,0 +1,171 @@
+"""Registry bench: load 10,000 models, time ListModels pages and the Watch snapshot.
+
+    .venv/bin/python -m bench.registry_bench [--models 10000] [--postgres-url URL]
+
+Runs on SQLite (a temporary file, WAL, synchronous=FULL) and on PostgreSQL when
+a URL is given or MODELYARD_TEST_POSTGRES_URL is set (scripts/postgres.sh prints
+one; it uses a scratch database it creates and drops). Calls go through the
+store in process, so the numbers are the database and the (de)serialization,
+not gRPC. Writes a markdown table to bench/results/registry.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import statistics
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import make_url, text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from modelyard.v1 import model_pb2
+from registry.store import ModelFilter, RegistryStore, open_store
+
+PAGE_SIZES = (10, 100, 1000)
+RESULTS = Path(__file__).parent / "results" / "registry.md"
+
+
+@dataclass
+class Result:
+    backend: str
+    models: int
+    load_s: float
+    pages: dict[int, tuple[float, float, int]]  # size -> (p50 ms, p95 ms, pages timed)
+    filtered: tuple[float, float]  # p50, p95 ms of a tag + label filtered page of 100
+    snapshot_ms: tuple[float, float]  # p50, p95 of Watch's first event
+
+
+def model(i: int) -> model_pb2.Model:
+    return model_pb2.Model(
+        name=f"model-{i // 4:05d}",
+        version=str(i % 4 + 1),
+        artifact=model_pb2.Artifact(
+            uri=f"s3://models/{i}.gguf", sha256="0" * 64, format=model_pb2.ARTIFACT_FORMAT_GGUF
+        ),
+        capabilities=model_pb2.Capabilities(
+            chat=i % 2 == 0, completion=True, context_length=4096, tags=["small", f"t{i % 10}"]
+        ),
+        pricing=model_pb2.Pricing(input_usd_per_1k_tokens=0.1, output_usd_per_1k_tokens=0.2),
+        labels={"team": f"team-{i % 7}", "tier": "free" if i % 3 else "paid"},
+        stage=model_pb2.STAGE_PRODUCTION if i % 4 == 3 else model_pb2.STAGE_STAGING,
+    )
+
+
+def percentiles(samples: list[float]) -> tuple[float, float]:
+    ordered = sorted(samples)
+    p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
+    return statistics.median(ordered), p95
+
+
+async def load(store: RegistryStore, count: int) -> float:
+    started = time.perf_counter()
+    for i in range(count):
+        await store.register(model(i))
+    return time.perf_counter() - started
+
+
+async def time_pages(store: RegistryStore, size: int, limit: int = 200) -> tuple[float, float, int]:
+    samples: list[float] = []
+    token = ""
+    for _ in range(limit):
+        started = time.perf_counter()
+        page = await store.list_models(page_size=size, page_token=token)
+        samples.append((time.perf_counter() - started) * 1000)
+        token = page.next_page_token or ""  # wrap around to the first page
+    return (*percentiles(samples), len(samples))
+
+
+async def run(backend: str, url: str, count: int) -> Result:
+    store = await open_store(url)
+    try:
+        load_s = await load(store, count)
+        pages = {size: await time_pages(store, size) for size in PAGE_SIZES}
+        filtered: list[float] = []
+        for _ in range(50):
+            started = time.perf_counter()
+            await store.list_models(
+                ModelFilter(tags=("t3",), label_selector="tier=paid,team!=team-1"), page_size=100
+            )
+            filtered.append((time.perf_counter() - started) * 1000)
+        snapshots: list[float] = []
+        for _ in range(5):
+            started = time.perf_counter()
+            stream = store.watch(0)
+            event = await anext(stream)
+            snapshots.append((time.perf_counter() - started) * 1000)
+            await stream.aclose()
+            assert len(event.snapshot.models) == count
+        return Result(backend, count, load_s, pages, percentiles(filtered), percentiles(snapshots))
+    finally:
+        await store.close()
+
+
+async def with_scratch_postgres(server_url: str, count: int) -> Result:
+    name = f"modelyard_bench_{uuid.uuid4().hex[:8]}"
+    admin = create_async_engine(server_url, isolation_level="AUTOCOMMIT")
+    try:
+        async with admin.connect() as conn:
+            await conn.execute(text(f'CREATE DATABASE "{name}"'))
+        url = make_url(server_url).set(database=name).render_as_string(hide_password=False)
+        try:
+            return await run("PostgreSQL", url, count)
+        finally:
+            async with admin.connect() as conn:
+                await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        await admin.dispose()
+
+
+def markdown(results: list[Result]) -> str:
+    lines = [
+        "# Registry bench",
+        "",
+        f"`python -m bench.registry_bench` on {platform.machine()}, {os.cpu_count()} CPUs, "
+        f"Python {platform.python_version()}; store called in process (no gRPC). "
+        "PostgreSQL is the test cluster of scripts/postgres.sh (fsync off).",
+        "",
+        "| backend | models | load (writes/s) | page 10 p50/p95 ms | page 100 p50/p95 ms "
+        "| page 1000 p50/p95 ms | filtered page 100 p50/p95 ms | Watch snapshot p50/p95 ms |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        cells = [f"{r.pages[s][0]:.1f} / {r.pages[s][1]:.1f}" for s in PAGE_SIZES]
+        lines.append(
+            f"| {r.backend} | {r.models:,} | {r.models / r.load_s:,.0f} | "
+            + " | ".join(cells)
+            + f" | {r.filtered[0]:.1f} / {r.filtered[1]:.1f}"
+            + f" | {r.snapshot_ms[0]:.0f} / {r.snapshot_ms[1]:.0f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", type=int, default=10_000)
+    parser.add_argument("--postgres-url", default=os.environ.get("MODELYARD_TEST_POSTGRES_URL", ""))
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    results: list[Result] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        print(f"SQLite: loading {args.models:,} models...", flush=True)
+        results.append(await run("SQLite", f"sqlite+aiosqlite:///{tmp}/bench.db", args.models))
+    if args.postgres_url:
+        print(f"PostgreSQL: loading {args.models:,} models...", flush=True)
+        results.append(await with_scratch_postgres(args.postgres_url, args.models))
+    else:
+        print("PostgreSQL skipped: pass --postgres-url or set MODELYARD_TEST_POSTGRES_URL")
+    table = markdown(results)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(table)
+    print(table)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

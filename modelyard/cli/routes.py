@@ -1,0 +1,169 @@
+"""`modelyard routes ...`: named entry points with weighted A/B arms and fallbacks.
+
+A route comes from flags, a YAML/JSON file (`-f route.yaml`: name, arms:
+[{name, model, weight}], fallbacks, stickySessions, defaultObjective, maxTtftMs,
+maxCostPer1kTokens), or both: flags override the file.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from modelyard.cli.models import (
+    AdminTokenOpt,
+    FileOpt,
+    JsonOpt,
+    RegistryOpt,
+    call,
+    enum_value,
+    load_message,
+    registry_stub,
+    short,
+)
+from modelyard.cli.output import cli_errors, console, to_json
+from modelyard.errors import InvalidArgument
+from modelyard.v1 import common_pb2, model_pb2, registry_pb2
+
+app = typer.Typer(help="Routes: A/B arms, stickiness and fallbacks over models.")
+
+
+def parse_arm(text: str) -> model_pb2.RouteArm:
+    """'[name:]model=weight', e.g. 'control:smollm2@1=90' or 'smollm2@2=10'."""
+    spec, sep, weight = text.rpartition("=")
+    if not sep:
+        spec, weight = text, "1"
+    label, _, model = spec.rpartition(":")
+    try:
+        return model_pb2.RouteArm(name=label, model=model, weight=float(weight))
+    except ValueError as err:
+        raise InvalidArgument.for_field("--arm", f"{text!r}: use [name:]model=weight") from err
+
+
+@app.command("put")
+def put(
+    file: FileOpt = None,
+    name: Annotated[str | None, typer.Option(help="Route name (not a model's name).")] = None,
+    arm: Annotated[
+        list[str] | None,
+        typer.Option(help="[name:]model=weight, e.g. control:smollm2@1=90; repeatable."),
+    ] = None,
+    fallback: Annotated[
+        list[str] | None, typer.Option(help="Fallback model or route, in order; repeatable.")
+    ] = None,
+    sticky: Annotated[
+        bool | None, typer.Option("--sticky/--no-sticky", help="Same session key, same arm.")
+    ] = None,
+    objective: Annotated[
+        str | None, typer.Option(help="Default objective: balanced|cost|latency|load.")
+    ] = None,
+    max_ttft_ms: Annotated[
+        float | None, typer.Option(help="Ceiling on time to first token.")
+    ] = None,
+    max_cost: Annotated[
+        float | None, typer.Option("--max-cost", help="Ceiling in USD per 1k tokens.")
+    ] = None,
+    description: Annotated[str | None, typer.Option(help="Free text.")] = None,
+    registry: RegistryOpt = "127.0.0.1:50051",
+    admin_token: AdminTokenOpt = "",
+    json_out: JsonOpt = False,
+) -> None:
+    """Create or replace a route."""
+    with cli_errors(), registry_stub(registry) as stub:
+        route = load_message(file, model_pb2.Route())
+        if name is not None:
+            route.name = name
+        if arm:
+            route.ClearField("arms")
+            route.arms.extend(parse_arm(a) for a in arm)
+        if fallback:
+            route.fallbacks[:] = fallback
+        if sticky is not None:
+            route.sticky_sessions = sticky
+        if objective is not None:
+            route.default_objective = common_pb2.Objective.ValueType(
+                enum_value(common_pb2.Objective, "OBJECTIVE_", objective, "--objective")
+            )
+        if max_ttft_ms is not None:
+            route.max_ttft_ms = max_ttft_ms
+        if max_cost is not None:
+            route.max_cost_per_1k_tokens = max_cost
+        if description is not None:
+            route.description = description
+        reply = call(stub.PutRoute, registry_pb2.PutRouteRequest(route=route), admin_token)
+    if not json_out:
+        console.print(f"route {reply.route.name} stored (revision {reply.revision})")
+    print_route(reply.route, json_out)
+
+
+@app.command("list")
+def list_routes(registry: RegistryOpt = "127.0.0.1:50051", json_out: JsonOpt = False) -> None:
+    """List routes."""
+    with cli_errors(), registry_stub(registry) as stub:
+        reply = call(stub.ListRoutes, registry_pb2.ListRoutesRequest())
+    if json_out:
+        for route in reply.routes:
+            console.print(to_json(route), highlight=False, soft_wrap=True)
+        return
+    table = Table("name", "arms", "fallbacks", "sticky", "objective")
+    for route in reply.routes:
+        table.add_row(
+            route.name,
+            ", ".join(f"{a.name}: {a.model} ({a.weight:g})" for a in route.arms),
+            ", ".join(route.fallbacks) or "-",
+            "yes" if route.sticky_sessions else "no",
+            short(common_pb2.Objective, "OBJECTIVE_", route.default_objective),
+        )
+    console.print(table)
+
+
+@app.command("show")
+def show(
+    name: Annotated[str, typer.Argument(help="Route name.")],
+    registry: RegistryOpt = "127.0.0.1:50051",
+    json_out: JsonOpt = False,
+) -> None:
+    """Show one route."""
+    with cli_errors(), registry_stub(registry) as stub:
+        route = call(stub.GetRoute, registry_pb2.GetRouteRequest(name=name)).route
+    print_route(route, json_out)
+
+
+@app.command("delete")
+def delete(
+    name: Annotated[str, typer.Argument(help="Route name.")],
+    registry: RegistryOpt = "127.0.0.1:50051",
+    admin_token: AdminTokenOpt = "",
+) -> None:
+    """Delete a route (refused while another route falls back to it)."""
+    with cli_errors(), registry_stub(registry) as stub:
+        reply = call(stub.DeleteRoute, registry_pb2.DeleteRouteRequest(name=name), admin_token)
+    console.print(f"deleted route {name} (revision {reply.revision})")
+
+
+def print_route(route: model_pb2.Route, json_out: bool) -> None:
+    if json_out:
+        console.print(to_json(route), highlight=False, soft_wrap=True)
+        return
+    total = sum(a.weight for a in route.arms) or 1.0
+    table = Table("arm", "model", "weight", "share", title=f"route {route.name}")
+    for a in route.arms:
+        table.add_row(a.name, a.model, f"{a.weight:g}", f"{100 * a.weight / total:.1f}%")
+    console.print(table)
+    details = [
+        ("fallbacks", " -> ".join(route.fallbacks) or "-"),
+        ("sticky sessions", "yes" if route.sticky_sessions else "no"),
+        ("objective", short(common_pb2.Objective, "OBJECTIVE_", route.default_objective)),
+        ("max ttft", f"{route.max_ttft_ms:g} ms" if route.HasField("max_ttft_ms") else "-"),
+        (
+            "max cost",
+            f"{route.max_cost_per_1k_tokens:g} USD/1k"
+            if route.HasField("max_cost_per_1k_tokens")
+            else "-",
+        ),
+        ("updated", route.updated_at.ToJsonString()),
+    ]
+    for key, value in details:
+        console.print(f"{key}: {value}", highlight=False)
