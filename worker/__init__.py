@@ -1,0 +1,1 @@
+"""The Worker service: holds models in memory and streams tokens from an engine."""

@@ -1,0 +1,83 @@
+"""Settings of the worker process, from MODELYARD_WORKER_* variables or flags."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_threads() -> int:
+    return os.cpu_count() or 1
+
+
+class WorkerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MODELYARD_WORKER_", extra="ignore")
+
+    address: str = Field(
+        default="127.0.0.1:50061",
+        description="host:port to listen on; port 0 picks a free port.",
+    )
+    worker_id: str = Field(
+        default="",
+        description="Stable id of this worker in status and routing; empty: worker-<port>.",
+    )
+    advertise_address: str = Field(
+        default="",
+        description=(
+            "host:port other services reach this worker on; empty: the listen address "
+            "(with this host's name when listening on all interfaces)."
+        ),
+    )
+    threads: int = Field(
+        default_factory=_default_threads,
+        ge=1,
+        description="CPU threads per llama.cpp engine; default: all cores.",
+    )
+    context_length: int = Field(
+        default=4096,
+        ge=16,
+        description="Cap on the context window any model is loaded with, in tokens.",
+    )
+    batch_size: int = Field(
+        default=512, ge=1, description="Prompt tokens llama.cpp evaluates per batch."
+    )
+    max_queued_requests: int = Field(
+        default=64,
+        ge=1,
+        description="Requests that may wait per model before RESOURCE_EXHAUSTED.",
+    )
+    memory_budget_bytes: int = Field(
+        default=0,
+        ge=0,
+        description="Memory models may use, in bytes; 0: automatic (not enforced yet).",
+    )
+    keep_alive_s: float = Field(
+        default=0.0,
+        ge=0,
+        description="Unload a model after this many idle seconds; 0: never (not enforced yet).",
+    )
+    metrics_port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description="Port of the Prometheus /metrics endpoint; 0: off.",
+    )
+    log_level: str = Field(default="INFO", description="Log level: DEBUG, INFO, WARNING or ERROR.")
+
+    def resolved_worker_id(self, port: int) -> str:
+        """The configured id, or one derived from the bound port (or host name for port 0)."""
+        if self.worker_id:
+            return self.worker_id
+        return f"worker-{port}" if port else f"worker-{socket.gethostname()}"
+
+    def resolved_address(self, port: int) -> str:
+        """The address to advertise once the server is bound to `port`."""
+        if self.advertise_address:
+            return self.advertise_address
+        host = self.address.rpartition(":")[0].strip("[]") or "127.0.0.1"
+        if host in {"0.0.0.0", "::"}:
+            host = socket.gethostname()
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -1,0 +1,133 @@
+"""The one protocol every engine implements, and the plain data it speaks.
+
+The servicer and the model manager only see these types: an engine is loaded
+from a `ModelSpec`, streams `EngineEvent`s for an `EngineRequest`, and is
+aborted by closing (or cancelling) that stream.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import AsyncGenerator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What an engine needs to load one model version."""
+
+    key: str  # "name@version"
+    path: Path
+    context_length: int  # tokens to allocate; already capped by the worker
+    threads: int
+    batch_size: int = 512
+    # Continuous-batching slots (issue 4); the skeleton decodes one sequence at a time.
+    max_parallel_sequences: int = 1
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LoadedInfo:
+    engine: str
+    context_length: int
+    vocab_size: int
+    has_chat_template: bool
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """Decoding parameters with the contract's defaults already applied."""
+
+    temperature: float = 1.0  # 0 = greedy
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = disabled
+    min_p: float = 0.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    seed: int | None = None  # None = random
+
+
+@dataclass(frozen=True)
+class ChatTurn:
+    role: str
+    content: str
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class EngineRequest:
+    """One generation: prompt_token_ids if set, else messages if any, else prompt."""
+
+    request_id: str
+    prompt: str = ""
+    messages: Sequence[ChatTurn] = ()
+    prompt_token_ids: Sequence[int] | None = None
+    sampling: SamplingConfig = SamplingConfig()
+    max_tokens: int = 256
+    stop: Sequence[str] = ()
+
+
+class FinishReason(enum.Enum):
+    STOP = "stop"
+    LENGTH = "length"
+    STOP_SEQUENCE = "stop_sequence"
+    CONTEXT_LENGTH = "context_length"
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True)
+class Scheduled:
+    """The request left the queue and its prompt is being evaluated."""
+
+    input_tokens: int
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Newly decoded tokens and the text they complete (may be empty mid-character)."""
+
+    text: str
+    token_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Finished:
+    reason: FinishReason
+    input_tokens: int
+    output_tokens: int
+    stop_sequence: str = ""
+
+
+EngineEvent = Scheduled | Piece | Finished
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    running_sequences: int = 0
+    queued_requests: int = 0
+    queued_tokens: int = 0
+    generated_tokens_total: int = 0
+    tokens_per_second: float = 0.0
+
+
+class Engine(Protocol):
+    name: str
+
+    async def load(self, spec: ModelSpec) -> LoadedInfo: ...
+
+    def generate(self, req: EngineRequest) -> AsyncGenerator[EngineEvent, None]:
+        """Stream Scheduled, then Pieces, then exactly one Finished; abort by closing the stream."""
+        ...
+
+    def abort(self, request_id: str) -> None:
+        """Stop the request's decoding (call on the event loop); its stream ends as CANCELLED."""
+        ...
+
+    async def unload(self) -> None:
+        """Free the model; streams still running end with FinishReason.CANCELLED."""
+        ...
+
+    def stats(self) -> EngineStats: ...

@@ -1,0 +1,56 @@
+"""A bounded one-way channel from an engine's decode thread to an asyncio consumer.
+
+The thread `put`s events; each lands in an asyncio.Queue through
+`call_soon_threadsafe`, so the consumer sees every token as soon as it is decoded.
+Credits bound how far the producer may run ahead of a slow consumer, and a
+closed channel (the consumer went away) makes `put` return False at once so the
+decode loop stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class ChannelClosed(Exception):
+    pass
+
+
+class EventChannel(Generic[T]):
+    def __init__(self, loop: asyncio.AbstractEventLoop, capacity: int = 256) -> None:
+        self._loop = loop
+        self._queue: asyncio.Queue[T] = asyncio.Queue()
+        self._credits = threading.Semaphore(capacity)
+        self._closed = threading.Event()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+    def close(self) -> None:
+        """Consumer side: stop accepting events; a producer waiting for credit gives up."""
+        self._closed.set()
+        self._credits.release()  # wake a producer blocked on a full channel
+
+    def put(self, item: T) -> bool:
+        """Producer side (any thread): deliver `item`; False once the consumer has gone."""
+        while not self._credits.acquire(timeout=0.05):
+            if self._closed.is_set():
+                return False
+        if self._closed.is_set():
+            return False
+        try:
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+        except RuntimeError:  # the loop is closed: nobody will read
+            self._closed.set()
+            return False
+        return True
+
+    async def get(self) -> T:
+        item = await self._queue.get()
+        self._credits.release()
+        return item

@@ -1,0 +1,78 @@
+"""Prometheus metrics read straight from the worker's status at scrape time.
+
+A collector (rather than gauges updated in place) keeps one source of truth:
+the same counters GetStatus reports.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from worker.manager import ModelManager
+from worker.status_report import model_status
+
+log = logging.getLogger(__name__)
+
+
+class WorkerCollector(Collector):
+    def __init__(self, manager: ModelManager) -> None:
+        self._manager = manager
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        labels = ["model"]
+        running = GaugeMetricFamily(
+            "modelyard_worker_running_sequences", "Sequences decoding now.", labels=labels
+        )
+        queued = GaugeMetricFamily(
+            "modelyard_worker_queued_requests", "Requests waiting in the queue.", labels=labels
+        )
+        queued_tokens = GaugeMetricFamily(
+            "modelyard_worker_queued_tokens",
+            "Prompt plus max_tokens of the queued requests.",
+            labels=labels,
+        )
+        generated = CounterMetricFamily(
+            "modelyard_worker_generated_tokens",
+            "Tokens generated since the worker started.",
+            labels=labels,
+        )
+        rate = GaugeMetricFamily(
+            "modelyard_worker_tokens_per_second",
+            "Decode throughput over the last few seconds.",
+            labels=labels,
+        )
+        memory = GaugeMetricFamily(
+            "modelyard_worker_model_memory_bytes", "Memory a model holds.", labels=labels
+        )
+        in_flight = GaugeMetricFamily(
+            "modelyard_worker_in_flight_requests", "Requests holding a model.", labels=labels
+        )
+        for r in self._manager.residents():
+            m = model_status(r)
+            key = [r.key]
+            running.add_metric(key, m.running_sequences)
+            queued.add_metric(key, m.queued_requests)
+            queued_tokens.add_metric(key, m.queued_tokens)
+            generated.add_metric(key, m.generated_tokens_total)
+            rate.add_metric(key, m.tokens_per_second)
+            memory.add_metric(key, m.memory_bytes)
+            in_flight.add_metric(key, m.in_flight)
+        yield from (running, queued, queued_tokens, generated, rate, memory, in_flight)
+
+
+def metrics_registry(manager: ModelManager) -> CollectorRegistry:
+    registry = CollectorRegistry()
+    registry.register(WorkerCollector(manager))
+    return registry
+
+
+def serve_metrics(manager: ModelManager, host: str, port: int) -> Callable[[], None]:
+    """Expose /metrics on host:port from a background thread; returns the stop function."""
+    server, _thread = start_http_server(port, addr=host, registry=metrics_registry(manager))
+    log.info("worker metrics on http://%s:%d/metrics", host, server.server_port)
+    return server.shutdown

@@ -1,0 +1,98 @@
+"""The worker's state as the contract's WorkerStatus / ModelStatus messages."""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+
+from google.protobuf import timestamp_pb2
+
+import modelyard
+from modelyard.v1 import worker_pb2
+from worker.manager import ModelManager, ResidencyState, Resident
+
+RESIDENCY = {
+    ResidencyState.COLD: worker_pb2.RESIDENCY_STATE_COLD,
+    ResidencyState.LOADING: worker_pb2.RESIDENCY_STATE_LOADING,
+    ResidencyState.WARM: worker_pb2.RESIDENCY_STATE_WARM,
+    ResidencyState.DRAINING: worker_pb2.RESIDENCY_STATE_DRAINING,
+    ResidencyState.FAILED: worker_pb2.RESIDENCY_STATE_FAILED,
+}
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def total_memory_bytes() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+@dataclass(frozen=True)
+class WorkerIdentity:
+    worker_id: str
+    address: str
+    # The CPU build of llama.cpp is what this worker ships; GPU builds report here later.
+    device: str = "cpu"
+    device_name: str = field(default_factory=cpu_name)
+
+
+def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    ts.FromNanoseconds(int(seconds * 1e9))
+    return ts
+
+
+def model_status(r: Resident) -> worker_pb2.ModelStatus:
+    snap = r.counters.snapshot()
+    status = worker_pb2.ModelStatus(
+        name=r.model.name,
+        version=r.model.version,
+        state=RESIDENCY[r.state],
+        engine=r.engine_kind,
+        memory_bytes=r.memory_bytes,
+        pinned=r.pinned,
+        in_flight=r.refcount,
+        queued_requests=snap.queued_requests,
+        queued_tokens=snap.queued_tokens,
+        running_sequences=snap.running_sequences,
+        tokens_per_second=snap.tokens_per_second,
+        error=r.error,
+        generated_tokens_total=snap.generated_tokens_total,
+    )
+    if r.last_used:
+        status.last_used.CopyFrom(_timestamp(r.last_used))
+    return status
+
+
+def build_worker_status(identity: WorkerIdentity, manager: ModelManager) -> worker_pb2.WorkerStatus:
+    models = [model_status(r) for r in manager.residents()]
+    return worker_pb2.WorkerStatus(
+        worker_id=identity.worker_id,
+        address=identity.address,
+        engines=list(manager.engines),
+        device=identity.device,
+        device_name=identity.device_name,
+        memory_budget_bytes=manager.settings.memory_budget_bytes or total_memory_bytes(),
+        memory_used_bytes=sum(m.memory_bytes for m in models),
+        models=models,
+        running_sequences=sum(m.running_sequences for m in models),
+        queued_requests=sum(m.queued_requests for m in models),
+        queued_tokens=sum(m.queued_tokens for m in models),
+        tokens_per_second=sum(m.tokens_per_second for m in models),
+        sequence=manager.notifier.version,
+        updated_at=_timestamp(time.time()),
+        version=modelyard.__version__,
+    )
