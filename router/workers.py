@@ -1,0 +1,217 @@
+"""The router's workers: one channel each, their pushed status, and the candidate order.
+
+Discovery is static here (the configured addresses); issue 5 feeds the pool from
+Consul instead. Each worker's state comes from its `WorkerService.WatchStatus`
+stream, so routing never waits on a scrape. `WarmFirstPicker` is the walking
+skeleton's whole scheduling policy; the issue-5 filter/scorer/picker framework
+replaces it behind the `CandidatePicker` protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, cast
+
+import grpc
+from google.protobuf import duration_pb2
+
+from modelyard.telemetry import client_interceptors
+from modelyard.v1 import model_pb2, router_pb2, worker_pb2, worker_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+# gRPC's default reconnect backoff grows to 120 s; a restarted worker (or registry)
+# should be reachable again within a couple of seconds.
+CHANNEL_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 250),
+    ("grpc.min_reconnect_backoff_ms", 250),
+    ("grpc.max_reconnect_backoff_ms", 2_000),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+]
+
+HEARTBEAT_S = 2.0
+# A watch silent for this many heartbeats is treated as dead and reopened.
+STALE_AFTER_HEARTBEATS = 3
+WATCH_BACKOFF_S = (0.25, 5.0)
+
+_RESIDENCY_RANK = {
+    worker_pb2.RESIDENCY_STATE_WARM: 0,
+    worker_pb2.RESIDENCY_STATE_LOADING: 1,
+    worker_pb2.RESIDENCY_STATE_UNSPECIFIED: 2,
+    worker_pb2.RESIDENCY_STATE_COLD: 2,
+    worker_pb2.RESIDENCY_STATE_FAILED: 3,
+    worker_pb2.RESIDENCY_STATE_DRAINING: 3,
+}
+
+
+@dataclass(eq=False)
+class WorkerHandle:
+    """One configured worker: its channel, stub and the last status it pushed."""
+
+    address: str
+    channel: grpc.aio.Channel
+    stub: worker_pb2_grpc.WorkerServiceAsyncStub
+    status: worker_pb2.WorkerStatus | None = None
+    # True while the status watch is live: the skeleton's notion of healthy.
+    watching: bool = False
+    last_error: str = ""
+
+    @property
+    def worker_id(self) -> str:
+        return self.status.worker_id if self.status is not None and self.status.worker_id else ""
+
+    @property
+    def name(self) -> str:
+        """How logs and error messages name the worker."""
+        return f"{self.worker_id} ({self.address})" if self.worker_id else self.address
+
+    def residency(self, model: model_pb2.Model) -> worker_pb2.ResidencyState.ValueType:
+        for m in self.status.models if self.status is not None else ():
+            if m.name == model.name and m.version == model.version:
+                return m.state
+        return worker_pb2.RESIDENCY_STATE_UNSPECIFIED
+
+    def queued_tokens(self) -> int:
+        return self.status.queued_tokens if self.status is not None else 0
+
+    def info(self) -> router_pb2.WorkerInfo:
+        return router_pb2.WorkerInfo(
+            worker_id=self.worker_id,
+            address=self.address,
+            healthy=self.watching,
+            # No breakers before issue 5: every worker takes requests.
+            breaker=router_pb2.BREAKER_STATE_CLOSED,
+            status=self.status,
+        )
+
+    async def connect(self, timeout_s: float) -> None:
+        """Wait until the channel is ready; TimeoutError after `timeout_s`."""
+        if self.channel.get_state(try_to_connect=True) == grpc.ChannelConnectivity.READY:
+            return
+        await asyncio.wait_for(self.channel.channel_ready(), timeout=max(0.0, timeout_s))
+
+
+class CandidatePicker(Protocol):
+    """Orders the workers to try for one model, best first."""
+
+    def order(
+        self, model: model_pb2.Model, workers: Sequence[WorkerHandle]
+    ) -> list[WorkerHandle]: ...
+
+
+@dataclass
+class WarmFirstPicker:
+    """Watching workers first, then warm before loading before cold, then fewest queued
+    tokens; ties rotate round-robin so equal workers share the load."""
+
+    _turn: itertools.count[int] = field(default_factory=itertools.count)
+
+    def order(self, model: model_pb2.Model, workers: Sequence[WorkerHandle]) -> list[WorkerHandle]:
+        def rank(w: WorkerHandle) -> tuple[bool, int, int]:
+            return (
+                not w.watching,
+                _RESIDENCY_RANK.get(w.residency(model), 2),
+                w.queued_tokens(),
+            )
+
+        turn = next(self._turn)
+        ordered: list[WorkerHandle] = []
+        for _, tied in itertools.groupby(sorted(workers, key=rank), key=rank):
+            group = list(tied)
+            shift = turn % len(group)
+            ordered += group[shift:] + group[:shift]
+        return ordered
+
+
+class WorkerPool:
+    """The configured workers and one background status watch per worker."""
+
+    def __init__(self, addresses: Sequence[str], *, heartbeat_s: float = HEARTBEAT_S) -> None:
+        self._heartbeat_s = heartbeat_s
+        self._tasks: list[asyncio.Task[None]] = []
+        self.workers: list[WorkerHandle] = []
+        for address in dict.fromkeys(addresses):  # keep order, drop repeats
+            channel = grpc.aio.insecure_channel(
+                address, options=CHANNEL_OPTIONS, interceptors=client_interceptors()
+            )
+            # The stub factory's overload cannot tell that this channel is async.
+            stub = cast(
+                "worker_pb2_grpc.WorkerServiceAsyncStub", worker_pb2_grpc.WorkerServiceStub(channel)
+            )
+            self.workers.append(WorkerHandle(address, channel, stub))
+
+    def start(self) -> None:
+        for handle in self.workers:
+            self._tasks.append(
+                asyncio.create_task(self._follow(handle), name=f"watch-{handle.address}")
+            )
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        for handle in self.workers:
+            await handle.channel.close()
+
+    def warm_workers(self, model: model_pb2.Model) -> list[str]:
+        return [
+            h.worker_id or h.address
+            for h in self.workers
+            if h.residency(model) == worker_pb2.RESIDENCY_STATE_WARM
+        ]
+
+    def infos(self) -> list[router_pb2.WorkerInfo]:
+        return [h.info() for h in self.workers]
+
+    async def _follow(self, handle: WorkerHandle) -> None:
+        """Keep `handle.status` current from WatchStatus, reconnecting with backoff."""
+        delay = WATCH_BACKOFF_S[0]
+        while True:
+            try:
+                await self._watch_once(handle)
+                handle.last_error = "status stream ended"
+            except grpc.aio.AioRpcError as err:
+                handle.last_error = f"{err.code().name}: {err.details()}"
+            except TimeoutError:
+                handle.last_error = "status stream went silent"
+            if handle.watching:
+                log.warning("lost status of worker %s: %s", handle.name, handle.last_error)
+                delay = WATCH_BACKOFF_S[0]
+            else:
+                log.debug("worker %s not watchable yet: %s", handle.address, handle.last_error)
+            handle.watching = False
+            await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+            delay = min(delay * 2, WATCH_BACKOFF_S[1])
+
+    async def _watch_once(self, handle: WorkerHandle) -> None:
+        interval = duration_pb2.Duration()
+        interval.FromMilliseconds(int(self._heartbeat_s * 1000))
+        call = handle.stub.WatchStatus(
+            worker_pb2.WatchStatusRequest(heartbeat_interval=interval), wait_for_ready=False
+        )
+        try:
+            while True:
+                reply = await asyncio.wait_for(
+                    call.read(), timeout=self._heartbeat_s * STALE_AFTER_HEARTBEATS
+                )
+                if reply is grpc.aio.EOF:
+                    return
+                if not handle.watching:
+                    log.info(
+                        "worker %s (%s) is up: %d model(s) known",
+                        reply.status.worker_id,
+                        handle.address,
+                        len(reply.status.models),
+                    )
+                handle.status = reply.status
+                handle.watching = True
+        finally:
+            call.cancel()

@@ -1,0 +1,395 @@
+"""Generate through a real router server, against scripted WorkerService doubles."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+
+import grpc
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from modelyard.errors import from_rpc_error
+from modelyard.v1 import common_pb2, router_pb2, router_pb2_grpc, worker_pb2
+from router.relay import request_id_of
+from router.service import USAGE_METADATA_KEY
+from tests.unit.router.doubles import (
+    LOOP_SCOPE,
+    Fail,
+    Pause,
+    RegistryUnderTest,
+    WorkerFactory,
+    delta,
+    finished,
+    free_address,
+    make_model,
+    running_router,
+    started,
+    wait_until,
+)
+
+pytestmark = pytest.mark.asyncio(loop_scope=LOOP_SCOPE)
+
+
+def request(
+    model: str = "tiny",
+    request_id: str = "",
+    sampling: common_pb2.SamplingParams | None = None,
+) -> router_pb2.GenerateRequest:
+    return router_pb2.GenerateRequest(
+        model=model,
+        prompt="Hello",
+        sampling=sampling or common_pb2.SamplingParams(max_tokens=8),
+        request_id=request_id,
+    )
+
+
+async def collect(
+    stub: router_pb2_grpc.RouterServiceAsyncStub,
+    req: router_pb2.GenerateRequest,
+    deadline_s: float = 10.0,
+) -> list[router_pb2.GenerateResponse]:
+    return [event async for event in stub.Generate(req, timeout=deadline_s)]
+
+
+def kinds(events: list[router_pb2.GenerateResponse]) -> list[str | None]:
+    return [e.WhichOneof("event") for e in events]
+
+
+def text(events: list[router_pb2.GenerateResponse]) -> str:
+    return "".join(e.delta.text for e in events if e.WhichOneof("event") == "delta")
+
+
+async def test_relays_started_deltas_finished_in_order(
+    registry: RegistryUnderTest, start_worker: WorkerFactory
+) -> None:
+    worker = await start_worker("w1")
+    async with running_router(registry.address, [worker.address]) as router:
+        events = await collect(router.stub, request(request_id="req-1"))
+
+    assert kinds(events) == ["started", "delta", "delta", "finished"]
+    first = events[0].started
+    assert (first.request_id, first.model, first.version) == ("req-1", "tiny", "1")
+    assert (first.worker_id, first.attempt) == ("w1", 1)
+    assert text(events) == "Hello"
+    assert [list(e.delta.token_ids) for e in events[1:3]] == [[1], [2]]
+    done = events[-1].finished
+    assert done.usage.output_tokens == 2 and done.timings.ttft_ms == 12.5
+    assert done.timings.route_ms > 0
+    (sent,) = worker.fake.requests
+    assert sent.load_if_cold and sent.attempt == 1
+    assert sent.model.artifact.uri == "file:///models/tiny-1.gguf"
+    assert sent.prompt == "Hello" and sent.sampling.max_tokens == 8
+
+
+async def test_request_id_rules() -> None:
+    assert request_id_of("mine") == "mine"
+    assigned = request_id_of("")
+    assert len(assigned) == 32 and int(assigned, 16) >= 0
+    assert request_id_of("") != assigned
+    assert request_id_of("x" * 128) == "x" * 128
+
+
+async def test_too_long_request_id_is_invalid_argument(
+    registry: RegistryUnderTest, start_worker: WorkerFactory
+) -> None:
+    worker = await start_worker()
+    async with running_router(registry.address, [worker.address]) as router:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await collect(router.stub, request(request_id="x" * 129))
+
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "request_id" in (caught.value.details() or "")
+    assert worker.fake.requests == []
+
+
+async def test_complete_returns_the_whole_generation(
+    registry: RegistryUnderTest, start_worker: WorkerFactory
+) -> None:
+    worker = await start_worker("w1")
+    async with running_router(registry.address, [worker.address]) as router:
+        reply = await router.stub.Complete(
+            router_pb2.CompleteRequest(model="tiny@2", prompt="Hi"), timeout=10
+        )
+
+    assert reply.text == "Hello" and list(reply.token_ids) == [1, 2]
+    assert reply.started.version == "2" and reply.started.request_id
+    assert reply.finished.finish_reason == common_pb2.FINISH_REASON_STOP
+
+
+async def test_deadline_reaches_the_worker(
+    registry: RegistryUnderTest, start_worker: WorkerFactory
+) -> None:
+    worker = await start_worker()
+    async with running_router(registry.address, [worker.address]) as router:
+        await collect(router.stub, request(), deadline_s=4.0)
+
+    (remaining,) = worker.fake.time_remaining
+    assert remaining is not None and 2.0 < remaining <= 4.0
+
+
+async def test_client_cancel_cancels_the_worker_call(
+    registry: RegistryUnderTest, start_worker: WorkerFactory
+) -> None:
+    worker = await start_worker(
+        script=[started(), delta("a", 1), Pause(30), delta("never", 2), finished()]
+    )
+    async with running_router(registry.address, [worker.address]) as router:
+        call = router.stub.Generate(request(), timeout=20)
+        async for event in call:
+            if event.WhichOneof("event") == "delta":
+                break
+        call.cancel()
+        await asyncio.wait_for(worker.fake.cancelled.wait(), timeout=1.0)
+
+
+async def test_worker_down_is_unavailable_naming_it_without_hanging(
+    registry: RegistryUnderTest,
+) -> None:
+    dead = free_address()
+    async with running_router(registry.address, [dead]) as router:
+        began = time.monotonic()
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await collect(router.stub, request())
+
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert dead in (caught.value.details() or "")
+    assert time.monotonic() - began < 3.0
+
+
+async def test_unavailable_before_the_first_token_falls_through_to_the_next_worker(
+    registry: RegistryUnderTest, start_worker: WorkerFactory
+) -> None:
+    broken = await start_worker("w-broken", [started(), Fail(grpc.StatusCode.UNAVAILABLE, "oom")])
+    healthy = await start_worker("w-ok")
+    async with running_router(registry.address, [broken.address, healthy.address]) as router:
+        # Wait for both watches so the order is the configured one (round-robin aside).
+        await wait_until(lambda: all(h.watching for h in router.pool.workers))
+        results = [await collect(router.stub, request()) for _ in range(2)]
+
+    for events in results:
+        assert kinds(events) == ["started", "delta", "delta", "finished"]
+        assert events[0].started.worker_id == "w-ok"
+        assert text(events) == "Hello"
+    # One of the two requests tried the broken worker first and reports attempt 2.
+    assert sorted(e[0].started.attempt for e in results) == [1, 2]
+    assert len(broken.fake.requests) == 1 and broken.fake.requests[0].attempt == 1
+
+
+async def test_failure_after_the_first_token_ends_unavailable_without_retrying(
+    registry: RegistryUnderTest, start_worker: WorkerFactory
+) -> None:
+    dying = await start_worker(
+        "w-dying", [started(), delta("Hel", 1, 2), Fail(grpc.StatusCode.INTERNAL, "engine died")]
+    )
+    spare = await start_worker("w-spare")
+    async with running_router(registry.address, [dying.address]) as router:
+        received: list[router_pb2.GenerateResponse] = []
+        call = router.stub.Generate(request(), timeout=10)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            async for event in call:
+                received.append(event)
+        trailing = await call.trailing_metadata()
+
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "w-dying" in (caught.value.details() or "")
+    assert kinds(received) == ["started", "delta"] and text(received) == "Hel"
+    usage = common_pb2.Usage.FromString(dict(trailing)[USAGE_METADATA_KEY])
+    assert usage.output_tokens == 2
+    assert spare.fake.requests == []
+
+
+async def test_no_retry_after_first_token_even_with_another_worker(
+    registry: RegistryUnderTest, start_worker: WorkerFactory
+) -> None:
+    dying = await start_worker(
+        "w-dying", [started(), delta("Hel", 1), Fail(grpc.StatusCode.UNAVAILABLE, "gone")]
+    )
+    spare = await start_worker("w-spare")
+    async with running_router(registry.address, [dying.address, spare.address]) as router:
+        spare_handle = router.pool.workers[1]
+        await wait_until(lambda: all(h.watching for h in router.pool.workers))
+        spare_handle.watching = False  # make the dying worker the first choice
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await collect(router.stub, request())
+
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert spare.fake.requests == []
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+    ],
+)
+async def test_worker_refusals_pass_through_with_their_message(
+    registry: RegistryUnderTest, start_worker: WorkerFactory, code: grpc.StatusCode
+) -> None:
+    worker = await start_worker("w1", [Fail(code, "queue for tiny@1 is full (64 requests)")])
+    spare = await start_worker("w2")
+    async with running_router(registry.address, [worker.address, spare.address]) as router:
+        spare_handle = router.pool.workers[1]
+        await wait_until(lambda: all(h.watching for h in router.pool.workers))
+        spare_handle.watching = False
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await collect(router.stub, request())
+
+    assert caught.value.code() == code
+    assert caught.value.details() == "queue for tiny@1 is full (64 requests)"
+    assert spare.fake.requests == []
+
+
+async def test_unknown_model_is_not_found(
+    registry: RegistryUnderTest, start_worker: WorkerFactory
+) -> None:
+    worker = await start_worker()
+    async with running_router(registry.address, [worker.address]) as router:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await collect(router.stub, request(model="nope"))
+
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "nope" in (caught.value.details() or "")
+    assert worker.fake.requests == []
+
+
+async def test_negative_temperature_is_invalid_argument_before_any_call(
+    registry: RegistryUnderTest, start_worker: WorkerFactory
+) -> None:
+    worker = await start_worker()
+    async with running_router(registry.address, [worker.address]) as router:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await collect(router.stub, request(sampling=common_pb2.SamplingParams(temperature=-1)))
+
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "sampling.temperature" in (caught.value.details() or "")
+    assert [v.field for v in from_rpc_error(caught.value).violations] == ["sampling.temperature"]
+    assert registry.fake.get_calls == 0 and worker.fake.requests == []
+
+
+async def test_warm_worker_is_preferred(
+    registry: RegistryUnderTest, start_worker: WorkerFactory
+) -> None:
+    cold = await start_worker("w-cold")
+    warm = await start_worker("w-warm")
+    warm.fake.set_models(
+        worker_pb2.ModelStatus(name="tiny", version="1", state=worker_pb2.RESIDENCY_STATE_WARM)
+    )
+    async with running_router(registry.address, [cold.address, warm.address]) as router:
+        await wait_until(lambda: router.pool.warm_workers(make_model("tiny", "1")) == ["w-warm"])
+        served_by = [(await collect(router.stub, request()))[0].started.worker_id for _ in range(3)]
+
+    assert served_by == ["w-warm"] * 3
+    assert cold.fake.requests == []
+
+
+async def test_list_models_and_workers(
+    registry: RegistryUnderTest, start_worker: WorkerFactory
+) -> None:
+    worker = await start_worker("w1")
+    worker.fake.set_models(
+        worker_pb2.ModelStatus(name="tiny", version="2", state=worker_pb2.RESIDENCY_STATE_WARM)
+    )
+    async with running_router(registry.address, [worker.address]) as router:
+        await wait_until(lambda: router.pool.workers[0].watching)
+        models = await router.stub.ListModels(router_pb2.RouterServiceListModelsRequest())
+        workers = await router.stub.ListWorkers(router_pb2.ListWorkersRequest())
+
+    warm = {f"{s.model.name}@{s.model.version}": list(s.warm_workers) for s in models.models}
+    assert warm == {"tiny@1": [], "tiny@2": ["w1"]}
+    assert models.catalog_revision == registry.fake.revision
+    (info,) = workers.workers
+    assert (info.worker_id, info.address, info.healthy) == ("w1", worker.address, True)
+
+
+async def test_stats_and_feedback_are_unimplemented_naming_the_issue(
+    registry: RegistryUnderTest,
+) -> None:
+    async with running_router(registry.address, []) as router:
+        with pytest.raises(grpc.aio.AioRpcError) as stats:
+            await router.stub.GetRoutingStats(router_pb2.GetRoutingStatsRequest())
+        with pytest.raises(grpc.aio.AioRpcError) as feedback:
+            await router.stub.RecordFeedback(router_pb2.RecordFeedbackRequest(request_id="r"))
+
+    for caught in (stats, feedback):
+        assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        assert "issue #5" in (caught.value.details() or "")
+
+
+async def test_no_workers_is_unavailable_saying_how_to_add_one(
+    registry: RegistryUnderTest,
+) -> None:
+    async with running_router(registry.address, []) as router:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await collect(router.stub, request())
+
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "--worker" in (caught.value.details() or "")
+
+
+async def test_silent_worker_is_unavailable_after_the_connect_timeout(
+    registry: RegistryUnderTest,
+) -> None:
+    # Accepts TCP but never speaks HTTP/2: the channel would sit in CONNECTING for 20 s.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        address = f"127.0.0.1:{silent.getsockname()[1]}"
+        async with running_router(registry.address, [address], connect_timeout_s=0.5) as router:
+            began = time.monotonic()
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await collect(router.stub, request())
+            took = time.monotonic() - began
+
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert f"{address} (not reachable within 0.5s)" in (caught.value.details() or "")
+    assert took < 2.0
+
+
+async def test_client_deadline_shorter_than_connect_timeout_is_deadline_exceeded(
+    registry: RegistryUnderTest,
+) -> None:
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        address = f"127.0.0.1:{silent.getsockname()[1]}"
+        async with running_router(registry.address, [address], connect_timeout_s=5) as router:
+            began = time.monotonic()
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await collect(router.stub, request(), deadline_s=0.5)
+            took = time.monotonic() - began
+
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert took < 1.5
+
+
+async def test_route_span_joins_the_worker_trace(
+    registry: RegistryUnderTest, start_worker: WorkerFactory, spans: InMemorySpanExporter
+) -> None:
+    worker = await start_worker("w1")
+    async with running_router(registry.address, [worker.address]) as router:
+        await collect(router.stub, request(request_id="traced"))
+
+    finished_spans = spans.get_finished_spans()
+    (route,) = [s for s in finished_spans if s.name == "router.route"]
+    attributes = dict(route.attributes or {})
+    assert attributes["gen_ai.request.model"] == "tiny"
+    assert attributes["modelyard.model"] == "tiny@1"
+    assert attributes["modelyard.worker"] == "w1"
+    assert attributes["modelyard.request_id"] == "traced"
+    route_context = route.get_span_context()
+    assert route_context is not None
+    worker_side = [
+        s
+        for s in finished_spans
+        if s.name.endswith("WorkerService/Generate")
+        and s.kind == trace.SpanKind.SERVER
+        and s.context is not None
+        and s.context.trace_id == route_context.trace_id
+    ]
+    assert worker_side, "the worker's server span is not in the router's trace"

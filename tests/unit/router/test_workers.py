@@ -1,0 +1,116 @@
+"""The worker pool follows WatchStatus; the skeleton picker orders candidates."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+import pytest_asyncio
+
+from modelyard.v1 import model_pb2, worker_pb2
+from router.workers import WarmFirstPicker, WorkerHandle, WorkerPool
+from tests.unit.router.doubles import (
+    LOOP_SCOPE,
+    WorkerFactory,
+    free_address,
+    make_model,
+    wait_until,
+)
+
+MODEL = make_model("tiny", "1")
+
+pytestmark = pytest.mark.asyncio(loop_scope=LOOP_SCOPE)
+
+
+def model_status(
+    state: worker_pb2.ResidencyState.ValueType, model: model_pb2.Model = MODEL
+) -> worker_pb2.ModelStatus:
+    return worker_pb2.ModelStatus(name=model.name, version=model.version, state=state)
+
+
+@pytest_asyncio.fixture(loop_scope=LOOP_SCOPE)
+async def pool() -> AsyncIterator[WorkerPool]:
+    # Handles only: these tests set the status themselves instead of watching.
+    pool = WorkerPool(["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"])
+    yield pool
+    await pool.close()
+
+
+def observe(
+    handle: WorkerHandle,
+    *models: worker_pb2.ModelStatus,
+    queued_tokens: int = 0,
+    watching: bool = True,
+) -> None:
+    handle.status = worker_pb2.WorkerStatus(
+        worker_id=f"w-{handle.address[-1]}", models=list(models), queued_tokens=queued_tokens
+    )
+    handle.watching = watching
+
+
+def addresses(handles: list[WorkerHandle]) -> list[str]:
+    return [h.address for h in handles]
+
+
+async def test_warm_beats_loading_beats_cold_and_watched_beats_unknown(pool: WorkerPool) -> None:
+    a, b, c = pool.workers
+    observe(a, model_status(worker_pb2.RESIDENCY_STATE_COLD))
+    observe(b, model_status(worker_pb2.RESIDENCY_STATE_WARM), watching=False)
+    observe(c, model_status(worker_pb2.RESIDENCY_STATE_LOADING))
+
+    order = WarmFirstPicker().order(MODEL, pool.workers)
+
+    assert addresses(order) == [c.address, a.address, b.address]
+
+
+async def test_fewest_queued_tokens_then_round_robin(pool: WorkerPool) -> None:
+    a, b, c = pool.workers
+    warm = model_status(worker_pb2.RESIDENCY_STATE_WARM)
+    observe(a, warm, queued_tokens=500)
+    observe(b, warm)
+    observe(c, warm)
+    picker = WarmFirstPicker()
+
+    firsts = [picker.order(MODEL, pool.workers)[0].address for _ in range(4)]
+
+    assert set(firsts) == {b.address, c.address}
+    assert firsts[0] != firsts[1] and firsts[1] != firsts[2]
+    assert picker.order(MODEL, pool.workers)[-1] is a
+
+
+async def test_no_workers_no_candidates() -> None:
+    assert WarmFirstPicker().order(MODEL, []) == []
+
+
+async def test_pool_follows_watch_status_and_reports_workers(start_worker: WorkerFactory) -> None:
+    worker = await start_worker("w-live")
+    dead = free_address()
+    pool = WorkerPool([worker.address, dead], heartbeat_s=0.2)
+    pool.start()
+    try:
+        live_handle, dead_handle = pool.workers
+        await wait_until(lambda: live_handle.watching)
+        worker.fake.set_models(model_status(worker_pb2.RESIDENCY_STATE_WARM))
+        await wait_until(lambda: bool(pool.warm_workers(MODEL)))
+
+        infos = {i.address: i for i in pool.infos()}
+        assert pool.warm_workers(MODEL) == ["w-live"]
+        assert infos[worker.address].worker_id == "w-live" and infos[worker.address].healthy
+        assert not infos[dead].healthy and dead_handle.last_error
+    finally:
+        await pool.close()
+
+
+async def test_pool_notices_a_worker_going_away_and_coming_back(
+    start_worker: WorkerFactory,
+) -> None:
+    worker = await start_worker("w-flaky")
+    pool = WorkerPool([worker.address], heartbeat_s=0.2)
+    pool.start()
+    try:
+        (handle,) = pool.workers
+        await wait_until(lambda: handle.watching)
+        await worker.server.stop(0)
+        await wait_until(lambda: not handle.watching)
+    finally:
+        await pool.close()
