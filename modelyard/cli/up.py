@@ -28,6 +28,7 @@ from modelyard.v1 import (
 )
 
 DEFAULT_PROMPT = "In two sentences, what is a large language model?"
+DEMO_SYSTEM = "You are a helpful assistant."
 
 
 def up(
@@ -140,7 +141,10 @@ def _demo(router: str, model: str, prompt: str, max_tokens: int) -> None:
     with Client(router, timeout_s=120) as client:
         stream = client.generate(
             model=model,
-            messages=[common_pb2.ChatMessage(role="user", content=prompt)],
+            messages=[
+                common_pb2.ChatMessage(role="system", content=DEMO_SYSTEM),
+                common_pb2.ChatMessage(role="user", content=prompt),
+            ],
             max_tokens=max_tokens,
             temperature=0.0,
         )

@@ -91,7 +91,10 @@ def test_chat_uses_the_models_template(
     stub = router_pb2_grpc.RouterServiceStub(router_channel)
     request = router_pb2.GenerateRequest(
         model=f"{smollm2.name}@{smollm2.version}",
-        messages=[common_pb2.ChatMessage(role="user", content="What is the capital of France?")],
+        messages=[
+            common_pb2.ChatMessage(role="system", content="You are a helpful assistant."),
+            common_pb2.ChatMessage(role="user", content="What is the capital of France?"),
+        ],
         sampling=common_pb2.SamplingParams(max_tokens=40, temperature=0.0),
     )
     events, _ = _collect(stub, request)
