@@ -152,6 +152,8 @@ class Relay:
                     relay = _StreamRelay(handle, request_id, attempt, route_ms)
                     for event in head:
                         yield relay.convert(event)
+                    if head[-1].WhichOneof("event") == "finished":
+                        return  # finished before any token (e.g. EOS first)
                     async with aclosing(relay.rest(call)) as rest:
                         async for out in rest:
                             yield out

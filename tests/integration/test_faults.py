@@ -38,7 +38,10 @@ def test_cancelling_the_client_stops_decoding_on_the_worker(
     call = stub.Generate(
         router_pb2.GenerateRequest(
             model=smollm2.name,
-            prompt="Write a very long story about a lighthouse keeper.",
+            messages=[
+                common_pb2.ChatMessage(role="system", content="You are a helpful assistant."),
+                common_pb2.ChatMessage(role="user", content="Write a long story about a sailor."),
+            ],
             sampling=common_pb2.SamplingParams(max_tokens=1000, temperature=0.0),
         ),
         timeout=120,

@@ -393,3 +393,15 @@ async def test_route_span_joins_the_worker_trace(
         and s.context.trace_id == route_context.trace_id
     ]
     assert worker_side, "the worker's server span is not in the router's trace"
+
+
+async def test_a_generation_that_finishes_before_any_token_is_relayed(
+    registry: RegistryUnderTest, start_worker: WorkerFactory
+) -> None:
+    # A model may emit end-of-sequence first: started then finished, no deltas.
+    worker = await start_worker("w1", script=[started(), finished()])
+    async with running_router(registry.address, [worker.address]) as router:
+        events = await collect(router.stub, request())
+
+    assert kinds(events) == ["started", "finished"]
+    assert events[-1].finished.finish_reason == common_pb2.FINISH_REASON_STOP
