@@ -14,7 +14,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
 
 import grpc
@@ -133,7 +133,10 @@ class Relay:
                 )
                 try:
                     try:
-                        head = await _read_until_first_token(call)
+                        # Iterate (not call.read()): the OpenTelemetry client interceptor
+                        # ends its span only when the response iterator is exhausted.
+                        events = aiter(call)
+                        head = await _read_until_first_token(events)
                     except (grpc.aio.AioRpcError, _NoFinish) as err:
                         if isinstance(err, grpc.aio.AioRpcError) and (
                             err.code() != grpc.StatusCode.UNAVAILABLE
@@ -154,7 +157,7 @@ class Relay:
                         yield relay.convert(event)
                     if head[-1].WhichOneof("event") == "finished":
                         return  # finished before any token (e.g. EOS first)
-                    async with aclosing(relay.rest(call)) as rest:
+                    async with aclosing(relay.rest(events)) as rest:
                         async for out in rest:
                             yield out
                     return
@@ -185,14 +188,14 @@ class Relay:
 
 
 async def _read_until_first_token(
-    call: grpc.aio.UnaryStreamCall,
+    events: AsyncIterator[worker_pb2.WorkerServiceGenerateResponse],
 ) -> list[worker_pb2.WorkerServiceGenerateResponse]:
     """Events up to and including the first delta (or the finish): nothing is relayed
     before this returns, so a failure in here can still go to another worker."""
     head: list[worker_pb2.WorkerServiceGenerateResponse] = []
     while True:
-        event = await call.read()
-        if event is grpc.aio.EOF:
+        event = await anext(events, None)
+        if event is None:
             raise _NoFinish("stream ended before any token")
         kind = event.WhichOneof("event")
         if kind is None:
@@ -233,17 +236,17 @@ class _StreamRelay:
         return router_pb2.GenerateResponse(finished=finished)
 
     async def rest(
-        self, call: grpc.aio.UnaryStreamCall
+        self, events: AsyncIterator[worker_pb2.WorkerServiceGenerateResponse]
     ) -> AsyncGenerator[router_pb2.GenerateResponse, None]:
         """The events after the first token, until the finish."""
         while True:
             try:
-                event = await call.read()
+                event = await anext(events, None)
             except grpc.aio.AioRpcError as err:
                 if err.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
                     raise from_rpc_error(err) from err
                 raise self._broken(_describe(err)) from err
-            if event is grpc.aio.EOF:
+            if event is None:
                 raise self._broken("stream ended without GenerationFinished")
             if event.WhichOneof("event") is None:
                 continue

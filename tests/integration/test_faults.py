@@ -77,7 +77,12 @@ def test_deadline_is_honoured_end_to_end(
             stub.Generate(
                 router_pb2.GenerateRequest(
                     model=smollm2.name,
-                    prompt="Count to one thousand.",
+                    messages=[
+                        common_pb2.ChatMessage(
+                            role="system", content="You are a helpful assistant."
+                        ),
+                        common_pb2.ChatMessage(role="user", content="Write a long story."),
+                    ],
                     sampling=common_pb2.SamplingParams(max_tokens=2000, temperature=0.0),
                 ),
                 timeout=1.5,

@@ -53,16 +53,12 @@ def test_router_and_worker_spans_share_one_trace_and_nest(
         assert events[-1].WhichOneof("event") == "finished"
 
         def complete(spans: list[ReceivedSpan]) -> bool:
-            names = {(s.service, s.name) for s in spans}
-            return (
-                ("modelyard-router", ROUTER_RPC) in names
-                and (
-                    "modelyard-worker",
-                    WORKER_RPC,
-                )
-                in names
-                and any(s.name == "engine.decode" for s in spans)
-            )
+            # Spans arrive in batches as they end: wait for the whole chain.
+            by_id = {s.span_id: s for s in spans}
+            workers = [s for s in spans if s.name == WORKER_RPC]
+            return any(
+                any(a.name == ROUTER_RPC for a in _ancestors(w, by_id)) for w in workers
+            ) and any(s.name == "engine.decode" for s in spans)
 
         spans = receiver.wait_for(complete)
     finally:
