@@ -10,6 +10,7 @@ retried request still shows the client exactly one GenerationStarted.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -156,6 +157,7 @@ class Relay:
                     for event in head:
                         yield relay.convert(event)
                     if head[-1].WhichOneof("event") == "finished":
+                        await _drain(events)
                         return  # finished before any token (e.g. EOS first)
                     async with aclosing(relay.rest(events)) as rest:
                         async for out in rest:
@@ -205,6 +207,13 @@ async def _read_until_first_token(
             return head
 
 
+async def _drain(events: AsyncIterator[worker_pb2.WorkerServiceGenerateResponse]) -> None:
+    """Read the stream to its end after the finish, so the call (and its client span) ends."""
+    with contextlib.suppress(grpc.aio.AioRpcError):
+        async for _ in events:
+            pass
+
+
 class _StreamRelay:
     """Converts one committed worker stream's events into the router's events."""
 
@@ -252,6 +261,7 @@ class _StreamRelay:
                 continue
             yield self.convert(event)
             if event.WhichOneof("event") == "finished":
+                await _drain(events)
                 return
 
     def _broken(self, why: str) -> StreamBroken:
