@@ -76,5 +76,5 @@ def test_router_and_worker_spans_share_one_trace_and_nest(
     assert chain[0].service == "modelyard-router"
     decode = next(s for s in trace if s.name == "engine.decode")
     assert worker_span in _ancestors(decode, by_id)
-    assert decode.attributes.get("gen_ai.request.model") == smollm2.name
+    assert decode.attributes.get("gen_ai.request.model") == f"{smollm2.name}@{smollm2.version}"
     assert decode.attributes.get("gen_ai.usage.output_tokens") == 8

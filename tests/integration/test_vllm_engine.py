@@ -74,7 +74,7 @@ async def engine() -> AsyncIterator[VllmEngine]:
 
 
 async def _collect(eng: VllmEngine, req: EngineRequest) -> tuple[str, list[int], Finished, int]:
-    text, tokens, scheduled = "", [], -1
+    text, tokens, scheduled = "", list[int](), -1
     async for event in eng.generate(req):
         if isinstance(event, Scheduled):
             scheduled = event.input_tokens
