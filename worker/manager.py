@@ -1,13 +1,21 @@
 """Residency of models on this worker: one state machine per "name@version".
 
-COLD → LOADING → WARM → DRAINING → COLD, with FAILED when a load fails (the
+COLD -> LOADING -> WARM -> DRAINING -> COLD, with FAILED when a load fails (the
 next load retries). Callers never touch states: they `load`, `acquire` a lease
-for a generation, or `unload`. All state changes happen on the event loop
-between awaits, so no lock is needed; concurrent loads of one model share one
-load task.
+for a generation, or `unload`. State changes happen on the event loop between
+awaits; concurrent loads of one model share one load task, and loads of
+different models take turns (`_load_lock`) so that each one's budget check and
+its measured footprint see only its own memory.
 
-Memory budget and LRU eviction (issue 4) plug in at `_make_room`: the estimate
-is recorded before every load and the measured RSS growth after it.
+Memory: before a load the model's estimate (worker.memory) must fit the budget
+next to the models in memory; idle warm models (no request queued or running,
+not pinned) are evicted least recently used first to make room. A model that
+can never fit, or one that would need a busy or pinned model evicted, is
+RESOURCE_EXHAUSTED at once with the bytes needed and available: the router
+then tries another worker instead of this request waiting for memory that may
+not come back within its deadline. After the load (and its warm-up) the
+footprint is the measured RSS growth, or the estimate where that is larger (the
+growth under-reads when the allocator reuses memory an earlier unload freed).
 """
 
 from __future__ import annotations
@@ -16,11 +24,10 @@ import asyncio
 import contextlib
 import enum
 import logging
-import os
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 from opentelemetry import trace
 
@@ -30,21 +37,34 @@ from modelyard.errors import (
     InvalidArgument,
     ModelyardError,
     NotFound,
+    ResourceExhausted,
     Unavailable,
 )
 from modelyard.v1 import common_pb2, model_pb2
-from worker import artifacts
+from worker import artifacts, memory
 from worker.config import WorkerSettings
-from worker.engines.base import Engine, LoadedInfo, ModelSpec
+from worker.engines import EngineFactory, available_engines
+from worker.engines.base import Engine, EngineRequest, LoadedInfo, ModelSpec, SamplingConfig
+from worker.scheduler import RequestQueue
 from worker.status import ChangeNotifier, SequenceCounters
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("modelyard.worker")
 
-# Resident memory per byte of weights (KV cache, compute buffers): refined by measurement.
-MEMORY_ESTIMATE_FACTOR = 1.3
+WARM_UP_PROMPT = "Hello"
 
-EngineFactory = Callable[[SequenceCounters], Engine]
+T = TypeVar("T")
+
+__all__ = [
+    "EngineFactory",
+    "Lease",
+    "LoadResult",
+    "ModelManager",
+    "ResidencyState",
+    "Resident",
+    "UnloadResult",
+    "model_key",
+]
 
 
 class ResidencyState(enum.Enum):
@@ -53,6 +73,9 @@ class ResidencyState(enum.Enum):
     WARM = "warm"
     DRAINING = "draining"
     FAILED = "failed"
+
+
+HOLDS_MEMORY = (ResidencyState.LOADING, ResidencyState.WARM, ResidencyState.DRAINING)
 
 
 def model_key(name: str, version: str) -> str:
@@ -66,24 +89,31 @@ class Resident:
     key: str
     model: model_pb2.Model
     counters: SequenceCounters  # survives reloads: totals count since the worker started
+    queue: RequestQueue
     state: ResidencyState = ResidencyState.COLD
     engine: Engine | None = None
     engine_kind: common_pb2.Engine.ValueType = common_pb2.ENGINE_UNSPECIFIED
     info: LoadedInfo | None = None
-    refcount: int = 0
+    refcount: int = 0  # requests queued or running
     last_used: float = 0.0  # wall-clock seconds
     error: str = ""
     pinned: bool = False
-    keep_alive_s: float | None = None
+    keep_alive_s: float | None = None  # None: the worker default
     estimated_bytes: int = 0
-    memory_bytes: int = 0  # measured after load; the estimate until then
+    memory_bytes: int = 0  # measured after load; the estimate while loading
     load_ms: float = 0.0
+    loads: int = 0
     load_task: asyncio.Future[None] | None = None
     unload_task: asyncio.Future[UnloadResult] | None = None
+    idle_timer: asyncio.TimerHandle | None = None
     idle: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
         self.idle.set()
+
+    @property
+    def evictable(self) -> bool:
+        return self.state is ResidencyState.WARM and self.refcount == 0 and not self.pinned
 
 
 class LoadResult(NamedTuple):
@@ -99,7 +129,7 @@ class UnloadResult(NamedTuple):
 
 @dataclass(frozen=True)
 class Lease:
-    """A model held for one request: it will not be unloaded or evicted while held."""
+    """A model held for one request that holds a decoding slot: it will not be evicted."""
 
     resident: Resident
     engine: Engine
@@ -108,12 +138,7 @@ class Lease:
 
 
 def default_engines(settings: WorkerSettings) -> dict[common_pb2.Engine.ValueType, EngineFactory]:
-    def llama_cpp(counters: SequenceCounters) -> Engine:
-        from worker.engines.llama_cpp import LlamaCppEngine
-
-        return LlamaCppEngine(counters, max_queued_requests=settings.max_queued_requests)
-
-    return {common_pb2.ENGINE_LLAMA_CPP: llama_cpp}
+    return dict(available_engines(settings))
 
 
 class ModelManager:
@@ -127,13 +152,23 @@ class ModelManager:
         self.settings = settings
         self.notifier = notifier if notifier is not None else ChangeNotifier()
         self.engines = dict(engines if engines is not None else default_engines(settings))
+        self.budget_bytes = settings.memory_budget_bytes or memory.default_budget_bytes(
+            settings.memory_budget_fraction
+        )
+        self.evictions_total = 0
         self._residents: dict[str, Resident] = {}
+        self._load_lock = asyncio.Lock()
+        self._background: set[asyncio.Future[object]] = set()
 
     def residents(self) -> list[Resident]:
         return list(self._residents.values())
 
     def get(self, name: str, version: str) -> Resident | None:
         return self._residents.get(model_key(name, version))
+
+    @property
+    def used_bytes(self) -> int:
+        return sum(r.memory_bytes for r in self._residents.values() if r.state in HOLDS_MEMORY)
 
     async def load(
         self,
@@ -145,11 +180,15 @@ class ModelManager:
     ) -> LoadResult:
         """Make the model warm. Idempotent; concurrent calls share one load."""
         r = self._resident_for(model)
-        r.pinned = r.pinned or pin
+        if pin and not r.pinned:
+            r.pinned = True
+            self._cancel_idle_timer(r)
+            self.notifier.notify()
         if keep_alive_s is not None:
             r.keep_alive_s = keep_alive_s
         if r.state is ResidencyState.WARM:
             r.last_used = time.time()
+            self._arm_idle_timer(r)
             return LoadResult(r, False, 0.0)
         if r.state is ResidencyState.DRAINING:
             raise Unavailable(f"model {r.key} is being unloaded; retry once it is cold")
@@ -173,46 +212,50 @@ class ModelManager:
         *,
         load_if_cold: bool = False,
         engine: common_pb2.Engine.ValueType = common_pb2.ENGINE_UNSPECIFIED,
-        load_timeout_s: float | None = None,
+        priority: common_pb2.Priority.ValueType = common_pb2.PRIORITY_NORMAL,
+        tokens: int = 0,
+        deadline: float | None = None,
     ) -> AsyncIterator[Lease]:
-        """Hold the model for one request; load it first if cold and `load_if_cold`.
+        """Queue one request on the model, load it if cold, and hold a decoding slot.
 
-        `load_timeout_s` bounds this request's wait for a load (DEADLINE_EXCEEDED); the
-        load itself goes on for the other waiters.
+        `tokens` (prompt + max_tokens) counts against the queue's token bound. The
+        request waits in the model's priority queue while the model loads and while
+        every slot is busy; `deadline` (monotonic seconds) bounds both waits
+        (DEADLINE_EXCEEDED). A full queue is RESOURCE_EXHAUSTED at once.
         """
         key = model_key(model.name, model.version)
         r = self._residents.get(key)
+        if r is not None and r.state is ResidencyState.DRAINING:
+            if not (load_if_cold and r.unload_task is not None):
+                raise Unavailable(f"model {key} is being unloaded on this worker; try another")
+            # Evicted a moment ago to make room for another model: reload it after.
+            await _until(deadline, asyncio.shield(r.unload_task), f"{key} was unloading")
         state = r.state if r is not None else ResidencyState.COLD
-        cold_start, load_ms = False, 0.0
-        if state is ResidencyState.DRAINING:
-            raise Unavailable(f"model {key} is being unloaded on this worker; try another")
-        if state is not ResidencyState.WARM:
-            # A load already under way is waited for; starting one needs load_if_cold.
-            if state is not ResidencyState.LOADING and not load_if_cold:
-                detail = f": its last load failed: {r.error}" if r is not None and r.error else ""
-                raise FailedPrecondition(
-                    f"model {key} is not loaded on this worker ({state.value}{detail}); "
-                    "call LoadModel first or set load_if_cold",
-                    reason="MODEL_NOT_LOADED",
-                    metadata={"model": key},
-                )
-            try:
-                result = await asyncio.wait_for(self.load(model, engine), load_timeout_s)
-            except TimeoutError:
-                raise DeadlineExceeded(
-                    f"the deadline passed while model {key} was loading"
-                ) from None
-            r, cold_start, load_ms = result.resident, result.loaded, result.load_ms
-        assert r is not None and r.engine is not None
-        r.refcount += 1
-        r.idle.clear()
+        loadable = load_if_cold and self.settings.load_on_demand
+        if state not in (ResidencyState.WARM, ResidencyState.LOADING) and not loadable:
+            detail = f": its last load failed: {r.error}" if r is not None and r.error else ""
+            how = "set load_if_cold" if self.settings.load_on_demand else "(load on demand is off)"
+            raise FailedPrecondition(
+                f"model {key} is not loaded on this worker ({state.value}{detail}); "
+                f"call LoadModel first or {how}",
+                reason="MODEL_NOT_LOADED",
+                metadata={"model": key},
+            )
+        r = self._resident_for(model)
+        ticket = r.queue.submit(priority, tokens)  # RESOURCE_EXHAUSTED before any load
+        self._hold(r)
         try:
+            cold_start, load_ms = False, 0.0
+            if r.state is not ResidencyState.WARM:
+                result = await _until(deadline, self.load(model, engine), f"{key} was loading")
+                cold_start, load_ms = result.loaded, result.load_ms
+            await r.queue.wait(ticket, deadline)
+            if r.engine is None:  # unloaded while this request waited for its slot
+                raise Unavailable(f"model {key} was unloaded before this request ran")
             yield Lease(r, r.engine, cold_start, load_ms)
         finally:
-            r.refcount -= 1
-            r.last_used = time.time()
-            if r.refcount == 0:
-                r.idle.set()
+            r.queue.leave(ticket)
+            self._release(r)
 
     async def unload(self, name: str, version: str, grace_s: float = 0.0) -> UnloadResult:
         """Drain the model: refuse new requests, let in-flight ones run `grace_s`, then free it."""
@@ -229,19 +272,66 @@ class ModelManager:
             r.state, r.error = ResidencyState.COLD, ""
             self.notifier.notify()
             return UnloadResult(0, 0)
-        r.state = ResidencyState.DRAINING
-        self.notifier.notify()
-        r.unload_task = asyncio.ensure_future(self._drain(r, grace_s))
-        return await asyncio.shield(r.unload_task)
+        return await asyncio.shield(self._start_drain(r, grace_s))
+
+    async def preload(self, entries: Sequence[PreloadEntry]) -> None:
+        """Load each entry in turn; a failure is logged and the others still load."""
+        for entry in entries:
+            try:
+                await self.load(entry.model, pin=entry.pin, keep_alive_s=entry.keep_alive_s)
+            except ModelyardError as err:
+                log.warning(
+                    "preloading %s failed: %s",
+                    model_key(entry.model.name, entry.model.version),
+                    err.message,
+                )
 
     async def close(self) -> None:
         """Unload every model at once (process shutdown)."""
         for r in self.residents():
-            if r.state in (ResidencyState.WARM, ResidencyState.LOADING, ResidencyState.DRAINING):
+            self._cancel_idle_timer(r)
+            if r.state in HOLDS_MEMORY:
                 try:
                     await self.unload(r.model.name, r.model.version, 0.0)
                 except ModelyardError as err:
                     log.warning("unloading %s at shutdown: %s", r.key, err.message)
+
+    # -- references and keep-alive ----------------------------------------------------
+
+    def _hold(self, r: Resident) -> None:
+        r.refcount += 1
+        r.idle.clear()
+        self._cancel_idle_timer(r)
+
+    def _release(self, r: Resident) -> None:
+        r.refcount -= 1
+        r.last_used = time.time()
+        if r.refcount == 0:
+            r.idle.set()
+            self._arm_idle_timer(r)
+
+    def keep_alive_of(self, r: Resident) -> float:
+        return r.keep_alive_s if r.keep_alive_s is not None else self.settings.keep_alive_s
+
+    def _arm_idle_timer(self, r: Resident) -> None:
+        self._cancel_idle_timer(r)
+        keep = self.keep_alive_of(r)
+        if keep > 0 and r.evictable:
+            r.idle_timer = asyncio.get_running_loop().call_later(keep, self._idle_expired, r)
+
+    @staticmethod
+    def _cancel_idle_timer(r: Resident) -> None:
+        if r.idle_timer is not None:
+            r.idle_timer.cancel()
+            r.idle_timer = None
+
+    def _idle_expired(self, r: Resident) -> None:
+        r.idle_timer = None
+        if r.evictable:
+            log.info("unloading %s: idle for %.1f s", r.key, self.keep_alive_of(r))
+            self._start_drain(r, 0.0)
+
+    # -- loading -------------------------------------------------------------------------
 
     def _resident_for(self, model: model_pb2.Model) -> Resident:
         if not model.name or not model.version:
@@ -249,7 +339,14 @@ class ModelManager:
         key = model_key(model.name, model.version)
         r = self._residents.get(key)
         if r is None:
-            r = Resident(key, model, SequenceCounters(self.notifier))
+            counters = SequenceCounters(self.notifier)
+            queue = RequestQueue(
+                key,
+                counters,
+                max_requests=self.settings.max_queued_requests,
+                max_tokens=self.settings.max_queued_tokens,
+            )
+            r = Resident(key, model, counters, queue)
             self._residents[key] = r
         return r
 
@@ -258,7 +355,7 @@ class ModelManager:
     ) -> common_pb2.Engine.ValueType:
         runs = ", ".join(common_pb2.Engine.Name(e) for e in self.engines)
         if model.artifact.format == model_pb2.ARTIFACT_FORMAT_HF:
-            # The only engine here reads GGUF; vLLM/transformers engines read HF checkpoints.
+            # llama.cpp reads only GGUF; vLLM/transformers engines read HF checkpoints.
             hf_engines = [e for e in self.engines if e != common_pb2.ENGINE_LLAMA_CPP]
             if not hf_engines:
                 raise FailedPrecondition(
@@ -289,6 +386,9 @@ class ModelManager:
         wanted = model.load_options.context_length or model.capabilities.context_length or cap
         return min(wanted, cap)
 
+    def _parallel(self, model: model_pb2.Model) -> int:
+        return model.load_options.max_parallel_sequences or self.settings.max_parallel_sequences
+
     async def _load(self, r: Resident, kind: common_pb2.Engine.ValueType) -> None:
         attributes = {
             "gen_ai.request.model": r.key,
@@ -303,61 +403,139 @@ class ModelManager:
                 r.state, r.memory_bytes = ResidencyState.FAILED, 0
                 r.error = err.message if isinstance(err, ModelyardError) else repr(err)
                 log.warning("loading %s failed: %s", r.key, r.error)
+                r.queue.fail_waiting(
+                    err if isinstance(err, ModelyardError) else Unavailable(r.error)
+                )
                 self.notifier.notify()
                 raise
         r.engine, r.engine_kind, r.info = engine, kind, info
-        r.memory_bytes = measured or r.estimated_bytes
+        # The measured RSS growth, floored by the estimate: growth under-reads when the
+        # allocator reuses pages an earlier unload freed (seen on the second load of a
+        # swapped model), and a budget that trusts an under-read overcommits.
+        r.memory_bytes = max(measured, r.estimated_bytes)
         r.load_ms = (time.monotonic() - started) * 1000
+        r.loads += 1
         r.state, r.last_used = ResidencyState.WARM, time.time()
+        r.queue.set_slots(self._parallel(r.model))
         log.info(
-            "loaded %s with %s in %.0f ms (context %d, ~%d MiB)",
+            "loaded %s with %s in %.0f ms (context %d, estimated %d MiB, measured %d MiB)",
             r.key,
             info.engine,
             r.load_ms,
             info.context_length,
-            r.memory_bytes >> 20,
+            r.estimated_bytes >> 20,
+            measured >> 20,
         )
+        self._arm_idle_timer(r)
         self.notifier.notify()
 
     async def _open(
         self, r: Resident, kind: common_pb2.Engine.ValueType
     ) -> tuple[Engine, LoadedInfo, int]:
-        path = artifacts.local_path(r.model.artifact.uri)
-        size = await asyncio.to_thread(artifacts.check_file, path)
-        if r.model.artifact.sha256:
-            await asyncio.to_thread(artifacts.verify_sha256, path, r.model.artifact.sha256)
+        path = await artifacts.fetch(r.model.artifact)
         if kind == common_pb2.ENGINE_LLAMA_CPP:
             await asyncio.to_thread(artifacts.check_gguf_magic, path)
-        r.estimated_bytes = r.model.resources.memory_bytes or int(size * MEMORY_ESTIMATE_FACTOR)
-        r.memory_bytes = r.estimated_bytes
-        self._make_room(r)
-        spec = ModelSpec(
-            key=r.key,
-            path=path,
-            context_length=self._context_length(r.model),
-            threads=self.settings.threads,
-            batch_size=self.settings.batch_size,
-            max_parallel_sequences=r.model.load_options.max_parallel_sequences or 1,
-            extra=dict(r.model.load_options.extra),
-        )
-        engine = self.engines[kind](r.counters)
-        # RSS growth is the measured footprint; loads running side by side blur it (fine for now).
-        before = _rss_bytes()
-        try:
-            info = await engine.load(spec)
-        except ModelyardError:
-            raise
-        except Exception as err:
-            raise FailedPrecondition(
-                f"cannot load {r.key} from {path}: {err} (corrupt or unsupported model file?)",
-                reason="ARTIFACT_CORRUPT",
-                metadata={"path": str(path)},
-            ) from err
-        return engine, info, max(_rss_bytes() - before, 0)
+        context_length = self._context_length(r.model)
+        async with self._load_lock:
+            estimate = await asyncio.to_thread(memory.estimate, path, context_length)
+            r.estimated_bytes = r.model.resources.memory_bytes or estimate.total
+            await self._make_room(r)
+            r.memory_bytes = r.estimated_bytes
+            self.notifier.notify()
+            spec = ModelSpec(
+                key=r.key,
+                path=path,
+                context_length=context_length,
+                threads=self.settings.threads,
+                batch_size=self.settings.batch_size,
+                max_parallel_sequences=self._parallel(r.model),
+                extra=dict(r.model.load_options.extra),
+            )
+            engine = self.engines[kind](r.counters)
+            before = memory.rss_bytes()
+            try:
+                info = await engine.load(spec)
+                await _warm_up(engine)
+            except BaseException as err:
+                with contextlib.suppress(Exception):
+                    await engine.unload()
+                if isinstance(err, (ModelyardError, asyncio.CancelledError)):
+                    raise
+                if not isinstance(err, Exception):
+                    raise
+                raise FailedPrecondition(
+                    f"cannot load {r.key} from {path}: {err} (corrupt or unsupported model file?)",
+                    reason="ARTIFACT_CORRUPT",
+                    metadata={"path": str(path)},
+                ) from err
+            return engine, info, max(memory.rss_bytes() - before, 0)
 
-    def _make_room(self, r: Resident) -> None:
-        """Issue 4: evict idle residents (LRU, refcount 0, not pinned) until `r` fits the budget."""
-        del r  # not enforced yet: every load is admitted
+    async def _make_room(self, r: Resident) -> None:
+        """Evict idle models, least recently used first, until `r`'s estimate fits the budget."""
+        need = r.estimated_bytes
+        if need > self.budget_bytes:
+            raise self._exhausted(
+                r,
+                f"{r.key} needs ~{need >> 20} MiB but the worker's whole memory budget "
+                f"is {self.budget_bytes >> 20} MiB: it can never be loaded here",
+                reason="MODEL_TOO_LARGE",
+            )
+        others = [o for o in self._residents.values() if o is not r and o.state in HOLDS_MEMORY]
+        used = sum(o.memory_bytes for o in others)
+        if used + need <= self.budget_bytes:
+            return
+        victims: list[Resident] = []
+        for candidate in sorted((o for o in others if o.evictable), key=lambda o: o.last_used):
+            victims.append(candidate)
+            used -= candidate.memory_bytes
+            if used + need <= self.budget_bytes:
+                break
+        if used + need > self.budget_bytes:
+            busy = [o.key for o in others if not o.evictable]
+            raise self._exhausted(
+                r,
+                f"{r.key} needs ~{need >> 20} MiB; {(self.budget_bytes - used) >> 20} MiB "
+                f"would be free after evicting every idle model, and {', '.join(busy)} "
+                "cannot be evicted (requests in flight, loading or pinned)",
+                reason="MEMORY_BUDGET_BUSY",
+            )
+        for victim in victims:
+            log.info(
+                "evicting %s (idle since %.0f) to load %s", victim.key, victim.last_used, r.key
+            )
+            self.evictions_total += 1
+            await asyncio.shield(self._start_drain(victim, 0.0))
+
+    def _exhausted(self, r: Resident, message: str, *, reason: str) -> ResourceExhausted:
+        available = self.budget_bytes - sum(
+            o.memory_bytes
+            for o in self._residents.values()
+            if o is not r and o.state in HOLDS_MEMORY
+        )
+        return ResourceExhausted(
+            message,
+            reason=reason,
+            metadata={
+                "model": r.key,
+                "needed_bytes": str(r.estimated_bytes),
+                "available_bytes": str(max(available, 0)),
+                "budget_bytes": str(self.budget_bytes),
+            },
+            retry_after_s=None if reason == "MODEL_TOO_LARGE" else 1.0,
+        )
+
+    # -- unloading -----------------------------------------------------------------------
+
+    def _start_drain(self, r: Resident, grace_s: float) -> asyncio.Future[UnloadResult]:
+        if r.unload_task is not None and r.state is ResidencyState.DRAINING:
+            return r.unload_task
+        self._cancel_idle_timer(r)
+        r.state = ResidencyState.DRAINING
+        self.notifier.notify()
+        task = asyncio.ensure_future(self._drain(r, grace_s))
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        r.unload_task = task
+        return task
 
     async def _drain(self, r: Resident, grace_s: float) -> UnloadResult:
         cancelled = 0
@@ -366,21 +544,46 @@ class ModelManager:
                 await asyncio.wait_for(r.idle.wait(), timeout=max(grace_s, 0.0))
             except TimeoutError:
                 cancelled = r.refcount
+        r.queue.set_slots(0)
+        r.queue.fail_waiting(Unavailable(f"model {r.key} was unloaded before this request ran"))
         engine = r.engine
-        before = _rss_bytes()
+        before = memory.rss_bytes()
         if engine is not None:
             await engine.unload()  # streams still running end as CANCELLED
-        freed = max(before - _rss_bytes(), 0)
+            await asyncio.to_thread(memory.trim_heap)
+        freed = max(before - memory.rss_bytes(), 0)
         r.engine, r.info, r.memory_bytes = None, None, 0
         r.state = ResidencyState.COLD
-        log.info("unloaded %s (cancelled %d requests)", r.key, cancelled)
+        log.info("unloaded %s (freed %d MiB, cancelled %d requests)", r.key, freed >> 20, cancelled)
         self.notifier.notify()
         return UnloadResult(cancelled, freed)
 
 
-def _rss_bytes() -> int:
+@dataclass(frozen=True)
+class PreloadEntry:
+    model: model_pb2.Model
+    pin: bool = False
+    keep_alive_s: float | None = None
+
+
+async def _warm_up(engine: Engine) -> None:
+    """One greedy token before the model is marked warm: first requests pay no first-use cost."""
+    request = EngineRequest(
+        "warm-up", prompt=WARM_UP_PROMPT, sampling=SamplingConfig(temperature=0.0), max_tokens=1
+    )
+    stream = engine.generate(request)
     try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return 0  # not Linux: no measurement, the estimate stands
+        async for _ in stream:
+            pass
+    finally:
+        await stream.aclose()
+
+
+async def _until(deadline: float | None, awaitable: Awaitable[T], doing: str) -> T:
+    """Await within `deadline` (monotonic seconds); DEADLINE_EXCEEDED saying what it waited for."""
+    if deadline is None:
+        return await awaitable
+    try:
+        return await asyncio.wait_for(awaitable, max(deadline - time.monotonic(), 0.0))
+    except TimeoutError:
+        raise DeadlineExceeded(f"the deadline passed while {doing}") from None

@@ -35,6 +35,7 @@ from worker.engines.base import (
     Scheduled,
 )
 from worker.manager import Lease, ModelManager
+from worker.scheduler import estimate_prompt_tokens
 from worker.status_report import WorkerIdentity, build_worker_status, model_status
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,12 @@ def engine_request(request: worker_pb2.WorkerServiceGenerateRequest) -> EngineRe
         max_tokens=max_tokens_of(s),
         stop=tuple(s.stop),
     )
+
+
+def queued_tokens(request: worker_pb2.WorkerServiceGenerateRequest, max_tokens: int) -> int:
+    """What the request costs the queue: estimated prompt tokens + max_tokens."""
+    chars = len(request.prompt) + sum(len(m.content) + len(m.role) for m in request.messages)
+    return estimate_prompt_tokens(chars) + max_tokens
 
 
 def seconds_of(duration: duration_pb2.Duration) -> float:
@@ -197,7 +204,6 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         request_id = request.request_id or req.request_id
         key = f"{request.model.name}@{request.model.version}"
         spans = _Spans({"gen_ai.request.model": key, "modelyard.request_id": request_id})
-        load_timeout_s = None if deadline is None else deadline - time.monotonic()
         error: BaseException | None = None
         try:
             async with contextlib.AsyncExitStack() as stack:
@@ -206,7 +212,9 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                         self._manager.acquire(
                             request.model,
                             load_if_cold=request.load_if_cold,
-                            load_timeout_s=load_timeout_s,
+                            priority=request.priority,
+                            tokens=queued_tokens(request, req.max_tokens),
+                            deadline=deadline,
                         )
                     )
                 # Cancellation reaches the decode thread at once, not when the stream unwinds.

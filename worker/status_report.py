@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import platform
 import time
 from dataclasses import dataclass, field
@@ -31,13 +30,6 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def total_memory_bytes() -> int:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return 0
 
 
 @dataclass(frozen=True)
@@ -85,8 +77,8 @@ def build_worker_status(identity: WorkerIdentity, manager: ModelManager) -> work
         engines=list(manager.engines),
         device=identity.device,
         device_name=identity.device_name,
-        memory_budget_bytes=manager.settings.memory_budget_bytes or total_memory_bytes(),
-        memory_used_bytes=sum(m.memory_bytes for m in models),
+        memory_budget_bytes=manager.budget_bytes,
+        memory_used_bytes=manager.used_bytes,
         models=models,
         running_sequences=sum(m.running_sequences for m in models),
         queued_requests=sum(m.queued_requests for m in models),

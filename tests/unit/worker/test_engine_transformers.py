@@ -1,0 +1,158 @@
+"""transformers engine on the real SmolLM2 GGUF (dequantized by transformers).
+
+Needs torch + transformers: runs under .venv-vllm (see scripts/setup-vllm.sh).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from worker.engines.base import (
+    ChatTurn,
+    EngineRequest,
+    Finished,
+    FinishReason,
+    ModelSpec,
+    Piece,
+    SamplingConfig,
+    Scheduled,
+)
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from worker.engines.transformers import TransformersEngine
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+GREEDY = SamplingConfig(temperature=0.0)
+PROMPT = "The capital of France is"
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def engine(smollm2_gguf: Path) -> AsyncIterator[TransformersEngine]:
+    eng = TransformersEngine()
+    info = await eng.load(
+        ModelSpec(key="smollm2@hf", path=smollm2_gguf, context_length=2048, threads=1)
+    )
+    assert info.engine == "transformers" and info.has_chat_template and info.vocab_size > 49000
+    try:
+        yield eng
+    finally:
+        await eng.unload()
+
+
+async def _collect(eng: TransformersEngine, req: EngineRequest) -> tuple[str, list[int], Finished]:
+    text, tokens = "", list[int]()
+    events = [e async for e in eng.generate(req)]
+    assert isinstance(events[0], Scheduled) and isinstance(events[-1], Finished)
+    for e in events[1:-1]:
+        assert isinstance(e, Piece)
+        text += e.text
+        tokens.extend(e.token_ids)
+    fin = events[-1]
+    assert fin.output_tokens == len(tokens) and fin.input_tokens == events[0].input_tokens
+    return text, tokens, fin
+
+
+async def test_greedy_matches_llama_cpp_until_quantization_drift(
+    engine: TransformersEngine, smollm2_gguf: Path
+) -> None:
+    # Same prompt tokens to both. Dequantized float32 vs llama.cpp's Q4_1 kernels: near-tie
+    # logits split them sooner or later (measured: 11 tokens here, 0-5 on other prompts).
+    llama_cpp = pytest.importorskip("llama_cpp")
+    assert engine._prompter is not None
+    ids = engine._prompter.token_ids(
+        EngineRequest("ids", messages=[ChatTurn("user", "What is 2+2?")])
+    )
+    text, tokens, fin = await _collect(
+        engine, EngineRequest("g", prompt_token_ids=ids, sampling=GREEDY, max_tokens=12)
+    )
+    assert fin.reason in {FinishReason.LENGTH, FinishReason.STOP} and len(tokens) >= 10
+
+    def reference() -> list[int]:
+        llama = llama_cpp.Llama(str(smollm2_gguf), n_ctx=256, n_threads=1, verbose=False)
+        try:
+            out: list[int] = []
+            for t in llama.generate(ids, temp=0.0, top_k=1, reset=True):
+                out.append(int(t))
+                if len(out) == 12:
+                    break
+            return out
+        finally:
+            llama.close()
+
+    assert tokens[:10] == (await asyncio.to_thread(reference))[:10]
+    assert "4" in text
+
+
+async def test_chat_template_and_stop_sequence(engine: TransformersEngine) -> None:
+    chat = EngineRequest(
+        "c",
+        messages=[ChatTurn("user", "What is the capital of France?")],
+        sampling=GREEDY,
+        max_tokens=20,
+    )
+    text, _, fin = await _collect(engine, chat)
+    assert "Paris" in text and fin.reason in {FinishReason.STOP, FinishReason.LENGTH}
+    words = text.split()
+    stop = words[2] if len(words) > 2 else words[-1]
+    stopped, _, fin2 = await _collect(
+        engine,
+        EngineRequest("c2", messages=chat.messages, sampling=GREEDY, max_tokens=20, stop=[stop]),
+    )
+    assert fin2.reason is FinishReason.STOP_SEQUENCE and fin2.stop_sequence == stop
+    assert stop not in stopped and text.startswith(stopped)
+
+
+async def test_seeded_sampling_is_reproducible(engine: TransformersEngine) -> None:
+    s = SamplingConfig(
+        temperature=0.9,
+        top_p=0.9,
+        top_k=40,
+        min_p=0.05,
+        seed=7,
+        repetition_penalty=1.1,
+        presence_penalty=0.2,
+        frequency_penalty=0.2,
+    )
+    a = await _collect(engine, EngineRequest("s1", prompt="Once upon", sampling=s, max_tokens=10))
+    b = await _collect(engine, EngineRequest("s2", prompt="Once upon", sampling=s, max_tokens=10))
+    assert a[1] == b[1]
+
+
+async def test_abort_and_close_cancel_within_a_token(engine: TransformersEngine) -> None:
+    req = EngineRequest("long", prompt="Write a long essay.", max_tokens=500)
+    fin: Finished | None = None
+    pieces = 0
+    async for event in engine.generate(req):
+        if isinstance(event, Piece):
+            pieces += 1
+            if pieces == 2:
+                engine.abort("long")
+        elif isinstance(event, Finished):
+            fin = event
+    assert fin is not None and fin.reason is FinishReason.CANCELLED and fin.output_tokens <= 4
+    stream = engine.generate(EngineRequest("closed", prompt="Hi", max_tokens=500))
+    async for event in stream:
+        if isinstance(event, Piece):
+            break
+    await stream.aclose()
+    # The next request runs at once: the closed one stopped within a token.
+    _, tokens, _ = await _collect(
+        engine, EngineRequest("after", prompt=PROMPT, sampling=GREEDY, max_tokens=3)
+    )
+    assert len(tokens) == 3 and engine.stats().running_sequences == 0
+
+
+async def test_prompt_longer_than_the_context_is_refused(engine: TransformersEngine) -> None:
+    from modelyard.errors import InvalidArgument
+
+    with pytest.raises(InvalidArgument):
+        async for _ in engine.generate(EngineRequest("x", prompt_token_ids=[1] * 5000)):
+            pass

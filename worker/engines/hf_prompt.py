@@ -1,0 +1,48 @@
+"""Prompt token ids for an EngineRequest, with a Hugging Face tokenizer (vLLM, transformers).
+
+Chat uses the tokenizer's own template (`apply_chat_template`); a tokenizer without
+one falls back to ChatML as the llama.cpp engine does.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from worker.chat_template import ChatTemplate
+from worker.engines.base import EngineRequest
+
+
+class HfPrompter:
+    def __init__(self, tokenizer: Any, *, model: str = "") -> None:
+        self.tokenizer = tokenizer
+        self._fallback: ChatTemplate | None = None
+        if not getattr(tokenizer, "chat_template", None):
+            self._fallback = ChatTemplate.from_metadata(
+                {},
+                bos_token=tokenizer.bos_token or "",
+                eos_token=tokenizer.eos_token or "",
+                model=model,
+            )
+
+    @property
+    def has_chat_template(self) -> bool:
+        return self._fallback is None
+
+    def token_ids(self, req: EngineRequest) -> list[int]:
+        if req.prompt_token_ids is not None:
+            return [int(t) for t in req.prompt_token_ids]
+        if req.messages:
+            text = self.render_chat(req)
+            # The template already wrote any special tokens it wants.
+            return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return list(self.tokenizer(req.prompt)["input_ids"])
+
+    def render_chat(self, req: EngineRequest) -> str:
+        if self._fallback is not None:
+            return self._fallback.render(req.messages).text
+        turns = [
+            {"role": m.role, "content": m.content, **({"name": m.name} if m.name else {})}
+            for m in req.messages
+        ]
+        text = self.tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=False)
+        return str(text)

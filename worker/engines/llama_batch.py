@@ -1,0 +1,330 @@
+"""Continuous batching for llama.cpp: one thread, one context, many sequences.
+
+Shaped like the llama.cpp server's slot loop. Each running request owns a
+sequence id in one context whose KV cache is unified (all sequences share its
+cells). Every step the loop builds one `llama_batch` holding the next token of
+every decoding sequence plus a chunk of at most `PREFILL_CHUNK` prompt tokens of
+sequences still reading their prompt, runs one `llama_decode`, and samples each
+sequence's next token from its own row of logits with its own llama.cpp sampler
+chain (penalties, top-k, top-p, min-p, temperature, seeded dist; greedy at
+temperature 0, as `Llama` does). New requests join between steps, so a long
+prompt delays the running streams by one chunk, not by the whole prompt.
+
+A request reserves prompt + max_tokens cells (capped at the context) on
+admission; it waits for a later step while the reservations would overflow the
+shared cache, so `llama_decode` never runs out of cells mid-stream.
+
+Everything here runs on the loop thread except `submit`, `cancel_all` and
+`stop`, which only touch the pending list under the lock.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import random
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from worker.engines.base import (
+    EngineEvent,
+    EngineRequest,
+    Finished,
+    FinishReason,
+    Piece,
+    Scheduled,
+)
+from worker.engines.channel import EventChannel
+from worker.status import SequenceCounters
+from worker.text import TextStream
+
+log = logging.getLogger(__name__)
+
+# Prompt tokens per step while other sequences are decoding: bounds their stall to
+# one chunk's prefill (~0.3 s on 2 cores for SmolLM2) per step.
+PREFILL_CHUNK = 64
+PENALTY_LAST_N = 64  # as llama-cpp-python's Llama (last_n_tokens_size)
+IDLE_WAIT_S = 0.5
+
+
+@dataclass(frozen=True)
+class Failed:
+    """The decode loop raised; the consumer re-raises it on the event loop."""
+
+    error: BaseException
+
+
+@dataclass(eq=False)  # identity, so jobs can key a dict
+class Job:
+    request: EngineRequest
+    prompt_tokens: list[int]
+    channel: EventChannel[EngineEvent | Failed]
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def reserve(self) -> int:
+        return len(self.prompt_tokens) + self.request.max_tokens
+
+    def emit(self, event: EngineEvent | Failed) -> bool:
+        return self.channel.put(event)
+
+
+@dataclass(eq=False)
+class _Slot:
+    job: Job
+    seq_id: int
+    sampler: Any  # llama_cpp._internals.LlamaSampler
+    reserve: int
+    text: TextStream
+    room: int  # tokens this sequence may generate before the context is full
+    fed: int = 0  # prompt tokens in the KV cache
+    n_past: int = 0
+    next_token: int | None = None  # sampled, not yet fed
+    produced: int = 0
+
+    @property
+    def prefilling(self) -> bool:
+        return self.fed < len(self.job.prompt_tokens)
+
+
+class BatchDecoder:
+    """Owns the context; `run` is the body of its one thread."""
+
+    def __init__(
+        self,
+        model: Any,  # llama_cpp._internals.LlamaModel
+        ctx: Any,  # llama_cpp._internals.LlamaContext
+        *,
+        n_ctx: int,
+        n_batch: int,
+        n_seq: int,
+        counters: SequenceCounters,
+        key: str,
+    ) -> None:
+        import llama_cpp
+        from llama_cpp._internals import LlamaBatch
+
+        self._llama_cpp = llama_cpp
+        self._model, self._ctx = model, ctx
+        self._vocab = llama_cpp.llama_model_get_vocab(model.model)
+        self._n_vocab = int(model.n_vocab())
+        self.n_ctx, self.n_batch, self.n_seq = n_ctx, n_batch, n_seq
+        self._counters = counters
+        self._batch: Any = LlamaBatch(n_tokens=n_batch, embd=0, n_seq_max=1, verbose=False)
+        self._pending: collections.deque[Job] = collections.deque()
+        self._slots: list[_Slot] = []
+        self._free_ids = list(range(n_seq - 1, -1, -1))
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self.run, name=f"llama-{key}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def submit(self, job: Job) -> None:
+        with self._cond:
+            if self._stopping:
+                raise RuntimeError("the decode loop has stopped")
+            self._pending.append(job)
+            self._cond.notify()
+
+    def wake(self) -> None:
+        with self._cond:
+            self._cond.notify()
+
+    def stop(self) -> None:
+        """Blocking: end every stream as CANCELLED and join the thread."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        self._thread.join()
+        self._batch.close()
+
+    # -- the loop thread ------------------------------------------------------------
+
+    def run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._stopping and not self._slots and not self._pending:
+                    self._cond.wait(IDLE_WAIT_S)
+                if self._stopping:
+                    break
+                admitted = self._admit()
+            for slot in admitted:
+                self._start(slot)
+            try:
+                self._step()
+            except Exception as err:
+                log.exception("llama.cpp decode step failed")
+                for slot in list(self._slots):
+                    self._end(slot, Failed(err))
+        for slot in list(self._slots):
+            self._end(slot, None)
+        with self._cond:
+            left = list(self._pending)
+            self._pending.clear()
+        for job in left:
+            job.emit(Finished(FinishReason.CANCELLED, len(job.prompt_tokens), 0))
+
+    def _admit(self) -> list[_Slot]:
+        """Under the lock: move pending jobs into free sequences while their cells fit."""
+        reserved = sum(s.reserve for s in self._slots)
+        admitted: list[_Slot] = []
+        while self._pending and self._free_ids:
+            job = self._pending[0]
+            reserve = min(job.reserve, self.n_ctx)
+            if self._slots and reserved + reserve > self.n_ctx:
+                break  # waits for a sequence to finish; FIFO, so no starvation
+            self._pending.popleft()
+            reserved += reserve
+            slot = self._new_slot(job, self._free_ids.pop(), reserve)
+            self._slots.append(slot)
+            admitted.append(slot)
+        return admitted
+
+    def _new_slot(self, job: Job, seq_id: int, reserve: int) -> _Slot:
+        from llama_cpp._internals import LlamaSampler
+
+        s = job.request.sampling
+        sampler: Any = LlamaSampler()  # type: ignore[no-untyped-call]
+        sampler.add_penalties(
+            self._n_vocab,
+            PENALTY_LAST_N,
+            s.repetition_penalty,
+            s.frequency_penalty,
+            s.presence_penalty,
+        )
+        if s.temperature <= 0:
+            sampler.add_greedy()
+        else:
+            sampler.add_top_k(s.top_k)
+            sampler.add_top_p(s.top_p, 1)
+            sampler.add_min_p(s.min_p, 1)
+            sampler.add_temp(s.temperature)
+            seed = s.seed if s.seed is not None else random.getrandbits(32)
+            sampler.add_dist(seed & 0xFFFFFFFF)  # llama.cpp samplers take a 32-bit seed
+        return _Slot(
+            job,
+            seq_id,
+            sampler,
+            reserve,
+            TextStream(job.request.stop),
+            room=self.n_ctx - len(job.prompt_tokens),
+        )
+
+    def _start(self, slot: _Slot) -> None:
+        self._memory_seq_rm(slot.seq_id)
+        self._counters.started()
+        if not slot.job.emit(Scheduled(len(slot.job.prompt_tokens))):
+            slot.job.cancel.set()
+
+    def _step(self) -> None:
+        for slot in list(self._slots):
+            if slot.job.cancel.is_set():
+                self._end(slot, FinishReason.CANCELLED)
+        if not self._slots:
+            return
+        batch = self._batch.batch
+        n = 0
+        rows: list[tuple[int, _Slot]] = []
+
+        def add(token: int, slot: _Slot, logits: bool) -> None:
+            nonlocal n
+            batch.token[n] = token
+            batch.pos[n] = slot.n_past
+            batch.n_seq_id[n] = 1
+            batch.seq_id[n][0] = slot.seq_id
+            batch.logits[n] = logits
+            if logits:
+                rows.append((n, slot))
+            slot.n_past += 1
+            n += 1
+
+        decoding = [s for s in self._slots if not s.prefilling and s.next_token is not None]
+        for slot in decoding:
+            assert slot.next_token is not None
+            add(slot.next_token, slot, True)
+            slot.next_token = None
+        budget = self.n_batch - n
+        if decoding:
+            budget = min(budget, PREFILL_CHUNK)
+        for slot in self._slots:
+            if budget <= 0:
+                break
+            if not slot.prefilling:
+                continue
+            prompt = slot.job.prompt_tokens
+            take = min(budget, len(prompt) - slot.fed)
+            for i in range(slot.fed, slot.fed + take):
+                add(prompt[i], slot, i == len(prompt) - 1)
+            slot.fed += take
+            budget -= take
+        if n == 0:
+            return
+        batch.n_tokens = n
+        rc = self._llama_cpp.llama_decode(self._ctx.ctx, batch)
+        if rc != 0:
+            raise RuntimeError(f"llama_decode returned {rc} for a batch of {n} tokens")
+        for index, slot in rows:
+            if slot in self._slots:
+                self._accept(slot, int(slot.sampler.sample(self._ctx, index)))
+
+    def _accept(self, slot: _Slot, token: int) -> None:
+        """One sampled token: stream it, or end the sequence."""
+        job, req = slot.job, slot.job.request
+        if self._llama_cpp.llama_vocab_is_eog(self._vocab, token):
+            tail = slot.text.finish()
+            if tail.text and not job.emit(Piece(tail.text, ())):
+                self._end(slot, FinishReason.CANCELLED)
+            elif tail.stop is not None:
+                self._end(slot, FinishReason.STOP_SEQUENCE, tail.stop)
+            else:
+                self._end(slot, FinishReason.STOP)
+            return
+        slot.produced += 1
+        self._counters.generated(1)
+        chunk = slot.text.feed(bytes(self._model.detokenize([token])))
+        reason: FinishReason | None = None
+        if chunk.stop is not None:
+            reason = FinishReason.STOP_SEQUENCE
+        elif slot.produced >= req.max_tokens:
+            reason = FinishReason.LENGTH
+        elif slot.produced >= slot.room:
+            reason = FinishReason.CONTEXT_LENGTH
+        out, stop = chunk.text, chunk.stop or ""
+        if reason is not None and reason is not FinishReason.STOP_SEQUENCE:
+            tail = slot.text.finish()
+            out += tail.text
+            if tail.stop is not None:
+                reason, stop = FinishReason.STOP_SEQUENCE, tail.stop
+        if not job.emit(Piece(out, (token,))):
+            self._end(slot, FinishReason.CANCELLED)
+        elif reason is not None:
+            self._end(slot, reason, stop)
+        else:
+            slot.next_token = token
+
+    def _end(self, slot: _Slot, outcome: FinishReason | Failed | None, stop: str = "") -> None:
+        """Free the sequence, then tell the consumer (None: the loop is stopping)."""
+        self._slots.remove(slot)
+        self._memory_seq_rm(slot.seq_id)
+        slot.sampler.close()
+        self._free_ids.append(slot.seq_id)
+        # Count it finished before the consumer hears so: a status read right after the
+        # stream ends never shows it running.
+        self._counters.finished()
+        n_prompt = len(slot.job.prompt_tokens)
+        if isinstance(outcome, Failed):
+            slot.job.emit(outcome)
+        else:
+            reason = outcome if outcome is not None else FinishReason.CANCELLED
+            slot.job.emit(Finished(reason, n_prompt, slot.produced, stop))
+
+    def _memory_seq_rm(self, seq_id: int) -> None:
+        memory = self._llama_cpp.llama_get_memory(self._ctx.ctx)
+        self._llama_cpp.llama_memory_seq_rm(memory, seq_id, -1, -1)

@@ -1,0 +1,296 @@
+"""Hugging Face transformers on torch: CPU, MPS or CUDA; HF checkpoints and GGUF.
+
+GGUF files are dequantized on load (`from_pretrained(dir, gguf_file=...)`). Decoding
+is our own token loop over `model(...)` with the KV cache (`past_key_values`), on one
+thread per engine that owns the model, so every token streams out the moment it is
+chosen and a cancel stops it within one token. Requests run one at a time, FIFO.
+
+Why not the library's continuous batching (`generate_batch` / `ContinuousBatchingManager`,
+transformers >= 4.56): it needs the paged-attention kernels ("sdpa_paged"), is marked
+experimental, and on CPU it brought no measured gain for this engine's role, which
+is correctness and portability (MPS) rather than throughput: vLLM is the batching
+engine. The loop is small enough to swap for it once it settles.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import threading
+from collections.abc import AsyncGenerator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from modelyard.errors import Internal, InvalidArgument, ResourceExhausted
+from worker.engines.base import (
+    EngineEvent,
+    EngineRequest,
+    EngineStats,
+    Finished,
+    FinishReason,
+    LoadedInfo,
+    ModelSpec,
+    Piece,
+    Scheduled,
+)
+from worker.engines.channel import EventChannel
+from worker.engines.hf_prompt import HfPrompter
+from worker.engines.transformers_sampling import next_token
+from worker.status import SequenceCounters
+from worker.text import StopMatcher
+
+log = logging.getLogger(__name__)
+
+ENGINE_NAME = "transformers"
+
+
+class EngineNotLoaded(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class _Failed:
+    error: BaseException
+
+
+@dataclass(eq=False)
+class _Job:
+    request: EngineRequest
+    prompt: list[int]
+    channel: EventChannel[EngineEvent | _Failed]
+    cancel: threading.Event = field(default_factory=threading.Event)
+    started: bool = False
+
+
+@dataclass
+class _Loaded:
+    model: Any
+    tokenizer: Any
+    device: Any
+    eos: frozenset[int]
+    context: int
+
+
+class TransformersEngine:
+    name = ENGINE_NAME
+
+    def __init__(
+        self, counters: SequenceCounters | None = None, *, max_queued_requests: int = 64
+    ) -> None:
+        self._counters = counters if counters is not None else SequenceCounters()
+        self._max_queued = max_queued_requests
+        self._executor: ThreadPoolExecutor | None = None
+        self._loaded: _Loaded | None = None
+        self._prompter: HfPrompter | None = None
+        self._key = ""
+        self._jobs: dict[_Job, Future[None]] = {}
+
+    async def load(self, spec: ModelSpec) -> LoadedInfo:
+        if self._loaded is not None:
+            raise RuntimeError(f"engine already holds {self._key}")
+        executor = ThreadPoolExecutor(1, thread_name_prefix=f"hf-{spec.key}")
+        try:
+            loaded = await asyncio.get_running_loop().run_in_executor(executor, _open, spec)
+        except BaseException:
+            executor.shutdown(wait=False)
+            raise
+        self._executor, self._loaded, self._key = executor, loaded, spec.key
+        self._prompter = HfPrompter(loaded.tokenizer, model=spec.key)
+        return LoadedInfo(
+            engine=ENGINE_NAME,
+            context_length=loaded.context,
+            vocab_size=len(loaded.tokenizer),
+            has_chat_template=self._prompter.has_chat_template,
+        )
+
+    async def generate(self, req: EngineRequest) -> AsyncGenerator[EngineEvent, None]:
+        loaded, prompter, executor = self._loaded, self._prompter, self._executor
+        if loaded is None or prompter is None or executor is None:
+            raise EngineNotLoaded(f"no model loaded in this {ENGINE_NAME} engine")
+        prompt = prompter.token_ids(req)
+        if not prompt:
+            raise InvalidArgument.for_field("prompt", "the prompt has no tokens")
+        if len(prompt) >= loaded.context:
+            raise InvalidArgument.for_field(
+                "prompt",
+                f"the prompt has {len(prompt)} tokens but {self._key} is loaded "
+                f"with a context window of {loaded.context} tokens",
+            )
+        queued = self._counters.snapshot().queued_requests
+        if queued >= self._max_queued:
+            raise ResourceExhausted(
+                f"{self._key} has {queued} requests queued (limit {self._max_queued})",
+                retry_after_s=1.0,
+            )
+        job = _Job(req, prompt, EventChannel(asyncio.get_running_loop()))
+        cost = len(prompt) + req.max_tokens
+        self._counters.enqueued(cost)
+        future = executor.submit(_decode, loaded, job, self._counters, cost)
+        self._jobs[job] = future
+        try:
+            while True:
+                event = await job.channel.get()
+                if isinstance(event, _Failed):
+                    raise Internal(f"{ENGINE_NAME} failed: {event.error}") from event.error
+                yield event
+                if isinstance(event, Finished):
+                    return
+        finally:
+            job.cancel.set()
+            job.channel.close()
+            self._jobs.pop(job, None)
+            if future.cancel():  # never started: it leaves the queue here
+                self._counters.dequeued(cost)
+
+    def abort(self, request_id: str) -> None:
+        for job in list(self._jobs):
+            if job.request.request_id == request_id:
+                job.cancel.set()
+
+    async def unload(self) -> None:
+        loaded, executor = self._loaded, self._executor
+        if loaded is None or executor is None:
+            return
+        self._loaded, self._prompter = None, None
+        for job in list(self._jobs):
+            job.cancel.set()
+        # Released on the owner thread, behind any job still winding down.
+        await asyncio.get_running_loop().run_in_executor(executor, _close, loaded)
+        executor.shutdown(wait=False, cancel_futures=True)
+        self._executor = None
+
+    def stats(self) -> EngineStats:
+        snap = self._counters.snapshot()
+        return EngineStats(
+            running_sequences=snap.running_sequences,
+            queued_requests=snap.queued_requests,
+            queued_tokens=snap.queued_tokens,
+            generated_tokens_total=snap.generated_tokens_total,
+            tokens_per_second=snap.tokens_per_second,
+        )
+
+
+def _pick_device(wanted: str) -> Any:
+    import torch
+
+    if wanted:
+        return torch.device(wanted)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def _open(spec: ModelSpec) -> _Loaded:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.set_num_threads(max(spec.threads, 1))
+    device = _pick_device(spec.extra.get("device", ""))
+    # float32 on CPU: exact and, without AMX, as fast as bf16; half precision on GPUs.
+    default = "float32" if device.type == "cpu" else "bfloat16"
+    dtype = getattr(torch, spec.extra.get("dtype", default))
+    if spec.path.is_dir():
+        where, kwargs = str(spec.path), {}
+    else:  # a GGUF file: transformers dequantizes it
+        where, kwargs = str(spec.path.parent), {"gguf_file": spec.path.name}
+    tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, **kwargs).to(device).eval()
+    eos = model.generation_config.eos_token_id
+    if eos is None:
+        eos = tokenizer.eos_token_id
+    eos_ids = frozenset(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    trained = int(getattr(model.config, "max_position_embeddings", 0) or spec.context_length)
+    return _Loaded(model, tokenizer, device, eos_ids, min(spec.context_length, trained))
+
+
+def _close(loaded: _Loaded) -> None:
+    import gc
+
+    import torch
+
+    device = loaded.device
+    loaded.model = None
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    elif device.type == "mps":
+        torch.mps.empty_cache()
+
+
+def _decode(loaded: _Loaded, job: _Job, counters: SequenceCounters, cost: int) -> None:
+    """One job on the owner thread; always ends the stream with Finished or _Failed."""
+    counters.dequeued(cost)
+    n_prompt = len(job.prompt)
+    if job.cancel.is_set() or loaded.model is None:
+        job.channel.put(Finished(FinishReason.CANCELLED, n_prompt, 0))
+        return
+    counters.started()
+    try:
+        job.channel.put(Scheduled(n_prompt))
+        reason, produced, stop = _sample(loaded, job, counters)
+    except Exception as err:
+        log.exception("decoding %s failed", job.request.request_id)
+        counters.finished()
+        job.channel.put(_Failed(err))
+        return
+    counters.finished()
+    job.channel.put(Finished(reason, n_prompt, produced, stop))
+
+
+def _sample(
+    loaded: _Loaded, job: _Job, counters: SequenceCounters
+) -> tuple[FinishReason, int, str]:
+    import torch
+
+    req, tok = job.request, loaded.tokenizer
+    generator = torch.Generator(device="cpu" if loaded.device.type == "mps" else loaded.device)
+    generator.manual_seed(
+        req.sampling.seed if req.sampling.seed is not None else random.getrandbits(63)
+    )
+    room = loaded.context - len(job.prompt)
+    stops = StopMatcher(req.stop)
+    produced: list[int] = []
+    shown = ""  # decoded text of `produced` already passed to the stop matcher
+    past: Any = None
+    step = torch.tensor([job.prompt], device=loaded.device)
+    with torch.inference_mode():
+        while True:
+            if job.cancel.is_set():
+                return FinishReason.CANCELLED, len(produced), ""
+            out = loaded.model(input_ids=step, past_key_values=past, use_cache=True)
+            past = out.past_key_values
+            token = next_token(out.logits[0, -1], job.prompt + produced, req.sampling, generator)
+            if token in loaded.eos:
+                text, stop = stops.push("")
+                tail = text + (stops.flush() if stop is None else "")
+                if tail and not job.channel.put(Piece(tail, ())):
+                    return FinishReason.CANCELLED, len(produced), ""
+                if stop is not None:
+                    return FinishReason.STOP_SEQUENCE, len(produced), stop
+                return FinishReason.STOP, len(produced), ""
+            produced.append(token)
+            counters.generated(1)
+            # Decode the whole tail: byte-level BPE needs context for spaces and UTF-8.
+            full = tok.decode(produced, skip_special_tokens=True)
+            new = "" if full.endswith("\ufffd") else full[len(shown) :]
+            if new:
+                shown = full
+            text, stop = stops.push(new)
+            reason: FinishReason | None = None
+            if stop is not None:
+                reason = FinishReason.STOP_SEQUENCE
+            elif len(produced) >= req.max_tokens:
+                reason = FinishReason.LENGTH
+            elif len(produced) >= room:
+                reason = FinishReason.CONTEXT_LENGTH
+            if reason is not None and stop is None:
+                text += stops.flush()
+            if not job.channel.put(Piece(text, (token,))):
+                return FinishReason.CANCELLED, len(produced), ""
+            if reason is not None:
+                return reason, len(produced), stop or ""
+            step = torch.tensor([[token]], device=loaded.device)
