@@ -1,0 +1,299 @@
+{{/* Names */}}
+{{- define "modelyard.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "modelyard.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "modelyard.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Labels: call with (dict "root" $ "component" "router") */}}
+{{- define "modelyard.labels" -}}
+helm.sh/chart: {{ include "modelyard.chart" .root }}
+{{ include "modelyard.selectorLabels" . }}
+app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+app.kubernetes.io/part-of: modelyard
+{{- with .root.Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{- define "modelyard.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "modelyard.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "modelyard.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "modelyard.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Image of a kind: call with (dict "root" $ "kind" "cpu") */}}
+{{- define "modelyard.image" -}}
+{{- $img := index .root.Values.images .kind -}}
+{{- $tag := default (printf "%s-%s" .root.Chart.AppVersion .kind) $img.tag -}}
+{{- printf "%s:%s" $img.repository $tag -}}
+{{- end -}}
+
+{{- define "modelyard.registryAddress" -}}
+{{- printf "%s-registry:%d" (include "modelyard.fullname" .) (int .Values.registry.port) -}}
+{{- end -}}
+
+{{- define "modelyard.consulDeployed" -}}
+{{- if or .Values.dev .Values.consul.deploy }}true{{ end -}}
+{{- end -}}
+
+{{- define "modelyard.jaegerDeployed" -}}
+{{- if or .Values.dev .Values.jaeger.deploy }}true{{ end -}}
+{{- end -}}
+
+{{/* host:port of the Consul agent's HTTP API services register with; empty: static discovery. */}}
+{{- define "modelyard.consulAddress" -}}
+{{- if include "modelyard.consulDeployed" . -}}
+{{- printf "%s-consul:8500" (include "modelyard.fullname" .) -}}
+{{- else -}}
+{{- .Values.consul.address -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "modelyard.otlpEndpoint" -}}
+{{- if include "modelyard.jaegerDeployed" . -}}
+{{- printf "http://%s-jaeger:4317" (include "modelyard.fullname" .) -}}
+{{- else -}}
+{{- .Values.otlp.endpoint -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "modelyard.adminSecretName" -}}
+{{- default (printf "%s-admin" (include "modelyard.fullname" .)) .Values.adminToken.existingSecret -}}
+{{- end -}}
+
+{{/* Environment every modelyard container shares: call with (dict "root" $ "service" "ROUTER" "name" "modelyard-router") */}}
+{{- define "modelyard.commonEnv" -}}
+{{- $root := .root -}}
+- name: POD_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
+- name: POD_NAMESPACE
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.namespace
+- name: POD_IP
+  valueFrom:
+    fieldRef:
+      fieldPath: status.podIP
+- name: HOME
+  value: /tmp
+- name: PYTHONDONTWRITEBYTECODE
+  value: "1"
+- name: PYTHONUNBUFFERED
+  value: "1"
+- name: MODELYARD_{{ .service }}_LOG_LEVEL
+  value: {{ $root.Values.logLevel | quote }}
+- name: MODELYARD_{{ .service }}_METRICS_PORT
+  value: {{ $root.Values.metrics.port | quote }}
+- name: OTEL_SERVICE_NAME
+  value: {{ .name | quote }}
+- name: OTEL_RESOURCE_ATTRIBUTES
+  value: "k8s.namespace.name=$(POD_NAMESPACE),k8s.pod.name=$(POD_NAME),service.instance.id=$(POD_NAME)"
+{{- with include "modelyard.otlpEndpoint" $root }}
+- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ . | quote }}
+- name: OTEL_EXPORTER_OTLP_PROTOCOL
+  value: grpc
+- name: OTEL_TRACES_SAMPLER
+  value: parentbased_traceidratio
+- name: OTEL_TRACES_SAMPLER_ARG
+  value: {{ $root.Values.otlp.samplerRatio | quote }}
+{{- end }}
+{{- with include "modelyard.consulAddress" $root }}
+- name: MODELYARD_CONSUL_ADDRESS
+  value: {{ . | quote }}
+- name: MODELYARD_CONSUL_SCHEME
+  value: {{ ternary "http" $root.Values.consul.scheme (not (empty (include "modelyard.consulDeployed" $root))) | quote }}
+- name: MODELYARD_CONSUL_ADVERTISE_HOST
+  value: "$(POD_IP)"
+{{- if $root.Values.consul.token.existingSecret }}
+- name: MODELYARD_CONSUL_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ $root.Values.consul.token.existingSecret }}
+      key: {{ $root.Values.consul.token.key }}
+{{- end }}
+{{- if $root.Values.consul.caSecret }}
+- name: MODELYARD_CONSUL_CA_FILE
+  value: /etc/modelyard/consul-ca/ca.crt
+{{- end }}
+{{- end }}
+- name: MODELYARD_{{ .service }}_ADMIN_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "modelyard.adminSecretName" $root }}
+      key: {{ $root.Values.adminToken.key }}
+{{- if $root.Values.tls.enabled }}
+- name: MODELYARD_{{ .service }}_TLS_CERT_FILE
+  value: /etc/modelyard/tls/tls.crt
+- name: MODELYARD_{{ .service }}_TLS_KEY_FILE
+  value: /etc/modelyard/tls/tls.key
+- name: MODELYARD_{{ .service }}_TLS_CA_FILE
+  value: /etc/modelyard/tls/ca.crt
+- name: MODELYARD_{{ .service }}_TLS_MTLS
+  value: {{ $root.Values.tls.mtls | quote }}
+{{- end }}
+{{- end -}}
+
+{{/* Volumes every modelyard pod has (writable /tmp; TLS and Consul CA when set). */}}
+{{- define "modelyard.commonVolumes" -}}
+- name: tmp
+  emptyDir: {}
+{{- if .Values.tls.enabled }}
+- name: tls
+  secret:
+    secretName: {{ .Values.tls.existingSecret }}
+{{- end }}
+{{- if and (include "modelyard.consulAddress" .) .Values.consul.caSecret }}
+- name: consul-ca
+  secret:
+    secretName: {{ .Values.consul.caSecret }}
+{{- end }}
+{{- end -}}
+
+{{- define "modelyard.commonMounts" -}}
+- name: tmp
+  mountPath: /tmp
+{{- if .Values.tls.enabled }}
+- name: tls
+  mountPath: /etc/modelyard/tls
+  readOnly: true
+{{- end }}
+{{- if and (include "modelyard.consulAddress" .) .Values.consul.caSecret }}
+- name: consul-ca
+  mountPath: /etc/modelyard/consul-ca
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{/*
+Liveness, readiness and startup probes on grpc.health.v1. Kubernetes' native grpc probe speaks
+plaintext only, so with TLS on the probe runs the same check in Python over TLS instead.
+Call with (dict "root" $ "port" 50051 "startupSeconds" 60)
+*/}}
+{{- define "modelyard.probes" -}}
+{{- $root := .root -}}
+{{- $handler := "" -}}
+{{- if $root.Values.tls.enabled -}}
+{{- $handler = printf "exec:\n  command:\n    - python\n    - -c\n    - %s" (printf "import grpc,sys;from grpc_health.v1 import health_pb2 as h,health_pb2_grpc as g;r=lambda p:open(p,'rb').read();c=grpc.ssl_channel_credentials(r('/etc/modelyard/tls/ca.crt')%s);s=g.HealthStub(grpc.secure_channel('localhost:%d',c));sys.exit(0 if s.Check(h.HealthCheckRequest(),timeout=3).status==1 else 1)" (ternary ",r('/etc/modelyard/tls/tls.key'),r('/etc/modelyard/tls/tls.crt')" "" $root.Values.tls.mtls) (int .port) | quote) -}}
+{{- else -}}
+{{- $handler = printf "grpc:\n  port: %d" (int .port) -}}
+{{- end -}}
+startupProbe:
+  {{- $handler | nindent 2 }}
+  periodSeconds: 5
+  timeoutSeconds: 5
+  failureThreshold: {{ div (int (default 60 .startupSeconds)) 5 }}
+livenessProbe:
+  {{- $handler | nindent 2 }}
+  periodSeconds: 10
+  timeoutSeconds: 5
+  failureThreshold: 3
+readinessProbe:
+  {{- $handler | nindent 2 }}
+  periodSeconds: 5
+  timeoutSeconds: 5
+  failureThreshold: 2
+{{- end -}}
+
+{{/* Scheduling: call with (dict "root" $ "component" "router" "spec" .Values.router) */}}
+{{- define "modelyard.scheduling" -}}
+{{- with .spec.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .spec.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .spec.affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+topologySpreadConstraints:
+  - maxSkew: 1
+    topologyKey: kubernetes.io/hostname
+    whenUnsatisfiable: ScheduleAnyway
+    labelSelector:
+      matchLabels:
+        {{- include "modelyard.selectorLabels" (dict "root" .root "component" .component) | nindent 8 }}
+  - maxSkew: 1
+    topologyKey: topology.kubernetes.io/zone
+    whenUnsatisfiable: ScheduleAnyway
+    labelSelector:
+      matchLabels:
+        {{- include "modelyard.selectorLabels" (dict "root" .root "component" .component) | nindent 8 }}
+{{- end -}}
+
+{{- define "modelyard.podAnnotations" -}}
+{{- if .Values.metrics.annotations }}
+prometheus.io/scrape: "true"
+prometheus.io/port: {{ .Values.metrics.port | quote }}
+prometheus.io/path: /metrics
+{{- end }}
+{{- with .Values.podAnnotations }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{- define "modelyard.podCommon" -}}
+serviceAccountName: {{ include "modelyard.serviceAccountName" . }}
+automountServiceAccountToken: false
+enableServiceLinks: false
+{{- with .Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+securityContext:
+  {{- toYaml .Values.podSecurityContext | nindent 2 }}
+{{- end -}}
+
+{{- define "modelyard.poolName" -}}
+{{- printf "%s-worker-%s" (include "modelyard.fullname" .root) .pool.name -}}
+{{- end -}}
+
+{{- define "modelyard.staticWorkers" -}}
+{{- $out := list -}}
+{{- range .Values.workerPools -}}
+{{- $out = append $out (printf "%s:50052" (include "modelyard.poolName" (dict "root" $ "pool" .))) -}}
+{{- end -}}
+{{- join "," $out -}}
+{{- end -}}
+
+{{/* Python list of (name, host:port) the helm test checks for health. */}}
+{{- define "modelyard.testTargets" -}}
+{{- $fullname := include "modelyard.fullname" . -}}
+{{- $t := list (printf "(\"router\", \"%s-router:%d\")" $fullname (int .Values.router.port)) (printf "(\"registry\", \"%s-registry:%d\")" $fullname (int .Values.registry.port)) -}}
+{{- range .Values.workerPools -}}
+{{- if or (not .autoscaling) (not .autoscaling.enabled) (gt (int .autoscaling.minReplicas) 0) -}}
+{{- $t = append $t (printf "(\"worker-%s\", \"%s:50052\")" .name (include "modelyard.poolName" (dict "root" $ "pool" .))) -}}
+{{- end -}}
+{{- end -}}
+[{{ join ", " $t }}]
+{{- end -}}
