@@ -7,6 +7,8 @@ import functools
 import logging
 from collections.abc import Callable
 
+from modelyard.discovery import REGISTRY_SERVICE
+from modelyard.discovery.consul import register_service
 from modelyard.server import host_of, start_server, wait_for_signal
 from modelyard.telemetry import setup_logging, setup_tracing, shutdown_tracing
 from registry.auth import AdminToken
@@ -47,10 +49,17 @@ async def serve(
             if not admin.enabled:
                 log.info("no admin token configured: writes are open to every caller")
             serve_metrics(settings.metrics_port, host_of(settings.address))
+            registration = register_service(
+                name=REGISTRY_SERVICE,
+                bind_address=settings.address,
+                port=running.port,
+                grpc_service=SERVICE_NAME,
+            )
             if on_ready is not None:
                 on_ready(running.port)
             await wait_for_signal()
             log.info("registry stopping")
+            await registration.close()  # deregister before draining
         finally:
             await running.stop(STOP_GRACE_S)
     finally:

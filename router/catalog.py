@@ -1,10 +1,11 @@
-"""Resolve a request's `model` field to a registry entry, through a small TTL cache.
+"""Resolve a request's `model` field: a model, a route (with its A/B arm and fallbacks)
+or "auto" (every model that fits, for the scheduler to choose among).
 
-The registry is the source of truth; the cache keeps hot names off it and lets
-the router keep serving (from entries of any age) while the registry is down.
-Issue 5 replaces the polling with `RegistryService.Watch`, adds routes and
-objective-based "auto" routing; callers only see `Catalog.resolve` and
-`Catalog.list_servable`.
+The registry is the source of truth. Once the `RegistryService.Watch` cache
+(router/state/registry_cache.py) has its first snapshot, names resolve from it
+with no registry call, and keep resolving while the registry is down. Before that
+(or against a registry without Watch) a small TTL cache over GetModel/ListModels
+answers, also serving stale entries during an outage. Routes need the Watch cache.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from modelyard.errors import (
 )
 from modelyard.refs import AUTO, ModelRef, parse_ref
 from modelyard.v1 import common_pb2, model_pb2, registry_pb2, registry_pb2_grpc
+from router.ab import choose_arm
+from router.state.registry_cache import RegistryCache
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +98,38 @@ def label(model: model_pb2.Model) -> str:
     return f"{model.name}@{model.version}"
 
 
+@dataclass(frozen=True)
+class Target:
+    """What a request's `model` field resolved to: the models to schedule over (one,
+    or several for "auto"), the fallbacks in order, and the route's defaults."""
+
+    models: tuple[model_pb2.Model, ...]
+    fallbacks: tuple[model_pb2.Model, ...] = ()
+    route: str = ""
+    arm: str = ""
+    objective: common_pb2.Objective.ValueType = common_pb2.OBJECTIVE_UNSPECIFIED
+    max_ttft_ms: float | None = None
+    max_cost_per_1k: float | None = None
+
+    @property
+    def name(self) -> str:
+        return self.route or (label(self.models[0]) if len(self.models) == 1 else AUTO)
+
+
+def _fits(model: model_pb2.Model, query: AutoQuery) -> bool:
+    caps = model.capabilities
+    return (
+        (caps.chat if query.chat else caps.completion)
+        and set(query.tags) <= set(caps.tags)
+        and (not query.min_context_length or caps.context_length >= query.min_context_length)
+    )
+
+
+def _production_first(models: list[model_pb2.Model]) -> tuple[model_pb2.Model, ...]:
+    production = [m for m in models if m.stage == model_pb2.STAGE_PRODUCTION]
+    return tuple(production or models)
+
+
 class Catalog:
     """Model resolution against the registry with a TTL cache and outage fallback."""
 
@@ -106,13 +141,80 @@ class Catalog:
         ttl_s: float = 5.0,
         call_timeout_s: float = 3.0,
         clock: Callable[[], float] = time.monotonic,
+        cache: RegistryCache | None = None,
     ) -> None:
         self._stub = stub
+        self._cache = cache
         self._address = registry_address
         self._timeout_s = call_timeout_s
         self._models: TtlCache[ModelRef, model_pb2.Model] = TtlCache(ttl_s, clock)
         self._auto: TtlCache[AutoQuery, tuple[model_pb2.Model, ...]] = TtlCache(ttl_s, clock)
         self._listing: TtlCache[str, Listing] = TtlCache(ttl_s, clock)
+
+    @property
+    def stub(self) -> registry_pb2_grpc.RegistryServiceAsyncStub:
+        return self._stub
+
+    @property
+    def cache(self) -> RegistryCache | None:
+        """The Watch cache once it holds a snapshot, else None."""
+        return self._cache if self._cache is not None and self._cache.synced.is_set() else None
+
+    async def target(
+        self,
+        model_field: str,
+        *,
+        chat: bool,
+        hints: common_pb2.RoutingHints,
+        timeout_s: float | None = None,
+    ) -> Target:
+        """Resolve for scheduling: "auto" gives every fitting model (production ones when
+        there are any), a route gives its A/B arm's model plus its fallbacks."""
+        text = model_field.strip()
+        if not text or text == AUTO:
+            query = AutoQuery.of(chat, hints)
+            cache = self.cache
+            if cache is not None:
+                models = _production_first([m for m in cache.models() if _fits(m, query)])
+            else:
+                listed = await self._through(
+                    self._auto,
+                    query,
+                    lambda: self._list_fitting(query, timeout_s),
+                    "the model list",
+                )
+                models = _production_first(list(listed))
+            if not models:
+                raise NotFound(
+                    f"no servable model supports {query.describe()}; name a model, or see "
+                    "`modelyard models list`",
+                    reason="NO_MODEL_FITS",
+                )
+            return Target(models)
+        ref = parse_ref(text, "model")
+        cache = self.cache
+        route = cache.route(ref.name) if cache is not None and not ref.version else None
+        if route is None or not route.arms:
+            return Target((await self.resolve(text, chat=chat, timeout_s=timeout_s),))
+        arm = choose_arm(route, hints.session_key)
+        primary = await self.resolve(arm.model, chat=chat, timeout_s=timeout_s)
+        fallbacks: list[model_pb2.Model] = []
+        for name in route.fallbacks:
+            try:
+                fallbacks.append(await self.resolve(name, chat=chat, timeout_s=timeout_s))
+            except ModelyardError as err:
+                log.warning("route %s: skipping fallback %s: %s", route.name, name, err)
+        return Target(
+            (primary,),
+            tuple(fallbacks),
+            route=route.name,
+            arm=arm.name,
+            objective=route.default_objective,
+            max_ttft_ms=route.max_ttft_ms if route.HasField("max_ttft_ms") else None,
+            max_cost_per_1k=(
+                route.max_cost_per_1k_tokens if route.HasField("max_cost_per_1k_tokens") else None
+            ),
+        )
 
     async def resolve(
         self,
@@ -133,9 +235,19 @@ class Catalog:
             query = AutoQuery.of(chat, hints or common_pb2.RoutingHints())
             return await self._pick_auto(query, timeout_s)
         ref = parse_ref(text, "model")
-        model = await self._through(
-            self._models, ref, lambda: self._get_model(ref, timeout_s), f"model '{ref}'"
-        )
+        cache = self.cache
+        if cache is not None:
+            found = cache.model(ref.name, ref.version)
+            if found is None:
+                raise NotFound(
+                    f"model '{ref}' is not registered; see `modelyard models list`",
+                    reason="MODEL_NOT_FOUND",
+                )
+            model = found
+        else:
+            model = await self._through(
+                self._models, ref, lambda: self._get_model(ref, timeout_s), f"model '{ref}'"
+            )
         if model.stage == model_pb2.STAGE_ARCHIVED:
             raise FailedPrecondition(
                 f"model {label(model)} is archived and is never routed to; "
@@ -147,23 +259,25 @@ class Catalog:
 
     async def list_servable(self, *, timeout_s: float | None = None) -> Listing:
         """All non-archived model versions, for RouterService.ListModels."""
+        cache = self.cache
+        if cache is not None:
+            return Listing(tuple(cache.models()), cache.revision)
         return await self._through(
             self._listing, "all", lambda: self._list_all(timeout_s), "the model list"
         )
 
     async def _pick_auto(self, query: AutoQuery, timeout_s: float | None) -> model_pb2.Model:
-        # The skeleton's "auto": the first fitting model, production first. Choosing by
-        # objective (cost, latency, load) is the issue-5 scheduler's job.
-        models = await self._through(
-            self._auto, query, lambda: self._list_fitting(query, timeout_s), "the model list"
+        # The first fitting model, production first; the scheduler uses `target`, which
+        # returns them all and chooses by objective.
+        hints = common_pb2.RoutingHints(
+            required_tags=list(query.tags), min_context_length=query.min_context_length
         )
-        if not models:
-            raise NotFound(
-                f"no servable model supports {query.describe()}; name a model, or see "
-                "`modelyard models list`",
-                reason="NO_MODEL_FITS",
-            )
-        return models[0]
+        found = await self.target(AUTO, chat=query.chat, hints=hints, timeout_s=timeout_s)
+        return found.models[0]
+
+    def routes(self) -> list[model_pb2.Route]:
+        cache = self.cache
+        return cache.routes() if cache is not None else []
 
     async def _through(
         self, cache: TtlCache[K, V], key: K, fetch: Callable[[], Awaitable[V]], what: str

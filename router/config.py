@@ -48,6 +48,64 @@ class RouterSettings(BaseSettings):
         ge=1,
         description="Workers tried for one request before it fails (only before the first token).",
     )
+    http_address: str = Field(
+        default="",
+        description=(
+            "host:port of the OpenAI-compatible HTTP front (/v1/chat/completions, ...); "
+            "empty turns it off."
+        ),
+    )
+    max_total_attempts: int = Field(
+        default=6,
+        ge=1,
+        description=(
+            "Attempts for one request across the chosen model and the route's fallback "
+            "models (each model gets at most max_attempts)."
+        ),
+    )
+    profile_weights: dict[str, dict[str, float]] = Field(
+        default_factory=dict,
+        description=(
+            'Scorer weights per objective, JSON, e.g. {"latency": {"latency": 1, "queue": 0.2}}; '
+            "objectives not named keep their defaults (router/scheduling/profiles.py)."
+        ),
+    )
+    profile_pickers: dict[str, str] = Field(
+        default_factory=dict,
+        description=(
+            'Picker per objective, JSON, e.g. {"load": "power_of_two"}: max_score, '
+            "power_of_two or round_robin."
+        ),
+    )
+    breaker_failures: int = Field(
+        default=5, ge=1, description="Consecutive failures that open a worker's breaker."
+    )
+    breaker_error_rate: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description="Error rate over the last 20 calls (10 at least) that opens a breaker.",
+    )
+    breaker_open_s: float = Field(
+        default=5.0, gt=0, description="Seconds a breaker stays open before half-open probes."
+    )
+    reference_usd_per_1k_tokens: float = Field(
+        default=0.0,
+        ge=0,
+        description=(
+            "Reference price (e.g. a hosted API's) per 1k tokens; GetRoutingStats reports "
+            "savings against it. 0: no savings reported."
+        ),
+    )
+    feedback_max_entries: int = Field(
+        default=100_000, ge=1, description="Recent request ids kept for RecordFeedback."
+    )
+    feedback_ttl_s: float = Field(
+        default=3600.0, gt=0, description="Seconds a request id stays open to RecordFeedback."
+    )
+    metrics_port: int = Field(
+        default=0, ge=0, le=65535, description="Port of the Prometheus /metrics endpoint; 0: off."
+    )
     log_level: str = Field(default="INFO", description="Log level: DEBUG, INFO, WARNING or ERROR.")
 
     @field_validator("workers", mode="before")

@@ -10,6 +10,9 @@ from typing import cast
 
 import grpc
 
+from modelyard.discovery import ROUTER_SERVICE
+from modelyard.discovery.consul import register_service
+from modelyard.discovery.settings import DiscoverySettings
 from modelyard.server import host_of, start_server, wait_for_signal
 from modelyard.telemetry import (
     client_interceptors,
@@ -18,11 +21,13 @@ from modelyard.telemetry import (
     shutdown_tracing,
 )
 from modelyard.v1 import registry_pb2_grpc
-from router.catalog import Catalog
+from router.assembly import build, start_watch, stop_watch
 from router.config import RouterSettings
-from router.relay import Relay
-from router.service import SERVICE_NAME, RouterServicer, add_to_server
-from router.workers import CHANNEL_OPTIONS, WarmFirstPicker, WorkerPool
+from router.discovery import start_discovery
+from router.metrics import serve_metrics
+from router.openai import start_http_front
+from router.service import SERVICE_NAME, add_to_server
+from router.workers import CHANNEL_OPTIONS, WorkerPool
 
 log = logging.getLogger(__name__)
 
@@ -40,25 +45,21 @@ async def serve(settings: RouterSettings, *, on_ready: Callable[[int], None] | N
         "registry_pb2_grpc.RegistryServiceAsyncStub",
         registry_pb2_grpc.RegistryServiceStub(registry_channel),
     )
-    catalog = Catalog(
-        registry,
-        registry_address=settings.registry_address,
-        ttl_s=settings.catalog_ttl_s,
-        call_timeout_s=settings.registry_timeout_s,
-    )
     pool = WorkerPool(settings.workers)
     pool.start()
-    relay = Relay(
-        catalog,
-        pool,
-        WarmFirstPicker(),
-        max_attempts=settings.max_attempts,
-        connect_timeout_s=settings.connect_timeout_s,
+    parts = build(settings, registry, pool)
+    registry_watch = start_watch(parts, settings)
+    stop_metrics = (
+        serve_metrics(parts.metrics, host_of(settings.address), settings.metrics_port)
+        if settings.metrics_port
+        else None
     )
+    consul = DiscoverySettings()
+    discovery = start_discovery(consul, pool, registry_address=settings.registry_address)
     try:
         running = await start_server(
             settings.address,
-            functools.partial(add_to_server, RouterServicer(relay, catalog, pool)),
+            functools.partial(add_to_server, parts.servicer),
             [SERVICE_NAME],
         )
         try:
@@ -69,13 +70,34 @@ async def serve(settings: RouterSettings, *, on_ready: Callable[[int], None] | N
                 settings.registry_address,
                 ", ".join(settings.workers) or "none",
             )
+            registration = register_service(
+                name=ROUTER_SERVICE,
+                bind_address=settings.address,
+                port=running.port,
+                grpc_service=SERVICE_NAME,
+                settings=consul,
+            )
+            # OpenAI-compatible HTTP front (issue 5): a loopback client of this server.
+            front = (
+                await start_http_front(settings.http_address, running.port)
+                if settings.http_address
+                else None
+            )
             if on_ready is not None:
                 on_ready(running.port)
             await wait_for_signal()
             log.info("router stopping")
+            await registration.close()
+            if front is not None:
+                await front.stop()
         finally:
             await running.stop(STOP_GRACE_S)
     finally:
+        if discovery is not None:
+            await discovery.close()
+        if stop_metrics is not None:
+            stop_metrics()
+        await stop_watch(registry_watch)
         await pool.close()
         await registry_channel.close()
 

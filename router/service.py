@@ -9,15 +9,15 @@ from typing import Any, TypeAlias
 import grpc
 from grpc_status import rpc_status
 
-from modelyard.errors import grpc_errors, unimplemented
+from modelyard.errors import InvalidArgument, NotFound, grpc_errors
 from modelyard.v1 import router_pb2, router_pb2_grpc
 from modelyard.validation import check_generation
+from router.accounting import Accounting
 from router.catalog import Catalog
 from router.relay import Relay, StreamBroken
 from router.workers import WorkerPool
 
 SERVICE_NAME = router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name
-ISSUE_5 = "issue #5: routing stats and A/B feedback"
 # Trailing metadata that carries the partial Usage when a stream breaks mid-way.
 USAGE_METADATA_KEY = "modelyard-usage-bin"
 
@@ -25,10 +25,13 @@ Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 
 
 class RouterServicer(router_pb2_grpc.RouterServiceServicer):
-    def __init__(self, relay: Relay, catalog: Catalog, pool: WorkerPool) -> None:
+    def __init__(
+        self, relay: Relay, catalog: Catalog, pool: WorkerPool, accounting: Accounting
+    ) -> None:
         self._relay = relay
         self._catalog = catalog
         self._pool = pool
+        self._acct = accounting
 
     @grpc_errors
     async def Generate(
@@ -64,12 +67,12 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         self, request: router_pb2.RouterServiceListModelsRequest, context: Context
     ) -> router_pb2.RouterServiceListModelsResponse:
         listing = await self._catalog.list_servable(timeout_s=context.time_remaining())
-        # Routes arrive with issue 5 (the registry's routes are issue 3).
         return router_pb2.RouterServiceListModelsResponse(
             models=[
                 router_pb2.ServableModel(model=m, warm_workers=self._pool.warm_workers(m))
                 for m in listing.models
             ],
+            routes=self._catalog.routes(),
             catalog_revision=listing.revision,
         )
 
@@ -77,19 +80,30 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     async def ListWorkers(
         self, request: router_pb2.ListWorkersRequest, context: Context
     ) -> router_pb2.ListWorkersResponse:
-        return router_pb2.ListWorkersResponse(workers=self._pool.infos())
+        infos = self._pool.infos()
+        for info in infos:
+            info.breaker = self._acct.breakers.state(info.address)
+        return router_pb2.ListWorkersResponse(workers=infos)
 
     @grpc_errors
     async def GetRoutingStats(
         self, request: router_pb2.GetRoutingStatsRequest, context: Context
     ) -> router_pb2.GetRoutingStatsResponse:
-        raise unimplemented("RouterService.GetRoutingStats", ISSUE_5)
+        return self._acct.stats.to_proto(model=request.model, route=request.route)
 
     @grpc_errors
     async def RecordFeedback(
         self, request: router_pb2.RecordFeedbackRequest, context: Context
     ) -> router_pb2.RecordFeedbackResponse:
-        raise unimplemented("RouterService.RecordFeedback", ISSUE_5)
+        if not request.request_id:
+            raise InvalidArgument.for_field("request_id", "required")
+        if not self._acct.stats.record_feedback(request.request_id, request.score):
+            raise NotFound(
+                f"request {request.request_id} is unknown, did not finish, or is too old "
+                "for feedback",
+                reason="REQUEST_NOT_FOUND",
+            )
+        return router_pb2.RecordFeedbackResponse()
 
     async def _events(
         self, request: router_pb2.GenerateRequest, context: Context

@@ -40,6 +40,8 @@ HEARTBEAT_S = 2.0
 # A watch silent for this many heartbeats is treated as dead and reopened.
 STALE_AFTER_HEARTBEATS = 3
 WATCH_BACKOFF_S = (0.25, 5.0)
+# A worker that discovery dropped keeps its channel this long for calls still running.
+REMOVE_GRACE_S = 30.0
 
 _RESIDENCY_RANK = {
     worker_pb2.RESIDENCY_STATE_WARM: 0,
@@ -135,31 +137,71 @@ class WorkerPool:
 
     def __init__(self, addresses: Sequence[str], *, heartbeat_s: float = HEARTBEAT_S) -> None:
         self._heartbeat_s = heartbeat_s
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: dict[WorkerHandle, asyncio.Task[None]] = {}
+        self._started = False
+        # Channels of removed workers, closing once their in-flight calls end.
+        self._retiring: set[asyncio.Task[None]] = set()
         self.workers: list[WorkerHandle] = []
         for address in dict.fromkeys(addresses):  # keep order, drop repeats
-            channel = grpc.aio.insecure_channel(
-                address, options=CHANNEL_OPTIONS, interceptors=client_interceptors()
-            )
-            # The stub factory's overload cannot tell that this channel is async.
-            stub = cast(
-                "worker_pb2_grpc.WorkerServiceAsyncStub", worker_pb2_grpc.WorkerServiceStub(channel)
-            )
-            self.workers.append(WorkerHandle(address, channel, stub))
+            self.workers.append(_new_handle(address))
 
     def start(self) -> None:
+        self._started = True
         for handle in self.workers:
-            self._tasks.append(
-                asyncio.create_task(self._follow(handle), name=f"watch-{handle.address}")
-            )
+            self._follow_in_background(handle)
 
     async def close(self) -> None:
-        for task in self._tasks:
+        for task in [*self._tasks.values(), *self._retiring]:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._tasks.values(), *self._retiring, return_exceptions=True)
         self._tasks.clear()
+        self._retiring.clear()
         for handle in self.workers:
             await handle.channel.close()
+
+    # -- membership changes from discovery (issue 5) -----------------------------------
+
+    def add(self, address: str) -> WorkerHandle:
+        """Add a worker (no-op if known); its status watch starts if the pool has."""
+        for handle in self.workers:
+            if handle.address == address:
+                return handle
+        handle = _new_handle(address)
+        # A new list, so an ordering in progress keeps iterating the old one.
+        self.workers = [*self.workers, handle]
+        if self._started:
+            self._follow_in_background(handle)
+        log.info("worker %s added", address)
+        return handle
+
+    def remove(self, address: str, *, grace_s: float = REMOVE_GRACE_S) -> None:
+        """Stop routing to a worker; calls already running on it get `grace_s` to finish."""
+        handle = next((h for h in self.workers if h.address == address), None)
+        if handle is None:
+            return
+        self.workers = [h for h in self.workers if h is not handle]
+        task = self._tasks.pop(handle, None)
+        if task is not None:
+            task.cancel()
+        handle.watching = False
+        retiring = asyncio.create_task(handle.channel.close(grace_s), name=f"retire-{address}")
+        self._retiring.add(retiring)
+        retiring.add_done_callback(self._retiring.discard)
+        log.info("worker %s (%s) removed", handle.name, address)
+
+    def set_addresses(self, addresses: Sequence[str]) -> None:
+        """Make the pool hold exactly these workers (a discovery update)."""
+        wanted = dict.fromkeys(addresses)
+        for handle in list(self.workers):
+            if handle.address not in wanted:
+                self.remove(handle.address)
+        for address in wanted:
+            self.add(address)
+
+    def _follow_in_background(self, handle: WorkerHandle) -> None:
+        self._tasks[handle] = asyncio.create_task(
+            self._follow(handle), name=f"watch-{handle.address}"
+        )
 
     def warm_workers(self, model: model_pb2.Model) -> list[str]:
         return [
@@ -215,3 +257,12 @@ class WorkerPool:
                 handle.watching = True
         finally:
             call.cancel()
+
+
+def _new_handle(address: str) -> WorkerHandle:
+    channel = grpc.aio.insecure_channel(
+        address, options=CHANNEL_OPTIONS, interceptors=client_interceptors()
+    )
+    # The stub factory's overload cannot tell that this channel is async.
+    stub = worker_pb2_grpc.WorkerServiceStub(channel)
+    return WorkerHandle(address, channel, cast("worker_pb2_grpc.WorkerServiceAsyncStub", stub))

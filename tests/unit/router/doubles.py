@@ -28,10 +28,11 @@ from modelyard.v1 import (
     worker_pb2,
     worker_pb2_grpc,
 )
+from router.assembly import RouterParts, build, start_watch, stop_watch
 from router.catalog import Catalog
-from router.relay import Relay
-from router.service import SERVICE_NAME, RouterServicer, add_to_server
-from router.workers import WarmFirstPicker, WorkerPool
+from router.config import RouterSettings
+from router.service import SERVICE_NAME, add_to_server
+from router.workers import WorkerPool
 
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 
@@ -94,12 +95,27 @@ class FakeRegistry(registry_pb2_grpc.RegistryServiceServicer):
 
     def __init__(self, models: Sequence[model_pb2.Model] = ()) -> None:
         self.models = list(models)
+        self.routes: list[model_pb2.Route] = []
         self.revision = 7
         self.get_calls = 0
         self.list_calls = 0
+        self.watch_calls: list[int] = []  # since_revision of each Watch
 
     RegisterModel = SetStage = DeleteModel = _unimplemented
-    PutRoute = GetRoute = ListRoutes = DeleteRoute = Watch = _unimplemented
+    PutRoute = GetRoute = ListRoutes = DeleteRoute = _unimplemented
+
+    async def Watch(
+        self, request: registry_pb2.WatchRequest, context: Context
+    ) -> AsyncIterator[registry_pb2.WatchResponse]:
+        """A snapshot, then silence (changes are tested on RegistryCache directly)."""
+        self.watch_calls.append(request.since_revision)
+        if request.since_revision != self.revision:
+            yield registry_pb2.WatchResponse(
+                snapshot=registry_pb2.CatalogSnapshot(
+                    revision=self.revision, models=self.models, routes=self.routes
+                )
+            )
+        await asyncio.Event().wait()
 
     async def GetModel(
         self, request: registry_pb2.GetModelRequest, context: Context
@@ -201,6 +217,8 @@ class FakeWorker(worker_pb2_grpc.WorkerServiceServicer):
         self.requests: list[worker_pb2.WorkerServiceGenerateRequest] = []
         self.time_remaining: list[float | None] = []
         self.cancelled = asyncio.Event()
+        # "name@version" labels this worker refuses with UNAVAILABLE before any token.
+        self.failing_models: set[str] = set()
         self.status = worker_pb2.WorkerStatus(worker_id=worker_id)
         self._changed = asyncio.Event()
 
@@ -220,6 +238,8 @@ class FakeWorker(worker_pb2_grpc.WorkerServiceServicer):
     ) -> AsyncIterator[worker_pb2.WorkerServiceGenerateResponse]:
         self.requests.append(request)
         self.time_remaining.append(context.time_remaining())
+        if f"{request.model.name}@{request.model.version}" in self.failing_models:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "model broken here")
         try:
             for step in self.script:
                 if isinstance(step, Pause):
@@ -274,6 +294,7 @@ class RouterUnderTest:
     stub: router_pb2_grpc.RouterServiceAsyncStub
     pool: WorkerPool
     catalog: Catalog
+    parts: RouterParts
 
 
 @asynccontextmanager
@@ -283,30 +304,34 @@ async def running_router(
     *,
     connect_timeout_s: float = 0.5,
     max_attempts: int = 3,
+    watch: bool = False,
+    **settings: Any,
 ) -> AsyncIterator[RouterUnderTest]:
-    """A RouterService server wired like router.main.serve, on a free port."""
+    """A RouterService server wired like router.main.serve, on a free port. `watch`
+    follows the registry's Watch; `settings` are further RouterSettings fields."""
     registry_channel = grpc.aio.insecure_channel(
         registry_address, interceptors=client_interceptors()
     )
-    catalog = Catalog(
+    config = RouterSettings(
+        registry_address=registry_address,
+        catalog_ttl_s=5.0,
+        registry_timeout_s=2.0,
+        connect_timeout_s=connect_timeout_s,
+        max_attempts=max_attempts,
+        **settings,
+    )
+    pool = WorkerPool(worker_addresses, heartbeat_s=0.2)
+    pool.start()
+    parts = build(
+        config,
         cast(
             "registry_pb2_grpc.RegistryServiceAsyncStub",
             registry_pb2_grpc.RegistryServiceStub(registry_channel),
         ),
-        registry_address=registry_address,
-        ttl_s=5.0,
-        call_timeout_s=2.0,
-    )
-    pool = WorkerPool(worker_addresses, heartbeat_s=0.2)
-    pool.start()
-    relay = Relay(
-        catalog,
         pool,
-        WarmFirstPicker(),
-        max_attempts=max_attempts,
-        connect_timeout_s=connect_timeout_s,
     )
-    servicer = RouterServicer(relay, catalog, pool)
+    watcher = start_watch(parts, config) if watch else None
+    servicer = parts.servicer
     server = await start_server("127.0.0.1:0", lambda s: add_to_server(servicer, s), [SERVICE_NAME])
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
     try:
@@ -316,10 +341,13 @@ async def running_router(
                 router_pb2_grpc.RouterServiceStub(channel),
             ),
             pool,
-            catalog,
+            parts.catalog,
+            parts,
         )
     finally:
         await channel.close()
         await server.stop(0)
+        if watcher is not None:
+            await stop_watch(watcher)
         await pool.close()
         await registry_channel.close()

@@ -307,20 +307,6 @@ async def test_list_models_and_workers(
     assert (info.worker_id, info.address, info.healthy) == ("w1", worker.address, True)
 
 
-async def test_stats_and_feedback_are_unimplemented_naming_the_issue(
-    registry: RegistryUnderTest,
-) -> None:
-    async with running_router(registry.address, []) as router:
-        with pytest.raises(grpc.aio.AioRpcError) as stats:
-            await router.stub.GetRoutingStats(router_pb2.GetRoutingStatsRequest())
-        with pytest.raises(grpc.aio.AioRpcError) as feedback:
-            await router.stub.RecordFeedback(router_pb2.RecordFeedbackRequest(request_id="r"))
-
-    for caught in (stats, feedback):
-        assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
-        assert "issue #5" in (caught.value.details() or "")
-
-
 async def test_no_workers_is_unavailable_saying_how_to_add_one(
     registry: RegistryUnderTest,
 ) -> None:

@@ -1,0 +1,117 @@
+"""`modelyard stats` and `modelyard workers`: what the router has seen, as tables."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import grpc
+import typer
+from rich.table import Table
+
+from modelyard.cli.output import cli_errors, console, to_json
+from modelyard.errors import from_rpc_error
+from modelyard.v1 import router_pb2, router_pb2_grpc, worker_pb2
+
+RouterOpt = Annotated[
+    str, typer.Option("--router", envvar="MODELYARD_ROUTER", help="Router host:port.")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="JSON instead of a table.")]
+
+_BREAKER = {
+    router_pb2.BREAKER_STATE_CLOSED: "closed",
+    router_pb2.BREAKER_STATE_HALF_OPEN: "[yellow]half-open[/yellow]",
+    router_pb2.BREAKER_STATE_OPEN: "[red]open[/red]",
+}
+
+
+def _traffic_columns(table: Table) -> None:
+    for name in ("requests", "errors", "tokens in", "tokens out", "cost $", "saved $"):
+        table.add_column(name, justify="right")
+    for name in ("TTFT p50/p95/p99 ms", "total p50/p95/p99 ms", "feedback"):
+        table.add_column(name, justify="right")
+
+
+def _traffic_cells(t: router_pb2.TrafficStats) -> list[str]:
+    def pct(s: router_pb2.LatencySummary) -> str:
+        return f"{s.p50_ms:.0f}/{s.p95_ms:.0f}/{s.p99_ms:.0f}"
+
+    feedback = f"{t.mean_feedback_score:.2f} (n={t.feedback_count})" if t.feedback_count else "-"
+    return [
+        str(t.requests),
+        str(t.errors),
+        str(t.input_tokens),
+        str(t.output_tokens),
+        f"{t.cost_usd:.6f}",
+        f"{t.savings_usd:.6f}",
+        pct(t.ttft),
+        pct(t.total_latency),
+        feedback,
+    ]
+
+
+def stats(
+    router: RouterOpt = "127.0.0.1:50050",
+    model: Annotated[str, typer.Option(help="Only this model (name or name@version).")] = "",
+    route: Annotated[str, typer.Option(help="Only this route's arms.")] = "",
+    json: JsonOpt = False,
+) -> None:
+    """Per-model and per-A/B-arm traffic, latency, cost and feedback since the router started."""
+    with cli_errors(), grpc.insecure_channel(router) as channel:
+        try:
+            reply = router_pb2_grpc.RouterServiceStub(channel).GetRoutingStats(
+                router_pb2.GetRoutingStatsRequest(model=model, route=route), timeout=10
+            )
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from err
+    if json:
+        console.print_json(to_json(reply))
+        return
+    models = Table(title="models")
+    models.add_column("model")
+    _traffic_columns(models)
+    for m in reply.models:
+        models.add_row(f"{m.model}@{m.version}", *_traffic_cells(m.traffic))
+    console.print(models)
+    if reply.arms:
+        arms = Table(title="route arms")
+        for name in ("route", "arm", "model"):
+            arms.add_column(name)
+        _traffic_columns(arms)
+        for a in reply.arms:
+            arms.add_row(a.route, a.arm, a.model, *_traffic_cells(a.traffic))
+        console.print(arms)
+
+
+def workers(router: RouterOpt = "127.0.0.1:50050", json: JsonOpt = False) -> None:
+    """The router's workers: health, breaker, memory, queue and where models are warm."""
+    with cli_errors(), grpc.insecure_channel(router) as channel:
+        try:
+            reply = router_pb2_grpc.RouterServiceStub(channel).ListWorkers(
+                router_pb2.ListWorkersRequest(), timeout=10
+            )
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from err
+    if json:
+        console.print_json(to_json(reply))
+        return
+    table = Table(title="workers")
+    for name in ("worker", "address", "healthy", "breaker", "memory MiB", "queued tok", "running"):
+        table.add_column(name, justify="right" if name[0] in "mqr" else "left")
+    table.add_column("models")
+    for w in reply.workers:
+        s = w.status
+        models = ", ".join(
+            f"{m.name}@{m.version}:{worker_pb2.ResidencyState.Name(m.state).removeprefix('RESIDENCY_STATE_').lower()}"
+            for m in s.models
+        )
+        table.add_row(
+            w.worker_id or "-",
+            w.address,
+            "yes" if w.healthy else "[red]no[/red]",
+            _BREAKER.get(w.breaker, "closed"),
+            f"{s.memory_used_bytes >> 20}/{s.memory_budget_bytes >> 20}",
+            str(s.queued_tokens),
+            str(s.running_sequences),
+            models or "-",
+        )
+    console.print(table)

@@ -1,0 +1,65 @@
+"""What happens after each attempt and each request: breakers, latency estimates,
+stats and metrics, in one place so the relay only reports outcomes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from modelyard.v1 import common_pb2
+from router.breaker import BreakerBoard
+from router.metrics import RouterMetrics
+from router.state.latency import LatencyEstimates
+from router.stats import Outcome, RoutingStats
+
+
+@dataclass
+class Accounting:
+    breakers: BreakerBoard
+    latency: LatencyEstimates
+    stats: RoutingStats
+    metrics: RouterMetrics | None = None
+
+    def attempt_failed(self, worker: str) -> None:
+        """A worker failed before the first token (or mid-stream): its breaker hears it."""
+        self.breakers.on_failure(worker)
+
+    def retried(self) -> None:
+        if self.metrics is not None:
+            self.metrics.retries.inc()
+
+    def first_token(
+        self, worker: str, model_label: str, *, ewma_ms: float, client_ms: float
+    ) -> None:
+        """`ewma_ms`: from opening the worker call (the worker's own speed, for
+        scheduling); `client_ms`: from the request's arrival (what the client saw)."""
+        self.latency.observe(worker, model_label, ttft_ms=ewma_ms)
+        if self.metrics is not None:
+            self.metrics.ttft.observe(client_ms / 1000)
+
+    def finished(
+        self,
+        request_id: str,
+        worker: str,
+        outcome: Outcome,
+        finished: common_pb2.GenerationFinished,
+    ) -> None:
+        self.breakers.on_success(worker)
+        tokens = finished.usage.output_tokens
+        inter_token_ms = finished.timings.decode_ms / (tokens - 1) if tokens > 1 else None
+        if inter_token_ms is not None:
+            self.latency.observe(
+                worker, f"{outcome.model}@{outcome.version}", inter_token_ms=inter_token_ms
+            )
+            if self.metrics is not None:
+                self.metrics.inter_token.observe(inter_token_ms / 1000)
+        self.stats.record(request_id, outcome)
+        self._count(outcome, "OK")
+
+    def failed(self, request_id: str, outcome: Outcome, code: str) -> None:
+        self.stats.record(request_id, outcome)
+        self._count(outcome, code)
+
+    def _count(self, outcome: Outcome, code: str) -> None:
+        if self.metrics is not None:
+            model = f"{outcome.model}@{outcome.version}" if outcome.version else outcome.model
+            self.metrics.requests.labels(model=model, arm=outcome.arm, code=code).inc()

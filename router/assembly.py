@@ -1,0 +1,103 @@
+"""Wire the router's parts from its settings: the one place that knows all of them,
+shared by router.main and the tests."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass
+
+from modelyard.v1 import registry_pb2_grpc, worker_pb2
+from router.accounting import Accounting
+from router.breaker import BreakerBoard, BreakerPolicy
+from router.catalog import Catalog
+from router.config import RouterSettings
+from router.metrics import BREAKER_VALUE, RouterMetrics
+from router.relay import Relay
+from router.scheduling.profiles import build_profiles
+from router.service import RouterServicer
+from router.state.latency import LatencyEstimates
+from router.state.registry_cache import RegistryCache, follow
+from router.stats import FeedbackBook, RoutingStats
+from router.workers import WorkerPool
+
+
+@dataclass
+class RouterParts:
+    catalog: Catalog
+    cache: RegistryCache
+    relay: Relay
+    accounting: Accounting
+    metrics: RouterMetrics
+    servicer: RouterServicer
+
+
+def build(
+    settings: RouterSettings,
+    registry: registry_pb2_grpc.RegistryServiceAsyncStub,
+    pool: WorkerPool,
+) -> RouterParts:
+    cache = RegistryCache()
+    catalog = Catalog(
+        registry,
+        registry_address=settings.registry_address,
+        ttl_s=settings.catalog_ttl_s,
+        call_timeout_s=settings.registry_timeout_s,
+        cache=cache,
+    )
+    metrics = RouterMetrics()
+    breakers = BreakerBoard(
+        BreakerPolicy(
+            consecutive_failures=settings.breaker_failures,
+            error_rate=settings.breaker_error_rate,
+            open_s=settings.breaker_open_s,
+        ),
+        on_change=metrics.set_breaker,
+    )
+    accounting = Accounting(
+        breakers,
+        LatencyEstimates(),
+        RoutingStats(
+            reference_usd_per_1k=settings.reference_usd_per_1k_tokens,
+            feedback=FeedbackBook(settings.feedback_max_entries, settings.feedback_ttl_s),
+        ),
+        metrics,
+    )
+    relay = Relay(
+        catalog,
+        pool,
+        profiles=build_profiles(settings.profile_weights, settings.profile_pickers),
+        accounting=accounting,
+        max_attempts=settings.max_attempts,
+        max_total_attempts=settings.max_total_attempts,
+        connect_timeout_s=settings.connect_timeout_s,
+    )
+
+    def healthy_workers() -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for model in cache.models():
+            counts[f"{model.name}@{model.version}"] = sum(
+                1
+                for h in pool.workers
+                if h.watching
+                and BREAKER_VALUE[breakers.state(h.address)] < 2
+                and h.residency(model) == worker_pb2.RESIDENCY_STATE_WARM
+            )
+        return counts
+
+    metrics.watch_healthy_workers(healthy_workers)
+    servicer = RouterServicer(relay, catalog, pool, accounting)
+    return RouterParts(catalog, cache, relay, accounting, metrics, servicer)
+
+
+def start_watch(parts: RouterParts, settings: RouterSettings) -> asyncio.Task[None]:
+    """Follow the registry's Watch in the background until `stop_watch`."""
+    return asyncio.create_task(
+        follow(parts.cache, parts.catalog.stub, settings.registry_address), name="registry-watch"
+    )
+
+
+async def stop_watch(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

@@ -1,0 +1,83 @@
+"""OpenAI's error shape, `{"error": {"message", "type", "param", "code"}}`, with the
+HTTP status that matches the gRPC status code of the failure."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+from starlette.responses import JSONResponse
+
+from modelyard.errors import from_rpc_error
+
+# gRPC code -> (HTTP status, OpenAI error type, code).
+_BY_CODE: dict[grpc.StatusCode, tuple[int, str, str]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: (400, "invalid_request_error", "invalid_value"),
+    grpc.StatusCode.FAILED_PRECONDITION: (400, "invalid_request_error", "failed_precondition"),
+    grpc.StatusCode.OUT_OF_RANGE: (400, "invalid_request_error", "invalid_value"),
+    grpc.StatusCode.NOT_FOUND: (404, "invalid_request_error", "model_not_found"),
+    grpc.StatusCode.ALREADY_EXISTS: (409, "invalid_request_error", "conflict"),
+    grpc.StatusCode.PERMISSION_DENIED: (403, "permission_error", "permission_denied"),
+    grpc.StatusCode.UNAUTHENTICATED: (401, "authentication_error", "invalid_api_key"),
+    grpc.StatusCode.RESOURCE_EXHAUSTED: (429, "rate_limit_error", "rate_limit_exceeded"),
+    grpc.StatusCode.UNAVAILABLE: (503, "server_error", "service_unavailable"),
+    grpc.StatusCode.DEADLINE_EXCEEDED: (504, "timeout_error", "timeout"),
+    grpc.StatusCode.CANCELLED: (499, "invalid_request_error", "cancelled"),
+    grpc.StatusCode.UNIMPLEMENTED: (501, "server_error", "not_implemented"),
+}
+_INTERNAL = (500, "server_error", "internal_error")
+
+
+class OpenAIError(Exception):
+    """An error answered in OpenAI's shape."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type_: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type_
+        self.param = param
+        self.code = code
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+
+
+def invalid(message: str, param: str | None = None) -> OpenAIError:
+    return OpenAIError(400, message, param=param, code="invalid_value" if param else None)
+
+
+def from_grpc(err: grpc.aio.AioRpcError) -> OpenAIError:
+    """The OpenAI error for a failed router call, keeping its field and retry hints."""
+    status, type_, code = _BY_CODE.get(err.code(), _INTERNAL)
+    domain = from_rpc_error(err)
+    param = None
+    if domain.violations:
+        # "sampling.max_tokens" is "max_tokens" in OpenAI's request.
+        param = domain.violations[0].field.removeprefix("sampling.")
+    headers = {}
+    if domain.retry_after_s is not None:
+        headers["retry-after"] = f"{max(1, round(domain.retry_after_s))}"
+    return OpenAIError(
+        status, err.details() or code, type_=type_, param=param, code=code, headers=headers
+    )

@@ -1,0 +1,1 @@
+"""Filters: each drops candidates that cannot serve the request."""

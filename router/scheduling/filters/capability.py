@@ -1,0 +1,41 @@
+"""Drop models that cannot take the request: chat vs plain completion, required tags,
+and a context window that holds the prompt plus max_tokens."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from router.scheduling.types import Candidate, CycleState, Request
+
+
+def unfit_reason(req: Request, cand: Candidate) -> str | None:
+    caps = cand.model.capabilities
+    if req.chat and not caps.chat:
+        return "no chat template"
+    if not req.chat and not caps.completion:
+        return "no plain completion"
+    missing = set(req.required_tags) - set(caps.tags)
+    if missing:
+        return "missing tags " + ",".join(sorted(missing))
+    # context_length 0: unknown, let the worker decide.
+    if caps.context_length and caps.context_length < req.context_needed:
+        return f"context {caps.context_length} < {req.context_needed} tokens needed"
+    return None
+
+
+@dataclass(frozen=True)
+class CapabilityFilter:
+    name: str = "capability"
+
+    def filter(
+        self, req: Request, cands: Sequence[Candidate], cycle: CycleState
+    ) -> Sequence[Candidate]:
+        kept: list[Candidate] = []
+        for c in cands:
+            why = unfit_reason(req, c)
+            if why is None:
+                kept.append(c)
+            else:
+                cycle.reject(self.name, c, why)
+        return kept

@@ -1,0 +1,43 @@
+"""Drop (worker, model) pairs the worker cannot serve: the model is draining or failed
+to load there, or it is cold and larger than the worker's whole memory budget (the
+worker may evict idle models, so the budget, not the free part, is the limit)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from modelyard.v1 import worker_pb2
+from router.scheduling.types import Candidate, CycleState, Request
+
+_UNSERVABLE = {
+    worker_pb2.RESIDENCY_STATE_DRAINING: "model draining",
+    worker_pb2.RESIDENCY_STATE_FAILED: "model failed to load",
+}
+
+
+def unservable_reason(cand: Candidate) -> str | None:
+    why = _UNSERVABLE.get(cand.residency)
+    if why is not None:
+        return why
+    need = cand.model.resources.memory_bytes
+    if cand.needs_load and need and cand.memory_budget_bytes and need > cand.memory_budget_bytes:
+        return f"needs {need} bytes, budget {cand.memory_budget_bytes}"
+    return None
+
+
+@dataclass(frozen=True)
+class ResidencyFilter:
+    name: str = "residency"
+
+    def filter(
+        self, req: Request, cands: Sequence[Candidate], cycle: CycleState
+    ) -> Sequence[Candidate]:
+        kept: list[Candidate] = []
+        for c in cands:
+            why = unservable_reason(c)
+            if why is None:
+                kept.append(c)
+            else:
+                cycle.reject(self.name, c, why)
+        return kept

@@ -1,0 +1,59 @@
+"""One scheduling cycle: filters, then weighted scorers, then the profile's picker."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from router.scheduling.types import Candidate, CycleState, Filter, Picker, Request, Scorer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One objective's plugins and weights."""
+
+    name: str
+    filters: Sequence[Filter]
+    scorers: Sequence[tuple[Scorer, float]]
+    picker: Picker
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Candidates in the order to try them, and why the others were dropped."""
+
+    ordered: list[Candidate]
+    cycle: CycleState
+
+
+def run_cycle(profile: Profile, req: Request, cands: Sequence[Candidate]) -> Decision:
+    cycle = CycleState()
+    survivors: Sequence[Candidate] = list(cands)
+    for f in profile.filters:
+        if not survivors:
+            break
+        survivors = f.filter(req, survivors, cycle)
+    if not survivors:
+        return Decision([], cycle)
+    total = {c: 0.0 for c in survivors}
+    weight_sum = sum(w for _, w in profile.scorers) or 1.0
+    for scorer, weight in profile.scorers:
+        if weight <= 0:
+            continue
+        scores = scorer.score(req, survivors, cycle)
+        for c in survivors:
+            # Clamp: a misbehaving scorer must not outweigh its weight.
+            total[c] += weight * min(1.0, max(0.0, scores.get(c, 0.0)))
+    scored = [(c, total[c] / weight_sum) for c in survivors]
+    ordered = profile.picker.pick(req, scored, cycle)
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug(
+            "%s %s: %s",
+            profile.name,
+            req.request_id,
+            ", ".join(f"{c.worker_id or c.worker}/{c.model_label}={s:.3f}" for c, s in scored),
+        )
+    return Decision(ordered, cycle)

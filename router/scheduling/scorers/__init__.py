@@ -1,0 +1,1 @@
+"""Scorers: each rates candidates in [0, 1], higher is better."""

@@ -1,0 +1,40 @@
+"""Keep a session on one worker (its prompt prefix stays in that worker's KV cache),
+unless that worker is much busier than the least busy one."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from router.scheduling.scorers.queue import load_of
+from router.scheduling.types import Candidate, CycleState, Request
+
+
+def _weight(session_key: str, worker: str) -> int:
+    digest = hashlib.blake2b(f"{session_key}\0{worker}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
+@dataclass(frozen=True)
+class AffinityScorer:
+    name: str = "affinity"
+    # The preferred worker loses its bonus when its load exceeds the least loaded
+    # worker's by this many tokens: a warm prefix is not worth a long queue.
+    max_extra_load_tokens: float = 4096.0
+
+    def score(
+        self, req: Request, cands: Sequence[Candidate], cycle: CycleState
+    ) -> dict[Candidate, float]:
+        if not req.session_key or not cands:
+            return {c: 0.0 for c in cands}
+        # Rendezvous hashing: the same worker wins while it stays in the pool, and a
+        # worker leaving moves only its own sessions.
+        preferred = max({c.worker for c in cands}, key=lambda w: _weight(req.session_key, w))
+        least = min(load_of(c) for c in cands)
+        return {
+            c: 1.0
+            if c.worker == preferred and load_of(c) - least <= self.max_extra_load_tokens
+            else 0.0
+            for c in cands
+        }

@@ -1,0 +1,19 @@
+"""A cheaper model scores higher (the COST objective's signal)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from router.scheduling.scorers._scale import lower_is_better
+from router.scheduling.types import Candidate, CycleState, Request, price_per_1k
+
+
+@dataclass(frozen=True)
+class CostScorer:
+    name: str = "cost"
+
+    def score(
+        self, req: Request, cands: Sequence[Candidate], cycle: CycleState
+    ) -> dict[Candidate, float]:
+        return lower_is_better({c: price_per_1k(c.model) for c in cands})

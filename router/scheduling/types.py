@@ -1,0 +1,141 @@
+"""What the scheduling plugins see: the request, the candidates, the per-cycle scratch."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, TypeAlias
+
+from modelyard.v1 import common_pb2, model_pb2, router_pb2, worker_pb2
+
+Residency: TypeAlias = worker_pb2.ResidencyState.ValueType
+Breaker: TypeAlias = router_pb2.BreakerState.ValueType
+
+# A prompt's token count before the worker tokenizes it: ~4 characters per token
+# for English BPE vocabularies, rounded up. Only the context-length filter and
+# queue estimates use it.
+CHARS_PER_TOKEN = 4
+DEFAULT_MAX_TOKENS = 256  # the contract's server default for max_tokens = 0
+
+
+@dataclass(frozen=True)
+class Request:
+    """One request's needs, with the route's defaults already merged under its hints."""
+
+    request_id: str
+    chat: bool
+    prompt_tokens: int
+    max_tokens: int
+    objective: common_pb2.Objective.ValueType = common_pb2.OBJECTIVE_BALANCED
+    max_ttft_ms: float | None = None
+    max_cost_per_1k: float | None = None
+    required_tags: tuple[str, ...] = ()
+    min_context_length: int = 0
+    session_key: str = ""
+
+    @property
+    def context_needed(self) -> int:
+        return max(self.min_context_length, self.prompt_tokens + self.max_tokens)
+
+
+def estimate_prompt_tokens(prompt: str, messages: Sequence[common_pb2.ChatMessage]) -> int:
+    chars = len(prompt) + sum(len(m.content) + 8 for m in messages)  # +8: template overhead
+    return -(-chars // CHARS_PER_TOKEN)
+
+
+def price_per_1k(model: model_pb2.Model) -> float:
+    """Input and output price averaged, as RoutingHints.max_cost_per_1k_tokens defines it."""
+    p = model.pricing
+    return (p.input_usd_per_1k_tokens + p.output_usd_per_1k_tokens) / 2
+
+
+@dataclass(frozen=True, eq=False)
+class Candidate:
+    """A (worker, model) pair and what the router knows of it at the start of a cycle.
+
+    Compared by identity, so plugins can key maps by candidate.
+    """
+
+    worker: str  # the worker's stable key (its address)
+    worker_id: str
+    model: model_pb2.Model
+    residency: Residency = worker_pb2.RESIDENCY_STATE_UNSPECIFIED
+    healthy: bool = True
+    breaker: Breaker = router_pb2.BREAKER_STATE_CLOSED
+    breaker_allows: bool = True
+    queued_tokens: int = 0  # all models on the worker: they share its compute
+    running_sequences: int = 0
+    in_flight: int = 0  # this router's own streams open on the worker
+    memory_budget_bytes: int = 0  # 0: unknown
+    memory_used_bytes: int = 0
+    ttft_ms: float | None = None  # EWMA for this (worker, model); None: never measured
+    inter_token_ms: float | None = None
+
+    @property
+    def model_label(self) -> str:
+        return f"{self.model.name}@{self.model.version}"
+
+    @property
+    def warm(self) -> bool:
+        return self.residency == worker_pb2.RESIDENCY_STATE_WARM
+
+    @property
+    def needs_load(self) -> bool:
+        return self.residency not in (
+            worker_pb2.RESIDENCY_STATE_WARM,
+            worker_pb2.RESIDENCY_STATE_LOADING,
+        )
+
+    @property
+    def free_memory_bytes(self) -> int | None:
+        if not self.memory_budget_bytes:
+            return None
+        return max(0, self.memory_budget_bytes - self.memory_used_bytes)
+
+
+@dataclass
+class CycleState:
+    """Scratch for one scheduling cycle: plugins may cache per-request work here, and
+    filters record why they dropped candidates (for the error a client sees)."""
+
+    data: dict[str, object] = field(default_factory=dict)
+    rejected: dict[str, list[str]] = field(default_factory=dict)
+
+    def reject(self, plugin: str, cand: Candidate, why: str) -> None:
+        reasons = self.rejected.setdefault(plugin, [])
+        if len(reasons) < 8:  # bounded: enough for an error message
+            reasons.append(f"{cand.worker_id or cand.worker}/{cand.model_label}: {why}")
+
+    def describe_rejections(self) -> str:
+        return "; ".join(f"{p}: {', '.join(r)}" for p, r in self.rejected.items())
+
+
+class Filter(Protocol):
+    @property
+    def name(self) -> str: ...
+
+    def filter(
+        self, req: Request, cands: Sequence[Candidate], cycle: CycleState
+    ) -> Sequence[Candidate]: ...
+
+
+class Scorer(Protocol):
+    @property
+    def name(self) -> str: ...
+
+    def score(
+        self, req: Request, cands: Sequence[Candidate], cycle: CycleState
+    ) -> dict[Candidate, float]:
+        """Each score in [0, 1]; higher is better."""
+        ...
+
+
+class Picker(Protocol):
+    @property
+    def name(self) -> str: ...
+
+    def pick(
+        self, req: Request, scored: Sequence[tuple[Candidate, float]], cycle: CycleState
+    ) -> list[Candidate]:
+        """All candidates, best first: the first is tried, the rest are retry order."""
+        ...

@@ -1,0 +1,91 @@
+"""A real mesh (registry, worker, router as processes) discovering itself through the
+Consul stand-in: every service registers with a gRPC check, the router's workers come
+from Consul's healthy set, and the router keeps that set while Consul is down."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from modelyard.local_mesh import LocalMesh
+from modelyard.v1 import router_pb2, router_pb2_grpc
+from tests.consul_agent import ConsulAgentStandIn
+
+pytestmark = pytest.mark.integration
+
+
+def _until(predicate: Callable[[], bool], timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def consul_mesh(tmp_path: Path) -> Iterator[tuple[ConsulAgentStandIn, LocalMesh]]:
+    with ConsulAgentStandIn(acl_tokens={"mesh-token"}) as agent:
+        mesh = LocalMesh(
+            data_dir=tmp_path,
+            worker_ports=(0, 0),
+            worker_threads=1,
+            env={
+                "MODELYARD_CONSUL_ADDRESS": agent.address,
+                "MODELYARD_CONSUL_TOKEN": "mesh-token",
+                "MODELYARD_CONSUL_CHECK_INTERVAL_S": "0.2",
+                "MODELYARD_CONSUL_WAIT_S": "5",
+            },
+        )
+        mesh.start()
+        try:
+            yield agent, mesh
+        finally:
+            mesh.stop()
+
+
+def _router_workers(mesh: LocalMesh) -> list[tuple[str, bool]]:
+    with grpc.insecure_channel(mesh.router_address) as channel:
+        stub = router_pb2_grpc.RouterServiceStub(channel)
+        reply = stub.ListWorkers(router_pb2.ListWorkersRequest(), timeout=5)
+    return sorted((w.address, w.healthy) for w in reply.workers)
+
+
+def test_services_register_and_the_router_follows_consul(
+    consul_mesh: tuple[ConsulAgentStandIn, LocalMesh],
+) -> None:
+    agent, mesh = consul_mesh
+    _until(lambda: len(agent.service_ids()) == 4)
+    assert agent.service_ids("modelyard-worker") == ["worker-0", "worker-1"]
+    assert len(agent.service_ids("modelyard-registry")) == 1
+    assert len(agent.service_ids("modelyard-router")) == 1
+    worker = agent.state.services["worker-0"]
+    assert {"version", "engines", "device"} <= set(worker["Meta"])
+    assert all(token == "mesh-token" for _, _, token in agent.requests)
+    both = sorted(mesh.worker_addresses)
+    _until(lambda: [a for a, _ in _router_workers(mesh)] == both)
+
+    # A worker that stops deregisters and leaves the router's set.
+    assert mesh.service("worker-1").stop() == 0
+    assert agent.service_ids("modelyard-worker") == ["worker-0"]
+    _until(lambda: [a for a, _ in _router_workers(mesh)] == [mesh.worker_addresses[0]])
+
+
+def test_router_keeps_the_last_known_set_while_consul_is_down(
+    consul_mesh: tuple[ConsulAgentStandIn, LocalMesh],
+) -> None:
+    agent, mesh = consul_mesh
+    both = sorted(mesh.worker_addresses)
+    _until(lambda: [a for a, _ in _router_workers(mesh)] == both)
+    agent.stop()
+    time.sleep(2.0)  # several watch cycles and retries with the agent gone
+    assert [a for a, _ in _router_workers(mesh)] == both
+    _until(lambda: all(healthy for _, healthy in _router_workers(mesh)))
+    agent.start()  # same port, same state: the router carries on
+    time.sleep(1.0)
+    assert [a for a, _ in _router_workers(mesh)] == both
+    log = (mesh.data_dir / "logs" / "router.log").read_text()
+    assert log.count("cannot watch modelyard-worker") == 1

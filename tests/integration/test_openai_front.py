@@ -1,0 +1,213 @@
+"""The OpenAI-compatible HTTP front, through the official `openai` SDK, on a real mesh
+(registry, worker, router as processes) serving the real SmolLM2."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import grpc
+import openai
+import pytest
+from openai.types.chat import ChatCompletionMessageParam
+
+from modelyard.local_mesh import LocalMesh, free_port
+from modelyard.v1 import common_pb2, model_pb2, router_pb2, router_pb2_grpc
+from tests.integration.conftest import register
+
+pytestmark = pytest.mark.integration
+
+QUESTION = "Name three primary colors."
+MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": QUESTION}]
+PROMPT = "The three primary colors are"
+
+
+@pytest.fixture(scope="module")
+def http_mesh(
+    tmp_path_factory: pytest.TempPathFactory, smollm2: model_pb2.Model
+) -> Iterator[tuple[LocalMesh, str]]:
+    http_address = f"127.0.0.1:{free_port()}"
+    mesh = LocalMesh(
+        data_dir=Path(tmp_path_factory.mktemp("openai-mesh")),
+        worker_threads=2,
+        env={"MODELYARD_ROUTER_HTTP_ADDRESS": http_address},
+    )
+    mesh.start()
+    try:
+        register(mesh.registry_address, smollm2)
+        yield mesh, f"http://{http_address}/v1"
+    finally:
+        mesh.stop()
+
+
+@pytest.fixture(scope="module")
+def client(http_mesh: tuple[LocalMesh, str]) -> openai.OpenAI:
+    return openai.OpenAI(base_url=http_mesh[1], api_key="x", max_retries=0, timeout=120)
+
+
+def _grpc_text(mesh: LocalMesh, request: router_pb2.GenerateRequest) -> str:
+    with grpc.insecure_channel(mesh.router_address) as channel:
+        stub = router_pb2_grpc.RouterServiceStub(channel)
+        events = list(stub.Generate(request, timeout=120))
+    return "".join(e.delta.text for e in events if e.WhichOneof("event") == "delta")
+
+
+def test_streaming_chat_matches_the_grpc_path(
+    http_mesh: tuple[LocalMesh, str], client: openai.OpenAI, smollm2: model_pb2.Model
+) -> None:
+    mesh, _ = http_mesh
+    stream = client.chat.completions.create(
+        model=smollm2.name,
+        messages=MESSAGES,
+        max_tokens=24,
+        temperature=0.0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    expected = _grpc_text(
+        mesh,
+        router_pb2.GenerateRequest(
+            model=smollm2.name,
+            messages=[common_pb2.ChatMessage(role="user", content=QUESTION)],
+            sampling=common_pb2.SamplingParams(max_tokens=24, temperature=0.0),
+        ),
+    )
+    assert text and text == expected
+    assert chunks[0].choices[0].delta.role == "assistant"
+    finals = [c for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert [c.choices[0].finish_reason for c in finals] in (["stop"], ["length"])
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens <= 24
+    assert chunks[0].model == f"{smollm2.name}@{smollm2.version}"
+    assert chunks[0].id.startswith("chatcmpl-")
+
+
+def test_chat_completion_whole(client: openai.OpenAI, smollm2: model_pb2.Model) -> None:
+    reply = client.chat.completions.create(
+        model=smollm2.name,
+        messages=MESSAGES,
+        max_tokens=12,
+        temperature=0.0,
+    )
+    assert reply.object == "chat.completion"
+    assert reply.choices[0].message.role == "assistant"
+    assert reply.choices[0].message.content
+    assert reply.choices[0].finish_reason in ("stop", "length")
+    assert reply.usage is not None and 0 < reply.usage.completion_tokens <= 12
+    assert reply.usage.total_tokens == reply.usage.prompt_tokens + reply.usage.completion_tokens
+
+
+def test_completions_stream_and_whole_agree(
+    http_mesh: tuple[LocalMesh, str], client: openai.OpenAI, smollm2: model_pb2.Model
+) -> None:
+    whole = client.completions.create(
+        model=f"{smollm2.name}@{smollm2.version}", prompt=PROMPT, max_tokens=16, temperature=0.0
+    )
+    streamed = "".join(
+        c.choices[0].text
+        for c in client.completions.create(
+            model=smollm2.name, prompt=PROMPT, max_tokens=16, temperature=0.0, stream=True
+        )
+        if c.choices
+    )
+    assert whole.object == "text_completion"
+    assert whole.choices[0].text == streamed
+    expected = _grpc_text(
+        http_mesh[0],
+        router_pb2.GenerateRequest(
+            model=smollm2.name,
+            prompt=PROMPT,
+            sampling=common_pb2.SamplingParams(max_tokens=16, temperature=0.0),
+        ),
+    )
+    assert streamed == expected
+
+
+def test_models_lists_callable_names(client: openai.OpenAI, smollm2: model_pb2.Model) -> None:
+    ids = [m.id for m in client.models.list()]
+    assert smollm2.name in ids
+    assert f"{smollm2.name}@{smollm2.version}" in ids
+
+
+def test_errors_have_openai_shape(client: openai.OpenAI, http_mesh: tuple[LocalMesh, str]) -> None:
+    with pytest.raises(openai.NotFoundError) as not_found:
+        client.chat.completions.create(model="no-such-model", messages=MESSAGES)
+    assert not_found.value.status_code == 404
+    body = not_found.value.body
+    assert isinstance(body, dict) and set(body) == {"message", "type", "param", "code"}
+    assert body["code"] == "model_not_found"
+
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.chat.completions.create(model="x", messages=MESSAGES, n=2)
+    assert bad.value.status_code == 400 and isinstance(bad.value.body, dict)
+    assert bad.value.body["param"] == "n"
+
+    with pytest.raises(openai.BadRequestError) as bad_sampling:
+        client.completions.create(model="x", prompt="hi", temperature=-1.0)
+    assert isinstance(bad_sampling.value.body, dict)
+    assert bad_sampling.value.body["param"] == "temperature"
+
+    status, reply = _raw(http_mesh[1], "POST", "/chat/completions", b"{not json")
+    assert status == 400 and reply["error"]["type"] == "invalid_request_error"
+    status, reply = _raw(http_mesh[1], "GET", "/nope")
+    assert status == 404 and set(reply["error"]) == {"message", "type", "param", "code"}
+
+
+def _connection(base: str) -> tuple[http.client.HTTPConnection, str]:
+    url = urlsplit(base)
+    assert url.hostname is not None and url.port is not None
+    return http.client.HTTPConnection(url.hostname, url.port, timeout=60), url.path
+
+
+def _raw(base: str, method: str, path: str, body: bytes | None = None) -> tuple[int, Any]:
+    connection, prefix = _connection(base)
+    try:
+        connection.request(method, prefix + path, body=body)
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        connection.close()
+
+
+def test_client_disconnect_cancels_the_generation(
+    http_mesh: tuple[LocalMesh, str], smollm2: model_pb2.Model
+) -> None:
+    mesh, base = http_mesh
+    body = {
+        "model": smollm2.name,
+        "prompt": "1, 2, 3, 4, 5, 6,",
+        "max_tokens": 2000,
+        "temperature": 0.0,
+        "stream": True,
+    }
+    connection, prefix = _connection(base)
+    try:
+        connection.request(
+            "POST",
+            prefix + "/completions",
+            body=json.dumps(body),
+            headers={"content-type": "application/json"},
+        )
+        response = connection.getresponse()
+        assert response.status == 200
+        got = [response.readline() for _ in range(6)]
+        assert any(line.startswith(b"data: ") for line in got)
+    finally:
+        connection.close()  # the client goes away mid-stream
+    # The worker stops decoding: nothing is running there any more.
+    deadline = time.monotonic() + 10
+    with grpc.insecure_channel(mesh.router_address) as channel:
+        stub = router_pb2_grpc.RouterServiceStub(channel)
+        while True:
+            workers = stub.ListWorkers(router_pb2.ListWorkersRequest(), timeout=5).workers
+            if all(w.status.running_sequences == 0 for w in workers):
+                break
+            assert time.monotonic() < deadline, "the generation kept running"
+            time.sleep(0.2)
