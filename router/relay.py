@@ -29,6 +29,7 @@ from modelyard.errors import (
     FailedPrecondition,
     InvalidArgument,
     ModelyardError,
+    ResourceExhausted,
     Unavailable,
     from_rpc_error,
 )
@@ -119,6 +120,9 @@ def scheduling_request(
 # Filters whose rejections mean "nothing can ever serve this request as asked", as
 # opposed to "no worker can serve it right now".
 _REQUEST_FILTERS = frozenset({"capability", "cost_ceiling", "latency_ceiling"})
+# Before the first token these move on to the next candidate; anything else is the
+# answer (a bad request stays bad on every worker). None: the stream ended early.
+_RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, None})
 
 
 class Relay:
@@ -214,6 +218,7 @@ class Relay:
             failures: list[str] = []
             rejections: list[str] = []
             request_only = True  # every rejection so far was about the request itself
+            exhausted: list[ModelyardError] = []  # RESOURCE_EXHAUSTED answers, in order
             attempt = 0
             groups = [target.models, *((m,) for m in target.fallbacks)]
             for models in groups:
@@ -256,11 +261,16 @@ class Relay:
                             events = aiter(call)
                             head = await _read_until_first_token(events)
                         except (grpc.aio.AioRpcError, _NoFinish) as err:
-                            if isinstance(err, grpc.aio.AioRpcError) and (
-                                err.code() != grpc.StatusCode.UNAVAILABLE
-                            ):
-                                self._failed(request_id, target, cand.model, err.code().name)
+                            code = err.code() if isinstance(err, grpc.aio.AioRpcError) else None
+                            if code is not None and code not in _RETRYABLE:
+                                self._failed(request_id, target, cand.model, code.name)
                                 raise from_rpc_error(err) from err
+                            if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                                # A full queue or budget on one worker says nothing about
+                                # the others, and nothing about the worker's health.
+                                exhausted.append(from_rpc_error(err))
+                                failures.append(f"{handle.address} ({_describe(err)})")
+                                continue
                             failures.append(f"{handle.address} ({_describe(err)})")
                             log.warning(
                                 "worker %s failed before the first token of %s: %s",
@@ -309,6 +319,17 @@ class Relay:
                 raise FailedPrecondition(
                     f"no candidate for {target.name} meets the request: " + "; ".join(rejections),
                     reason="NO_CANDIDATE",
+                )
+            if exhausted and len(exhausted) == len(failures):
+                # Every worker tried was full: tell the client to back off, not that
+                # the model is down. The last worker's details (retry delay) go along.
+                self._failed(request_id, target, primary, "RESOURCE_EXHAUSTED")
+                last = exhausted[-1]
+                raise ResourceExhausted(
+                    f"every worker for {target.name} is at capacity: " + "; ".join(failures),
+                    reason=last.reason,
+                    metadata=last.metadata,
+                    retry_after_s=last.retry_after_s,
                 )
             self._failed(request_id, target, primary, "UNAVAILABLE")
             raise Unavailable(

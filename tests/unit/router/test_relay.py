@@ -222,7 +222,6 @@ async def test_no_retry_after_first_token_even_with_another_worker(
 @pytest.mark.parametrize(
     "code",
     [
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
         grpc.StatusCode.FAILED_PRECONDITION,
         grpc.StatusCode.INVALID_ARGUMENT,
         grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -391,3 +390,33 @@ async def test_a_generation_that_finishes_before_any_token_is_relayed(
 
     assert kinds(events) == ["started", "finished"]
     assert events[-1].finished.finish_reason == common_pb2.FINISH_REASON_STOP
+
+
+async def test_a_full_worker_sends_the_request_to_the_next_one(
+    registry: RegistryUnderTest, start_worker: WorkerFactory
+) -> None:
+    full = await start_worker("w1", [Fail(grpc.StatusCode.RESOURCE_EXHAUSTED, "queue full")])
+    spare = await start_worker("w2")
+    async with running_router(registry.address, [full.address, spare.address]) as router:
+        await wait_until(lambda: all(h.watching for h in router.pool.workers))
+        events = await collect(router.stub, request())
+
+    assert kinds(events)[0] == "started" and kinds(events)[-1] == "finished"
+    assert len(full.fake.requests) + len(spare.fake.requests) >= 1
+    assert spare.fake.requests, "the spare worker never got the request"
+
+
+async def test_every_worker_full_is_resource_exhausted(
+    registry: RegistryUnderTest, start_worker: WorkerFactory
+) -> None:
+    workers = [
+        await start_worker(name, [Fail(grpc.StatusCode.RESOURCE_EXHAUSTED, "queue full")])
+        for name in ("w1", "w2")
+    ]
+    async with running_router(registry.address, [w.address for w in workers]) as router:
+        await wait_until(lambda: all(h.watching for h in router.pool.workers))
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await collect(router.stub, request())
+
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "at capacity" in (caught.value.details() or "")
