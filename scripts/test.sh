@@ -32,6 +32,7 @@ VLLM_TESTS=(
   tests/unit/worker/test_engine_vllm_args.py
   tests/unit/worker/test_engine_transformers.py
   tests/integration/test_vllm_engine.py
+  tests/integration/test_vllm_worker.py
 )
 
 echo "==> pytest"

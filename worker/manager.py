@@ -27,6 +27,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import NamedTuple, TypeVar
 
 from opentelemetry import trace
@@ -42,9 +43,13 @@ from modelyard.errors import (
 )
 from modelyard.v1 import common_pb2, model_pb2
 from worker import artifacts, memory
+from worker.artifact_uri import parse_uri
 from worker.config import WorkerSettings
 from worker.engines import EngineFactory, available_engines
 from worker.engines.base import Engine, EngineRequest, LoadedInfo, ModelSpec, SamplingConfig
+from worker.load_options import engine_extra, is_artifact_uri
+from worker.load_progress import LoadPhase, LoadProgress, ProgressPublisher
+from worker.load_stats import LoadStats
 from worker.scheduler import RequestQueue
 from worker.status import ChangeNotifier, SequenceCounters
 
@@ -107,6 +112,10 @@ class Resident:
     unload_task: asyncio.Future[UnloadResult] | None = None
     idle_timer: asyncio.TimerHandle | None = None
     idle: asyncio.Event = field(default_factory=asyncio.Event)
+    progress: LoadProgress = field(default_factory=LoadProgress)  # while LOADING
+    # Artifact files (the model's, its draft's) held in the artifact cache while loaded:
+    # the cache never evicts a file in use. Released when the model goes cold.
+    held_paths: list[Path] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.idle.set()
@@ -153,9 +162,10 @@ class ModelManager:
         self.notifier = notifier if notifier is not None else ChangeNotifier()
         self.engines = dict(engines if engines is not None else default_engines(settings))
         self.budget_bytes = settings.memory_budget_bytes or memory.default_budget_bytes(
-            settings.memory_budget_fraction
+            settings.memory_budget_fraction,
+            gpu=common_pb2.ENGINE_VLLM in self.engines,  # vLLM's CUDA build holds models there
         )
-        self.evictions_total = 0
+        self.stats = LoadStats()
         self._residents: dict[str, Resident] = {}
         self._load_lock = asyncio.Lock()
         self._background: set[asyncio.Future[object]] = set()
@@ -165,6 +175,10 @@ class ModelManager:
 
     def get(self, name: str, version: str) -> Resident | None:
         return self._residents.get(model_key(name, version))
+
+    @property
+    def evictions_total(self) -> int:
+        return self.stats.evictions
 
     @property
     def used_bytes(self) -> int:
@@ -227,6 +241,7 @@ class ModelManager:
         r = self._residents.get(key)
         if r is not None and r.state is ResidencyState.DRAINING:
             if not (load_if_cold and r.unload_task is not None):
+                self.stats.rejected[key, "draining"] += 1
                 raise Unavailable(f"model {key} is being unloaded on this worker; try another")
             # Evicted a moment ago to make room for another model: reload it after.
             await _until(deadline, asyncio.shield(r.unload_task), f"{key} was unloading")
@@ -235,6 +250,7 @@ class ModelManager:
         if state not in (ResidencyState.WARM, ResidencyState.LOADING) and not loadable:
             detail = f": its last load failed: {r.error}" if r is not None and r.error else ""
             how = "set load_if_cold" if self.settings.load_on_demand else "(load on demand is off)"
+            self.stats.rejected[key, "not_loaded"] += 1
             raise FailedPrecondition(
                 f"model {key} is not loaded on this worker ({state.value}{detail}); "
                 f"call LoadModel first or {how}",
@@ -400,6 +416,8 @@ class ModelManager:
             try:
                 engine, info, measured = await self._open(r, kind)
             except BaseException as err:
+                self.stats.loads["failed"] += 1
+                self.stats.durations.observe(time.monotonic() - started)
                 r.state, r.memory_bytes = ResidencyState.FAILED, 0
                 r.error = err.message if isinstance(err, ModelyardError) else repr(err)
                 log.warning("loading %s failed: %s", r.key, r.error)
@@ -415,6 +433,8 @@ class ModelManager:
         r.memory_bytes = max(measured, r.estimated_bytes)
         r.load_ms = (time.monotonic() - started) * 1000
         r.loads += 1
+        self.stats.loads["loaded"] += 1
+        self.stats.durations.observe(r.load_ms / 1000)
         r.state, r.last_used = ResidencyState.WARM, time.time()
         r.queue.set_slots(self._parallel(r.model))
         log.info(
@@ -432,7 +452,65 @@ class ModelManager:
     async def _open(
         self, r: Resident, kind: common_pb2.Engine.ValueType
     ) -> tuple[Engine, LoadedInfo, int]:
-        path = await artifacts.fetch(r.model.artifact)
+        progress = ProgressPublisher(r.progress, self.notifier)
+        try:
+            held = await self._fetch(r, kind, progress)
+            try:
+                opened = await self._open_engine(r, kind, held, progress)
+            except BaseException:
+                _release(held)
+                raise
+            _release(r.held_paths)  # a FAILED load's leftovers, if any
+            r.held_paths = held
+            return opened
+        finally:
+            progress.finish()
+
+    async def _fetch(
+        self, r: Resident, kind: common_pb2.Engine.ValueType, progress: ProgressPublisher
+    ) -> list[Path]:
+        """The artifact's verified path (then its draft model's, if any), held in the cache."""
+        progress.phase(LoadPhase.FETCH if _is_remote(r.model.artifact.uri) else LoadPhase.VERIFY)
+        path = await artifacts.fetch(r.model.artifact, progress=progress.bytes, retain=True)
+        held = [path]
+        draft = r.model.load_options.draft_model
+        if not draft:
+            return held
+        if kind != common_pb2.ENGINE_VLLM:
+            log.info("%s: draft model %s ignored (speculative decoding is vLLM's)", r.key, draft)
+            return held
+        try:
+            artifact = self._draft_artifact(r, draft)
+            progress.phase(LoadPhase.FETCH if _is_remote(artifact.uri) else LoadPhase.VERIFY)
+            held.append(await artifacts.fetch(artifact, progress=progress.bytes, retain=True))
+        except BaseException:
+            _release(held)
+            raise
+        return held
+
+    def _draft_artifact(self, r: Resident, draft: str) -> model_pb2.Artifact:
+        if is_artifact_uri(draft):
+            return model_pb2.Artifact(uri=draft)
+        known = self._residents.get(draft)
+        if known is None:
+            raise FailedPrecondition(
+                f"{r.key} names draft model {draft!r}, which this worker cannot resolve: a "
+                "draft model must be registered and known to this worker (load it, or send it "
+                "a request, first), or load_options.draft_model must be an artifact URI the "
+                "worker can fetch (file://, http(s)://, s3://, hf://)",
+                reason="DRAFT_MODEL_UNRESOLVED",
+                metadata={"model": r.key, "draft_model": draft},
+            )
+        return known.model.artifact
+
+    async def _open_engine(
+        self,
+        r: Resident,
+        kind: common_pb2.Engine.ValueType,
+        held: list[Path],
+        progress: ProgressPublisher,
+    ) -> tuple[Engine, LoadedInfo, int]:
+        path = held[0]
         if kind == common_pb2.ENGINE_LLAMA_CPP:
             await asyncio.to_thread(artifacts.check_gguf_magic, path)
         context_length = self._context_length(r.model)
@@ -441,7 +519,10 @@ class ModelManager:
             r.estimated_bytes = r.model.resources.memory_bytes or estimate.total
             await self._make_room(r)
             r.memory_bytes = r.estimated_bytes
-            self.notifier.notify()
+            progress.phase(LoadPhase.LOAD)
+            draft_sha = ""
+            if len(held) > 1 and (known := self._residents.get(r.model.load_options.draft_model)):
+                draft_sha = known.model.artifact.sha256
             spec = ModelSpec(
                 key=r.key,
                 path=path,
@@ -449,12 +530,18 @@ class ModelManager:
                 threads=self.settings.threads,
                 batch_size=self.settings.batch_size,
                 max_parallel_sequences=self._parallel(r.model),
-                extra=dict(r.model.load_options.extra),
+                extra=engine_extra(
+                    r.model,
+                    kind,
+                    draft=held[1] if len(held) > 1 else None,
+                    draft_sha256=draft_sha,
+                ),
             )
             engine = self.engines[kind](r.counters)
             before = memory.rss_bytes()
             try:
                 info = await engine.load(spec)
+                progress.phase(LoadPhase.WARM_UP)
                 await _warm_up(engine)
             except BaseException as err:
                 with contextlib.suppress(Exception):
@@ -503,7 +590,7 @@ class ModelManager:
             log.info(
                 "evicting %s (idle since %.0f) to load %s", victim.key, victim.last_used, r.key
             )
-            self.evictions_total += 1
+            self.stats.evictions += 1
             await asyncio.shield(self._start_drain(victim, 0.0))
 
     def _exhausted(self, r: Resident, message: str, *, reason: str) -> ResourceExhausted:
@@ -553,6 +640,8 @@ class ModelManager:
             await asyncio.to_thread(memory.trim_heap)
         freed = max(before - memory.rss_bytes(), 0)
         r.engine, r.info, r.memory_bytes = None, None, 0
+        _release(r.held_paths)
+        r.held_paths = []
         r.state = ResidencyState.COLD
         log.info("unloaded %s (freed %d MiB, cancelled %d requests)", r.key, freed >> 20, cancelled)
         self.notifier.notify()
@@ -564,6 +653,19 @@ class PreloadEntry:
     model: model_pb2.Model
     pin: bool = False
     keep_alive_s: float | None = None
+
+
+def _is_remote(uri: str) -> bool:
+    try:
+        return parse_uri(uri).is_remote
+    except ModelyardError:
+        return False  # the fetch reports the bad URI
+
+
+def _release(paths: Sequence[Path]) -> None:
+    store = artifacts.default_store()
+    for path in paths:
+        store.release(path)
 
 
 async def _warm_up(engine: Engine) -> None:

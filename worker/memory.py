@@ -11,9 +11,13 @@ measured growth of the process's resident set (see `rss_bytes`).
 from __future__ import annotations
 
 import functools
+import importlib.util
 import logging
 import os
 import re
+import shutil
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,9 +95,74 @@ def physical_memory_bytes() -> int:
         return 0
 
 
-def default_budget_bytes(fraction: float = DEFAULT_BUDGET_FRACTION) -> int:
-    """A share of physical memory (GPU engines bring their own budget from the device)."""
+def default_budget_bytes(fraction: float = DEFAULT_BUDGET_FRACTION, *, gpu: bool = False) -> int:
+    """A share of physical memory; with `gpu` (vLLM configured) of the CUDA device's, if any.
+
+    On a GPU the share is of the device's total memory, capped by what is free at start
+    (another process may hold part of it). No CUDA device found: physical memory.
+    """
+    if gpu and (device := cuda_memory()) is not None:
+        total, free = device
+        budget = min(int(total * fraction), free)
+        log.info(
+            "memory budget %d MiB: %.0f%% of the GPU's %d MiB (%d MiB free)",
+            budget >> 20,
+            fraction * 100,
+            total >> 20,
+            free >> 20,
+        )
+        return budget
     return int(physical_memory_bytes() * fraction)
+
+
+_TORCH_MEM_GET_INFO = (
+    "import torch\n"
+    "if torch.cuda.is_available():\n"
+    "    free, total = torch.cuda.mem_get_info()\n"
+    "    print(total, free)\n"
+)
+
+
+@functools.lru_cache(maxsize=1)
+def cuda_memory() -> tuple[int, int] | None:
+    """(total, free) bytes of the first visible CUDA device, or None without one.
+
+    torch.cuda.mem_get_info when torch is installed, else nvidia-smi. torch runs in a
+    child process: a CUDA context created in the worker itself would break vLLM, which
+    forks its engine processes (CUDA cannot be re-initialized in a forked child).
+    """
+    smi = shutil.which("nvidia-smi")
+    if sys.platform == "linux" and smi is None and not Path("/dev/nvidiactl").exists():
+        return None  # no driver: skip the seconds a torch import costs
+    if importlib.util.find_spec("torch") is not None:
+        out = _run([sys.executable, "-c", _TORCH_MEM_GET_INFO])
+        if out is not None:
+            return _two_ints(out, scale=1)
+    if smi is None:
+        return None
+    out = _run([smi, "--query-gpu=memory.total,memory.free", "--format=csv,noheader,nounits"])
+    if out is None:
+        return None
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")[0].strip()
+    lines = out.splitlines()
+    index = int(visible) if visible.isdigit() and int(visible) < len(lines) else 0
+    return _two_ints(lines[index] if lines else "", scale=1 << 20)  # nvidia-smi says MiB
+
+
+def _run(argv: list[str]) -> str | None:
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    except (OSError, subprocess.SubprocessError) as err:
+        log.debug("%s failed: %s", argv[0], err)
+        return None
+    return done.stdout.strip() if done.returncode == 0 and done.stdout.strip() else None
+
+
+def _two_ints(text: str, *, scale: int) -> tuple[int, int] | None:
+    numbers = re.findall(r"\d+", text)
+    if len(numbers) < 2:
+        return None
+    return int(numbers[0]) * scale, int(numbers[1]) * scale
 
 
 def _int(meta: dict[str, str], key: str) -> int:

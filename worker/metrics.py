@@ -6,11 +6,12 @@ the same counters GetStatus reports.
 
 from __future__ import annotations
 
+import collections
 import logging
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 from worker.manager import ModelManager
@@ -23,7 +24,58 @@ class WorkerCollector(Collector):
     def __init__(self, manager: ModelManager) -> None:
         self._manager = manager
 
-    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily | HistogramMetricFamily]:
+        yield from self._worker_metrics()
+        yield from self._model_metrics()
+
+    def _worker_metrics(
+        self,
+    ) -> Iterator[GaugeMetricFamily | CounterMetricFamily | HistogramMetricFamily]:
+        mgr, stats = self._manager, self._manager.stats
+        yield GaugeMetricFamily(
+            "modelyard_worker_memory_budget_bytes",
+            "Memory the loaded models may use together.",
+            value=mgr.budget_bytes,
+        )
+        yield GaugeMetricFamily(
+            "modelyard_worker_memory_used_bytes",
+            "Memory the models loading, warm or draining hold (measured, floored by estimates).",
+            value=mgr.used_bytes,
+        )
+        loads = CounterMetricFamily(
+            "modelyard_worker_model_loads",
+            "Model loads by result (loaded, failed).",
+            labels=["result"],
+        )
+        for result in ("loaded", "failed"):
+            loads.add_metric([result], stats.loads[result])
+        yield loads
+        durations = HistogramMetricFamily(
+            "modelyard_worker_model_load_duration_seconds",
+            "Time from the start of a load (fetch included) until warm or failed.",
+        )
+        durations.add_metric([], stats.durations.cumulative(), stats.durations.sum)
+        yield durations
+        yield CounterMetricFamily(
+            "modelyard_worker_evictions",
+            "Idle models unloaded to make room for another.",
+            value=stats.evictions,
+        )
+        rejected = CounterMetricFamily(
+            "modelyard_worker_rejected_requests",
+            "Requests refused or ended before decoding, by reason: queue_full, too_large, "
+            "shed, deadline (in the queue), not_loaded, draining.",
+            labels=["model", "reason"],
+        )
+        counts = collections.Counter(stats.rejected)
+        for r in mgr.residents():
+            for reason, n in r.queue.rejected.items():
+                counts[r.key, reason] += n
+        for (model, reason), n in sorted(counts.items()):
+            rejected.add_metric([model, reason], n)
+        yield rejected
+
+    def _model_metrics(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         labels = ["model"]
         running = GaugeMetricFamily(
             "modelyard_worker_running_sequences", "Sequences decoding now.", labels=labels

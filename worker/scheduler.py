@@ -12,6 +12,7 @@ RESOURCE_EXHAUSTED instead. Everything runs on the event loop: no locks.
 from __future__ import annotations
 
 import asyncio
+import collections
 import enum
 import itertools
 import logging
@@ -75,6 +76,9 @@ class RequestQueue:
         self._slots = 0
         self.running = 0
         self.shed_total = 0
+        # Requests refused or ended by the queue, by reason: queue_full (refused at once),
+        # too_large (more tokens than the queue holds), shed, deadline.
+        self.rejected: collections.Counter[str] = collections.Counter()
 
     @property
     def waiting(self) -> int:
@@ -88,12 +92,14 @@ class RequestQueue:
         """Queue a request or refuse it at once (RESOURCE_EXHAUSTED); may shed lower ones."""
         ticket = Ticket(effective_priority(priority), tokens)
         if tokens > self.max_tokens:
+            self.rejected["too_large"] += 1
             raise self._exhausted(
                 f"the request needs {tokens} tokens (prompt + max_tokens) but {self.key}'s "
                 f"queue holds at most {self.max_tokens}"
             )
         victims = self._victims_for(ticket)
         if victims is None:
+            self.rejected["queue_full"] += 1
             raise self._exhausted(
                 f"{self.key} has {len(self._waiting)} requests ({self._tokens} tokens) queued "
                 f"at this priority or above (limits {self.max_requests} requests, "
@@ -102,6 +108,7 @@ class RequestQueue:
         for victim in victims:
             self._remove(victim)
             self.shed_total += 1
+            self.rejected["shed"] += 1
             victim.state = TicketState.DONE
             victim.granted.set_exception(
                 self._exhausted(f"shed from {self.key}'s full queue by a higher-priority request")
@@ -119,6 +126,7 @@ class RequestQueue:
             await asyncio.wait_for(asyncio.shield(ticket.granted), timeout)
         except TimeoutError:
             self.leave(ticket)
+            self.rejected["deadline"] += 1
             raise DeadlineExceeded(
                 f"the deadline passed while waiting in {self.key}'s queue"
             ) from None

@@ -64,6 +64,10 @@ def model_status(r: Resident) -> worker_pb2.ModelStatus:
         error=r.error,
         generated_tokens_total=snap.generated_tokens_total,
     )
+    if r.state is ResidencyState.LOADING:
+        status.load_phase = r.progress.phase.value
+        status.download_bytes_done = r.progress.bytes_done
+        status.download_bytes_total = r.progress.bytes_total
     if r.last_used:
         status.last_used.CopyFrom(_timestamp(r.last_used))
     return status

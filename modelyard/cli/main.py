@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from modelyard.cli import generate, models, routes, serve, up
+from modelyard.cli import generate, load, models, routes, serve, stats, up
 
 app = typer.Typer(
     name="modelyard",
@@ -15,6 +15,9 @@ app = typer.Typer(
 app.command("up")(up.up)
 app.command("generate")(generate.generate)
 app.command("chat")(generate.chat)
+app.command("stats")(stats.stats)
+app.command("workers")(stats.workers)
+load.register(models.app)
 app.add_typer(models.app, name="models")
 app.add_typer(routes.app, name="routes")
 app.add_typer(serve.registry_app, name="registry")

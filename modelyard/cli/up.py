@@ -14,6 +14,7 @@ from rich.table import Table
 
 from modelyard.bundled import BundledModelMissing, smollm2_model
 from modelyard.cli.generate import print_stream
+from modelyard.cli.load import load_with_progress
 from modelyard.cli.output import cli_errors, console, err_console
 from modelyard.client import Client
 from modelyard.errors import from_rpc_error
@@ -24,7 +25,6 @@ from modelyard.v1 import (
     registry_pb2,
     registry_pb2_grpc,
     worker_pb2,
-    worker_pb2_grpc,
 )
 
 DEFAULT_PROMPT = "In two sentences, what is a large language model?"
@@ -119,19 +119,13 @@ def _register_and_load(mesh: LocalMesh, model: model_pb2.Model) -> None:
         verb = "registered" if reply.created else "already registered"
         console.print(f"{verb} [bold]{model.name}@{model.version}[/bold] ({model.artifact.uri})")
     worker = mesh.worker_addresses[0]
-    with (
-        grpc.insecure_channel(worker) as channel,
-        console.status(f"loading {model.name} on {worker}..."),
-    ):
-        worker_stub = worker_pb2_grpc.WorkerServiceStub(channel)
-        started = time.monotonic()
-        try:
-            worker_stub.LoadModel(
-                worker_pb2.LoadModelRequest(model=model, engine=common_pb2.ENGINE_LLAMA_CPP),
-                timeout=300,
-            )
-        except grpc.RpcError as err:
-            raise from_rpc_error(err) from err
+    console.print(f"loading {model.name} on {worker}...")
+    started = time.monotonic()
+    load_with_progress(
+        worker,
+        worker_pb2.LoadModelRequest(model=model, engine=common_pb2.ENGINE_LLAMA_CPP),
+        timeout_s=300,
+    )
     console.print(f"loaded {model.name} in {time.monotonic() - started:.1f} s")
 
 

@@ -382,6 +382,9 @@ class ModelStatus(_message.Message):
     LAST_USED_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     GENERATED_TOKENS_TOTAL_FIELD_NUMBER: _builtins.int
+    DOWNLOAD_BYTES_DONE_FIELD_NUMBER: _builtins.int
+    DOWNLOAD_BYTES_TOTAL_FIELD_NUMBER: _builtins.int
+    LOAD_PHASE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     version: _builtins.str
     state: Global___ResidencyState.ValueType
@@ -402,6 +405,17 @@ class ModelStatus(_message.Message):
     """Why the last load failed (RESIDENCY_STATE_FAILED)."""
     generated_tokens_total: _builtins.int
     """Tokens generated since the worker started."""
+    download_bytes_done: _builtins.int
+    """Load progress, set while state is RESIDENCY_STATE_LOADING (zero/empty
+    otherwise). Bytes of the artifact downloaded so far and in all; total is
+    0 while unknown or when nothing is downloaded (a local or cached file).
+    """
+    download_bytes_total: _builtins.int
+    load_phase: _builtins.str
+    """What the load is doing now: "fetch" (finding the artifact in the cache),
+    "download", "verify" (sha256 of a local file), "load" (the engine reads
+    the weights) or "warm_up" (a first generation before the model is warm).
+    """
     @_builtins.property
     def last_used(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -421,10 +435,13 @@ class ModelStatus(_message.Message):
         last_used: _timestamp_pb2.Timestamp | None = ...,
         error: _builtins.str = ...,
         generated_tokens_total: _builtins.int = ...,
+        download_bytes_done: _builtins.int = ...,
+        download_bytes_total: _builtins.int = ...,
+        load_phase: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["last_used", b"last_used"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["engine", b"engine", "error", b"error", "generated_tokens_total", b"generated_tokens_total", "in_flight", b"in_flight", "last_used", b"last_used", "memory_bytes", b"memory_bytes", "name", b"name", "pinned", b"pinned", "queued_requests", b"queued_requests", "queued_tokens", b"queued_tokens", "running_sequences", b"running_sequences", "state", b"state", "tokens_per_second", b"tokens_per_second", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["download_bytes_done", b"download_bytes_done", "download_bytes_total", b"download_bytes_total", "engine", b"engine", "error", b"error", "generated_tokens_total", b"generated_tokens_total", "in_flight", b"in_flight", "last_used", b"last_used", "load_phase", b"load_phase", "memory_bytes", b"memory_bytes", "name", b"name", "pinned", b"pinned", "queued_requests", b"queued_requests", "queued_tokens", b"queued_tokens", "running_sequences", b"running_sequences", "state", b"state", "tokens_per_second", b"tokens_per_second", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

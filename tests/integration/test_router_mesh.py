@@ -100,7 +100,7 @@ def test_cost_picks_the_cheaper_model_whenever_it_meets_the_ceiling(
             ),
             timeout=30,
         )
-    assert too_low.value.code() == grpc.StatusCode.FAILED_PRECONDITION  # type: ignore[attr-defined]
+    assert too_low.value.code() == grpc.StatusCode.FAILED_PRECONDITION
 
 
 def test_kill_9_mid_stream_ends_unavailable_with_usage_then_traffic_moves_on(
@@ -120,7 +120,7 @@ def test_kill_9_mid_stream_ends_unavailable_with_usage_then_traffic_moves_on(
                 deltas += 1
                 if deltas == 3:
                     os.kill(mesh2.service(victim).process.pid, signal.SIGKILL)
-    assert broken.value.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+    assert broken.value.code() == grpc.StatusCode.UNAVAILABLE
     trailing = dict(call.trailing_metadata() or ())
     usage = common_pb2.Usage.FromString(trailing[USAGE_METADATA_KEY])
     assert usage.output_tokens >= 3
@@ -154,7 +154,7 @@ def test_a_hung_worker_honours_the_deadline(
         took = time.monotonic() - began
     finally:
         os.kill(survivor.process.pid, signal.SIGCONT)
-    assert hung.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED  # type: ignore[attr-defined]
+    assert hung.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert took < 4.0
 
 

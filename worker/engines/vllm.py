@@ -49,7 +49,9 @@ DEFAULT_MAX_SEQS = 32  # when the model's load options leave max_parallel_sequen
 
 # Keys of ModelSpec.extra this module interprets itself; any other key that names an
 # AsyncEngineArgs field is passed through (JSON-decoded when it parses as JSON).
-_OWN_KEYS = frozenset({"quantization", "draft_model", "num_speculative_tokens", "sha256"})
+_OWN_KEYS = frozenset(
+    {"quantization", "draft_model", "draft_sha256", "num_speculative_tokens", "sha256"}
+)
 
 
 class EngineNotLoaded(RuntimeError):
@@ -78,6 +80,7 @@ class VllmEngine:
         if self._llm is not None:
             raise RuntimeError(f"engine already holds {self._key}")
         model_dir = await _checkpoint_dir(spec)
+        spec = await _with_draft_checkpoint(spec)
         from transformers import AutoTokenizer
         from vllm.v1.engine.async_llm import AsyncLLM
 
@@ -240,6 +243,15 @@ async def _checkpoint_dir(spec: ModelSpec) -> Path:
         reason="ARTIFACT_FORMAT_UNSUPPORTED",
         metadata={"path": str(spec.path)},
     )
+
+
+async def _with_draft_checkpoint(spec: ModelSpec) -> ModelSpec:
+    """A GGUF draft model converted like the target is (vLLM reads HF checkpoints only)."""
+    draft = spec.extra.get("draft_model", "")
+    if not draft or not await asyncio.to_thread(is_gguf, Path(draft)):
+        return spec
+    ckpt = await hf_checkpoint(Path(draft), sha256=spec.extra.get("draft_sha256", ""))
+    return dataclasses.replace(spec, extra={**spec.extra, "draft_model": str(ckpt)})
 
 
 def _trained_context(model_dir: Path) -> int:

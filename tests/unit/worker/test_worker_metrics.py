@@ -1,0 +1,67 @@
+"""Prometheus metrics of the worker, scraped from a manager that loaded, failed and refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from modelyard.errors import FailedPrecondition, ResourceExhausted
+from modelyard.v1 import common_pb2
+from tests.fixtures.tiny_gguf import gguf_model
+from worker.config import WorkerSettings
+from worker.manager import ModelManager
+from worker.metrics import metrics_registry
+
+MiB = 1 << 20
+
+
+def scrape(manager: ModelManager) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    text = generate_latest(metrics_registry(manager)).decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+async def test_memory_loads_durations_evictions_and_refusals_are_exported(
+    settings: WorkerSettings, tiny_gguf: Path
+) -> None:
+    manager = ModelManager(
+        settings.model_copy(update={"memory_budget_bytes": 100 * MiB, "max_queued_requests": 1})
+    )
+    small, other, huge = (gguf_model(tiny_gguf, name=n) for n in ("small", "other", "huge"))
+    small.resources.memory_bytes = other.resources.memory_bytes = 60 * MiB
+    huge.resources.memory_bytes = 200 * MiB
+    await manager.load(small)
+    await manager.load(other)  # evicts small
+    with pytest.raises(ResourceExhausted):
+        await manager.load(huge)
+    with pytest.raises(FailedPrecondition):
+        async with manager.acquire(small):
+            pass
+    r = manager.get("other", "1")
+    assert r is not None
+    r.queue.set_slots(0)  # nothing runs: the second request finds the queue full
+    ticket = r.queue.submit(common_pb2.PRIORITY_NORMAL, 10)
+    with pytest.raises(ResourceExhausted):
+        r.queue.submit(common_pb2.PRIORITY_NORMAL, 10)
+    r.queue.leave(ticket)
+
+    m = scrape(manager)
+    assert m["modelyard_worker_memory_budget_bytes", ()] == 100 * MiB
+    assert m["modelyard_worker_memory_used_bytes", ()] == manager.used_bytes > 0
+    assert m["modelyard_worker_model_loads_total", (("result", "loaded"),)] == 2
+    assert m["modelyard_worker_model_loads_total", (("result", "failed"),)] == 1
+    assert m["modelyard_worker_model_load_duration_seconds_count", ()] == 3
+    assert m["modelyard_worker_model_load_duration_seconds_bucket", (("le", "+Inf"),)] == 3
+    assert m["modelyard_worker_evictions_total", ()] == 1
+    rejected = "modelyard_worker_rejected_requests_total"
+    assert m[rejected, (("model", "small@1"), ("reason", "not_loaded"))] == 1
+    assert m[rejected, (("model", "other@1"), ("reason", "queue_full"))] == 1
+    assert m["modelyard_worker_queued_requests", (("model", "other@1"),)] == 0
+    assert ("modelyard_worker_queued_tokens", (("model", "other@1"),)) in m
+    await manager.close()
