@@ -76,8 +76,10 @@ def up(
         worker_ports=[ports[2]],
         worker_threads=threads,
     )
-    # SIGTERM ends `up` like Ctrl-C does, so the children are always stopped.
+    # SIGTERM ends `up` like Ctrl-C does, so the children are always stopped. SIGINT is
+    # set too: a shell starts background jobs with it ignored, and Python keeps that.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         with console.status("starting registry, worker and router..."):
             mesh.start()
