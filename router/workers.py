@@ -241,9 +241,10 @@ class WorkerPool:
         )
         try:
             while True:
-                reply = await asyncio.wait_for(
-                    call.read(), timeout=self._heartbeat_s * STALE_AFTER_HEARTBEATS
-                )
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a
+                # cancel that races the read, and close() would then wait forever.
+                async with asyncio.timeout(self._heartbeat_s * STALE_AFTER_HEARTBEATS):
+                    reply = await call.read()
                 if reply is grpc.aio.EOF:
                     return
                 if not handle.watching:
