@@ -127,7 +127,10 @@ async def test_seeded_sampling_is_reproducible(engine: TransformersEngine) -> No
 
 
 async def test_abort_and_close_cancel_within_a_token(engine: TransformersEngine) -> None:
-    req = EngineRequest("long", prompt="Write a long essay.", max_tokens=500)
+    # Greedy on a counting prompt: a sampled first token could be end-of-text, and the
+    # generation would finish before there is anything to abort.
+    counting = "Count from 1 to 100: 1, 2, 3, 4,"
+    req = EngineRequest("long", prompt=counting, sampling=GREEDY, max_tokens=500)
     fin: Finished | None = None
     pieces = 0
     async for event in engine.generate(req):
@@ -138,7 +141,9 @@ async def test_abort_and_close_cancel_within_a_token(engine: TransformersEngine)
         elif isinstance(event, Finished):
             fin = event
     assert fin is not None and fin.reason is FinishReason.CANCELLED and fin.output_tokens <= 4
-    stream = engine.generate(EngineRequest("closed", prompt="Hi", max_tokens=500))
+    stream = engine.generate(
+        EngineRequest("closed", prompt=counting, sampling=GREEDY, max_tokens=500)
+    )
     async for event in stream:
         if isinstance(event, Piece):
             break
