@@ -236,15 +236,12 @@ class Catalog:
             return await self._pick_auto(query, timeout_s)
         ref = parse_ref(text, "model")
         cache = self.cache
-        if cache is not None:
-            found = cache.model(ref.name, ref.version)
-            if found is None:
-                raise NotFound(
-                    f"model '{ref}' is not registered; see `modelyard models list`",
-                    reason="MODEL_NOT_FOUND",
-                )
+        found = cache.model(ref.name, ref.version) if cache is not None else None
+        if found is not None:
             model = found
         else:
+            # Not in the Watch cache (or none yet): ask the registry. A model registered a
+            # moment ago may not have reached this router's Watch stream yet.
             model = await self._through(
                 self._models, ref, lambda: self._get_model(ref, timeout_s), f"model '{ref}'"
             )

@@ -168,3 +168,18 @@ async def test_dead_worker_is_unavailable_and_counted_as_an_error(
         stats = await router.stub.GetRoutingStats(router_pb2.GetRoutingStatsRequest(model="tiny"))
 
     assert stats.models[0].traffic.errors == 1
+
+
+async def test_a_model_newer_than_the_watch_cache_resolves_through_the_registry(
+    registry: RegistryUnderTest, start_worker: WorkerFactory
+) -> None:
+    # Registered after the router's snapshot, its change not yet streamed: the router
+    # asks the registry instead of answering NOT_FOUND.
+    worker = await start_worker("w1")
+    async with running_router(registry.address, [worker.address], watch=True) as router:
+        await wait_until(lambda: router.catalog.cache is not None)
+        registry.fake.models.append(make_model("fresh", "1"))
+        events = await collect(router.stub, request(model="fresh"))
+
+    assert (events[0].started.model, events[-1].WhichOneof("event")) == ("fresh", "finished")
+    assert registry.fake.get_calls == 1
