@@ -54,6 +54,15 @@ class WorkerSettings(BaseSettings):
         ge=1,
         description="Prompt + max_tokens of the requests that may wait per model.",
     )
+    token_delay_ms: float = Field(
+        default=0.0,
+        ge=0.0,
+        description=(
+            "Testing and capacity drills only: pause this long after every decode step, "
+            "making this worker slower than its hardware (e.g. a heterogeneous pool on "
+            "one machine). 0 in production."
+        ),
+    )
     max_parallel_sequences: int = Field(
         default=4,
         ge=1,

@@ -530,6 +530,7 @@ class ModelManager:
                 threads=self.settings.threads,
                 batch_size=self.settings.batch_size,
                 max_parallel_sequences=self._parallel(r.model),
+                token_delay_s=self.settings.token_delay_ms / 1000,
                 extra=engine_extra(
                     r.model,
                     kind,

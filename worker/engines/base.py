@@ -26,6 +26,8 @@ class ModelSpec:
     # Continuous-batching slots (issue 4); the skeleton decodes one sequence at a time.
     max_parallel_sequences: int = 1
     extra: Mapping[str, str] = field(default_factory=dict)
+    # Simulated slowness: a pause after every decode step (tests, capacity drills).
+    token_delay_s: float = 0.0
 
 
 @dataclass(frozen=True)

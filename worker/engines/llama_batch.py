@@ -24,6 +24,7 @@ import collections
 import logging
 import random
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -101,6 +102,7 @@ class BatchDecoder:
         n_seq: int,
         counters: SequenceCounters,
         key: str,
+        step_delay_s: float = 0.0,
     ) -> None:
         import llama_cpp
         from llama_cpp._internals import LlamaBatch
@@ -111,6 +113,7 @@ class BatchDecoder:
         self._n_vocab = int(model.n_vocab())
         self.n_ctx, self.n_batch, self.n_seq = n_ctx, n_batch, n_seq
         self._counters = counters
+        self._step_delay_s = step_delay_s
         self._batch: Any = LlamaBatch(n_tokens=n_batch, embd=0, n_seq_max=1, verbose=False)
         self._pending: collections.deque[Job] = collections.deque()
         self._slots: list[_Slot] = []
@@ -159,6 +162,8 @@ class BatchDecoder:
                 self._start(slot)
             try:
                 self._step()
+                if self._step_delay_s and self._slots:
+                    time.sleep(self._step_delay_s)  # simulated slow hardware
             except Exception as err:
                 log.exception("llama.cpp decode step failed")
                 for slot in list(self._slots):

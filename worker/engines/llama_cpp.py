@@ -75,6 +75,7 @@ class LlamaCppEngine:
             n_seq=max(spec.max_parallel_sequences, 1),
             counters=self._counters,
             key=spec.key,
+            step_delay_s=spec.token_delay_s,
         )
         self._decoder.start()
         self._model, self._ctx, self._key, self._n_ctx = model, ctx, spec.key, n_ctx
