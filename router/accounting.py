@@ -23,6 +23,12 @@ class Accounting:
         """A worker failed before the first token (or mid-stream): its breaker hears it."""
         self.breakers.on_failure(worker)
 
+    def forget_worker(self, worker: str) -> None:
+        """A worker left the pool: its breaker and breaker series go with it."""
+        self.breakers.forget(worker)
+        if self.metrics is not None:
+            self.metrics.forget_worker(worker)
+
     def retried(self) -> None:
         if self.metrics is not None:
             self.metrics.retries.inc()

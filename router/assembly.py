@@ -63,6 +63,7 @@ def build(
         ),
         metrics,
     )
+    pool.on_removed.append(accounting.forget_worker)
     relay = Relay(
         catalog,
         pool,

@@ -3,6 +3,7 @@ dashboards and autoscaling: change them only together."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -76,6 +77,11 @@ class RouterMetrics:
 
     def set_breaker(self, worker: str, state: router_pb2.BreakerState.ValueType) -> None:
         self.breaker_state.labels(worker=worker).set(BREAKER_VALUE.get(state, 0))
+
+    def forget_worker(self, worker: str) -> None:
+        """Drop the series of a worker that left the pool."""
+        with contextlib.suppress(KeyError):
+            self.breaker_state.remove(worker)
 
     def watch_healthy_workers(self, source: Callable[[], dict[str, int]]) -> None:
         self.registry.register(_HealthyWorkers(source))

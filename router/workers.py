@@ -1,21 +1,19 @@
-"""The router's workers: one channel each, their pushed status, and the candidate order.
+"""The router's workers: one channel each and their pushed status.
 
-Discovery is static here (the configured addresses); issue 5 feeds the pool from
-Consul instead. Each worker's state comes from its `WorkerService.WatchStatus`
-stream, so routing never waits on a scrape. `WarmFirstPicker` is the walking
-skeleton's whole scheduling policy; the issue-5 filter/scorer/picker framework
-replaces it behind the `CandidatePicker` protocol.
+The pool starts from the configured addresses; discovery (router/discovery) adds and
+removes workers as Consul's healthy set changes. Each worker's state comes from its
+`WorkerService.WatchStatus` stream, so routing never waits on a scrape; ordering the
+candidates is router/scheduling's job.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import random
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Protocol, cast
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import cast
 
 import grpc
 from google.protobuf import duration_pb2
@@ -42,15 +40,6 @@ STALE_AFTER_HEARTBEATS = 3
 WATCH_BACKOFF_S = (0.25, 5.0)
 # A worker that discovery dropped keeps its channel this long for calls still running.
 REMOVE_GRACE_S = 30.0
-
-_RESIDENCY_RANK = {
-    worker_pb2.RESIDENCY_STATE_WARM: 0,
-    worker_pb2.RESIDENCY_STATE_LOADING: 1,
-    worker_pb2.RESIDENCY_STATE_UNSPECIFIED: 2,
-    worker_pb2.RESIDENCY_STATE_COLD: 2,
-    worker_pb2.RESIDENCY_STATE_FAILED: 3,
-    worker_pb2.RESIDENCY_STATE_DRAINING: 3,
-}
 
 
 @dataclass(eq=False)
@@ -100,38 +89,6 @@ class WorkerHandle:
         await asyncio.wait_for(self.channel.channel_ready(), timeout=max(0.0, timeout_s))
 
 
-class CandidatePicker(Protocol):
-    """Orders the workers to try for one model, best first."""
-
-    def order(
-        self, model: model_pb2.Model, workers: Sequence[WorkerHandle]
-    ) -> list[WorkerHandle]: ...
-
-
-@dataclass
-class WarmFirstPicker:
-    """Watching workers first, then warm before loading before cold, then fewest queued
-    tokens; ties rotate round-robin so equal workers share the load."""
-
-    _turn: itertools.count[int] = field(default_factory=itertools.count)
-
-    def order(self, model: model_pb2.Model, workers: Sequence[WorkerHandle]) -> list[WorkerHandle]:
-        def rank(w: WorkerHandle) -> tuple[bool, int, int]:
-            return (
-                not w.watching,
-                _RESIDENCY_RANK.get(w.residency(model), 2),
-                w.queued_tokens(),
-            )
-
-        turn = next(self._turn)
-        ordered: list[WorkerHandle] = []
-        for _, tied in itertools.groupby(sorted(workers, key=rank), key=rank):
-            group = list(tied)
-            shift = turn % len(group)
-            ordered += group[shift:] + group[:shift]
-        return ordered
-
-
 class WorkerPool:
     """The configured workers and one background status watch per worker."""
 
@@ -141,6 +98,8 @@ class WorkerPool:
         self._started = False
         # Channels of removed workers, closing once their in-flight calls end.
         self._retiring: set[asyncio.Task[None]] = set()
+        # Called with the address of each removed worker (breakers and metrics forget it).
+        self.on_removed: list[Callable[[str], None]] = []
         self.workers: list[WorkerHandle] = []
         for address in dict.fromkeys(addresses):  # keep order, drop repeats
             self.workers.append(_new_handle(address))
@@ -187,6 +146,8 @@ class WorkerPool:
         retiring = asyncio.create_task(handle.channel.close(grace_s), name=f"retire-{address}")
         self._retiring.add(retiring)
         retiring.add_done_callback(self._retiring.discard)
+        for listener in self.on_removed:
+            listener(address)
         log.info("worker %s (%s) removed", handle.name, address)
 
     def set_addresses(self, addresses: Sequence[str]) -> None:

@@ -75,3 +75,26 @@ def test_unknown_worker_is_closed_and_forget_drops_state() -> None:
     b.on_failure("w")
     b.forget("w")
     assert b.state("w") == CLOSED
+
+
+def test_forgetting_a_worker_drops_its_breaker_and_series() -> None:
+    from router.accounting import Accounting
+    from router.metrics import RouterMetrics
+    from router.state.latency import LatencyEstimates
+    from router.stats import RoutingStats
+
+    metrics = RouterMetrics()
+    board = BreakerBoard(BreakerPolicy(consecutive_failures=1), on_change=metrics.set_breaker)
+    acct = Accounting(board, LatencyEstimates(), RoutingStats(), metrics)
+    acct.attempt_failed("w:1")
+    assert (
+        metrics.registry.get_sample_value("modelyard_router_breaker_state", {"worker": "w:1"}) == 2
+    )
+
+    acct.forget_worker("w:1")
+
+    assert (
+        metrics.registry.get_sample_value("modelyard_router_breaker_state", {"worker": "w:1"})
+        is None
+    )
+    assert board.state("w:1") == router_pb2.BREAKER_STATE_CLOSED

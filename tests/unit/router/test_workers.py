@@ -8,7 +8,7 @@ import pytest
 import pytest_asyncio
 
 from modelyard.v1 import model_pb2, worker_pb2
-from router.workers import WarmFirstPicker, WorkerHandle, WorkerPool
+from router.workers import WorkerHandle, WorkerPool
 from tests.unit.router.doubles import (
     LOOP_SCOPE,
     WorkerFactory,
@@ -52,36 +52,6 @@ def addresses(handles: list[WorkerHandle]) -> list[str]:
     return [h.address for h in handles]
 
 
-async def test_warm_beats_loading_beats_cold_and_watched_beats_unknown(pool: WorkerPool) -> None:
-    a, b, c = pool.workers
-    observe(a, model_status(worker_pb2.RESIDENCY_STATE_COLD))
-    observe(b, model_status(worker_pb2.RESIDENCY_STATE_WARM), watching=False)
-    observe(c, model_status(worker_pb2.RESIDENCY_STATE_LOADING))
-
-    order = WarmFirstPicker().order(MODEL, pool.workers)
-
-    assert addresses(order) == [c.address, a.address, b.address]
-
-
-async def test_fewest_queued_tokens_then_round_robin(pool: WorkerPool) -> None:
-    a, b, c = pool.workers
-    warm = model_status(worker_pb2.RESIDENCY_STATE_WARM)
-    observe(a, warm, queued_tokens=500)
-    observe(b, warm)
-    observe(c, warm)
-    picker = WarmFirstPicker()
-
-    firsts = [picker.order(MODEL, pool.workers)[0].address for _ in range(4)]
-
-    assert set(firsts) == {b.address, c.address}
-    assert firsts[0] != firsts[1] and firsts[1] != firsts[2]
-    assert picker.order(MODEL, pool.workers)[-1] is a
-
-
-async def test_no_workers_no_candidates() -> None:
-    assert WarmFirstPicker().order(MODEL, []) == []
-
-
 async def test_pool_follows_watch_status_and_reports_workers(start_worker: WorkerFactory) -> None:
     worker = await start_worker("w-live")
     dead = free_address()
@@ -114,3 +84,15 @@ async def test_pool_notices_a_worker_going_away_and_coming_back(
         await wait_until(lambda: not handle.watching)
     finally:
         await pool.close()
+
+
+async def test_removing_a_worker_tells_the_listeners() -> None:
+    pool = WorkerPool(["127.0.0.1:1", "127.0.0.1:2"], heartbeat_s=0.2)
+    removed: list[str] = []
+    pool.on_removed.append(removed.append)
+    pool.remove("127.0.0.1:2", grace_s=0)
+    pool.remove("127.0.0.1:9", grace_s=0)  # unknown: nothing to forget
+    await pool.close()
+
+    assert removed == ["127.0.0.1:2"]
+    assert [h.address for h in pool.workers] == ["127.0.0.1:1"]
