@@ -48,15 +48,25 @@ def registry_serve(
             "or postgresql+asyncpg://... Env: MODELYARD_REGISTRY_DATABASE_URL."
         ),
     ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            help="Prometheus /metrics port, 0 = off. Env: MODELYARD_REGISTRY_METRICS_PORT."
+        ),
+    ] = None,
     log_level: LogLevel = None,
 ) -> None:
-    """Run the registry."""
+    """Run the registry. Admin token for writes: MODELYARD_REGISTRY_ADMIN_TOKEN."""
     from registry.config import RegistrySettings
     from registry.main import run
 
     run(
         build_settings(
-            RegistrySettings, address=address, database_url=database_url, log_level=log_level
+            RegistrySettings,
+            address=address,
+            database_url=database_url,
+            metrics_port=metrics_port,
+            log_level=log_level,
         )
     )
 
@@ -131,12 +141,30 @@ def router_serve(
         typer.Option(
             "--worker",
             help="Worker host:port for static discovery; repeat for several. "
-            "Env: MODELYARD_ROUTER_WORKERS (JSON list, e.g. '[\"127.0.0.1:50052\"]').",
+            "Env: MODELYARD_ROUTER_WORKERS (comma-separated or a JSON list).",
+        ),
+    ] = None,
+    http_address: Annotated[
+        str | None,
+        typer.Option(
+            help="host:port of the OpenAI-compatible HTTP front; empty = off. "
+            "Env: MODELYARD_ROUTER_HTTP_ADDRESS."
+        ),
+    ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(help="Prometheus /metrics port, 0 = off. Env: MODELYARD_ROUTER_METRICS_PORT."),
+    ] = None,
+    max_attempts: Annotated[
+        int | None,
+        typer.Option(
+            help="Workers tried per model before the first token. "
+            "Env: MODELYARD_ROUTER_MAX_ATTEMPTS."
         ),
     ] = None,
     log_level: LogLevel = None,
 ) -> None:
-    """Run a router."""
+    """Run a router. Consul discovery: MODELYARD_CONSUL_ADDRESS (see docs/operations.md)."""
     from router.config import RouterSettings
     from router.main import run
 
@@ -146,6 +174,9 @@ def router_serve(
             address=address,
             registry_address=registry_address,
             workers=worker or None,
+            http_address=http_address,
+            metrics_port=metrics_port,
+            max_attempts=max_attempts,
             log_level=log_level,
         )
     )
