@@ -99,26 +99,12 @@ def _message(m: Message) -> common_pb2.ChatMessage:
     return common_pb2.ChatMessage(role=m["role"], content=m["content"], name=m.get("name", ""))
 
 
-class GenerationStream:
-    """A streamed generation: iterate for deltas; `started`/`finished` bracket them."""
+class _Stream:
+    """What both stream flavours share: the call, and what arrived so far."""
 
     def __init__(self, call: Any) -> None:
         self._call = call
         self._state = _StreamState()
-
-    def __iter__(self) -> Iterator[Delta]:
-        for event in self.events():
-            if event.WhichOneof("event") == "delta":
-                yield Delta(event.delta.text, tuple(event.delta.token_ids))
-
-    def events(self) -> Iterator[router_pb2.GenerateResponse]:
-        """Iterate the raw protocol events (started, deltas, finished) instead of deltas."""
-        try:
-            for event in self._call:
-                self._state.absorb(event)
-                yield event
-        except grpc.RpcError as err:
-            raise from_rpc_error(err) from err
 
     def cancel(self) -> None:
         """Stop the generation; the worker stops decoding."""
@@ -138,17 +124,37 @@ class GenerationStream:
         return self._state.text
 
 
-class AsyncGenerationStream:
-    """The asyncio twin of GenerationStream: `async for delta in stream`."""
+def _delta(event: router_pb2.GenerateResponse) -> Delta | None:
+    if event.WhichOneof("event") != "delta":
+        return None
+    return Delta(event.delta.text, tuple(event.delta.token_ids))
 
-    def __init__(self, call: Any) -> None:
-        self._call = call
-        self._state = _StreamState()
+
+class GenerationStream(_Stream):
+    """A streamed generation: iterate for deltas; `started`/`finished` bracket them."""
+
+    def __iter__(self) -> Iterator[Delta]:
+        for event in self.events():
+            if (delta := _delta(event)) is not None:
+                yield delta
+
+    def events(self) -> Iterator[router_pb2.GenerateResponse]:
+        """Iterate the raw protocol events (started, deltas, finished) instead of deltas."""
+        try:
+            for event in self._call:
+                self._state.absorb(event)
+                yield event
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from err
+
+
+class AsyncGenerationStream(_Stream):
+    """The asyncio twin of GenerationStream: `async for delta in stream`."""
 
     async def __aiter__(self) -> AsyncIterator[Delta]:
         async for event in self.events():
-            if event.WhichOneof("event") == "delta":
-                yield Delta(event.delta.text, tuple(event.delta.token_ids))
+            if (delta := _delta(event)) is not None:
+                yield delta
 
     async def events(self) -> AsyncIterator[router_pb2.GenerateResponse]:
         try:
@@ -157,21 +163,6 @@ class AsyncGenerationStream:
                 yield event
         except grpc.RpcError as err:
             raise from_rpc_error(err) from err
-
-    def cancel(self) -> None:
-        self._call.cancel()
-
-    @property
-    def started(self) -> common_pb2.GenerationStarted | None:
-        return self._state.started
-
-    @property
-    def finished(self) -> common_pb2.GenerationFinished | None:
-        return self._state.finished
-
-    @property
-    def text(self) -> str:
-        return self._state.text
 
 
 class Client:
