@@ -16,12 +16,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
 import grpc
 
 from modelyard.errors import from_rpc_error
+from modelyard.security import bearer_metadata
 from modelyard.v1 import common_pb2, router_pb2, router_pb2_grpc
 
 DEFAULT_ADDRESS = "127.0.0.1:50050"
@@ -165,6 +167,24 @@ class AsyncGenerationStream(_Stream):
             raise from_rpc_error(err) from err
 
 
+def _credentials(ca_file: str, cert_file: str, key_file: str) -> grpc.ChannelCredentials | None:
+    """TLS credentials when a CA (or a client certificate, for mTLS) is given, else None.
+
+    `api_key` (MODELYARD_ROUTER_API_KEYS on the router) goes as `authorization: Bearer`.
+    """
+    if not (ca_file or cert_file):
+        return None
+
+    def read(path: str) -> bytes | None:
+        return Path(path).read_bytes() if path else None
+
+    return grpc.ssl_channel_credentials(
+        root_certificates=read(ca_file),
+        private_key=read(key_file) if cert_file else None,
+        certificate_chain=read(cert_file),
+    )
+
+
 class Client:
     """Blocking client for RouterService."""
 
@@ -174,11 +194,22 @@ class Client:
         *,
         timeout_s: float = DEFAULT_TIMEOUT_S,
         metadata: Sequence[tuple[str, str]] = (),
+        api_key: str = "",
+        tls_ca_file: str = "",
+        tls_cert_file: str = "",
+        tls_key_file: str = "",
     ) -> None:
-        self._channel = grpc.insecure_channel(address)
+        # -- security (see _credentials) --
+        credentials = _credentials(tls_ca_file, tls_cert_file, tls_key_file)
+        self._channel = (
+            grpc.secure_channel(address, credentials)
+            if credentials is not None
+            else grpc.insecure_channel(address)
+        )
+        # -- end security --
         self._stub = router_pb2_grpc.RouterServiceStub(self._channel)
         self._timeout_s = timeout_s
-        self._metadata = tuple(metadata)
+        self._metadata = (*metadata, *bearer_metadata(api_key))
 
     def generate(self, *, timeout_s: float | None = None, **kwargs: Any) -> GenerationStream:
         """Start a streamed generation; see `build_request` for the arguments."""
@@ -237,11 +268,22 @@ class AsyncClient:
         *,
         timeout_s: float = DEFAULT_TIMEOUT_S,
         metadata: Sequence[tuple[str, str]] = (),
+        api_key: str = "",
+        tls_ca_file: str = "",
+        tls_cert_file: str = "",
+        tls_key_file: str = "",
     ) -> None:
-        self._channel = grpc.aio.insecure_channel(address)
+        # -- security (see _credentials) --
+        credentials = _credentials(tls_ca_file, tls_cert_file, tls_key_file)
+        self._channel = (
+            grpc.aio.secure_channel(address, credentials)
+            if credentials is not None
+            else grpc.aio.insecure_channel(address)
+        )
+        # -- end security --
         self._stub = router_pb2_grpc.RouterServiceStub(self._channel)
         self._timeout_s = timeout_s
-        self._metadata = tuple(metadata)
+        self._metadata = (*metadata, *bearer_metadata(api_key))
 
     def generate(self, *, timeout_s: float | None = None, **kwargs: Any) -> AsyncGenerationStream:
         call = self._stub.Generate(

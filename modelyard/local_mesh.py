@@ -23,6 +23,8 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from modelyard.security import TlsSettings
+
 _PR_SET_PDEATHSIG = 1
 
 
@@ -61,6 +63,8 @@ class ServiceProcess:
     address: str
     process: subprocess.Popen[bytes]
     log_path: Path
+    # The child's extra environment: its MODELYARD_<SERVICE>_TLS_* decide how to check health.
+    env: Mapping[str, str] = field(default_factory=dict)
 
     def log_tail(self, lines: int = 30) -> str:
         try:
@@ -72,7 +76,7 @@ class ServiceProcess:
     def wait_healthy(self, timeout_s: float = 60.0) -> None:
         """Block until the health check says SERVING; raise with the log tail otherwise."""
         deadline = time.monotonic() + timeout_s
-        with grpc.insecure_channel(self.address) as channel:
+        with self._health_channel() as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             while True:
                 if self.process.poll() is not None:
@@ -92,6 +96,14 @@ class ServiceProcess:
                         f"log {self.log_path}:\n{self.log_tail()}"
                     )
                 time.sleep(0.1)
+
+    def _health_channel(self) -> grpc.Channel:
+        # The service's own TLS settings, as the Helm chart's exec probe does.
+        service = self.name.partition("-")[0]  # "worker-0" -> worker
+        tls = TlsSettings.for_service(service, {**os.environ, **self.env})
+        if not tls.enabled:
+            return grpc.insecure_channel(self.address)
+        return grpc.secure_channel(self.address, tls.channel_credentials())
 
     def stop(self, timeout_s: float = 15.0) -> int:
         """SIGTERM (graceful), then SIGKILL after timeout_s. Returns the exit code."""
@@ -127,7 +139,7 @@ def spawn_service(
             start_new_session=True,
             preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
         )
-    return ServiceProcess(name, address, process, log_path)
+    return ServiceProcess(name, address, process, log_path, dict(env or {}))
 
 
 @dataclass

@@ -12,6 +12,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from modelyard.security import TlsSettings
 from modelyard.telemetry import server_interceptors
 
 log = logging.getLogger(__name__)
@@ -43,19 +44,29 @@ async def start_server(
     address: str,
     register: Callable[[grpc.aio.Server], None],
     service_names: Sequence[str],
+    *,
+    tls: TlsSettings | None = None,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
 ) -> RunningServer:
     """Build, bind and start a server with the given servicers plus health and reflection.
 
     `address` is host:port; port 0 picks a free port (returned in RunningServer.port).
+    With `tls` enabled (a certificate configured) the port speaks only TLS (mTLS when
+    `tls.mtls`); `interceptors` run after tracing, e.g. a `modelyard.security.BearerGate`.
     """
-    server = grpc.aio.server(interceptors=server_interceptors(), options=GRPC_OPTIONS)
+    server = grpc.aio.server(
+        interceptors=[*server_interceptors(), *interceptors], options=GRPC_OPTIONS
+    )
     register(server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         [*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
     )
-    port = server.add_insecure_port(address)
+    if tls is not None and tls.enabled:
+        port = server.add_secure_port(address, tls.server_credentials())
+    else:
+        port = server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"cannot bind {address}: address in use or not available")
     await server.start()

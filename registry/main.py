@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from modelyard.discovery import REGISTRY_SERVICE
 from modelyard.discovery.consul import register_service
+from modelyard.security import TlsSettings
 from modelyard.server import host_of, start_server, wait_for_signal
 from modelyard.telemetry import setup_logging, setup_tracing, shutdown_tracing
 from registry.auth import AdminToken
@@ -38,6 +39,7 @@ async def serve(
             settings.address,
             functools.partial(add_to_server, store, admin=admin),
             [SERVICE_NAME],
+            tls=TlsSettings.for_service("registry"),  # MODELYARD_REGISTRY_TLS_*
         )
         try:
             log.info(
@@ -54,6 +56,7 @@ async def serve(
                 bind_address=settings.address,
                 port=running.port,
                 grpc_service=SERVICE_NAME,
+                tls=TlsSettings.for_service("registry").enabled,  # Consul checks over TLS
             )
             if on_ready is not None:
                 on_ready(running.port)

@@ -8,11 +8,16 @@ import logging
 from collections.abc import Callable
 from typing import cast
 
-import grpc
-
 from modelyard.discovery import ROUTER_SERVICE
 from modelyard.discovery.consul import register_service
 from modelyard.discovery.settings import DiscoverySettings
+from modelyard.security import (
+    RouterAuthSettings,
+    TlsSettings,
+    bearer_interceptors,
+    router_gate,
+    secure_or_insecure_channel,
+)
 from modelyard.server import host_of, start_server, wait_for_signal
 from modelyard.telemetry import (
     client_interceptors,
@@ -37,15 +42,26 @@ STOP_GRACE_S = 5.0
 
 async def serve(settings: RouterSettings, *, on_ready: Callable[[int], None] | None = None) -> None:
     """Serve until a stop signal; `on_ready` gets the bound port (useful with port 0)."""
-    registry_channel = grpc.aio.insecure_channel(
-        settings.registry_address, options=CHANNEL_OPTIONS, interceptors=client_interceptors()
+    # -- security: MODELYARD_ROUTER_TLS_* (server and outgoing channels), _API_KEYS,
+    # _WORKER_API_KEY (modelyard/security.py) --
+    tls = TlsSettings.for_service("router")
+    auth = RouterAuthSettings()
+    worker_interceptors = [*client_interceptors(), *bearer_interceptors(auth.worker_api_key)]
+    registry_channel = secure_or_insecure_channel(
+        settings.registry_address, tls, client_interceptors(), CHANNEL_OPTIONS
     )
+    # -- end security --
     # The stub factory's overload cannot tell that this channel is async.
     registry = cast(
         "registry_pb2_grpc.RegistryServiceAsyncStub",
         registry_pb2_grpc.RegistryServiceStub(registry_channel),
     )
-    pool = WorkerPool(settings.workers)
+    pool = WorkerPool(
+        settings.workers,
+        connect=lambda address: secure_or_insecure_channel(
+            address, tls, worker_interceptors, CHANNEL_OPTIONS
+        ),
+    )
     pool.start()
     parts = build(settings, registry, pool)
     registry_watch = start_watch(parts, settings)
@@ -61,6 +77,8 @@ async def serve(settings: RouterSettings, *, on_ready: Callable[[int], None] | N
             settings.address,
             functools.partial(add_to_server, parts.servicer),
             [SERVICE_NAME],
+            tls=tls,
+            interceptors=[router_gate(auth)],
         )
         try:
             log.info(
@@ -76,10 +94,11 @@ async def serve(settings: RouterSettings, *, on_ready: Callable[[int], None] | N
                 port=running.port,
                 grpc_service=SERVICE_NAME,
                 settings=consul,
+                tls=tls.enabled,
             )
             # OpenAI-compatible HTTP front (issue 5): a loopback client of this server.
             front = (
-                await start_http_front(settings.http_address, running.port)
+                await start_http_front(settings.http_address, running.port, tls)
                 if settings.http_address
                 else None
             )

@@ -92,8 +92,16 @@ class WorkerHandle:
 class WorkerPool:
     """The configured workers and one background status watch per worker."""
 
-    def __init__(self, addresses: Sequence[str], *, heartbeat_s: float = HEARTBEAT_S) -> None:
+    def __init__(
+        self,
+        addresses: Sequence[str],
+        *,
+        heartbeat_s: float = HEARTBEAT_S,
+        connect: Callable[[str], grpc.aio.Channel] | None = None,
+    ) -> None:
         self._heartbeat_s = heartbeat_s
+        # Opens a worker's channel (router.main: TLS and the worker API key when set).
+        self._connect = connect or plaintext_channel
         self._tasks: dict[WorkerHandle, asyncio.Task[None]] = {}
         self._started = False
         # Channels of removed workers, closing once their in-flight calls end.
@@ -102,7 +110,7 @@ class WorkerPool:
         self.on_removed: list[Callable[[str], None]] = []
         self.workers: list[WorkerHandle] = []
         for address in dict.fromkeys(addresses):  # keep order, drop repeats
-            self.workers.append(_new_handle(address))
+            self.workers.append(_new_handle(address, self._connect))
 
     def start(self) -> None:
         self._started = True
@@ -125,7 +133,7 @@ class WorkerPool:
         for handle in self.workers:
             if handle.address == address:
                 return handle
-        handle = _new_handle(address)
+        handle = _new_handle(address, self._connect)
         # A new list, so an ordering in progress keeps iterating the old one.
         self.workers = [*self.workers, handle]
         if self._started:
@@ -221,10 +229,14 @@ class WorkerPool:
             call.cancel()
 
 
-def _new_handle(address: str) -> WorkerHandle:
-    channel = grpc.aio.insecure_channel(
+def plaintext_channel(address: str) -> grpc.aio.Channel:
+    return grpc.aio.insecure_channel(
         address, options=CHANNEL_OPTIONS, interceptors=client_interceptors()
     )
+
+
+def _new_handle(address: str, connect: Callable[[str], grpc.aio.Channel]) -> WorkerHandle:
+    channel = connect(address)
     # The stub factory's overload cannot tell that this channel is async.
     stub = worker_pb2_grpc.WorkerServiceStub(channel)
     return WorkerHandle(address, channel, cast("worker_pb2_grpc.WorkerServiceAsyncStub", stub))

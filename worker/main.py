@@ -12,6 +12,7 @@ import grpc
 
 from modelyard.discovery import WORKER_SERVICE
 from modelyard.discovery.consul import register_service
+from modelyard.security import TlsSettings, worker_gate
 from modelyard.server import RunningServer, host_of, start_server, wait_for_signal
 from modelyard.telemetry import setup_logging, setup_tracing, shutdown_tracing
 from modelyard.v1 import common_pb2, worker_pb2, worker_pb2_grpc
@@ -63,7 +64,15 @@ async def start_worker(settings: WorkerSettings) -> RunningWorker:
     def register(server: grpc.aio.Server) -> None:
         worker_pb2_grpc.add_WorkerServiceServicer_to_server(servicer, server)
 
-    running = await start_server(settings.address, register, [SERVICE_NAME])
+    # -- security: MODELYARD_WORKER_TLS_*, _ADMIN_TOKEN, _API_KEY (modelyard/security.py) --
+    running = await start_server(
+        settings.address,
+        register,
+        [SERVICE_NAME],
+        tls=TlsSettings.for_service("worker"),
+        interceptors=[worker_gate()],
+    )
+    # -- end security --
     servicer.identity = WorkerIdentity(
         worker_id=settings.resolved_worker_id(running.port),
         address=settings.resolved_address(running.port),
@@ -95,6 +104,7 @@ async def serve(settings: WorkerSettings, *, on_ready: Callable[[int], None] | N
         host=host.strip("[]"),
         service_id=worker.identity.worker_id,
         grpc_service=SERVICE_NAME,
+        tls=TlsSettings.for_service("worker").enabled,  # Consul checks over TLS
         meta={
             "engines": ",".join(
                 common_pb2.Engine.Name(e).removeprefix("ENGINE_").lower()

@@ -25,6 +25,12 @@ TopPOpt = Annotated[float | None, typer.Option(help="Nucleus sampling mass in (0
 StopOpt = Annotated[list[str] | None, typer.Option("--stop", help="Stop sequence; repeatable.")]
 SeedOpt = Annotated[int | None, typer.Option(help="Random seed for reproducible sampling.")]
 TimeoutOpt = Annotated[float, typer.Option(help="Deadline for the whole call, in seconds.")]
+ApiKeyOpt = Annotated[
+    str,
+    typer.Option(
+        "--api-key", envvar="MODELYARD_API_KEY", help="Router API key (sent as a bearer token)."
+    ),
+]
 
 
 def generate(
@@ -49,6 +55,7 @@ def generate(
         bool, typer.Option("--json", help="Print every protocol event as one JSON line.")
     ] = False,
     timeout: TimeoutOpt = 300.0,
+    api_key: ApiKeyOpt = "",
 ) -> None:
     """Stream one generation to the terminal as tokens arrive."""
     messages: list[common_pb2.ChatMessage] = []
@@ -56,7 +63,7 @@ def generate(
         if system:
             messages.append(common_pb2.ChatMessage(role="system", content=system))
         messages.append(common_pb2.ChatMessage(role="user", content=prompt))
-    with cli_errors(), Client(router, timeout_s=timeout) as client:
+    with cli_errors(), Client(router, timeout_s=timeout, api_key=api_key) as client:
         stream = client.generate(
             model=model,
             prompt="" if chat_mode else prompt,
@@ -106,12 +113,13 @@ def chat(
     temperature: TemperatureOpt = None,
     seed: SeedOpt = None,
     timeout: TimeoutOpt = 300.0,
+    api_key: ApiKeyOpt = "",
 ) -> None:
     """A multi-turn chat session. /reset forgets the history, /exit (or Ctrl-D) leaves."""
     history: list[common_pb2.ChatMessage] = []
     if system:
         history.append(common_pb2.ChatMessage(role="system", content=system))
-    with cli_errors(), Client(router, timeout_s=timeout) as client:
+    with cli_errors(), Client(router, timeout_s=timeout, api_key=api_key) as client:
         while True:
             try:
                 line = console.input("[bold cyan]you>[/bold cyan] ").strip()

@@ -10,12 +10,19 @@ from rich.table import Table
 
 from modelyard.cli.output import cli_errors, console, to_json
 from modelyard.errors import from_rpc_error
+from modelyard.security import bearer_metadata
 from modelyard.v1 import router_pb2, router_pb2_grpc, worker_pb2
 
 RouterOpt = Annotated[
     str, typer.Option("--router", envvar="MODELYARD_ROUTER", help="Router host:port.")
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="JSON instead of a table.")]
+ApiKeyOpt = Annotated[
+    str,
+    typer.Option(
+        "--api-key", envvar="MODELYARD_API_KEY", help="Router API key (sent as a bearer token)."
+    ),
+]
 
 _BREAKER = {
     router_pb2.BREAKER_STATE_CLOSED: "closed",
@@ -54,12 +61,15 @@ def stats(
     model: Annotated[str, typer.Option(help="Only this model (name or name@version).")] = "",
     route: Annotated[str, typer.Option(help="Only this route's arms.")] = "",
     json: JsonOpt = False,
+    api_key: ApiKeyOpt = "",
 ) -> None:
     """Per-model and per-A/B-arm traffic, latency, cost and feedback since the router started."""
     with cli_errors(), grpc.insecure_channel(router) as channel:
         try:
             reply = router_pb2_grpc.RouterServiceStub(channel).GetRoutingStats(
-                router_pb2.GetRoutingStatsRequest(model=model, route=route), timeout=10
+                router_pb2.GetRoutingStatsRequest(model=model, route=route),
+                timeout=10,
+                metadata=bearer_metadata(api_key),
             )
         except grpc.RpcError as err:
             raise from_rpc_error(err) from err
@@ -82,12 +92,14 @@ def stats(
         console.print(arms)
 
 
-def workers(router: RouterOpt = "127.0.0.1:50050", json: JsonOpt = False) -> None:
+def workers(
+    router: RouterOpt = "127.0.0.1:50050", json: JsonOpt = False, api_key: ApiKeyOpt = ""
+) -> None:
     """The router's workers: health, breaker, memory, queue and where models are warm."""
     with cli_errors(), grpc.insecure_channel(router) as channel:
         try:
             reply = router_pb2_grpc.RouterServiceStub(channel).ListWorkers(
-                router_pb2.ListWorkersRequest(), timeout=10
+                router_pb2.ListWorkersRequest(), timeout=10, metadata=bearer_metadata(api_key)
             )
         except grpc.RpcError as err:
             raise from_rpc_error(err) from err

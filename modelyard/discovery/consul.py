@@ -79,12 +79,14 @@ class ServiceSpec:
     port: int
     grpc_service: str
     meta: Mapping[str, str] = field(default_factory=dict)
+    # The service serves TLS: Consul's gRPC check must speak it too.
+    grpc_use_tls: bool = False
 
     def check(self, settings: DiscoverySettings) -> dict[str, object]:
         check: dict[str, object] = {
             # host:port/service asks grpc.health.v1 about this service, not the server.
             "GRPC": f"{self.host}:{self.port}/{self.grpc_service}",
-            "GRPCUseTLS": False,
+            "GRPCUseTLS": self.grpc_use_tls,
             "Interval": _duration(settings.check_interval_s),
             "Timeout": _duration(settings.check_timeout_s),
         }
@@ -195,11 +197,13 @@ def register_service(
     host: str = "",
     meta: Mapping[str, str] | None = None,
     settings: DiscoverySettings | None = None,
+    tls: bool = False,
 ) -> Registration:
     """Register this service with Consul in the background; a no-op when Consul is off.
 
     Call once the server listens (the agent's first health check may come at once) and
     `await registration.close()` before stopping the server, so routers stop first.
+    `tls`: the server speaks TLS, so the agent's gRPC check uses TLS (`GRPCUseTLS`).
     """
     settings = settings if settings is not None else DiscoverySettings()
     if not settings.enabled:
@@ -212,6 +216,7 @@ def register_service(
         port=port,
         grpc_service=grpc_service,
         meta=dict(meta or {}),
+        grpc_use_tls=tls,
     )
     registration = ConsulRegistration(settings, spec)
     registration.start()

@@ -67,7 +67,9 @@ class _Front:
         reply = await _until_disconnect(
             request,
             self._stub.ListModels(
-                router_pb2.RouterServiceListModelsRequest(), timeout=self._timeout_s
+                router_pb2.RouterServiceListModelsRequest(),
+                timeout=self._timeout_s,
+                metadata=_authorization(request),
             ),
         )
         data: list[dict[str, Any]] = []
@@ -102,7 +104,9 @@ class _Front:
         *,
         chat: bool,
     ) -> Response:
-        call = self._stub.Generate(generate, timeout=self._deadline(request))
+        call = self._stub.Generate(
+            generate, timeout=self._deadline(request), metadata=_authorization(request)
+        )
         events = aiter(call)
         try:
             # The router holds GenerationStarted until the first token: errors up to
@@ -126,6 +130,13 @@ class _Front:
         with contextlib.suppress(ValueError):
             return min(self._timeout_s, float(hinted))
         return self._timeout_s
+
+
+def _authorization(request: Request) -> tuple[tuple[str, str], ...]:
+    """The request's Authorization header as call metadata: the router checks API keys
+    (MODELYARD_ROUTER_API_KEYS) on the gRPC call, so OpenAI clients send their key as usual."""
+    header = request.headers.get("authorization", "")
+    return (("authorization", header),) if header else ()
 
 
 async def _collect(

@@ -12,6 +12,7 @@ from typing import cast
 import grpc
 import uvicorn
 
+from modelyard.security import TlsSettings, secure_or_insecure_channel
 from modelyard.server import host_of
 from modelyard.v1 import router_pb2_grpc
 from router.openai.app import build_app
@@ -40,11 +41,23 @@ class HttpFront:
         await self.channel.close()
 
 
-async def start_http_front(http_address: str, router_port: int) -> HttpFront:
-    """Listen on `http_address` and forward to the router's gRPC port over loopback."""
+async def start_http_front(
+    http_address: str, router_port: int, tls: TlsSettings | None = None
+) -> HttpFront:
+    """Listen on `http_address` and forward to the router's gRPC port over loopback.
+
+    With `tls` enabled the loopback speaks TLS as the router's own client (its CA, and its
+    certificate under mTLS), verifying the name `localhost` in the router's certificate.
+    """
     # Loopback: each HTTP request becomes a RouterService call on this very process, so
     # both fronts share one code path, with deadlines and cancellation carried by gRPC.
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{router_port}")
+    # API keys: the app passes each request's Authorization header through.
+    loopback = tls if tls is not None and tls.enabled else None
+    channel = secure_or_insecure_channel(
+        f"127.0.0.1:{router_port}",
+        loopback,
+        options=[("grpc.ssl_target_name_override", "localhost")] if loopback else [],
+    )
     stub = cast(
         "router_pb2_grpc.RouterServiceAsyncStub", router_pb2_grpc.RouterServiceStub(channel)
     )

@@ -1,0 +1,253 @@
+"""TLS/mTLS on start_server, the worker's admin token and API key, the router's API keys."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any, cast
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from modelyard.discovery.consul import ServiceSpec
+from modelyard.discovery.settings import DiscoverySettings
+from modelyard.errors import from_rpc_error
+from modelyard.security import (
+    RouterAuthSettings,
+    TlsSettings,
+    WorkerAuthSettings,
+    bearer_interceptors,
+    bearer_metadata,
+    router_gate,
+    secure_or_insecure_channel,
+    worker_gate,
+)
+from modelyard.server import RunningServer, start_server
+from modelyard.v1 import router_pb2, router_pb2_grpc, worker_pb2, worker_pb2_grpc
+from tests.tls_certs import CertFiles, TestCA
+
+HEALTH = health_pb2.HealthCheckRequest()
+
+
+@pytest.fixture(scope="module")
+def ca(tmp_path_factory: pytest.TempPathFactory) -> TestCA:
+    return TestCA(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture(scope="module")
+def server_files(ca: TestCA) -> CertFiles:
+    return ca.issue("server")
+
+
+@pytest.fixture(scope="module")
+def client_files(ca: TestCA) -> CertFiles:
+    return ca.issue("client")
+
+
+def server_tls(files: CertFiles, *, mtls: bool = False) -> TlsSettings:
+    return TlsSettings(
+        cert_file=str(files.cert), key_file=str(files.key), ca_file=str(files.ca), mtls=mtls
+    )
+
+
+async def health_code(channel: grpc.aio.Channel) -> grpc.StatusCode:
+    try:
+        await health_pb2_grpc.HealthStub(channel).Check(HEALTH, timeout=3)
+    except grpc.aio.AioRpcError as err:
+        return cast(grpc.StatusCode, err.code())
+    return grpc.StatusCode.OK
+
+
+async def serving(tls: TlsSettings | None) -> RunningServer:
+    return await start_server("127.0.0.1:0", lambda server: None, ["modelyard.test.T"], tls=tls)
+
+
+# -- settings ---------------------------------------------------------------------------
+
+
+def test_tls_settings_from_env_per_service(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MODELYARD_WORKER_TLS_CERT_FILE", "/c.crt")
+    monkeypatch.setenv("MODELYARD_WORKER_TLS_KEY_FILE", "/c.key")
+    monkeypatch.setenv("MODELYARD_WORKER_TLS_MTLS", "true")
+    worker = TlsSettings.for_service("worker")
+    assert (worker.cert_file, worker.key_file, worker.mtls) == ("/c.crt", "/c.key", True)
+    assert worker.enabled
+    assert not TlsSettings.for_service("router").enabled  # the local default: plaintext
+    router = TlsSettings.for_service("router", {"MODELYARD_ROUTER_TLS_CA_FILE": "/ca.crt"})
+    assert not router.enabled and router.client_enabled and router.ca_file == "/ca.crt"
+
+
+def test_consul_check_uses_tls_when_the_service_does() -> None:
+    spec = ServiceSpec("modelyard-worker", "w", "10.0.0.1", 50052, "svc", grpc_use_tls=True)
+    assert spec.check(DiscoverySettings())["GRPCUseTLS"] is True
+    assert ServiceSpec("r", "r", "h", 1, "svc").check(DiscoverySettings())["GRPCUseTLS"] is False
+
+
+# -- TLS and mTLS -------------------------------------------------------------------------
+
+
+async def test_tls_server_refuses_plaintext_and_serves_tls(server_files: CertFiles) -> None:
+    running = await serving(server_tls(server_files))
+    address = f"127.0.0.1:{running.port}"
+    try:
+        async with grpc.aio.insecure_channel(address) as plain:
+            assert await health_code(plain) == grpc.StatusCode.UNAVAILABLE
+        client = TlsSettings(ca_file=str(server_files.ca))
+        async with secure_or_insecure_channel(address, client) as secure:
+            assert await health_code(secure) == grpc.StatusCode.OK
+        # An unknown CA does not verify the server.
+        async with secure_or_insecure_channel(address, TlsSettings(ca_file=__file__)) as wrong:
+            assert await health_code(wrong) == grpc.StatusCode.UNAVAILABLE
+    finally:
+        await running.stop(0)
+
+
+async def test_mtls_refuses_clients_without_a_certificate(
+    server_files: CertFiles, client_files: CertFiles
+) -> None:
+    running = await serving(server_tls(server_files, mtls=True))
+    address = f"127.0.0.1:{running.port}"
+    try:
+        no_cert = TlsSettings(ca_file=str(server_files.ca))
+        async with secure_or_insecure_channel(address, no_cert) as channel:
+            assert await health_code(channel) == grpc.StatusCode.UNAVAILABLE
+        with_cert = server_tls(client_files, mtls=True)
+        async with secure_or_insecure_channel(address, with_cert) as channel:
+            assert await health_code(channel) == grpc.StatusCode.OK
+    finally:
+        await running.stop(0)
+
+
+def test_tls_settings_need_a_key_and_for_mtls_a_ca(server_files: CertFiles) -> None:
+    with pytest.raises(ValueError, match="key_file"):
+        TlsSettings(cert_file=str(server_files.cert)).server_credentials()
+    with pytest.raises(ValueError, match="ca_file"):
+        TlsSettings(
+            cert_file=str(server_files.cert), key_file=str(server_files.key), mtls=True
+        ).server_credentials()
+
+
+# -- bearer secrets -----------------------------------------------------------------------
+
+
+class Worker(worker_pb2_grpc.WorkerServiceServicer):
+    async def LoadModel(self, request: Any, context: Any) -> worker_pb2.LoadModelResponse:
+        return worker_pb2.LoadModelResponse()
+
+    async def GetStatus(self, request: Any, context: Any) -> worker_pb2.GetStatusResponse:
+        return worker_pb2.GetStatusResponse()
+
+    async def WatchStatus(
+        self, request: Any, context: Any
+    ) -> AsyncIterator[worker_pb2.WatchStatusResponse]:
+        yield worker_pb2.WatchStatusResponse()
+
+
+class Router(router_pb2_grpc.RouterServiceServicer):
+    async def ListModels(
+        self, request: Any, context: Any
+    ) -> router_pb2.RouterServiceListModelsResponse:
+        return router_pb2.RouterServiceListModelsResponse()
+
+
+async def serve_with(
+    add: Callable[[grpc.aio.Server], None], interceptor: Any, service: str
+) -> tuple[RunningServer, str]:
+    running = await start_server("127.0.0.1:0", add, [service], interceptors=[interceptor])
+    return running, f"127.0.0.1:{running.port}"
+
+
+def reason(err: grpc.aio.AioRpcError) -> str:
+    return from_rpc_error(err).reason
+
+
+async def test_worker_admin_token_guards_load_and_unload_only() -> None:
+    gate = worker_gate(WorkerAuthSettings(admin_token="s3cret"))
+    running, address = await serve_with(
+        lambda s: worker_pb2_grpc.add_WorkerServiceServicer_to_server(Worker(), s),  # type: ignore[abstract]
+        gate,
+        "modelyard.v1.WorkerService",
+    )
+    try:
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub: Any = worker_pb2_grpc.WorkerServiceStub(channel)
+            request = worker_pb2.LoadModelRequest()
+            with pytest.raises(grpc.aio.AioRpcError) as missing:
+                await stub.LoadModel(request, timeout=5)
+            assert missing.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert reason(missing.value) == "CREDENTIALS_MISSING"
+            with pytest.raises(grpc.aio.AioRpcError) as wrong:
+                await stub.LoadModel(request, timeout=5, metadata=bearer_metadata("s3cre"))
+            assert wrong.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            await stub.LoadModel(request, timeout=5, metadata=bearer_metadata("s3cret"))
+            # UnloadModel is guarded too (the servicer here does not implement it).
+            with pytest.raises(grpc.aio.AioRpcError) as unload:
+                await stub.UnloadModel(worker_pb2.UnloadModelRequest(), timeout=5)
+            assert unload.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            # The router's RPCs stay open without a worker API key.
+            await stub.GetStatus(worker_pb2.GetStatusRequest(), timeout=5)
+            assert await health_code(channel) == grpc.StatusCode.OK
+    finally:
+        await running.stop(0)
+
+
+async def test_worker_api_key_guards_the_routers_rpcs() -> None:
+    gate = worker_gate(WorkerAuthSettings(api_key="k"))
+    running, address = await serve_with(
+        lambda s: worker_pb2_grpc.add_WorkerServiceServicer_to_server(Worker(), s),  # type: ignore[abstract]
+        gate,
+        "modelyard.v1.WorkerService",
+    )
+    try:
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub: Any = worker_pb2_grpc.WorkerServiceStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as missing:
+                await stub.GetStatus(worker_pb2.GetStatusRequest(), timeout=5)
+            assert missing.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            with pytest.raises(grpc.aio.AioRpcError) as stream:
+                async for _ in stub.WatchStatus(worker_pb2.WatchStatusRequest(), timeout=5):
+                    pass
+            assert stream.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert await health_code(channel) == grpc.StatusCode.OK
+        # What the router does with MODELYARD_ROUTER_WORKER_API_KEY: a channel interceptor.
+        async with grpc.aio.insecure_channel(address, interceptors=bearer_interceptors("k")) as ch:
+            stub = worker_pb2_grpc.WorkerServiceStub(ch)
+            await stub.GetStatus(worker_pb2.GetStatusRequest(), timeout=5)
+            replies = [r async for r in stub.WatchStatus(worker_pb2.WatchStatusRequest())]
+            assert len(replies) == 1
+            # LoadModel without an admin token configured: the API key is not asked there.
+            await stub.LoadModel(worker_pb2.LoadModelRequest(), timeout=5)
+    finally:
+        await running.stop(0)
+
+
+async def test_router_api_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MODELYARD_ROUTER_API_KEYS", "alpha, beta")
+    gate = router_gate(RouterAuthSettings())
+    running, address = await serve_with(
+        lambda s: router_pb2_grpc.add_RouterServiceServicer_to_server(Router(), s),  # type: ignore[abstract]
+        gate,
+        "modelyard.v1.RouterService",
+    )
+    request = router_pb2.RouterServiceListModelsRequest()
+    try:
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub: Any = router_pb2_grpc.RouterServiceStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as missing:
+                await stub.ListModels(request, timeout=5)
+            assert missing.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            with pytest.raises(grpc.aio.AioRpcError) as wrong:
+                await stub.ListModels(request, timeout=5, metadata=bearer_metadata("gamma"))
+            assert wrong.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            for key in ("alpha", "beta"):
+                await stub.ListModels(request, timeout=5, metadata=bearer_metadata(key))
+            await stub.ListModels(request, timeout=5, metadata=(("authorization", "bearer beta"),))
+            assert await health_code(channel) == grpc.StatusCode.OK  # health stays open
+    finally:
+        await running.stop(0)
+
+
+def test_router_without_keys_lets_everything_through(tmp_path: Path) -> None:
+    assert not router_gate(RouterAuthSettings()).enabled
+    assert not worker_gate(WorkerAuthSettings()).enabled
