@@ -97,6 +97,28 @@ class ServiceProcess:
                     )
                 time.sleep(0.1)
 
+    def wait_listening(self, address: str, timeout_s: float = 60.0) -> None:
+        """Block until `address` (another port of this service) accepts TCP connections."""
+        host, _, port = address.rpartition(":")
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if self.process.poll() is not None:
+                raise ServiceFailed(
+                    f"{self.name} exited with code {self.process.returncode}; "
+                    f"log {self.log_path}:\n{self.log_tail()}"
+                )
+            try:
+                with socket.create_connection((host.strip("[]"), int(port)), timeout=1.0):
+                    return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise ServiceFailed(
+                    f"{self.name} not listening on {address} after {timeout_s:.0f} s; "
+                    f"log {self.log_path}:\n{self.log_tail()}"
+                )
+            time.sleep(0.1)
+
     def _health_channel(self) -> grpc.Channel:
         # The service's own TLS settings, as the Helm chart's exec probe does.
         service = self.name.partition("-")[0]  # "worker-0" -> worker
@@ -151,6 +173,8 @@ class LocalMesh:
     router_port: int = 0
     worker_ports: Sequence[int] = (0,)
     worker_threads: int | None = None
+    # The router's OpenAI-compatible HTTP front: None keeps it off, 0 picks a free port.
+    router_http_port: int | None = None
     env: Mapping[str, str] = field(default_factory=dict)
     services: list[ServiceProcess] = field(default_factory=list)
 
@@ -158,6 +182,8 @@ class LocalMesh:
         self.registry_port = self.registry_port or free_port()
         self.router_port = self.router_port or free_port()
         self.worker_ports = [p or free_port() for p in self.worker_ports]
+        if self.router_http_port is not None:
+            self.router_http_port = self.router_http_port or free_port()
 
     @property
     def registry_address(self) -> str:
@@ -170,6 +196,13 @@ class LocalMesh:
     @property
     def worker_addresses(self) -> list[str]:
         return [f"127.0.0.1:{p}" for p in self.worker_ports]
+
+    @property
+    def router_http_address(self) -> str | None:
+        """host:port of the router's OpenAI-compatible front, None when it is off."""
+        if self.router_http_port is None:
+            return None
+        return f"127.0.0.1:{self.router_http_port}"
 
     def start(self, timeout_s: float = 90.0) -> None:
         """Start every service and wait until all are healthy; on failure stop what started."""
@@ -208,6 +241,8 @@ class LocalMesh:
             ]
             for address in self.worker_addresses:
                 router_args += ["--worker", address]
+            if self.router_http_address is not None:
+                router_args += ["--http-address", self.router_http_address]
             self.services.append(
                 spawn_service(
                     "router", router_args, self.router_address, logs / "router.log", self.env
@@ -215,6 +250,9 @@ class LocalMesh:
             )
             for service in self.services:
                 service.wait_healthy(timeout_s)
+            if self.router_http_address is not None:
+                # gRPC health turns SERVING before the router binds its HTTP front.
+                self.service("router").wait_listening(self.router_http_address, timeout_s)
         except BaseException:
             self.stop()
             raise

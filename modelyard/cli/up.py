@@ -29,6 +29,7 @@ from modelyard.v1 import (
 
 DEFAULT_PROMPT = "In two sentences, what is a large language model?"
 DEMO_SYSTEM = "You are a helpful assistant."
+HTTP_PORT_OFFSET = 30  # the OpenAI-compatible front: 50080 next to the router's 50050
 
 
 def up(
@@ -40,7 +41,11 @@ def up(
     ] = False,
     base_port: Annotated[
         int,
-        typer.Option(help="Router on this port, registry on +1, worker on +2. 0 picks free ports."),
+        typer.Option(
+            help="Router on this port, registry on +1, worker on +2, the router's "
+            "OpenAI-compatible HTTP front on +30 (http://127.0.0.1:50080/v1 by default). "
+            "0 picks free ports."
+        ),
     ] = 50050,
     data_dir: Annotated[Path, typer.Option(help="Registry database and service logs.")] = Path(
         "~/.modelyard"
@@ -53,7 +58,8 @@ def up(
     """Start registry (SQLite) + one worker serving SmolLM2 + router on loopback.
 
     Registers the bundled SmolLM2-135M-Instruct as `smollm2-135m-instruct`, loads it,
-    streams a demo answer, then serves until Ctrl-C (or exits with --once).
+    streams a demo answer, then serves until Ctrl-C (or exits with --once). The router
+    also answers OpenAI's API on base port + 30 (http://127.0.0.1:50080/v1 by default).
     """
     data_dir = data_dir.expanduser()
     try:
@@ -61,7 +67,8 @@ def up(
     except BundledModelMissing as err:
         err_console.print(f"[red]{err}[/red]")
         raise typer.Exit(1) from err
-    ports = [base_port, base_port + 1, base_port + 2] if base_port else [0, 0, 0]
+    offsets = (0, 1, 2, HTTP_PORT_OFFSET)  # router, registry, worker, OpenAI front
+    ports = [base_port + o for o in offsets] if base_port else [0] * len(offsets)
     busy = [p for p in ports if p and not port_is_free(p)]
     if busy:
         err_console.print(
@@ -75,6 +82,7 @@ def up(
         registry_port=ports[1],
         worker_ports=[ports[2]],
         worker_threads=threads,
+        router_http_port=ports[3],
     )
     # SIGTERM ends `up` like Ctrl-C does, so the children are always stopped. SIGINT is
     # set too: a shell starts background jobs with it ignored, and Python keeps that.
@@ -108,6 +116,12 @@ def _show_addresses(mesh: LocalMesh) -> None:
     table = Table("service", "address", "log", title="modelyard is up", title_justify="left")
     for service in mesh.services:
         table.add_row(service.name, service.address, str(service.log_path))
+        if service.name == "router" and mesh.router_http_address is not None:
+            table.add_row(
+                "router (OpenAI HTTP)",
+                f"http://{mesh.router_http_address}/v1",
+                str(service.log_path),
+            )
     console.print(table)
 
 
