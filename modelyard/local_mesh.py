@@ -23,7 +23,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from modelyard.security import TlsSettings
+from modelyard.tls import tls_from_env
 
 _PR_SET_PDEATHSIG = 1
 
@@ -122,7 +122,7 @@ class ServiceProcess:
     def _health_channel(self) -> grpc.Channel:
         # The service's own TLS settings, as the Helm chart's exec probe does.
         service = self.name.partition("-")[0]  # "worker-0" -> worker
-        tls = TlsSettings.for_service(service, {**os.environ, **self.env})
+        tls = tls_from_env(service, {**os.environ, **self.env})
         if not tls.enabled:
             return grpc.insecure_channel(self.address)
         return grpc.secure_channel(self.address, tls.channel_credentials())

@@ -4,12 +4,39 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import NewType, Protocol
 
 from modelyard.errors import InvalidArgument
 
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
 VERSION_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
 AUTO = "auto"
+
+ModelKey = NewType("ModelKey", str)
+"""A model version's one identity in maps, metrics and estimates: "name@version"."""
+
+
+class _Versioned(Protocol):
+    @property
+    def name(self) -> str: ...
+    @property
+    def version(self) -> str: ...
+
+
+def model_key(name: str, version: str) -> ModelKey:
+    """The only constructor of a ModelKey: every writer and reader of a per-model fact
+    (latency estimates, residency, counters) must build its key here."""
+    return ModelKey(f"{name}@{version}")
+
+
+def key_of(model: _Versioned) -> ModelKey:
+    """The key of anything with a name and a version (a Model, a ModelRef with a version)."""
+    return model_key(model.name, model.version)
+
+
+def split_key(key: ModelKey) -> tuple[str, str]:
+    name, _, version = key.partition("@")
+    return name, version
 
 
 @dataclass(frozen=True)

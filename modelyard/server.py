@@ -12,7 +12,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from modelyard.security import TlsSettings
+from modelyard.tls import TlsSettings
 from modelyard.telemetry import server_interceptors
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ async def start_server(
 
     `address` is host:port; port 0 picks a free port (returned in RunningServer.port).
     With `tls` enabled (a certificate configured) the port speaks only TLS (mTLS when
-    `tls.mtls`); `interceptors` run after tracing, e.g. a `modelyard.security.BearerGate`.
+    `tls.mtls`); `interceptors` run after tracing, e.g. a `modelyard.auth.BearerGate`.
     """
     server = grpc.aio.server(
         interceptors=[*server_interceptors(), *interceptors], options=GRPC_OPTIONS

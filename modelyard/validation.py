@@ -8,7 +8,6 @@ from collections.abc import Sequence
 from modelyard.errors import FieldViolation, InvalidArgument
 from modelyard.v1 import common_pb2
 
-DEFAULT_MAX_TOKENS = 256
 MAX_STOP_SEQUENCES = 16
 CHAT_ROLES = frozenset({"system", "user", "assistant", "tool"})
 
@@ -72,7 +71,3 @@ def check_generation(
     violations = input_violations(prompt, messages) + sampling_violations(sampling)
     if violations:
         raise InvalidArgument.for_violations(violations)
-
-
-def max_tokens_of(sampling: common_pb2.SamplingParams) -> int:
-    return sampling.max_tokens or DEFAULT_MAX_TOKENS

@@ -5,15 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
+
+from modelyard.settings import ServiceSettings
 
 
 def default_database_url() -> str:
     return "sqlite+aiosqlite:///" + str(Path("~/.modelyard/registry.db").expanduser())
 
 
-class RegistrySettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="MODELYARD_REGISTRY_", extra="ignore")
+class RegistrySettings(ServiceSettings):
+    """The registry's one settings object (MODELYARD_REGISTRY_*, TLS under _TLS_*)."""
+
+    model_config = SettingsConfigDict(env_prefix="MODELYARD_REGISTRY_")
 
     address: str = Field(
         default="127.0.0.1:50051",

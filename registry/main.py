@@ -9,13 +9,12 @@ from collections.abc import Callable
 
 from modelyard.discovery import REGISTRY_SERVICE
 from modelyard.discovery.consul import register_service
-from modelyard.security import TlsSettings
 from modelyard.server import host_of, start_server, wait_for_signal
 from modelyard.telemetry import setup_logging, setup_tracing, shutdown_tracing
-from registry.auth import AdminToken
+from registry.auth import SERVICE_NAME, registry_gate
 from registry.config import RegistrySettings
 from registry.metrics import serve_metrics
-from registry.service import SERVICE_NAME, add_to_server
+from registry.service import add_to_server
 from registry.store import open_store
 
 log = logging.getLogger(__name__)
@@ -34,12 +33,13 @@ async def serve(
         poll_interval_s=settings.watch_poll_interval_s,
     )
     try:
-        admin = AdminToken(settings.admin_token)
+        gate = registry_gate(settings.admin_token)
         running = await start_server(
             settings.address,
-            functools.partial(add_to_server, store, admin=admin),
+            functools.partial(add_to_server, store),
             [SERVICE_NAME],
-            tls=TlsSettings.for_service("registry"),  # MODELYARD_REGISTRY_TLS_*
+            tls=settings.tls,
+            interceptors=[gate],
         )
         try:
             log.info(
@@ -48,7 +48,7 @@ async def serve(
                 running.port,
                 store.engine.url.render_as_string(hide_password=True),
             )
-            if not admin.enabled:
+            if not gate.enabled:
                 log.info("no admin token configured: writes are open to every caller")
             serve_metrics(settings.metrics_port, host_of(settings.address))
             registration = register_service(
@@ -56,7 +56,7 @@ async def serve(
                 bind_address=settings.address,
                 port=running.port,
                 grpc_service=SERVICE_NAME,
-                tls=TlsSettings.for_service("registry").enabled,  # Consul checks over TLS
+                tls=settings.tls.enabled,  # Consul checks over TLS
             )
             if on_ready is not None:
                 on_ready(running.port)

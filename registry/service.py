@@ -1,4 +1,7 @@
-"""RegistryService over gRPC: checks the admin token on writes, translates, calls the store."""
+"""RegistryService over gRPC: translates messages and calls the store.
+
+Who may write is checked before any handler runs, by `registry.auth.registry_gate`.
+"""
 
 from __future__ import annotations
 
@@ -9,27 +12,19 @@ import grpc
 
 from modelyard.errors import InvalidArgument, grpc_errors
 from modelyard.v1 import registry_pb2, registry_pb2_grpc
-from registry.auth import AdminToken
 from registry.store import ModelFilter, RegistryStore
-
-SERVICE_NAME = registry_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_name
 
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 
 
 class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
-    def __init__(self, store: RegistryStore, admin: AdminToken | None = None) -> None:
+    def __init__(self, store: RegistryStore) -> None:
         self._store = store
-        self._admin = admin or AdminToken("")
-
-    def _require_admin(self, context: Context, action: str) -> None:
-        self._admin.check(context.invocation_metadata(), action)
 
     @grpc_errors
     async def RegisterModel(
         self, request: registry_pb2.RegisterModelRequest, context: Context
     ) -> registry_pb2.RegisterModelResponse:
-        self._require_admin(context, "RegisterModel")
         if not request.HasField("model"):
             raise InvalidArgument.for_field("model", "required: the model version to register")
         result = await self._store.register(request.model)
@@ -67,7 +62,6 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     async def SetStage(
         self, request: registry_pb2.SetStageRequest, context: Context
     ) -> registry_pb2.SetStageResponse:
-        self._require_admin(context, "SetStage")
         model, revision = await self._store.set_stage(request.name, request.version, request.stage)
         return registry_pb2.SetStageResponse(model=model, revision=revision)
 
@@ -75,7 +69,6 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     async def DeleteModel(
         self, request: registry_pb2.DeleteModelRequest, context: Context
     ) -> registry_pb2.DeleteModelResponse:
-        self._require_admin(context, "DeleteModel")
         revision = await self._store.delete_model(request.name, request.version)
         return registry_pb2.DeleteModelResponse(revision=revision)
 
@@ -83,7 +76,6 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     async def PutRoute(
         self, request: registry_pb2.PutRouteRequest, context: Context
     ) -> registry_pb2.PutRouteResponse:
-        self._require_admin(context, "PutRoute")
         if not request.HasField("route"):
             raise InvalidArgument.for_field("route", "required: the route to create or replace")
         route, revision = await self._store.put_route(request.route)
@@ -106,7 +98,6 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     async def DeleteRoute(
         self, request: registry_pb2.DeleteRouteRequest, context: Context
     ) -> registry_pb2.DeleteRouteResponse:
-        self._require_admin(context, "DeleteRoute")
         return registry_pb2.DeleteRouteResponse(
             revision=await self._store.delete_route(request.name)
         )
@@ -119,7 +110,5 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             yield event
 
 
-def add_to_server(
-    store: RegistryStore, server: grpc.aio.Server, admin: AdminToken | None = None
-) -> None:
-    registry_pb2_grpc.add_RegistryServiceServicer_to_server(RegistryServicer(store, admin), server)
+def add_to_server(store: RegistryStore, server: grpc.aio.Server) -> None:
+    registry_pb2_grpc.add_RegistryServiceServicer_to_server(RegistryServicer(store), server)

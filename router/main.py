@@ -11,13 +11,9 @@ from typing import cast
 from modelyard.discovery import ROUTER_SERVICE
 from modelyard.discovery.consul import register_service
 from modelyard.discovery.settings import DiscoverySettings
-from modelyard.security import (
-    RouterAuthSettings,
-    TlsSettings,
-    bearer_interceptors,
-    router_gate,
-    secure_or_insecure_channel,
-)
+from modelyard.auth import bearer_interceptors
+from modelyard.security import RouterAuthSettings, router_gate
+from modelyard.tls import secure_or_insecure_channel, tls_from_env
 from modelyard.server import host_of, start_server, wait_for_signal
 from modelyard.telemetry import (
     client_interceptors,
@@ -44,7 +40,7 @@ async def serve(settings: RouterSettings, *, on_ready: Callable[[int], None] | N
     """Serve until a stop signal; `on_ready` gets the bound port (useful with port 0)."""
     # -- security: MODELYARD_ROUTER_TLS_* (server and outgoing channels), _API_KEYS,
     # _WORKER_API_KEY (modelyard/security.py) --
-    tls = TlsSettings.for_service("router")
+    tls = tls_from_env("router")
     auth = RouterAuthSettings()
     worker_interceptors = [*client_interceptors(), *bearer_interceptors(auth.worker_api_key)]
     registry_channel = secure_or_insecure_channel(

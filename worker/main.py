@@ -12,7 +12,8 @@ import grpc
 
 from modelyard.discovery import WORKER_SERVICE
 from modelyard.discovery.consul import register_service
-from modelyard.security import TlsSettings, worker_gate
+from modelyard.security import worker_gate
+from modelyard.tls import tls_from_env
 from modelyard.server import RunningServer, host_of, start_server, wait_for_signal
 from modelyard.telemetry import setup_logging, setup_tracing, shutdown_tracing
 from modelyard.v1 import common_pb2, worker_pb2, worker_pb2_grpc
@@ -69,7 +70,7 @@ async def start_worker(settings: WorkerSettings) -> RunningWorker:
         settings.address,
         register,
         [SERVICE_NAME],
-        tls=TlsSettings.for_service("worker"),
+        tls=tls_from_env("worker"),
         interceptors=[worker_gate()],
     )
     # -- end security --
@@ -104,7 +105,7 @@ async def serve(settings: WorkerSettings, *, on_ready: Callable[[int], None] | N
         host=host.strip("[]"),
         service_id=worker.identity.worker_id,
         grpc_service=SERVICE_NAME,
-        tls=TlsSettings.for_service("worker").enabled,  # Consul checks over TLS
+        tls=tls_from_env("worker").enabled,  # Consul checks over TLS
         meta={
             "engines": ",".join(
                 common_pb2.Engine.Name(e).removeprefix("ENGINE_").lower()

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from modelyard.cli.output import cli_errors, console, to_json
 from modelyard.errors import from_rpc_error
-from modelyard.security import bearer_metadata
+from modelyard.auth import bearer_metadata
 from modelyard.v1 import router_pb2, router_pb2_grpc, worker_pb2
 
 RouterOpt = Annotated[

@@ -12,7 +12,7 @@ from typing import cast
 import grpc
 import uvicorn
 
-from modelyard.security import TlsSettings, secure_or_insecure_channel
+from modelyard.tls import TlsSettings, secure_or_insecure_channel
 from modelyard.server import host_of
 from modelyard.v1 import router_pb2_grpc
 from router.openai.app import build_app

@@ -13,16 +13,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from modelyard.discovery.consul import ServiceSpec
 from modelyard.discovery.settings import DiscoverySettings
 from modelyard.errors import from_rpc_error
-from modelyard.security import (
-    RouterAuthSettings,
-    TlsSettings,
-    WorkerAuthSettings,
-    bearer_interceptors,
-    bearer_metadata,
-    router_gate,
-    secure_or_insecure_channel,
-    worker_gate,
-)
+from modelyard.auth import bearer_interceptors, bearer_metadata
+from modelyard.security import RouterAuthSettings, WorkerAuthSettings, router_gate, worker_gate
+from modelyard.tls import TlsSettings, secure_or_insecure_channel, tls_from_env
 from modelyard.server import RunningServer, start_server
 from modelyard.v1 import router_pb2, router_pb2_grpc, worker_pb2, worker_pb2_grpc
 from tests.tls_certs import CertFiles, TestCA
@@ -70,11 +63,11 @@ def test_tls_settings_from_env_per_service(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setenv("MODELYARD_WORKER_TLS_CERT_FILE", "/c.crt")
     monkeypatch.setenv("MODELYARD_WORKER_TLS_KEY_FILE", "/c.key")
     monkeypatch.setenv("MODELYARD_WORKER_TLS_MTLS", "true")
-    worker = TlsSettings.for_service("worker")
+    worker = tls_from_env("worker")
     assert (worker.cert_file, worker.key_file, worker.mtls) == ("/c.crt", "/c.key", True)
     assert worker.enabled
-    assert not TlsSettings.for_service("router").enabled  # the local default: plaintext
-    router = TlsSettings.for_service("router", {"MODELYARD_ROUTER_TLS_CA_FILE": "/ca.crt"})
+    assert not tls_from_env("router").enabled  # the local default: plaintext
+    router = tls_from_env("router", {"MODELYARD_ROUTER_TLS_CA_FILE": "/ca.crt"})
     assert not router.enabled and router.client_enabled and router.ca_file == "/ca.crt"
 
 

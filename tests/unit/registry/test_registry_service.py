@@ -17,10 +17,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from modelyard.errors import from_rpc_error
 from modelyard.server import start_server
 from modelyard.v1 import model_pb2, registry_pb2, registry_pb2_grpc
-from registry.auth import AdminToken, bearer_metadata
+from modelyard.auth import bearer_metadata
+from registry.auth import SERVICE_NAME, registry_gate
 from registry.config import RegistrySettings
 from registry.main import serve
-from registry.service import SERVICE_NAME, add_to_server
+from registry.service import add_to_server
 from registry.store import open_store
 
 
@@ -222,8 +223,9 @@ async def guarded(tmp_path: Path) -> AsyncIterator[registry_pb2_grpc.RegistrySer
     store = await open_store(f"sqlite+aiosqlite:///{tmp_path / 'registry.db'}")
     running = await start_server(
         "127.0.0.1:0",
-        functools.partial(add_to_server, store, admin=AdminToken("s3cret")),
+        functools.partial(add_to_server, store),
         [SERVICE_NAME],
+        interceptors=[registry_gate("s3cret")],
     )
     async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as chan:
         yield cast(
