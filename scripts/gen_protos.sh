@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-.venv/bin/python}"
-export PATH="$(cd "$(dirname "$PY")" && pwd):$PATH"
+bindir="$(cd "$(dirname "$PY")" && pwd)"  # assigned apart: `export X="$(...)"` hides a failure
+export PATH="$bindir:$PATH"
 OUT=modelyard/v1
 rm -f "$OUT"/*_pb2.py "$OUT"/*_pb2.pyi "$OUT"/*_pb2_grpc.py "$OUT"/*_pb2_grpc.pyi
 "$PY" -m grpc_tools.protoc \
