@@ -175,6 +175,8 @@ class LocalMesh:
     worker_threads: int | None = None
     # The router's OpenAI-compatible HTTP front: None keeps it off, 0 picks a free port.
     router_http_port: int | None = None
+    # False: the router is given no --worker and learns its workers from discovery only.
+    static_workers: bool = True
     env: Mapping[str, str] = field(default_factory=dict)
     services: list[ServiceProcess] = field(default_factory=list)
 
@@ -205,7 +207,13 @@ class LocalMesh:
         return f"127.0.0.1:{self.router_http_port}"
 
     def start(self, timeout_s: float = 90.0) -> None:
-        """Start every service and wait until all are healthy; on failure stop what started."""
+        """Start every service and wait until all are healthy; on failure stop what started.
+
+        Registry and workers start first (side by side) and the router only once they are
+        healthy: a router started beside them finds nothing listening, its channels back
+        off (up to 2 s), and a request sent right after `start()` returns would fail fast
+        with "registry ... is unreachable and the model list is not cached".
+        """
         logs = self.data_dir / "logs"
         try:
             self.services.append(
@@ -231,6 +239,8 @@ class LocalMesh:
                 self.services.append(
                     spawn_service(f"worker-{i}", args, address, logs / f"worker-{i}.log", self.env)
                 )
+            for service in self.services:
+                service.wait_healthy(timeout_s)
             router_args = [
                 "router",
                 "serve",
@@ -239,20 +249,19 @@ class LocalMesh:
                 "--registry-address",
                 self.registry_address,
             ]
-            for address in self.worker_addresses:
-                router_args += ["--worker", address]
+            if self.static_workers:
+                for address in self.worker_addresses:
+                    router_args += ["--worker", address]
             if self.router_http_address is not None:
                 router_args += ["--http-address", self.router_http_address]
-            self.services.append(
-                spawn_service(
-                    "router", router_args, self.router_address, logs / "router.log", self.env
-                )
+            router = spawn_service(
+                "router", router_args, self.router_address, logs / "router.log", self.env
             )
-            for service in self.services:
-                service.wait_healthy(timeout_s)
+            self.services.append(router)
+            router.wait_healthy(timeout_s)
             if self.router_http_address is not None:
                 # gRPC health turns SERVING before the router binds its HTTP front.
-                self.service("router").wait_listening(self.router_http_address, timeout_s)
+                router.wait_listening(self.router_http_address, timeout_s)
         except BaseException:
             self.stop()
             raise
