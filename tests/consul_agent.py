@@ -11,6 +11,12 @@ anonymous writes are refused, unknown tokens get "ACL not found") and `dc`.
 
 GRPC checks are really run against the service's grpc.health.v1, at the registered
 interval, the first after a random stagger (as the agent does); checks start critical.
+`DeregisterCriticalServiceAfter` is honoured as Consul does: never sooner than one
+minute, by a reaper that runs every 30 seconds (both can be scaled down for a test that
+wants to see reaping, by passing `min_deregister_after_s` and `reap_interval_s`).
+`stop()`/`start()` keeps the state (an agent with a data dir); `restart(forget=True)` is
+an agent that comes back without it: no services, no checks, a lower index.
+Every blocking read is recorded (`reads`) so tests can check what the client sent.
 The agent runs on its own thread and event loop so sync and async tests can use it.
 """
 
@@ -37,6 +43,10 @@ _UNIT_S = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0,
 _META_KEY = re.compile(r"^[a-zA-Z0-9_-]+$")
 MAX_WAIT_S = 600.0  # Consul caps wait at 10 minutes
 DEFAULT_WAIT_S = 300.0
+# Consul: "The minimum timeout is 1 minute, and the process that reaps critical services
+# runs every 30 seconds" (DeregisterCriticalServiceAfter, agent/structs and agent.reapServices).
+MIN_DEREGISTER_AFTER_S = 60.0
+REAP_INTERVAL_S = 30.0
 
 
 def parse_duration(text: object) -> float:
@@ -93,6 +103,32 @@ class _Check:
 
 
 @dataclass
+class BlockingRead:
+    """One read of an endpoint that supports blocking queries, as the stand-in saw it."""
+
+    path: str
+    index: int  # the `index` the client sent; 0 when it sent none (not a blocking query)
+    wait_s: float  # the `wait` it asked for (0: none)
+    returned: int = 0  # X-Consul-Index of the answer; 0 while the read is still held
+    done: bool = False
+
+
+def due_for_reaping(
+    checks: Collection[_Check], now: float, min_after_s: float = MIN_DEREGISTER_AFTER_S
+) -> list[str]:
+    """Ids of the services one of whose checks has been critical for longer than its
+    DeregisterCriticalServiceAfter (raised to Consul's minimum), sorted."""
+    due: set[str] = set()
+    for check in checks:
+        after = parse_duration(check.definition.get("deregistercriticalserviceafter", ""))
+        if after <= 0 or check.status != CRITICAL or not check.service_id:
+            continue
+        if now - check.critical_since > max(after, min_after_s):
+            due.add(check.service_id)
+    return sorted(due)
+
+
+@dataclass
 class _State:
     """What the agent knows; it survives stop/start (an agent with persisted state)."""
 
@@ -113,15 +149,21 @@ class ConsulAgentStandIn:
         port: int = 0,
         node: str = "standin-node",
         datacenter: str = "dc1",
+        min_deregister_after_s: float = MIN_DEREGISTER_AFTER_S,
+        reap_interval_s: float = REAP_INTERVAL_S,
     ) -> None:
         self.acl_tokens = None if acl_tokens is None else set(acl_tokens)
         self.port = port
         self.host = "127.0.0.1"
         self.node = node
         self.datacenter = datacenter
+        self.min_deregister_after_s = min_deregister_after_s
+        self.reap_interval_s = reap_interval_s
         self.state = _State()
         # (method, path, token or "") of every request, for tests that check headers.
         self.requests: list[tuple[str, str, str]] = []
+        # Every read of /v1/health/service/* and /v1/catalog/services, in arrival order.
+        self.reads: list[BlockingRead] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
@@ -161,6 +203,17 @@ class ConsulAgentStandIn:
         self._loop.close()
         self._loop = self._thread = None
 
+    def restart(self, *, forget: bool) -> None:
+        """Stop and start on the same port; `forget`: without the state (no data dir).
+
+        A forgetting agent starts over with no services and a fresh, lower index, as a
+        Consul agent restarted without its data dir does: services must register again.
+        """
+        self.stop()
+        if forget:
+            self.state = _State()
+        self.start()
+
     def __enter__(self) -> ConsulAgentStandIn:
         return self.start()
 
@@ -185,6 +238,9 @@ class ConsulAgentStandIn:
         return sorted(
             sid for sid, s in self.state.services.items() if name is None or s["Service"] == name
         )
+
+    def reads_of(self, path: str) -> list[BlockingRead]:
+        return [r for r in list(self.reads) if r.path == path]
 
     def checks_of(self, service_id: str) -> dict[str, str]:
         checks = self.state.checks.values()
@@ -213,6 +269,7 @@ class ConsulAgentStandIn:
             self.port = int(server.sockets[0].getsockname()[1])
         for check in self.state.checks.values():
             self._start_check(check)
+        self._tasks["<reaper>"] = asyncio.get_running_loop().create_task(self._reap())
 
     async def _shutdown(self) -> None:
         for task in self._tasks.values():
@@ -377,29 +434,33 @@ class ConsulAgentStandIn:
 
     # -- blocking reads ------------------------------------------------------------
 
-    async def _block(self, request: web.Request, current: Any) -> None:
+    async def _block(self, request: web.Request, current: Any) -> BlockingRead:
         """Wait while the caller's index is current, up to wait (plus up to wait/16 jitter)."""
         assert self._changed is not None
         try:
             index = int(request.query.get("index", "0") or 0)
-            wait = parse_duration(request.query.get("wait", "")) or DEFAULT_WAIT_S
+            asked = parse_duration(request.query.get("wait", ""))
         except ValueError as err:
             raise web.HTTPBadRequest(text=str(err)) from err
+        read = BlockingRead(request.path, index, asked)
+        self.reads.append(read)
+        wait = asked or DEFAULT_WAIT_S
         if index <= 0:
-            return
+            return read
         wait = min(wait, MAX_WAIT_S)
         deadline = time.monotonic() + wait + random.uniform(0, wait / 16)
         async with self._changed:
             while current() <= index:
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    return
+                    return read
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._changed.wait(), left)
+        return read
 
     async def _health_service(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
-        await self._block(request, lambda: self.state.name_index.get(name, 1))
+        read = await self._block(request, lambda: self.state.name_index.get(name, 1))
         passing = "passing" in request.query and request.query["passing"] not in ("0", "false")
         tags = request.query.getall("tag", [])
         entries: list[dict[str, Any]] = []
@@ -415,20 +476,18 @@ class ConsulAgentStandIn:
                 continue
             entries.append({"Node": self._node(), "Service": {**service}, "Checks": checks})
         filtered = not self._allowed(request)
-        return _json(
-            [] if filtered else entries,
-            index=self.state.name_index.get(name, 1),
-            filtered=filtered,
-        )
+        read.returned, read.done = self.state.name_index.get(name, 1), True
+        return _json([] if filtered else entries, index=read.returned, filtered=filtered)
 
     async def _catalog_services(self, request: web.Request) -> web.Response:
-        await self._block(request, lambda: self.state.services_index)
+        read = await self._block(request, lambda: self.state.services_index)
         names: dict[str, list[str]] = {"consul": []}
         for service in self.state.services.values():
             names.setdefault(service["Service"], [])
             names[service["Service"]] = sorted({*names[service["Service"]], *service["Tags"]})
         filtered = not self._allowed(request)
-        return _json({} if filtered else names, index=self.state.services_index, filtered=filtered)
+        read.returned, read.done = self.state.services_index, True
+        return _json({} if filtered else names, index=read.returned, filtered=filtered)
 
     def _node(self) -> dict[str, Any]:
         return {
@@ -474,7 +533,6 @@ class ConsulAgentStandIn:
         interval = parse_duration(d["interval"])
         timeout = parse_duration(d.get("timeout", "")) or 10.0
         target, _, service = str(d["grpc"]).partition("/")
-        deregister_after = parse_duration(d.get("deregistercriticalserviceafter", ""))
         await asyncio.sleep(random.uniform(0, interval))  # the agent staggers first runs
         async with grpc.aio.insecure_channel(target) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
@@ -490,17 +548,20 @@ class ConsulAgentStandIn:
                 except grpc.aio.AioRpcError as err:
                     status, output = CRITICAL, f"gRPC check {d['grpc']}: {err.code().name}"
                 self._set_status(check, status, output)
-                if (
-                    deregister_after
-                    and check.status == CRITICAL
-                    and time.monotonic() - check.critical_since >= deregister_after
-                    and check.service_id in self.state.services
-                ):
-                    self._tasks.pop(check.check_id, None)
-                    self._remove_service(check.service_id)
-                    await self._notify()
-                    return
                 await asyncio.sleep(interval)
+
+    async def _reap(self) -> None:
+        """Consul's reaper: every reap interval, drop services critical for too long."""
+        while True:
+            await asyncio.sleep(self.reap_interval_s)
+            due = due_for_reaping(
+                list(self.state.checks.values()), time.monotonic(), self.min_deregister_after_s
+            )
+            for service_id in due:
+                if service_id in self.state.services:
+                    self._remove_service(service_id)
+            if due:
+                await self._notify()
 
     async def _expire_ttl(self, check: _Check) -> None:
         while True:
