@@ -1,6 +1,7 @@
 """A real mesh (registry, worker, router as processes) discovering itself through the
 Consul stand-in: every service registers with a gRPC check, the router's workers come
-from Consul's healthy set, and the router keeps that set while Consul is down."""
+from Consul's healthy set only (it is given no static worker), and the router keeps
+that set while Consul is down."""
 
 from __future__ import annotations
 
@@ -18,11 +19,11 @@ from tests.consul_agent import ConsulAgentStandIn
 pytestmark = pytest.mark.integration
 
 
-def _until(predicate: Callable[[], bool], timeout_s: float = 30.0) -> None:
+def _until(predicate: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:
     deadline = time.monotonic() + timeout_s
     while not predicate():
         if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
+            raise AssertionError(f"not in {timeout_s:.0f} s: {what}")
         time.sleep(0.1)
 
 
@@ -33,6 +34,7 @@ def consul_mesh(tmp_path: Path) -> Iterator[tuple[ConsulAgentStandIn, LocalMesh]
             data_dir=tmp_path,
             worker_ports=(0, 0),
             worker_threads=1,
+            static_workers=False,  # whatever the router knows of workers, Consul told it
             env={
                 "MODELYARD_CONSUL_ADDRESS": agent.address,
                 "MODELYARD_CONSUL_TOKEN": "mesh-token",
@@ -54,11 +56,15 @@ def _router_workers(mesh: LocalMesh) -> list[tuple[str, bool]]:
     return sorted((w.address, w.healthy) for w in reply.workers)
 
 
+def _router_log(mesh: LocalMesh) -> str:
+    return (mesh.data_dir / "logs" / "router.log").read_text(errors="replace")
+
+
 def test_services_register_and_the_router_follows_consul(
     consul_mesh: tuple[ConsulAgentStandIn, LocalMesh],
 ) -> None:
     agent, mesh = consul_mesh
-    _until(lambda: len(agent.service_ids()) == 4)
+    _until(lambda: len(agent.service_ids()) == 4, "4 services registered")
     assert agent.service_ids("modelyard-worker") == ["worker-0", "worker-1"]
     assert len(agent.service_ids("modelyard-registry")) == 1
     assert len(agent.service_ids("modelyard-router")) == 1
@@ -66,12 +72,17 @@ def test_services_register_and_the_router_follows_consul(
     assert {"version", "engines", "device"} <= set(worker["Meta"])
     assert all(token == "mesh-token" for _, _, token in agent.requests)
     both = sorted(mesh.worker_addresses)
-    _until(lambda: [a for a, _ in _router_workers(mesh)] == both)
+    _until(lambda: [a for a, _ in _router_workers(mesh)] == both, "router has both workers")
+    # The router asked Consul for them (blocking reads of the worker service).
+    assert agent.reads_of("/v1/health/service/modelyard-worker")
 
     # A worker that stops deregisters and leaves the router's set.
     assert mesh.service("worker-1").stop() == 0
     assert agent.service_ids("modelyard-worker") == ["worker-0"]
-    _until(lambda: [a for a, _ in _router_workers(mesh)] == [mesh.worker_addresses[0]])
+    _until(
+        lambda: [a for a, _ in _router_workers(mesh)] == [mesh.worker_addresses[0]],
+        "worker-1 left the router's set",
+    )
 
 
 def test_router_keeps_the_last_known_set_while_consul_is_down(
@@ -79,13 +90,18 @@ def test_router_keeps_the_last_known_set_while_consul_is_down(
 ) -> None:
     agent, mesh = consul_mesh
     both = sorted(mesh.worker_addresses)
-    _until(lambda: [a for a, _ in _router_workers(mesh)] == both)
+    _until(lambda: [a for a, _ in _router_workers(mesh)] == both, "router has both workers")
     agent.stop()
-    time.sleep(2.0)  # several watch cycles and retries with the agent gone
+    # The router's watch has seen the outage (it logs it once) and keeps what it had.
+    _until(lambda: "cannot watch modelyard-worker" in _router_log(mesh), "the outage logged")
     assert [a for a, _ in _router_workers(mesh)] == both
-    _until(lambda: all(healthy for _, healthy in _router_workers(mesh)))
-    agent.start()  # same port, same state: the router carries on
-    time.sleep(1.0)
+    _until(lambda: all(healthy for _, healthy in _router_workers(mesh)), "both healthy")
+    reads_before = len(agent.reads_of("/v1/health/service/modelyard-worker"))
+    agent.start()  # same port, same state (an agent with a data dir): the router carries on
+    _until(
+        lambda: "reachable again: watching modelyard-worker" in _router_log(mesh),
+        "the router's watch is back",
+    )
+    assert len(agent.reads_of("/v1/health/service/modelyard-worker")) > reads_before
     assert [a for a, _ in _router_workers(mesh)] == both
-    log = (mesh.data_dir / "logs" / "router.log").read_text()
-    assert log.count("cannot watch modelyard-worker") == 1
+    assert _router_log(mesh).count("cannot watch modelyard-worker") == 1
