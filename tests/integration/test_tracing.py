@@ -1,10 +1,13 @@
-"""One generation is one trace across router and worker, exported over real OTLP/gRPC."""
+"""One generation is one trace across router and worker, exported over real OTLP/gRPC;
+the model load it triggers is a span of that trace, and the services' log lines written
+while serving it carry its trace id."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import grpc
+import pytest
 
 from modelyard.local_mesh import LocalMesh
 from modelyard.v1 import common_pb2, model_pb2, router_pb2, router_pb2_grpc
@@ -13,6 +16,11 @@ from tests.otlp_receiver import OtlpReceiver, ReceivedSpan
 
 ROUTER_RPC = "/modelyard.v1.RouterService/Generate"
 WORKER_RPC = "/modelyard.v1.WorkerService/Generate"
+MODEL_LOAD = "worker.model_load"
+# Spans arrive in batches as they end (every 100 ms here); a loaded machine may take long.
+SPANS_TIMEOUT_S = 60.0
+
+pytestmark = pytest.mark.integration
 
 
 def _ancestors(span: ReceivedSpan, by_id: dict[str, ReceivedSpan]) -> list[ReceivedSpan]:
@@ -32,6 +40,8 @@ def test_router_and_worker_spans_share_one_trace_and_nest(
         "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
         "OTEL_EXPORTER_OTLP_INSECURE": "true",
         "OTEL_BSP_SCHEDULE_DELAY": "100",
+        # The router logs its scheduling decision (inside the request) at DEBUG.
+        "MODELYARD_ROUTER_LOG_LEVEL": "DEBUG",
     }
     mesh = LocalMesh(data_dir=tmp_path, worker_threads=2, env=env)
     try:
@@ -56,11 +66,14 @@ def test_router_and_worker_spans_share_one_trace_and_nest(
             # Spans arrive in batches as they end: wait for the whole chain.
             by_id = {s.span_id: s for s in spans}
             workers = [s for s in spans if s.name == WORKER_RPC]
-            return any(
-                any(a.name == ROUTER_RPC for a in _ancestors(w, by_id)) for w in workers
-            ) and any(s.name == "engine.decode" for s in spans)
+            return (
+                any(any(a.name == ROUTER_RPC for a in _ancestors(w, by_id)) for w in workers)
+                and any(s.name == "engine.decode" for s in spans)
+                and any(s.name == MODEL_LOAD for s in spans)
+            )
 
-        spans = receiver.wait_for(complete)
+        spans = receiver.wait_for(complete, timeout_s=SPANS_TIMEOUT_S)
+        assert complete(spans), sorted({(s.service, s.name) for s in spans})
     finally:
         mesh.stop()
         receiver.stop()
@@ -78,3 +91,18 @@ def test_router_and_worker_spans_share_one_trace_and_nest(
     assert worker_span in _ancestors(decode, by_id)
     assert decode.attributes.get("gen_ai.request.model") == f"{smollm2.name}@{smollm2.version}"
     assert decode.attributes.get("gen_ai.usage.output_tokens") == 8
+    # The worker was cold: this request's trace shows the load it waited for.
+    load = next(s for s in trace if s.name == MODEL_LOAD)
+    assert load.service == "modelyard-worker"
+    assert worker_span in _ancestors(load, by_id)
+    assert load.attributes.get("gen_ai.request.model") == f"{smollm2.name}@{smollm2.version}"
+
+    # Log lines written while serving the request carry its trace id (and the span's id).
+    for log_name in ("worker-0.log", "router.log"):
+        lines = (tmp_path / "logs" / log_name).read_text(errors="replace").splitlines()
+        traced = [line for line in lines if f"trace_id={router_span.trace_id} " in line]
+        assert traced, f"no line of {log_name} carries trace_id={router_span.trace_id}"
+        span_ids = {s.span_id for s in trace}
+        assert all(line.split("span_id=", 1)[1].split("]", 1)[0] in span_ids for line in traced), (
+            traced
+        )
