@@ -37,8 +37,8 @@ from worker.engines.base import (
     Scheduled,
 )
 from worker.engines.channel import EventChannel
-from worker.status import SequenceCounters
-from worker.text import TextStream
+from worker.engines.text import TextStream
+from worker.status.counters import SequenceCounters
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,8 @@ import pytest
 
 from modelyard.errors import FailedPrecondition, NotFound, ResourceExhausted, Unavailable
 from modelyard.v1 import model_pb2
-from worker import artifacts
-from worker.artifact_cache import ArtifactStore
-from worker.artifact_settings import ArtifactSettings
+from worker.artifacts import ArtifactSettings, ArtifactStore
+from worker.artifacts import files as artifact_files
 
 
 @dataclass
@@ -214,7 +213,7 @@ async def test_hf_directories_hash_as_a_tree(tmp_path: Path) -> None:
         f"{hashlib.sha256(b'w').hexdigest()}  sub/w.bin\n"
     )
     digest = hashlib.sha256(listing.encode()).hexdigest()
-    assert artifacts.sha256_tree(ckpt) == digest
+    assert artifact_files.sha256_tree(ckpt) == digest
     assert await _store(tmp_path).fetch(_artifact(str(ckpt), sha=digest)) == ckpt
 
 
@@ -229,20 +228,6 @@ async def test_corrupted_cache_entry_is_quarantined_and_refetched(
     again = await _store(tmp_path).fetch(_artifact(f"{base}/m", body))
     assert again.read_bytes() == body and blobs.gets["m"] == 2
     assert any(_store(tmp_path).quarantine.iterdir())
-
-
-async def test_module_level_fetch_uses_env_settings(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("MODELYARD_ARTIFACTS_CACHE_DIR", str(tmp_path / "env-cache"))
-    monkeypatch.setenv("MODELYARD_ARTIFACTS_MAX_CACHE_BYTES", "12345")
-    monkeypatch.setattr(artifacts, "_default_store", None)
-    store = artifacts.default_store()
-    assert store.settings.max_cache_bytes == 12345
-    assert store.objects == tmp_path / "env-cache" / "objects"
-    model = tmp_path / "m.bin"
-    model.write_bytes(b"m")
-    assert await artifacts.fetch(model_pb2.Artifact(uri=str(model))) == model
 
 
 def _read(path: Path) -> bytes:

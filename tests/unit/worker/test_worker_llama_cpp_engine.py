@@ -25,8 +25,9 @@ from worker.engines.base import (
     SamplingConfig,
     Scheduled,
 )
-from worker.engines.llama_cpp import EngineNotLoaded, LlamaCppEngine
-from worker.status import SequenceCounters
+from worker.engines.common import EngineNotLoaded
+from worker.engines.llama_cpp import LlamaCppEngine
+from worker.status.counters import SequenceCounters
 
 
 @pytest.fixture

@@ -164,7 +164,8 @@ async def test_the_started_event_says_who_serves_the_request(
     assert started.worker_id == worker.identity.worker_id == f"worker-{worker.port}"
     assert (started.model, started.version) == (smollm2.name, smollm2.version)
     assert started.engine == common_pb2.ENGINE_LLAMA_CPP
-    assert (started.route, started.arm, started.attempt) == ("chat", "control", 2)
+    # Route, arm and attempt are the router's facts: the worker does not echo them back.
+    assert (started.route, started.arm, started.attempt) == ("", "", 0)
     assert not started.cold_start
     assert started.request_id == "test"
 
@@ -277,6 +278,12 @@ async def test_a_request_without_a_model_version_is_invalid(
 ) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await generate(stub, generate_request(model_pb2.Model(name="smollm2")))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [v.field for v in from_rpc_error(err.value).violations] == ["model"]
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.LoadModel(
+            worker_pb2.LoadModelRequest(model=model_pb2.Model(name="smollm2")), timeout=10
+        )
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert [v.field for v in from_rpc_error(err.value).violations] == ["model"]
 

@@ -10,7 +10,7 @@ import pytest
 from worker.config import WorkerSettings
 from worker.engines.base import EngineRequest, Finished, ModelSpec, Piece, SamplingConfig
 from worker.engines.llama_cpp import LlamaCppEngine
-from worker.status import SequenceCounters
+from worker.status.counters import SequenceCounters
 
 DELAY_S = 0.05
 

@@ -56,7 +56,7 @@ def parse_uri(uri: str) -> ArtifactUri:
         return ArtifactUri(uri, scheme, parsed.netloc, key)
     if scheme == "hf":
         return _parse_hf(uri, parsed.netloc, unquote(parsed.path))
-    # Plain paths and file:// are resolved by artifacts.local_path.
+    # Plain paths and file:// are resolved by files.local_path.
     return ArtifactUri(uri, "file")
 
 

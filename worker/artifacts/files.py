@@ -1,24 +1,18 @@
-"""Finding and verifying a model's weights.
+"""Blocking checks of local artifact files: where a file:// URI points, sizes, digests, magic.
 
-`fetch` is the entry point: it returns a verified local path for any artifact URI
-(file://, http(s)://, s3://, hf://), downloading remote ones once into the cache
-of `worker.artifact_cache`. The sync helpers below check local files.
+Run them in a thread; `ArtifactStore` (store.py) is the async entry point.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+import os
+import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlparse
 from urllib.request import url2pathname
 
 from modelyard.errors import FailedPrecondition
-
-if TYPE_CHECKING:
-    from modelyard.v1 import model_pb2
-    from worker.artifact_cache import ArtifactStore
 
 GGUF_MAGIC = b"GGUF"
 
@@ -78,18 +72,6 @@ def sha256_path(path: Path) -> str:
     return sha256_tree(path) if path.is_dir() else sha256_file(path)
 
 
-def verify_sha256(path: Path, expected: str) -> None:
-    """Blocking (run it in a thread): stream-hash the file and compare."""
-    actual = sha256_file(path)
-    if actual != expected.strip().lower():
-        raise FailedPrecondition(
-            f"artifact {path} has sha256 {actual}, but the model expects {expected}: "
-            "the file is corrupt or not the registered one",
-            reason="CHECKSUM_MISMATCH",
-            metadata={"path": str(path), "expected": expected, "actual": actual},
-        )
-
-
 def check_gguf_magic(path: Path) -> None:
     with path.open("rb") as f:
         magic = f.read(len(GGUF_MAGIC))
@@ -101,30 +83,33 @@ def check_gguf_magic(path: Path) -> None:
         )
 
 
-_default_store: ArtifactStore | None = None
+def tree_size(path: Path) -> int:
+    """Bytes of a file, or of every file under a directory."""
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def default_store() -> ArtifactStore:
-    """The process's store, configured from MODELYARD_ARTIFACTS_* on first use."""
-    global _default_store
-    if _default_store is None:
-        from worker.artifact_cache import ArtifactStore
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write `path` whole or not at all: a temporary file, fsynced, then renamed over it."""
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
-        _default_store = ArtifactStore()
-    return _default_store
 
-
-async def fetch(
-    artifact: model_pb2.Artifact,
-    *,
-    progress: Callable[[int, int | None], None] | None = None,
-    retain: bool = False,
-) -> Path:
-    """Verified local path of `artifact`, downloaded once into the cache if remote.
-
-    FAILED_PRECONDITION: checksum mismatch (the download quarantined), missing local
-    file, unsupported scheme; NOT_FOUND: the remote has no such object; UNAVAILABLE:
-    the remote cannot be reached; RESOURCE_EXHAUSTED: the cache cannot make room.
-    `progress(done_bytes, total_bytes_or_None)` runs on the event loop.
-    """
-    return await default_store().fetch(artifact, progress=progress, retain=retain)
+def fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return  # not supported here (Windows): the rename is still atomic
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -149,6 +149,14 @@ def cuda_memory() -> tuple[int, int] | None:
     return _two_ints(lines[index] if lines else "", scale=1 << 20)  # nvidia-smi says MiB
 
 
+@functools.lru_cache(maxsize=1)
+def gpu_name() -> str | None:
+    """The first CUDA device's name from nvidia-smi, or None."""
+    smi = shutil.which("nvidia-smi")
+    out = _run([smi, "--query-gpu=name", "--format=csv,noheader"]) if smi else None
+    return out.splitlines()[0].strip() if out else None
+
+
 def _run(argv: list[str]) -> str | None:
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)

@@ -12,12 +12,17 @@ whose sha256 matches is renamed into objects/: a reader never sees a partial fil
 Concurrent fetches of one URI share one download. Before writing, the store evicts
 the least recently used entries nobody holds (see `retain`) until the new one fits.
 `file://` artifacts are verified where they are and never copied.
+
+Threads: downloads, hashing and deletions run in worker threads. `_lock` guards only
+in-memory bookkeeping (references, reservations, entries being evicted), never file
+I/O, because the event loop takes it too (`fetch`, `release`). An eviction picks its
+victims under the lock, marks them, and deletes them after releasing it; a fetch of
+a marked entry waits (in its thread) until the deletion is done, then misses.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import os
@@ -29,18 +34,24 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from modelyard.errors import FailedPrecondition, ResourceExhausted, Unavailable
+from modelyard.errors import FailedPrecondition, ResourceExhausted
 from modelyard.v1 import model_pb2
-from worker import artifacts
-from worker.artifact_settings import ArtifactSettings
-from worker.artifact_sources import download_file, download_hf
-from worker.artifact_uri import ArtifactUri, parse_uri
+from worker.artifacts.files import (
+    check_file,
+    fsync_dir,
+    local_path,
+    sha256_path,
+    tree_size,
+    write_atomic,
+)
+from worker.artifacts.settings import ArtifactSettings
+from worker.artifacts.sources import download_hf, stream_to_file
+from worker.artifacts.uri import ArtifactUri, parse_uri
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int | None], None]
 
-_PROGRESS_STEP = 1 << 20  # report at most once per MiB
 _STALE_TMP_S = 3600.0  # older leftovers in tmp/ come from a crashed download
 
 
@@ -55,17 +66,18 @@ class CacheEntry:
 
 
 class ArtifactStore:
-    def __init__(self, settings: ArtifactSettings | None = None) -> None:
-        self.settings = settings if settings is not None else ArtifactSettings()
+    def __init__(self, settings: ArtifactSettings) -> None:
+        self.settings = settings
         root = self.settings.cache_dir.expanduser()
         self.objects, self.tmp, self.quarantine = (
             root / "objects",
             root / "tmp",
             root / "quarantine",
         )
-        self._lock = threading.Lock()  # guards _refs, _reserved and eviction
+        self._lock = threading.Lock()  # guards _refs, _reserved, _evicting; never held over I/O
         self._refs: dict[str, int] = {}
         self._reserved: dict[str, int] = {}  # bytes promised to downloads in flight
+        self._evicting: dict[str, threading.Event] = {}  # set once the entry's files are gone
         self._inflight: dict[str, asyncio.Task[Path]] = {}
         self._listeners: dict[str, list[Progress]] = {}
         self._verified: dict[Path, tuple[int, int, str]] = {}  # path -> (size, mtime_ns, sha)
@@ -143,9 +155,9 @@ class ArtifactStore:
     # -- file:// -------------------------------------------------------------------
 
     def _local(self, artifact: model_pb2.Artifact) -> Path:
-        path = artifacts.local_path(artifact.uri)
+        path = local_path(artifact.uri)
         if not path.is_dir():
-            artifacts.check_file(path)
+            check_file(path)
         if artifact.sha256:
             # The user's own file: report a mismatch but never move it.
             self._check_sha(path, artifact.sha256, artifact.uri)
@@ -166,6 +178,7 @@ class ArtifactStore:
 
     def _cached(self, src: ArtifactUri, artifact: model_pb2.Artifact) -> Path | None:
         self._prepare()
+        self._wait_for_eviction(src.cache_key)
         record = self.objects / f"{src.cache_key}.json"
         if not record.is_file():
             return None
@@ -196,12 +209,14 @@ class ArtifactStore:
         try:
             if src.scheme == "hf":
                 payload = download_hf(src, work, self.settings)
-                digest = artifacts.sha256_path(payload)
-                size = _tree_size(payload)
+                digest = sha256_path(payload)
+                size = tree_size(payload)
                 self._reserve(key, size)
             else:
                 payload = work / src.filename
-                digest, size = self._stream(src, payload, report)
+                digest, size = stream_to_file(
+                    src, payload, lambda size: self._reserve(key, size), report, self.settings
+                )
             expected = artifact.sha256.strip().lower()
             if expected and digest != expected:
                 moved = self._quarantine(payload, key)
@@ -222,37 +237,6 @@ class ArtifactStore:
                 self._reserved.pop(key, None)
             shutil.rmtree(work, ignore_errors=True)
 
-    def _stream(self, src: ArtifactUri, dest: Path, report: Progress) -> tuple[str, int]:
-        digest = hashlib.sha256()
-        done, announced, total = 0, -_PROGRESS_STEP, None
-
-        def reserve(size: int | None) -> None:
-            nonlocal total
-            total = size
-            self._reserve(src.cache_key, size or 0)
-            report(0, size)
-
-        with dest.open("wb") as out:
-
-            def sink(block: bytes) -> None:
-                nonlocal done, announced
-                out.write(block)
-                digest.update(block)
-                done += len(block)
-                if done - announced >= _PROGRESS_STEP:
-                    announced = done
-                    report(done, total)
-
-            download_file(src, sink, reserve, self.settings)
-            out.flush()
-            os.fsync(out.fileno())
-        if total is not None and done != total:
-            raise Unavailable(f"artifact {src.uri}: download ended after {done} of {total} bytes")
-        if total is None:
-            self._reserve(src.cache_key, done)
-        report(done, done)
-        return digest.hexdigest(), done
-
     def _place(self, src: ArtifactUri, work: Path, payload: Path, digest: str, size: int) -> Path:
         key = src.cache_key
         final = self.objects / key
@@ -262,8 +246,8 @@ class ArtifactStore:
         os.rename(payload, staged / payload.name)
         os.rename(staged, final)  # one atomic rename makes the payload visible
         record = {"uri": src.uri, "sha256": digest, "size": size, "payload": payload.name}
-        _write_atomic(self.objects / f"{key}.json", json.dumps(record).encode())
-        _fsync_dir(self.objects)
+        write_atomic(self.objects / f"{key}.json", json.dumps(record).encode())
+        fsync_dir(self.objects)
         placed = final / payload.name
         stat = placed.stat()
         self._verified[placed] = (stat.st_size, stat.st_mtime_ns, digest)
@@ -273,6 +257,7 @@ class ArtifactStore:
     # -- eviction ------------------------------------------------------------------
 
     def _reserve(self, key: str, size: int) -> None:
+        """Promise `size` bytes to the download of `key`, evicting unused entries (LRU) first."""
         limit = self.settings.max_cache_bytes
         if size > limit:
             raise ResourceExhausted(
@@ -281,21 +266,9 @@ class ArtifactStore:
                 reason="ARTIFACT_TOO_LARGE",
                 metadata={"needed_bytes": str(size), "limit_bytes": str(limit)},
             )
+        entries = [e for e in self.entries() if e.key != key]  # reads records: not under the lock
         with self._lock:
-            entries = [e for e in self.entries() if e.key != key]
-            used = sum(e.size for e in entries) + sum(
-                v for k, v in self._reserved.items() if k != key
-            )
-            for entry in entries:
-                if used + size <= limit:
-                    break
-                if self._refs.get(entry.key, 0) > 0:
-                    continue
-                log.info(
-                    "evicting %s (%d bytes, unused) from the artifact cache", entry.uri, entry.size
-                )
-                self._drop(entry.key)
-                used -= entry.size
+            victims, used = self._pick_victims(entries, key, size, limit)
             if used + size > limit:
                 raise ResourceExhausted(
                     f"artifact needs {size} bytes; the cache has {limit - used} free of {limit} "
@@ -305,6 +278,41 @@ class ArtifactStore:
                     retry_after_s=30.0,
                 )
             self._reserved[key] = size
+            for victim in victims:
+                self._evicting[victim.key] = threading.Event()
+        for victim in victims:  # the files go outside the lock
+            log.info(
+                "evicting %s (%d bytes, unused) from the artifact cache", victim.uri, victim.size
+            )
+            try:
+                self._drop(victim.key)
+            finally:
+                with self._lock:
+                    self._evicting.pop(victim.key).set()
+
+    def _pick_victims(
+        self, entries: list[CacheEntry], key: str, size: int, limit: int
+    ) -> tuple[list[CacheEntry], int]:
+        """Under `_lock`: unused entries to evict (LRU first) and the bytes used after them."""
+        used = sum(e.size for e in entries if e.key not in self._evicting) + sum(
+            v for k, v in self._reserved.items() if k != key
+        )
+        victims: list[CacheEntry] = []
+        for entry in entries:
+            if used + size <= limit:
+                break
+            if self._refs.get(entry.key, 0) > 0 or entry.key in self._evicting:
+                continue
+            victims.append(entry)
+            used -= entry.size
+        return victims, used
+
+    def _wait_for_eviction(self, key: str) -> None:
+        """In a thread: until an eviction of `key` that started before this fetch is done."""
+        with self._lock:
+            done = self._evicting.get(key)
+        if done is not None:
+            done.wait()
 
     def _drop(self, key: str) -> None:
         # Record first: without it the entry no longer counts as complete.
@@ -326,7 +334,7 @@ class ArtifactStore:
         want = expected.strip().lower()
         if memo is not None and memo[:2] == (stat.st_size, stat.st_mtime_ns) and memo[2] == want:
             return  # hashed in this process and untouched since
-        actual = artifacts.sha256_path(path)
+        actual = sha256_path(path)
         if actual != want:
             raise FailedPrecondition(
                 f"artifact {uri} has sha256 {actual}, but the model expects {want}: "
@@ -375,33 +383,3 @@ class ArtifactStore:
     def _forget(self, key: str) -> None:
         self._inflight.pop(key, None)
         self._listeners.pop(key, None)
-
-
-def _tree_size(path: Path) -> int:
-    if path.is_file():
-        return path.stat().st_size
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return  # not supported here (Windows): the rename is still atomic
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

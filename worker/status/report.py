@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import platform
+import sys
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from google.protobuf import timestamp_pb2
 
 import modelyard
-from modelyard.v1 import worker_pb2
-from worker.manager import ModelManager, ResidencyState, Resident
+from modelyard.v1 import common_pb2, worker_pb2
+from worker.residency import ModelManager, ResidencyState, Resident
+from worker.residency.memory import cuda_memory, gpu_name
 
 RESIDENCY = {
     ResidencyState.COLD: worker_pb2.RESIDENCY_STATE_COLD,
@@ -32,12 +35,21 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def detect_device(engines: Collection[common_pb2.Engine.ValueType]) -> tuple[str, str]:
+    """(device, its name) the models run on: "cuda" when vLLM has a CUDA device, "metal" on
+    Apple silicon (llama.cpp's Metal build), else "cpu"."""
+    if common_pb2.ENGINE_VLLM in engines and cuda_memory() is not None:
+        return "cuda", gpu_name() or "CUDA device"
+    if sys.platform == "darwin" and platform.machine() == "arm64":
+        return "metal", cpu_name()
+    return "cpu", cpu_name()
+
+
 @dataclass(frozen=True)
 class WorkerIdentity:
     worker_id: str
     address: str
-    # The CPU build of llama.cpp is what this worker ships; GPU builds report here later.
-    device: str = "cpu"
+    device: str = "cpu"  # what detect_device says; worker.main fills it in
     device_name: str = field(default_factory=cpu_name)
 
 

@@ -8,6 +8,8 @@ or failing remote (worth a retry), FAILED_PRECONDITION for the rest.
 
 from __future__ import annotations
 
+import hashlib
+import os
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -15,13 +17,58 @@ from pathlib import Path
 from typing import Any
 
 from modelyard.errors import FailedPrecondition, ModelyardError, NotFound, Unavailable
-from worker.artifact_settings import ArtifactSettings
-from worker.artifact_uri import ArtifactUri
+from worker.artifacts.settings import ArtifactSettings
+from worker.artifacts.uri import ArtifactUri
 
 CHUNK = 1 << 20
+PROGRESS_STEP = 1 << 20  # report at most once per MiB
 
 Sink = Callable[[bytes], None]
 Reserve = Callable[[int | None], None]
+Progress = Callable[[int, int | None], None]
+
+
+def stream_to_file(
+    src: ArtifactUri,
+    dest: Path,
+    reserve_bytes: Callable[[int], None],
+    report: Progress,
+    settings: ArtifactSettings,
+) -> tuple[str, int]:
+    """Download `src` into `dest`, hashing on the way and fsyncing: (sha256, size).
+
+    `reserve_bytes(size)` runs once the size is known (before the bytes come, or after
+    them when the remote never said); UNAVAILABLE when the download ends short.
+    """
+    digest = hashlib.sha256()
+    done, announced, total = 0, -PROGRESS_STEP, None
+
+    def reserve(size: int | None) -> None:
+        nonlocal total
+        total = size
+        reserve_bytes(size or 0)
+        report(0, size)
+
+    with dest.open("wb") as out:
+
+        def sink(block: bytes) -> None:
+            nonlocal done, announced
+            out.write(block)
+            digest.update(block)
+            done += len(block)
+            if done - announced >= PROGRESS_STEP:
+                announced = done
+                report(done, total)
+
+        download_file(src, sink, reserve, settings)
+        out.flush()
+        os.fsync(out.fileno())
+    if total is not None and done != total:
+        raise Unavailable(f"artifact {src.uri}: download ended after {done} of {total} bytes")
+    if total is None:
+        reserve_bytes(done)
+    report(done, done)
+    return digest.hexdigest(), done
 
 
 def download_file(

@@ -1,4 +1,6 @@
-"""Per-model request queues: priority levels, bounds, shedding, deadlines, slots.
+"""Admission: per-model request queues with priority levels, bounds, shedding, deadlines, slots.
+
+The worker's one admission point: engines take what the queue grants them.
 
 A request takes a `Ticket` on arrival. The queue grants tickets a decoding slot
 (the engine's parallel sequences) highest priority first, FIFO within a level,
@@ -17,15 +19,19 @@ import enum
 import itertools
 import logging
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from modelyard.errors import DeadlineExceeded, ModelyardError, ResourceExhausted
 from modelyard.v1 import common_pb2
-from worker.status import SequenceCounters
+from worker.status.counters import SequenceCounters
 
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_S = 1.0
+
+T = TypeVar("T")
 
 
 def effective_priority(priority: common_pb2.Priority.ValueType) -> int:
@@ -33,9 +39,14 @@ def effective_priority(priority: common_pb2.Priority.ValueType) -> int:
     return int(priority) if priority != common_pb2.PRIORITY_UNSPECIFIED else 2
 
 
-def estimate_prompt_tokens(chars: int) -> int:
-    """Queue accounting before the model (and its tokenizer) is loaded: ~4 characters a token."""
-    return (chars + 3) // 4
+async def within(deadline: float | None, awaitable: Awaitable[T], doing: str) -> T:
+    """Await within `deadline` (monotonic seconds); DEADLINE_EXCEEDED saying what it waited for."""
+    if deadline is None:
+        return await awaitable
+    try:
+        return await asyncio.wait_for(awaitable, max(deadline - time.monotonic(), 0.0))
+    except TimeoutError:
+        raise DeadlineExceeded(f"the deadline passed while {doing}") from None
 
 
 class TicketState(enum.Enum):

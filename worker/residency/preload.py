@@ -15,7 +15,7 @@ from google.protobuf import json_format
 
 from modelyard.errors import InvalidArgument
 from modelyard.v1 import model_pb2
-from worker.manager import PreloadEntry
+from worker.residency.state import PreloadEntry
 
 
 def read_preload(path: Path) -> list[PreloadEntry]:
@@ -36,6 +36,8 @@ def read_preload(path: Path) -> list[PreloadEntry]:
             model = json_format.ParseDict(body, model_pb2.Model())
         except json_format.ParseError as err:
             raise InvalidArgument(f"{path}: item {i} is not a Model: {err}") from err
+        if not model.name or not model.version:
+            raise InvalidArgument(f"{path}: item {i} needs both a name and a version")
         keep = item.get("keep_alive_s") if wrapped else None
         entries.append(
             PreloadEntry(
