@@ -172,6 +172,18 @@ def show(
     print_model(model, json_out)
 
 
+def _set_scalars(model: model_pb2.Model, values: dict[str, str | int | bool | None]) -> None:
+    """Set each dotted field path whose flag was given (None: keep the file's value)."""
+    for path, value in values.items():
+        if value is None:
+            continue
+        *parents, leaf = path.split(".")
+        target: Any = model
+        for part in parents:
+            target = getattr(target, part)
+        setattr(target, leaf, value)
+
+
 @app.command("register")
 def register(
     file: FileOpt = None,
@@ -201,41 +213,37 @@ def register(
     """Register a model version (idempotent: the same content again changes nothing)."""
     with cli_errors(), registry_stub(registry) as stub:
         model = load_message(file, model_pb2.Model())
-        for field_name, value in (
-            ("name", name),
-            ("version", version),
-            ("description", description),
-        ):
-            if value is not None:
-                setattr(model, field_name, value)
-        if uri is not None:
-            model.artifact.uri = uri
-        if sha256 is not None:
-            model.artifact.sha256 = sha256
+        _set_scalars(
+            model,
+            {
+                "name": name,
+                "version": version,
+                "description": description,
+                "artifact.uri": uri,
+                "artifact.sha256": sha256,
+                "capabilities.chat": chat,
+                "capabilities.completion": completion,
+                "capabilities.context_length": context_length,
+            },
+        )
         if artifact_format is not None:
             model.artifact.format = model_pb2.ArtifactFormat.ValueType(
                 enum_value(
                     model_pb2.ArtifactFormat, "ARTIFACT_FORMAT_", artifact_format, "--format"
                 )
             )
+        if stage is not None:
+            model.stage = model_pb2.Stage.ValueType(
+                enum_value(model_pb2.Stage, "STAGE_", stage, "--stage")
+            )
         if engine:
             model.engines[:] = [
                 common_pb2.Engine.ValueType(enum_value(common_pb2.Engine, "ENGINE_", e, "--engine"))
                 for e in engine
             ]
-        if chat is not None:
-            model.capabilities.chat = chat
-        if completion is not None:
-            model.capabilities.completion = completion
-        if context_length is not None:
-            model.capabilities.context_length = context_length
         if tag:
             model.capabilities.tags[:] = tag
         model.labels.update(parse_labels(label or []))
-        if stage is not None:
-            model.stage = model_pb2.Stage.ValueType(
-                enum_value(model_pb2.Stage, "STAGE_", stage, "--stage")
-            )
         reply = call(
             stub.RegisterModel, registry_pb2.RegisterModelRequest(model=model), admin_token
         )
