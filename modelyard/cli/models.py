@@ -172,6 +172,16 @@ def show(
     print_model(model, json_out)
 
 
+_UriOpt = Annotated[str | None, typer.Option(help="Artifact URI: file://, https://, s3://, hf://")]
+_FormatOpt = Annotated[str | None, typer.Option("--format", help="gguf or hf.")]
+_EngineOpt = Annotated[
+    list[str] | None, typer.Option(help="Allowed engine, in preference order; repeatable.")
+]
+_CompletionOpt = Annotated[
+    bool | None, typer.Option("--completion/--no-completion", help="Supports completion.")
+]
+
+
 def _set_scalars(model: model_pb2.Model, values: dict[str, str | int | bool | None]) -> None:
     """Set each dotted field path whose flag was given (None: keep the file's value)."""
     for path, value in values.items():
@@ -189,18 +199,12 @@ def register(
     file: FileOpt = None,
     name: Annotated[str | None, typer.Option(help="Model name.")] = None,
     version: Annotated[str | None, typer.Option(help="Version, e.g. 1 or 2024-11-01.")] = None,
-    uri: Annotated[
-        str | None, typer.Option(help="Artifact URI: file://, https://, s3://, hf://")
-    ] = None,
+    uri: _UriOpt = None,
     sha256: Annotated[str | None, typer.Option(help="Artifact sha256 (hex).")] = None,
-    artifact_format: Annotated[str | None, typer.Option("--format", help="gguf or hf.")] = None,
-    engine: Annotated[
-        list[str] | None, typer.Option(help="Allowed engine, in preference order; repeatable.")
-    ] = None,
+    artifact_format: _FormatOpt = None,
+    engine: _EngineOpt = None,
     chat: Annotated[bool | None, typer.Option("--chat/--no-chat", help="Supports chat.")] = None,
-    completion: Annotated[
-        bool | None, typer.Option("--completion/--no-completion", help="Supports completion.")
-    ] = None,
+    completion: _CompletionOpt = None,
     context_length: Annotated[int | None, typer.Option(help="Context window in tokens.")] = None,
     tag: Annotated[list[str] | None, typer.Option(help="Capability tag; repeatable.")] = None,
     label: Annotated[list[str] | None, typer.Option(help="key=value label; repeatable.")] = None,
