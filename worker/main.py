@@ -13,9 +13,9 @@ import grpc
 from modelyard.discovery import WORKER_SERVICE
 from modelyard.discovery.consul import register_service
 from modelyard.security import worker_gate
-from modelyard.tls import tls_from_env
 from modelyard.server import RunningServer, host_of, start_server, wait_for_signal
 from modelyard.telemetry import setup_logging, setup_tracing, shutdown_tracing
+from modelyard.tls import tls_from_env
 from modelyard.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 from worker.config import WorkerSettings
 from worker.manager import ModelManager

@@ -22,8 +22,8 @@ from opentelemetry import trace
 from opentelemetry.util.types import AttributeValue
 
 from modelyard.errors import DeadlineExceeded, InvalidArgument, grpc_errors
-from modelyard.v1 import common_pb2, model_pb2, worker_pb2, worker_pb2_grpc
 from modelyard.tokens import max_tokens_of
+from modelyard.v1 import common_pb2, model_pb2, worker_pb2, worker_pb2_grpc
 from modelyard.validation import check_generation
 from worker.engines.base import (
     ChatTurn,

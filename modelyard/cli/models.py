@@ -173,6 +173,9 @@ def show(
 
 
 _UriOpt = Annotated[str | None, typer.Option(help="Artifact URI: file://, https://, s3://, hf://")]
+_Sha256Opt = Annotated[str | None, typer.Option(help="Artifact sha256 (hex).")]
+_ContextOpt = Annotated[int | None, typer.Option(help="Context window in tokens.")]
+_TagOpt = Annotated[list[str] | None, typer.Option(help="Capability tag; repeatable.")]
 _FormatOpt = Annotated[str | None, typer.Option("--format", help="gguf or hf.")]
 _EngineOpt = Annotated[
     list[str] | None, typer.Option(help="Allowed engine, in preference order; repeatable.")
@@ -194,19 +197,40 @@ def _set_scalars(model: model_pb2.Model, values: dict[str, str | int | bool | No
         setattr(target, leaf, value)
 
 
+def _set_enums(
+    model: model_pb2.Model,
+    artifact_format: str | None,
+    stage: str | None,
+    engines: list[str] | None,
+) -> None:
+    if artifact_format is not None:
+        model.artifact.format = model_pb2.ArtifactFormat.ValueType(
+            enum_value(model_pb2.ArtifactFormat, "ARTIFACT_FORMAT_", artifact_format, "--format")
+        )
+    if stage is not None:
+        model.stage = model_pb2.Stage.ValueType(
+            enum_value(model_pb2.Stage, "STAGE_", stage, "--stage")
+        )
+    if engines:
+        model.engines[:] = [
+            common_pb2.Engine.ValueType(enum_value(common_pb2.Engine, "ENGINE_", e, "--engine"))
+            for e in engines
+        ]
+
+
 @app.command("register")
 def register(
     file: FileOpt = None,
     name: Annotated[str | None, typer.Option(help="Model name.")] = None,
     version: Annotated[str | None, typer.Option(help="Version, e.g. 1 or 2024-11-01.")] = None,
     uri: _UriOpt = None,
-    sha256: Annotated[str | None, typer.Option(help="Artifact sha256 (hex).")] = None,
+    sha256: _Sha256Opt = None,
     artifact_format: _FormatOpt = None,
     engine: _EngineOpt = None,
     chat: Annotated[bool | None, typer.Option("--chat/--no-chat", help="Supports chat.")] = None,
     completion: _CompletionOpt = None,
-    context_length: Annotated[int | None, typer.Option(help="Context window in tokens.")] = None,
-    tag: Annotated[list[str] | None, typer.Option(help="Capability tag; repeatable.")] = None,
+    context_length: _ContextOpt = None,
+    tag: _TagOpt = None,
     label: Annotated[list[str] | None, typer.Option(help="key=value label; repeatable.")] = None,
     stage: Annotated[str | None, typer.Option(help="staging (default) or production.")] = None,
     description: Annotated[str | None, typer.Option(help="Free text.")] = None,
@@ -230,21 +254,7 @@ def register(
                 "capabilities.context_length": context_length,
             },
         )
-        if artifact_format is not None:
-            model.artifact.format = model_pb2.ArtifactFormat.ValueType(
-                enum_value(
-                    model_pb2.ArtifactFormat, "ARTIFACT_FORMAT_", artifact_format, "--format"
-                )
-            )
-        if stage is not None:
-            model.stage = model_pb2.Stage.ValueType(
-                enum_value(model_pb2.Stage, "STAGE_", stage, "--stage")
-            )
-        if engine:
-            model.engines[:] = [
-                common_pb2.Engine.ValueType(enum_value(common_pb2.Engine, "ENGINE_", e, "--engine"))
-                for e in engine
-            ]
+        _set_enums(model, artifact_format, stage, engine)
         if tag:
             model.capabilities.tags[:] = tag
         model.labels.update(parse_labels(label or []))

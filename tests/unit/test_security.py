@@ -14,9 +14,11 @@ from modelyard.auth import bearer_interceptors, bearer_metadata
 from modelyard.discovery.consul import ServiceSpec
 from modelyard.discovery.settings import DiscoverySettings
 from modelyard.errors import from_rpc_error
-from modelyard.security import RouterAuthSettings, WorkerAuthSettings, router_gate, worker_gate
+from modelyard.security import WorkerAuthSettings, worker_gate
 from modelyard.server import RunningServer, start_server
 from modelyard.v1 import router_pb2, router_pb2_grpc, worker_pb2, worker_pb2_grpc
+from router.auth import router_gate
+from router.config import RouterSettings
 
 HEALTH = health_pb2.HealthCheckRequest()
 
@@ -131,7 +133,7 @@ async def test_worker_api_key_guards_the_routers_rpcs() -> None:
 
 async def test_router_api_keys(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MODELYARD_ROUTER_API_KEYS", "alpha, beta")
-    gate = router_gate(RouterAuthSettings())
+    gate = router_gate(RouterSettings().api_keys)
     running, address = await serve_with(
         lambda s: router_pb2_grpc.add_RouterServiceServicer_to_server(Router(), s),  # type: ignore[abstract]
         gate,
@@ -156,5 +158,5 @@ async def test_router_api_keys(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_router_without_keys_lets_everything_through(tmp_path: Path) -> None:
-    assert not router_gate(RouterAuthSettings()).enabled
+    assert not router_gate(RouterSettings().api_keys).enabled
     assert not worker_gate(WorkerAuthSettings()).enabled
