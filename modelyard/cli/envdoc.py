@@ -26,9 +26,11 @@ def services() -> list[tuple[str, type[BaseSettings]]]:
 
 def epilog(settings: type[BaseSettings]) -> str:
     """Every environment variable of `settings`, for a command's --help."""
-    lines = ["Environment (flags win over the environment, which wins over defaults):"]
-    lines += [f"  {name} (default {default})" for name, default, _ in env_table(settings)]
-    return "\n\n".join(lines)
+    names = ", ".join(name for name, _, _ in env_table(settings))
+    return (
+        f"Environment (a flag wins over it, it wins over the default): {names}. "
+        "Defaults and meanings: docs/configuration.md."
+    )
 
 
 def render() -> str:
