@@ -1,4 +1,4 @@
-"""Transitional: the worker's and router's gates until each service builds its own from
+"""Transitional: the worker's gate until it builds its own from
 `modelyard.auth` (issue 9). New code imports `modelyard.auth` and `modelyard.tls`."""
 
 from __future__ import annotations
@@ -20,18 +20,15 @@ __all__ = [
     "AUTHORIZATION",
     "BearerGate",
     "Guard",
-    "RouterAuthSettings",
     "TlsSettings",
     "WorkerAuthSettings",
     "bearer_interceptors",
     "bearer_metadata",
     "bearer_token",
-    "router_gate",
     "secure_or_insecure_channel",
     "worker_gate",
 ]
 
-ROUTER_SERVICE = "/modelyard.v1.RouterService/"
 WORKER_SERVICE = "/modelyard.v1.WorkerService/"
 WORKER_ADMIN_METHODS = (f"{WORKER_SERVICE}LoadModel", f"{WORKER_SERVICE}UnloadModel")
 
@@ -43,18 +40,6 @@ class WorkerAuthSettings(BaseSettings):
     api_key: str = Field(
         default="", description="Needed by Generate, GetStatus and WatchStatus (the router's)."
     )
-
-
-class RouterAuthSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="MODELYARD_ROUTER_", extra="ignore")
-
-    api_keys: str = Field(default="", description="Comma-separated client API keys.")
-    worker_api_key: str = Field(
-        default="", description="Sent to workers (their MODELYARD_WORKER_API_KEY)."
-    )
-
-    def keys(self) -> tuple[str, ...]:
-        return tuple(k.strip() for k in self.api_keys.split(",") if k.strip())
 
 
 def worker_gate(settings: WorkerAuthSettings | None = None) -> BearerGate:
@@ -73,19 +58,5 @@ def worker_gate(settings: WorkerAuthSettings | None = None) -> BearerGate:
                 "the worker's API key",
                 "routers: MODELYARD_ROUTER_WORKER_API_KEY",
             ),
-        ]
-    )
-
-
-def router_gate(settings: RouterAuthSettings | None = None) -> BearerGate:
-    s = settings if settings is not None else RouterAuthSettings()
-    return BearerGate(
-        [
-            Guard(
-                (ROUTER_SERVICE,),
-                s.keys(),
-                "an API key",
-                "SDK: Client(api_key=...); CLI: --api-key or MODELYARD_API_KEY",
-            )
         ]
     )

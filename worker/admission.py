@@ -25,7 +25,7 @@ from typing import TypeVar
 
 from modelyard.errors import DeadlineExceeded, ModelyardError, ResourceExhausted
 from modelyard.v1 import common_pb2
-from worker.status.counters import SequenceCounters
+from worker.counters import SequenceCounters
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,8 @@
 """The worker's one settings object, from MODELYARD_WORKER_* variables or flags.
 
 Built once in `worker.main` and passed down. Nested: `tls` (MODELYARD_WORKER_TLS_*,
-from the kernel's base) and `artifacts` (MODELYARD_ARTIFACTS_*, the names the chart
-and docs have always used, or MODELYARD_WORKER_ARTIFACTS_*).
+from the kernel's base) and `artifacts` (MODELYARD_WORKER_ARTIFACTS_*; the older
+MODELYARD_ARTIFACTS_* names the chart uses are read as well).
 """
 
 from __future__ import annotations
@@ -128,9 +128,9 @@ class WorkerSettings(ServiceSettings):
     )
     artifacts: ArtifactSettings = Field(
         default_factory=ArtifactSettings,
-        # Aliases skip env_prefix: MODELYARD_ARTIFACTS_* as before, and the prefixed form.
-        validation_alias=AliasChoices("modelyard_artifacts", "modelyard_worker_artifacts"),
-        description="The artifact cache (MODELYARD_ARTIFACTS_*).",
+        # Aliases skip env_prefix: the prefixed form, and MODELYARD_ARTIFACTS_* as before.
+        validation_alias=AliasChoices("modelyard_worker_artifacts", "modelyard_artifacts"),
+        description="The artifact cache (also read from MODELYARD_ARTIFACTS_*).",
     )
 
     def resolved_worker_id(self, port: int) -> str:

@@ -23,13 +23,13 @@ from modelyard.v1 import common_pb2, worker_pb2_grpc
 from worker.artifacts import ArtifactStore
 from worker.auth import SERVICE_NAME, worker_gate
 from worker.config import WorkerSettings
+from worker.counters import ChangeNotifier
 from worker.engines import EngineFactory, available_engines
 from worker.metrics import serve_metrics
 from worker.residency import ModelLoader, ModelManager
 from worker.residency.preload import read_preload
 from worker.service import WorkerServicer
-from worker.status.counters import ChangeNotifier
-from worker.status.report import WorkerIdentity, detect_device
+from worker.status import WorkerIdentity, detect_device
 
 log = logging.getLogger(__name__)
 

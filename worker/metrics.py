@@ -15,7 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from worker.residency import ModelManager
-from worker.status.report import model_status
+from worker.status import model_status
 
 log = logging.getLogger(__name__)
 

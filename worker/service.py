@@ -39,7 +39,7 @@ from worker.engines.base import (
     Scheduled,
 )
 from worker.residency import Lease, ModelManager
-from worker.status.report import WorkerIdentity, build_worker_status, model_status
+from worker.status import WorkerIdentity, build_worker_status, model_status
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("modelyard.worker")

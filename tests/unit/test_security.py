@@ -1,4 +1,4 @@
-"""TLS/mTLS on start_server, the worker's admin token and API key, the router's API keys."""
+"""The worker's admin token and API key, the router's API keys, Consul checks over TLS."""
 
 from __future__ import annotations
 
@@ -10,38 +10,17 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from modelyard.auth import bearer_interceptors, bearer_metadata
 from modelyard.discovery.consul import ServiceSpec
 from modelyard.discovery.settings import DiscoverySettings
 from modelyard.errors import from_rpc_error
-from modelyard.auth import bearer_interceptors, bearer_metadata
-from modelyard.security import RouterAuthSettings, WorkerAuthSettings, router_gate, worker_gate
-from modelyard.tls import TlsSettings, secure_or_insecure_channel, tls_from_env
+from modelyard.security import WorkerAuthSettings, worker_gate
 from modelyard.server import RunningServer, start_server
 from modelyard.v1 import router_pb2, router_pb2_grpc, worker_pb2, worker_pb2_grpc
-from tests.tls_certs import CertFiles, TestCA
+from router.auth import router_gate
+from router.config import RouterSettings
 
 HEALTH = health_pb2.HealthCheckRequest()
-
-
-@pytest.fixture(scope="module")
-def ca(tmp_path_factory: pytest.TempPathFactory) -> TestCA:
-    return TestCA(tmp_path_factory.mktemp("tls"))
-
-
-@pytest.fixture(scope="module")
-def server_files(ca: TestCA) -> CertFiles:
-    return ca.issue("server")
-
-
-@pytest.fixture(scope="module")
-def client_files(ca: TestCA) -> CertFiles:
-    return ca.issue("client")
-
-
-def server_tls(files: CertFiles, *, mtls: bool = False) -> TlsSettings:
-    return TlsSettings(
-        cert_file=str(files.cert), key_file=str(files.key), ca_file=str(files.ca), mtls=mtls
-    )
 
 
 async def health_code(channel: grpc.aio.Channel) -> grpc.StatusCode:
@@ -52,73 +31,10 @@ async def health_code(channel: grpc.aio.Channel) -> grpc.StatusCode:
     return grpc.StatusCode.OK
 
 
-async def serving(tls: TlsSettings | None) -> RunningServer:
-    return await start_server("127.0.0.1:0", lambda server: None, ["modelyard.test.T"], tls=tls)
-
-
-# -- settings ---------------------------------------------------------------------------
-
-
-def test_tls_settings_from_env_per_service(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MODELYARD_WORKER_TLS_CERT_FILE", "/c.crt")
-    monkeypatch.setenv("MODELYARD_WORKER_TLS_KEY_FILE", "/c.key")
-    monkeypatch.setenv("MODELYARD_WORKER_TLS_MTLS", "true")
-    worker = tls_from_env("worker")
-    assert (worker.cert_file, worker.key_file, worker.mtls) == ("/c.crt", "/c.key", True)
-    assert worker.enabled
-    assert not tls_from_env("router").enabled  # the local default: plaintext
-    router = tls_from_env("router", {"MODELYARD_ROUTER_TLS_CA_FILE": "/ca.crt"})
-    assert not router.enabled and router.client_enabled and router.ca_file == "/ca.crt"
-
-
 def test_consul_check_uses_tls_when_the_service_does() -> None:
     spec = ServiceSpec("modelyard-worker", "w", "10.0.0.1", 50052, "svc", grpc_use_tls=True)
     assert spec.check(DiscoverySettings())["GRPCUseTLS"] is True
     assert ServiceSpec("r", "r", "h", 1, "svc").check(DiscoverySettings())["GRPCUseTLS"] is False
-
-
-# -- TLS and mTLS -------------------------------------------------------------------------
-
-
-async def test_tls_server_refuses_plaintext_and_serves_tls(server_files: CertFiles) -> None:
-    running = await serving(server_tls(server_files))
-    address = f"127.0.0.1:{running.port}"
-    try:
-        async with grpc.aio.insecure_channel(address) as plain:
-            assert await health_code(plain) == grpc.StatusCode.UNAVAILABLE
-        client = TlsSettings(ca_file=str(server_files.ca))
-        async with secure_or_insecure_channel(address, client) as secure:
-            assert await health_code(secure) == grpc.StatusCode.OK
-        # An unknown CA does not verify the server.
-        async with secure_or_insecure_channel(address, TlsSettings(ca_file=__file__)) as wrong:
-            assert await health_code(wrong) == grpc.StatusCode.UNAVAILABLE
-    finally:
-        await running.stop(0)
-
-
-async def test_mtls_refuses_clients_without_a_certificate(
-    server_files: CertFiles, client_files: CertFiles
-) -> None:
-    running = await serving(server_tls(server_files, mtls=True))
-    address = f"127.0.0.1:{running.port}"
-    try:
-        no_cert = TlsSettings(ca_file=str(server_files.ca))
-        async with secure_or_insecure_channel(address, no_cert) as channel:
-            assert await health_code(channel) == grpc.StatusCode.UNAVAILABLE
-        with_cert = server_tls(client_files, mtls=True)
-        async with secure_or_insecure_channel(address, with_cert) as channel:
-            assert await health_code(channel) == grpc.StatusCode.OK
-    finally:
-        await running.stop(0)
-
-
-def test_tls_settings_need_a_key_and_for_mtls_a_ca(server_files: CertFiles) -> None:
-    with pytest.raises(ValueError, match="key_file"):
-        TlsSettings(cert_file=str(server_files.cert)).server_credentials()
-    with pytest.raises(ValueError, match="ca_file"):
-        TlsSettings(
-            cert_file=str(server_files.cert), key_file=str(server_files.key), mtls=True
-        ).server_credentials()
 
 
 # -- bearer secrets -----------------------------------------------------------------------
@@ -217,7 +133,7 @@ async def test_worker_api_key_guards_the_routers_rpcs() -> None:
 
 async def test_router_api_keys(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MODELYARD_ROUTER_API_KEYS", "alpha, beta")
-    gate = router_gate(RouterAuthSettings())
+    gate = router_gate(RouterSettings().api_keys)
     running, address = await serve_with(
         lambda s: router_pb2_grpc.add_RouterServiceServicer_to_server(Router(), s),  # type: ignore[abstract]
         gate,
@@ -242,5 +158,5 @@ async def test_router_api_keys(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_router_without_keys_lets_everything_through(tmp_path: Path) -> None:
-    assert not router_gate(RouterAuthSettings()).enabled
+    assert not router_gate(RouterSettings().api_keys).enabled
     assert not worker_gate(WorkerAuthSettings()).enabled

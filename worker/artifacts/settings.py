@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 
 class ArtifactSettings(BaseModel):
     cache_dir: Path = Field(
-        default_factory=lambda: Path.home() / ".modelyard" / "artifacts",
+        default=Path("~/.modelyard/artifacts"),  # "~" expanded where it is used
         description="Directory of the artifact cache (downloads, records, quarantine).",
     )
     max_cache_bytes: int = Field(

@@ -22,7 +22,7 @@ from worker.engines.base import (
 )
 
 if TYPE_CHECKING:
-    from worker.status.counters import SequenceCounters
+    from worker.counters import SequenceCounters
 
 EngineFactory = Callable[["SequenceCounters"], Engine]
 

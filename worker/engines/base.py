@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from worker.status.counters import CounterSnapshot
+    from worker.counters import CounterSnapshot
 
 
 @dataclass(frozen=True)

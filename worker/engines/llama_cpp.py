@@ -20,6 +20,7 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 from modelyard.errors import Internal
+from worker.counters import CounterSnapshot, SequenceCounters
 from worker.engines.base import (
     EngineEvent,
     EngineRequest,
@@ -31,7 +32,6 @@ from worker.engines.channel import EventChannel
 from worker.engines.chat_template import ChatTemplate
 from worker.engines.common import EngineNotLoaded, check_prompt
 from worker.engines.llama_batch import BatchDecoder, Failed, Job
-from worker.status.counters import CounterSnapshot, SequenceCounters
 
 log = logging.getLogger(__name__)
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from modelyard.errors import Internal
+from worker.counters import CounterSnapshot, SequenceCounters
 from worker.engines.base import (
     EngineEvent,
     EngineRequest,
@@ -39,7 +40,6 @@ from worker.engines.common import EngineNotLoaded, check_prompt
 from worker.engines.hf_prompt import HfPrompter
 from worker.engines.text import StopMatcher
 from worker.engines.transformers_sampling import next_token
-from worker.status.counters import CounterSnapshot, SequenceCounters
 
 log = logging.getLogger(__name__)
 

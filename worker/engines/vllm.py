@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from modelyard.errors import FailedPrecondition, Internal, InvalidArgument
+from worker.counters import CounterSnapshot, SequenceCounters
 from worker.engines.base import (
     EngineEvent,
     EngineRequest,
@@ -40,7 +41,6 @@ from worker.engines.common import EngineNotLoaded, check_prompt
 from worker.engines.hf_convert import converted_root, hf_checkpoint, is_gguf
 from worker.engines.hf_prompt import HfPrompter
 from worker.engines.sampling_map import vllm_sampling_params
-from worker.status.counters import CounterSnapshot, SequenceCounters
 
 log = logging.getLogger(__name__)
 

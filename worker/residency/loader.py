@@ -20,12 +20,12 @@ from modelyard.errors import FailedPrecondition, ModelyardError
 from modelyard.refs import ModelKey
 from modelyard.v1 import common_pb2, model_pb2
 from worker.artifacts import ArtifactStore, check_gguf_magic, parse_uri
+from worker.counters import SequenceCounters
 from worker.engines import EngineFactory
 from worker.engines.base import Engine, EngineRequest, LoadedInfo, ModelSpec, SamplingConfig
 from worker.residency.load_options import engine_extra, is_artifact_uri
 from worker.residency.memory import estimate, rss_bytes
 from worker.residency.progress import LoadPhase, ProgressPublisher
-from worker.status.counters import SequenceCounters
 
 if TYPE_CHECKING:
     from worker.config import WorkerSettings

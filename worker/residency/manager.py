@@ -38,6 +38,7 @@ from modelyard.errors import FailedPrecondition, ModelyardError, NotFound, Unava
 from modelyard.refs import ModelKey, key_of
 from modelyard.v1 import common_pb2, model_pb2
 from worker.admission import RequestQueue, within
+from worker.counters import ChangeNotifier, SequenceCounters
 from worker.residency.engine_choice import EngineKind, pick_engine
 from worker.residency.eviction import Evict, Holder, plan_eviction, refusal
 from worker.residency.keep_alive import KeepAlive
@@ -54,7 +55,6 @@ from worker.residency.state import (
     held_bytes,
 )
 from worker.residency.stats import LoadStats
-from worker.status.counters import ChangeNotifier, SequenceCounters
 
 if TYPE_CHECKING:
     from worker.config import WorkerSettings

@@ -12,7 +12,7 @@ import enum
 import time
 from dataclasses import dataclass
 
-from worker.status.counters import ChangeNotifier
+from worker.counters import ChangeNotifier
 
 DEFAULT_RATE_HZ = 10.0
 

@@ -15,9 +15,9 @@ from typing import NamedTuple
 from modelyard.refs import ModelKey
 from modelyard.v1 import common_pb2, model_pb2
 from worker.admission import RequestQueue
+from worker.counters import SequenceCounters
 from worker.engines.base import Engine, LoadedInfo
 from worker.residency.progress import LoadProgress
-from worker.status.counters import SequenceCounters
 
 
 class ResidencyState(enum.Enum):

@@ -10,7 +10,7 @@ import pytest
 from modelyard.errors import DeadlineExceeded, ResourceExhausted
 from modelyard.v1 import common_pb2
 from worker.admission import RequestQueue, Ticket, TicketState
-from worker.status.counters import SequenceCounters
+from worker.counters import SequenceCounters
 
 LOW, NORMAL, HIGH, CRITICAL = (
     common_pb2.PRIORITY_LOW,

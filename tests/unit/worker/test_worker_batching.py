@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
+from worker.counters import SequenceCounters
 from worker.engines.base import (
     EngineEvent,
     EngineRequest,
@@ -19,7 +20,6 @@ from worker.engines.base import (
     SamplingConfig,
 )
 from worker.engines.llama_cpp import LlamaCppEngine
-from worker.status.counters import SequenceCounters
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from modelyard.errors import InvalidArgument
+from worker.counters import SequenceCounters
 from worker.engines.base import (
     ChatTurn,
     EngineEvent,
@@ -27,7 +28,6 @@ from worker.engines.base import (
 )
 from worker.engines.common import EngineNotLoaded
 from worker.engines.llama_cpp import LlamaCppEngine
-from worker.status.counters import SequenceCounters
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ from modelyard.v1 import common_pb2, model_pb2
 from tests.fixtures.tiny_gguf import gguf_model
 from worker.artifacts import ArtifactSettings, ArtifactStore
 from worker.config import WorkerSettings
+from worker.counters import ChangeNotifier, CounterSnapshot, SequenceCounters
 from worker.engines.base import (
     Engine,
     EngineEvent,
@@ -36,8 +37,7 @@ from worker.main import build_manager
 from worker.residency import ModelManager, ResidencyState
 from worker.residency.load_options import engine_extra
 from worker.residency.progress import LoadPhase
-from worker.status.counters import ChangeNotifier, CounterSnapshot, SequenceCounters
-from worker.status.report import model_status
+from worker.status import model_status
 
 
 @pytest.fixture

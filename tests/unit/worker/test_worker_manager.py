@@ -15,12 +15,12 @@ from modelyard.refs import model_key
 from modelyard.v1 import common_pb2, model_pb2
 from tests.fixtures.tiny_gguf import gguf_model
 from worker.config import WorkerSettings
+from worker.counters import SequenceCounters
 from worker.engines.base import Engine, EngineRequest, Finished, FinishReason, Scheduled
 from worker.engines.llama_cpp import LlamaCppEngine
 from worker.main import build_manager
 from worker.residency import ModelManager, ResidencyState
 from worker.residency.preload import read_preload
-from worker.status.counters import SequenceCounters
 
 
 class CountingEngines:

@@ -21,7 +21,7 @@ from worker.config import WorkerSettings
 from worker.main import build_manager
 from worker.residency import ModelManager, ResidencyState
 from worker.residency.preload import read_preload
-from worker.status.report import WorkerIdentity, build_worker_status
+from worker.status import WorkerIdentity, build_worker_status
 
 MiB = 1 << 20
 

@@ -1,6 +1,6 @@
 from modelyard.v1 import worker_pb2
 from router.scheduling.filters.residency import ResidencyFilter
-from tests.unit.router.plugin_kit import COLD, WARM, cand, cycle, model, req
+from tests.unit.router.scheduling.plugin_kit import COLD, WARM, cand, cycle, model, req
 
 
 def test_drops_draining_and_failed_models() -> None:

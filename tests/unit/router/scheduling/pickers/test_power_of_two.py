@@ -1,7 +1,7 @@
 import random
 
 from router.scheduling.pickers.power_of_two import PowerOfTwoPicker
-from tests.unit.router.plugin_kit import cand, cycle, req
+from tests.unit.router.scheduling.plugin_kit import cand, cycle, req
 
 
 def test_never_picks_the_worst_of_three_and_returns_everyone() -> None:

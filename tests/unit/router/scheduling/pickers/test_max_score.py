@@ -1,5 +1,5 @@
 from router.scheduling.pickers.max_score import MaxScorePicker
-from tests.unit.router.plugin_kit import cand, cycle, req
+from tests.unit.router.scheduling.plugin_kit import cand, cycle, req
 
 
 def test_highest_score_first_then_the_rest_by_score() -> None:

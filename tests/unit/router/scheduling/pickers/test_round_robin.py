@@ -1,5 +1,5 @@
 from router.scheduling.pickers.round_robin import RoundRobinPicker
-from tests.unit.router.plugin_kit import cand, cycle, req
+from tests.unit.router.scheduling.plugin_kit import cand, cycle, req
 
 
 def test_rotates_ignoring_scores() -> None:

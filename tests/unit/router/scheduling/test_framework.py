@@ -8,7 +8,7 @@ from router.scheduling.framework import Profile, run_cycle
 from router.scheduling.pickers.max_score import MaxScorePicker
 from router.scheduling.profiles import build_profiles
 from router.scheduling.types import Candidate, CycleState, Request
-from tests.unit.router.plugin_kit import WARM, cand, model, req
+from tests.unit.router.scheduling.plugin_kit import WARM, cand, model, req
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
 from router.scheduling.scorers.cost import CostScorer
-from tests.unit.router.plugin_kit import cand, cycle, model, req
+from tests.unit.router.scheduling.plugin_kit import cand, cycle, model, req
 
 
 def test_cheapest_scores_one_and_twice_the_price_half() -> None:

@@ -1,5 +1,5 @@
 from router.scheduling.scorers.affinity import AffinityScorer
-from tests.unit.router.plugin_kit import cand, cycle, req
+from tests.unit.router.scheduling.plugin_kit import cand, cycle, req
 
 
 def test_no_session_key_gives_no_preference() -> None:

@@ -1,5 +1,5 @@
 from router.scheduling.scorers.latency import LatencyScorer
-from tests.unit.router.plugin_kit import WARM, cand, cycle, req
+from tests.unit.router.scheduling.plugin_kit import WARM, cand, cycle, req
 
 
 def test_lowest_predicted_ttft_scores_one() -> None:

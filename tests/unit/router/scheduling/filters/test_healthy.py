@@ -1,5 +1,5 @@
 from router.scheduling.filters.healthy import HealthyFilter
-from tests.unit.router.plugin_kit import cand, cycle, req
+from tests.unit.router.scheduling.plugin_kit import cand, cycle, req
 
 
 def test_drops_workers_not_reporting_status_and_says_why() -> None:

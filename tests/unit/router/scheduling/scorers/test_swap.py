@@ -1,5 +1,5 @@
 from router.scheduling.scorers.swap import SwapScorer
-from tests.unit.router.plugin_kit import COLD, LOADING, WARM, cand, cycle, req
+from tests.unit.router.scheduling.plugin_kit import COLD, LOADING, WARM, cand, cycle, req
 
 
 def test_warm_beats_loading_beats_cold() -> None:

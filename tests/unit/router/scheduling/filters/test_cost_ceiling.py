@@ -1,5 +1,5 @@
 from router.scheduling.filters.cost_ceiling import CostCeilingFilter
-from tests.unit.router.plugin_kit import cand, cycle, model, req
+from tests.unit.router.scheduling.plugin_kit import cand, cycle, model, req
 
 
 def test_drops_models_priced_over_the_ceiling() -> None:

@@ -1,5 +1,5 @@
 from router.scheduling.scorers.queue import QueueScorer
-from tests.unit.router.plugin_kit import cand, cycle, req
+from tests.unit.router.scheduling.plugin_kit import cand, cycle, req
 
 
 def test_fewer_queued_tokens_score_higher_within_0_and_1() -> None:

@@ -1,5 +1,5 @@
 from router.scheduling.filters.breaker import BreakerFilter
-from tests.unit.router.plugin_kit import cand, cycle, req
+from tests.unit.router.scheduling.plugin_kit import cand, cycle, req
 
 
 def test_drops_workers_whose_breaker_refuses() -> None:

@@ -1,5 +1,5 @@
 from router.scheduling.filters.latency_ceiling import LatencyCeilingFilter
-from tests.unit.router.plugin_kit import WARM, cand, cycle, req
+from tests.unit.router.scheduling.plugin_kit import WARM, cand, cycle, req
 
 
 def test_no_ceiling_keeps_all() -> None:

@@ -1,4 +1,4 @@
-"""The worker's state as the contract's WorkerStatus / ModelStatus messages."""
+"""The worker's state as the contract's WorkerStatus and ModelStatus (numbers: counters.py)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 from router.scheduling.filters.capability import CapabilityFilter
-from tests.unit.router.plugin_kit import cand, cycle, model, req
+from tests.unit.router.scheduling.plugin_kit import cand, cycle, model, req
 
 
 def test_chat_needs_a_chat_model_and_completion_a_completion_model() -> None:
