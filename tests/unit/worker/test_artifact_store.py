@@ -15,7 +15,7 @@ import pytest
 
 from modelyard.errors import FailedPrecondition, NotFound, ResourceExhausted, Unavailable
 from modelyard.v1 import model_pb2
-from worker.artifacts import ArtifactSettings, ArtifactStore
+from worker.artifacts import ArtifactSettings, ArtifactStore, parse_uri
 from worker.artifacts import files as artifact_files
 
 
@@ -178,6 +178,29 @@ async def test_lru_eviction_spares_files_in_use(tmp_path: Path, server: tuple[st
     d = await store.fetch(_artifact(f"{base}/d"))
     assert d.exists() and not a.exists() and c.exists()
     assert store.cached_bytes() <= 1_000_000
+
+
+async def test_evicted_files_are_deleted_outside_the_lock_the_loop_takes(
+    tmp_path: Path, server: tuple[str, Blobs], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base, blobs = server
+    for name in "ab":
+        blobs.files[name] = name.encode() * 400_000
+    store = _store(tmp_path, max_bytes=500_000)  # room for one
+    await store.fetch(_artifact(f"{base}/a"))
+    dropped: list[tuple[str, bool]] = []
+    drop = store._drop
+
+    def recording_drop(key: str) -> None:
+        # fetch/release take the lock on the event loop: deleting under it would stall it.
+        dropped.append((key, store._lock.locked()))
+        drop(key)
+
+    monkeypatch.setattr(store, "_drop", recording_drop)
+    b = await store.fetch(_artifact(f"{base}/b"))  # evicts a
+    a_key = parse_uri(f"{base}/a").cache_key
+    assert (a_key, False) in dropped
+    assert b.exists() and [e.uri for e in store.entries()] == [f"{base}/b"]
 
 
 async def test_artifact_larger_than_the_cache_is_refused(
