@@ -1,43 +1,18 @@
-"""The worker's admin token and API key, the router's API keys, Consul checks over TLS."""
+"""The worker's gate on a stub servicer: the admin token guards LoadModel and UnloadModel,
+the API key the router's RPCs; health stays open."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
-from typing import Any, cast
+from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from modelyard.auth import bearer_interceptors, bearer_metadata
-from modelyard.discovery.consul import ServiceSpec
-from modelyard.discovery.settings import DiscoverySettings
-from modelyard.errors import from_rpc_error
-from modelyard.security import WorkerAuthSettings, worker_gate
-from modelyard.server import RunningServer, start_server
-from modelyard.v1 import router_pb2, router_pb2_grpc, worker_pb2, worker_pb2_grpc
-from router.auth import router_gate
-from router.config import RouterSettings
-
-HEALTH = health_pb2.HealthCheckRequest()
-
-
-async def health_code(channel: grpc.aio.Channel) -> grpc.StatusCode:
-    try:
-        await health_pb2_grpc.HealthStub(channel).Check(HEALTH, timeout=3)
-    except grpc.aio.AioRpcError as err:
-        return cast(grpc.StatusCode, err.code())
-    return grpc.StatusCode.OK
-
-
-def test_consul_check_uses_tls_when_the_service_does() -> None:
-    spec = ServiceSpec("modelyard-worker", "w", "10.0.0.1", 50052, "svc", grpc_use_tls=True)
-    assert spec.check(DiscoverySettings())["GRPCUseTLS"] is True
-    assert ServiceSpec("r", "r", "h", 1, "svc").check(DiscoverySettings())["GRPCUseTLS"] is False
-
-
-# -- bearer secrets -----------------------------------------------------------------------
+from modelyard.v1 import worker_pb2, worker_pb2_grpc
+from tests.grpc_kit import health_code, reason, serve_with
+from worker.auth import worker_gate
 
 
 class Worker(worker_pb2_grpc.WorkerServiceServicer):
@@ -53,26 +28,8 @@ class Worker(worker_pb2_grpc.WorkerServiceServicer):
         yield worker_pb2.WatchStatusResponse()
 
 
-class Router(router_pb2_grpc.RouterServiceServicer):
-    async def ListModels(
-        self, request: Any, context: Any
-    ) -> router_pb2.RouterServiceListModelsResponse:
-        return router_pb2.RouterServiceListModelsResponse()
-
-
-async def serve_with(
-    add: Callable[[grpc.aio.Server], None], interceptor: Any, service: str
-) -> tuple[RunningServer, str]:
-    running = await start_server("127.0.0.1:0", add, [service], interceptors=[interceptor])
-    return running, f"127.0.0.1:{running.port}"
-
-
-def reason(err: grpc.aio.AioRpcError) -> str:
-    return from_rpc_error(err).reason
-
-
 async def test_worker_admin_token_guards_load_and_unload_only() -> None:
-    gate = worker_gate(WorkerAuthSettings(admin_token="s3cret"))
+    gate = worker_gate(admin_token="s3cret", api_key="")
     running, address = await serve_with(
         lambda s: worker_pb2_grpc.add_WorkerServiceServicer_to_server(Worker(), s),  # type: ignore[abstract]
         gate,
@@ -102,7 +59,7 @@ async def test_worker_admin_token_guards_load_and_unload_only() -> None:
 
 
 async def test_worker_api_key_guards_the_routers_rpcs() -> None:
-    gate = worker_gate(WorkerAuthSettings(api_key="k"))
+    gate = worker_gate(admin_token="", api_key="k")
     running, address = await serve_with(
         lambda s: worker_pb2_grpc.add_WorkerServiceServicer_to_server(Worker(), s),  # type: ignore[abstract]
         gate,
@@ -131,32 +88,5 @@ async def test_worker_api_key_guards_the_routers_rpcs() -> None:
         await running.stop(0)
 
 
-async def test_router_api_keys(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MODELYARD_ROUTER_API_KEYS", "alpha, beta")
-    gate = router_gate(RouterSettings().api_keys)
-    running, address = await serve_with(
-        lambda s: router_pb2_grpc.add_RouterServiceServicer_to_server(Router(), s),  # type: ignore[abstract]
-        gate,
-        "modelyard.v1.RouterService",
-    )
-    request = router_pb2.RouterServiceListModelsRequest()
-    try:
-        async with grpc.aio.insecure_channel(address) as channel:
-            stub: Any = router_pb2_grpc.RouterServiceStub(channel)
-            with pytest.raises(grpc.aio.AioRpcError) as missing:
-                await stub.ListModels(request, timeout=5)
-            assert missing.value.code() == grpc.StatusCode.UNAUTHENTICATED
-            with pytest.raises(grpc.aio.AioRpcError) as wrong:
-                await stub.ListModels(request, timeout=5, metadata=bearer_metadata("gamma"))
-            assert wrong.value.code() == grpc.StatusCode.PERMISSION_DENIED
-            for key in ("alpha", "beta"):
-                await stub.ListModels(request, timeout=5, metadata=bearer_metadata(key))
-            await stub.ListModels(request, timeout=5, metadata=(("authorization", "bearer beta"),))
-            assert await health_code(channel) == grpc.StatusCode.OK  # health stays open
-    finally:
-        await running.stop(0)
-
-
-def test_router_without_keys_lets_everything_through(tmp_path: Path) -> None:
-    assert not router_gate(RouterSettings().api_keys).enabled
-    assert not worker_gate(WorkerAuthSettings()).enabled
+def test_a_worker_without_secrets_lets_everything_through() -> None:
+    assert not worker_gate(admin_token="", api_key="").enabled
