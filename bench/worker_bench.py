@@ -23,7 +23,7 @@ from modelyard.bundled import smollm2_model, smollm2_path
 from modelyard.v1 import common_pb2, model_pb2, worker_pb2, worker_pb2_grpc
 from worker.config import WorkerSettings
 from worker.main import start_worker
-from worker.status_report import cpu_name
+from worker.status import cpu_name
 
 RESULTS = Path(__file__).parent / "results" / "worker.md"
 PROMPT = "Count from 1 to 1000: 1, 2, 3, 4, 5,"

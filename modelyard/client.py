@@ -22,8 +22,8 @@ from typing import Any, Self
 
 import grpc
 
-from modelyard.errors import from_rpc_error
 from modelyard.auth import bearer_metadata
+from modelyard.errors import from_rpc_error
 from modelyard.v1 import common_pb2, router_pb2, router_pb2_grpc
 
 DEFAULT_ADDRESS = "127.0.0.1:50050"

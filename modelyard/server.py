@@ -12,8 +12,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from modelyard.tls import TlsSettings
 from modelyard.telemetry import server_interceptors
+from modelyard.tls import TlsSettings
 
 log = logging.getLogger(__name__)
 

@@ -110,5 +110,7 @@ def tls_from_env(service: str, environ: Mapping[str, str] | None = None) -> TlsS
     process's), for code that talks to a service it does not run, as the local mesh does."""
     env = os.environ if environ is None else environ
     prefix = f"MODELYARD_{service.upper()}_TLS_"
-    values = {f: env[prefix + f.upper()] for f in TlsSettings.model_fields if prefix + f.upper() in env}
+    values = {
+        f: env[prefix + f.upper()] for f in TlsSettings.model_fields if prefix + f.upper() in env
+    }
     return TlsSettings.model_validate(values)

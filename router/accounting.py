@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from modelyard.refs import ModelKey, model_key
 from modelyard.v1 import common_pb2
 from router.breaker import BreakerBoard
 from router.metrics import RouterMetrics
@@ -34,11 +35,11 @@ class Accounting:
             self.metrics.retries.inc()
 
     def first_token(
-        self, worker: str, model_label: str, *, ewma_ms: float, client_ms: float
+        self, worker: str, model: ModelKey, *, ewma_ms: float, client_ms: float
     ) -> None:
         """`ewma_ms`: from opening the worker call (the worker's own speed, for
         scheduling); `client_ms`: from the request's arrival (what the client saw)."""
-        self.latency.observe(worker, model_label, ttft_ms=ewma_ms)
+        self.latency.observe(worker, model, ttft_ms=ewma_ms)
         if self.metrics is not None:
             self.metrics.ttft.observe(client_ms / 1000)
 
@@ -54,7 +55,7 @@ class Accounting:
         inter_token_ms = finished.timings.decode_ms / (tokens - 1) if tokens > 1 else None
         if inter_token_ms is not None:
             self.latency.observe(
-                worker, f"{outcome.model}@{outcome.version}", inter_token_ms=inter_token_ms
+                worker, model_key(outcome.model, outcome.version), inter_token_ms=inter_token_ms
             )
             if self.metrics is not None:
                 self.metrics.inter_token.observe(inter_token_ms / 1000)
@@ -67,5 +68,5 @@ class Accounting:
 
     def _count(self, outcome: Outcome, code: str) -> None:
         if self.metrics is not None:
-            model = f"{outcome.model}@{outcome.version}" if outcome.version else outcome.model
-            self.metrics.requests.labels(model=model, arm=outcome.arm, code=code).inc()
+            labels = {"model": outcome.label, "arm": outcome.arm, "code": code}
+            self.metrics.requests.labels(**labels).inc()

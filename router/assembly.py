@@ -7,8 +7,10 @@ import asyncio
 import contextlib
 from dataclasses import dataclass
 
+from modelyard.refs import key_of
 from modelyard.v1 import registry_pb2_grpc, worker_pb2
 from router.accounting import Accounting
+from router.api import RouterApi
 from router.breaker import BreakerBoard, BreakerPolicy
 from router.catalog import Catalog
 from router.config import RouterSettings
@@ -27,6 +29,7 @@ class RouterParts:
     catalog: Catalog
     cache: RegistryCache
     relay: Relay
+    api: RouterApi
     accounting: Accounting
     metrics: RouterMetrics
     servicer: RouterServicer
@@ -77,7 +80,7 @@ def build(
     def healthy_workers() -> dict[str, int]:
         counts: dict[str, int] = {}
         for model in cache.models():
-            counts[f"{model.name}@{model.version}"] = sum(
+            counts[key_of(model)] = sum(
                 1
                 for h in pool.workers
                 if h.watching
@@ -87,8 +90,9 @@ def build(
         return counts
 
     metrics.watch_healthy_workers(healthy_workers)
-    servicer = RouterServicer(relay, catalog, pool, accounting)
-    return RouterParts(catalog, cache, relay, accounting, metrics, servicer)
+    api = RouterApi(relay, catalog, pool)
+    servicer = RouterServicer(api, pool, accounting)
+    return RouterParts(catalog, cache, relay, api, accounting, metrics, servicer)
 
 
 def start_watch(parts: RouterParts, settings: RouterSettings) -> asyncio.Task[None]:

@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Generic, TypeAlias, TypeVar
 
 import grpc
 
@@ -25,7 +25,7 @@ from modelyard.errors import (
     Unavailable,
     from_rpc_error,
 )
-from modelyard.refs import AUTO, ModelRef, parse_ref
+from modelyard.refs import AUTO, ModelRef, key_of, parse_ref
 from modelyard.v1 import common_pb2, model_pb2, registry_pb2, registry_pb2_grpc
 from router.ab import choose_arm
 from router.state.registry_cache import RegistryCache
@@ -67,7 +67,7 @@ class TtlCache(Generic[K, V]):
 
 @dataclass(frozen=True)
 class AutoQuery:
-    """What an "auto" request needs of a model (objectives come with issue 5)."""
+    """What an "auto" request needs of a model (the objective is the scheduler's)."""
 
     chat: bool
     tags: tuple[str, ...] = ()
@@ -94,10 +94,6 @@ class Listing:
     revision: int
 
 
-def label(model: model_pb2.Model) -> str:
-    return f"{model.name}@{model.version}"
-
-
 @dataclass(frozen=True)
 class Target:
     """What a request's `model` field resolved to: the models to schedule over (one,
@@ -113,7 +109,33 @@ class Target:
 
     @property
     def name(self) -> str:
-        return self.route or (label(self.models[0]) if len(self.models) == 1 else AUTO)
+        return self.route or (key_of(self.models[0]) if len(self.models) == 1 else AUTO)
+
+    @property
+    def groups(self) -> tuple[tuple[model_pb2.Model, ...], ...]:
+        """What to schedule over, in order: the models, then each fallback on its own."""
+        return (self.models, *((m,) for m in self.fallbacks))
+
+
+@dataclass(frozen=True)
+class AutoPick:
+    """ "" or "auto": every model that fits the request, for the scheduler to choose among."""
+
+    query: AutoQuery
+
+
+# A request's `model` field, parsed once: what the name means decides how it resolves.
+Wanted: TypeAlias = AutoPick | ModelRef | model_pb2.Route
+
+
+def parse_model_field(
+    text: str, *, chat: bool, hints: common_pb2.RoutingHints
+) -> AutoPick | ModelRef:
+    """ "auto" (or nothing) or a model reference; INVALID_ARGUMENT for a malformed name."""
+    text = text.strip()
+    if not text or text == AUTO:
+        return AutoPick(AutoQuery.of(chat, hints))
+    return parse_ref(text, "model")
 
 
 def _fits(model: model_pb2.Model, query: AutoQuery) -> bool:
@@ -126,6 +148,7 @@ def _fits(model: model_pb2.Model, query: AutoQuery) -> bool:
 
 
 def _production_first(models: list[model_pb2.Model]) -> tuple[model_pb2.Model, ...]:
+    """The production versions when there are any, else all: the one "production first"."""
     production = [m for m in models if m.stage == model_pb2.STAGE_PRODUCTION]
     return tuple(production or models)
 
@@ -170,38 +193,80 @@ class Catalog:
     ) -> Target:
         """Resolve for scheduling: "auto" gives every fitting model (production ones when
         there are any), a route gives its A/B arm's model plus its fallbacks."""
-        text = model_field.strip()
-        if not text or text == AUTO:
-            query = AutoQuery.of(chat, hints)
-            cache = self.cache
-            if cache is not None:
-                models = _production_first([m for m in cache.models() if _fits(m, query)])
-            else:
-                listed = await self._through(
-                    self._auto,
-                    query,
-                    lambda: self._list_fitting(query, timeout_s),
-                    "the model list",
-                )
-                models = _production_first(list(listed))
-            if not models:
-                raise NotFound(
-                    f"no servable model supports {query.describe()}; name a model, or see "
-                    "`modelyard models list`",
-                    reason="NO_MODEL_FITS",
-                )
-            return Target(models)
-        ref = parse_ref(text, "model")
+        wanted = self._parse(model_field, chat=chat, hints=hints)
+        if isinstance(wanted, AutoPick):
+            return Target(await self._fitting(wanted.query, timeout_s))
+        if isinstance(wanted, ModelRef):
+            return Target((await self._model(wanted, timeout_s),))
+        return await self._route_target(wanted, hints.session_key, timeout_s)
+
+    async def resolve(
+        self,
+        model_field: str,
+        *,
+        chat: bool,
+        hints: common_pb2.RoutingHints | None = None,
+        timeout_s: float | None = None,
+    ) -> model_pb2.Model:
+        """The one model version a `model` field names (routes aside).
+
+        "name" is its newest production version (else the newest non-archived one),
+        "name@version" is exact, and "" or "auto" is the first model that fits the
+        request, production first.
+        """
+        wanted = parse_model_field(model_field, chat=chat, hints=hints or common_pb2.RoutingHints())
+        if isinstance(wanted, AutoPick):
+            return (await self._fitting(wanted.query, timeout_s))[0]
+        return await self._model(wanted, timeout_s)
+
+    async def list_servable(self, *, timeout_s: float | None = None) -> Listing:
+        """All non-archived model versions, for RouterService.ListModels."""
         cache = self.cache
-        route = cache.route(ref.name) if cache is not None and not ref.version else None
-        if route is None or not route.arms:
-            return Target((await self.resolve(text, chat=chat, timeout_s=timeout_s),))
-        arm = choose_arm(route, hints.session_key)
-        primary = await self.resolve(arm.model, chat=chat, timeout_s=timeout_s)
+        if cache is not None:
+            return Listing(tuple(cache.models()), cache.revision)
+        return await self._through(
+            self._listing, "all", lambda: self._list_all(timeout_s), "the model list"
+        )
+
+    def _parse(self, model_field: str, *, chat: bool, hints: common_pb2.RoutingHints) -> Wanted:
+        wanted = parse_model_field(model_field, chat=chat, hints=hints)
+        cache = self.cache
+        if isinstance(wanted, ModelRef) and not wanted.version and cache is not None:
+            route = cache.route(wanted.name)
+            if route is not None and route.arms:
+                return route
+        return wanted
+
+    async def _fitting(
+        self, query: AutoQuery, timeout_s: float | None
+    ) -> tuple[model_pb2.Model, ...]:
+        """Every servable model that fits `query`, production ones only when there are any."""
+        cache = self.cache
+        if cache is not None:
+            fitting = [m for m in cache.models() if _fits(m, query)]
+        else:
+            listed = await self._through(
+                self._auto, query, lambda: self._list_fitting(query, timeout_s), "the model list"
+            )
+            fitting = list(listed)
+        models = _production_first(fitting)
+        if not models:
+            raise NotFound(
+                f"no servable model supports {query.describe()}; name a model, or see "
+                "`modelyard models list`",
+                reason="NO_MODEL_FITS",
+            )
+        return models
+
+    async def _route_target(
+        self, route: model_pb2.Route, session_key: str, timeout_s: float | None
+    ) -> Target:
+        arm = choose_arm(route, session_key)
+        primary = await self._model(parse_ref(arm.model, "model"), timeout_s)
         fallbacks: list[model_pb2.Model] = []
         for name in route.fallbacks:
             try:
-                fallbacks.append(await self.resolve(name, chat=chat, timeout_s=timeout_s))
+                fallbacks.append(await self._model(parse_ref(name, "model"), timeout_s))
             except ModelyardError as err:
                 log.warning("route %s: skipping fallback %s: %s", route.name, name, err)
         return Target(
@@ -216,25 +281,7 @@ class Catalog:
             ),
         )
 
-    async def resolve(
-        self,
-        model_field: str,
-        *,
-        chat: bool,
-        hints: common_pb2.RoutingHints | None = None,
-        timeout_s: float | None = None,
-    ) -> model_pb2.Model:
-        """The model version a request's `model` field names.
-
-        "name" is its newest production version (else the newest non-archived one),
-        "name@version" is exact, and "" or "auto" is the first model that fits the
-        request (see `_pick_auto`).
-        """
-        text = model_field.strip()
-        if not text or text == AUTO:
-            query = AutoQuery.of(chat, hints or common_pb2.RoutingHints())
-            return await self._pick_auto(query, timeout_s)
-        ref = parse_ref(text, "model")
+    async def _model(self, ref: ModelRef, timeout_s: float | None) -> model_pb2.Model:
         cache = self.cache
         found = cache.model(ref.name, ref.version) if cache is not None else None
         if found is not None:
@@ -247,30 +294,12 @@ class Catalog:
             )
         if model.stage == model_pb2.STAGE_ARCHIVED:
             raise FailedPrecondition(
-                f"model {label(model)} is archived and is never routed to; "
+                f"model {key_of(model)} is archived and is never routed to; "
                 "name a servable version (see `modelyard models list`)",
                 reason="MODEL_ARCHIVED",
-                metadata={"model": label(model)},
+                metadata={"model": key_of(model)},
             )
         return model
-
-    async def list_servable(self, *, timeout_s: float | None = None) -> Listing:
-        """All non-archived model versions, for RouterService.ListModels."""
-        cache = self.cache
-        if cache is not None:
-            return Listing(tuple(cache.models()), cache.revision)
-        return await self._through(
-            self._listing, "all", lambda: self._list_all(timeout_s), "the model list"
-        )
-
-    async def _pick_auto(self, query: AutoQuery, timeout_s: float | None) -> model_pb2.Model:
-        # The first fitting model, production first; the scheduler uses `target`, which
-        # returns them all and chooses by objective.
-        hints = common_pb2.RoutingHints(
-            required_tags=list(query.tags), min_context_length=query.min_context_length
-        )
-        found = await self.target(AUTO, chat=query.chat, hints=hints, timeout_s=timeout_s)
-        return found.models[0]
 
     def routes(self) -> list[model_pb2.Route]:
         cache = self.cache
@@ -332,15 +361,8 @@ class Catalog:
             require_chat=query.chat, require_completion=not query.chat, tags=list(query.tags)
         )
         models, _ = await self._list(request, timeout_s)
-        fitting = [
-            m
-            for m in models
-            if not query.min_context_length
-            or m.capabilities.context_length >= query.min_context_length
-        ]
-        # Stable: production before staging, then the registry's order (newest first).
-        fitting.sort(key=lambda m: m.stage != model_pb2.STAGE_PRODUCTION)
-        return tuple(fitting)
+        # The registry filters chat, completion and tags; `_fits` is the one definition.
+        return tuple(m for m in models if _fits(m, query))
 
     async def _list_all(self, timeout_s: float | None) -> Listing:
         models, revision = await self._list(registry_pb2.ListModelsRequest(), timeout_s)

@@ -1,4 +1,5 @@
-"""Settings of the router process, from MODELYARD_ROUTER_* variables or flags."""
+"""Settings of the router process, from MODELYARD_ROUTER_* variables or flags: one root
+object, built once in `router.main` and passed down."""
 
 from __future__ import annotations
 
@@ -6,11 +7,25 @@ import json
 from typing import Annotated, Any
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import NoDecode, SettingsConfigDict
+
+from modelyard.settings import ServiceSettings
 
 
-class RouterSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="MODELYARD_ROUTER_", extra="ignore")
+def _split_list(value: Any) -> Any:
+    """A comma-separated string or a JSON list, from the environment or a flag."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            return json.loads(text)
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return value
+
+
+class RouterSettings(ServiceSettings):
+    """The router's one settings object (MODELYARD_ROUTER_*, TLS under _TLS_*)."""
+
+    model_config = SettingsConfigDict(env_prefix="MODELYARD_ROUTER_")
 
     address: str = Field(
         default="127.0.0.1:50050",
@@ -107,16 +122,25 @@ class RouterSettings(BaseSettings):
         default=0, ge=0, le=65535, description="Port of the Prometheus /metrics endpoint; 0: off."
     )
     log_level: str = Field(default="INFO", description="Log level: DEBUG, INFO, WARNING or ERROR.")
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description=(
+            "Client API keys, comma-separated (or a JSON list): every RouterService call and "
+            "every OpenAI front request must send one as 'authorization: Bearer <key>'. "
+            "Empty: no key needed."
+        ),
+    )
+    worker_api_key: str = Field(
+        default="",
+        description=(
+            "Sent to workers as 'authorization: Bearer <key>' (their MODELYARD_WORKER_API_KEY)."
+        ),
+    )
 
-    @field_validator("workers", mode="before")
+    @field_validator("workers", "api_keys", mode="before")
     @classmethod
-    def _split_workers(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            text = value.strip()
-            if text.startswith("["):
-                return json.loads(text)
-            return [part.strip() for part in text.split(",") if part.strip()]
-        return value
+    def _split(cls, value: Any) -> Any:
+        return _split_list(value)
 
     @field_validator("workers")
     @classmethod

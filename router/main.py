@@ -1,4 +1,5 @@
-"""Run the router: connect to registry and workers, serve gRPC until SIGINT/SIGTERM."""
+"""Run the router: connect to registry and workers, serve gRPC (and the OpenAI front)
+until SIGINT/SIGTERM, then stop everything in the reverse order it started."""
 
 from __future__ import annotations
 
@@ -6,14 +7,14 @@ import asyncio
 import functools
 import logging
 from collections.abc import Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from typing import cast
 
+from modelyard.auth import bearer_interceptors
 from modelyard.discovery import ROUTER_SERVICE
 from modelyard.discovery.consul import register_service
 from modelyard.discovery.settings import DiscoverySettings
-from modelyard.auth import bearer_interceptors
-from modelyard.security import RouterAuthSettings, router_gate
-from modelyard.tls import secure_or_insecure_channel, tls_from_env
 from modelyard.server import host_of, start_server, wait_for_signal
 from modelyard.telemetry import (
     client_interceptors,
@@ -21,13 +22,15 @@ from modelyard.telemetry import (
     setup_tracing,
     shutdown_tracing,
 )
+from modelyard.tls import secure_or_insecure_channel
 from modelyard.v1 import registry_pb2_grpc
-from router.assembly import build, start_watch, stop_watch
+from router.assembly import RouterParts, build, start_watch, stop_watch
+from router.auth import SERVICE_NAME, router_gate
 from router.config import RouterSettings
 from router.discovery import start_discovery
 from router.metrics import serve_metrics
-from router.openai import start_http_front
-from router.service import SERVICE_NAME, add_to_server
+from router.openai.server import start_http_front
+from router.service import add_to_server
 from router.workers import CHANNEL_OPTIONS, WorkerPool
 
 log = logging.getLogger(__name__)
@@ -36,85 +39,102 @@ log = logging.getLogger(__name__)
 STOP_GRACE_S = 5.0
 
 
-async def serve(settings: RouterSettings, *, on_ready: Callable[[int], None] | None = None) -> None:
-    """Serve until a stop signal; `on_ready` gets the bound port (useful with port 0)."""
-    # -- security: MODELYARD_ROUTER_TLS_* (server and outgoing channels), _API_KEYS,
-    # _WORKER_API_KEY (modelyard/security.py) --
-    tls = tls_from_env("router")
-    auth = RouterAuthSettings()
-    worker_interceptors = [*client_interceptors(), *bearer_interceptors(auth.worker_api_key)]
+@dataclass
+class RunningRouter:
+    """A started router; `stop` undoes the start, last part first."""
+
+    port: int
+    parts: RouterParts
+    _stack: AsyncExitStack
+
+    async def stop(self) -> None:
+        await self._stack.aclose()
+
+
+async def start_router(settings: RouterSettings) -> RunningRouter:
+    """Start every part of the router; returns once the gRPC port (and HTTP front) listen."""
+    stack = AsyncExitStack()
+    try:
+        parts = await _start_parts(settings, stack)
+        running = await start_server(
+            settings.address,
+            functools.partial(add_to_server, parts.servicer),
+            [SERVICE_NAME],
+            tls=settings.tls,
+            interceptors=[router_gate(settings.api_keys)],
+        )
+        stack.push_async_callback(running.stop, STOP_GRACE_S)
+        if settings.http_address:
+            front = await start_http_front(
+                settings.http_address, parts.api, api_keys=settings.api_keys
+            )
+            stack.push_async_callback(front.stop)
+        # Last in, first out: Consul stops sending clients here before anything stops.
+        registration = register_service(
+            name=ROUTER_SERVICE,
+            bind_address=settings.address,
+            port=running.port,
+            grpc_service=SERVICE_NAME,
+            tls=settings.tls.enabled,
+        )
+        stack.push_async_callback(registration.close)
+    except BaseException:
+        await stack.aclose()
+        raise
+    return RunningRouter(running.port, parts, stack)
+
+
+async def _start_parts(settings: RouterSettings, stack: AsyncExitStack) -> RouterParts:
+    """The channels, the worker pool and the logic behind the port, each closed by `stack`."""
     registry_channel = secure_or_insecure_channel(
-        settings.registry_address, tls, client_interceptors(), CHANNEL_OPTIONS
+        settings.registry_address, settings.tls, client_interceptors(), CHANNEL_OPTIONS
     )
-    # -- end security --
+    stack.push_async_callback(registry_channel.close)
+    worker_interceptors = [*client_interceptors(), *bearer_interceptors(settings.worker_api_key)]
+    pool = WorkerPool(
+        settings.workers,
+        connect=lambda address: secure_or_insecure_channel(
+            address, settings.tls, worker_interceptors, CHANNEL_OPTIONS
+        ),
+    )
+    pool.start()
+    stack.push_async_callback(pool.close)
     # The stub factory's overload cannot tell that this channel is async.
     registry = cast(
         "registry_pb2_grpc.RegistryServiceAsyncStub",
         registry_pb2_grpc.RegistryServiceStub(registry_channel),
     )
-    pool = WorkerPool(
-        settings.workers,
-        connect=lambda address: secure_or_insecure_channel(
-            address, tls, worker_interceptors, CHANNEL_OPTIONS
-        ),
-    )
-    pool.start()
     parts = build(settings, registry, pool)
-    registry_watch = start_watch(parts, settings)
-    stop_metrics = (
-        serve_metrics(parts.metrics, host_of(settings.address), settings.metrics_port)
-        if settings.metrics_port
-        else None
-    )
-    consul = DiscoverySettings()
-    discovery = start_discovery(consul, pool, registry_address=settings.registry_address)
-    try:
-        running = await start_server(
-            settings.address,
-            functools.partial(add_to_server, parts.servicer),
-            [SERVICE_NAME],
-            tls=tls,
-            interceptors=[router_gate(auth)],
+    stack.push_async_callback(stop_watch, start_watch(parts, settings))
+    if settings.metrics_port:
+        stack.callback(
+            serve_metrics(parts.metrics, host_of(settings.address), settings.metrics_port)
         )
-        try:
-            log.info(
-                "router listening on %s:%d (registry %s, workers %s)",
-                host_of(settings.address),
-                running.port,
-                settings.registry_address,
-                ", ".join(settings.workers) or "none",
-            )
-            registration = register_service(
-                name=ROUTER_SERVICE,
-                bind_address=settings.address,
-                port=running.port,
-                grpc_service=SERVICE_NAME,
-                settings=consul,
-                tls=tls.enabled,
-            )
-            # OpenAI-compatible HTTP front (issue 5): a loopback client of this server.
-            front = (
-                await start_http_front(settings.http_address, running.port, tls)
-                if settings.http_address
-                else None
-            )
-            if on_ready is not None:
-                on_ready(running.port)
-            await wait_for_signal()
-            log.info("router stopping")
-            await registration.close()
-            if front is not None:
-                await front.stop()
-        finally:
-            await running.stop(STOP_GRACE_S)
+    discovery = start_discovery(
+        DiscoverySettings(), pool, registry_address=settings.registry_address
+    )
+    if discovery is not None:
+        stack.push_async_callback(discovery.close)
+    return parts
+
+
+async def serve(settings: RouterSettings, *, on_ready: Callable[[int], None] | None = None) -> None:
+    """Serve until a stop signal; `on_ready` gets the bound port (useful with port 0)."""
+    router = await start_router(settings)
+    try:
+        log.info(
+            "router listening on %s:%d (registry %s, workers %s)",
+            host_of(settings.address),
+            router.port,
+            settings.registry_address,
+            ", ".join(settings.workers) or "none",
+        )
+        if on_ready is not None:
+            on_ready(router.port)
+        await wait_for_signal()
+        log.info("router stopping")
     finally:
-        if discovery is not None:
-            await discovery.close()
-        if stop_metrics is not None:
-            stop_metrics()
-        await stop_watch(registry_watch)
-        await pool.close()
-        await registry_channel.close()
+        await router.stop()
 
 
 def run(settings: RouterSettings) -> None:

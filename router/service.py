@@ -11,13 +11,14 @@ from grpc_status import rpc_status
 
 from modelyard.errors import InvalidArgument, NotFound, grpc_errors
 from modelyard.v1 import router_pb2, router_pb2_grpc
-from modelyard.validation import check_generation
 from router.accounting import Accounting
-from router.catalog import Catalog
-from router.relay import Relay, StreamBroken
+from router.api import RouterApi
+from router.auth import SERVICE_NAME
+from router.relay import StreamBroken
 from router.workers import WorkerPool
 
-SERVICE_NAME = router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name
+__all__ = ["SERVICE_NAME", "USAGE_METADATA_KEY", "RouterServicer", "add_to_server"]
+
 # Trailing metadata that carries the partial Usage when a stream breaks mid-way.
 USAGE_METADATA_KEY = "modelyard-usage-bin"
 
@@ -25,11 +26,8 @@ Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 
 
 class RouterServicer(router_pb2_grpc.RouterServiceServicer):
-    def __init__(
-        self, relay: Relay, catalog: Catalog, pool: WorkerPool, accounting: Accounting
-    ) -> None:
-        self._relay = relay
-        self._catalog = catalog
+    def __init__(self, api: RouterApi, pool: WorkerPool, accounting: Accounting) -> None:
+        self._api = api
         self._pool = pool
         self._acct = accounting
 
@@ -47,34 +45,14 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     ) -> router_pb2.CompleteResponse:
         # Same field numbers and meaning (see router.proto), so the bytes convert.
         generate = router_pb2.GenerateRequest.FromString(request.SerializeToString())
-        reply = router_pb2.CompleteResponse()
-        chunks: list[str] = []
         async with aclosing(self._events(generate, context)) as events:
-            async for event in events:
-                kind = event.WhichOneof("event")
-                if kind == "started":
-                    reply.started.CopyFrom(event.started)
-                elif kind == "delta":
-                    chunks.append(event.delta.text)
-                    reply.token_ids.extend(event.delta.token_ids)
-                elif kind == "finished":
-                    reply.finished.CopyFrom(event.finished)
-        reply.text = "".join(chunks)
-        return reply
+            return await _whole(events)
 
     @grpc_errors
     async def ListModels(
         self, request: router_pb2.RouterServiceListModelsRequest, context: Context
     ) -> router_pb2.RouterServiceListModelsResponse:
-        listing = await self._catalog.list_servable(timeout_s=context.time_remaining())
-        return router_pb2.RouterServiceListModelsResponse(
-            models=[
-                router_pb2.ServableModel(model=m, warm_workers=self._pool.warm_workers(m))
-                for m in listing.models
-            ],
-            routes=self._catalog.routes(),
-            catalog_revision=listing.revision,
-        )
+        return await self._api.list_models(timeout_s=context.time_remaining())
 
     @grpc_errors
     async def ListWorkers(
@@ -108,16 +86,33 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     async def _events(
         self, request: router_pb2.GenerateRequest, context: Context
     ) -> AsyncGenerator[router_pb2.GenerateResponse, None]:
-        # Bad input is INVALID_ARGUMENT before any registry or worker call.
-        check_generation(request.prompt, request.messages, request.sampling)
         try:
             async with aclosing(
-                self._relay.generate(request, timeout_s=context.time_remaining())
+                self._api.generate(request, timeout_s=context.time_remaining())
             ) as events:
                 async for event in events:
                     yield event
         except StreamBroken as err:
             await _abort_with_usage(context, err)
+
+
+async def _whole(
+    events: AsyncIterator[router_pb2.GenerateResponse],
+) -> router_pb2.CompleteResponse:
+    """A generation's events gathered into one reply."""
+    reply = router_pb2.CompleteResponse()
+    chunks: list[str] = []
+    async for event in events:
+        kind = event.WhichOneof("event")
+        if kind == "started":
+            reply.started.CopyFrom(event.started)
+        elif kind == "delta":
+            chunks.append(event.delta.text)
+            reply.token_ids.extend(event.delta.token_ids)
+        elif kind == "finished":
+            reply.finished.CopyFrom(event.finished)
+    reply.text = "".join(chunks)
+    return reply
 
 
 async def _abort_with_usage(context: Context, err: StreamBroken) -> None:

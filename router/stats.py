@@ -12,6 +12,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from modelyard.refs import model_key
 from modelyard.v1 import common_pb2, router_pb2
 
 # Bucket i holds values in [GROWTH**i, GROWTH**(i+1)) ms; 0.01 ms .. 1e7 ms is ~1400
@@ -82,7 +83,7 @@ class Traffic:
         )
 
 
-ModelKey = tuple[str, str]  # (name, version)
+ModelSeriesKey = tuple[str, str]  # (name, version): sorts by name, then version
 ArmKey = tuple[str, str, str]  # (route, arm, model label)
 
 
@@ -99,6 +100,12 @@ class Outcome:
     cost_usd: float = 0.0
     ttft_ms: float | None = None
     total_ms: float | None = None
+
+    @property
+    def label(self) -> str:
+        """The model's key, or the target's name when the request failed before a model
+        was chosen (then `version` is empty)."""
+        return model_key(self.model, self.version) if self.version else self.model
 
 
 class _Series(OrderedDict[tuple[str, ...], Traffic]):
@@ -125,16 +132,16 @@ class FeedbackBook:
         self._max = max_entries
         self._ttl_s = ttl_s
         self._clock = clock
-        self._entries: OrderedDict[str, tuple[float, ModelKey, ArmKey | None]] = OrderedDict()
+        self._entries: OrderedDict[str, tuple[float, ModelSeriesKey, ArmKey | None]] = OrderedDict()
 
-    def remember(self, request_id: str, model: ModelKey, arm: ArmKey | None) -> None:
+    def remember(self, request_id: str, model: ModelSeriesKey, arm: ArmKey | None) -> None:
         self._entries.pop(request_id, None)
         self._entries[request_id] = (self._clock(), model, arm)
         self._expire()
         while len(self._entries) > self._max:
             self._entries.popitem(last=False)
 
-    def lookup(self, request_id: str) -> tuple[ModelKey, ArmKey | None] | None:
+    def lookup(self, request_id: str) -> tuple[ModelSeriesKey, ArmKey | None] | None:
         self._expire()
         entry = self._entries.get(request_id)
         return None if entry is None else (entry[1], entry[2])
@@ -161,24 +168,25 @@ class RoutingStats:
         self.feedback = feedback or FeedbackBook()
 
     def record(self, request_id: str, outcome: Outcome) -> None:
-        model_key: ModelKey = (outcome.model, outcome.version)
-        label = f"{outcome.model}@{outcome.version}" if outcome.version else outcome.model
-        arm_key: ArmKey | None = (outcome.route, outcome.arm, label) if outcome.route else None
-        series = [self._models.get_or_add(model_key)]
+        series_key: ModelSeriesKey = (outcome.model, outcome.version)
+        arm_key: ArmKey | None = (
+            (outcome.route, outcome.arm, outcome.label) if outcome.route else None
+        )
+        series = [self._models.get_or_add(series_key)]
         if arm_key is not None:
             series.append(self._arms.get_or_add(arm_key))
         for traffic in series:
             _add(traffic, outcome)
         if outcome.ok:
-            self.feedback.remember(request_id, model_key, arm_key)
+            self.feedback.remember(request_id, series_key, arm_key)
 
     def record_feedback(self, request_id: str, score: float) -> bool:
         """False when the request id is unknown or expired."""
         found = self.feedback.lookup(request_id)
         if found is None:
             return False
-        model_key, arm_key = found
-        keys: list[tuple[_Series, tuple[str, ...]]] = [(self._models, model_key)]
+        series_key, arm_key = found
+        keys: list[tuple[_Series, tuple[str, ...]]] = [(self._models, series_key)]
         if arm_key is not None:
             keys.append((self._arms, arm_key))
         for series, key in keys:
@@ -190,7 +198,7 @@ class RoutingStats:
     def to_proto(self, model: str = "", route: str = "") -> router_pb2.GetRoutingStatsResponse:
         reply = router_pb2.GetRoutingStatsResponse()
         for (name, version), traffic in sorted(self._models.items()):
-            if model and model not in (name, f"{name}@{version}"):
+            if model and model not in (name, model_key(name, version)):
                 continue
             reply.models.append(
                 router_pb2.ModelStats(

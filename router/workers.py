@@ -50,7 +50,7 @@ class WorkerHandle:
     channel: grpc.aio.Channel
     stub: worker_pb2_grpc.WorkerServiceAsyncStub
     status: worker_pb2.WorkerStatus | None = None
-    # True while the status watch is live: the skeleton's notion of healthy.
+    # True while the status watch is live: what the `healthy` filter checks.
     watching: bool = False
     last_error: str = ""
 
@@ -77,8 +77,7 @@ class WorkerHandle:
             worker_id=self.worker_id,
             address=self.address,
             healthy=self.watching,
-            # No breakers before issue 5: every worker takes requests.
-            breaker=router_pb2.BREAKER_STATE_CLOSED,
+            breaker=router_pb2.BREAKER_STATE_CLOSED,  # the service fills in the real state
             status=self.status,
         )
 
@@ -125,8 +124,6 @@ class WorkerPool:
         self._retiring.clear()
         for handle in self.workers:
             await handle.channel.close()
-
-    # -- membership changes from discovery (issue 5) -----------------------------------
 
     def add(self, address: str) -> WorkerHandle:
         """Add a worker (no-op if known); its status watch starts if the pool has."""

@@ -1,20 +1,30 @@
-"""Settings of the worker process, from MODELYARD_WORKER_* variables or flags."""
+"""The worker's one settings object, from MODELYARD_WORKER_* variables or flags.
+
+Built once in `worker.main` and passed down. Nested: `tls` (MODELYARD_WORKER_TLS_*,
+from the kernel's base) and `artifacts` (MODELYARD_WORKER_ARTIFACTS_*; the older
+MODELYARD_ARTIFACTS_* names the chart uses are read as well).
+"""
 
 from __future__ import annotations
 
 import os
 import socket
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field
+from pydantic_settings import SettingsConfigDict
+
+from modelyard.settings import ServiceSettings
+from worker.artifacts.settings import ArtifactSettings
 
 
 def _default_threads() -> int:
     return os.cpu_count() or 1
 
 
-class WorkerSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="MODELYARD_WORKER_", extra="ignore")
+class WorkerSettings(ServiceSettings):
+    """Everything a worker process reads from its environment and flags."""
+
+    model_config = SettingsConfigDict(env_prefix="MODELYARD_WORKER_", validate_by_name=True)
 
     address: str = Field(
         default="127.0.0.1:50061",
@@ -105,6 +115,23 @@ class WorkerSettings(BaseSettings):
         description="Port of the Prometheus /metrics endpoint; 0: off.",
     )
     log_level: str = Field(default="INFO", description="Log level: DEBUG, INFO, WARNING or ERROR.")
+    admin_token: str = Field(
+        default="",
+        description="Bearer token LoadModel and UnloadModel need; empty: those are open.",
+    )
+    api_key: str = Field(
+        default="",
+        description=(
+            "Bearer key Generate, GetStatus and WatchStatus need (the routers send it as "
+            "MODELYARD_ROUTER_WORKER_API_KEY); empty: open."
+        ),
+    )
+    artifacts: ArtifactSettings = Field(
+        default_factory=ArtifactSettings,
+        # Aliases skip env_prefix: the prefixed form, and MODELYARD_ARTIFACTS_* as before.
+        validation_alias=AliasChoices("modelyard_worker_artifacts", "modelyard_artifacts"),
+        description="The artifact cache (also read from MODELYARD_ARTIFACTS_*).",
+    )
 
     def resolved_worker_id(self, port: int) -> str:
         """The configured id, or one derived from the bound port (or host name for port 0)."""

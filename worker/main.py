@@ -1,10 +1,15 @@
-"""The worker process: wire settings, model manager and servicer to a gRPC server."""
+"""The worker process: build every collaborator once from the settings and wire them to a server.
+
+settings -> artifact store -> model loader (+ engine factories) -> model manager ->
+servicer, behind the worker's gate, on one gRPC server.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,22 +17,25 @@ import grpc
 
 from modelyard.discovery import WORKER_SERVICE
 from modelyard.discovery.consul import register_service
-from modelyard.security import worker_gate
-from modelyard.tls import tls_from_env
 from modelyard.server import RunningServer, host_of, start_server, wait_for_signal
 from modelyard.telemetry import setup_logging, setup_tracing, shutdown_tracing
-from modelyard.v1 import common_pb2, worker_pb2, worker_pb2_grpc
+from modelyard.v1 import common_pb2, worker_pb2_grpc
+from worker.artifacts import ArtifactStore
+from worker.auth import SERVICE_NAME, worker_gate
 from worker.config import WorkerSettings
-from worker.manager import ModelManager
+from worker.counters import ChangeNotifier
+from worker.engines import EngineFactory, available_engines
 from worker.metrics import serve_metrics
-from worker.preload import read_preload
+from worker.residency import ModelLoader, ModelManager
+from worker.residency.preload import read_preload
 from worker.service import WorkerServicer
-from worker.status_report import WorkerIdentity
+from worker.status import WorkerIdentity, detect_device
 
 log = logging.getLogger(__name__)
 
-SERVICE_NAME = worker_pb2.DESCRIPTOR.services_by_name["WorkerService"].full_name
 STOP_GRACE_S = 5.0
+
+__all__ = ["SERVICE_NAME", "RunningWorker", "build_manager", "run", "serve", "start_worker"]
 
 
 @dataclass
@@ -54,27 +62,42 @@ class RunningWorker:
             await asyncio.to_thread(self._stop_metrics)
 
 
+def build_manager(
+    settings: WorkerSettings,
+    *,
+    store: ArtifactStore | None = None,
+    engines: Mapping[common_pb2.Engine.ValueType, EngineFactory] | None = None,
+    notifier: ChangeNotifier | None = None,
+) -> ModelManager:
+    """The model manager and what it is given: the artifact store and the engine factories
+    (by default the store of `settings.artifacts` and the engines installed here)."""
+    store = store if store is not None else ArtifactStore(settings.artifacts)
+    engines = engines if engines is not None else available_engines()
+    return ModelManager(settings, ModelLoader(settings, store, engines), notifier=notifier)
+
+
 async def start_worker(settings: WorkerSettings) -> RunningWorker:
     """Start the worker's gRPC server (and /metrics if configured); returns once listening."""
     # Read first: a malformed preload file stops the worker before it listens.
     entries = read_preload(Path(settings.preload)) if settings.preload else []
-    manager = ModelManager(settings)
+    manager = build_manager(settings)
+    device, device_name = detect_device(manager.engines)
     # The id and address may depend on the port bound below: placeholders until then.
-    servicer = WorkerServicer(manager, WorkerIdentity(settings.worker_id, settings.address))
+    identity = WorkerIdentity(settings.worker_id, settings.address, device, device_name)
+    servicer = WorkerServicer(manager, identity)
 
     def register(server: grpc.aio.Server) -> None:
         worker_pb2_grpc.add_WorkerServiceServicer_to_server(servicer, server)
 
-    # -- security: MODELYARD_WORKER_TLS_*, _ADMIN_TOKEN, _API_KEY (modelyard/security.py) --
     running = await start_server(
         settings.address,
         register,
         [SERVICE_NAME],
-        tls=tls_from_env("worker"),
-        interceptors=[worker_gate()],
+        tls=settings.tls,
+        interceptors=[worker_gate(settings.admin_token, settings.api_key)],
     )
-    # -- end security --
-    servicer.identity = WorkerIdentity(
+    servicer.identity = dataclasses.replace(
+        identity,
         worker_id=settings.resolved_worker_id(running.port),
         address=settings.resolved_address(running.port),
     )
@@ -96,7 +119,7 @@ async def serve(settings: WorkerSettings, *, on_ready: Callable[[int], None] | N
         f"{host_of(settings.address)}:{worker.port}",
         worker.identity.address,
     )
-    # -- Consul registration (issue 5); a no-op unless MODELYARD_CONSUL_ADDRESS is set --
+    # A no-op unless MODELYARD_CONSUL_ADDRESS is set.
     host, _, port = worker.identity.address.rpartition(":")
     registration = register_service(
         name=WORKER_SERVICE,
@@ -105,7 +128,7 @@ async def serve(settings: WorkerSettings, *, on_ready: Callable[[int], None] | N
         host=host.strip("[]"),
         service_id=worker.identity.worker_id,
         grpc_service=SERVICE_NAME,
-        tls=tls_from_env("worker").enabled,  # Consul checks over TLS
+        tls=settings.tls.enabled,  # Consul checks over TLS
         meta={
             "engines": ",".join(
                 common_pb2.Engine.Name(e).removeprefix("ENGINE_").lower()
@@ -114,14 +137,13 @@ async def serve(settings: WorkerSettings, *, on_ready: Callable[[int], None] | N
             "device": worker.identity.device,
         },
     )
-    # -- end Consul registration --
     if on_ready is not None:
         on_ready(worker.port)
     try:
         await wait_for_signal()
         log.info("worker stopping")
     finally:
-        await registration.close()  # deregister (issue 5) before draining
+        await registration.close()  # deregister before draining
         await worker.stop()
 
 

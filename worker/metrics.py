@@ -14,8 +14,8 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from worker.manager import ModelManager
-from worker.status_report import model_status
+from worker.residency import ModelManager
+from worker.status import model_status
 
 log = logging.getLogger(__name__)
 

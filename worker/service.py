@@ -12,8 +12,8 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
-from typing import Any, TypeVar
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any
 
 import grpc
 from google.protobuf import duration_pb2
@@ -21,10 +21,13 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.util.types import AttributeValue
 
-from modelyard.errors import DeadlineExceeded, InvalidArgument, grpc_errors
+from modelyard.errors import InvalidArgument, grpc_errors
+from modelyard.pricing import cost_of
+from modelyard.refs import ModelKey, key_of, model_key
+from modelyard.tokens import estimate_prompt_tokens, max_tokens_of
 from modelyard.v1 import common_pb2, model_pb2, worker_pb2, worker_pb2_grpc
-from modelyard.tokens import max_tokens_of
 from modelyard.validation import check_generation
+from worker.admission import within
 from worker.engines.base import (
     ChatTurn,
     EngineEvent,
@@ -35,9 +38,8 @@ from worker.engines.base import (
     SamplingConfig,
     Scheduled,
 )
-from worker.manager import Lease, ModelManager
-from worker.scheduler import estimate_prompt_tokens
-from worker.status_report import WorkerIdentity, build_worker_status, model_status
+from worker.residency import Lease, ModelManager
+from worker.status import WorkerIdentity, build_worker_status, model_status
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("modelyard.worker")
@@ -45,7 +47,6 @@ tracer = trace.get_tracer("modelyard.worker")
 DEFAULT_HEARTBEAT_S = 5.0
 MIN_HEARTBEAT_S = 0.05
 
-T = TypeVar("T")
 
 FINISH_REASONS = {
     FinishReason.STOP: common_pb2.FINISH_REASON_STOP,
@@ -56,12 +57,15 @@ FINISH_REASONS = {
 }
 
 
-def check_model_ref(model: model_pb2.Model) -> None:
+def checked_key(model: model_pb2.Model) -> ModelKey:
+    """The model's key, once its name and version are checked: the one validation, here at
+    the boundary; the manager and everything behind it trust the key."""
     missing = [f for f in ("name", "version") if not getattr(model, f)]
     if missing:
         raise InvalidArgument.for_field(
             "model", f"the full model version is required; missing {' and '.join(missing)}"
         )
+    return key_of(model)
 
 
 def engine_request(request: worker_pb2.WorkerServiceGenerateRequest) -> EngineRequest:
@@ -89,8 +93,7 @@ def engine_request(request: worker_pb2.WorkerServiceGenerateRequest) -> EngineRe
 
 def queued_tokens(request: worker_pb2.WorkerServiceGenerateRequest, max_tokens: int) -> int:
     """What the request costs the queue: estimated prompt tokens + max_tokens."""
-    chars = len(request.prompt) + sum(len(m.content) + len(m.role) for m in request.messages)
-    return estimate_prompt_tokens(chars) + max_tokens
+    return estimate_prompt_tokens(request.prompt, request.messages) + max_tokens
 
 
 def seconds_of(duration: duration_pb2.Duration) -> float:
@@ -105,6 +108,14 @@ class _Clock:
         self.scheduled = 0.0
         self.first_token = 0.0
         self.last_token = 0.0
+
+    def tokens_arrived(self) -> bool:
+        """Tokens came now; True when they are the first."""
+        self.last_token = time.monotonic()
+        if self.first_token:
+            return False
+        self.first_token = self.last_token
+        return True
 
     def timings(self, load_ms: float, output_tokens: int) -> common_pb2.Timings:
         end = time.monotonic()
@@ -175,14 +186,34 @@ class _Spans:
             setattr(self, name, None)
 
 
-async def _within(deadline: float | None, awaitable: Awaitable[T], doing: str) -> T:
-    """Await with the RPC's deadline (monotonic seconds), as DEADLINE_EXCEEDED."""
-    if deadline is None:
-        return await awaitable
-    try:
-        return await asyncio.wait_for(awaitable, max(deadline - time.monotonic(), 0.0))
-    except TimeoutError:
-        raise DeadlineExceeded(f"the deadline passed while {doing}") from None
+def _log_finished(
+    request_id: str, lease: Lease, event: Finished, finished: common_pb2.GenerationFinished
+) -> None:
+    log.debug(
+        "%s on %s: %d prompt + %d output tokens, %s, ttft %.0f ms, %.1f tok/s",
+        request_id or "-",
+        lease.resident.key,
+        finished.usage.input_tokens,
+        finished.usage.output_tokens,
+        event.reason.value,
+        finished.timings.ttft_ms,
+        finished.timings.decode_tokens_per_second,
+    )
+
+
+def _span_attributes(
+    request: worker_pb2.WorkerServiceGenerateRequest, key: ModelKey, request_id: str
+) -> dict[str, AttributeValue]:
+    """The request's span attributes; route and arm as the router sent them, for tracing only."""
+    attributes: dict[str, AttributeValue] = {
+        "gen_ai.request.model": key,
+        "modelyard.request_id": request_id,
+    }
+    if request.route:
+        attributes["modelyard.route"] = request.route
+    if request.arm:
+        attributes["modelyard.arm"] = request.arm
+    return attributes
 
 
 class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
@@ -197,14 +228,13 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[worker_pb2.WorkerServiceGenerateResponse]:
         clock = _Clock()
-        check_model_ref(request.model)
+        key = checked_key(request.model)
         check_generation(request.prompt, request.messages, request.sampling)
         remaining = context.time_remaining()
         deadline = clock.received + remaining if remaining is not None else None
         req = engine_request(request)
         request_id = request.request_id or req.request_id
-        key = f"{request.model.name}@{request.model.version}"
-        spans = _Spans({"gen_ai.request.model": key, "modelyard.request_id": request_id})
+        spans = _Spans(_span_attributes(request, key, request_id))
         error: BaseException | None = None
         try:
             async with contextlib.AsyncExitStack() as stack:
@@ -245,18 +275,15 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         while True:
             doing = "decoding" if clock.first_token else "waiting in the queue"
             try:
-                event = await _within(deadline, anext(stream), doing)
+                event = await within(deadline, anext(stream), doing)
             except StopAsyncIteration:
                 return
             if isinstance(event, Scheduled):
                 clock.scheduled = time.monotonic()
                 spans.scheduled(event.input_tokens)
             elif isinstance(event, Piece):
-                if event.token_ids:
-                    clock.last_token = time.monotonic()
-                    if not clock.first_token:
-                        clock.first_token = clock.last_token
-                        spans.first_token()
+                if event.token_ids and clock.tokens_arrived():
+                    spans.first_token()
                 streamed += len(event.token_ids)
                 if event.text or event.token_ids:
                     yield worker_pb2.WorkerServiceGenerateResponse(
@@ -265,33 +292,22 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             else:
                 spans.finished(event)
                 finished = self._finished(event, streamed, lease, request.model, clock)
-                log.debug(
-                    "%s on %s: %d prompt + %d output tokens, %s, ttft %.0f ms, %.1f tok/s",
-                    request.request_id or "-",
-                    lease.resident.key,
-                    finished.usage.input_tokens,
-                    finished.usage.output_tokens,
-                    event.reason.value,
-                    finished.timings.ttft_ms,
-                    finished.timings.decode_tokens_per_second,
-                )
+                _log_finished(request.request_id, lease, event, finished)
                 yield worker_pb2.WorkerServiceGenerateResponse(finished=finished)
                 return
 
     def _started(
         self, request: worker_pb2.WorkerServiceGenerateRequest, request_id: str, lease: Lease
     ) -> worker_pb2.WorkerServiceGenerateResponse:
+        # Route, arm and attempt are the router's to report: it fills them in itself.
         return worker_pb2.WorkerServiceGenerateResponse(
             started=common_pb2.GenerationStarted(
                 request_id=request_id,
                 model=request.model.name,
                 version=request.model.version,
                 worker_id=self.identity.worker_id,
-                route=request.route,
-                arm=request.arm,
                 engine=lease.resident.engine_kind,
                 cold_start=lease.cold_start,
-                attempt=request.attempt or 1,
             )
         )
 
@@ -300,23 +316,20 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         event: Finished, streamed: int, lease: Lease, model: model_pb2.Model, clock: _Clock
     ) -> common_pb2.GenerationFinished:
         # Usage counts what was streamed, which is what the contract promises.
-        input_usd = event.input_tokens / 1000 * model.pricing.input_usd_per_1k_tokens
-        output_usd = streamed / 1000 * model.pricing.output_usd_per_1k_tokens
+        usage = common_pb2.Usage(input_tokens=event.input_tokens, output_tokens=streamed)
         return common_pb2.GenerationFinished(
             finish_reason=FINISH_REASONS[event.reason],
             stop_sequence=event.stop_sequence,
-            usage=common_pb2.Usage(input_tokens=event.input_tokens, output_tokens=streamed),
+            usage=usage,
             timings=clock.timings(lease.load_ms, streamed),
-            cost=common_pb2.Cost(
-                input_usd=input_usd, output_usd=output_usd, total_usd=input_usd + output_usd
-            ),
+            cost=cost_of(model.pricing, usage),
         )
 
     @grpc_errors
     async def LoadModel(
         self, request: worker_pb2.LoadModelRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> worker_pb2.LoadModelResponse:
-        check_model_ref(request.model)
+        checked_key(request.model)
         keep_alive = seconds_of(request.keep_alive) if request.HasField("keep_alive") else None
         result = await self._manager.load(
             request.model, request.engine, pin=request.pin, keep_alive_s=keep_alive
@@ -334,7 +347,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         if not request.name or not request.version:
             raise InvalidArgument.for_field("name", "name and version are both required")
         result = await self._manager.unload(
-            request.name, request.version, seconds_of(request.grace_period)
+            model_key(request.name, request.version), seconds_of(request.grace_period)
         )
         return worker_pb2.UnloadModelResponse(
             cancelled_requests=result.cancelled_requests, freed_bytes=result.freed_bytes

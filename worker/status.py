@@ -1,150 +1,106 @@
-"""The numbers a worker's status is built from, and the signal that they changed.
-
-Engines update `SequenceCounters` from their decode thread; WatchStatus waits on
-`ChangeNotifier`. Both are thread-safe so no engine has to hop to the event loop
-to count a token.
-"""
+"""The worker's state as the contract's WorkerStatus and ModelStatus (numbers: counters.py)."""
 
 from __future__ import annotations
 
-import asyncio
-import collections
-import contextlib
-import threading
+import platform
+import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Collection
+from dataclasses import dataclass, field
 
-RATE_WINDOW_S = 5.0
+from google.protobuf import timestamp_pb2
+
+import modelyard
+from modelyard.v1 import common_pb2, worker_pb2
+from worker.residency import ModelManager, ResidencyState, Resident
+from worker.residency.memory import cuda_memory, gpu_name
+
+RESIDENCY = {
+    ResidencyState.COLD: worker_pb2.RESIDENCY_STATE_COLD,
+    ResidencyState.LOADING: worker_pb2.RESIDENCY_STATE_LOADING,
+    ResidencyState.WARM: worker_pb2.RESIDENCY_STATE_WARM,
+    ResidencyState.DRAINING: worker_pb2.RESIDENCY_STATE_DRAINING,
+    ResidencyState.FAILED: worker_pb2.RESIDENCY_STATE_FAILED,
+}
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def detect_device(engines: Collection[common_pb2.Engine.ValueType]) -> tuple[str, str]:
+    """(device, its name) the models run on: "cuda" when vLLM has a CUDA device, "metal" on
+    Apple silicon (llama.cpp's Metal build), else "cpu"."""
+    if common_pb2.ENGINE_VLLM in engines and cuda_memory() is not None:
+        return "cuda", gpu_name() or "CUDA device"
+    if sys.platform == "darwin" and platform.machine() == "arm64":
+        return "metal", cpu_name()
+    return "cpu", cpu_name()
 
 
 @dataclass(frozen=True)
-class CounterSnapshot:
-    running_sequences: int = 0
-    queued_requests: int = 0
-    queued_tokens: int = 0
-    generated_tokens_total: int = 0
-    tokens_per_second: float = 0.0
+class WorkerIdentity:
+    worker_id: str
+    address: str
+    device: str = "cpu"  # what detect_device says; worker.main fills it in
+    device_name: str = field(default_factory=cpu_name)
 
 
-class ChangeNotifier:
-    """A version number that bumps on every status change, awaitable from the event loop.
-
-    `notify()` may be called from any thread; waiters live on the loop that first waited.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._version = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._event: asyncio.Event | None = None
-        self.closed = False
-
-    @property
-    def version(self) -> int:
-        return self._version
-
-    def close(self) -> None:
-        """Shutting down: wake every waiter for good, so status watches can end."""
-        self.closed = True
-        self.notify()
-
-    def notify(self) -> None:
-        with self._lock:
-            self._version += 1
-            loop = self._loop
-        if loop is None or loop.is_closed():
-            return
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is loop:
-            self._wake()
-        else:
-            loop.call_soon_threadsafe(self._wake)
-
-    def _wake(self) -> None:
-        # Swap the event so waiters that arrive after this wake-up wait for the next one.
-        event, self._event = self._event, None
-        if event is not None:
-            event.set()
-
-    async def wait(self, since: int, within_s: float) -> int:
-        """Return the version once it differs from `since`, or after `within_s` seconds."""
-        self._loop = asyncio.get_running_loop()
-        if self._version != since or self.closed:
-            return self._version
-        if self._event is None:
-            self._event = asyncio.Event()
-        event = self._event
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), within_s)
-        return self._version
+def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    ts.FromNanoseconds(int(seconds * 1e9))
+    return ts
 
 
-class SequenceCounters:
-    """Queue, running and token counters of one model, kept across reloads."""
+def model_status(r: Resident) -> worker_pb2.ModelStatus:
+    snap = r.counters.snapshot()
+    status = worker_pb2.ModelStatus(
+        name=r.model.name,
+        version=r.model.version,
+        state=RESIDENCY[r.state],
+        engine=r.engine_kind,
+        memory_bytes=r.memory_bytes,
+        pinned=r.pinned,
+        in_flight=r.refcount,
+        queued_requests=snap.queued_requests,
+        queued_tokens=snap.queued_tokens,
+        running_sequences=snap.running_sequences,
+        tokens_per_second=snap.tokens_per_second,
+        error=r.error,
+        generated_tokens_total=snap.generated_tokens_total,
+    )
+    if r.state is ResidencyState.LOADING:
+        status.load_phase = r.progress.phase.value
+        status.download_bytes_done = r.progress.bytes_done
+        status.download_bytes_total = r.progress.bytes_total
+    if r.last_used:
+        status.last_used.CopyFrom(_timestamp(r.last_used))
+    return status
 
-    def __init__(self, notifier: ChangeNotifier | None = None) -> None:
-        self._lock = threading.Lock()
-        self._notifier = notifier
-        self._queued_requests = 0
-        self._queued_tokens = 0
-        self._running = 0
-        self._generated_total = 0
-        # (whole second, tokens in it) buckets for the short throughput window.
-        self._buckets: collections.deque[tuple[int, int]] = collections.deque()
 
-    def enqueued(self, tokens: int) -> None:
-        with self._lock:
-            self._queued_requests += 1
-            self._queued_tokens += tokens
-        self._changed()
-
-    def dequeued(self, tokens: int) -> None:
-        with self._lock:
-            self._queued_requests -= 1
-            self._queued_tokens -= tokens
-        self._changed()
-
-    def started(self) -> None:
-        with self._lock:
-            self._running += 1
-        self._changed()
-
-    def finished(self) -> None:
-        with self._lock:
-            self._running -= 1
-        self._changed()
-
-    def generated(self, tokens: int = 1) -> None:
-        # Not a status change on its own: heartbeats carry throughput.
-        second = int(time.monotonic())
-        with self._lock:
-            self._generated_total += tokens
-            if self._buckets and self._buckets[-1][0] == second:
-                self._buckets[-1] = (second, self._buckets[-1][1] + tokens)
-            else:
-                self._buckets.append((second, tokens))
-            self._trim(second)
-
-    def snapshot(self) -> CounterSnapshot:
-        now = int(time.monotonic())
-        with self._lock:
-            self._trim(now)
-            recent = sum(n for _, n in self._buckets)
-            return CounterSnapshot(
-                running_sequences=self._running,
-                queued_requests=self._queued_requests,
-                queued_tokens=self._queued_tokens,
-                generated_tokens_total=self._generated_total,
-                tokens_per_second=recent / RATE_WINDOW_S,
-            )
-
-    def _trim(self, now: int) -> None:
-        while self._buckets and self._buckets[0][0] <= now - RATE_WINDOW_S:
-            self._buckets.popleft()
-
-    def _changed(self) -> None:
-        if self._notifier is not None:
-            self._notifier.notify()
+def build_worker_status(identity: WorkerIdentity, manager: ModelManager) -> worker_pb2.WorkerStatus:
+    models = [model_status(r) for r in manager.residents()]
+    return worker_pb2.WorkerStatus(
+        worker_id=identity.worker_id,
+        address=identity.address,
+        engines=list(manager.engines),
+        device=identity.device,
+        device_name=identity.device_name,
+        memory_budget_bytes=manager.budget_bytes,
+        memory_used_bytes=manager.used_bytes,
+        models=models,
+        running_sequences=sum(m.running_sequences for m in models),
+        queued_requests=sum(m.queued_requests for m in models),
+        queued_tokens=sum(m.queued_tokens for m in models),
+        tokens_per_second=sum(m.tokens_per_second for m in models),
+        sequence=manager.notifier.version,
+        updated_at=_timestamp(time.time()),
+        version=modelyard.__version__,
+    )

@@ -172,25 +172,65 @@ def show(
     print_model(model, json_out)
 
 
+_UriOpt = Annotated[str | None, typer.Option(help="Artifact URI: file://, https://, s3://, hf://")]
+_Sha256Opt = Annotated[str | None, typer.Option(help="Artifact sha256 (hex).")]
+_ContextOpt = Annotated[int | None, typer.Option(help="Context window in tokens.")]
+_TagOpt = Annotated[list[str] | None, typer.Option(help="Capability tag; repeatable.")]
+_FormatOpt = Annotated[str | None, typer.Option("--format", help="gguf or hf.")]
+_EngineOpt = Annotated[
+    list[str] | None, typer.Option(help="Allowed engine, in preference order; repeatable.")
+]
+_CompletionOpt = Annotated[
+    bool | None, typer.Option("--completion/--no-completion", help="Supports completion.")
+]
+
+
+def _set_scalars(model: model_pb2.Model, values: dict[str, str | int | bool | None]) -> None:
+    """Set each dotted field path whose flag was given (None: keep the file's value)."""
+    for path, value in values.items():
+        if value is None:
+            continue
+        *parents, leaf = path.split(".")
+        target: Any = model
+        for part in parents:
+            target = getattr(target, part)
+        setattr(target, leaf, value)
+
+
+def _set_enums(
+    model: model_pb2.Model,
+    artifact_format: str | None,
+    stage: str | None,
+    engines: list[str] | None,
+) -> None:
+    if artifact_format is not None:
+        model.artifact.format = model_pb2.ArtifactFormat.ValueType(
+            enum_value(model_pb2.ArtifactFormat, "ARTIFACT_FORMAT_", artifact_format, "--format")
+        )
+    if stage is not None:
+        model.stage = model_pb2.Stage.ValueType(
+            enum_value(model_pb2.Stage, "STAGE_", stage, "--stage")
+        )
+    if engines:
+        model.engines[:] = [
+            common_pb2.Engine.ValueType(enum_value(common_pb2.Engine, "ENGINE_", e, "--engine"))
+            for e in engines
+        ]
+
+
 @app.command("register")
 def register(
     file: FileOpt = None,
     name: Annotated[str | None, typer.Option(help="Model name.")] = None,
     version: Annotated[str | None, typer.Option(help="Version, e.g. 1 or 2024-11-01.")] = None,
-    uri: Annotated[
-        str | None, typer.Option(help="Artifact URI: file://, https://, s3://, hf://")
-    ] = None,
-    sha256: Annotated[str | None, typer.Option(help="Artifact sha256 (hex).")] = None,
-    artifact_format: Annotated[str | None, typer.Option("--format", help="gguf or hf.")] = None,
-    engine: Annotated[
-        list[str] | None, typer.Option(help="Allowed engine, in preference order; repeatable.")
-    ] = None,
+    uri: _UriOpt = None,
+    sha256: _Sha256Opt = None,
+    artifact_format: _FormatOpt = None,
+    engine: _EngineOpt = None,
     chat: Annotated[bool | None, typer.Option("--chat/--no-chat", help="Supports chat.")] = None,
-    completion: Annotated[
-        bool | None, typer.Option("--completion/--no-completion", help="Supports completion.")
-    ] = None,
-    context_length: Annotated[int | None, typer.Option(help="Context window in tokens.")] = None,
-    tag: Annotated[list[str] | None, typer.Option(help="Capability tag; repeatable.")] = None,
+    completion: _CompletionOpt = None,
+    context_length: _ContextOpt = None,
+    tag: _TagOpt = None,
     label: Annotated[list[str] | None, typer.Option(help="key=value label; repeatable.")] = None,
     stage: Annotated[str | None, typer.Option(help="staging (default) or production.")] = None,
     description: Annotated[str | None, typer.Option(help="Free text.")] = None,
@@ -201,41 +241,23 @@ def register(
     """Register a model version (idempotent: the same content again changes nothing)."""
     with cli_errors(), registry_stub(registry) as stub:
         model = load_message(file, model_pb2.Model())
-        for field_name, value in (
-            ("name", name),
-            ("version", version),
-            ("description", description),
-        ):
-            if value is not None:
-                setattr(model, field_name, value)
-        if uri is not None:
-            model.artifact.uri = uri
-        if sha256 is not None:
-            model.artifact.sha256 = sha256
-        if artifact_format is not None:
-            model.artifact.format = model_pb2.ArtifactFormat.ValueType(
-                enum_value(
-                    model_pb2.ArtifactFormat, "ARTIFACT_FORMAT_", artifact_format, "--format"
-                )
-            )
-        if engine:
-            model.engines[:] = [
-                common_pb2.Engine.ValueType(enum_value(common_pb2.Engine, "ENGINE_", e, "--engine"))
-                for e in engine
-            ]
-        if chat is not None:
-            model.capabilities.chat = chat
-        if completion is not None:
-            model.capabilities.completion = completion
-        if context_length is not None:
-            model.capabilities.context_length = context_length
+        _set_scalars(
+            model,
+            {
+                "name": name,
+                "version": version,
+                "description": description,
+                "artifact.uri": uri,
+                "artifact.sha256": sha256,
+                "capabilities.chat": chat,
+                "capabilities.completion": completion,
+                "capabilities.context_length": context_length,
+            },
+        )
+        _set_enums(model, artifact_format, stage, engine)
         if tag:
             model.capabilities.tags[:] = tag
         model.labels.update(parse_labels(label or []))
-        if stage is not None:
-            model.stage = model_pb2.Stage.ValueType(
-                enum_value(model_pb2.Stage, "STAGE_", stage, "--stage")
-            )
         reply = call(
             stub.RegisterModel, registry_pb2.RegisterModelRequest(model=model), admin_token
         )

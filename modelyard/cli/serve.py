@@ -13,6 +13,11 @@ import typer
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings
 
+from modelyard.cli.envdoc import epilog
+from registry.config import RegistrySettings
+from router.config import RouterSettings
+from worker.config import WorkerSettings
+
 registry_app = typer.Typer(help="The Registry service: the catalogue of models and routes.")
 worker_app = typer.Typer(help="The Worker service: holds models in memory and streams tokens.")
 router_app = typer.Typer(help="The Router service: the public API; picks model and worker.")
@@ -36,7 +41,7 @@ def build_settings(cls: type[S], **flags: Any) -> S:
         raise typer.Exit(2) from err
 
 
-@registry_app.command("serve")
+@registry_app.command("serve", epilog=epilog(RegistrySettings))
 def registry_serve(
     address: Annotated[
         str | None, typer.Option(help="host:port to listen on. Env: MODELYARD_REGISTRY_ADDRESS.")
@@ -57,7 +62,6 @@ def registry_serve(
     log_level: LogLevel = None,
 ) -> None:
     """Run the registry. Admin token for writes: MODELYARD_REGISTRY_ADMIN_TOKEN."""
-    from registry.config import RegistrySettings
     from registry.main import run
 
     run(
@@ -80,7 +84,6 @@ def registry_migrate(
     to: Annotated[str, typer.Option(help="Target schema revision.")] = "head",
 ) -> None:
     """Apply the catalogue's schema migrations (the registry also does at start)."""
-    from registry.config import RegistrySettings
     from registry.migrate import migrate_url
 
     settings = build_settings(RegistrySettings, database_url=database_url)
@@ -88,7 +91,7 @@ def registry_migrate(
     typer.echo(f"schema {result.before or 'empty'} -> {result.after}")
 
 
-@worker_app.command("serve")
+@worker_app.command("serve", epilog=epilog(WorkerSettings))
 def worker_serve(
     address: Annotated[
         str | None, typer.Option(help="host:port to listen on. Env: MODELYARD_WORKER_ADDRESS.")
@@ -111,7 +114,6 @@ def worker_serve(
     log_level: LogLevel = None,
 ) -> None:
     """Run a worker."""
-    from worker.config import WorkerSettings
     from worker.main import run
 
     run(
@@ -127,7 +129,7 @@ def worker_serve(
     )
 
 
-@router_app.command("serve")
+@router_app.command("serve", epilog=epilog(RouterSettings))
 def router_serve(
     address: Annotated[
         str | None, typer.Option(help="host:port to listen on. Env: MODELYARD_ROUTER_ADDRESS.")
@@ -165,7 +167,6 @@ def router_serve(
     log_level: LogLevel = None,
 ) -> None:
     """Run a router. Consul discovery: MODELYARD_CONSUL_ADDRESS (see docs/operations.md)."""
-    from router.config import RouterSettings
     from router.main import run
 
     run(

@@ -8,9 +8,9 @@ import grpc
 import typer
 from rich.table import Table
 
+from modelyard.auth import bearer_metadata
 from modelyard.cli.output import cli_errors, console, to_json
 from modelyard.errors import from_rpc_error
-from modelyard.auth import bearer_metadata
 from modelyard.v1 import router_pb2, router_pb2_grpc, worker_pb2
 
 RouterOpt = Annotated[

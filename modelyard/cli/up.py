@@ -32,6 +32,16 @@ DEMO_SYSTEM = "You are a helpful assistant."
 HTTP_PORT_OFFSET = 30  # the OpenAI-compatible front: 50080 next to the router's 50050
 
 
+_BasePortOpt = Annotated[
+    int,
+    typer.Option(
+        help="Router on this port, registry on +1, worker on +2, the router's "
+        "OpenAI-compatible HTTP front on +30 (http://127.0.0.1:50080/v1 by default). "
+        "0 picks free ports."
+    ),
+]
+
+
 def up(
     prompt: Annotated[
         str, typer.Option(help="The demo prompt streamed once the mesh is up ('' to skip).")
@@ -39,14 +49,7 @@ def up(
     once: Annotated[
         bool, typer.Option("--once", help="Stop everything after the demo generation.")
     ] = False,
-    base_port: Annotated[
-        int,
-        typer.Option(
-            help="Router on this port, registry on +1, worker on +2, the router's "
-            "OpenAI-compatible HTTP front on +30 (http://127.0.0.1:50080/v1 by default). "
-            "0 picks free ports."
-        ),
-    ] = 50050,
+    base_port: _BasePortOpt = 50050,
     data_dir: Annotated[Path, typer.Option(help="Registry database and service logs.")] = Path(
         "~/.modelyard"
     ),
@@ -61,29 +64,12 @@ def up(
     streams a demo answer, then serves until Ctrl-C (or exits with --once). The router
     also answers OpenAI's API on base port + 30 (http://127.0.0.1:50080/v1 by default).
     """
-    data_dir = data_dir.expanduser()
     try:
         model = smollm2_model()
     except BundledModelMissing as err:
         err_console.print(f"[red]{err}[/red]")
         raise typer.Exit(1) from err
-    offsets = (0, 1, 2, HTTP_PORT_OFFSET)  # router, registry, worker, OpenAI front
-    ports = [base_port + o for o in offsets] if base_port else [0] * len(offsets)
-    busy = [p for p in ports if p and not port_is_free(p)]
-    if busy:
-        err_console.print(
-            f"[red]port(s) {', '.join(map(str, busy))} already in use[/red]: "
-            "is another `modelyard up` running? Use --base-port N, or 0 for free ports."
-        )
-        raise typer.Exit(1)
-    mesh = LocalMesh(
-        data_dir=data_dir,
-        router_port=ports[0],
-        registry_port=ports[1],
-        worker_ports=[ports[2]],
-        worker_threads=threads,
-        router_http_port=ports[3],
-    )
+    mesh = _local_mesh(data_dir.expanduser(), base_port, threads)
     # SIGTERM ends `up` like Ctrl-C does, so the children are always stopped. SIGINT is
     # set too: a shell starts background jobs with it ignored, and Python keeps that.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
@@ -110,6 +96,27 @@ def up(
     finally:
         mesh.stop()
     console.print("[dim]all services stopped[/dim]")
+
+
+def _local_mesh(data_dir: Path, base_port: int, threads: int | None) -> LocalMesh:
+    """The mesh on base_port's neighbours, or a clear exit when one of them is taken."""
+    offsets = (0, 1, 2, HTTP_PORT_OFFSET)  # router, registry, worker, OpenAI front
+    ports = [base_port + o for o in offsets] if base_port else [0] * len(offsets)
+    busy = [p for p in ports if p and not port_is_free(p)]
+    if busy:
+        err_console.print(
+            f"[red]port(s) {', '.join(map(str, busy))} already in use[/red]: "
+            "is another `modelyard up` running? Use --base-port N, or 0 for free ports."
+        )
+        raise typer.Exit(1)
+    return LocalMesh(
+        data_dir=data_dir,
+        router_port=ports[0],
+        registry_port=ports[1],
+        worker_ports=[ports[2]],
+        worker_threads=threads,
+        router_http_port=ports[3],
+    )
 
 
 def _show_addresses(mesh: LocalMesh) -> None:

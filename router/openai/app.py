@@ -1,9 +1,12 @@
-"""The Starlette app: three endpoints that translate to RouterService calls.
+"""The Starlette app: three endpoints that translate to the router's own operations.
 
-Every call goes to the router's own gRPC server over loopback, with a deadline, and is
-cancelled when the HTTP client goes away (so the worker stops decoding). Errors before
-the first token answer with the matching HTTP status; a failure after the stream has
-started ends it with an `error` event, which the OpenAI SDK raises.
+The front runs in the router's process and calls the router in process (no gRPC hop):
+the same validation, resolution, scheduling, retries, stats and deadlines as a gRPC
+client gets. With API keys configured it checks the key (`Authorization: Bearer <key>`)
+before it reads a body. A request is cancelled when its HTTP client goes away (so the
+worker stops decoding). Errors before the first token answer with the matching HTTP
+status; a failure after the stream has started ends it with an `error` event, which the
+OpenAI SDK raises.
 """
 
 from __future__ import annotations
@@ -12,30 +15,54 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable
-from typing import Any, TypeVar
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Sequence
+from contextlib import aclosing
+from typing import Any, Protocol, TypeVar
 
-import grpc
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from modelyard.v1 import router_pb2, router_pb2_grpc
-from router.openai import translate
-from router.openai.errors import OpenAIError, from_grpc, invalid
+from modelyard.auth import bearer_token, check_bearer
+from modelyard.errors import ModelyardError, Unauthenticated
+from modelyard.refs import key_of
+from modelyard.v1 import common_pb2, router_pb2
+from router.auth import client_guard
+from router.openai.errors import OpenAIError, from_error, invalid, unauthorized
 from router.openai.responses import Shape, finish_reason, sse
+from router.openai.translate import (
+    chat_request,
+    completion_request,
+    include_usage,
+    wants_stream,
+)
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+Events = AsyncGenerator[router_pb2.GenerateResponse, None]
+
+
+class RouterOperations(Protocol):
+    """What the front needs of the router (router.api.RouterApi in production)."""
+
+    def generate(
+        self, request: router_pb2.GenerateRequest, *, timeout_s: float | None
+    ) -> Events: ...
+
+    async def list_models(
+        self, *, timeout_s: float | None
+    ) -> router_pb2.RouterServiceListModelsResponse: ...
+
 
 def build_app(
-    stub: router_pb2_grpc.RouterServiceAsyncStub, *, timeout_s: float = 600.0
+    router: RouterOperations, *, api_keys: Sequence[str] = (), timeout_s: float = 600.0
 ) -> Starlette:
-    """The HTTP front over `stub` (a RouterService stub); `timeout_s` caps each request."""
-    front = _Front(stub, timeout_s)
+    """The HTTP front over `router`; `api_keys` (none: open) guard every endpoint and
+    `timeout_s` caps each request."""
+    front = _Front(router, api_keys, timeout_s)
     return Starlette(
         routes=[
             Route("/v1/chat/completions", front.chat, methods=["POST"]),
@@ -51,50 +78,55 @@ def build_app(
 
 
 class _Front:
-    def __init__(self, stub: router_pb2_grpc.RouterServiceAsyncStub, timeout_s: float) -> None:
-        self._stub = stub
+    def __init__(self, router: RouterOperations, api_keys: Sequence[str], timeout_s: float) -> None:
+        self._router = router
+        self._guard = client_guard(api_keys)
         self._timeout_s = timeout_s
 
     async def chat(self, request: Request) -> Response:
+        self._authorize(request)
         body = await _json_body(request)
-        return await self._generate(request, body, translate.chat_request(body), chat=True)
+        return await self._generate(request, body, chat_request(body), chat=True)
 
     async def completions(self, request: Request) -> Response:
+        self._authorize(request)
         body = await _json_body(request)
-        return await self._generate(request, body, translate.completion_request(body), chat=False)
+        return await self._generate(request, body, completion_request(body), chat=False)
 
     async def models(self, request: Request) -> Response:
+        self._authorize(request)
         reply = await _until_disconnect(
-            request,
-            self._stub.ListModels(
-                router_pb2.RouterServiceListModelsRequest(),
-                timeout=self._timeout_s,
-                metadata=_authorization(request),
-            ),
+            request, self._router.list_models(timeout_s=self._timeout_s)
         )
         data: list[dict[str, Any]] = []
         seen: set[str] = set()
         for servable in reply.models:
             m = servable.model
             created = m.created_at.seconds if m.HasField("created_at") else 0
-            for model_id in (m.name, f"{m.name}@{m.version}"):
+            for model_id in (m.name, key_of(m)):
                 if model_id not in seen:  # the bare name resolves as in gRPC
                     seen.add(model_id)
-                    data.append(
-                        {
-                            "id": model_id,
-                            "object": "model",
-                            "created": created,
-                            "owned_by": "modelyard",
-                        }
-                    )
+                    data.append(_model_entry(model_id, created))
         for route in reply.routes:
             if route.name not in seen:
                 seen.add(route.name)
-                data.append(
-                    {"id": route.name, "object": "model", "created": 0, "owned_by": "modelyard"}
-                )
+                data.append(_model_entry(route.name, 0))
         return JSONResponse({"object": "list", "data": data})
+
+    def _authorize(self, request: Request) -> None:
+        """401 unless the request carries one of the API keys (when any are configured)."""
+        if not self._guard.secrets:
+            return
+        sent = bearer_token(request.headers.items())
+        error = check_bearer(sent, self._guard, f"{request.method} {request.url.path}")
+        if error is not None:
+            missing = isinstance(error, Unauthenticated)
+            message = (
+                "no API key: send 'Authorization: Bearer <key>'"
+                if missing
+                else "the API key is not valid"
+            )
+            raise unauthorized(message, missing=missing)
 
     async def _generate(
         self,
@@ -104,25 +136,20 @@ class _Front:
         *,
         chat: bool,
     ) -> Response:
-        call = self._stub.Generate(
-            generate, timeout=self._deadline(request), metadata=_authorization(request)
-        )
-        events = aiter(call)
+        events = self._router.generate(generate, timeout_s=self._deadline(request))
         try:
-            # The router holds GenerationStarted until the first token: errors up to
+            # The relay holds GenerationStarted until the first token: errors up to
             # there (unknown model, no worker, bad input) still get their HTTP status.
             first = await _until_disconnect(request, anext(events))
         except BaseException:
-            call.cancel()
+            await events.aclose()
             raise
         shape = Shape(chat, first.started)
-        if translate.wants_stream(body):
-            stream = _stream(request, call, events, shape, translate.include_usage(body))
+        if wants_stream(body):
+            stream = _stream(request, events, shape, include_usage(body))
             return StreamingResponse(stream, media_type="text/event-stream")
-        try:
+        async with aclosing(events):
             return JSONResponse(await _until_disconnect(request, _collect(events, shape)))
-        finally:
-            call.cancel()
 
     def _deadline(self, request: Request) -> float:
         # The OpenAI SDK sends its own timeout; never wait longer than the client does.
@@ -132,16 +159,11 @@ class _Front:
         return self._timeout_s
 
 
-def _authorization(request: Request) -> tuple[tuple[str, str], ...]:
-    """The request's Authorization header as call metadata: the router checks API keys
-    (MODELYARD_ROUTER_API_KEYS) on the gRPC call, so OpenAI clients send their key as usual."""
-    header = request.headers.get("authorization", "")
-    return (("authorization", header),) if header else ()
+def _model_entry(model_id: str, created: int) -> dict[str, Any]:
+    return {"id": model_id, "object": "model", "created": created, "owned_by": "modelyard"}
 
 
-async def _collect(
-    events: AsyncIterator[router_pb2.GenerateResponse], shape: Shape
-) -> dict[str, Any]:
+async def _collect(events: Events, shape: Shape) -> dict[str, Any]:
     chunks: list[str] = []
     async for event in events:
         kind = event.WhichOneof("event")
@@ -153,62 +175,84 @@ async def _collect(
 
 
 async def _stream(
-    request: Request,
-    call: Any,
-    events: AsyncIterator[router_pb2.GenerateResponse],
-    shape: Shape,
-    with_usage: bool,
+    request: Request, events: Events, shape: Shape, with_usage: bool
 ) -> AsyncIterator[bytes]:
-    watcher = asyncio.create_task(_cancel_on_disconnect(request, call))
+    """The SSE body. A client that goes away cancels the task streaming it, which closes
+    the relay (and so the worker call)."""
+    streaming = asyncio.current_task()
+    left = asyncio.Event()
+    watcher = asyncio.create_task(_cancel_on_disconnect(request, streaming, left))
+    try:
+        async with aclosing(events):
+            async for chunk in _chunks(events, shape, with_usage):
+                yield chunk
+    except asyncio.CancelledError:
+        if not left.is_set() or streaming is None:
+            raise
+        streaming.uncancel()  # our own cancel: the client left; nobody to tell
+    finally:
+        watcher.cancel()
+
+
+async def _chunks(events: Events, shape: Shape, with_usage: bool) -> AsyncIterator[bytes]:
     try:
         if shape.chat:
             yield sse(shape.chunk(""))  # the role comes first, as OpenAI sends it
         async for event in events:
             kind = event.WhichOneof("event")
+            if kind == "finished":
+                for chunk in _last_chunks(shape, event.finished, with_usage):
+                    yield chunk
+                return
             if kind == "delta" and event.delta.text:
                 yield sse(shape.chunk(event.delta.text))
-            elif kind == "finished":
-                yield sse(shape.chunk(None if shape.chat else "", finish_reason(event.finished)))
-                if with_usage:
-                    yield sse(shape.usage_chunk(event.finished))
-                yield sse("[DONE]")
-                return
-    except grpc.aio.AioRpcError as err:
-        if err.code() == grpc.StatusCode.CANCELLED and watcher.done():
-            return  # the client left; nobody to tell
-        log.warning("stream %s failed after it started: %s", shape.id, err.details())
-        yield sse(from_grpc(err).body())
-    finally:
-        watcher.cancel()
-        call.cancel()
+    except ModelyardError as err:
+        log.warning("stream %s failed after it started: %s", shape.id, err.message)
+        yield sse(from_error(err).body())
 
 
-async def _cancel_on_disconnect(request: Request, call: Any) -> None:
-    """Cancel the router call once the HTTP client disconnects."""
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            call.cancel()
-            return
+def _last_chunks(
+    shape: Shape, finished: common_pb2.GenerationFinished, with_usage: bool
+) -> list[bytes]:
+    chunks = [sse(shape.chunk(None if shape.chat else "", finish_reason(finished)))]
+    if with_usage:
+        chunks.append(sse(shape.usage_chunk(finished)))
+    chunks.append(sse("[DONE]"))
+    return chunks
+
+
+async def _cancel_on_disconnect(
+    request: Request, streaming: asyncio.Task[Any] | None, left: asyncio.Event
+) -> None:
+    """Cancel the streaming task once the HTTP client disconnects."""
+    await _wait_disconnect(request)
+    left.set()
+    if streaming is not None:
+        streaming.cancel()
 
 
 async def _until_disconnect(request: Request, work: Awaitable[T]) -> T:
-    """Await `work`, or cancel it if the client disconnects first."""
+    """Await `work`, or cancel it (and wait for it to unwind) if the client disconnects."""
     task: asyncio.Future[T] = asyncio.ensure_future(work)
-    watcher: asyncio.Future[Any] = asyncio.ensure_future(_wait_disconnect(request))
+    watcher: asyncio.Future[None] = asyncio.ensure_future(_wait_disconnect(request))
+    either: list[asyncio.Future[Any]] = [task, watcher]
     try:
-        await asyncio.wait([task, watcher], return_when=asyncio.FIRST_COMPLETED)
-        if not task.done():
-            task.cancel()
-            raise OpenAIError(499, "client disconnected", code="cancelled")
-        try:
-            return task.result()
-        except grpc.aio.AioRpcError as err:
-            raise from_grpc(err) from err
-        except StopAsyncIteration as err:
-            raise OpenAIError(502, "the router's stream ended early", type_="server_error") from err
+        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:
+        task.cancel()
+        raise
     finally:
         watcher.cancel()
+    if not task.done():
+        task.cancel()
+        await asyncio.wait([task])
+        raise OpenAIError(499, "client disconnected", code="cancelled")
+    try:
+        return task.result()
+    except ModelyardError as err:
+        raise from_error(err) from err
+    except StopAsyncIteration as err:
+        raise OpenAIError(502, "the router's stream ended early", type_="server_error") from err
 
 
 async def _wait_disconnect(request: Request) -> None:

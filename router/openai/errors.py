@@ -8,7 +8,7 @@ from typing import Any
 import grpc
 from starlette.responses import JSONResponse
 
-from modelyard.errors import from_rpc_error
+from modelyard.errors import ModelyardError
 
 # gRPC code -> (HTTP status, OpenAI error type, code).
 _BY_CODE: dict[grpc.StatusCode, tuple[int, str, str]] = {
@@ -67,17 +67,26 @@ def invalid(message: str, param: str | None = None) -> OpenAIError:
     return OpenAIError(400, message, param=param, code="invalid_value" if param else None)
 
 
-def from_grpc(err: grpc.aio.AioRpcError) -> OpenAIError:
-    """The OpenAI error for a failed router call, keeping its field and retry hints."""
-    status, type_, code = _BY_CODE.get(err.code(), _INTERNAL)
-    domain = from_rpc_error(err)
+def from_error(err: ModelyardError) -> OpenAIError:
+    """The OpenAI error for a failed router operation, keeping its field and retry hints."""
+    status, type_, code = _BY_CODE.get(err.code, _INTERNAL)
     param = None
-    if domain.violations:
+    if err.violations:
         # "sampling.max_tokens" is "max_tokens" in OpenAI's request.
-        param = domain.violations[0].field.removeprefix("sampling.")
+        param = err.violations[0].field.removeprefix("sampling.")
     headers = {}
-    if domain.retry_after_s is not None:
-        headers["retry-after"] = f"{max(1, round(domain.retry_after_s))}"
+    if err.retry_after_s is not None:
+        headers["retry-after"] = f"{max(1, round(err.retry_after_s))}"
     return OpenAIError(
-        status, err.details() or code, type_=type_, param=param, code=code, headers=headers
+        status, err.message or code, type_=type_, param=param, code=code, headers=headers
+    )
+
+
+def unauthorized(message: str, *, missing: bool) -> OpenAIError:
+    """401 in OpenAI's shape: no API key, or one that is not valid."""
+    return OpenAIError(
+        401,
+        message,
+        code=None if missing else "invalid_api_key",
+        headers={"www-authenticate": "Bearer"},
     )

@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from modelyard.refs import model_key
 from modelyard.v1 import common_pb2
 
 _FINISH = {
@@ -48,7 +49,7 @@ class Shape:
 
     @property
     def model(self) -> str:
-        return f"{self.started.model}@{self.started.version}"
+        return model_key(self.started.model, self.started.version)
 
     def _head(self, obj: str) -> dict[str, Any]:
         return {

@@ -5,17 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import cast
 
-import grpc
 import uvicorn
 
-from modelyard.tls import TlsSettings, secure_or_insecure_channel
 from modelyard.server import host_of
-from modelyard.v1 import router_pb2_grpc
-from router.openai.app import build_app
+from router.openai.app import RouterOperations, build_app
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +26,11 @@ class _Server(uvicorn.Server):
 class HttpFront:
     server: uvicorn.Server
     task: asyncio.Task[None]
-    channel: grpc.aio.Channel
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful when the address asked for port 0)."""
+        return int(self.server.servers[0].sockets[0].getsockname()[1])
 
     async def stop(self) -> None:
         self.server.should_exit = True
@@ -38,33 +38,17 @@ class HttpFront:
             await asyncio.wait_for(asyncio.shield(self.task), 10)
         if not self.task.done():
             self.task.cancel()
-        await self.channel.close()
 
 
 async def start_http_front(
-    http_address: str, router_port: int, tls: TlsSettings | None = None
+    http_address: str, router: RouterOperations, *, api_keys: Sequence[str] = ()
 ) -> HttpFront:
-    """Listen on `http_address` and forward to the router's gRPC port over loopback.
-
-    With `tls` enabled the loopback speaks TLS as the router's own client (its CA, and its
-    certificate under mTLS), verifying the name `localhost` in the router's certificate.
-    """
-    # Loopback: each HTTP request becomes a RouterService call on this very process, so
-    # both fronts share one code path, with deadlines and cancellation carried by gRPC.
-    # API keys: the app passes each request's Authorization header through.
-    loopback = tls if tls is not None and tls.enabled else None
-    channel = secure_or_insecure_channel(
-        f"127.0.0.1:{router_port}",
-        loopback,
-        options=[("grpc.ssl_target_name_override", "localhost")] if loopback else [],
-    )
-    stub = cast(
-        "router_pb2_grpc.RouterServiceAsyncStub", router_pb2_grpc.RouterServiceStub(channel)
-    )
+    """Listen on `http_address` and serve the OpenAI API over `router`, in process.
+    `api_keys` (none: open) are checked on every request before its body is read."""
     host = host_of(http_address)
     port = int(http_address.rpartition(":")[2])
     config = uvicorn.Config(
-        build_app(stub),
+        build_app(router, api_keys=api_keys),
         host=host,
         port=port,
         log_config=None,  # the router's logging setup stays in charge
@@ -79,4 +63,4 @@ async def start_http_front(
             raise OSError(f"the HTTP front could not listen on {http_address}")
         await asyncio.sleep(0.02)
     log.info("OpenAI-compatible HTTP front on http://%s:%d/v1", host, port)
-    return HttpFront(server, task, channel)
+    return HttpFront(server, task)

@@ -74,7 +74,14 @@ def _common(body: Mapping[str, Any]) -> router_pb2.GenerateRequest:
     if body.get("logprobs") or body.get("top_logprobs"):
         raise invalid("logprobs are not supported", "logprobs")
     request = router_pb2.GenerateRequest(model=model)
-    sampling = request.sampling
+    _set_sampling(request.sampling, body)
+    user = body.get("user")
+    if isinstance(user, str):
+        request.hints.session_key = user  # keeps a user on one A/B arm
+    return request
+
+
+def _set_sampling(sampling: common_pb2.SamplingParams, body: Mapping[str, Any]) -> None:
     for name in ("temperature", "top_p", "presence_penalty", "frequency_penalty"):
         value = body.get(name)
         if value is None:
@@ -94,10 +101,6 @@ def _common(body: Mapping[str, Any]) -> router_pb2.GenerateRequest:
         if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
             raise invalid("'seed' must be a non-negative integer", "seed")
         sampling.seed = seed
-    user = body.get("user")
-    if isinstance(user, str):
-        request.hints.session_key = user  # keeps a user on one A/B arm
-    return request
 
 
 def _set_max_tokens(request: router_pb2.GenerateRequest, value: Any, param: str) -> None:

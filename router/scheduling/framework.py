@@ -54,6 +54,6 @@ def run_cycle(profile: Profile, req: Request, cands: Sequence[Candidate]) -> Dec
             "%s %s: %s",
             profile.name,
             req.request_id,
-            ", ".join(f"{c.worker_id or c.worker}/{c.model_label}={s:.3f}" for c, s in scored),
+            ", ".join(f"{c.worker_id or c.worker}/{c.model_key}={s:.3f}" for c, s in scored),
         )
     return Decision(ordered, cycle)

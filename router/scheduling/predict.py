@@ -34,7 +34,7 @@ def predicted_ttft_ms(cand: Candidate, cands: Sequence[Candidate], cycle: CycleS
     base = cand.ttft_ms
     if base is None:
         known = [
-            c.ttft_ms for c in cands if c.ttft_ms is not None and c.model_label == cand.model_label
+            c.ttft_ms for c in cands if c.ttft_ms is not None and c.model_key == cand.model_key
         ]
         base = sum(known) / len(known) if known else PRIOR_TTFT_MS
     itl = cand.inter_token_ms if cand.inter_token_ms is not None else PRIOR_INTER_TOKEN_MS

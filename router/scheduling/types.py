@@ -6,16 +6,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, TypeAlias
 
+from modelyard.refs import ModelKey, key_of
 from modelyard.v1 import common_pb2, model_pb2, router_pb2, worker_pb2
 
 Residency: TypeAlias = worker_pb2.ResidencyState.ValueType
 Breaker: TypeAlias = router_pb2.BreakerState.ValueType
-
-# A prompt's token count before the worker tokenizes it: ~4 characters per token
-# for English BPE vocabularies, rounded up. Only the context-length filter and
-# queue estimates use it.
-CHARS_PER_TOKEN = 4
-DEFAULT_MAX_TOKENS = 256  # the contract's server default for max_tokens = 0
 
 
 @dataclass(frozen=True)
@@ -36,17 +31,6 @@ class Request:
     @property
     def context_needed(self) -> int:
         return max(self.min_context_length, self.prompt_tokens + self.max_tokens)
-
-
-def estimate_prompt_tokens(prompt: str, messages: Sequence[common_pb2.ChatMessage]) -> int:
-    chars = len(prompt) + sum(len(m.content) + 8 for m in messages)  # +8: template overhead
-    return -(-chars // CHARS_PER_TOKEN)
-
-
-def price_per_1k(model: model_pb2.Model) -> float:
-    """Input and output price averaged, as RoutingHints.max_cost_per_1k_tokens defines it."""
-    p = model.pricing
-    return (p.input_usd_per_1k_tokens + p.output_usd_per_1k_tokens) / 2
 
 
 @dataclass(frozen=True, eq=False)
@@ -72,8 +56,8 @@ class Candidate:
     inter_token_ms: float | None = None
 
     @property
-    def model_label(self) -> str:
-        return f"{self.model.name}@{self.model.version}"
+    def model_key(self) -> ModelKey:
+        return key_of(self.model)
 
     @property
     def warm(self) -> bool:
@@ -104,7 +88,7 @@ class CycleState:
     def reject(self, plugin: str, cand: Candidate, why: str) -> None:
         reasons = self.rejected.setdefault(plugin, [])
         if len(reasons) < 8:  # bounded: enough for an error message
-            reasons.append(f"{cand.worker_id or cand.worker}/{cand.model_label}: {why}")
+            reasons.append(f"{cand.worker_id or cand.worker}/{cand.model_key}: {why}")
 
     def describe_rejections(self) -> str:
         return "; ".join(f"{p}: {', '.join(r)}" for p, r in self.rejected.items())

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from modelyard.refs import ModelKey
+
 # Weight of the newest sample: ~10 samples of memory, so a worker that slows down
 # is noticed within a few requests.
 ALPHA = 0.2
@@ -25,15 +27,15 @@ class LatencyEstimates:
     def __init__(self, alpha: float = ALPHA, max_pairs: int = MAX_PAIRS) -> None:
         self._alpha = alpha
         self._max = max_pairs
-        self._pairs: OrderedDict[tuple[str, str], Estimate] = OrderedDict()
+        self._pairs: OrderedDict[tuple[str, ModelKey], Estimate] = OrderedDict()
 
-    def get(self, worker: str, model: str) -> Estimate:
+    def get(self, worker: str, model: ModelKey) -> Estimate:
         return self._pairs.get((worker, model)) or Estimate()
 
     def observe(
         self,
         worker: str,
-        model: str,
+        model: ModelKey,
         *,
         ttft_ms: float | None = None,
         inter_token_ms: float | None = None,

@@ -86,23 +86,13 @@ async def follow(
 ) -> None:
     """Keep `cache` current until cancelled, reconnecting with jittered backoff."""
     delay = BACKOFF_S[0]
-    connected = False
     while True:
         try:
-            call = stub.Watch(registry_pb2.WatchRequest(since_revision=cache.revision))
-            try:
-                async for event in call:
-                    if not connected:
-                        log.info("watching registry %s from revision %d", address, cache.revision)
-                        connected = True
-                        delay = BACKOFF_S[0]
-                    cache.apply(event)
-            finally:
-                call.cancel()
+            connected = await _watch_once(cache, stub, address)
             why = "stream ended"
-        except grpc.aio.AioRpcError as err:
-            why = f"{err.code().name}: {err.details()}"
-            if err.code() == grpc.StatusCode.UNIMPLEMENTED:
+        except _WatchLost as lost:
+            connected, why = lost.connected, lost.why
+            if lost.code == grpc.StatusCode.UNIMPLEMENTED:
                 # A registry without Watch: the catalog falls back to GetModel.
                 log.warning("registry %s has no Watch; resolving per request", address)
                 return
@@ -110,8 +100,37 @@ async def follow(
             log.warning(
                 "lost registry watch (%s); serving revision %d from cache", why, cache.revision
             )
-            connected = False
+            delay = BACKOFF_S[0]
         else:
             log.debug("registry %s not watchable yet: %s", address, why)
         await asyncio.sleep(delay * random.uniform(0.8, 1.2))
         delay = min(delay * 2, BACKOFF_S[1])
+
+
+class _WatchLost(Exception):
+    def __init__(self, code: grpc.StatusCode, why: str, *, connected: bool) -> None:
+        super().__init__(why)
+        self.code = code
+        self.why = why
+        self.connected = connected
+
+
+async def _watch_once(
+    cache: RegistryCache, stub: registry_pb2_grpc.RegistryServiceAsyncStub, address: str
+) -> bool:
+    """Apply one Watch stream's events until it ends; whether it delivered any."""
+    connected = False
+    call = stub.Watch(registry_pb2.WatchRequest(since_revision=cache.revision))
+    try:
+        async for event in call:
+            if not connected:
+                log.info("watching registry %s from revision %d", address, cache.revision)
+                connected = True
+            cache.apply(event)
+    except grpc.aio.AioRpcError as err:
+        raise _WatchLost(
+            err.code(), f"{err.code().name}: {err.details()}", connected=connected
+        ) from err
+    finally:
+        call.cancel()
+    return connected

@@ -1,5 +1,6 @@
 """The OpenAI-compatible HTTP front, through the official `openai` SDK, on a real mesh
-(registry, worker, router as processes) serving the real SmolLM2."""
+(registry, worker, router as processes) serving the real SmolLM2. The router requires an
+API key, on gRPC and HTTP alike."""
 
 from __future__ import annotations
 
@@ -16,8 +17,16 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
+from modelyard.auth import bearer_metadata
 from modelyard.local_mesh import LocalMesh, free_port
-from modelyard.v1 import common_pb2, model_pb2, router_pb2, router_pb2_grpc
+from modelyard.v1 import (
+    common_pb2,
+    model_pb2,
+    router_pb2,
+    router_pb2_grpc,
+    worker_pb2,
+    worker_pb2_grpc,
+)
 from tests.integration.conftest import register
 
 pytestmark = pytest.mark.integration
@@ -25,6 +34,8 @@ pytestmark = pytest.mark.integration
 QUESTION = "Name three primary colors."
 MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": QUESTION}]
 PROMPT = "The three primary colors are"
+API_KEY = "openai-front-test-key"
+AUTH = {"authorization": f"Bearer {API_KEY}"}
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +46,7 @@ def http_mesh(
     mesh = LocalMesh(
         data_dir=Path(tmp_path_factory.mktemp("openai-mesh")),
         worker_threads=2,
-        env={"MODELYARD_ROUTER_HTTP_ADDRESS": http_address},
+        env={"MODELYARD_ROUTER_HTTP_ADDRESS": http_address, "MODELYARD_ROUTER_API_KEYS": API_KEY},
     )
     mesh.start()
     try:
@@ -47,13 +58,13 @@ def http_mesh(
 
 @pytest.fixture(scope="module")
 def client(http_mesh: tuple[LocalMesh, str]) -> openai.OpenAI:
-    return openai.OpenAI(base_url=http_mesh[1], api_key="x", max_retries=0, timeout=120)
+    return openai.OpenAI(base_url=http_mesh[1], api_key=API_KEY, max_retries=0, timeout=120)
 
 
 def _grpc_text(mesh: LocalMesh, request: router_pb2.GenerateRequest) -> str:
     with grpc.insecure_channel(mesh.router_address) as channel:
         stub = router_pb2_grpc.RouterServiceStub(channel)
-        events = list(stub.Generate(request, timeout=120))
+        events = list(stub.Generate(request, timeout=120, metadata=bearer_metadata(API_KEY)))
     return "".join(e.delta.text for e in events if e.WhichOneof("event") == "delta")
 
 
@@ -154,10 +165,26 @@ def test_errors_have_openai_shape(client: openai.OpenAI, http_mesh: tuple[LocalM
     assert isinstance(bad_sampling.value.body, dict)
     assert bad_sampling.value.body["param"] == "temperature"
 
-    status, reply = _raw(http_mesh[1], "POST", "/chat/completions", b"{not json")
+    status, reply = _raw(http_mesh[1], "POST", "/chat/completions", b"{not json", AUTH)
     assert status == 400 and reply["error"]["type"] == "invalid_request_error"
     status, reply = _raw(http_mesh[1], "GET", "/nope")
     assert status == 404 and set(reply["error"]) == {"message", "type", "param", "code"}
+
+
+def test_api_keys_guard_the_front(
+    http_mesh: tuple[LocalMesh, str], client: openai.OpenAI, smollm2: model_pb2.Model
+) -> None:
+    base = http_mesh[1]
+    body = json.dumps({"model": smollm2.name, "prompt": "Hi", "max_tokens": 2}).encode()
+    for headers in ({}, {"authorization": "Bearer not-the-key"}):
+        for method, path, payload in (("POST", "/completions", body), ("GET", "/models", None)):
+            status, reply = _raw(base, method, path, payload, headers)
+            assert status == 401, (headers, path, reply)
+            assert set(reply["error"]) == {"message", "type", "param", "code"}
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=base, api_key="not-the-key", max_retries=0).models.list()
+    status, reply = _raw(base, "POST", "/completions", body, AUTH)
+    assert status == 200 and reply["object"] == "text_completion"
 
 
 def _connection(base: str) -> tuple[http.client.HTTPConnection, str]:
@@ -166,14 +193,29 @@ def _connection(base: str) -> tuple[http.client.HTTPConnection, str]:
     return http.client.HTTPConnection(url.hostname, url.port, timeout=60), url.path
 
 
-def _raw(base: str, method: str, path: str, body: bytes | None = None) -> tuple[int, Any]:
+def _raw(
+    base: str,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, Any]:
     connection, prefix = _connection(base)
     try:
-        connection.request(method, prefix + path, body=body)
+        connection.request(method, prefix + path, body=body, headers=headers or {})
         response = connection.getresponse()
         return response.status, json.loads(response.read())
     finally:
         connection.close()
+
+
+def _running_sequences(mesh: LocalMesh) -> int:
+    """Sequences decoding on the mesh's worker now, as the worker itself reports them."""
+    with grpc.insecure_channel(mesh.worker_addresses[0]) as channel:
+        stub = worker_pb2_grpc.WorkerServiceStub(channel)
+        return int(
+            stub.GetStatus(worker_pb2.GetStatusRequest(), timeout=5).status.running_sequences
+        )
 
 
 def test_client_disconnect_cancels_the_generation(
@@ -193,21 +235,19 @@ def test_client_disconnect_cancels_the_generation(
             "POST",
             prefix + "/completions",
             body=json.dumps(body),
-            headers={"content-type": "application/json"},
+            headers={"content-type": "application/json", **AUTH},
         )
         response = connection.getresponse()
         assert response.status == 200
         got = [response.readline() for _ in range(6)]
         assert any(line.startswith(b"data: ") for line in got)
+        # The generation is under way on the worker (2000 tokens take far longer than
+        # this test): what the disconnect below must stop.
+        assert _running_sequences(mesh) >= 1, "no sequence was running before the disconnect"
     finally:
         connection.close()  # the client goes away mid-stream
     # The worker stops decoding: nothing is running there any more.
     deadline = time.monotonic() + 10
-    with grpc.insecure_channel(mesh.router_address) as channel:
-        stub = router_pb2_grpc.RouterServiceStub(channel)
-        while True:
-            workers = stub.ListWorkers(router_pb2.ListWorkersRequest(), timeout=5).workers
-            if all(w.status.running_sequences == 0 for w in workers):
-                break
-            assert time.monotonic() < deadline, "the generation kept running"
-            time.sleep(0.2)
+    while _running_sequences(mesh):
+        assert time.monotonic() < deadline, "the generation kept running"
+        time.sleep(0.2)

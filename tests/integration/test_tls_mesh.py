@@ -1,4 +1,8 @@
-"""The whole mesh over mTLS with a router API key: a generation through the SDK on SmolLM2."""
+"""The whole mesh over mTLS with API keys on both hops: a generation through the SDK on SmolLM2.
+
+Clients need a router API key; the worker needs its own API key, which the router sends.
+Each refusal sits beside the same call succeeding, so none can pass by mere unreachability.
+"""
 
 from __future__ import annotations
 
@@ -10,14 +14,15 @@ import pytest
 
 from modelyard.bundled import smollm2_model
 from modelyard.client import Client
-from modelyard.errors import Unauthenticated
+from modelyard.errors import PermissionDenied, Unauthenticated
 from modelyard.local_mesh import LocalMesh
-from modelyard.v1 import registry_pb2, registry_pb2_grpc
+from modelyard.v1 import registry_pb2, registry_pb2_grpc, worker_pb2, worker_pb2_grpc
 from tests.tls_certs import CertFiles, TestCA
 
 pytestmark = pytest.mark.integration
 
 API_KEY = "test-key-1"
+WORKER_KEY = "router-to-worker-key"
 
 
 def tls(ca: TestCA, files: CertFiles) -> dict[str, Any]:
@@ -30,7 +35,11 @@ def tls(ca: TestCA, files: CertFiles) -> dict[str, Any]:
 
 def test_generation_over_mtls_with_an_api_key(tmp_path: Path) -> None:
     ca = TestCA(tmp_path / "tls")
-    env: dict[str, str] = {"MODELYARD_ROUTER_API_KEYS": f"other,{API_KEY}"}
+    env: dict[str, str] = {
+        "MODELYARD_ROUTER_API_KEYS": f"other,{API_KEY}",
+        "MODELYARD_WORKER_API_KEY": WORKER_KEY,
+        "MODELYARD_ROUTER_WORKER_API_KEY": WORKER_KEY,
+    }
     for service in ("registry", "worker", "router"):
         env |= ca.env(service, ca.issue(service), mtls=True)
     mesh = LocalMesh(data_dir=tmp_path / "mesh", worker_threads=2, env=env)
@@ -49,6 +58,13 @@ def test_generation_over_mtls_with_an_api_key(tmp_path: Path) -> None:
             pytest.raises(Unauthenticated),
         ):
             anonymous.list_models()
+        with (
+            Client(
+                mesh.router_address, timeout_s=120, api_key="test-key-2", **tls(ca, client_files)
+            ) as guessing,
+            pytest.raises(PermissionDenied),
+        ):
+            guessing.list_models()
         with Client(
             mesh.router_address, timeout_s=120, api_key=API_KEY, **tls(ca, client_files)
         ) as client:
@@ -57,5 +73,17 @@ def test_generation_over_mtls_with_an_api_key(tmp_path: Path) -> None:
                 model=f"{model.name}@{model.version}", prompt="Hi", max_tokens=4
             )
             assert reply.finished.usage.output_tokens > 0
+        # The router reached the worker, so it sent the worker's key: without it, refused.
+        with grpc.secure_channel(mesh.worker_addresses[0], credentials) as channel:
+            worker = worker_pb2_grpc.WorkerServiceStub(channel)
+            with pytest.raises(grpc.RpcError) as refused:
+                worker.GetStatus(worker_pb2.GetStatusRequest(), timeout=30)
+            assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            status = worker.GetStatus(
+                worker_pb2.GetStatusRequest(),
+                timeout=30,
+                metadata=(("authorization", f"Bearer {WORKER_KEY}"),),
+            )
+            assert status.status.worker_id
     finally:
         mesh.stop()

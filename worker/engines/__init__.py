@@ -12,7 +12,6 @@ from worker.engines.base import (
     Engine,
     EngineEvent,
     EngineRequest,
-    EngineStats,
     Finished,
     FinishReason,
     LoadedInfo,
@@ -23,8 +22,7 @@ from worker.engines.base import (
 )
 
 if TYPE_CHECKING:
-    from worker.config import WorkerSettings
-    from worker.status import SequenceCounters
+    from worker.counters import SequenceCounters
 
 EngineFactory = Callable[["SequenceCounters"], Engine]
 
@@ -34,9 +32,7 @@ def _installed(*modules: str) -> bool:
     return all(importlib.util.find_spec(m) is not None for m in modules)
 
 
-def available_engines(
-    settings: WorkerSettings,
-) -> Mapping[common_pb2.Engine.ValueType, EngineFactory]:
+def available_engines() -> Mapping[common_pb2.Engine.ValueType, EngineFactory]:
     """Factories for the engines whose libraries are installed, in preference order."""
     engines: dict[common_pb2.Engine.ValueType, EngineFactory] = {}
     if _installed("llama_cpp"):
@@ -44,7 +40,7 @@ def available_engines(
         def llama_cpp(counters: SequenceCounters) -> Engine:
             from worker.engines.llama_cpp import LlamaCppEngine
 
-            return LlamaCppEngine(counters, max_queued_requests=settings.max_queued_requests)
+            return LlamaCppEngine(counters)
 
         engines[common_pb2.ENGINE_LLAMA_CPP] = llama_cpp
     if _installed("vllm"):
@@ -72,7 +68,6 @@ __all__ = [
     "EngineEvent",
     "EngineFactory",
     "EngineRequest",
-    "EngineStats",
     "FinishReason",
     "Finished",
     "LoadedInfo",

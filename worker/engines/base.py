@@ -11,7 +11,10 @@ import enum
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from worker.counters import CounterSnapshot
 
 
 @dataclass(frozen=True)
@@ -23,11 +26,12 @@ class ModelSpec:
     context_length: int  # tokens to allocate; already capped by the worker
     threads: int
     batch_size: int = 512
-    # Continuous-batching slots (issue 4); the skeleton decodes one sequence at a time.
-    max_parallel_sequences: int = 1
+    max_parallel_sequences: int = 1  # sequences decoded together (continuous batching)
     extra: Mapping[str, str] = field(default_factory=dict)
     # Simulated slowness: a pause after every decode step (tests, capacity drills).
     token_delay_s: float = 0.0
+    # The worker's artifact cache: engines keep derived files (converted checkpoints) beside it.
+    cache_dir: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -106,15 +110,6 @@ class Finished:
 EngineEvent = Scheduled | Piece | Finished
 
 
-@dataclass(frozen=True)
-class EngineStats:
-    running_sequences: int = 0
-    queued_requests: int = 0
-    queued_tokens: int = 0
-    generated_tokens_total: int = 0
-    tokens_per_second: float = 0.0
-
-
 class Engine(Protocol):
     name: str
 
@@ -132,4 +127,6 @@ class Engine(Protocol):
         """Free the model; streams still running end with FinishReason.CANCELLED."""
         ...
 
-    def stats(self) -> EngineStats: ...
+    def stats(self) -> CounterSnapshot:
+        """The model's counters (the same the worker's status reports)."""
+        ...

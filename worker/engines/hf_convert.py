@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from modelyard.errors import FailedPrecondition
-from worker import artifacts
-from worker.artifact_settings import ArtifactSettings
+from worker.artifacts import ArtifactSettings
+from worker.artifacts import files as artifact_files
 
 log = logging.getLogger(__name__)
 
@@ -31,17 +31,18 @@ def is_gguf(path: Path) -> bool:
     if not path.is_file():
         return False
     with path.open("rb") as f:
-        return f.read(4) == artifacts.GGUF_MAGIC
+        return f.read(4) == artifact_files.GGUF_MAGIC
 
 
-def converted_root(settings: ArtifactSettings | None = None) -> Path:
-    settings = settings if settings is not None else ArtifactSettings()
-    return settings.cache_dir.expanduser() / "converted"
+def converted_root(cache_dir: Path | None = None) -> Path:
+    """Where converted checkpoints live: beside the artifact cache (default location if None)."""
+    base = cache_dir if cache_dir is not None else ArtifactSettings().cache_dir
+    return base.expanduser() / "converted"
 
 
 async def hf_checkpoint(gguf: Path, *, sha256: str = "", root: Path | None = None) -> Path:
     """The HF checkpoint directory for `gguf`, converting it on first use (~30 s for 135M)."""
-    digest = sha256.strip().lower() or await asyncio.to_thread(artifacts.sha256_file, gguf)
+    digest = sha256.strip().lower() or await asyncio.to_thread(artifact_files.sha256_file, gguf)
     root = root if root is not None else converted_root()
     final = root / digest
     async with _locks.setdefault(digest, asyncio.Lock()):  # one conversion per GGUF per process

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from worker.chat_template import ChatTemplate
 from worker.engines.base import EngineRequest
+from worker.engines.chat_template import ChatTemplate
 
 
 class HfPrompter:

@@ -28,6 +28,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from worker.counters import SequenceCounters
 from worker.engines.base import (
     EngineEvent,
     EngineRequest,
@@ -37,8 +38,7 @@ from worker.engines.base import (
     Scheduled,
 )
 from worker.engines.channel import EventChannel
-from worker.status import SequenceCounters
-from worker.text import TextStream
+from worker.engines.text import TextStream
 
 log = logging.getLogger(__name__)
 
@@ -234,6 +234,20 @@ class BatchDecoder:
                 self._end(slot, FinishReason.CANCELLED)
         if not self._slots:
             return
+        n, rows = self._fill_batch()
+        if n == 0:
+            return
+        batch = self._batch.batch
+        batch.n_tokens = n
+        rc = self._llama_cpp.llama_decode(self._ctx.ctx, batch)
+        if rc != 0:
+            raise RuntimeError(f"llama_decode returned {rc} for a batch of {n} tokens")
+        for index, slot in rows:
+            if slot in self._slots:
+                self._accept(slot, int(slot.sampler.sample(self._ctx, index)))
+
+    def _fill_batch(self) -> tuple[int, list[tuple[int, _Slot]]]:
+        """Each decoding sequence's next token, then prompt chunks: (tokens, logits rows)."""
         batch = self._batch.batch
         n = 0
         rows: list[tuple[int, _Slot]] = []
@@ -269,15 +283,7 @@ class BatchDecoder:
                 add(prompt[i], slot, i == len(prompt) - 1)
             slot.fed += take
             budget -= take
-        if n == 0:
-            return
-        batch.n_tokens = n
-        rc = self._llama_cpp.llama_decode(self._ctx.ctx, batch)
-        if rc != 0:
-            raise RuntimeError(f"llama_decode returned {rc} for a batch of {n} tokens")
-        for index, slot in rows:
-            if slot in self._slots:
-                self._accept(slot, int(slot.sampler.sample(self._ctx, index)))
+        return n, rows
 
     def _accept(self, slot: _Slot, token: int) -> None:
         """One sampled token: stream it, or end the sequence."""

@@ -19,19 +19,19 @@ import logging
 from collections.abc import AsyncGenerator
 from typing import Any
 
-from modelyard.errors import Internal, InvalidArgument, ResourceExhausted
-from worker.chat_template import ChatTemplate
+from modelyard.errors import Internal
+from worker.counters import CounterSnapshot, SequenceCounters
 from worker.engines.base import (
     EngineEvent,
     EngineRequest,
-    EngineStats,
     Finished,
     LoadedInfo,
     ModelSpec,
 )
 from worker.engines.channel import EventChannel
+from worker.engines.chat_template import ChatTemplate
+from worker.engines.common import EngineNotLoaded, check_prompt
 from worker.engines.llama_batch import BatchDecoder, Failed, Job
-from worker.status import SequenceCounters
 
 log = logging.getLogger(__name__)
 
@@ -40,20 +40,11 @@ ENGINE_NAME = "llama.cpp"
 CHANNEL_SLACK = 8
 
 
-class EngineNotLoaded(RuntimeError):
-    pass
-
-
 class LlamaCppEngine:
     name = ENGINE_NAME
 
-    def __init__(
-        self, counters: SequenceCounters | None = None, *, max_queued_requests: int = 64
-    ) -> None:
+    def __init__(self, counters: SequenceCounters | None = None) -> None:
         self._counters = counters if counters is not None else SequenceCounters()
-        # The worker's scheduler admits at most max_parallel_sequences at once; this
-        # bound only guards direct callers of the engine.
-        self._max_queued = max_queued_requests
         self._model: Any = None  # llama_cpp._internals.LlamaModel (untyped library)
         self._ctx: Any = None
         self._decoder: BatchDecoder | None = None
@@ -95,21 +86,9 @@ class LlamaCppEngine:
     async def generate(self, req: EngineRequest) -> AsyncGenerator[EngineEvent, None]:
         decoder = self._decoder
         if decoder is None:
-            raise EngineNotLoaded(f"no model loaded in this {ENGINE_NAME} engine")
+            raise EngineNotLoaded(ENGINE_NAME)
         prompt_tokens = self._prompt_tokens(req)
-        if not prompt_tokens:
-            raise InvalidArgument.for_field("prompt", "the prompt has no tokens")
-        if len(prompt_tokens) >= self._n_ctx:
-            raise InvalidArgument.for_field(
-                "prompt",
-                f"the prompt has {len(prompt_tokens)} tokens but {self._key} is loaded "
-                f"with a context window of {self._n_ctx} tokens",
-            )
-        if decoder.pending >= self._max_queued:
-            raise ResourceExhausted(
-                f"{self._key} has {decoder.pending} requests waiting (limit {self._max_queued})",
-                retry_after_s=1.0,
-            )
+        check_prompt(prompt_tokens, self._n_ctx, self._key)
         capacity = req.max_tokens + CHANNEL_SLACK
         job = Job(req, prompt_tokens, EventChannel(asyncio.get_running_loop(), capacity))
         self._jobs.add(job)
@@ -145,15 +124,8 @@ class LlamaCppEngine:
         await asyncio.to_thread(_close, model, ctx)
         self._model = self._ctx = self._template = None
 
-    def stats(self) -> EngineStats:
-        snap = self._counters.snapshot()
-        return EngineStats(
-            running_sequences=snap.running_sequences,
-            queued_requests=snap.queued_requests,
-            queued_tokens=snap.queued_tokens,
-            generated_tokens_total=snap.generated_tokens_total,
-            tokens_per_second=snap.tokens_per_second,
-        )
+    def stats(self) -> CounterSnapshot:
+        return self._counters.snapshot()
 
     def _prompt_tokens(self, req: EngineRequest) -> list[int]:
         # Tokenizing reads only the vocabulary, so it is safe beside a running decode.

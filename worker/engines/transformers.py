@@ -23,11 +23,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from modelyard.errors import Internal, InvalidArgument, ResourceExhausted
+from modelyard.errors import Internal
+from worker.counters import CounterSnapshot, SequenceCounters
 from worker.engines.base import (
     EngineEvent,
     EngineRequest,
-    EngineStats,
     Finished,
     FinishReason,
     LoadedInfo,
@@ -36,18 +36,14 @@ from worker.engines.base import (
     Scheduled,
 )
 from worker.engines.channel import EventChannel
+from worker.engines.common import EngineNotLoaded, check_prompt
 from worker.engines.hf_prompt import HfPrompter
+from worker.engines.text import StopMatcher
 from worker.engines.transformers_sampling import next_token
-from worker.status import SequenceCounters
-from worker.text import StopMatcher
 
 log = logging.getLogger(__name__)
 
 ENGINE_NAME = "transformers"
-
-
-class EngineNotLoaded(RuntimeError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -76,11 +72,8 @@ class _Loaded:
 class TransformersEngine:
     name = ENGINE_NAME
 
-    def __init__(
-        self, counters: SequenceCounters | None = None, *, max_queued_requests: int = 64
-    ) -> None:
+    def __init__(self, counters: SequenceCounters | None = None) -> None:
         self._counters = counters if counters is not None else SequenceCounters()
-        self._max_queued = max_queued_requests
         self._executor: ThreadPoolExecutor | None = None
         self._loaded: _Loaded | None = None
         self._prompter: HfPrompter | None = None
@@ -108,22 +101,9 @@ class TransformersEngine:
     async def generate(self, req: EngineRequest) -> AsyncGenerator[EngineEvent, None]:
         loaded, prompter, executor = self._loaded, self._prompter, self._executor
         if loaded is None or prompter is None or executor is None:
-            raise EngineNotLoaded(f"no model loaded in this {ENGINE_NAME} engine")
+            raise EngineNotLoaded(ENGINE_NAME)
         prompt = prompter.token_ids(req)
-        if not prompt:
-            raise InvalidArgument.for_field("prompt", "the prompt has no tokens")
-        if len(prompt) >= loaded.context:
-            raise InvalidArgument.for_field(
-                "prompt",
-                f"the prompt has {len(prompt)} tokens but {self._key} is loaded "
-                f"with a context window of {loaded.context} tokens",
-            )
-        queued = self._counters.snapshot().queued_requests
-        if queued >= self._max_queued:
-            raise ResourceExhausted(
-                f"{self._key} has {queued} requests queued (limit {self._max_queued})",
-                retry_after_s=1.0,
-            )
+        check_prompt(prompt, loaded.context, self._key)
         job = _Job(req, prompt, EventChannel(asyncio.get_running_loop()))
         cost = len(prompt) + req.max_tokens
         self._counters.enqueued(cost)
@@ -161,15 +141,8 @@ class TransformersEngine:
         executor.shutdown(wait=False, cancel_futures=True)
         self._executor = None
 
-    def stats(self) -> EngineStats:
-        snap = self._counters.snapshot()
-        return EngineStats(
-            running_sequences=snap.running_sequences,
-            queued_requests=snap.queued_requests,
-            queued_tokens=snap.queued_tokens,
-            generated_tokens_total=snap.generated_tokens_total,
-            tokens_per_second=snap.tokens_per_second,
-        )
+    def stats(self) -> CounterSnapshot:
+        return self._counters.snapshot()
 
 
 def _pick_device(wanted: str) -> Any:
@@ -241,6 +214,28 @@ def _decode(loaded: _Loaded, job: _Job, counters: SequenceCounters, cost: int) -
     job.channel.put(Finished(reason, n_prompt, produced, stop))
 
 
+def _reason(stop: str | None, produced: int, max_tokens: int, room: int) -> FinishReason | None:
+    """Why decoding ends after this token, or None to go on."""
+    if stop is not None:
+        return FinishReason.STOP_SEQUENCE
+    if produced >= max_tokens:
+        return FinishReason.LENGTH
+    if produced >= room:
+        return FinishReason.CONTEXT_LENGTH
+    return None
+
+
+def _end_at_eos(stops: StopMatcher, job: _Job) -> tuple[FinishReason, str]:
+    """At EOS: stream the held-back text, unless it completes a stop sequence."""
+    text, stop = stops.push("")
+    tail = text + (stops.flush() if stop is None else "")
+    if tail and not job.channel.put(Piece(tail, ())):
+        return FinishReason.CANCELLED, ""
+    if stop is not None:
+        return FinishReason.STOP_SEQUENCE, stop
+    return FinishReason.STOP, ""
+
+
 def _sample(
     loaded: _Loaded, job: _Job, counters: SequenceCounters
 ) -> tuple[FinishReason, int, str]:
@@ -265,13 +260,8 @@ def _sample(
             past = out.past_key_values
             token = next_token(out.logits[0, -1], job.prompt + produced, req.sampling, generator)
             if token in loaded.eos:
-                text, stop = stops.push("")
-                tail = text + (stops.flush() if stop is None else "")
-                if tail and not job.channel.put(Piece(tail, ())):
-                    return FinishReason.CANCELLED, len(produced), ""
-                if stop is not None:
-                    return FinishReason.STOP_SEQUENCE, len(produced), stop
-                return FinishReason.STOP, len(produced), ""
+                eos_reason, eos_stop = _end_at_eos(stops, job)
+                return eos_reason, len(produced), eos_stop
             produced.append(token)
             counters.generated(1)
             # Decode the whole tail: byte-level BPE needs context for spaces and UTF-8.
@@ -280,13 +270,7 @@ def _sample(
             if new:
                 shown = full
             text, stop = stops.push(new)
-            reason: FinishReason | None = None
-            if stop is not None:
-                reason = FinishReason.STOP_SEQUENCE
-            elif len(produced) >= req.max_tokens:
-                reason = FinishReason.LENGTH
-            elif len(produced) >= room:
-                reason = FinishReason.CONTEXT_LENGTH
+            reason = _reason(stop, len(produced), req.max_tokens, room)
             if reason is not None and stop is None:
                 text += stops.flush()
             if not job.channel.put(Piece(text, (token,))):

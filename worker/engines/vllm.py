@@ -26,10 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from modelyard.errors import FailedPrecondition, Internal, InvalidArgument
+from worker.counters import CounterSnapshot, SequenceCounters
 from worker.engines.base import (
     EngineEvent,
     EngineRequest,
-    EngineStats,
     Finished,
     FinishReason,
     LoadedInfo,
@@ -37,10 +37,10 @@ from worker.engines.base import (
     Piece,
     Scheduled,
 )
-from worker.engines.hf_convert import hf_checkpoint, is_gguf
+from worker.engines.common import EngineNotLoaded, check_prompt
+from worker.engines.hf_convert import converted_root, hf_checkpoint, is_gguf
 from worker.engines.hf_prompt import HfPrompter
 from worker.engines.sampling_map import vllm_sampling_params
-from worker.status import SequenceCounters
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +52,6 @@ DEFAULT_MAX_SEQS = 32  # when the model's load options leave max_parallel_sequen
 _OWN_KEYS = frozenset(
     {"quantization", "draft_model", "draft_sha256", "num_speculative_tokens", "sha256"}
 )
-
-
-class EngineNotLoaded(RuntimeError):
-    pass
 
 
 @dataclass
@@ -106,16 +102,9 @@ class VllmEngine:
     async def generate(self, req: EngineRequest) -> AsyncGenerator[EngineEvent, None]:
         llm, prompter = self._llm, self._prompter
         if llm is None or prompter is None:
-            raise EngineNotLoaded(f"no model loaded in this {ENGINE_NAME} engine")
+            raise EngineNotLoaded(ENGINE_NAME)
         ids = prompter.token_ids(req)
-        if not ids:
-            raise InvalidArgument.for_field("prompt", "the prompt has no tokens")
-        if len(ids) >= self._max_len:
-            raise InvalidArgument.for_field(
-                "prompt",
-                f"the prompt has {len(ids)} tokens but {self._key} is loaded "
-                f"with a context window of {self._max_len} tokens",
-            )
+        check_prompt(ids, self._max_len, self._key)
         budget = min(req.max_tokens, self._max_len - len(ids))
         params = vllm_sampling_params(req, budget)
         # Unique inside vLLM even when a client reuses its request id (retries).
@@ -184,15 +173,8 @@ class VllmEngine:
         gc.collect()
         log.info("vLLM for %s shut down", self._key)
 
-    def stats(self) -> EngineStats:
-        snap = self._counters.snapshot()
-        return EngineStats(
-            running_sequences=snap.running_sequences,
-            queued_requests=snap.queued_requests,
-            queued_tokens=snap.queued_tokens,
-            generated_tokens_total=snap.generated_tokens_total,
-            tokens_per_second=snap.tokens_per_second,
-        )
+    def stats(self) -> CounterSnapshot:
+        return self._counters.snapshot()
 
 
 def engine_args(spec: ModelSpec, model_dir: Path) -> Any:
@@ -236,7 +218,9 @@ async def _checkpoint_dir(spec: ModelSpec) -> Path:
     if spec.path.is_dir():
         return spec.path
     if await asyncio.to_thread(is_gguf, spec.path):
-        return await hf_checkpoint(spec.path, sha256=spec.extra.get("sha256", ""))
+        return await hf_checkpoint(
+            spec.path, sha256=spec.extra.get("sha256", ""), root=converted_root(spec.cache_dir)
+        )
     raise FailedPrecondition(
         f"vLLM reads Hugging Face checkpoint directories or GGUF (converted); "
         f"{spec.path} is neither",
@@ -250,7 +234,11 @@ async def _with_draft_checkpoint(spec: ModelSpec) -> ModelSpec:
     draft = spec.extra.get("draft_model", "")
     if not draft or not await asyncio.to_thread(is_gguf, Path(draft)):
         return spec
-    ckpt = await hf_checkpoint(Path(draft), sha256=spec.extra.get("draft_sha256", ""))
+    ckpt = await hf_checkpoint(
+        Path(draft),
+        sha256=spec.extra.get("draft_sha256", ""),
+        root=converted_root(spec.cache_dir),
+    )
     return dataclasses.replace(spec, extra={**spec.extra, "draft_model": str(ckpt)})
 
 

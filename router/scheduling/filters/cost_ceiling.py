@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from router.scheduling.types import Candidate, CycleState, Request, price_per_1k
+from modelyard.pricing import price_per_1k
+from router.scheduling.types import Candidate, CycleState, Request
 
 
 @dataclass(frozen=True)
@@ -19,7 +20,7 @@ class CostCeilingFilter:
             return cands
         kept: list[Candidate] = []
         for c in cands:
-            price = price_per_1k(c.model)
+            price = price_per_1k(c.model.pricing)
             # A tiny tolerance: prices are floats from configuration.
             if price <= req.max_cost_per_1k + 1e-12:
                 kept.append(c)

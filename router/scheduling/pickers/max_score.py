@@ -28,7 +28,7 @@ class MaxScorePicker:
         best = max(s for _, s in scored)
         tied = sorted(
             (c for c, s in scored if s >= best - self.epsilon),
-            key=lambda c: (c.worker, c.model_label),
+            key=lambda c: (c.worker, c.model_key),
         )
         if len(tied) == 1:
             chosen = tied[0]

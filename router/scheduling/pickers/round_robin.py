@@ -21,6 +21,6 @@ class RoundRobinPicker:
         if not scored:
             return []
         # Rotate by a stable order (worker, model), not by score.
-        cands = sorted((c for c, _ in scored), key=lambda c: (c.worker, c.model_label))
+        cands = sorted((c for c, _ in scored), key=lambda c: (c.worker, c.model_key))
         shift = next(self._turn) % len(cands)
         return cands[shift:] + cands[:shift]

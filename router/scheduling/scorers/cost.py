@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from modelyard.pricing import price_per_1k
 from router.scheduling.scorers._scale import lower_is_better
-from router.scheduling.types import Candidate, CycleState, Request, price_per_1k
+from router.scheduling.types import Candidate, CycleState, Request
 
 
 @dataclass(frozen=True)
@@ -16,4 +17,4 @@ class CostScorer:
     def score(
         self, req: Request, cands: Sequence[Candidate], cycle: CycleState
     ) -> dict[Candidate, float]:
-        return lower_is_better({c: price_per_1k(c.model) for c in cands})
+        return lower_is_better({c: price_per_1k(c.model.pricing) for c in cands})

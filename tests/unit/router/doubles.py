@@ -199,7 +199,6 @@ def finished(output_tokens: int = 2) -> worker_pb2.WorkerServiceGenerateResponse
             finish_reason=common_pb2.FINISH_REASON_STOP,
             usage=common_pb2.Usage(input_tokens=3, output_tokens=output_tokens),
             timings=common_pb2.Timings(ttft_ms=12.5, total_ms=40.0),
-            cost=common_pb2.Cost(total_usd=0.001),
         )
     )
 
@@ -247,14 +246,11 @@ class FakeWorker(worker_pb2_grpc.WorkerServiceServicer):
                 elif isinstance(step, Fail):
                     await context.abort(step.code, step.message)
                 elif step.WhichOneof("event") == "started":
-                    # Echo what a real worker echoes.
+                    # A worker names itself and nothing else: request id, model, route,
+                    # arm and attempt are the router's to state.
                     event = worker_pb2.WorkerServiceGenerateResponse()
                     event.CopyFrom(step)
-                    event.started.request_id = request.request_id
-                    event.started.model = request.model.name
-                    event.started.version = request.model.version
                     event.started.worker_id = self.worker_id
-                    event.started.attempt = request.attempt
                     yield event
                 else:
                     yield step

@@ -33,6 +33,9 @@ def chat_route(fallbacks: tuple[str, ...] = ()) -> model_pb2.Route:
 async def test_stats_count_requests_and_feedback_needs_a_known_request(
     registry: RegistryUnderTest, start_worker: WorkerFactory
 ) -> None:
+    # The router prices the usage (3 in, 2 out) from the registered prices: 0.001 USD.
+    registry.fake.models[0].pricing.input_usd_per_1k_tokens = 0.1
+    registry.fake.models[0].pricing.output_usd_per_1k_tokens = 0.35
     worker = await start_worker("w1")
     async with running_router(
         registry.address, [worker.address], reference_usd_per_1k_tokens=0.01

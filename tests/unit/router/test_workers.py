@@ -1,4 +1,4 @@
-"""The worker pool follows WatchStatus; the skeleton picker orders candidates."""
+"""The worker pool follows WatchStatus: workers going away and coming back, discovery."""
 
 from __future__ import annotations
 
@@ -7,10 +7,13 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 
-from modelyard.v1 import model_pb2, worker_pb2
+from modelyard.server import start_server
+from modelyard.v1 import model_pb2, worker_pb2, worker_pb2_grpc
 from router.workers import WorkerHandle, WorkerPool
 from tests.unit.router.doubles import (
     LOOP_SCOPE,
+    WORKER_SERVICE,
+    FakeWorker,
     WorkerFactory,
     free_address,
     make_model,
@@ -82,6 +85,23 @@ async def test_pool_notices_a_worker_going_away_and_coming_back(
         await wait_until(lambda: handle.watching)
         await worker.server.stop(0)
         await wait_until(lambda: not handle.watching)
+
+        # The worker comes back on the same address (a restart, with a new id): the pool
+        # reconnects and follows the new process's status.
+        back = FakeWorker("w-flaky-restarted")
+        server = await start_server(
+            f"127.0.0.1:{worker.server.port}",
+            lambda s: worker_pb2_grpc.add_WorkerServiceServicer_to_server(back, s),
+            [WORKER_SERVICE],
+        )
+        try:
+            # Backoff between reconnects reaches 5 s at most (WATCH_BACKOFF_S).
+            await wait_until(
+                lambda: handle.watching and handle.worker_id == "w-flaky-restarted",
+                timeout_s=20,
+            )
+        finally:
+            await server.stop(0)
     finally:
         await pool.close()
 

@@ -12,8 +12,7 @@ import pytest
 
 from modelyard.errors import FailedPrecondition, NotFound, Unavailable
 from modelyard.v1 import model_pb2
-from worker.artifact_cache import ArtifactStore
-from worker.artifact_settings import ArtifactSettings
+from worker.artifacts import ArtifactSettings, ArtifactStore
 
 boto3 = pytest.importorskip("boto3")
 moto_server = pytest.importorskip("moto.server")

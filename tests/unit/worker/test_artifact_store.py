@@ -15,9 +15,8 @@ import pytest
 
 from modelyard.errors import FailedPrecondition, NotFound, ResourceExhausted, Unavailable
 from modelyard.v1 import model_pb2
-from worker import artifacts
-from worker.artifact_cache import ArtifactStore
-from worker.artifact_settings import ArtifactSettings
+from worker.artifacts import ArtifactSettings, ArtifactStore, parse_uri
+from worker.artifacts import files as artifact_files
 
 
 @dataclass
@@ -181,6 +180,29 @@ async def test_lru_eviction_spares_files_in_use(tmp_path: Path, server: tuple[st
     assert store.cached_bytes() <= 1_000_000
 
 
+async def test_evicted_files_are_deleted_outside_the_lock_the_loop_takes(
+    tmp_path: Path, server: tuple[str, Blobs], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base, blobs = server
+    for name in "ab":
+        blobs.files[name] = name.encode() * 400_000
+    store = _store(tmp_path, max_bytes=500_000)  # room for one
+    await store.fetch(_artifact(f"{base}/a"))
+    dropped: list[tuple[str, bool]] = []
+    drop = store._drop
+
+    def recording_drop(key: str) -> None:
+        # fetch/release take the lock on the event loop: deleting under it would stall it.
+        dropped.append((key, store._lock.locked()))
+        drop(key)
+
+    monkeypatch.setattr(store, "_drop", recording_drop)
+    b = await store.fetch(_artifact(f"{base}/b"))  # evicts a
+    a_key = parse_uri(f"{base}/a").cache_key
+    assert (a_key, False) in dropped
+    assert b.exists() and [e.uri for e in store.entries()] == [f"{base}/b"]
+
+
 async def test_artifact_larger_than_the_cache_is_refused(
     tmp_path: Path, server: tuple[str, Blobs]
 ) -> None:
@@ -214,7 +236,7 @@ async def test_hf_directories_hash_as_a_tree(tmp_path: Path) -> None:
         f"{hashlib.sha256(b'w').hexdigest()}  sub/w.bin\n"
     )
     digest = hashlib.sha256(listing.encode()).hexdigest()
-    assert artifacts.sha256_tree(ckpt) == digest
+    assert artifact_files.sha256_tree(ckpt) == digest
     assert await _store(tmp_path).fetch(_artifact(str(ckpt), sha=digest)) == ckpt
 
 
@@ -229,20 +251,6 @@ async def test_corrupted_cache_entry_is_quarantined_and_refetched(
     again = await _store(tmp_path).fetch(_artifact(f"{base}/m", body))
     assert again.read_bytes() == body and blobs.gets["m"] == 2
     assert any(_store(tmp_path).quarantine.iterdir())
-
-
-async def test_module_level_fetch_uses_env_settings(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("MODELYARD_ARTIFACTS_CACHE_DIR", str(tmp_path / "env-cache"))
-    monkeypatch.setenv("MODELYARD_ARTIFACTS_MAX_CACHE_BYTES", "12345")
-    monkeypatch.setattr(artifacts, "_default_store", None)
-    store = artifacts.default_store()
-    assert store.settings.max_cache_bytes == 12345
-    assert store.objects == tmp_path / "env-cache" / "objects"
-    model = tmp_path / "m.bin"
-    model.write_bytes(b"m")
-    assert await artifacts.fetch(model_pb2.Artifact(uri=str(model))) == model
 
 
 def _read(path: Path) -> bytes:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from modelyard.errors import InvalidArgument
-from worker.artifact_uri import parse_uri
+from worker.artifacts import parse_uri
 
 
 def test_hf_file_with_revision() -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
+from worker.counters import SequenceCounters
 from worker.engines.base import (
     EngineEvent,
     EngineRequest,
@@ -19,7 +20,6 @@ from worker.engines.base import (
     SamplingConfig,
 )
 from worker.engines.llama_cpp import LlamaCppEngine
-from worker.status import SequenceCounters
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -107,5 +107,31 @@ async def test_a_solo_greedy_sequence_is_the_same_with_or_without_neighbours(
         "solo", prompt=PROMPTS[0], sampling=SamplingConfig(temperature=0), max_tokens=6
     )
     solo = [t for e in await run(engine, req) if isinstance(e, Piece) for t in e.token_ids]
-    again = [t for e in await run(engine, req) if isinstance(e, Piece) for t in e.token_ids]
-    assert solo == again and len(solo) == 6
+    assert len(solo) == 6 and engine.stats().running_sequences == 0
+
+    # Neighbours decoding the whole time: each batch holds their rows beside this one's.
+    # 200 tokens each: long enough to outlast it, and their KV reservations (prompt +
+    # max_tokens cells) leave it room in the 1024-cell context, so it is not queued.
+    neighbours = [
+        engine.generate(
+            EngineRequest(f"n{i}", prompt=p, sampling=SamplingConfig(seed=i), max_tokens=200)
+        )
+        for i, p in enumerate(PROMPTS[1:3])
+    ]
+    try:
+        for stream in neighbours:
+            while not isinstance(await anext(stream), Piece):  # until it is decoding
+                pass
+        batched: list[int] = []
+        running_beside: list[int] = []
+        async for event in engine.generate(req):
+            if isinstance(event, Piece):
+                batched.extend(event.token_ids)
+                running_beside.append(engine.stats().running_sequences)
+        # Each token but the last (its sequence may be counted out before the loop reads
+        # it) was decoded beside a neighbour at least.
+        assert len(running_beside) == 6 and min(running_beside[:-1]) >= 2
+    finally:
+        for stream in neighbours:
+            await stream.aclose()
+    assert batched == solo

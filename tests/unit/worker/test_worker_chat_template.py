@@ -7,8 +7,8 @@ import logging
 import pytest
 
 from modelyard.errors import InvalidArgument
-from worker.chat_template import CHATML_TEMPLATE, METADATA_KEY, ChatTemplate
 from worker.engines.base import ChatTurn
+from worker.engines.chat_template import CHATML_TEMPLATE, METADATA_KEY, ChatTemplate
 
 MESSAGES = [ChatTurn("system", "Be brief."), ChatTurn("user", "Hi")]
 
@@ -38,7 +38,7 @@ def test_the_model_template_gets_bos_and_eos_tokens() -> None:
 def test_a_model_without_a_template_falls_back_to_chatml_with_a_warning(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="worker.chat_template"):
+    with caplog.at_level(logging.WARNING, logger="worker.engines.chat_template"):
         template = ChatTemplate.from_metadata({}, bos_token="", eos_token="", model="base@1")
     assert template.is_fallback
     assert template.render(MESSAGES).text.endswith("<|im_start|>assistant\n")

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
+from worker.artifacts import ArtifactSettings
 from worker.config import WorkerSettings
+from worker.main import build_manager
 
 
 def test_settings_come_from_modelyard_worker_variables(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -31,3 +35,31 @@ def test_the_advertised_address_uses_the_bound_port() -> None:
 def test_bad_values_are_refused() -> None:
     with pytest.raises(ValidationError):
         WorkerSettings(threads=0)
+
+
+def test_one_settings_object_reads_auth_tls_and_artifact_variables(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("MODELYARD_WORKER_ADMIN_TOKEN", "adm")
+    monkeypatch.setenv("MODELYARD_WORKER_API_KEY", "key")
+    monkeypatch.setenv("MODELYARD_WORKER_TLS_CERT_FILE", "/c.crt")
+    monkeypatch.setenv("MODELYARD_WORKER_TLS_MTLS", "true")
+    monkeypatch.setenv("MODELYARD_ARTIFACTS_CACHE_DIR", str(tmp_path / "env-cache"))
+    monkeypatch.setenv("MODELYARD_ARTIFACTS_MAX_CACHE_BYTES", "12345")
+    monkeypatch.setenv("MODELYARD_ARTIFACTS_S3_ENDPOINT_URL", "http://minio:9000")
+    settings = WorkerSettings()
+    assert (settings.admin_token, settings.api_key) == ("adm", "key")
+    assert settings.tls.cert_file == "/c.crt" and settings.tls.mtls
+    assert settings.artifacts.cache_dir == tmp_path / "env-cache"
+    assert settings.artifacts.max_cache_bytes == 12345
+    assert settings.artifacts.s3_endpoint_url == "http://minio:9000"
+
+
+def test_the_artifact_store_is_built_from_the_settings(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("MODELYARD_WORKER_ARTIFACTS_CACHE_DIR", str(tmp_path / "prefixed"))
+    manager = build_manager(WorkerSettings(), engines={})
+    assert manager.loader.store.objects == tmp_path / "prefixed" / "objects"
+    direct = WorkerSettings(artifacts=ArtifactSettings(max_cache_bytes=7))
+    assert build_manager(direct, engines={}).loader.store.settings.max_cache_bytes == 7

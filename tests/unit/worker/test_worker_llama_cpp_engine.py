@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from modelyard.errors import InvalidArgument
+from worker.counters import SequenceCounters
 from worker.engines.base import (
     ChatTurn,
     EngineEvent,
@@ -25,8 +26,8 @@ from worker.engines.base import (
     SamplingConfig,
     Scheduled,
 )
-from worker.engines.llama_cpp import EngineNotLoaded, LlamaCppEngine
-from worker.status import SequenceCounters
+from worker.engines.common import EngineNotLoaded
+from worker.engines.llama_cpp import LlamaCppEngine
 
 
 @pytest.fixture

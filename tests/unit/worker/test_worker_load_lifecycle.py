@@ -18,27 +18,26 @@ from typing import ClassVar
 import pytest
 
 from modelyard.errors import FailedPrecondition, ResourceExhausted
+from modelyard.refs import model_key
 from modelyard.v1 import common_pb2, model_pb2
 from tests.fixtures.tiny_gguf import gguf_model
-from worker import artifacts
-from worker.artifact_cache import ArtifactStore
-from worker.artifact_settings import ArtifactSettings
+from worker.artifacts import ArtifactSettings, ArtifactStore
 from worker.config import WorkerSettings
+from worker.counters import ChangeNotifier, CounterSnapshot, SequenceCounters
 from worker.engines.base import (
     Engine,
     EngineEvent,
     EngineRequest,
-    EngineStats,
     Finished,
     FinishReason,
     LoadedInfo,
     ModelSpec,
 )
-from worker.load_options import engine_extra
-from worker.load_progress import LoadPhase
-from worker.manager import ModelManager, ResidencyState
-from worker.status import ChangeNotifier, SequenceCounters
-from worker.status_report import model_status
+from worker.main import build_manager
+from worker.residency import ModelManager, ResidencyState
+from worker.residency.load_options import engine_extra
+from worker.residency.progress import LoadPhase
+from worker.status import model_status
 
 
 @pytest.fixture
@@ -78,12 +77,12 @@ def tiny_abs(tiny_gguf: Path) -> Path:
 
 
 @pytest.fixture
-def store(tmp_path: Path, tiny_gguf: Path, monkeypatch: pytest.MonkeyPatch) -> ArtifactStore:
-    """The process's store, room for one tiny GGUF and a half."""
+def store(tmp_path: Path, tiny_gguf: Path) -> ArtifactStore:
+    """The store the manager is given: room for one tiny GGUF and a half."""
     size = tiny_gguf.stat().st_size
-    s = ArtifactStore(ArtifactSettings(cache_dir=tmp_path / "cache", max_cache_bytes=size * 3 // 2))
-    monkeypatch.setattr(artifacts, "_default_store", s)
-    return s
+    return ArtifactStore(
+        ArtifactSettings(cache_dir=tmp_path / "cache", max_cache_bytes=size * 3 // 2)
+    )
 
 
 def remote(base: str, name: str, tiny_gguf: Path) -> model_pb2.Model:
@@ -103,7 +102,7 @@ class PhaseRecorder(ChangeNotifier):
 
     def notify(self) -> None:
         super().notify()
-        if self.manager is not None and (r := self.manager.get("a", "1")) is not None:
+        if self.manager is not None and (r := self.manager.get(model_key("a", "1"))) is not None:
             m = model_status(r)
             self.seen.append((m.load_phase, m.download_bytes_done, m.download_bytes_total))
 
@@ -112,7 +111,7 @@ async def test_a_loaded_model_keeps_its_artifact_in_the_cache_until_unloaded(
     settings: WorkerSettings, served: str, store: ArtifactStore, tiny_gguf: Path, tiny_abs: Path
 ) -> None:
     notifier = PhaseRecorder()
-    manager = ModelManager(settings, notifier=notifier)
+    manager = build_manager(settings, store=store, notifier=notifier)
     notifier.manager = manager
     await manager.load(remote(served, "a", tiny_gguf))
 
@@ -129,7 +128,7 @@ async def test_a_loaded_model_keeps_its_artifact_in_the_cache_until_unloaded(
         await store.fetch(other)
     assert err.value.reason == "ARTIFACT_CACHE_FULL"
 
-    await manager.unload("a", "1")
+    await manager.unload(model_key("a", "1"))
     assert (await store.fetch(other)).is_file()  # released: evicted to make room
     assert [e.uri for e in store.entries()] == [other.uri]
     await manager.close()
@@ -138,7 +137,9 @@ async def test_a_loaded_model_keeps_its_artifact_in_the_cache_until_unloaded(
 async def test_a_failed_load_releases_its_artifact(
     settings: WorkerSettings, served: str, store: ArtifactStore, tiny_gguf: Path
 ) -> None:
-    manager = ModelManager(settings.model_copy(update={"memory_budget_bytes": 1 << 20}))
+    manager = build_manager(
+        settings.model_copy(update={"memory_budget_bytes": 1 << 20}), store=store
+    )
     with pytest.raises(ResourceExhausted):  # fetched, then too large for the budget
         await manager.load(remote(served, "a", tiny_gguf))
     assert (await store.fetch(remote(served, "b", tiny_gguf).artifact)).is_file()
@@ -166,8 +167,8 @@ class RecordingEngine:
     async def unload(self) -> None:
         pass
 
-    def stats(self) -> EngineStats:
-        return EngineStats()
+    def stats(self) -> CounterSnapshot:
+        return CounterSnapshot()
 
 
 def recording(counters: SequenceCounters) -> Engine:
@@ -177,7 +178,7 @@ def recording(counters: SequenceCounters) -> Engine:
 @pytest.fixture
 def vllm_manager(settings: WorkerSettings) -> ModelManager:
     RecordingEngine.specs = []
-    return ModelManager(settings, engines={common_pb2.ENGINE_VLLM: recording})
+    return build_manager(settings, engines={common_pb2.ENGINE_VLLM: recording})
 
 
 def vllm_model(path: Path, name: str, sha: str = "") -> model_pb2.Model:
@@ -218,7 +219,7 @@ async def test_an_unknown_draft_model_is_refused_saying_how_to_fix_it(
         await vllm_manager.load(target)
     assert err.value.reason == "DRAFT_MODEL_UNRESOLVED"
     assert "registered" in err.value.message and "artifact URI" in err.value.message
-    r = vllm_manager.get("target", "1")
+    r = vllm_manager.get(model_key("target", "1"))
     assert r is not None and r.state is ResidencyState.FAILED
     assert RecordingEngine.specs == []
 
@@ -247,7 +248,7 @@ def test_engine_extra_gives_llama_cpp_its_gpu_layers_and_typed_options_win() -> 
 
 
 async def test_progress_updates_are_throttled_but_the_last_one_arrives() -> None:
-    from worker.load_progress import LoadProgress, ProgressPublisher
+    from worker.residency.progress import LoadProgress, ProgressPublisher
 
     notifier = ChangeNotifier()
     progress = LoadProgress()

@@ -9,14 +9,17 @@ import socket
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+import pytest
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from modelyard.v1 import worker_pb2, worker_pb2_grpc
+from modelyard.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 from tests.fixtures.tiny_gguf import gguf_model
 from worker.config import WorkerSettings
 from worker.main import SERVICE_NAME, serve, start_worker
+from worker.residency import ModelManager, ResidencyState
 
 
 def free_port() -> int:
@@ -49,7 +52,68 @@ async def test_serve_answers_until_sigterm_and_exposes_metrics(tiny_gguf: Path) 
     assert 'modelyard_worker_generated_tokens_total{model="tiny@1"}' in metrics
 
     os.kill(os.getpid(), signal.SIGTERM)
-    await asyncio.wait_for(task, 10)  # graceful stop: server down, models unloaded
+    await asyncio.wait_for(task, 10)
+
+
+async def test_a_graceful_stop_says_not_serving_then_drains_then_unloads(
+    smollm2_gguf: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Server-side order of the stop, with the requests in flight at each step.
+    steps: list[tuple[str, int]] = []
+    managers: list[ModelManager] = []
+    not_serving = health.aio.HealthServicer.enter_graceful_shutdown
+    close = ModelManager.close
+
+    async def recording_not_serving(self: health.aio.HealthServicer) -> None:
+        steps.append(("not_serving", in_flight(managers[0])))
+        await not_serving(self)
+
+    async def recording_close(self: ModelManager) -> None:
+        managers.append(self)
+        steps.append(("unload", in_flight(self)))
+        await close(self)
+
+    def in_flight(manager: ModelManager) -> int:
+        return sum(r.refcount for r in manager.residents())
+
+    monkeypatch.setattr(health.aio.HealthServicer, "enter_graceful_shutdown", recording_not_serving)
+    monkeypatch.setattr(ModelManager, "close", recording_close)
+    real_load = ModelManager.load
+
+    async def remembering_load(self: ModelManager, *args: Any, **kwargs: Any) -> Any:
+        managers[:] = [self]
+        return await real_load(self, *args, **kwargs)
+
+    monkeypatch.setattr(ModelManager, "load", remembering_load)
+
+    # 100 ms a step, 8 steps: still decoding when the signal comes, done well within the
+    # stop's 5 s grace even on a loaded machine.
+    settings = WorkerSettings(address="127.0.0.1:0", threads=1, token_delay_ms=100)
+    ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    task = asyncio.ensure_future(serve(settings, on_ready=ready.set_result))
+    port = await asyncio.wait_for(ready, 10)
+    model = gguf_model(smollm2_gguf, name="smollm2")
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = worker_pb2_grpc.WorkerServiceStub(channel)
+        await stub.LoadModel(worker_pb2.LoadModelRequest(model=model), timeout=30)
+        request = worker_pb2.WorkerServiceGenerateRequest(
+            model=model, prompt="Count from 1 to 100: 1, 2, 3,"
+        )
+        request.sampling.temperature, request.sampling.max_tokens = 0.0, 8
+        call = stub.Generate(request, timeout=60)
+        assert (await call.read()).WhichOneof("event") == "started"
+        assert (await call.read()).WhichOneof("event") == "delta"  # decoding now
+        os.kill(os.getpid(), signal.SIGTERM)
+        rest = []
+        while (event := await call.read()) is not grpc.aio.EOF:
+            rest.append(event)
+    await asyncio.wait_for(task, 30)
+
+    # NOT_SERVING while the request ran; models unloaded once it had drained, not before.
+    assert steps == [("not_serving", 1), ("unload", 0)]
+    finished = rest[-1].finished
+    assert finished.finish_reason == common_pb2.FINISH_REASON_LENGTH  # ran to its end
+    assert [r.state for r in managers[0].residents()] == [ResidencyState.COLD]
 
 
 async def test_stopping_ends_status_watches_without_waiting_for_the_grace() -> None:

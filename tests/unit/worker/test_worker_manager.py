@@ -7,16 +7,20 @@ import shutil
 from pathlib import Path
 
 import pytest
+from google.protobuf import json_format
 
 from modelyard.bundled import sha256_of
 from modelyard.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from modelyard.refs import model_key
 from modelyard.v1 import common_pb2, model_pb2
 from tests.fixtures.tiny_gguf import gguf_model
 from worker.config import WorkerSettings
+from worker.counters import SequenceCounters
 from worker.engines.base import Engine, EngineRequest, Finished, FinishReason, Scheduled
 from worker.engines.llama_cpp import LlamaCppEngine
-from worker.manager import ModelManager, ResidencyState
-from worker.status import SequenceCounters
+from worker.main import build_manager
+from worker.residency import ModelManager, ResidencyState
+from worker.residency.preload import read_preload
 
 
 class CountingEngines:
@@ -37,7 +41,7 @@ def factory() -> CountingEngines:
 
 @pytest.fixture
 def manager(settings: WorkerSettings, factory: CountingEngines) -> ModelManager:
-    return ModelManager(settings, engines={common_pb2.ENGINE_LLAMA_CPP: factory})
+    return build_manager(settings, engines={common_pb2.ENGINE_LLAMA_CPP: factory})
 
 
 async def test_concurrent_loads_of_one_model_load_it_once(
@@ -100,7 +104,7 @@ async def test_a_missing_file_fails_naming_the_path_and_other_models_keep_servin
     with pytest.raises(FailedPrecondition) as err:
         await manager.load(gguf_model(missing, name="ghost"))
     assert str(missing) in err.value.message
-    ghost = manager.get("ghost", "1")
+    ghost = manager.get(model_key("ghost", "1"))
     assert ghost is not None and ghost.state is ResidencyState.FAILED
     assert str(missing) in ghost.error
 
@@ -153,10 +157,16 @@ async def test_an_engine_this_worker_does_not_run_is_refused(
     assert "ENGINE_VLLM" in err.value.message
 
 
-async def test_a_model_without_a_version_is_invalid(manager: ModelManager, tiny_gguf: Path) -> None:
-    with pytest.raises(InvalidArgument) as err:
-        await manager.load(gguf_model(tiny_gguf, version=""))
-    assert err.value.violations[0].field == "model"
+async def test_a_preloaded_model_without_a_version_is_refused_when_read(
+    tmp_path: Path, tiny_gguf: Path
+) -> None:
+    # The boundary checks name and version (the servicer, the preload file); the manager
+    # trusts its callers' keys.
+    preload = tmp_path / "preload.json"
+    preload.write_text(json_format.MessageToJson(gguf_model(tiny_gguf, version="")))
+    preload.write_text(f"[{preload.read_text()}]")
+    with pytest.raises(InvalidArgument, match="item 0 needs both a name and a version"):
+        read_preload(preload)
 
 
 async def test_unload_after_the_grace_period_cancels_requests_in_flight(
@@ -177,13 +187,13 @@ async def test_unload_after_the_grace_period_cancels_requests_in_flight(
 
     task = asyncio.ensure_future(generate())
     await scheduled.wait()
-    result = await manager.unload("tiny", "1", grace_s=0.05)
+    result = await manager.unload(model_key("tiny", "1"), grace_s=0.05)
     await task
 
     assert result.cancelled_requests in (0, 1)  # 0 only if the random model said EOS first
     if result.cancelled_requests:
         assert finished[0].reason is FinishReason.CANCELLED
-    resident = manager.get("tiny", "1")
+    resident = manager.get(model_key("tiny", "1"))
     assert resident is not None and resident.state is ResidencyState.COLD
     assert resident.engine is None and resident.refcount == 0
 
@@ -193,7 +203,7 @@ async def test_a_draining_model_refuses_new_requests(
 ) -> None:
     await manager.load(tiny_model)
     async with manager.acquire(tiny_model):
-        unloading = asyncio.ensure_future(manager.unload("tiny", "1", grace_s=5))
+        unloading = asyncio.ensure_future(manager.unload(model_key("tiny", "1"), grace_s=5))
         await asyncio.sleep(0.01)
         with pytest.raises(Unavailable):
             async with manager.acquire(tiny_model):
@@ -204,7 +214,7 @@ async def test_a_draining_model_refuses_new_requests(
 
 async def test_unloading_an_unknown_model_is_not_found(manager: ModelManager) -> None:
     with pytest.raises(NotFound):
-        await manager.unload("nope", "1")
+        await manager.unload(model_key("nope", "1"))
 
 
 async def test_status_changes_bump_the_notifier(

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from modelyard.v1 import common_pb2
-from worker import memory
 from worker.config import WorkerSettings
 from worker.engines.llama_cpp import LlamaCppEngine
-from worker.manager import ModelManager
+from worker.main import build_manager
+from worker.residency import memory
 
 GiB = 1 << 30
 
@@ -55,8 +55,8 @@ def test_the_manager_takes_the_gpu_budget_only_when_it_runs_vllm(settings: Worke
     def llama(counters: object) -> LlamaCppEngine:
         return LlamaCppEngine()
 
-    cpu = ModelManager(settings, engines={common_pb2.ENGINE_LLAMA_CPP: llama})
-    gpu = ModelManager(settings, engines={common_pb2.ENGINE_VLLM: llama})
+    cpu = build_manager(settings, engines={common_pb2.ENGINE_LLAMA_CPP: llama})
+    gpu = build_manager(settings, engines={common_pb2.ENGINE_VLLM: llama})
     assert cpu.budget_bytes == int(memory.physical_memory_bytes() * 0.7)
     assert gpu.budget_bytes == int(80 * GiB * 0.7)
 

@@ -9,11 +9,13 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from modelyard.errors import FailedPrecondition, ResourceExhausted
+from modelyard.refs import model_key
 from modelyard.v1 import common_pb2
 from tests.fixtures.tiny_gguf import gguf_model
 from worker.config import WorkerSettings
-from worker.manager import ModelManager
+from worker.main import build_manager
 from worker.metrics import metrics_registry
+from worker.residency import ModelManager
 
 MiB = 1 << 20
 
@@ -30,7 +32,7 @@ def scrape(manager: ModelManager) -> dict[tuple[str, tuple[tuple[str, str], ...]
 async def test_memory_loads_durations_evictions_and_refusals_are_exported(
     settings: WorkerSettings, tiny_gguf: Path
 ) -> None:
-    manager = ModelManager(
+    manager = build_manager(
         settings.model_copy(update={"memory_budget_bytes": 100 * MiB, "max_queued_requests": 1})
     )
     small, other, huge = (gguf_model(tiny_gguf, name=n) for n in ("small", "other", "huge"))
@@ -43,7 +45,7 @@ async def test_memory_loads_durations_evictions_and_refusals_are_exported(
     with pytest.raises(FailedPrecondition):
         async with manager.acquire(small):
             pass
-    r = manager.get("other", "1")
+    r = manager.get(model_key("other", "1"))
     assert r is not None
     r.queue.set_slots(0)  # nothing runs: the second request finds the queue full
     ticket = r.queue.submit(common_pb2.PRIORITY_NORMAL, 10)

@@ -14,12 +14,14 @@ from pathlib import Path
 import pytest
 
 from modelyard.errors import DeadlineExceeded, FailedPrecondition, ResourceExhausted
+from modelyard.refs import model_key
 from modelyard.v1 import model_pb2
 from tests.fixtures.tiny_gguf import gguf_model
 from worker.config import WorkerSettings
-from worker.manager import ModelManager, ResidencyState
-from worker.preload import read_preload
-from worker.status_report import WorkerIdentity, build_worker_status
+from worker.main import build_manager
+from worker.residency import ModelManager, ResidencyState
+from worker.residency.preload import read_preload
+from worker.status import WorkerIdentity, build_worker_status
 
 MiB = 1 << 20
 
@@ -33,13 +35,13 @@ def sized(path: Path, name: str, mib: int, parallel: int = 2) -> model_pb2.Model
 
 @pytest.fixture
 async def manager(settings: WorkerSettings) -> AsyncIterator[ModelManager]:
-    mgr = ModelManager(settings.model_copy(update={"memory_budget_bytes": 100 * MiB}))
+    mgr = build_manager(settings.model_copy(update={"memory_budget_bytes": 100 * MiB}))
     yield mgr
     await mgr.close()
 
 
 def state(mgr: ModelManager, name: str) -> ResidencyState:
-    r = mgr.get(name, "1")
+    r = mgr.get(model_key(name, "1"))
     return r.state if r is not None else ResidencyState.COLD
 
 
@@ -104,16 +106,19 @@ async def test_a_request_for_an_evicted_model_reloads_it(
     for model in (a, b, a, b):
         async with manager.acquire(model, load_if_cold=True) as lease:
             assert lease.resident.model.name == model.name
-    ra, rb = manager.get("a", "1"), manager.get("b", "1")
+    ra, rb = manager.get(model_key("a", "1")), manager.get(model_key("b", "1"))
     assert ra is not None and rb is not None and (ra.loads, rb.loads) == (2, 2)
 
 
 async def test_keep_alive_unloads_an_idle_model_and_zero_keeps_it(
     manager: ModelManager, tiny_gguf: Path
 ) -> None:
-    await manager.load(sized(tiny_gguf, "brief", 10), keep_alive_s=0.05)
     await manager.load(sized(tiny_gguf, "forever", 10), keep_alive_s=0)
-    async with manager.acquire(sized(tiny_gguf, "brief", 10)):
+    brief = sized(tiny_gguf, "brief", 10)
+    await manager.load(brief, keep_alive_s=0)
+    async with manager.acquire(brief):
+        # The short keep-alive is set while the model is held (no race with the timer).
+        await manager.load(brief, keep_alive_s=0.05)
         await asyncio.sleep(0.1)  # in use: the timer does not run while held
         assert state(manager, "brief") is ResidencyState.WARM
     deadline = time.monotonic() + 5
@@ -132,14 +137,14 @@ async def test_a_deadline_passing_in_the_queue_is_deadline_exceeded(
         with pytest.raises(DeadlineExceeded, match="queue"):
             async with manager.acquire(model, deadline=time.monotonic() + 0.05):
                 pass
-        r = manager.get("one-slot", "1")
+        r = manager.get(model_key("one-slot", "1"))
         assert r is not None and r.refcount == 1 and r.queue.waiting == 0
 
 
 async def test_load_on_demand_off_refuses_cold_models(
     settings: WorkerSettings, tiny_gguf: Path
 ) -> None:
-    mgr = ModelManager(settings.model_copy(update={"load_on_demand": False}))
+    mgr = build_manager(settings.model_copy(update={"load_on_demand": False}))
     with pytest.raises(FailedPrecondition, match="load on demand is off"):
         async with mgr.acquire(sized(tiny_gguf, "a", 1), load_if_cold=True):
             pass
@@ -169,7 +174,7 @@ async def _hold(manager: ModelManager, model: model_pb2.Model, tokens: int) -> N
 async def test_preload_reads_models_and_options_from_yaml(
     settings: WorkerSettings, tiny_gguf: Path, tmp_path: Path
 ) -> None:
-    manager = ModelManager(settings)
+    manager = build_manager(settings)
     path = tmp_path / "preload.yaml"
     uri = gguf_model(tiny_gguf).artifact.uri
     path.write_text(
@@ -189,6 +194,6 @@ async def test_preload_reads_models_and_options_from_yaml(
     await manager.preload(entries)
     assert state(manager, "p") is state(manager, "q") is ResidencyState.WARM
     assert state(manager, "broken") is ResidencyState.FAILED
-    p = manager.get("p", "1")
+    p = manager.get(model_key("p", "1"))
     assert p is not None and p.pinned
     await manager.close()

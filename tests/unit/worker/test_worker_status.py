@@ -6,7 +6,7 @@ import asyncio
 import threading
 import time
 
-from worker.status import ChangeNotifier, SequenceCounters
+from worker.counters import ChangeNotifier, SequenceCounters
 
 
 def test_counters_track_queue_running_and_tokens() -> None:

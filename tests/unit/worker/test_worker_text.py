@@ -7,7 +7,7 @@ import itertools
 from hypothesis import given
 from hypothesis import strategies as st
 
-from worker.text import StopMatcher, TextStream, Utf8Assembler
+from worker.engines.text import StopMatcher, TextStream, Utf8Assembler
 
 
 def feed_all(stream: TextStream, pieces: list[bytes]) -> tuple[list[str], str | None]:

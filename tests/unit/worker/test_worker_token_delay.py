@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from worker.config import WorkerSettings
+from worker.counters import SequenceCounters
 from worker.engines.base import EngineRequest, Finished, ModelSpec, Piece, SamplingConfig
 from worker.engines.llama_cpp import LlamaCppEngine
-from worker.status import SequenceCounters
 
 DELAY_S = 0.05
 

@@ -15,11 +15,13 @@ from typing import Any
 import pytest
 
 from modelyard.errors import ResourceExhausted
+from modelyard.refs import model_key
 from modelyard.v1 import common_pb2, model_pb2
 from worker.config import WorkerSettings
 from worker.engines.base import EngineRequest, Finished, Piece, SamplingConfig
-from worker.manager import ModelManager, ResidencyState
-from worker.memory import rss_bytes
+from worker.main import build_manager
+from worker.residency import ModelManager, ResidencyState
+from worker.residency.memory import rss_bytes
 
 MiB = 1 << 20
 CONTEXT = 512
@@ -80,7 +82,7 @@ async def complete(manager: ModelManager, model: model_pb2.Model) -> str:
 
 
 def budgeted(settings: WorkerSettings) -> ModelManager:
-    return ModelManager(settings.model_copy(update={"memory_budget_bytes": BUDGET}))
+    return build_manager(settings.model_copy(update={"memory_budget_bytes": BUDGET}))
 
 
 async def test_alternating_requests_swap_the_models_and_memory_comes_back(
@@ -91,13 +93,13 @@ async def test_alternating_requests_swap_the_models_and_memory_comes_back(
     for name in ("smollm2", "gemma", "smollm2", "gemma"):
         assert await complete(manager, models[name]) == references[name], name
         other = "gemma" if name == "smollm2" else "smollm2"
-        resident = manager.get(other, "1")
+        resident = manager.get(model_key(other, "1"))
         assert resident is None or resident.state is ResidencyState.COLD
         assert manager.used_bytes <= BUDGET or len(manager.residents()) == 1
     assert manager.evictions_total == 3
-    gemma = manager.get("gemma", "1")
+    gemma = manager.get(model_key("gemma", "1"))
     assert gemma is not None and gemma.memory_bytes > 100 * MiB  # measured, not estimated
-    await manager.unload("gemma", "1")
+    await manager.unload(model_key("gemma", "1"))
     assert rss_bytes() - before < RSS_MARGIN
     await manager.close()
 
@@ -115,7 +117,7 @@ async def test_a_model_with_a_stream_in_flight_is_not_evicted(
             await complete(manager, models["gemma"])
         assert err.value.reason == "MEMORY_BUDGET_BUSY"
         assert int(err.value.metadata["needed_bytes"]) > 0
-        smollm2 = manager.get("smollm2", "1")
+        smollm2 = manager.get(model_key("smollm2", "1"))
         assert smollm2 is not None and smollm2.state is ResidencyState.WARM
         assert isinstance(await anext(stream), Piece)  # still streaming
         await stream.aclose()

@@ -1,0 +1,374 @@
+"""The Relay: one generation from request to finish, across candidates and fallbacks."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import Counter
+from collections.abc import AsyncGenerator, Callable, Iterator, Mapping, Sequence
+from contextlib import AsyncExitStack, aclosing, contextmanager
+from dataclasses import dataclass, field
+
+import grpc
+from opentelemetry import trace
+from opentelemetry.trace import Status, StatusCode
+
+from modelyard.errors import ModelyardError, Unavailable, from_rpc_error
+from modelyard.refs import key_of
+from modelyard.v1 import common_pb2, model_pb2, router_pb2
+from modelyard.validation import check_generation
+from router.accounting import Accounting
+from router.catalog import Catalog, Target
+from router.relay.attempts import (
+    Attempt,
+    AttemptLog,
+    Committed,
+    Fatal,
+    Outcome,
+    Retryable,
+    Scheduled,
+    attempts,
+)
+from router.relay.requests import Assignment, request_id_of, scheduling_request, worker_request
+from router.relay.stream import NoFinish, StreamBroken, StreamRelay, describe, read_head
+from router.scheduling.framework import Profile, run_cycle
+from router.scheduling.types import Candidate, Request
+from router.stats import Outcome as StatsOutcome
+from router.workers import WorkerHandle, WorkerPool
+
+log = logging.getLogger(__name__)
+tracer = trace.get_tracer("modelyard.router")
+
+# Before the first token these move on to the next candidate; anything else is the
+# answer (a bad request stays bad on every worker).
+_RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
+
+
+@dataclass
+class _Run:
+    """One request on its way through the relay."""
+
+    request: router_pb2.GenerateRequest
+    request_id: str
+    target: Target
+    req: Request
+    started_at: float
+    deadline: float | None
+    log: AttemptLog = field(default_factory=AttemptLog)
+    first_token_at: float = 0.0
+
+    def assignment(self, attempt: Attempt) -> Assignment:
+        t = self.target
+        return Assignment(self.request_id, attempt.number, attempt.cand.model, t.route, t.arm)
+
+
+class _OpenCall:
+    """A worker call this router holds open: counted in flight until closed (once)."""
+
+    def __init__(self, call: grpc.aio.UnaryStreamCall, worker: str, in_flight: Counter[str]):
+        self.call = call
+        self._worker = worker
+        self._in_flight = in_flight
+        in_flight[worker] += 1
+        self._open = True
+
+    def close(self) -> None:
+        if not self._open:
+            return
+        self._open = False
+        self.call.cancel()
+        self._in_flight[self._worker] -= 1
+        if not self._in_flight[self._worker]:
+            del self._in_flight[self._worker]
+
+
+@contextmanager
+def _route_span(request: router_pb2.GenerateRequest, request_id: str) -> Iterator[trace.Span]:
+    """The request's span, from arrival to the end of its stream, with its error if any."""
+    span = tracer.start_span(
+        "router.route",
+        attributes={
+            "gen_ai.request.model": request.model or "auto",
+            "modelyard.request_id": request_id,
+        },
+    )
+    try:
+        yield span
+    except Exception as err:
+        span.record_exception(err)
+        span.set_status(Status(StatusCode.ERROR, f"{type(err).__name__}: {err}"))
+        raise
+    finally:
+        span.end()
+
+
+class Relay:
+    """Runs one generation: resolve, schedule, stream from the first candidate that
+    answers, then the route's fallbacks; report every outcome to the accounting."""
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        pool: WorkerPool,
+        *,
+        profiles: Mapping[common_pb2.Objective.ValueType, Profile],
+        accounting: Accounting,
+        max_attempts: int = 3,
+        max_total_attempts: int = 6,
+        connect_timeout_s: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._catalog = catalog
+        self._pool = pool
+        self._profiles = profiles
+        self._acct = accounting
+        self._max_attempts = max_attempts
+        self._max_total_attempts = max(max_total_attempts, max_attempts)
+        self._connect_timeout_s = connect_timeout_s
+        self._clock = clock
+        # This router's open streams per worker: the pushed status lags behind them.
+        self._in_flight: Counter[str] = Counter()
+
+    def candidates(
+        self, models: Sequence[model_pb2.Model]
+    ) -> tuple[list[Candidate], dict[str, WorkerHandle]]:
+        handles = {h.address: h for h in self._pool.workers}
+        breakers = self._acct.breakers
+        cands: list[Candidate] = []
+        for model in models:
+            key = key_of(model)
+            for h in handles.values():
+                status = h.status
+                estimate = self._acct.latency.get(h.address, key)
+                cands.append(
+                    Candidate(
+                        worker=h.address,
+                        worker_id=h.worker_id,
+                        model=model,
+                        residency=h.residency(model),
+                        healthy=h.watching,
+                        breaker=breakers.state(h.address),
+                        breaker_allows=breakers.allows(h.address),
+                        queued_tokens=h.queued_tokens(),
+                        running_sequences=status.running_sequences if status else 0,
+                        in_flight=self._in_flight[h.address],
+                        memory_budget_bytes=status.memory_budget_bytes if status else 0,
+                        memory_used_bytes=status.memory_used_bytes if status else 0,
+                        ttft_ms=estimate.ttft_ms,
+                        inter_token_ms=estimate.inter_token_ms,
+                    )
+                )
+        return cands, handles
+
+    async def generate(
+        self, request: router_pb2.GenerateRequest, *, timeout_s: float | None
+    ) -> AsyncGenerator[router_pb2.GenerateResponse, None]:
+        """Stream the generation; `timeout_s` is what is left of the caller's deadline."""
+        # Bad input is INVALID_ARGUMENT before any registry or worker call.
+        check_generation(request.prompt, request.messages, request.sampling)
+        request_id = request_id_of(request.request_id)
+        started_at = self._clock()
+        deadline = None if timeout_s is None else started_at + timeout_s
+        with _route_span(request, request_id) as span:
+            async with AsyncExitStack() as cleanup:
+                # Current only while the relay resolves and connects (the worker call
+                # joins this trace), never across a yield: a front may resume this
+                # generator from another task.
+                with trace.use_span(span, record_exception=False, set_status_on_exception=False):
+                    run = await self._prepare(request, request_id, started_at, deadline, span)
+                    leg = await self._commit(run, cleanup)
+                stream = self._first_token(run, leg, span)
+                events = await cleanup.enter_async_context(
+                    aclosing(stream.relay(leg.head, leg.events))
+                )
+                try:
+                    async for event in events:
+                        yield event
+                except ModelyardError as err:
+                    if isinstance(err, StreamBroken):
+                        self._acct.attempt_failed(leg.attempt.cand.worker)
+                    self._failed(run, leg.attempt.cand.model, err.code.name, stream.usage)
+                    raise
+                self._finished(run, leg, stream)
+
+    async def _prepare(
+        self,
+        request: router_pb2.GenerateRequest,
+        request_id: str,
+        started_at: float,
+        deadline: float | None,
+        span: trace.Span,
+    ) -> _Run:
+        """Resolve the model field and check that there is a worker to try."""
+        target = await self._catalog.target(
+            request.model,
+            chat=bool(request.messages),
+            hints=request.hints,
+            timeout_s=self._left(deadline),
+        )
+        if len(target.models) == 1:
+            span.set_attribute("modelyard.model", key_of(target.models[0]))
+        if target.route:
+            span.set_attribute("modelyard.route", target.route)
+            span.set_attribute("modelyard.arm", target.arm)
+        if not self._pool.workers:
+            raise Unavailable(
+                "the router has no workers; start it with --worker host:port",
+                reason="NO_WORKERS",
+            )
+        req = scheduling_request(request, request_id, target)
+        return _Run(request, request_id, target, req, started_at, deadline)
+
+    async def _commit(self, run: _Run, cleanup: AsyncExitStack) -> Committed:
+        """Try candidates in order until one sends its first token; else the final error."""
+        profile = self._profiles[run.req.objective]
+        groups = (self._schedule(profile, run.req, models) for models in run.target.groups)
+        budget = {"per_model": self._max_attempts, "total": self._max_total_attempts}
+        for attempt in attempts(groups, run.log, **budget):
+            if attempt.number > 1:
+                self._acct.retried()
+            outcome = await self.try_candidate(run, attempt, cleanup)
+            if isinstance(outcome, Committed):
+                return outcome
+            if isinstance(outcome, Fatal):
+                self._failed(run, attempt.cand.model, outcome.error.code.name)
+                raise outcome.error
+            run.log.retryable(outcome)
+            if outcome.worker_failed:
+                self._acct.attempt_failed(attempt.cand.worker)
+        # A connect wait cut short by the caller's deadline is a deadline, not an outage.
+        self._check_deadline(run)
+        target = run.target
+        error = run.log.final_error(target, [h.address for h in self._pool.workers])
+        self._failed(run, target.models[0] if len(target.models) == 1 else None, error.code.name)
+        raise error
+
+    def _schedule(
+        self, profile: Profile, req: Request, models: Sequence[model_pb2.Model]
+    ) -> Scheduled:
+        cands, handles = self.candidates(models)
+        decision = run_cycle(profile, req, cands)
+        return Scheduled(decision.ordered, decision.cycle, handles)
+
+    async def try_candidate(self, run: _Run, attempt: Attempt, cleanup: AsyncExitStack) -> Outcome:
+        """Open the call to one candidate and read up to its first token. A committed
+        call stays open (closed by `cleanup`); any other is closed before returning."""
+        handle = attempt.handle
+        left = self._check_deadline(run)
+        connect_s = min(self._connect_timeout_s, math.inf if left is None else left)
+        try:
+            await handle.connect(connect_s)
+        except TimeoutError:
+            log.warning("worker %s not reachable for %s", handle.address, run.request_id)
+            return Retryable(f"{handle.address} (not reachable within {connect_s:.1f}s)")
+        self._acct.breakers.on_attempt(handle.address)
+        route_ms = (self._clock() - run.started_at) * 1000
+        opened_at = self._clock()
+        call = _OpenCall(
+            handle.stub.Generate(
+                worker_request(run.request, run.assignment(attempt)),
+                timeout=self._left(run.deadline),
+                wait_for_ready=False,
+            ),
+            handle.address,
+            self._in_flight,
+        )
+        cleanup.callback(call.close)
+        # Iterate (not call.read()): the OpenTelemetry client interceptor ends its span
+        # only when the response iterator is exhausted.
+        events = aiter(call.call)
+        try:
+            head = await read_head(events)
+        except (grpc.aio.AioRpcError, NoFinish) as err:
+            call.close()
+            return self._refused(run, handle, err)
+        return Committed(attempt, head, events, opened_at, route_ms)
+
+    def _refused(
+        self, run: _Run, handle: WorkerHandle, err: grpc.aio.AioRpcError | NoFinish
+    ) -> Retryable | Fatal:
+        """What a failure before the first token means: try the next one, or the answer."""
+        code = err.code() if isinstance(err, grpc.aio.AioRpcError) else None
+        if code is not None and code not in _RETRYABLE:
+            return Fatal(from_rpc_error(err))
+        failure = f"{handle.address} ({describe(err)})"
+        if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            return Retryable(failure, exhausted=from_rpc_error(err))
+        log.warning(
+            "worker %s failed before the first token of %s: %s",
+            handle.name,
+            run.request_id,
+            describe(err),
+        )
+        return Retryable(failure)
+
+    def _first_token(self, run: _Run, leg: Committed, span: trace.Span) -> StreamRelay:
+        cand, handle = leg.attempt.cand, leg.attempt.handle
+        now = self._clock()
+        self._acct.first_token(
+            cand.worker,
+            cand.model_key,
+            ewma_ms=(now - leg.opened_at) * 1000,
+            client_ms=(now - run.started_at) * 1000,
+        )
+        span.set_attribute("modelyard.worker", handle.worker_id or handle.address)
+        span.set_attribute("modelyard.model", cand.model_key)
+        span.set_attribute("modelyard.attempt", leg.attempt.number)
+        run.first_token_at = now
+        return StreamRelay(
+            run.assignment(leg.attempt),
+            worker_id=handle.worker_id or handle.address,
+            worker_name=handle.name,
+            route_ms=leg.route_ms,
+        )
+
+    def _finished(self, run: _Run, leg: Committed, stream: StreamRelay) -> None:
+        done = stream.finished
+        model = leg.attempt.cand.model
+        self._acct.finished(
+            run.request_id,
+            leg.attempt.cand.worker,
+            StatsOutcome(
+                model=model.name,
+                version=model.version,
+                route=run.target.route,
+                arm=run.target.arm,
+                usage=done.usage,
+                cost_usd=done.cost.total_usd,
+                ttft_ms=(run.first_token_at - run.started_at) * 1000,
+                total_ms=(self._clock() - run.started_at) * 1000,
+            ),
+            done,
+        )
+
+    def _failed(
+        self,
+        run: _Run,
+        model: model_pb2.Model | None,
+        code: str,
+        usage: common_pb2.Usage | None = None,
+    ) -> None:
+        target = run.target
+        self._acct.failed(
+            run.request_id,
+            StatsOutcome(
+                model=model.name if model is not None else target.name,
+                version=model.version if model is not None else "",
+                route=target.route,
+                arm=target.arm,
+                ok=False,
+                usage=usage,
+            ),
+            code,
+        )
+
+    def _check_deadline(self, run: _Run) -> float | None:
+        """The seconds left, or DEADLINE_EXCEEDED once there are none."""
+        left = self._left(run.deadline)
+        if left is not None and left <= 0:
+            raise run.log.deadline_error(run.target)
+        return left
+
+    def _left(self, deadline: float | None) -> float | None:
+        return None if deadline is None else deadline - self._clock()

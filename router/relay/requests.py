@@ -1,0 +1,76 @@
+"""The client's request as the router's parts see it: its id, what the router decided
+for one attempt, the scheduler's view and the worker's call."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+from modelyard.errors import InvalidArgument
+from modelyard.tokens import estimate_prompt_tokens, max_tokens_of
+from modelyard.v1 import common_pb2, model_pb2, router_pb2, worker_pb2
+from router.catalog import Target
+from router.scheduling.types import Request
+
+MAX_REQUEST_ID_LENGTH = 128
+
+
+def request_id_of(given: str) -> str:
+    """The client's request id, or a fresh one; INVALID_ARGUMENT when too long."""
+    if len(given) > MAX_REQUEST_ID_LENGTH:
+        raise InvalidArgument.for_field(
+            "request_id", f"at most {MAX_REQUEST_ID_LENGTH} characters, got {len(given)}"
+        )
+    return given or uuid.uuid4().hex
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """What the router decided for one attempt. The router owns these facts and states
+    them in GenerationStarted itself: it never relies on a worker echoing them back."""
+
+    request_id: str
+    attempt: int
+    model: model_pb2.Model
+    route: str = ""
+    arm: str = ""
+
+
+def worker_request(
+    request: router_pb2.GenerateRequest, assignment: Assignment
+) -> worker_pb2.WorkerServiceGenerateRequest:
+    return worker_pb2.WorkerServiceGenerateRequest(
+        request_id=assignment.request_id,
+        model=assignment.model,
+        prompt=request.prompt,
+        messages=request.messages,
+        sampling=request.sampling,
+        priority=request.priority,
+        load_if_cold=True,
+        route=assignment.route,
+        arm=assignment.arm,
+        attempt=assignment.attempt,
+    )
+
+
+def scheduling_request(
+    request: router_pb2.GenerateRequest, request_id: str, target: Target
+) -> Request:
+    """The scheduler's view of a request: its hints, over the route's defaults."""
+    hints = request.hints
+    return Request(
+        request_id=request_id,
+        chat=bool(request.messages),
+        prompt_tokens=estimate_prompt_tokens(request.prompt, request.messages),
+        max_tokens=max_tokens_of(request.sampling),
+        objective=hints.objective or target.objective or common_pb2.OBJECTIVE_BALANCED,
+        max_ttft_ms=hints.max_ttft_ms if hints.HasField("max_ttft_ms") else target.max_ttft_ms,
+        max_cost_per_1k=(
+            hints.max_cost_per_1k_tokens
+            if hints.HasField("max_cost_per_1k_tokens")
+            else target.max_cost_per_1k
+        ),
+        required_tags=tuple(hints.required_tags),
+        min_context_length=hints.min_context_length,
+        session_key=hints.session_key,
+    )
