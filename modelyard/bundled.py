@@ -7,10 +7,10 @@ __init__ needs the unrelated ``llm`` CLI.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 from pathlib import Path
 
+from modelyard.digest import sha256_file
 from modelyard.v1 import common_pb2, model_pb2
 
 SMOLLM2_NAME = "smollm2-135m-instruct"
@@ -37,14 +37,6 @@ def smollm2_path() -> Path:
     )
 
 
-def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def smollm2_model() -> model_pb2.Model:
     """The registry entry `modelyard up` registers for the bundled SmolLM2."""
     path = smollm2_path()
@@ -54,7 +46,7 @@ def smollm2_model() -> model_pb2.Model:
         description="SmolLM2-135M-Instruct (HuggingFaceTB), Q4_1 GGUF, Apache-2.0",
         artifact=model_pb2.Artifact(
             uri=path.resolve().as_uri(),
-            sha256=sha256_of(path),
+            sha256=sha256_file(path),
             format=model_pb2.ARTIFACT_FORMAT_GGUF,
             size_bytes=path.stat().st_size,
         ),

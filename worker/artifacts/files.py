@@ -12,6 +12,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 from urllib.request import url2pathname
 
+from modelyard.digest import sha256_file
 from modelyard.errors import FailedPrecondition
 
 GGUF_MAGIC = b"GGUF"
@@ -43,14 +44,6 @@ def check_file(path: Path) -> int:
             metadata={"path": str(path)},
         )
     return path.stat().st_size
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def sha256_tree(root: Path) -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from google.protobuf import json_format
 
-from modelyard.bundled import sha256_of
+from modelyard.digest import sha256_file
 from modelyard.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from modelyard.refs import model_key
 from modelyard.v1 import common_pb2, model_pb2
@@ -131,7 +131,7 @@ async def test_a_checksum_mismatch_is_refused(manager: ModelManager, tiny_gguf: 
     assert "sha256" in err.value.message
     assert err.value.reason == "CHECKSUM_MISMATCH"
 
-    good = gguf_model(tiny_gguf, version="2", sha256=sha256_of(tiny_gguf))
+    good = gguf_model(tiny_gguf, version="2", sha256=sha256_file(tiny_gguf))
     assert (await manager.load(good)).resident.state is ResidencyState.WARM
     await manager.close()
 
