@@ -33,6 +33,9 @@ ruff format --check .
 echo "==> mypy"
 mypy
 
+echo "==> import contracts (import-linter: see [tool.importlinter] in pyproject.toml)"
+lint-imports
+
 echo "==> PostgreSQL for the registry tests"
 postgres_url="$(bash scripts/postgres.sh)"  # a failure stops the run here (set -e)
 if [ -z "$postgres_url" ]; then
