@@ -85,7 +85,8 @@ class WorkerHandle:
         """Wait until the channel is ready; TimeoutError after `timeout_s`."""
         if self.channel.get_state(try_to_connect=True) == grpc.ChannelConnectivity.READY:
             return
-        await asyncio.wait_for(self.channel.channel_ready(), timeout=max(0.0, timeout_s))
+        async with asyncio.timeout(max(0.0, timeout_s)):
+            await self.channel.channel_ready()
 
 
 class WorkerPool:

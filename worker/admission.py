@@ -44,7 +44,8 @@ async def within(deadline: float | None, awaitable: Awaitable[T], doing: str) ->
     if deadline is None:
         return await awaitable
     try:
-        return await asyncio.wait_for(awaitable, max(deadline - time.monotonic(), 0.0))
+        async with asyncio.timeout(max(deadline - time.monotonic(), 0.0)):
+            return await awaitable
     except TimeoutError:
         raise DeadlineExceeded(f"the deadline passed while {doing}") from None
 
@@ -134,7 +135,8 @@ class RequestQueue:
         """Until the ticket holds a slot; DEADLINE_EXCEEDED (and out of the queue) at `deadline`."""
         timeout = None if deadline is None else max(deadline - time.monotonic(), 0.0)
         try:
-            await asyncio.wait_for(asyncio.shield(ticket.granted), timeout)
+            async with asyncio.timeout(timeout):
+                await asyncio.shield(ticket.granted)
         except TimeoutError:
             self.leave(ticket)
             self.rejected["deadline"] += 1

@@ -78,7 +78,8 @@ class ChangeNotifier:
             self._event = asyncio.Event()
         event = self._event
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), within_s)
+            async with asyncio.timeout(within_s):
+                await event.wait()
         return self._version
 
 

@@ -128,10 +128,8 @@ class ConsulRegistration:
             return  # never started, or closed already
         try:
             if self.registered.is_set():
-                await asyncio.wait_for(
-                    client.agent.service.deregister(self.spec.service_id),
-                    CALL_TIMEOUT_S,
-                )
+                async with asyncio.timeout(CALL_TIMEOUT_S):
+                    await client.agent.service.deregister(self.spec.service_id)
                 log.info("deregistered %s from Consul", self.spec.service_id)
         except CONSUL_ERRORS as err:
             # The agent drops it once the check has been critical long enough.
@@ -145,9 +143,13 @@ class ConsulRegistration:
         failing = ""
         while True:
             try:
-                known = await asyncio.wait_for(self._client.agent.services(), CALL_TIMEOUT_S)
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow the cancel
+                # that close() sends, and close() would then wait forever.
+                async with asyncio.timeout(CALL_TIMEOUT_S):
+                    known = await self._client.agent.services()
                 if self.spec.service_id not in (known or {}):
-                    await asyncio.wait_for(self._register(self._client), CALL_TIMEOUT_S)
+                    async with asyncio.timeout(CALL_TIMEOUT_S):
+                        await self._register(self._client)
                     log.info(
                         "registered %s as %s at %s:%d with Consul %s",
                         self.spec.name,

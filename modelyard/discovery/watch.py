@@ -94,12 +94,10 @@ class ConsulWatch:
         while True:
             started = loop.time()
             try:
-                returned, entries = await asyncio.wait_for(
-                    client.health.service(
+                async with asyncio.timeout(timeout):  # not wait_for: it can swallow a cancel
+                    returned, entries = await client.health.service(
                         self.service, passing=True, index=index or None, wait=wait
-                    ),
-                    timeout,
-                )
+                    )
             except CONSUL_ERRORS as err:
                 reason = f"{type(err).__name__}: {err}"
                 if reason != failing:  # log once per change of state, not per retry

@@ -35,7 +35,8 @@ class HttpFront:
     async def stop(self) -> None:
         self.server.should_exit = True
         with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait_for(asyncio.shield(self.task), 10)
+            async with asyncio.timeout(10):
+                await asyncio.shield(self.task)
         if not self.task.done():
             self.task.cancel()
 

@@ -18,7 +18,7 @@ import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
 from modelyard.auth import bearer_metadata
-from modelyard.local_mesh import LocalMesh, free_port
+from modelyard.local_mesh import LocalMesh
 from modelyard.v1 import (
     common_pb2,
     model_pb2,
@@ -42,16 +42,16 @@ AUTH = {"authorization": f"Bearer {API_KEY}"}
 def http_mesh(
     tmp_path_factory: pytest.TempPathFactory, smollm2: model_pb2.Model
 ) -> Iterator[tuple[LocalMesh, str]]:
-    http_address = f"127.0.0.1:{free_port()}"
     mesh = LocalMesh(
         data_dir=Path(tmp_path_factory.mktemp("openai-mesh")),
         worker_threads=2,
-        env={"MODELYARD_ROUTER_HTTP_ADDRESS": http_address, "MODELYARD_ROUTER_API_KEYS": API_KEY},
+        router_http_port=0,  # a free port, and start() waits until the front listens
+        env={"MODELYARD_ROUTER_API_KEYS": API_KEY},
     )
     mesh.start()
     try:
         register(mesh.registry_address, smollm2)
-        yield mesh, f"http://{http_address}/v1"
+        yield mesh, f"http://{mesh.router_http_address}/v1"
     finally:
         mesh.stop()
 

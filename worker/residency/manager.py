@@ -374,7 +374,8 @@ class ModelManager:
         cancelled = 0
         if r.refcount:
             try:
-                await asyncio.wait_for(r.idle.wait(), timeout=max(grace_s, 0.0))
+                async with asyncio.timeout(max(grace_s, 0.0)):
+                    await r.idle.wait()
             except TimeoutError:
                 cancelled = r.refcount
         r.queue.set_slots(0)
