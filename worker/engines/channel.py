@@ -11,9 +11,21 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from modelyard.errors import Internal
+from worker.engines.base import EngineEvent, Finished
+
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class DecodeFailed:
+    """The decode thread raised; the consumer re-raises it on the event loop."""
+
+    error: BaseException
 
 
 class ChannelClosed(Exception):
@@ -54,3 +66,16 @@ class EventChannel(Generic[T]):
         item = await self._queue.get()
         self._credits.release()
         return item
+
+
+async def engine_events(
+    channel: EventChannel[EngineEvent | DecodeFailed], engine_name: str
+) -> AsyncIterator[EngineEvent]:
+    """A job's events as its decode thread sends them, through Finished; INTERNAL if it failed."""
+    while True:
+        event = await channel.get()
+        if isinstance(event, DecodeFailed):
+            raise Internal(f"{engine_name} failed: {event.error}") from event.error
+        yield event
+        if isinstance(event, Finished):
+            return

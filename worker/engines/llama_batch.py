@@ -37,7 +37,7 @@ from worker.engines.base import (
     Piece,
     Scheduled,
 )
-from worker.engines.channel import EventChannel
+from worker.engines.channel import DecodeFailed, EventChannel
 from worker.engines.text import TextStream
 
 log = logging.getLogger(__name__)
@@ -49,25 +49,18 @@ PENALTY_LAST_N = 64  # as llama-cpp-python's Llama (last_n_tokens_size)
 IDLE_WAIT_S = 0.5
 
 
-@dataclass(frozen=True)
-class Failed:
-    """The decode loop raised; the consumer re-raises it on the event loop."""
-
-    error: BaseException
-
-
 @dataclass(eq=False)  # identity, so jobs can key a dict
 class Job:
     request: EngineRequest
     prompt_tokens: list[int]
-    channel: EventChannel[EngineEvent | Failed]
+    channel: EventChannel[EngineEvent | DecodeFailed]
     cancel: threading.Event = field(default_factory=threading.Event)
 
     @property
     def reserve(self) -> int:
         return len(self.prompt_tokens) + self.request.max_tokens
 
-    def emit(self, event: EngineEvent | Failed) -> bool:
+    def emit(self, event: EngineEvent | DecodeFailed) -> bool:
         return self.channel.put(event)
 
 
@@ -167,7 +160,7 @@ class BatchDecoder:
             except Exception as err:
                 log.exception("llama.cpp decode step failed")
                 for slot in list(self._slots):
-                    self._end(slot, Failed(err))
+                    self._end(slot, DecodeFailed(err))
         for slot in list(self._slots):
             self._end(slot, None)
         with self._cond:
@@ -320,7 +313,9 @@ class BatchDecoder:
         else:
             slot.next_token = token
 
-    def _end(self, slot: _Slot, outcome: FinishReason | Failed | None, stop: str = "") -> None:
+    def _end(
+        self, slot: _Slot, outcome: FinishReason | DecodeFailed | None, stop: str = ""
+    ) -> None:
         """Free the sequence, then tell the consumer (None: the loop is stopping)."""
         self._slots.remove(slot)
         self._memory_seq_rm(slot.seq_id)
@@ -330,7 +325,7 @@ class BatchDecoder:
         # stream ends never shows it running.
         self._counters.finished()
         n_prompt = len(slot.job.prompt_tokens)
-        if isinstance(outcome, Failed):
+        if isinstance(outcome, DecodeFailed):
             slot.job.emit(outcome)
         else:
             reason = outcome if outcome is not None else FinishReason.CANCELLED

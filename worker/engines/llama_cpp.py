@@ -19,19 +19,17 @@ import logging
 from collections.abc import AsyncGenerator
 from typing import Any
 
-from modelyard.errors import Internal
 from worker.counters import CounterSnapshot, SequenceCounters
 from worker.engines.base import (
     EngineEvent,
     EngineRequest,
-    Finished,
     LoadedInfo,
     ModelSpec,
 )
-from worker.engines.channel import EventChannel
+from worker.engines.channel import EventChannel, engine_events
 from worker.engines.chat_template import ChatTemplate
 from worker.engines.common import EngineNotLoaded, check_prompt
-from worker.engines.llama_batch import BatchDecoder, Failed, Job
+from worker.engines.llama_batch import BatchDecoder, Job
 
 log = logging.getLogger(__name__)
 
@@ -94,13 +92,8 @@ class LlamaCppEngine:
         self._jobs.add(job)
         try:
             decoder.submit(job)
-            while True:
-                event = await job.channel.get()
-                if isinstance(event, Failed):
-                    raise Internal(f"{ENGINE_NAME} failed: {event.error}") from event.error
+            async for event in engine_events(job.channel, ENGINE_NAME):
                 yield event
-                if isinstance(event, Finished):
-                    return
         finally:
             # First thing, synchronously: the decode loop drops the sequence next step.
             job.cancel.set()

@@ -23,7 +23,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from modelyard.errors import Internal
 from worker.counters import CounterSnapshot, SequenceCounters
 from worker.engines.base import (
     EngineEvent,
@@ -35,7 +34,7 @@ from worker.engines.base import (
     Piece,
     Scheduled,
 )
-from worker.engines.channel import EventChannel
+from worker.engines.channel import DecodeFailed, EventChannel, engine_events
 from worker.engines.common import EngineNotLoaded, check_prompt
 from worker.engines.hf_prompt import HfPrompter
 from worker.engines.text import StopMatcher
@@ -46,16 +45,11 @@ log = logging.getLogger(__name__)
 ENGINE_NAME = "transformers"
 
 
-@dataclass(frozen=True)
-class _Failed:
-    error: BaseException
-
-
 @dataclass(eq=False)
 class _Job:
     request: EngineRequest
     prompt: list[int]
-    channel: EventChannel[EngineEvent | _Failed]
+    channel: EventChannel[EngineEvent | DecodeFailed]
     cancel: threading.Event = field(default_factory=threading.Event)
     started: bool = False
 
@@ -110,13 +104,8 @@ class TransformersEngine:
         future = executor.submit(_decode, loaded, job, self._counters, cost)
         self._jobs[job] = future
         try:
-            while True:
-                event = await job.channel.get()
-                if isinstance(event, _Failed):
-                    raise Internal(f"{ENGINE_NAME} failed: {event.error}") from event.error
+            async for event in engine_events(job.channel, ENGINE_NAME):
                 yield event
-                if isinstance(event, Finished):
-                    return
         finally:
             job.cancel.set()
             job.channel.close()
@@ -195,7 +184,7 @@ def _close(loaded: _Loaded) -> None:
 
 
 def _decode(loaded: _Loaded, job: _Job, counters: SequenceCounters, cost: int) -> None:
-    """One job on the owner thread; always ends the stream with Finished or _Failed."""
+    """One job on the owner thread; always ends the stream with Finished or DecodeFailed."""
     counters.dequeued(cost)
     n_prompt = len(job.prompt)
     if job.cancel.is_set() or loaded.model is None:
@@ -208,7 +197,7 @@ def _decode(loaded: _Loaded, job: _Job, counters: SequenceCounters, cost: int) -
     except Exception as err:
         log.exception("decoding %s failed", job.request.request_id)
         counters.finished()
-        job.channel.put(_Failed(err))
+        job.channel.put(DecodeFailed(err))
         return
     counters.finished()
     job.channel.put(Finished(reason, n_prompt, produced, stop))
