@@ -51,6 +51,7 @@ class WatchHub:
         self._moved = asyncio.Event()
         self._watchers = 0
         self._poller: asyncio.Task[None] | None = None
+        self._stopping: set[asyncio.Task[None]] = set()
 
     @property
     def latest(self) -> int:
@@ -88,15 +89,20 @@ class WatchHub:
             self._watchers -= 1
             metrics.WATCHERS.dec()
             if self._watchers == 0 and self._poller is not None:
+                # Cancelled here, awaited in close(): a poller still unwinding a database
+                # read must not outlive the store's engine.
                 self._poller.cancel()
+                self._stopping.add(self._poller)
+                self._poller.add_done_callback(self._stopping.discard)
                 self._poller = None
 
     async def close(self) -> None:
         if self._poller is not None:
             self._poller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._poller
+            self._stopping.add(self._poller)
             self._poller = None
+        stopping, self._stopping = list(self._stopping), set()
+        await asyncio.gather(*stopping, return_exceptions=True)
 
     async def _poll(self) -> None:
         while True:
