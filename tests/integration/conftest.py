@@ -3,7 +3,8 @@ processes on loopback, serving the real SmolLM2 model."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -42,3 +43,12 @@ def mesh(tmp_path_factory: pytest.TempPathFactory, smollm2: model_pb2.Model) -> 
 def router_channel(mesh: LocalMesh) -> Iterator[grpc.Channel]:
     with grpc.insecure_channel(mesh.router_address) as channel:
         yield channel
+
+
+def until(predicate: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:
+    """Poll `predicate` until it holds; fail naming `what` after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not in {timeout_s:.0f} s: {what}")
+        time.sleep(0.1)

@@ -5,8 +5,7 @@ that set while Consul is down."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -15,16 +14,9 @@ import pytest
 from modelyard.local_mesh import LocalMesh
 from modelyard.v1 import router_pb2, router_pb2_grpc
 from tests.consul_agent import ConsulAgentStandIn
+from tests.integration.conftest import until
 
 pytestmark = pytest.mark.integration
-
-
-def _until(predicate: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not in {timeout_s:.0f} s: {what}")
-        time.sleep(0.1)
 
 
 @pytest.fixture
@@ -64,7 +56,7 @@ def test_services_register_and_the_router_follows_consul(
     consul_mesh: tuple[ConsulAgentStandIn, LocalMesh],
 ) -> None:
     agent, mesh = consul_mesh
-    _until(lambda: len(agent.service_ids()) == 4, "4 services registered")
+    until(lambda: len(agent.service_ids()) == 4, "4 services registered")
     assert agent.service_ids("modelyard-worker") == ["worker-0", "worker-1"]
     assert len(agent.service_ids("modelyard-registry")) == 1
     assert len(agent.service_ids("modelyard-router")) == 1
@@ -72,14 +64,14 @@ def test_services_register_and_the_router_follows_consul(
     assert {"version", "engines", "device"} <= set(worker["Meta"])
     assert all(token == "mesh-token" for _, _, token in agent.requests)
     both = sorted(mesh.worker_addresses)
-    _until(lambda: [a for a, _ in _router_workers(mesh)] == both, "router has both workers")
+    until(lambda: [a for a, _ in _router_workers(mesh)] == both, "router has both workers")
     # The router asked Consul for them (blocking reads of the worker service).
     assert agent.reads_of("/v1/health/service/modelyard-worker")
 
     # A worker that stops deregisters and leaves the router's set.
     assert mesh.service("worker-1").stop() == 0
     assert agent.service_ids("modelyard-worker") == ["worker-0"]
-    _until(
+    until(
         lambda: [a for a, _ in _router_workers(mesh)] == [mesh.worker_addresses[0]],
         "worker-1 left the router's set",
     )
@@ -90,15 +82,15 @@ def test_router_keeps_the_last_known_set_while_consul_is_down(
 ) -> None:
     agent, mesh = consul_mesh
     both = sorted(mesh.worker_addresses)
-    _until(lambda: [a for a, _ in _router_workers(mesh)] == both, "router has both workers")
+    until(lambda: [a for a, _ in _router_workers(mesh)] == both, "router has both workers")
     agent.stop()
     # The router's watch has seen the outage (it logs it once) and keeps what it had.
-    _until(lambda: "cannot watch modelyard-worker" in _router_log(mesh), "the outage logged")
+    until(lambda: "cannot watch modelyard-worker" in _router_log(mesh), "the outage logged")
     assert [a for a, _ in _router_workers(mesh)] == both
-    _until(lambda: all(healthy for _, healthy in _router_workers(mesh)), "both healthy")
+    until(lambda: all(healthy for _, healthy in _router_workers(mesh)), "both healthy")
     reads_before = len(agent.reads_of("/v1/health/service/modelyard-worker"))
     agent.start()  # same port, same state (an agent with a data dir): the router carries on
-    _until(
+    until(
         lambda: "reachable again: watching modelyard-worker" in _router_log(mesh),
         "the router's watch is back",
     )

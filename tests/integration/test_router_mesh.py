@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -19,17 +18,9 @@ import pytest
 from modelyard.local_mesh import LocalMesh
 from modelyard.v1 import common_pb2, model_pb2, router_pb2, router_pb2_grpc
 from router.service import USAGE_METADATA_KEY
-from tests.integration.conftest import register
+from tests.integration.conftest import register, until
 
 pytestmark = pytest.mark.integration
-
-
-def _until(predicate: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not in {timeout_s:.0f} s: {what}")
-        time.sleep(0.1)
 
 
 def _mesh(tmp_path: Path, smollm2: model_pb2.Model, workers: int) -> Iterator[LocalMesh]:
@@ -107,7 +98,7 @@ def wait_for_models(stub: router_pb2_grpc.RouterServiceStub, names: set[str]) ->
         reply = stub.ListModels(router_pb2.RouterServiceListModelsRequest(), timeout=5)
         return names <= {m.model.name for m in reply.models}
 
-    _until(listed, f"router lists {names}")
+    until(listed, f"router lists {names}")
 
 
 def register_priced(
@@ -189,7 +180,7 @@ def test_routing_continues_while_the_registry_is_down(
     register_priced(mesh2, stub, smollm2)
     assert mesh2.service("registry").stop() == 0  # the process is gone, its port closed
     log = mesh2.data_dir / "logs" / "router.log"
-    _until(lambda: "lost registry watch" in log.read_text(), "the router saw the registry go")
+    until(lambda: "lost registry watch" in log.read_text(), "the router saw the registry go")
     for model in (smollm2.name, "smol-cheap", "auto"):
         reply = complete(stub, ask(model), timeout=60)
         assert reply.finished.usage.output_tokens > 0
