@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Run the main test stage N times in a row, each in a fresh random order, and stop at the
+# first failing run (the point is to find flakes and order dependence, not to retry them).
+#
+#   bash scripts/repeat.sh 10            # logs in .repeat/run-<i>.log, seeds in .repeat/summary
+#
+# Expects scripts/test.sh to have set up .venv and PostgreSQL once before (it runs the same
+# pytest stage with the same flags, in file order). The vLLM venv's tests are left out: they
+# have their own stage in scripts/test.sh.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+runs="${1:-10}"
+export CI=true
+export PATH="$PWD/.venv/bin:$PATH"
+postgres_url="$(bash scripts/postgres.sh)"
+export MODELYARD_TEST_POSTGRES_URL="$postgres_url"
+out=.repeat
+mkdir -p "$out"
+: > "$out/summary"
+for i in $(seq 1 "$runs"); do
+  seed=$RANDOM$RANDOM
+  start=$(date +%s)
+  status=0
+  pytest -p no:cacheprovider -p tests.ci_gate --strict-markers -rsxX -m "not gpu" \
+    --random-order-bucket=global --random-order-seed="$seed" \
+    --ignore=tests/unit/worker/test_engine_vllm_args.py \
+    --ignore=tests/unit/worker/test_engine_transformers.py \
+    --ignore=tests/integration/test_vllm_engine.py \
+    --ignore=tests/integration/test_vllm_worker.py \
+    >"$out/run-$i.log" 2>&1 || status=$?
+  line="run $i seed $seed status $status $(( $(date +%s) - start ))s $(tail -n 1 "$out/run-$i.log")"
+  echo "$line" | tee -a "$out/summary"
+  if [ "$status" -ne 0 ]; then
+    exit "$status"
+  fi
+done
+echo "all $runs runs passed" | tee -a "$out/summary"
