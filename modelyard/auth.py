@@ -1,39 +1,169 @@
-"""Bearer secrets on RPCs: one server interceptor every service configures, and the client side.
+"""Who may call what: roles proven by bearer secrets and/or mTLS peer identities.
 
-A service lists its `Guard`s (which methods need which secrets) and installs one
-`BearerGate`; the gate answers before the handler runs, so no guarded method reads a body
-from an unauthenticated caller. A guard without secrets is off (the local default).
-Health and reflection are never guarded: no guard names them.
+A service describes its callers as `Role`s (the registry admin, a router, a client...) and
+its methods as `Rule`s (which role they are for, which other roles they also accept), then
+installs one `AccessGate`. A role is proven by a bearer secret (`authorization: Bearer`),
+by a certificate identity (a SAN value of the mTLS peer's certificate, e.g.
+`spiffe://modelyard/router`), or by both when both are configured. A rule whose role has
+neither is open: the local default. Health and reflection are never guarded.
+
+The gate answers before the handler runs and before the body is parsed, so an
+unauthenticated caller cannot make a service read anything; a proven caller is visible
+to the handler as `current_caller()` (logs and usage name the key, never the secret).
 """
 
 from __future__ import annotations
 
+import contextvars
+import hashlib
 import hmac
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
-from modelyard.errors import ModelyardError, PermissionDenied, Unauthenticated, abort
+from modelyard.errors import (
+    InvalidArgument,
+    ModelyardError,
+    PermissionDenied,
+    Unauthenticated,
+    abort,
+)
 
 AUTHORIZATION = "authorization"
 _BEARER = "bearer "
+# gRPC's auth context lists every subject alternative name of the peer's certificate here.
+_SAN_PROPERTY = "x509_subject_alternative_name"
 
 Metadata = Iterable[tuple[str, str | bytes]]
 
 
+def named_keys(entries: Iterable[str]) -> dict[str, str]:
+    """secret -> name from "name:secret" entries; a bare secret is named by a short digest of
+    itself, so logs can tell keys apart without showing one."""
+    keys: dict[str, str] = {}
+    for entry in entries:
+        entry = entry.strip()
+        if not entry:
+            continue
+        name, sep, secret = entry.partition(":")
+        if not sep or not name or not secret:
+            name, secret = "key-" + hashlib.sha256(entry.encode()).hexdigest()[:8], entry
+        keys[secret] = name.strip()
+    return keys
+
+
 @dataclass(frozen=True)
-class Guard:
-    """Methods (exact names, or prefixes ending in '/') that need one of `secrets`."""
+class Caller:
+    """Who a call proved itself to be."""
+
+    role: str
+    key_name: str = ""  # the name of the bearer key it sent, "" when none was needed
+    identity: str = ""  # the certificate identity it proved, "" when none was needed
+
+
+@dataclass(frozen=True)
+class Role:
+    """A kind of caller and the credentials that prove it."""
+
+    name: str  # "the registry admin", "a router": for error messages
+    keys: Mapping[str, str] = field(default_factory=dict)  # secret -> key name
+    identities: frozenset[str] = frozenset()
+    hint: str = ""  # how a caller sends the secret, e.g. "CLI: --admin-token"
+    secret: str = "a bearer secret"  # what the secret is called: "the admin token"
+
+    @classmethod
+    def of(
+        cls,
+        name: str,
+        secrets: Iterable[str] = (),
+        identities: Iterable[str] = (),
+        hint: str = "",
+        secret: str = "a bearer secret",
+    ) -> Role:
+        keys = named_keys(secrets)
+        return cls(name, keys, frozenset(i for i in identities if i), hint, secret)
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.keys or self.identities)
+
+    def key_name(self, token: str | None) -> str | None:
+        """The name of `token` if it is one of this role's secrets."""
+        if token is None:
+            return None
+        # Constant time, every secret compared, so timing tells nothing about a guess.
+        found: str | None = None
+        for secret, name in self.keys.items():
+            if hmac.compare_digest(token.encode(), secret.encode()):
+                found = name
+        return found
+
+    def identity(self, peer: Sequence[str]) -> str | None:
+        return next((p for p in peer if p in self.identities), None)
+
+    def proves(self, token: str | None, peer: Sequence[str]) -> Caller | None:
+        if not self.configured:
+            return None
+        key = self.key_name(token) if self.keys else ""
+        ident = self.identity(peer) if self.identities else ""
+        if key is None or ident is None:
+            return None
+        return Caller(self.name, key, ident)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Methods (exact names, or prefixes ending in '/') reserved to `role`; `also` lists
+    other roles that may call them too (the admin may read what readers read). When `role`
+    has no credentials configured the methods are open."""
 
     methods: tuple[str, ...]
-    secrets: tuple[str, ...]
-    what: str  # "the admin token", "an API key": for error messages
-    hint: str  # how a client sends it
+    role: Role
+    also: tuple[Role, ...] = ()
 
     def covers(self, method: str) -> bool:
         return any(method.startswith(m) if m.endswith("/") else method == m for m in self.methods)
+
+    @property
+    def enabled(self) -> bool:
+        return self.role.configured
+
+    def decide(
+        self, action: str, token: str | None, peer: Sequence[str]
+    ) -> Caller | ModelyardError:
+        """The caller `token` and `peer` prove, or the error to answer `action` with."""
+        roles = [self.role, *(r for r in self.also if r.configured)]
+        for role in roles:
+            caller = role.proves(token, peer)
+            if caller is not None:
+                return caller
+        return _refusal(action, self.role, token, peer)
+
+
+def _refusal(action: str, role: Role, token: str | None, peer: Sequence[str]) -> ModelyardError:
+    """What is missing, said so that the caller can fix it (never which secret was close)."""
+    needs: list[str] = []
+    if role.keys:
+        needs.append(f"{role.secret} ('authorization: Bearer <secret>'; {role.hint})")
+    if role.identities:
+        names = ", ".join(sorted(role.identities))
+        needs.append(f"a client certificate with the identity {names}")
+    wanted = f"{action} is for {role.name}: it needs {' and '.join(needs)}"
+    if (role.keys and token is None) or (role.identities and not peer):
+        what = f"no {role.secret}" if role.keys and token is None else "no client certificate"
+        return Unauthenticated(f"{wanted}; this call sent {what}", reason="CREDENTIALS_MISSING")
+    if role.keys and role.key_name(token) is None:
+        return PermissionDenied(
+            f"{wanted}; the one sent is not valid",
+            reason="CREDENTIALS_INVALID",
+        )
+    shown = ", ".join(p for p in peer if "://" in p) or ", ".join(peer)
+    return PermissionDenied(
+        f"{wanted}; the client certificate names {shown}", reason="IDENTITY_NOT_ALLOWED"
+    )
 
 
 def service_prefix(full_service_name: str) -> str:
@@ -56,44 +186,54 @@ def bearer_token(metadata: Metadata | None) -> str | None:
     return None
 
 
-def check_bearer(sent: str | None, guard: Guard, action: str) -> ModelyardError | None:
-    """None when `sent` is one of the guard's secrets, else the error to answer with."""
-    if sent is None:
-        return Unauthenticated(
-            f"{action} needs {guard.what}: send metadata 'authorization: Bearer <secret>' "
-            f"({guard.hint})",
-            reason="CREDENTIALS_MISSING",
-        )
-    # Constant time, and every secret compared, so timing tells nothing about a guess.
-    ok = False
-    for secret in guard.secrets:
-        ok |= hmac.compare_digest(sent.encode(), secret.encode())
-    if not ok:
-        return PermissionDenied(
-            f"{action}: {guard.what} is not valid", reason="CREDENTIALS_INVALID"
-        )
-    return None
+def peer_identities(context: grpc.aio.ServicerContext[Any, Any]) -> tuple[str, ...]:
+    """The SAN values of the verified client certificate (empty without mTLS)."""
+    values = context.auth_context().get(_SAN_PROPERTY, [])
+    return tuple(v.decode(errors="replace") if isinstance(v, bytes) else str(v) for v in values)
 
 
-class BearerGate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Refuses calls to guarded methods that lack the right bearer secret.
+_caller: contextvars.ContextVar[Caller | None] = contextvars.ContextVar(
+    "modelyard_caller", default=None
+)
 
-    The first guard covering a method applies; methods no guard covers pass.
+
+def current_caller() -> Caller | None:
+    """The caller the gate let into the running handler (None: the method is open)."""
+    return _caller.get()
+
+
+def enter_caller(caller: Caller) -> None:
+    """Make `caller` current for the running task: for fronts that check a `Rule` themselves."""
+    _caller.set(caller)
+
+
+class AccessGate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Refuses calls that do not prove the role their method is for.
+
+    The first rule covering a method applies; methods no rule covers pass, and so do
+    methods of a rule whose role has no credentials configured.
     """
 
-    def __init__(self, guards: Sequence[Guard]) -> None:
-        self._guards = [g for g in guards if g.secrets]
+    def __init__(self, rules: Sequence[Rule]) -> None:
+        self._rules = list(rules)
 
     @property
     def enabled(self) -> bool:
-        return bool(self._guards)
+        return any(r.enabled for r in self._rules)
 
-    def error_for(self, method: str, metadata: Metadata | None) -> ModelyardError | None:
-        """The refusal for a call of `method` with `metadata`, or None to let it through."""
-        guard = next((g for g in self._guards if g.covers(method)), None)
-        if guard is None:
+    def rule_for(self, method: str) -> Rule | None:
+        rule = next((r for r in self._rules if r.covers(method)), None)
+        return rule if rule is not None and rule.enabled else None
+
+    def error_for(
+        self, method: str, metadata: Metadata | None, peer: Sequence[str] = ()
+    ) -> ModelyardError | None:
+        """The refusal for a call of `method`, or None to let it through."""
+        rule = self.rule_for(method)
+        if rule is None:
             return None
-        return check_bearer(bearer_token(metadata), guard, method.rpartition("/")[2] or method)
+        outcome = rule.decide(_action(method), bearer_token(metadata), peer)
+        return outcome if isinstance(outcome, ModelyardError) else None
 
     async def intercept_service(
         self,
@@ -101,38 +241,74 @@ class BearerGate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
-        if handler is None:
+        method = handler_call_details.method
+        rule = self.rule_for(method)
+        if handler is None or rule is None:
             return handler
-        error = self.error_for(
-            handler_call_details.method, handler_call_details.invocation_metadata
-        )
-        return handler if error is None else _refusing(handler, error)
+        action = _action(method)
+        token = bearer_token(handler_call_details.invocation_metadata)
+
+        def admit(context: grpc.aio.ServicerContext[Any, Any]) -> Caller | ModelyardError:
+            return rule.decide(action, token, peer_identities(context))
+
+        return _guarded(handler, admit)
 
 
-def _refusing(handler: grpc.RpcMethodHandler, error: ModelyardError) -> grpc.RpcMethodHandler:
-    """A handler of the same shape as `handler` that ends every call with `error`.
+def _action(method: str) -> str:
+    return method.rpartition("/")[2] or method
 
-    It never deserializes the request: the refusal costs nothing however big the body is.
-    """
 
-    async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        await abort(context, error)
+def _guarded(
+    handler: grpc.RpcMethodHandler,
+    admit: Callable[[grpc.aio.ServicerContext[Any, Any]], Caller | ModelyardError],
+) -> grpc.RpcMethodHandler:
+    """`handler`, run only after `admit` accepts the call; the body is parsed after that, so
+    a refusal costs nothing however big or malformed the body is."""
+    parse = handler.request_deserializer or _as_is
 
-    async def streaming(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        await abort(context, error)
-        yield  # pragma: no cover - makes this an async generator
+    async def admitted(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        outcome = admit(context)
+        if isinstance(outcome, Caller):
+            enter_caller(outcome)
+        else:
+            await abort(context, outcome)  # raises: the call ends here
+        try:
+            return parse(raw)
+        except (DecodeError, ValueError):
+            await abort(context, InvalidArgument("the request body is not a valid message"))
 
-    def skip(data: bytes) -> bytes:
-        return data
+    async def unary(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        return await handler.unary_unary(await admitted(raw, context), context)
+
+    async def streaming(
+        raw: bytes, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[Any]:
+        async for reply in handler.unary_stream(await admitted(raw, context), context):
+            yield reply
 
     ser = handler.response_serializer
     if handler.unary_unary is not None:
-        return grpc.unary_unary_rpc_method_handler(unary, skip, ser)
+        return grpc.unary_unary_rpc_method_handler(unary, _as_is, ser)
     if handler.unary_stream is not None:
-        return grpc.unary_stream_rpc_method_handler(streaming, skip, ser)
+        return grpc.unary_stream_rpc_method_handler(streaming, _as_is, ser)
+    return _client_streams_refused(handler)
+
+
+def _as_is(data: bytes) -> bytes:
+    return data
+
+
+def _client_streams_refused(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """No modelyard service takes a client stream: refuse one rather than pass it unguarded."""
+    refused = PermissionDenied("client-streaming calls are not served", reason="UNSUPPORTED")
+
+    async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        await abort(context, refused)
+
+    ser = handler.response_serializer
     if handler.stream_unary is not None:
-        return grpc.stream_unary_rpc_method_handler(unary, skip, ser)
-    return grpc.stream_stream_rpc_method_handler(streaming, skip, ser)
+        return grpc.stream_unary_rpc_method_handler(refuse, _as_is, ser)
+    return grpc.stream_stream_rpc_method_handler(refuse, _as_is, ser)
 
 
 # -- client side ---------------------------------------------------------------------------

@@ -54,6 +54,8 @@ async def start_server(
     With `tls` enabled (a certificate configured) the port speaks only TLS (mTLS when
     `tls.mtls`); `interceptors` run after tracing, e.g. a `modelyard.auth.BearerGate`.
     """
+    if tls is not None:
+        tls.check_server()  # fail closed, before anything binds: never plaintext by mistake
     server = grpc.aio.server(
         interceptors=[*server_interceptors(), *interceptors], options=GRPC_OPTIONS
     )

@@ -8,10 +8,28 @@ flat variable names the chart and docs have always used.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+import json
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, Field
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from modelyard.tls import TlsSettings
+
+
+def split_list(value: Any) -> Any:
+    """A comma-separated string or a JSON list, from the environment or a flag."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            return json.loads(text)
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return value
+
+
+# A list setting written "a, b" (or as a JSON list); NoDecode: pydantic-settings would
+# otherwise insist on JSON for list fields.
+CommaList = Annotated[list[str], NoDecode, BeforeValidator(split_list)]
 
 
 class ServiceSettings(BaseSettings):

@@ -34,8 +34,9 @@ class TlsSettings(BaseModel):
     mtls: bool = Field(
         default=False,
         description=(
-            "Require client certificates signed by ca_file, and present cert_file/key_file "
-            "on outgoing channels."
+            "Require client certificates signed by ca_file (the *_IDENTITIES settings then "
+            "say which certificates may call what). Outgoing channels always present "
+            "cert_file/key_file when set."
         ),
     )
     server_name: str = Field(
@@ -56,13 +57,30 @@ class TlsSettings(BaseModel):
         """Whether this service's outgoing channels use TLS (a certificate or a CA is set)."""
         return bool(self.cert_file or self.ca_file)
 
+    def check_server(self) -> None:
+        """Fail closed: raise ValueError for any setting a server cannot honour, rather than
+        serve plaintext (or TLS without client checks) when the operator asked for more."""
+        if not self.enabled:
+            asked = [f for f in ("key_file", "ca_file", "mtls") if getattr(self, f)]
+            if asked:
+                raise ValueError(
+                    f"TLS: {', '.join(asked)} set but no cert_file: this service would serve "
+                    "plaintext; set cert_file and key_file, or clear the TLS settings"
+                )
+            return
+        if not self.key_file:
+            raise ValueError("TLS: cert_file is set but key_file is not")
+        if self.mtls and not self.ca_file:
+            raise ValueError("TLS: mtls needs ca_file to verify client certificates")
+        for name in ("cert_file", "key_file", "ca_file"):
+            path = getattr(self, name)
+            if path and not os.access(path, os.R_OK):
+                raise ValueError(f"TLS: {name} {path} is not a readable file")
+
     def server_credentials(self) -> grpc.ServerCredentials:
+        self.check_server()
         if not self.enabled:
             raise ValueError("TLS is off: no cert_file configured")
-        if not self.key_file:
-            raise ValueError("TLS needs key_file with cert_file")
-        if self.mtls and not self.ca_file:
-            raise ValueError("mTLS needs ca_file to verify client certificates")
         return grpc.ssl_server_credentials(
             [(_read(self.key_file), _read(self.cert_file))],
             root_certificates=_read(self.ca_file) if self.mtls else None,
@@ -70,8 +88,9 @@ class TlsSettings(BaseModel):
         )
 
     def channel_credentials(self) -> grpc.ChannelCredentials:
-        """Client credentials: the CA (or system roots) and, for mTLS, this service's cert."""
-        own = self.mtls and self.cert_file and self.key_file
+        """Client credentials: the CA (or system roots) and this service's own certificate
+        when it has one, so servers that check identities (mTLS) can tell who calls."""
+        own = self.cert_file and self.key_file
         return grpc.ssl_channel_credentials(
             root_certificates=_read(self.ca_file) if self.ca_file else None,
             private_key=_read(self.key_file) if own else None,

@@ -7,7 +7,7 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from modelyard.settings import ServiceSettings
+from modelyard.settings import CommaList, ServiceSettings
 
 
 def default_database_url() -> str:
@@ -34,8 +34,31 @@ class RegistrySettings(ServiceSettings):
     admin_token: str = Field(
         default="",
         description=(
-            "Bearer token required for writes (metadata 'authorization: Bearer <token>'); "
-            "empty disables the check. Reads are always open."
+            "Bearer token of the registry admin, required for writes (metadata "
+            "'authorization: Bearer <token>'); also accepted for reads. Empty: writes are open "
+            "(unless admin_identities is set)."
+        ),
+    )
+    reader_tokens: CommaList = Field(
+        default_factory=list,
+        description=(
+            "Reader tokens, comma-separated 'name:token' entries (one per consumer: routers, "
+            "workers): reads need one of them or the admin token. Empty: reads are open "
+            "(unless reader_identities is set)."
+        ),
+    )
+    admin_identities: CommaList = Field(
+        default_factory=list,
+        description=(
+            "With mTLS: certificate SAN values (e.g. spiffe://modelyard/registry-admin) a "
+            "writer must present, in addition to the admin token when one is set."
+        ),
+    )
+    reader_identities: CommaList = Field(
+        default_factory=list,
+        description=(
+            "With mTLS: certificate SAN values (e.g. spiffe://modelyard/router, "
+            "spiffe://modelyard/worker) a reader must present."
         ),
     )
     change_retention: int = Field(

@@ -11,7 +11,7 @@ from modelyard.discovery import REGISTRY_SERVICE
 from modelyard.discovery.consul import register_service
 from modelyard.server import host_of, start_server, wait_for_signal
 from modelyard.telemetry import setup_logging, setup_tracing, shutdown_tracing
-from registry.auth import SERVICE_NAME, registry_gate
+from registry.auth import SERVICE_NAME, WRITE_METHODS, registry_gate
 from registry.config import RegistrySettings
 from registry.metrics import serve_metrics
 from registry.service import add_to_server
@@ -33,7 +33,12 @@ async def serve(
         poll_interval_s=settings.watch_poll_interval_s,
     )
     try:
-        gate = registry_gate(settings.admin_token)
+        gate = registry_gate(
+            settings.admin_token,
+            reader_tokens=settings.reader_tokens,
+            admin_identities=settings.admin_identities,
+            reader_identities=settings.reader_identities,
+        )
         running = await start_server(
             settings.address,
             functools.partial(add_to_server, store),
@@ -48,8 +53,8 @@ async def serve(
                 running.port,
                 store.engine.url.render_as_string(hide_password=True),
             )
-            if not gate.enabled:
-                log.info("no admin token configured: writes are open to every caller")
+            if gate.rule_for(WRITE_METHODS[0]) is None:
+                log.info("no admin credentials configured: writes are open to every caller")
             serve_metrics(settings.metrics_port, host_of(settings.address))
             registration = register_service(
                 name=REGISTRY_SERVICE,

@@ -70,3 +70,10 @@ class Accounting:
         if self.metrics is not None:
             labels = {"model": outcome.label, "arm": outcome.arm, "code": code}
             self.metrics.requests.labels(**labels).inc()
+            if outcome.client and outcome.usage is not None:
+                # Key names come from configuration only: the label set stays bounded.
+                tokens = self.metrics.client_tokens
+                tokens.labels(api_key=outcome.client, kind="input").inc(outcome.usage.input_tokens)
+                tokens.labels(api_key=outcome.client, kind="output").inc(
+                    outcome.usage.output_tokens
+                )

@@ -3,23 +3,10 @@ object, built once in `router.main` and passed down."""
 
 from __future__ import annotations
 
-import json
-from typing import Annotated, Any
-
 from pydantic import Field, field_validator
-from pydantic_settings import NoDecode, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
-from modelyard.settings import ServiceSettings
-
-
-def _split_list(value: Any) -> Any:
-    """A comma-separated string or a JSON list, from the environment or a flag."""
-    if isinstance(value, str):
-        text = value.strip()
-        if text.startswith("["):
-            return json.loads(text)
-        return [part.strip() for part in text.split(",") if part.strip()]
-    return value
+from modelyard.settings import CommaList, ServiceSettings
 
 
 class RouterSettings(ServiceSettings):
@@ -35,8 +22,7 @@ class RouterSettings(ServiceSettings):
         default="127.0.0.1:50051",
         description="host:port of the registry the router resolves model names against.",
     )
-    # NoDecode: pydantic-settings would otherwise insist on JSON for list fields.
-    workers: Annotated[list[str], NoDecode] = Field(
+    workers: CommaList = Field(
         default_factory=list,
         description=(
             "Worker host:port addresses for static discovery, as a comma-separated list "
@@ -122,13 +108,24 @@ class RouterSettings(ServiceSettings):
         default=0, ge=0, le=65535, description="Port of the Prometheus /metrics endpoint; 0: off."
     )
     log_level: str = Field(default="INFO", description="Log level: DEBUG, INFO, WARNING or ERROR.")
-    api_keys: Annotated[list[str], NoDecode] = Field(
+    api_keys: CommaList = Field(
         default_factory=list,
         description=(
-            "Client API keys, comma-separated (or a JSON list): every RouterService call and "
-            "every OpenAI front request must send one as 'authorization: Bearer <key>'. "
-            "Empty: no key needed."
+            "Client API keys, comma-separated 'name:key' entries (or a JSON list): every "
+            "RouterService call and every OpenAI front request must send one as "
+            "'authorization: Bearer <key>'; logs and usage name the key. Empty: no key needed."
         ),
+    )
+    client_identities: CommaList = Field(
+        default_factory=list,
+        description=(
+            "With mTLS: certificate SAN values (e.g. spiffe://modelyard/client) a client must "
+            "present, in addition to an API key when keys are set. Empty: any certificate."
+        ),
+    )
+    registry_token: str = Field(
+        default="",
+        description="Sent to the registry as its reader token (MODELYARD_REGISTRY_READER_TOKENS).",
     )
     worker_api_key: str = Field(
         default="",
@@ -136,11 +133,6 @@ class RouterSettings(ServiceSettings):
             "Sent to workers as 'authorization: Bearer <key>' (their MODELYARD_WORKER_API_KEY)."
         ),
     )
-
-    @field_validator("workers", "api_keys", mode="before")
-    @classmethod
-    def _split(cls, value: Any) -> Any:
-        return _split_list(value)
 
     @field_validator("workers")
     @classmethod

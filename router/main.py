@@ -61,7 +61,7 @@ async def start_router(settings: RouterSettings) -> RunningRouter:
             functools.partial(add_to_server, parts.servicer),
             [SERVICE_NAME],
             tls=settings.tls,
-            interceptors=[router_gate(settings.api_keys)],
+            interceptors=[router_gate(settings.api_keys, settings.client_identities)],
         )
         stack.push_async_callback(running.stop, STOP_GRACE_S)
         if settings.http_address:
@@ -87,7 +87,10 @@ async def start_router(settings: RouterSettings) -> RunningRouter:
 async def _start_parts(settings: RouterSettings, stack: AsyncExitStack) -> RouterParts:
     """The channels, the worker pool and the logic behind the port, each closed by `stack`."""
     registry_channel = secure_or_insecure_channel(
-        settings.registry_address, settings.tls, client_interceptors(), CHANNEL_OPTIONS
+        settings.registry_address,
+        settings.tls,
+        [*client_interceptors(), *bearer_interceptors(settings.registry_token)],
+        CHANNEL_OPTIONS,
     )
     stack.push_async_callback(registry_channel.close)
     worker_interceptors = [*client_interceptors(), *bearer_interceptors(settings.worker_api_key)]

@@ -51,6 +51,13 @@ class RouterMetrics:
             ["model", "arm", "code"],
             registry=self.registry,
         )
+        self.client_tokens = Counter(
+            "modelyard_router_client_tokens",
+            "Tokens served per client API key (by its configured name) and kind "
+            "(input, output): usage per key.",
+            ["api_key", "kind"],
+            registry=self.registry,
+        )
         self.ttft = Histogram(
             "modelyard_router_ttft_seconds",
             "Time to first token as the router sees it (routing and retries included).",

@@ -100,6 +100,7 @@ class Outcome:
     cost_usd: float = 0.0
     ttft_ms: float | None = None
     total_ms: float | None = None
+    client: str = ""  # the name of the API key that made the request ("" when open)
 
     @property
     def label(self) -> str:

@@ -76,8 +76,15 @@ class TestCA:
         self.ca_file = directory / "ca.crt"
         self.ca_file.write_bytes(self._cert.public_bytes(serialization.Encoding.PEM))
 
-    def issue(self, name: str) -> CertFiles:
-        """A leaf usable as server and client certificate, SANs 127.0.0.1 and localhost."""
+    def issue(self, name: str, identity: str = "") -> CertFiles:
+        """A leaf usable as server and client certificate, SANs 127.0.0.1 and localhost,
+        plus `identity` as a URI SAN (e.g. spiffe://modelyard/router) when given."""
+        names: list[x509.GeneralName] = [
+            x509.DNSName("localhost"),
+            x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+        ]
+        if identity:
+            names.append(x509.UniformResourceIdentifier(identity))
         key = _key()
         now = datetime.datetime.now(datetime.UTC)
         cert = (
@@ -88,15 +95,7 @@ class TestCA:
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(minutes=5))
             .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(
-                x509.SubjectAlternativeName(
-                    [
-                        x509.DNSName("localhost"),
-                        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                    ]
-                ),
-                critical=False,
-            )
+            .add_extension(x509.SubjectAlternativeName(names), critical=False)
             .add_extension(
                 x509.ExtendedKeyUsage(
                     [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]

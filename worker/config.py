@@ -13,7 +13,7 @@ import socket
 from pydantic import AliasChoices, Field
 from pydantic_settings import SettingsConfigDict
 
-from modelyard.settings import ServiceSettings
+from modelyard.settings import CommaList, ServiceSettings
 from worker.artifacts.settings import ArtifactSettings
 
 
@@ -123,7 +123,21 @@ class WorkerSettings(ServiceSettings):
         default="",
         description=(
             "Bearer key Generate, GetStatus and WatchStatus need (the routers send it as "
-            "MODELYARD_ROUTER_WORKER_API_KEY); empty: open."
+            "MODELYARD_ROUTER_WORKER_API_KEY); empty: open (unless router_identities is set)."
+        ),
+    )
+    operator_identities: CommaList = Field(
+        default_factory=list,
+        description=(
+            "With mTLS: certificate SAN values (e.g. spiffe://modelyard/operator) LoadModel and "
+            "UnloadModel callers must present, in addition to the admin token when one is set."
+        ),
+    )
+    router_identities: CommaList = Field(
+        default_factory=list,
+        description=(
+            "With mTLS: certificate SAN values (e.g. spiffe://modelyard/router) Generate, "
+            "GetStatus and WatchStatus callers must present."
         ),
     )
     artifacts: ArtifactSettings = Field(

@@ -94,7 +94,14 @@ async def start_worker(settings: WorkerSettings) -> RunningWorker:
         register,
         [SERVICE_NAME],
         tls=settings.tls,
-        interceptors=[worker_gate(settings.admin_token, settings.api_key)],
+        interceptors=[
+            worker_gate(
+                settings.admin_token,
+                settings.api_key,
+                operator_identities=settings.operator_identities,
+                router_identities=settings.router_identities,
+            )
+        ],
     )
     servicer.identity = dataclasses.replace(
         identity,

@@ -24,11 +24,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from modelyard.auth import bearer_token, check_bearer
+from modelyard.auth import Caller, bearer_token, enter_caller
 from modelyard.errors import ModelyardError, Unauthenticated
 from modelyard.refs import key_of
 from modelyard.v1 import common_pb2, router_pb2
-from router.auth import client_guard
+from router.auth import client_rule
 from router.openai.errors import OpenAIError, from_error, invalid, unauthorized
 from router.openai.responses import Shape, finish_reason, sse
 from router.openai.translate import (
@@ -80,7 +80,7 @@ def build_app(
 class _Front:
     def __init__(self, router: RouterOperations, api_keys: Sequence[str], timeout_s: float) -> None:
         self._router = router
-        self._guard = client_guard(api_keys)
+        self._rule = client_rule(api_keys)
         self._timeout_s = timeout_s
 
     async def chat(self, request: Request) -> Response:
@@ -115,12 +115,14 @@ class _Front:
 
     def _authorize(self, request: Request) -> None:
         """401 unless the request carries one of the API keys (when any are configured)."""
-        if not self._guard.secrets:
+        if not self._rule.enabled:
             return
         sent = bearer_token(request.headers.items())
-        error = check_bearer(sent, self._guard, f"{request.method} {request.url.path}")
-        if error is not None:
-            missing = isinstance(error, Unauthenticated)
+        outcome = self._rule.decide(f"{request.method} {request.url.path}", sent, ())
+        if isinstance(outcome, Caller):
+            enter_caller(outcome)
+        else:
+            missing = isinstance(outcome, Unauthenticated)
             message = (
                 "no API key: send 'Authorization: Bearer <key>'"
                 if missing

@@ -14,6 +14,7 @@ import grpc
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
+from modelyard.auth import current_caller
 from modelyard.errors import ModelyardError, Unavailable, from_rpc_error
 from modelyard.refs import key_of
 from modelyard.v1 import common_pb2, model_pb2, router_pb2
@@ -57,6 +58,7 @@ class _Run:
     deadline: float | None
     log: AttemptLog = field(default_factory=AttemptLog)
     first_token_at: float = 0.0
+    client: str = ""  # the API key's name, for usage and logs
 
     def assignment(self, attempt: Attempt) -> Assignment:
         t = self.target
@@ -218,7 +220,11 @@ class Relay:
                 reason="NO_WORKERS",
             )
         req = scheduling_request(request, request_id, target)
-        return _Run(request, request_id, target, req, started_at, deadline)
+        caller = current_caller()
+        client = caller.key_name or caller.identity if caller is not None else ""
+        if client:
+            span.set_attribute("modelyard.client", client)
+        return _Run(request, request_id, target, req, started_at, deadline, client=client)
 
     async def _commit(self, run: _Run, cleanup: AsyncExitStack) -> Committed:
         """Try candidates in order until one sends its first token; else the final error."""
@@ -338,6 +344,7 @@ class Relay:
                 cost_usd=done.cost.total_usd,
                 ttft_ms=(run.first_token_at - run.started_at) * 1000,
                 total_ms=(self._clock() - run.started_at) * 1000,
+                client=run.client,
             ),
             done,
         )
@@ -359,6 +366,7 @@ class Relay:
                 arm=target.arm,
                 ok=False,
                 usage=usage,
+                client=run.client,
             ),
             code,
         )

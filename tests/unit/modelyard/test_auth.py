@@ -10,8 +10,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from modelyard.auth import (
-    BearerGate,
-    Guard,
+    AccessGate,
+    Role,
+    Rule,
     bearer_interceptors,
     bearer_metadata,
     bearer_token,
@@ -58,10 +59,10 @@ def _strict_parse(data: bytes) -> bytes:
     return data
 
 
-GATE = BearerGate(
+GATE = AccessGate(
     [
-        Guard((ADMIN,), ("root",), "the admin token", "--admin-token"),
-        Guard((OPEN_TO_KEYS,), ("alpha", "beta"), "an API key", "--api-key"),
+        Rule((ADMIN,), Role.of("the admin", ("root",), hint="--admin-token")),
+        Rule((OPEN_TO_KEYS,), Role.of("a client", ("alpha", "beta"), hint="--api-key")),
     ]
 )
 
@@ -171,7 +172,7 @@ async def test_client_interceptors_send_the_key_on_unary_and_streaming_calls(
 
 
 def test_a_gate_without_secrets_is_off_and_bearer_parsing() -> None:
-    assert not BearerGate([Guard((OPEN_TO_KEYS,), (), "an API key", "")]).enabled
+    assert not AccessGate([Rule((OPEN_TO_KEYS,), Role.of("a client"))]).enabled
     assert GATE.error_for(method_name("other.Service", "X"), ()) is None
     assert bearer_token([("Authorization", "Bearer t")]) == "t"
     assert bearer_token([("authorization", b"Bearer t2")]) == "t2"
