@@ -31,6 +31,7 @@ from modelyard.errors import (
     Unauthenticated,
     abort,
 )
+from modelyard.tickets import TICKET_METADATA, Claims, TicketVerifier
 
 AUTHORIZATION = "authorization"
 _BEARER = "bearer "
@@ -62,6 +63,7 @@ class Caller:
     role: str
     key_name: str = ""  # the name of the bearer key it sent, "" when none was needed
     identity: str = ""  # the certificate identity it proved, "" when none was needed
+    ticket: Claims | None = None  # a router-signed ticket it showed instead, to redeem
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,25 @@ class Role:
 
 
 @dataclass(frozen=True)
+class TicketAdmission:
+    """Router-signed tickets admit a caller too; `binding` says which (request id, model)
+    a parsed request is for, so a ticket is redeemed only for the request it names."""
+
+    verifier: TicketVerifier
+    binding: Callable[[Any], tuple[str, str]]
+
+    def admit(self, action: str, ticket: str) -> Caller | ModelyardError:
+        try:
+            claims = self.verifier.verify(ticket)
+        except ModelyardError as err:
+            return err
+        return Caller(f"a ticket holder for {action}", f"ticket:{claims.key_id}", ticket=claims)
+
+    def redeem(self, claims: Claims, request: Any) -> None:
+        self.verifier.redeem(claims, *self.binding(request))
+
+
+@dataclass(frozen=True)
 class Rule:
     """Methods (exact names, or prefixes ending in '/') reserved to `role`; `also` lists
     other roles that may call them too (the admin may read what readers read). When `role`
@@ -123,6 +144,7 @@ class Rule:
     methods: tuple[str, ...]
     role: Role
     also: tuple[Role, ...] = ()
+    tickets: TicketAdmission | None = None
 
     def covers(self, method: str) -> bool:
         return any(method.startswith(m) if m.endswith("/") else method == m for m in self.methods)
@@ -132,14 +154,16 @@ class Rule:
         return self.role.configured
 
     def decide(
-        self, action: str, token: str | None, peer: Sequence[str]
+        self, action: str, token: str | None, peer: Sequence[str], ticket: str | None = None
     ) -> Caller | ModelyardError:
-        """The caller `token` and `peer` prove, or the error to answer `action` with."""
+        """The caller `token`, `peer` (or a ticket) prove, or the error to answer with."""
         roles = [self.role, *(r for r in self.also if r.configured)]
         for role in roles:
             caller = role.proves(token, peer)
             if caller is not None:
                 return caller
+        if self.tickets is not None and ticket is not None:
+            return self.tickets.admit(action, ticket)
         return _refusal(action, self.role, token, peer)
 
 
@@ -173,6 +197,14 @@ def service_prefix(full_service_name: str) -> str:
 
 def method_name(full_service_name: str, method: str) -> str:
     return f"/{full_service_name}/{method}"
+
+
+def metadata_value(metadata: Metadata | None, name: str) -> str | None:
+    """The first value of `name` (lower case) in call metadata, or None."""
+    for key, value in metadata or ():
+        if key.lower() == name:
+            return value.decode(errors="replace") if isinstance(value, bytes) else value
+    return None
 
 
 def bearer_token(metadata: Metadata | None) -> str | None:
@@ -246,12 +278,14 @@ class AccessGate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if handler is None or rule is None:
             return handler
         action = _action(method)
-        token = bearer_token(handler_call_details.invocation_metadata)
+        metadata = handler_call_details.invocation_metadata
+        token = bearer_token(metadata)
+        ticket = metadata_value(metadata, TICKET_METADATA) if rule.tickets else None
 
         def admit(context: grpc.aio.ServicerContext[Any, Any]) -> Caller | ModelyardError:
-            return rule.decide(action, token, peer_identities(context))
+            return rule.decide(action, token, peer_identities(context), ticket)
 
-        return _guarded(handler, admit)
+        return _guarded(handler, admit, rule.tickets)
 
 
 def _action(method: str) -> str:
@@ -261,21 +295,29 @@ def _action(method: str) -> str:
 def _guarded(
     handler: grpc.RpcMethodHandler,
     admit: Callable[[grpc.aio.ServicerContext[Any, Any]], Caller | ModelyardError],
+    tickets: TicketAdmission | None,
 ) -> grpc.RpcMethodHandler:
     """`handler`, run only after `admit` accepts the call; the body is parsed after that, so
-    a refusal costs nothing however big or malformed the body is."""
+    a refusal costs nothing however big or malformed the body is. A ticket is redeemed
+    once the body says which request it is for."""
     parse = handler.request_deserializer or _as_is
 
     async def admitted(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        outcome = admit(context)
-        if isinstance(outcome, Caller):
-            enter_caller(outcome)
-        else:
-            await abort(context, outcome)  # raises: the call ends here
+        caller = admit(context)
+        if not isinstance(caller, Caller):
+            await abort(context, caller)  # raises: the call ends here
+            return None
+        enter_caller(caller)
         try:
-            return parse(raw)
+            request = parse(raw)
         except (DecodeError, ValueError):
             await abort(context, InvalidArgument("the request body is not a valid message"))
+        if caller.ticket is not None and tickets is not None:
+            try:
+                tickets.redeem(caller.ticket, request)
+            except ModelyardError as err:
+                await abort(context, err)
+        return request
 
     async def unary(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         return await handler.unary_unary(await admitted(raw, context), context)

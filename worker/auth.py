@@ -10,15 +10,21 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from modelyard.auth import AccessGate, Role, Rule, method_name
+from modelyard.auth import AccessGate, Role, Rule, TicketAdmission, method_name
+from modelyard.refs import key_of
+from modelyard.tickets import TicketVerifier
 from modelyard.v1 import worker_pb2
 
 SERVICE_NAME = worker_pb2.DESCRIPTOR.services_by_name["WorkerService"].full_name
 
 ADMIN_METHODS = tuple(method_name(SERVICE_NAME, m) for m in ("LoadModel", "UnloadModel"))
-ROUTER_METHODS = tuple(
-    method_name(SERVICE_NAME, m) for m in ("Generate", "GetStatus", "WatchStatus")
-)
+GENERATE = method_name(SERVICE_NAME, "Generate")
+STATUS_METHODS = tuple(method_name(SERVICE_NAME, m) for m in ("GetStatus", "WatchStatus"))
+ROUTER_METHODS = (GENERATE, *STATUS_METHODS)
+
+
+def _ticket_binding(request: worker_pb2.WorkerServiceGenerateRequest) -> tuple[str, str]:
+    return request.request_id, key_of(request.model)
 
 
 def worker_gate(
@@ -27,8 +33,10 @@ def worker_gate(
     *,
     operator_identities: Iterable[str] = (),
     router_identities: Iterable[str] = (),
+    tickets: TicketVerifier | None = None,
 ) -> AccessGate:
-    """The worker's interceptor: admin RPCs for the operator, the router's RPCs for routers."""
+    """The worker's interceptor: admin RPCs for the operator, the router's RPCs for routers;
+    with `tickets`, a router-signed ticket also admits one Generate (direct streams)."""
     operator = Role.of(
         "the worker operator",
         (admin_token,) if admin_token else (),
@@ -43,4 +51,11 @@ def worker_gate(
         "routers: MODELYARD_ROUTER_WORKER_API_KEY",
         "the worker's API key",
     )
-    return AccessGate([Rule(ADMIN_METHODS, operator), Rule(ROUTER_METHODS, router)])
+    admission = TicketAdmission(tickets, _ticket_binding) if tickets and tickets.enabled else None
+    return AccessGate(
+        [
+            Rule(ADMIN_METHODS, operator),
+            Rule((GENERATE,), router, tickets=admission),
+            Rule(STATUS_METHODS, router),
+        ]
+    )

@@ -133,6 +133,14 @@ class WorkerSettings(ServiceSettings):
             "UnloadModel callers must present, in addition to the admin token when one is set."
         ),
     )
+    ticket_keys: CommaList = Field(
+        default_factory=list,
+        description=(
+            "Public keys of router-signed tickets, 'key_id:/path/public.pem' entries (Ed25519): "
+            "a valid ticket admits one Generate for the request it names. List old and new "
+            "keys while rotating. Empty: no tickets."
+        ),
+    )
     router_identities: CommaList = Field(
         default_factory=list,
         description=(

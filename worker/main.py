@@ -19,6 +19,7 @@ from modelyard.discovery import WORKER_SERVICE
 from modelyard.discovery.consul import register_service
 from modelyard.server import RunningServer, host_of, start_server, wait_for_signal
 from modelyard.telemetry import setup_logging, setup_tracing, shutdown_tracing
+from modelyard.tickets import TicketVerifier
 from modelyard.v1 import common_pb2, worker_pb2_grpc
 from worker.artifacts import ArtifactStore
 from worker.auth import SERVICE_NAME, worker_gate
@@ -100,6 +101,7 @@ async def start_worker(settings: WorkerSettings) -> RunningWorker:
                 settings.api_key,
                 operator_identities=settings.operator_identities,
                 router_identities=settings.router_identities,
+                tickets=TicketVerifier.from_files(settings.ticket_keys),
             )
         ],
     )

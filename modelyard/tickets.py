@@ -1,0 +1,198 @@
+"""Router-signed tickets: a client may call a worker directly with one.
+
+A ticket says "the router admitted request R for model M until T". Routers sign with an
+Ed25519 private key (only routers hold it); workers verify with the public keys they are
+given, so a worker cannot mint tickets and a leaked worker config grants nothing. A ticket
+is short-lived, bound to one request id and model, and single-use (workers remember the
+nonces of unexpired tickets, in bounded memory). Each ticket names its key id, and
+workers accept every configured key: rotate by adding the new public key to workers,
+then switching routers to the new private key, then removing the old public key.
+
+Wire form: base64url(JSON claims) "." base64url(signature over the first part), sent as
+call metadata `x-modelyard-ticket`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from modelyard.errors import ModelyardError, PermissionDenied, Unavailable
+
+TICKET_METADATA = "x-modelyard-ticket"
+MAX_TICKET_CHARS = 1024  # claims are a few short strings: anything longer is not ours
+DEFAULT_TTL_S = 30.0
+MAX_TTL_S = 300.0  # a verifier refuses tickets that claim to live longer than this
+DEFAULT_MAX_OUTSTANDING = 100_000  # remembered nonces; bounded memory under any load
+
+
+@dataclass(frozen=True)
+class Claims:
+    key_id: str
+    request_id: str
+    model: str  # "name@version"
+    expires_at: float  # unix seconds
+    issued_at: float
+    nonce: str
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class TicketSigner:
+    """Issues tickets (routers)."""
+
+    def __init__(
+        self,
+        key: Ed25519PrivateKey,
+        key_id: str,
+        *,
+        ttl_s: float = DEFAULT_TTL_S,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if not 0 < ttl_s <= MAX_TTL_S:
+            raise ValueError(f"ticket ttl must be in (0, {MAX_TTL_S:g}] seconds")
+        self._key = key
+        self.key_id = key_id
+        self._ttl_s = ttl_s
+        self._clock = clock
+
+    @classmethod
+    def from_pem_file(cls, path: str, key_id: str, *, ttl_s: float = DEFAULT_TTL_S) -> TicketSigner:
+        key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
+        if not isinstance(key, Ed25519PrivateKey):
+            raise ValueError(f"{path}: the ticket key must be an Ed25519 private key")
+        return cls(key, key_id, ttl_s=ttl_s)
+
+    def issue(self, request_id: str, model: str) -> str:
+        now = self._clock()
+        claims = {
+            "kid": self.key_id,
+            "rid": request_id,
+            "model": model,
+            "iat": round(now, 3),
+            "exp": round(now + self._ttl_s, 3),
+            "nonce": secrets.token_urlsafe(12),
+        }
+        body = _b64(json.dumps(claims, separators=(",", ":"), sort_keys=True).encode())
+        return f"{body}.{_b64(self._key.sign(body.encode()))}"
+
+
+class TicketVerifier:
+    """Checks and redeems tickets (workers)."""
+
+    def __init__(
+        self,
+        keys: Mapping[str, Ed25519PublicKey],
+        *,
+        clock: Callable[[], float] = time.time,
+        max_outstanding: int = DEFAULT_MAX_OUTSTANDING,
+    ) -> None:
+        self._keys = dict(keys)
+        self._clock = clock
+        self._max = max_outstanding
+        self._redeemed: OrderedDict[str, float] = OrderedDict()  # nonce -> expires_at
+
+    @classmethod
+    def from_files(
+        cls,
+        entries: Iterable[str],
+        *,
+        clock: Callable[[], float] = time.time,
+        max_outstanding: int = DEFAULT_MAX_OUTSTANDING,
+    ) -> TicketVerifier:
+        """From "key_id:path/to/public.pem" entries."""
+        keys: dict[str, Ed25519PublicKey] = {}
+        for entry in entries:
+            key_id, sep, path = entry.partition(":")
+            if not sep or not key_id or not path:
+                raise ValueError(f"ticket key {entry!r} is not 'key_id:path/to/public.pem'")
+            key = serialization.load_pem_public_key(Path(path).read_bytes())
+            if not isinstance(key, Ed25519PublicKey):
+                raise ValueError(f"{path}: a ticket key must be an Ed25519 public key")
+            keys[key_id] = key
+        return cls(keys, clock=clock, max_outstanding=max_outstanding)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._keys)
+
+    def verify(self, ticket: str) -> Claims:
+        """The claims of a well-formed, correctly signed, unexpired ticket; else raises.
+
+        Costs one signature check and no state: safe before the request body is read."""
+        claims = self._parse(ticket)
+        now = self._clock()
+        if not (math.isfinite(claims.expires_at) and math.isfinite(claims.issued_at)):
+            raise _refused("the ticket's times are not numbers", "TICKET_INVALID")
+        if claims.expires_at <= now:
+            raise _refused("the ticket has expired; ask the router for a new one", "TICKET_EXPIRED")
+        if claims.expires_at - claims.issued_at > MAX_TTL_S or claims.issued_at > now + 60:
+            raise _refused("the ticket's lifetime is not acceptable", "TICKET_INVALID")
+        return claims
+
+    def redeem(self, claims: Claims, request_id: str, model: str) -> None:
+        """Accept `claims` for this request once: bound to its request id and model."""
+        if (claims.request_id, claims.model) != (request_id, model):
+            raise _refused(
+                f"the ticket is for request {claims.request_id!r} on {claims.model!r}, "
+                f"not {request_id!r} on {model!r}",
+                "TICKET_MISMATCH",
+            )
+        now = self._clock()
+        while self._redeemed and next(iter(self._redeemed.values())) <= now:
+            self._redeemed.popitem(last=False)  # tickets expire in issue order, roughly
+        if claims.nonce in self._redeemed:
+            raise _refused("the ticket was already used", "TICKET_REUSED")
+        if len(self._redeemed) >= self._max:
+            raise Unavailable(
+                "too many unexpired tickets outstanding on this worker; retry through the router",
+                reason="TICKETS_EXHAUSTED",
+            )
+        self._redeemed[claims.nonce] = claims.expires_at
+
+    def _parse(self, ticket: str) -> Claims:
+        if len(ticket) > MAX_TICKET_CHARS or ticket.count(".") != 1:
+            raise _refused("the ticket is malformed", "TICKET_INVALID")
+        body, signature = ticket.split(".")
+        try:
+            fields = json.loads(_unb64(body))
+            key = self._keys.get(str(fields["kid"]))
+            if key is None:
+                raise _refused("the ticket's signing key is not trusted here", "TICKET_KEY_UNKNOWN")
+            key.verify(_unb64(signature), body.encode())
+            return Claims(
+                key_id=str(fields["kid"]),
+                request_id=str(fields["rid"]),
+                model=str(fields["model"]),
+                expires_at=float(fields["exp"]),
+                issued_at=float(fields["iat"]),
+                nonce=str(fields["nonce"]),
+            )
+        except ModelyardError:
+            raise
+        except (InvalidSignature, ValueError, KeyError, TypeError, binascii.Error) as err:
+            raise _refused(
+                "the ticket is malformed or its signature is wrong", "TICKET_INVALID"
+            ) from err
+
+
+def _refused(message: str, reason: str) -> PermissionDenied:
+    return PermissionDenied(message, reason=reason)
