@@ -70,6 +70,19 @@ class RouterSettings(ServiceSettings):
             "empty turns it off."
         ),
     )
+    http_max_body_bytes: int = Field(
+        default=4 * 1024 * 1024,
+        ge=1,
+        description=(
+            "Largest request body the HTTP front accepts, in bytes; larger is 413, "
+            "refused before it is read."
+        ),
+    )
+    http_max_concurrency: int = Field(
+        default=256,
+        ge=1,
+        description="Requests in flight on the HTTP front; more are answered 429 at once.",
+    )
     max_total_attempts: int = Field(
         default=6,
         ge=1,

@@ -29,6 +29,7 @@ from router.auth import SERVICE_NAME, router_gate
 from router.config import RouterSettings
 from router.discovery import start_discovery
 from router.metrics import serve_metrics
+from router.openai.admission import FrontLimits
 from router.openai.server import start_http_front
 from router.service import add_to_server
 from router.workers import CHANNEL_OPTIONS, WorkerPool
@@ -66,7 +67,11 @@ async def start_router(settings: RouterSettings) -> RunningRouter:
         stack.push_async_callback(running.stop, STOP_GRACE_S)
         if settings.http_address:
             front = await start_http_front(
-                settings.http_address, parts.api, api_keys=settings.api_keys
+                settings.http_address,
+                parts.api,
+                api_keys=settings.api_keys,
+                limits=FrontLimits(settings.http_max_body_bytes, settings.http_max_concurrency),
+                tls=settings.tls,
             )
             stack.push_async_callback(front.stop)
         # Last in, first out: Consul stops sending clients here before anything stops.
