@@ -134,6 +134,10 @@ class RouterSettings(ServiceSettings):
     metrics_port: int = Field(
         default=0, ge=0, le=65535, description="Port of the Prometheus /metrics endpoint; 0: off."
     )
+    metrics_host: str = Field(
+        default="",
+        description="Interface /metrics binds to; empty: the host of `address`.",
+    )
     log_level: str = Field(default="INFO", description="Log level: DEBUG, INFO, WARNING or ERROR.")
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list,

@@ -113,7 +113,11 @@ async def _start_parts(settings: RouterSettings, stack: AsyncExitStack) -> Route
     stack.push_async_callback(stop_watch, start_watch(parts, settings))
     if settings.metrics_port:
         stack.callback(
-            serve_metrics(parts.metrics, host_of(settings.address), settings.metrics_port)
+            serve_metrics(
+                parts.metrics,
+                settings.metrics_host or host_of(settings.address),
+                settings.metrics_port,
+            )
         )
     discovery = start_discovery(
         DiscoverySettings(), pool, registry_address=settings.registry_address
