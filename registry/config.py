@@ -80,3 +80,7 @@ class RegistrySettings(ServiceSettings):
     metrics_port: int = Field(
         default=0, ge=0, le=65535, description="Prometheus /metrics port; 0 = off."
     )
+    metrics_host: str = Field(
+        default="",
+        description="Interface /metrics binds to; empty: the host of `address`.",
+    )

@@ -55,19 +55,24 @@ async def serve(
             )
             if gate.rule_for(WRITE_METHODS[0]) is None:
                 log.info("no admin credentials configured: writes are open to every caller")
-            serve_metrics(settings.metrics_port, host_of(settings.address))
-            registration = register_service(
-                name=REGISTRY_SERVICE,
-                bind_address=settings.address,
-                port=running.port,
-                grpc_service=SERVICE_NAME,
-                tls=settings.tls.enabled,  # Consul checks over TLS
+            stop_metrics = serve_metrics(
+                settings.metrics_port, settings.metrics_host or host_of(settings.address)
             )
-            if on_ready is not None:
-                on_ready(running.port)
-            await wait_for_signal()
-            log.info("registry stopping")
-            await registration.close()  # deregister before draining
+            try:
+                registration = register_service(
+                    name=REGISTRY_SERVICE,
+                    bind_address=settings.address,
+                    port=running.port,
+                    grpc_service=SERVICE_NAME,
+                    tls=settings.tls.enabled,  # Consul checks over TLS
+                )
+                if on_ready is not None:
+                    on_ready(running.port)
+                await wait_for_signal()
+                log.info("registry stopping")
+                await registration.close()  # deregister before draining
+            finally:
+                await asyncio.to_thread(stop_metrics)
         finally:
             await running.stop(STOP_GRACE_S)
     finally:

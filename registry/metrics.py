@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from prometheus_client import Counter, Gauge, start_http_server
 
@@ -29,8 +30,11 @@ def count_write(kind: registry_pb2.ChangeKind.ValueType, revision: int) -> None:
     REVISION.set(revision)
 
 
-def serve_metrics(port: int, host: str = "0.0.0.0") -> None:
-    """Expose /metrics on a background thread (prometheus_client's own server)."""
-    if port:
-        start_http_server(port, addr=host)
-        log.info("metrics on http://%s:%d/metrics", host, port)
+def serve_metrics(port: int, host: str = "0.0.0.0") -> Callable[[], None]:
+    """Expose /metrics on a background thread (prometheus_client's own server); returns
+    the function that stops it."""
+    if not port:
+        return lambda: None
+    server, _thread = start_http_server(port, addr=host)
+    log.info("metrics on http://%s:%d/metrics", host, port)
+    return server.shutdown

@@ -56,6 +56,19 @@ class RouterSettings(ServiceSettings):
             "empty turns it off."
         ),
     )
+    http_max_body_bytes: int = Field(
+        default=4 * 1024 * 1024,
+        ge=1,
+        description=(
+            "Largest request body the HTTP front accepts, in bytes; larger is 413, "
+            "refused before it is read."
+        ),
+    )
+    http_max_concurrency: int = Field(
+        default=256,
+        ge=1,
+        description="Requests in flight on the HTTP front; more are answered 429 at once.",
+    )
     max_total_attempts: int = Field(
         default=6,
         ge=1,
@@ -106,6 +119,10 @@ class RouterSettings(ServiceSettings):
     )
     metrics_port: int = Field(
         default=0, ge=0, le=65535, description="Port of the Prometheus /metrics endpoint; 0: off."
+    )
+    metrics_host: str = Field(
+        default="",
+        description="Interface /metrics binds to; empty: the host of `address`.",
     )
     log_level: str = Field(default="INFO", description="Log level: DEBUG, INFO, WARNING or ERROR.")
     api_keys: CommaList = Field(

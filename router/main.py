@@ -29,6 +29,7 @@ from router.auth import SERVICE_NAME, router_gate
 from router.config import RouterSettings
 from router.discovery import start_discovery
 from router.metrics import serve_metrics
+from router.openai.admission import FrontLimits
 from router.openai.server import start_http_front
 from router.service import add_to_server
 from router.workers import CHANNEL_OPTIONS, WorkerPool
@@ -66,7 +67,11 @@ async def start_router(settings: RouterSettings) -> RunningRouter:
         stack.push_async_callback(running.stop, STOP_GRACE_S)
         if settings.http_address:
             front = await start_http_front(
-                settings.http_address, parts.api, api_keys=settings.api_keys
+                settings.http_address,
+                parts.api,
+                api_keys=settings.api_keys,
+                limits=FrontLimits(settings.http_max_body_bytes, settings.http_max_concurrency),
+                tls=settings.tls,
             )
             stack.push_async_callback(front.stop)
         # Last in, first out: Consul stops sending clients here before anything stops.
@@ -111,7 +116,11 @@ async def _start_parts(settings: RouterSettings, stack: AsyncExitStack) -> Route
     stack.push_async_callback(stop_watch, start_watch(parts, settings))
     if settings.metrics_port:
         stack.callback(
-            serve_metrics(parts.metrics, host_of(settings.address), settings.metrics_port)
+            serve_metrics(
+                parts.metrics,
+                settings.metrics_host or host_of(settings.address),
+                settings.metrics_port,
+            )
         )
     discovery = start_discovery(
         DiscoverySettings(), pool, registry_address=settings.registry_address

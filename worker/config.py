@@ -114,6 +114,10 @@ class WorkerSettings(ServiceSettings):
         le=65535,
         description="Port of the Prometheus /metrics endpoint; 0: off.",
     )
+    metrics_host: str = Field(
+        default="",
+        description="Interface /metrics binds to; empty: the host of `address`.",
+    )
     log_level: str = Field(default="INFO", description="Log level: DEBUG, INFO, WARNING or ERROR.")
     admin_token: str = Field(
         default="",

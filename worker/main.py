@@ -112,7 +112,8 @@ async def start_worker(settings: WorkerSettings) -> RunningWorker:
     )
     stop_metrics = None
     if settings.metrics_port:
-        stop_metrics = serve_metrics(manager, host_of(settings.address), settings.metrics_port)
+        host = settings.metrics_host or host_of(settings.address)
+        stop_metrics = serve_metrics(manager, host, settings.metrics_port)
     preloading = None
     if entries:
         preloading = asyncio.ensure_future(manager.preload(entries))

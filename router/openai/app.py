@@ -2,9 +2,10 @@
 
 The front runs in the router's process and calls the router in process (no gRPC hop):
 the same validation, resolution, scheduling, retries, stats and deadlines as a gRPC
-client gets. With API keys configured it checks the key (`Authorization: Bearer <key>`)
-before it reads a body. A request is cancelled when its HTTP client goes away (so the
-worker stops decoding). Errors before the first token answer with the matching HTTP
+client gets. `Admission` (router/openai/admission.py) checks the API key
+(`Authorization: Bearer <key>`) and the size and concurrency limits before the body is
+read. A request is cancelled when its HTTP client goes away (so the worker stops
+decoding). Errors before the first token answer with the matching HTTP
 status; a failure after the stream has started ends it with an `error` event, which the
 OpenAI SDK raises.
 """
@@ -20,6 +21,7 @@ from contextlib import aclosing
 from typing import Any, Protocol, TypeVar
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -29,6 +31,7 @@ from modelyard.errors import ModelyardError, Unauthenticated
 from modelyard.refs import key_of
 from modelyard.v1 import common_pb2, router_pb2
 from router.auth import client_rule
+from router.openai.admission import Admission, FrontLimits
 from router.openai.errors import OpenAIError, from_error, invalid, unauthorized
 from router.openai.responses import Shape, finish_reason, sse
 from router.openai.translate import (
@@ -58,12 +61,18 @@ class RouterOperations(Protocol):
 
 
 def build_app(
-    router: RouterOperations, *, api_keys: Sequence[str] = (), timeout_s: float = 600.0
+    router: RouterOperations,
+    *,
+    api_keys: Sequence[str] = (),
+    timeout_s: float = 600.0,
+    limits: FrontLimits | None = None,
 ) -> Starlette:
-    """The HTTP front over `router`; `api_keys` (none: open) guard every endpoint and
-    `timeout_s` caps each request."""
+    """The HTTP front over `router`; `api_keys` (none: open) guard every endpoint,
+    `limits` bound the body size and requests in flight, and `timeout_s` caps each request."""
     front = _Front(router, api_keys, timeout_s)
+    admission = Middleware(Admission, authorize=front._authorize, limits=limits or FrontLimits())
     return Starlette(
+        middleware=[admission],
         routes=[
             Route("/v1/chat/completions", front.chat, methods=["POST"]),
             Route("/v1/completions", front.completions, methods=["POST"]),
@@ -84,17 +93,14 @@ class _Front:
         self._timeout_s = timeout_s
 
     async def chat(self, request: Request) -> Response:
-        self._authorize(request)
         body = await _json_body(request)
         return await self._generate(request, body, chat_request(body), chat=True)
 
     async def completions(self, request: Request) -> Response:
-        self._authorize(request)
         body = await _json_body(request)
         return await self._generate(request, body, completion_request(body), chat=False)
 
     async def models(self, request: Request) -> Response:
-        self._authorize(request)
         reply = await _until_disconnect(
             request, self._router.list_models(timeout_s=self._timeout_s)
         )

@@ -90,3 +90,21 @@ def unauthorized(message: str, *, missing: bool) -> OpenAIError:
         code=None if missing else "invalid_api_key",
         headers={"www-authenticate": "Bearer"},
     )
+
+
+def too_large(limit: int) -> OpenAIError:
+    """413: the request body is over the front's limit."""
+    return OpenAIError(
+        413, f"the request body is larger than {limit} bytes", code="request_too_large"
+    )
+
+
+def busy() -> OpenAIError:
+    """429: the front has as many requests in flight as it takes; the client retries."""
+    return OpenAIError(
+        429,
+        "too many requests in flight; retry shortly",
+        type_="rate_limit_error",
+        code="rate_limit_exceeded",
+        headers={"retry-after": "1"},
+    )

@@ -5,12 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import uvicorn
 
 from modelyard.server import host_of
+from modelyard.tls import TlsSettings
+from router.openai.admission import FrontLimits
 from router.openai.app import RouterOperations, build_app
 
 log = logging.getLogger(__name__)
@@ -42,20 +46,30 @@ class HttpFront:
 
 
 async def start_http_front(
-    http_address: str, router: RouterOperations, *, api_keys: Sequence[str] = ()
+    http_address: str,
+    router: RouterOperations,
+    *,
+    api_keys: Sequence[str] = (),
+    limits: FrontLimits | None = None,
+    tls: TlsSettings | None = None,
 ) -> HttpFront:
     """Listen on `http_address` and serve the OpenAI API over `router`, in process.
-    `api_keys` (none: open) are checked on every request before its body is read."""
+    `api_keys` (none: open) are checked on every request before its body is read;
+    `limits` bound bodies and requests in flight; with a certificate in `tls` the front
+    speaks HTTPS only (the same certificate, and client certificates with mtls)."""
     host = host_of(http_address)
     port = int(http_address.rpartition(":")[2])
     config = uvicorn.Config(
-        build_app(router, api_keys=api_keys),
+        build_app(router, api_keys=api_keys, limits=limits),
         host=host,
         port=port,
         log_config=None,  # the router's logging setup stays in charge
         access_log=False,
         lifespan="off",
+        **_ssl_options(tls),
     )
+    # Load now: an unreadable certificate or key stops the router here, not in the task.
+    config.load()
     server = _Server(config)
     task = asyncio.create_task(server.serve(), name="openai-http-front")
     while not server.started:
@@ -63,5 +77,19 @@ async def start_http_front(
             await task  # re-raises why it could not start (e.g. the port is taken)
             raise OSError(f"the HTTP front could not listen on {http_address}")
         await asyncio.sleep(0.02)
-    log.info("OpenAI-compatible HTTP front on http://%s:%d/v1", host, port)
+    scheme = "https" if config.is_ssl else "http"
+    log.info("OpenAI-compatible HTTP front on %s://%s:%d/v1", scheme, host, port)
     return HttpFront(server, task)
+
+
+def _ssl_options(tls: TlsSettings | None) -> dict[str, Any]:
+    """uvicorn's TLS options for `tls`; raises rather than fall back to plaintext."""
+    if tls is None:
+        return {}
+    tls.check_server()  # the same fail-closed checks as the gRPC port
+    if not tls.enabled:
+        return {}
+    options: dict[str, Any] = {"ssl_certfile": tls.cert_file, "ssl_keyfile": tls.key_file}
+    if tls.mtls:
+        options |= {"ssl_ca_certs": tls.ca_file, "ssl_cert_reqs": ssl.CERT_REQUIRED}
+    return options

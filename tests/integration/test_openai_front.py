@@ -167,7 +167,10 @@ def test_errors_have_openai_shape(client: openai.OpenAI, http_mesh: tuple[LocalM
 
     status, reply = _raw(http_mesh[1], "POST", "/chat/completions", b"{not json", AUTH)
     assert status == 400 and reply["error"]["type"] == "invalid_request_error"
+    # Every path is behind the key (an unknown one too: nothing is answered before it).
     status, reply = _raw(http_mesh[1], "GET", "/nope")
+    assert status == 401
+    status, reply = _raw(http_mesh[1], "GET", "/nope", None, AUTH)
     assert status == 404 and set(reply["error"]) == {"message", "type", "param", "code"}
 
 
