@@ -135,3 +135,43 @@ def is_exported(name: str, exported: set[str]) -> bool:
         if name.endswith(suffix) and name.removesuffix(suffix) in exported:
             return True
     return False
+
+
+SecretRef = tuple[str, str | None]
+"""(Secret name, key); key None: the whole Secret (a volume or envFrom)."""
+
+
+def secret_refs(spec: dict[str, Any]) -> set[SecretRef]:
+    """Every Secret a pod spec reads: env secretKeyRef, envFrom secretRef, secret volumes
+    (projected ones included)."""
+    refs: set[SecretRef] = set()
+    for c in [*spec.get("initContainers", []), *spec["containers"]]:
+        for e in c.get("env", []):
+            ref = e.get("valueFrom", {}).get("secretKeyRef")
+            if ref:
+                refs.add((ref["name"], ref["key"]))
+        for source in c.get("envFrom", []):
+            if "secretRef" in source:
+                refs.add((source["secretRef"]["name"], None))
+    for v in spec.get("volumes", []):
+        if "secret" in v:
+            refs.add((v["secret"]["secretName"], None))
+        for source in v.get("projected", {}).get("sources", []):
+            if "secret" in source:
+                refs.add((source["secret"]["name"], None))
+    return refs
+
+
+def values_of(*files: Path) -> dict[str, Any]:
+    """The chart's values.yaml with `files` merged over it, as helm merges maps (lists replace)."""
+
+    def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+        out = dict(base)
+        for k, v in over.items():
+            out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        return out
+
+    values: dict[str, Any] = yaml.safe_load((CHART / "values.yaml").read_text())
+    for f in files:
+        values = merge(values, yaml.safe_load(f.read_text()) or {})
+    return values

@@ -1,10 +1,10 @@
 """Validate rendered chart manifests that kubernetes-validate cannot: the custom resources.
 
 `python -m tests.ops.crcheck --kubernetes-version 1.35.0 FILE...` reads multi-document YAML and
-checks every ScaledObject, ServiceMonitor and PrometheusRule against the JSON Schemas kept in
-charts/schemas (derived from the projects' CRDs). Any other kind must have a schema in
-kubernetes-validate for that Kubernetes version; a kind that has neither fails, so a typo in an
-apiVersion cannot slip through as a mere warning.
+checks every ScaledObject, ServiceMonitor, PrometheusRule and Certificate against the JSON
+Schemas kept in charts/schemas (derived from the projects' CRDs). Any other kind must have a
+schema in kubernetes-validate for that Kubernetes version; a kind that has neither fails, so a
+typo in an apiVersion cannot slip through as a mere warning.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ CUSTOM_RESOURCES: Mapping[tuple[str, str], str] = {
     ("keda.sh/v1alpha1", "ScaledObject"): "scaledobject-keda-v1alpha1.json",
     ("monitoring.coreos.com/v1", "ServiceMonitor"): "servicemonitor-monitoring-v1.json",
     ("monitoring.coreos.com/v1", "PrometheusRule"): "prometheusrule-monitoring-v1.json",
+    ("cert-manager.io/v1", "Certificate"): "certificate-cert-manager-v1.json",
 }
 
 

@@ -7,8 +7,10 @@ charts/schemas. These tests then check what validation cannot: the chart's own p
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -16,9 +18,21 @@ from typing import Any
 
 import pytest
 import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 
 from tests.ops import crcheck
-from tests.ops.chart import ROOT, Rendered, helm_template, parse, pod_specs
+from tests.ops.chart import (
+    CHART,
+    ROOT,
+    Rendered,
+    SecretRef,
+    helm_template,
+    parse,
+    pod_specs,
+    secret_refs,
+    values_of,
+)
 
 K8S_VERSION = "1.35.0"
 VALUE_SETS = ("minimal-cpu", "gpu-keda", "external-tls")
@@ -57,7 +71,7 @@ def test_every_pod_is_hardened_and_probed(rendered: dict[str, Rendered], value_s
             if c["name"] in MODELYARD_CONTAINERS:
                 for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
                     handler = c[probe]
-                    if value_set == "external-tls":
+                    if value_set != "minimal-cpu":
                         # Kubernetes' grpc probe has no TLS: the image checks health over TLS.
                         assert "grpc_health" in handler["exec"]["command"][-1], where
                     else:
@@ -120,12 +134,18 @@ def test_external_consul_postgres_tls(rendered: dict[str, Rendered]) -> None:
         assert env["MODELYARD_CONSUL_TOKEN"]["secretKeyRef"]["name"] == "modelyard-consul-token"
         service = c["name"].upper()
         assert env[f"MODELYARD_{service}_TLS_CERT_FILE"] == "/etc/modelyard/tls/tls.crt", where
-        assert env[f"MODELYARD_{service}_TLS_MTLS"] == "true", where
-        admin = env[f"MODELYARD_{service}_ADMIN_TOKEN"]["secretKeyRef"]
-        assert admin["name"] == "modelyard-admin", where
+        assert env[f"MODELYARD_{service}_TLS_MTLS"] == str(service != "ROUTER").lower(), where
+        if service == "REGISTRY":
+            admin = env["MODELYARD_REGISTRY_ADMIN_TOKEN"]["secretKeyRef"]
+            assert admin["name"] == "modelyard-admin", where
+        if service == "ROUTER":
+            keys = env["MODELYARD_ROUTER_API_KEYS"]["secretKeyRef"]
+            assert keys["name"] == "modelyard-client-keys", where
     dsn = env_of(registry["spec"]["template"]["spec"]["containers"][0])
     assert dsn["MODELYARD_REGISTRY_DATABASE_URL"]["secretKeyRef"]["name"] == "modelyard-registry-db"
-    assert not [s for s in r.of_kind("Secret") if s["metadata"]["name"] == "modelyard-admin"]
+    secrets = {s["metadata"]["name"] for s in r.of_kind("Secret")}
+    assert not {"modelyard-admin", "modelyard-registry-admin-token"} & secrets
+    assert "modelyard-router-api-keys" not in secrets
 
 
 def test_minimal_cpu_is_static_sqlite(rendered: dict[str, Rendered]) -> None:
@@ -168,7 +188,7 @@ def test_worker_pools_autoscale_on_queued_tokens(rendered: dict[str, Rendered]) 
     assert gpu["tolerations"][0]["key"] == "nvidia.com/gpu"
     preload_cm = r.get("ConfigMap", "modelyard-worker-a100-preload")
     preload = yaml.safe_load(preload_cm["data"]["preload.yaml"])
-    assert preload[0]["model"]["name"] == "llama-3.1-8b-instruct"
+    assert preload[0]["model"] == "llama-3.1-8b-instruct@1"
     router_hpa = r.get("HorizontalPodAutoscaler", "modelyard-router")
     assert router_hpa["spec"]["metrics"][0]["resource"]["name"] == "cpu"
 
@@ -181,7 +201,7 @@ def test_dashboard_configmap_and_helm_test(rendered: dict[str, Rendered]) -> Non
     test_pod = r.get("Pod", "modelyard-test")
     assert test_pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
     script = test_pod["spec"]["containers"][0]["args"][0]
-    assert '"modelyard", "generate"' in script
+    assert "Client(" in script and 'api_key=os.environ["MODELYARD_API_KEY"]' in script
     assert '"llama-3.1-8b-instruct"' in script
     compile(script, "helm-test", "exec")  # the rendered Python is valid
 
@@ -191,7 +211,8 @@ def test_dashboard_configmap_and_helm_test(rendered: dict[str, Rendered]) -> Non
     [
         ({"bogus": 1}, "additional properties 'bogus' not allowed"),
         ({"registry": {"database": {"type": "postgresql"}}}, "existingSecret"),
-        ({"tls": {"enabled": True}}, "existingSecret"),
+        ({"tls": {"certManager": {"enabled": True}}}, "issuerRef/name"),
+        ({"adminToken": {"value": "x"}}, "additional properties 'adminToken' not allowed"),
         (
             {
                 "workerPools": [
@@ -265,3 +286,364 @@ def test_defaults_render(helm: Path) -> None:
     kinds = {m["kind"] for m in parse(result.stdout)}
     assert "ScaledObject" not in kinds
     assert "Secret" in kinds  # the generated admin token
+
+
+# -- Secure by default: one credential per role, one certificate per service, NetworkPolicies ----
+
+# The rendered sets these tests read: the CI value sets and the chart's defaults.
+SECURE_SETS = (*VALUE_SETS, "defaults")
+# auth.<credential> -> the Secret the chart generates for it (unless existingSecret).
+CREDENTIAL_SECRETS = {
+    "registryAdmin": "modelyard-registry-admin-token",
+    "registryReaderRouter": "modelyard-registry-reader-router",
+    "registryReaderWorker": "modelyard-registry-reader-worker",
+    "workerOperator": "modelyard-worker-operator-token",
+    "workerApiKey": "modelyard-worker-api-key",
+    "routerApiKeys": "modelyard-router-api-keys",
+}
+# Which credentials each role's pods may read: the ones they present and the ones they check.
+ROLE_CREDENTIALS = {
+    "registry": {"registryAdmin", "registryReaderRouter", "registryReaderWorker"},
+    "router": {"routerApiKeys", "registryReaderRouter", "workerApiKey"},
+    "worker": {"workerOperator", "workerApiKey", "registryReaderWorker"},
+    "test": {"routerApiKeys:test"},
+    "consul": set(),
+    "jaeger": set(),
+}
+REFERENCE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}@[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
+
+
+@pytest.fixture(scope="session")
+def defaults(helm: Path) -> Rendered:
+    """The chart's default values, rendered and validated as chart-check.sh validates."""
+    result = helm_template(helm)
+    assert result.returncode == 0, result.stderr
+    manifests = parse(result.stdout)
+    problems = [p for m in manifests for p in crcheck.check(m, K8S_VERSION)]
+    assert problems == []
+    return Rendered("defaults", manifests)
+
+
+@pytest.fixture(scope="session")
+def secure_sets(
+    rendered: dict[str, Rendered], defaults: Rendered
+) -> dict[str, tuple[Rendered, dict[str, Any]]]:
+    """Each rendered set with the values it was rendered from."""
+    out = {"defaults": (defaults, values_of())}
+    for name in VALUE_SETS:
+        out[name] = (rendered[name], values_of(CHART / "ci" / f"{name}-values.yaml"))
+    return out
+
+
+def role_of(component: str) -> str:
+    return "worker" if component.startswith("worker-") else component
+
+
+def pods_by_component(r: Rendered) -> list[tuple[str, str, dict[str, Any]]]:
+    """(component, kind/name, pod spec) of every workload of the release."""
+    out = []
+    for m in r.manifests:
+        if m["kind"] in ("Deployment", "StatefulSet", "Pod"):
+            spec = m["spec"] if m["kind"] == "Pod" else m["spec"]["template"]["spec"]
+            labels = m["metadata"]["labels"]
+            out.append(
+                (
+                    labels["app.kubernetes.io/component"],
+                    f"{m['kind']}/{m['metadata']['name']}",
+                    spec,
+                )
+            )
+    return out
+
+
+def credential_ref(values: dict[str, Any], credential: str) -> SecretRef:
+    """Where a credential lives ("routerApiKeys:test": the helm test's own key)."""
+    name, _, which = credential.partition(":")
+    default_key = {"workerApiKey": "key", "routerApiKeys": "api-keys"}.get(name, "token")
+    spec = {"existingSecret": "", "key": default_key, "testKey": "helm-test"}
+    spec.update(values.get("auth", {}).get(name, {}))
+    key = spec["testKey"] if which == "test" else spec["key"]
+    return (spec["existingSecret"] or CREDENTIAL_SECRETS[name], key)
+
+
+def allowed_refs(values: dict[str, Any], component: str) -> set[SecretRef]:
+    """The Secrets a component's pods may read (table ROLE_CREDENTIALS, its own certificate,
+    and the Secrets named in values that the services need: Consul token and CA, DSN)."""
+    role = role_of(component)
+    refs = {credential_ref(values, c) for c in ROLE_CREDENTIALS[role]}
+    if values["tls"]["enabled"]:
+        refs.add((f"modelyard-tls-{component}", None))
+    if role in ("registry", "router", "worker"):
+        consul = values["consul"]
+        if consul["token"]["existingSecret"]:
+            refs.add((consul["token"]["existingSecret"], consul["token"]["key"]))
+        if consul["caSecret"]:
+            refs.add((consul["caSecret"], None))
+    if role == "registry" and values["registry"]["database"]["type"] == "postgresql":
+        pg = values["registry"]["database"]["postgresql"]
+        refs.add((pg["existingSecret"], pg["key"]))
+    return refs
+
+
+def test_defaults_are_secure(defaults: Rendered) -> None:
+    """Default values: a NetworkPolicy per component, one Secret per credential (distinct
+    names), the router's client keys with a generated default key, a certificate per service."""
+    policies = {
+        p["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"]
+        for p in defaults.of_kind("NetworkPolicy")
+    }
+    assert policies == {"registry", "router", "worker-cpu"}
+    secrets = {s["metadata"]["name"]: s for s in defaults.of_kind("Secret")}
+    assert set(CREDENTIAL_SECRETS.values()) <= set(secrets)
+    assert len(set(CREDENTIAL_SECRETS.values())) == len(CREDENTIAL_SECRETS)
+    keys = secrets["modelyard-router-api-keys"]["data"]
+    listed = base64.b64decode(keys["api-keys"]).decode().split(",")
+    default = base64.b64decode(keys["default"]).decode()
+    test_key = base64.b64decode(keys["helm-test"]).decode()
+    assert listed == [f"default:{default}", f"helm-test:{test_key}"]
+    assert len(default) == 40 and default != test_key
+    tokens = [
+        base64.b64decode(next(iter(secrets[n]["data"].values())))
+        for n in CREDENTIAL_SECRETS.values()
+    ]
+    assert len(set(tokens)) == len(tokens), "every generated credential is its own random value"
+    for role in ("registry", "router", "worker-cpu", "test", "admin", "operator"):
+        assert secrets[f"modelyard-tls-{role}"]["type"] == "kubernetes.io/tls", role
+
+
+@pytest.mark.parametrize("value_set", SECURE_SETS)
+def test_secrets_are_mounted_only_where_needed(
+    secure_sets: dict[str, tuple[Rendered, dict[str, Any]]], value_set: str
+) -> None:
+    r, values = secure_sets[value_set]
+    # Clients first: a credential in the wrong client's pod is the failure that matters most.
+    order = ("test", "router", "worker", "consul", "jaeger", "registry")
+    pods = sorted(pods_by_component(r), key=lambda p: order.index(role_of(p[0])))
+    for component, where, spec in pods:
+        refs = secret_refs(spec)
+        allowed = allowed_refs(values, component)
+        assert refs <= allowed, f"{where} reads {sorted(refs - allowed, key=str)}"
+        role = role_of(component)
+        needed = {credential_ref(values, c) for c in ROLE_CREDENTIALS[role]}
+        assert needed <= refs, f"{where} lacks {sorted(needed - refs, key=str)}"
+
+
+def container_env(r: Rendered, component_prefix: str) -> list[dict[str, Any]]:
+    return [
+        env_of(spec["containers"][0])
+        for component, _, spec in pods_by_component(r)
+        if component.startswith(component_prefix)
+    ]
+
+
+def ref_of(entry: Any) -> SecretRef:
+    ref = entry["secretKeyRef"]
+    return (ref["name"], ref["key"])
+
+
+@pytest.mark.parametrize("value_set", SECURE_SETS)
+def test_no_two_roles_share_a_credential(
+    secure_sets: dict[str, tuple[Rendered, dict[str, Any]]], value_set: str
+) -> None:
+    r, _ = secure_sets[value_set]
+    (registry,) = container_env(r, "registry")
+    (router,) = container_env(r, "router")
+    (test,) = container_env(r, "test")
+    workers = container_env(r, "worker-")
+    assert workers
+    for worker in workers:
+        credentials = {
+            "registry admin": ref_of(registry["MODELYARD_REGISTRY_ADMIN_TOKEN"]),
+            "router registry reader": ref_of(router["MODELYARD_ROUTER_REGISTRY_TOKEN"]),
+            "worker registry reader": ref_of(worker["MODELYARD_WORKER_REGISTRY_TOKEN"]),
+            "worker operator": ref_of(worker["MODELYARD_WORKER_ADMIN_TOKEN"]),
+            "router-to-worker": ref_of(worker["MODELYARD_WORKER_API_KEY"]),
+            "router clients": ref_of(router["MODELYARD_ROUTER_API_KEYS"]),
+            "helm test client": ref_of(test["MODELYARD_API_KEY"]),
+        }
+        assert len(set(credentials.values())) == len(credentials), credentials
+        secrets = [name for name, _ in list(credentials.values())[:6]]
+        assert len(set(secrets)) == len(secrets), "one Secret per role"
+        # The two ends of each credential read the same Secret key.
+        assert ref_of(router["MODELYARD_ROUTER_WORKER_API_KEY"]) == credentials["router-to-worker"]
+        readers = re.findall(r"\$\((\w+)\)", registry["MODELYARD_REGISTRY_READER_TOKENS"])
+        assert {ref_of(registry[v]) for v in readers} == {
+            credentials["router registry reader"],
+            credentials["worker registry reader"],
+        }
+    assert "MODELYARD_ROUTER_ADMIN_TOKEN" not in router
+    assert "MODELYARD_REGISTRY_ADMIN_TOKEN" not in router
+
+
+@pytest.mark.parametrize("value_set", SECURE_SETS)
+def test_router_gets_no_admin_token(
+    secure_sets: dict[str, tuple[Rendered, dict[str, Any]]], value_set: str
+) -> None:
+    r, values = secure_sets[value_set]
+    routers = container_env(r, "router")
+    assert routers
+    for env in routers:
+        assert "MODELYARD_ROUTER_ADMIN_TOKEN" not in env
+    admin = {credential_ref(values, "registryAdmin"), credential_ref(values, "workerOperator")}
+    for env in routers:
+        refs = {ref_of(v) for v in env.values() if isinstance(v, dict) and "secretKeyRef" in v}
+        assert not refs & admin
+
+
+def test_defaults_give_every_worker_and_router_a_key(defaults: Rendered) -> None:
+    workers = container_env(defaults, "worker-")
+    routers = container_env(defaults, "router")
+    assert workers and routers
+    for env in workers:
+        assert ref_of(env["MODELYARD_WORKER_API_KEY"]) == ("modelyard-worker-api-key", "key")
+    for env in routers:
+        assert ref_of(env["MODELYARD_ROUTER_API_KEYS"]) == ("modelyard-router-api-keys", "api-keys")
+
+
+def identity(values: dict[str, Any], role: str) -> str:
+    td = values["tls"]["trustDomain"] or "modelyard.modelyard.modelyard"
+    if values["tls"]["certManager"]["enabled"]:
+        return f"spiffe://{td}/{role}"
+    return f"{role}.identity.{td}"
+
+
+def certificate_sans(
+    secret: dict[str, Any],
+) -> tuple[list[str], x509.Certificate, x509.Certificate]:
+    cert = x509.load_pem_x509_certificate(base64.b64decode(secret["data"]["tls.crt"]))
+    ca = x509.load_pem_x509_certificate(base64.b64decode(secret["data"]["ca.crt"]))
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    return san.get_values_for_type(x509.DNSName), cert, ca
+
+
+@pytest.mark.parametrize("value_set", ("defaults", "gpu-keda", "external-tls"))
+def test_every_service_has_its_own_certificate_and_identity(
+    secure_sets: dict[str, tuple[Rendered, dict[str, Any]]], value_set: str
+) -> None:
+    r, values = secure_sets[value_set]
+    mounted: dict[str, str] = {}
+    for component, where, spec in pods_by_component(r):
+        if component == "jaeger":
+            continue
+        (tls,) = [v["secret"]["secretName"] for v in spec["volumes"] if v["name"] == "tls"]
+        assert tls == f"modelyard-tls-{component}", where
+        mounted[component] = tls
+    assert len(set(mounted.values())) == len(mounted)
+    pools = [f"worker-{p['name']}" for p in values["workerPools"]]
+    assert {"registry", "router", "test", *pools} <= set(mounted)
+    roles = [*mounted, "admin", "operator"]
+    if values["tls"]["certManager"]["enabled"]:
+        certs = {c["spec"]["secretName"]: c["spec"] for c in r.of_kind("Certificate")}
+        assert not [s for s in r.of_kind("Secret") if s["type"] == "kubernetes.io/tls"]
+        for role in roles:
+            spec = certs[f"modelyard-tls-{role}"]
+            assert spec["uris"] == [identity(values, role)], role
+            assert {"server auth", "client auth"} <= set(spec["usages"]), role
+    else:
+        secrets = {s["metadata"]["name"]: s for s in r.of_kind("Secret")}
+        cas = set()
+        for role in roles:
+            names, cert, ca = certificate_sans(secrets[f"modelyard-tls-{role}"])
+            assert identity(values, role) in names, role
+            assert not [n for n in names if ".identity." in n and n != identity(values, role)]
+            cert.verify_directly_issued_by(ca)
+            cas.add(ca.fingerprint(hashes.SHA256()))
+            service = {"registry": "modelyard-registry", "router": "modelyard-router"}.get(
+                role, f"modelyard-{role}" if role.startswith("worker-") else None
+            )
+            if service:
+                assert {service, f"{service}.modelyard.svc", "localhost"} <= set(names), role
+        assert len(cas) == 1, "one CA signs every certificate"
+    (registry,) = container_env(r, "registry")
+    (router,) = container_env(r, "router")
+    extra = values["tls"]["extraIdentities"]
+    assert registry["MODELYARD_REGISTRY_ADMIN_IDENTITIES"].split(",") == [
+        identity(values, "admin"),
+        *extra["registryAdmins"],
+    ]
+    assert registry["MODELYARD_REGISTRY_READER_IDENTITIES"].split(",") == [
+        identity(values, "router"),
+        *(identity(values, p) for p in pools),
+        *extra["registryReaders"],
+    ]
+    assert registry["MODELYARD_REGISTRY_TLS_MTLS"] == "true"
+    assert router["MODELYARD_ROUTER_TLS_MTLS"] == "false"  # clients prove themselves with keys
+    for worker in container_env(r, "worker-"):
+        assert worker["MODELYARD_WORKER_TLS_MTLS"] == "true"
+        assert worker["MODELYARD_WORKER_ROUTER_IDENTITIES"] == identity(values, "router")
+        assert worker["MODELYARD_WORKER_OPERATOR_IDENTITIES"].split(",") == [
+            identity(values, "operator"),
+            *extra["workerOperators"],
+        ]
+
+
+def test_worker_preload_entries_are_references(rendered: dict[str, Rendered]) -> None:
+    r = rendered["gpu-keda"]
+    preloads = [cm for cm in r.of_kind("ConfigMap") if cm["metadata"]["name"].endswith("-preload")]
+    assert len(preloads) == 2
+    for cm in preloads:
+        for entry in yaml.safe_load(cm["data"]["preload.yaml"]):
+            ref = entry if isinstance(entry, str) else entry["model"]
+            assert isinstance(ref, str) and REFERENCE.match(ref), entry
+            if isinstance(entry, dict):
+                assert set(entry) <= {"model", "pin", "keep_alive_s"}, entry
+    for where, c in modelyard_containers(r):
+        if c["name"] == "worker":
+            env = env_of(c)
+            assert env["MODELYARD_WORKER_REGISTRY_ADDRESS"] == "modelyard-registry:50051", where
+
+
+def ingress_rules(r: Rendered, component: str) -> list[dict[str, Any]]:
+    (policy,) = [
+        p
+        for p in r.of_kind("NetworkPolicy")
+        if p["spec"]["podSelector"]["matchLabels"].get("app.kubernetes.io/component") == component
+    ]
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    return list(policy["spec"]["ingress"])
+
+
+def peers_for(rules: list[dict[str, Any]], port: str) -> list[Any]:
+    """The `from` of every rule opening `port`; None for a rule open to all."""
+    return [rule.get("from") for rule in rules if {"port": port} in rule.get("ports", [])]
+
+
+def release_pods(component: str | None = None) -> dict[str, Any]:
+    labels = {"app.kubernetes.io/name": "modelyard", "app.kubernetes.io/instance": "modelyard"}
+    if component:
+        labels["app.kubernetes.io/component"] = component
+    return {"podSelector": {"matchLabels": labels}}
+
+
+def test_network_policies_admit_only_the_callers(
+    defaults: Rendered, rendered: dict[str, Rendered], helm: Path
+) -> None:
+    monitoring = [
+        {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+            "podSelector": {},
+        }
+    ]
+    worker = ingress_rules(defaults, "worker-cpu")
+    assert peers_for(worker, "grpc") == [[release_pods("router"), release_pods("test")]]
+    assert peers_for(worker, "metrics") == [monitoring]
+    registry = ingress_rules(defaults, "registry")
+    assert peers_for(registry, "grpc") == [[release_pods()]]
+    assert peers_for(registry, "metrics") == [monitoring]
+    router = ingress_rules(defaults, "router")
+    assert peers_for(router, "grpc") == [None] and peers_for(router, "http") == [None]
+    assert peers_for(router, "metrics") == [monitoring]
+    # The dev Consul runs health checks against the workers.
+    dev = rendered["gpu-keda"]
+    for pool in ("a100", "l4-burst", "cpu"):
+        (peers,) = peers_for(ingress_rules(dev, f"worker-{pool}"), "grpc")
+        assert release_pods("consul") in peers
+    assert ingress_rules(dev, "consul") and ingress_rules(dev, "jaeger")
+    # Direct streams (reserved): clients reach the workers' gRPC port.
+    result = helm_template(helm, "--set", "directStreams.enabled=true")
+    assert result.returncode == 0, result.stderr
+    direct = Rendered("direct", parse(result.stdout))
+    assert peers_for(ingress_rules(direct, "worker-cpu"), "grpc") == [None]
+    off = helm_template(helm, "--set", "networkPolicy.enabled=false", "--set", "tls.enabled=false")
+    assert off.returncode == 0, off.stderr
+    assert not Rendered("off", parse(off.stdout)).of_kind("NetworkPolicy")

@@ -82,8 +82,114 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 {{- end -}}
 
-{{- define "modelyard.adminSecretName" -}}
-{{- default (printf "%s-admin" (include "modelyard.fullname" .)) .Values.adminToken.existingSecret -}}
+{{/*
+Credentials, one Secret per role. Call with (dict "root" $ "role" "registryAdmin"); roles are the
+keys of .Values.auth. The name is existingSecret when set, else <fullname>-<suffix>.
+*/}}
+{{- define "modelyard.authSecretSuffixes" -}}
+registryAdmin: registry-admin-token
+registryReaderRouter: registry-reader-router
+registryReaderWorker: registry-reader-worker
+workerOperator: worker-operator-token
+workerApiKey: worker-api-key
+routerApiKeys: router-api-keys
+{{- end -}}
+
+{{- define "modelyard.authSecretName" -}}
+{{- $spec := index .root.Values.auth .role -}}
+{{- $suffix := index (include "modelyard.authSecretSuffixes" . | fromYaml) .role -}}
+{{- default (printf "%s-%s" (include "modelyard.fullname" .root) $suffix) $spec.existingSecret -}}
+{{- end -}}
+
+{{/* An env entry read from a role's Secret: (dict "root" $ "role" "workerApiKey" "env" "NAME") */}}
+{{- define "modelyard.authEnv" -}}
+{{- $spec := index .root.Values.auth .role -}}
+- name: {{ .env }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "modelyard.authSecretName" . }}
+      key: {{ .key | default $spec.key }}
+{{- end -}}
+
+{{/*
+Identities. The trust domain names this release; each role's identity is one SAN value:
+spiffe://<trustDomain>/<role> (cert-manager, URI SAN) or <role>.identity.<trustDomain> (the
+chart's own CA, DNS SAN). Certificates and the *_IDENTITIES variables both come from here.
+Roles: registry, router, worker-<pool>, test, admin, operator, consul.
+*/}}
+{{- define "modelyard.trustDomain" -}}
+{{- default (printf "%s.%s.modelyard" .Release.Name .Release.Namespace) .Values.tls.trustDomain -}}
+{{- end -}}
+
+{{- define "modelyard.identity" -}}
+{{- $td := include "modelyard.trustDomain" .root -}}
+{{- if .root.Values.tls.certManager.enabled -}}
+{{- printf "spiffe://%s/%s" $td .role -}}
+{{- else -}}
+{{- printf "%s.identity.%s" .role $td -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Comma list of the identities of roles: (dict "root" $ "roles" (list ...) "extra" (list ...)) */}}
+{{- define "modelyard.identities" -}}
+{{- $out := list -}}
+{{- range .roles -}}
+{{- $out = append $out (include "modelyard.identity" (dict "root" $.root "role" .)) -}}
+{{- end -}}
+{{- join "," (concat $out (.extra | default list)) -}}
+{{- end -}}
+
+{{- define "modelyard.workerRoles" -}}
+{{- $out := list -}}
+{{- range .Values.workerPools -}}
+{{- $out = append $out (printf "worker-%s" .name) -}}
+{{- end -}}
+{{- toJson $out -}}
+{{- end -}}
+
+{{/*
+The one DNS name every server certificate (registry, router, workers) carries besides its
+Service names: what the router verifies when it dials workers by pod IP (Consul discovery), and
+what Consul agents verify in their TLS health checks.
+*/}}
+{{- define "modelyard.meshServerName" -}}
+{{- printf "mesh.%s" (include "modelyard.trustDomain" .) -}}
+{{- end -}}
+
+{{/* Every certificate of the release: role, Service name (servers), whether it serves. */}}
+{{- define "modelyard.certificates" -}}
+{{- $fullname := include "modelyard.fullname" . -}}
+- role: registry
+  service: {{ $fullname }}-registry
+- role: router
+  service: {{ $fullname }}-router
+{{- range .Values.workerPools }}
+- role: worker-{{ .name }}
+  service: {{ include "modelyard.poolName" (dict "root" $ "pool" .) }}
+{{- end }}
+- role: test
+- role: admin
+- role: operator
+{{- if include "modelyard.consulDeployed" . }}
+- role: consul
+{{- end }}
+{{- end -}}
+
+{{/* DNS SANs of a certificate: (dict "root" $ "cert" <an entry of modelyard.certificates>) */}}
+{{- define "modelyard.certDnsNames" -}}
+{{- $names := list -}}
+{{- with .cert.service -}}
+{{- $ns := $.root.Release.Namespace -}}
+{{- $names = list . (printf "%s.%s" . $ns) (printf "%s.%s.svc" . $ns) (printf "%s.%s.svc.%s" . $ns $.root.Values.clusterDomain) "localhost" (include "modelyard.meshServerName" $.root) -}}
+{{- end -}}
+{{- if not .root.Values.tls.certManager.enabled -}}
+{{- $names = append $names (include "modelyard.identity" (dict "root" .root "role" .cert.role)) -}}
+{{- end -}}
+{{- toJson $names -}}
+{{- end -}}
+
+{{- define "modelyard.tlsSecretName" -}}
+{{- printf "%s-tls-%s" (include "modelyard.fullname" .root) .role -}}
 {{- end -}}
 
 {{/* Environment every modelyard container shares: call with (dict "root" $ "service" "ROUTER" "name" "modelyard-router") */}}
@@ -144,11 +250,6 @@ app.kubernetes.io/component: {{ .component }}
   value: /etc/modelyard/consul-ca/ca.crt
 {{- end }}
 {{- end }}
-- name: MODELYARD_{{ .service }}_ADMIN_TOKEN
-  valueFrom:
-    secretKeyRef:
-      name: {{ include "modelyard.adminSecretName" $root }}
-      key: {{ $root.Values.adminToken.key }}
 {{- if $root.Values.tls.enabled }}
 - name: MODELYARD_{{ .service }}_TLS_CERT_FILE
   value: /etc/modelyard/tls/tls.crt
@@ -157,23 +258,24 @@ app.kubernetes.io/component: {{ .component }}
 - name: MODELYARD_{{ .service }}_TLS_CA_FILE
   value: /etc/modelyard/tls/ca.crt
 - name: MODELYARD_{{ .service }}_TLS_MTLS
-  value: {{ $root.Values.tls.mtls | quote }}
+  value: {{ ne .service "ROUTER" | quote }}
 {{- end }}
 {{- end -}}
 
-{{/* Volumes every modelyard pod has (writable /tmp; TLS and Consul CA when set). */}}
+{{/* Volumes every modelyard pod has (writable /tmp; its own certificate and the Consul CA when
+set): call with (dict "root" $ "role" "router") */}}
 {{- define "modelyard.commonVolumes" -}}
 - name: tmp
   emptyDir: {}
-{{- if .Values.tls.enabled }}
+{{- if .root.Values.tls.enabled }}
 - name: tls
   secret:
-    secretName: {{ .Values.tls.existingSecret }}
+    secretName: {{ include "modelyard.tlsSecretName" . }}
 {{- end }}
-{{- if and (include "modelyard.consulAddress" .) .Values.consul.caSecret }}
+{{- if and (include "modelyard.consulAddress" .root) .root.Values.consul.caSecret }}
 - name: consul-ca
   secret:
-    secretName: {{ .Values.consul.caSecret }}
+    secretName: {{ .root.Values.consul.caSecret }}
 {{- end }}
 {{- end -}}
 
@@ -194,14 +296,15 @@ app.kubernetes.io/component: {{ .component }}
 
 {{/*
 Liveness, readiness and startup probes on grpc.health.v1. Kubernetes' native grpc probe speaks
-plaintext only, so with TLS on the probe runs the same check in Python over TLS instead.
+plaintext only, so with TLS on the probe runs the same check in Python over TLS instead, with the
+pod's own certificate (registry and workers require one) and verifying the name localhost.
 Call with (dict "root" $ "port" 50051 "startupSeconds" 60)
 */}}
 {{- define "modelyard.probes" -}}
 {{- $root := .root -}}
 {{- $handler := "" -}}
 {{- if $root.Values.tls.enabled -}}
-{{- $handler = printf "exec:\n  command:\n    - python\n    - -c\n    - %s" (printf "import grpc,sys;from grpc_health.v1 import health_pb2 as h,health_pb2_grpc as g;r=lambda p:open(p,'rb').read();c=grpc.ssl_channel_credentials(r('/etc/modelyard/tls/ca.crt')%s);s=g.HealthStub(grpc.secure_channel('localhost:%d',c));sys.exit(0 if s.Check(h.HealthCheckRequest(),timeout=3).status==1 else 1)" (ternary ",r('/etc/modelyard/tls/tls.key'),r('/etc/modelyard/tls/tls.crt')" "" $root.Values.tls.mtls) (int .port) | quote) -}}
+{{- $handler = printf "exec:\n  command:\n    - python\n    - -c\n    - %s" (printf "import grpc,sys;from grpc_health.v1 import health_pb2 as h,health_pb2_grpc as g;r=lambda p:open(p,'rb').read();c=grpc.ssl_channel_credentials(r('/etc/modelyard/tls/ca.crt')%s);s=g.HealthStub(grpc.secure_channel('localhost:%d',c));sys.exit(0 if s.Check(h.HealthCheckRequest(),timeout=3).status==1 else 1)" ",r('/etc/modelyard/tls/tls.key'),r('/etc/modelyard/tls/tls.crt')" (int .port) | quote) -}}
 {{- else -}}
 {{- $handler = printf "grpc:\n  port: %d" (int .port) -}}
 {{- end -}}
