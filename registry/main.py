@@ -65,6 +65,7 @@ async def serve(
                     port=running.port,
                     grpc_service=SERVICE_NAME,
                     tls=settings.tls.enabled,  # Consul checks over TLS
+                    tls_server_name=settings.tls.server_name,
                 )
                 if on_ready is not None:
                     on_ready(running.port)

@@ -81,6 +81,7 @@ async def start_router(settings: RouterSettings) -> RunningRouter:
             port=running.port,
             grpc_service=SERVICE_NAME,
             tls=settings.tls.enabled,
+            tls_server_name=settings.tls.server_name,
         )
         stack.push_async_callback(registration.close)
     except BaseException:

@@ -139,6 +139,7 @@ async def serve(settings: WorkerSettings, *, on_ready: Callable[[int], None] | N
         service_id=worker.identity.worker_id,
         grpc_service=SERVICE_NAME,
         tls=settings.tls.enabled,  # Consul checks over TLS
+        tls_server_name=settings.tls.server_name,
         meta={
             "engines": ",".join(
                 common_pb2.Engine.Name(e).removeprefix("ENGINE_").lower()

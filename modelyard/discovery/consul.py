@@ -81,6 +81,8 @@ class ServiceSpec:
     meta: Mapping[str, str] = field(default_factory=dict)
     # The service serves TLS: Consul's gRPC check must speak it too.
     grpc_use_tls: bool = False
+    # The name the check verifies in the certificate: it dials an IP, which no SAN names.
+    tls_server_name: str = ""
 
     def check(self, settings: DiscoverySettings) -> dict[str, object]:
         check: dict[str, object] = {
@@ -90,6 +92,8 @@ class ServiceSpec:
             "Interval": _duration(settings.check_interval_s),
             "Timeout": _duration(settings.check_timeout_s),
         }
+        if self.grpc_use_tls and self.tls_server_name:
+            check["TLSServerName"] = self.tls_server_name
         if settings.deregister_after_s:
             check["DeregisterCriticalServiceAfter"] = _duration(settings.deregister_after_s)
         return check
@@ -200,12 +204,14 @@ def register_service(
     meta: Mapping[str, str] | None = None,
     settings: DiscoverySettings | None = None,
     tls: bool = False,
+    tls_server_name: str = "",
 ) -> Registration:
     """Register this service with Consul in the background; a no-op when Consul is off.
 
     Call once the server listens (the agent's first health check may come at once) and
     `await registration.close()` before stopping the server, so routers stop first.
-    `tls`: the server speaks TLS, so the agent's gRPC check uses TLS (`GRPCUseTLS`).
+    `tls`: the server speaks TLS, so the agent's gRPC check uses TLS (`GRPCUseTLS`),
+    verifying `tls_server_name` (a name in the service's certificate) when given.
     """
     settings = settings if settings is not None else DiscoverySettings()
     if not settings.enabled:
@@ -219,6 +225,7 @@ def register_service(
         grpc_service=grpc_service,
         meta=dict(meta or {}),
         grpc_use_tls=tls,
+        tls_server_name=tls_server_name,
     )
     registration = ConsulRegistration(settings, spec)
     registration.start()
