@@ -19,6 +19,7 @@ import grpc
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
+from opentelemetry import trace
 
 log = logging.getLogger(__name__)
 
@@ -216,8 +217,7 @@ def grpc_errors(method: F) -> F:
             except Exception as err:
                 if _is_abort(err):
                     raise
-                log.exception("unhandled error in %s", method.__qualname__)
-                await abort(context, Internal(f"internal error: {type(err).__name__}: {err}"))
+                await abort(context, internal_error(method.__qualname__, err))
 
         return cast(F, stream_wrapper)
 
@@ -230,10 +230,24 @@ def grpc_errors(method: F) -> F:
         except Exception as err:
             if _is_abort(err):
                 raise
-            log.exception("unhandled error in %s", method.__qualname__)
-            await abort(context, Internal(f"internal error: {type(err).__name__}: {err}"))
+            await abort(context, internal_error(method.__qualname__, err))
 
     return cast(F, unary_wrapper)
+
+
+def internal_error(where: str, err: BaseException) -> Internal:
+    """What a client learns of an unexpected `err`: that it happened and the trace id to
+    look for. Never its text: exceptions carry SQL, paths, URLs and secrets. The log line
+    (with the same trace id) has the whole traceback."""
+    ctx = trace.get_current_span().get_span_context()
+    trace_id = format(ctx.trace_id, "032x") if ctx.is_valid else ""
+    log.error("unhandled error in %s", where, exc_info=err)
+    where_to_look = f" under trace id {trace_id}" if trace_id else ""
+    return Internal(
+        f"internal error; the service log has the details{where_to_look}",
+        reason="INTERNAL",
+        metadata={"trace_id": trace_id} if trace_id else {},
+    )
 
 
 def _is_abort(err: BaseException) -> bool:

@@ -9,6 +9,9 @@ from enum import Enum
 from modelyard.errors import InvalidArgument
 
 _KEY = re.compile(r"^[^\s=!,]+$")
+# Each term becomes SQL conditions: a bound keeps queries small (SQLite refuses ~1,000).
+MAX_TERMS = 32
+MAX_CHARS = 4096
 
 
 class Op(Enum):
@@ -33,7 +36,16 @@ def parse_label_selector(text: str, field: str = "label_selector") -> tuple[Requ
     """
     if not text.strip():
         return ()
-    return tuple(_parse_term(term.strip(), field) for term in text.split(","))
+    if len(text) > MAX_CHARS:
+        raise InvalidArgument.for_field(
+            field, f"{len(text)} characters; a selector may have at most {MAX_CHARS}"
+        )
+    terms = text.split(",")
+    if len(terms) > MAX_TERMS:
+        raise InvalidArgument.for_field(
+            field, f"{len(terms)} terms; a selector may have at most {MAX_TERMS}"
+        )
+    return tuple(_parse_term(term.strip(), field) for term in terms)
 
 
 def _parse_term(term: str, field: str) -> Requirement:

@@ -98,8 +98,12 @@ def _route_span(request: router_pb2.GenerateRequest, request_id: str) -> Iterato
     try:
         yield span
     except Exception as err:
-        span.record_exception(err)
-        span.set_status(Status(StatusCode.ERROR, f"{type(err).__name__}: {err}"))
+        # Our own errors' messages are written for clients; anything else may carry text
+        # (paths, URLs) that must not leave the process: only its type goes on the span.
+        description = err.message if isinstance(err, ModelyardError) else type(err).__name__
+        if not isinstance(err, ModelyardError):
+            span.set_attribute("error.type", type(err).__name__)
+        span.set_status(Status(StatusCode.ERROR, description))
         raise
     finally:
         span.end()

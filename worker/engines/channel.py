@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from modelyard.errors import Internal
+from modelyard.errors import internal_error
 from worker.engines.base import EngineEvent, Finished
 
 T = TypeVar("T")
@@ -75,7 +75,7 @@ async def engine_events(
     while True:
         event = await channel.get()
         if isinstance(event, DecodeFailed):
-            raise Internal(f"{engine_name} failed: {event.error}") from event.error
+            raise internal_error(f"the {engine_name} engine", event.error) from event.error
         yield event
         if isinstance(event, Finished):
             return
