@@ -35,7 +35,14 @@ def test_latency_objective_sends_most_requests_to_the_fast_worker(
     load(pool["latency"], 8, CLIENTS)
     load(pool["round_robin"], 4, CLIENTS)
 
-    results = {name: load(router, REQUESTS, CLIENTS) for name, router in pool.items()}
+    # One client at a time for LATENCY: with several in flight its queue scorer rightly
+    # spreads load onto the slow worker too, by an amount that depends on how loaded the
+    # machine is; alone, only the latency estimates decide. (A router that ignored them
+    # would send about half: 18 of 24 or more happens by chance about 1% of the time.)
+    results = {
+        "latency": load(pool["latency"], REQUESTS, 1),
+        "round_robin": load(pool["round_robin"], REQUESTS, CLIENTS),
+    }
 
     to_fast = {name: share_to(r, "fast") for name, r in results.items()}
     assert 0.3 <= to_fast["round_robin"] <= 0.7, to_fast  # the baseline really alternates
