@@ -12,13 +12,13 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from modelyard.limits import ServerLimits
 from modelyard.telemetry import server_interceptors
 from modelyard.tls import TlsSettings
 
 log = logging.getLogger(__name__)
 
 GRPC_OPTIONS = [
-    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 10_000),
@@ -47,17 +47,22 @@ async def start_server(
     *,
     tls: TlsSettings | None = None,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    limits: ServerLimits | None = None,
 ) -> RunningServer:
     """Build, bind and start a server with the given servicers plus health and reflection.
 
     `address` is host:port; port 0 picks a free port (returned in RunningServer.port).
     With `tls` enabled (a certificate configured) the port speaks only TLS (mTLS when
-    `tls.mtls`); `interceptors` run after tracing, e.g. a `modelyard.auth.BearerGate`.
+    `tls.mtls`); `interceptors` run after tracing, e.g. a `modelyard.auth.AccessGate`;
+    `limits` bound message sizes and concurrent calls (defaults: `ServerLimits()`).
     """
     if tls is not None:
         tls.check_server()  # fail closed, before anything binds: never plaintext by mistake
+    limits = limits or ServerLimits()
     server = grpc.aio.server(
-        interceptors=[*server_interceptors(), *interceptors], options=GRPC_OPTIONS
+        interceptors=[*server_interceptors(), *interceptors],
+        options=[*GRPC_OPTIONS, *limits.grpc_options()],
+        maximum_concurrent_rpcs=limits.max_concurrent_rpcs,
     )
     register(server)
     health_servicer = health.aio.HealthServicer()

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, BeforeValidator, Field
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from modelyard.limits import ServerLimits
 from modelyard.tls import TlsSettings
 
 
@@ -41,6 +42,9 @@ class ServiceSettings(BaseSettings):
 
     tls: TlsSettings = Field(
         default_factory=TlsSettings, description="TLS/mTLS of the port and outgoing channels."
+    )
+    limits: ServerLimits = Field(
+        default_factory=ServerLimits, description="Bounds on what the port accepts."
     )
 
 

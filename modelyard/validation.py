@@ -9,6 +9,12 @@ from modelyard.errors import FieldViolation, InvalidArgument
 from modelyard.v1 import common_pb2
 
 MAX_STOP_SEQUENCES = 16
+MAX_STOP_CHARS = 256
+MAX_MESSAGES = 4096
+# The prompt, or all message contents together: about 500k tokens of English, more than
+# any context served here holds (the transport bounds whole messages at 4 MiB by default).
+MAX_PROMPT_CHARS = 2 * 1024 * 1024
+MAX_VIOLATIONS = 20  # reported per request: a million bad fields cost no more than 20
 CHAT_ROLES = frozenset({"system", "user", "assistant", "tool"})
 
 
@@ -36,10 +42,22 @@ def sampling_violations(
             bad(name, f"must be in [-2, 2], got {value}")
     if s.HasField("repetition_penalty") and not s.repetition_penalty > 0:
         bad("repetition_penalty", f"must be > 0, got {s.repetition_penalty}")
-    if len(s.stop) > MAX_STOP_SEQUENCES:
-        bad("stop", f"at most {MAX_STOP_SEQUENCES} stop sequences, got {len(s.stop)}")
-    if any(not seq for seq in s.stop):
-        bad("stop", "stop sequences must be non-empty")
+    return out + _stop_violations(s.stop, prefix)
+
+
+def _stop_violations(stop: Sequence[str], prefix: str) -> list[FieldViolation]:
+    field = f"{prefix}.stop"
+    if len(stop) > MAX_STOP_SEQUENCES:
+        return [
+            FieldViolation(field, f"at most {MAX_STOP_SEQUENCES} stop sequences, got {len(stop)}")
+        ]
+    out: list[FieldViolation] = []
+    if any(not seq for seq in stop):
+        out.append(FieldViolation(field, "stop sequences must be non-empty"))
+    if any(len(seq) > MAX_STOP_CHARS for seq in stop):
+        out.append(
+            FieldViolation(field, f"a stop sequence may have at most {MAX_STOP_CHARS} characters")
+        )
     return out
 
 
@@ -51,14 +69,28 @@ def input_violations(
         out.append(FieldViolation("prompt", "set either prompt or messages, not both"))
     elif not prompt and not messages:
         out.append(FieldViolation("prompt", "set a prompt or at least one chat message"))
+    if len(messages) > MAX_MESSAGES:
+        # Decided on the count alone: nothing below walks a list this long.
+        out.append(
+            FieldViolation("messages", f"at most {MAX_MESSAGES} messages, got {len(messages)}")
+        )
+        return out
+    chars = len(prompt) + sum(len(m.content) + len(m.name) for m in messages)
+    if chars > MAX_PROMPT_CHARS:
+        field = "prompt" if prompt else "messages"
+        out.append(
+            FieldViolation(field, f"at most {MAX_PROMPT_CHARS} characters of input, got {chars}")
+        )
     for i, m in enumerate(messages):
         if m.role not in CHAT_ROLES:
             out.append(
                 FieldViolation(
                     f"messages[{i}].role",
-                    f"must be one of {', '.join(sorted(CHAT_ROLES))}, got {m.role!r}",
+                    f"must be one of {', '.join(sorted(CHAT_ROLES))}, got {m.role[:32]!r}",
                 )
             )
+            if len(out) >= MAX_VIOLATIONS:
+                break
     return out
 
 
@@ -70,4 +102,4 @@ def check_generation(
     """Raise INVALID_ARGUMENT listing every bad field of a generation request."""
     violations = input_violations(prompt, messages) + sampling_violations(sampling)
     if violations:
-        raise InvalidArgument.for_violations(violations)
+        raise InvalidArgument.for_violations(violations[:MAX_VIOLATIONS])

@@ -44,6 +44,7 @@ async def serve(
             functools.partial(add_to_server, store),
             [SERVICE_NAME],
             tls=settings.tls,
+            limits=settings.limits,
             interceptors=[gate],
         )
         try:

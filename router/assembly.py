@@ -75,6 +75,7 @@ def build(
         max_attempts=settings.max_attempts,
         max_total_attempts=settings.max_total_attempts,
         connect_timeout_s=settings.connect_timeout_s,
+        client_policy=settings.client_policy(),
     )
 
     def healthy_workers() -> dict[str, int]:

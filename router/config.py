@@ -7,6 +7,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from modelyard.settings import CommaList, ServiceSettings
+from router.client_policy import ClientPolicy, priority_of
 
 
 class RouterSettings(ServiceSettings):
@@ -140,6 +141,19 @@ class RouterSettings(ServiceSettings):
             "present, in addition to an API key when keys are set. Empty: any certificate."
         ),
     )
+    priority_ceiling: str = Field(
+        default="PRIORITY_HIGH",
+        description=(
+            "Highest priority a client may ask for (PRIORITY_CRITICAL sheds other clients' "
+            "requests); above it a request is PERMISSION_DENIED."
+        ),
+    )
+    key_priority_ceilings: dict[str, str] = Field(
+        default_factory=dict,
+        description=(
+            'Per API key name, JSON, e.g. {"ops": "PRIORITY_CRITICAL", "batch": "PRIORITY_LOW"}.'
+        ),
+    )
     registry_token: str = Field(
         default="",
         description="Sent to the registry as its reader token (MODELYARD_REGISTRY_READER_TOKENS).",
@@ -150,6 +164,25 @@ class RouterSettings(ServiceSettings):
             "Sent to workers as 'authorization: Bearer <key>' (their MODELYARD_WORKER_API_KEY)."
         ),
     )
+
+    @field_validator("priority_ceiling")
+    @classmethod
+    def _check_ceiling(cls, value: str) -> str:
+        priority_of(value)
+        return value
+
+    @field_validator("key_priority_ceilings")
+    @classmethod
+    def _check_key_ceilings(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value.values():
+            priority_of(name)
+        return value
+
+    def client_policy(self) -> ClientPolicy:
+        return ClientPolicy(
+            priority_of(self.priority_ceiling),
+            {key: priority_of(name) for key, name in self.key_priority_ceilings.items()},
+        )
 
     @field_validator("workers")
     @classmethod

@@ -62,6 +62,7 @@ async def start_router(settings: RouterSettings) -> RunningRouter:
             functools.partial(add_to_server, parts.servicer),
             [SERVICE_NAME],
             tls=settings.tls,
+            limits=settings.limits,
             interceptors=[router_gate(settings.api_keys, settings.client_identities)],
         )
         stack.push_async_callback(running.stop, STOP_GRACE_S)

@@ -95,6 +95,7 @@ async def start_worker(settings: WorkerSettings) -> RunningWorker:
         register,
         [SERVICE_NAME],
         tls=settings.tls,
+        limits=settings.limits,
         interceptors=[
             worker_gate(
                 settings.admin_token,

@@ -21,6 +21,7 @@ from modelyard.v1 import common_pb2, model_pb2, router_pb2
 from modelyard.validation import check_generation
 from router.accounting import Accounting
 from router.catalog import Catalog, Target
+from router.client_policy import ClientPolicy
 from router.relay.attempts import (
     Attempt,
     AttemptLog,
@@ -123,9 +124,11 @@ class Relay:
         max_attempts: int = 3,
         max_total_attempts: int = 6,
         connect_timeout_s: float = 2.0,
+        client_policy: ClientPolicy | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._catalog = catalog
+        self._client_policy = client_policy or ClientPolicy()
         self._pool = pool
         self._profiles = profiles
         self._acct = accounting
@@ -173,6 +176,7 @@ class Relay:
         """Stream the generation; `timeout_s` is what is left of the caller's deadline."""
         # Bad input is INVALID_ARGUMENT before any registry or worker call.
         check_generation(request.prompt, request.messages, request.sampling)
+        self._client_policy.check(request, current_caller())
         request_id = request_id_of(request.request_id)
         started_at = self._clock()
         deadline = None if timeout_s is None else started_at + timeout_s

@@ -29,6 +29,7 @@ from modelyard.v1 import (
     worker_pb2_grpc,
 )
 from router.assembly import RouterParts, build, start_watch, stop_watch
+from router.auth import router_gate
 from router.catalog import Catalog
 from router.config import RouterSettings
 from router.service import SERVICE_NAME, add_to_server
@@ -328,7 +329,13 @@ async def running_router(
     )
     watcher = start_watch(parts, config) if watch else None
     servicer = parts.servicer
-    server = await start_server("127.0.0.1:0", lambda s: add_to_server(servicer, s), [SERVICE_NAME])
+    server = await start_server(
+        "127.0.0.1:0",
+        lambda s: add_to_server(servicer, s),
+        [SERVICE_NAME],
+        interceptors=[router_gate(config.api_keys)],
+        limits=config.limits,
+    )
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
     try:
         yield RouterUnderTest(
