@@ -100,6 +100,7 @@ class _Loaded:
     vocab: SimVocabulary
     context: int
     max_sequences: int
+    step_delay_s: float  # the worker's token_delay_ms, added to every step as elsewhere
 
 
 class SimEngine:
@@ -115,7 +116,7 @@ class SimEngine:
         self._running: list[_Sequence] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._due = 0.0  # when the step in flight ends, on the clock
+        self._due: float | None = None  # when the last step ended, on the clock; None: idle
 
     async def load(self, spec: ModelSpec) -> LoadedInfo:
         if self._loaded is not None:
@@ -124,8 +125,9 @@ class SimEngine:
         context = min(spec.context_length, options.context_length or spec.context_length)
         max_sequences = options.max_sequences or max(spec.max_parallel_sequences, 1)
         vocab = SimVocabulary(options.vocab_size)  # the artifact's content is not read
-        await self._clock.sleep(options.load_ms / 1000)
-        self._loaded = _Loaded(spec.key, options, vocab, context, max_sequences)
+        if options.load_ms:
+            await self._clock.sleep(options.load_ms / 1000)
+        self._loaded = _Loaded(spec.key, options, vocab, context, max_sequences, spec.token_delay_s)
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"sim-{spec.key}")
         return LoadedInfo(
             engine=ENGINE_NAME,
@@ -202,6 +204,7 @@ class SimEngine:
     async def _steps(self) -> None:
         while True:
             if not self._running and not self._waiting:
+                self._due = None
                 self._wake.clear()
                 await self._wake.wait()
                 continue
@@ -227,13 +230,17 @@ class SimEngine:
         o = self._loaded.options
         prefill = o.prefill_ms_per_token * sum(len(s.prompt) for s in joined)
         decode = o.decode_ms_per_token * (1 + o.batch_slowdown * (len(self._running) - 1))
-        return (prefill + decode) / 1000
+        return (prefill + decode) / 1000 + self._loaded.step_delay_s
 
     async def _sleep_until(self, step_s: float) -> None:
-        # Against a deadline: the work between steps is inside the step's time, not added.
         now = self._clock.now()
-        self._due = max(self._due, now) + step_s
-        await self._clock.sleep(self._due - now)
+        # Chained to the last step's end while the loop keeps up (less than a step late), so
+        # the work between steps is inside a step's time; after idling or falling behind
+        # (a busy CPU: then the model runs slower, as a real one would), from now.
+        late = self._due is not None and now - self._due < step_s
+        start = self._due if late and self._due is not None else now
+        self._due = start + step_s
+        await self._clock.sleep(max(self._due - now, 0.0))
 
     def _decode_step(self) -> None:
         """One token for every sequence still running (a cancelled one left already)."""
