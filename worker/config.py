@@ -73,6 +73,14 @@ class WorkerSettings(ServiceSettings):
             "one machine). 0 in production."
         ),
     )
+    sim_engine: bool = Field(
+        default=False,
+        description=(
+            "Offer the simulated engine `sim` (a latency model, no weights): for tests, "
+            "benchmarks and capacity drills only. Its knobs are the model's "
+            "load_options.extra sim_* keys."
+        ),
+    )
     max_parallel_sequences: int = Field(
         default=4,
         ge=1,

@@ -73,7 +73,7 @@ def build_manager(
     """The model manager and what it is given: the artifact store and the engine factories
     (by default the store of `settings.artifacts` and the engines installed here)."""
     store = store if store is not None else ArtifactStore(settings.artifacts)
-    engines = engines if engines is not None else available_engines()
+    engines = engines if engines is not None else available_engines(sim=settings.sim_engine)
     return ModelManager(settings, ModelLoader(settings, store, engines), notifier=notifier)
 
 

@@ -116,6 +116,10 @@ class _EngineEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Engine.ValueTy
     """vLLM's v1 engine (Hugging Face checkpoints; CUDA, or the CPU build)."""
     ENGINE_TRANSFORMERS: _Engine.ValueType  # 3
     """Hugging Face transformers on torch (CPU, MPS, CUDA)."""
+    ENGINE_SIM: _Engine.ValueType  # 4
+    """A simulated engine: a latency model and a fixed vocabulary, no weights (tests,
+    benchmarks and capacity drills; a worker offers it only when configured to).
+    """
 
 class Engine(_Engine, metaclass=_EngineEnumTypeWrapper):
     """Engine names an inference engine a worker can run a model with."""
@@ -128,6 +132,10 @@ ENGINE_VLLM: Engine.ValueType  # 2
 """vLLM's v1 engine (Hugging Face checkpoints; CUDA, or the CPU build)."""
 ENGINE_TRANSFORMERS: Engine.ValueType  # 3
 """Hugging Face transformers on torch (CPU, MPS, CUDA)."""
+ENGINE_SIM: Engine.ValueType  # 4
+"""A simulated engine: a latency model and a fixed vocabulary, no weights (tests,
+benchmarks and capacity drills; a worker offers it only when configured to).
+"""
 Global___Engine: _TypeAlias = Engine  # noqa: Y015
 
 class _FinishReason:

@@ -32,8 +32,9 @@ def _installed(*modules: str) -> bool:
     return all(importlib.util.find_spec(m) is not None for m in modules)
 
 
-def available_engines() -> Mapping[common_pb2.Engine.ValueType, EngineFactory]:
-    """Factories for the engines whose libraries are installed, in preference order."""
+def available_engines(*, sim: bool = False) -> Mapping[common_pb2.Engine.ValueType, EngineFactory]:
+    """Factories for the engines whose libraries are installed, in preference order; the
+    simulated engine last, and only when asked for (`sim`: tests, benches, drills)."""
     engines: dict[common_pb2.Engine.ValueType, EngineFactory] = {}
     if _installed("llama_cpp"):
 
@@ -59,6 +60,14 @@ def available_engines() -> Mapping[common_pb2.Engine.ValueType, EngineFactory]:
             return TransformersEngine(counters)
 
         engines[common_pb2.ENGINE_TRANSFORMERS] = transformers
+    if sim:
+
+        def simulated(counters: SequenceCounters) -> Engine:
+            from worker.engines.sim import SimEngine
+
+            return SimEngine(counters)
+
+        engines[common_pb2.ENGINE_SIM] = simulated
     return engines
 
 

@@ -23,6 +23,7 @@ from worker.artifacts import ArtifactStore, check_gguf_magic, parse_uri
 from worker.counters import SequenceCounters
 from worker.engines import EngineFactory
 from worker.engines.base import Engine, EngineRequest, LoadedInfo, ModelSpec, SamplingConfig
+from worker.engines.sim_options import sim_memory_bytes
 from worker.residency.load_options import engine_extra, is_artifact_uri
 from worker.residency.memory import estimate, rss_bytes
 from worker.residency.progress import LoadPhase, ProgressPublisher
@@ -116,6 +117,9 @@ class ModelLoader:
 
     async def needed_bytes(self, model: model_pb2.Model, path: Path) -> int:
         """Bytes the model will take: the registered figure, else an estimate from the file."""
+        # A simulated model (engine `sim`) states its footprint: its file is only a token.
+        if simulated := sim_memory_bytes(model.load_options.extra):
+            return simulated
         if model.resources.memory_bytes:
             return model.resources.memory_bytes
         found = await asyncio.to_thread(estimate, path, self.context_length(model))
