@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from modelyard.refs import key_of
 from modelyard.v1 import registry_pb2_grpc, worker_pb2
 from router.accounting import Accounting
+from router.admission import RouterAdmission
 from router.api import RouterApi
 from router.breaker import BreakerBoard, BreakerPolicy
 from router.catalog import Catalog
@@ -76,6 +77,7 @@ def build(
         max_total_attempts=settings.max_total_attempts,
         connect_timeout_s=settings.connect_timeout_s,
         client_policy=settings.client_policy(),
+        admission=RouterAdmission(settings.max_in_flight, settings.max_in_flight_per_key),
     )
 
     def healthy_workers() -> dict[str, int]:

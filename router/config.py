@@ -141,6 +141,19 @@ class RouterSettings(ServiceSettings):
             "present, in addition to an API key when keys are set. Empty: any certificate."
         ),
     )
+    max_in_flight: int = Field(
+        default=1024,
+        ge=1,
+        description=(
+            "Generations this router runs at once; beyond it new ones are RESOURCE_EXHAUSTED "
+            "at once with a retry hint, so admitted ones keep their latency."
+        ),
+    )
+    max_in_flight_per_key: int = Field(
+        default=0,
+        ge=0,
+        description="Generations one API key may have in flight; 0: only max_in_flight.",
+    )
     priority_ceiling: str = Field(
         default="PRIORITY_HIGH",
         description=(

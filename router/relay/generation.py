@@ -20,6 +20,7 @@ from modelyard.refs import key_of
 from modelyard.v1 import common_pb2, model_pb2, router_pb2
 from modelyard.validation import check_generation
 from router.accounting import Accounting
+from router.admission import RouterAdmission
 from router.catalog import Catalog, Target
 from router.client_policy import ClientPolicy
 from router.relay.attempts import (
@@ -125,10 +126,12 @@ class Relay:
         max_total_attempts: int = 6,
         connect_timeout_s: float = 2.0,
         client_policy: ClientPolicy | None = None,
+        admission: RouterAdmission | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._catalog = catalog
         self._client_policy = client_policy or ClientPolicy()
+        self._admission = admission or RouterAdmission(max_in_flight=1024)
         self._pool = pool
         self._profiles = profiles
         self._acct = accounting
@@ -176,11 +179,13 @@ class Relay:
         """Stream the generation; `timeout_s` is what is left of the caller's deadline."""
         # Bad input is INVALID_ARGUMENT before any registry or worker call.
         check_generation(request.prompt, request.messages, request.sampling)
-        self._client_policy.check(request, current_caller())
+        caller = current_caller()
+        self._client_policy.check(request, caller)
         request_id = request_id_of(request.request_id)
         started_at = self._clock()
         deadline = None if timeout_s is None else started_at + timeout_s
-        with _route_span(request, request_id) as span:
+        key = caller.key_name if caller is not None else ""
+        with self._admission.admit(key), _route_span(request, request_id) as span:
             async with AsyncExitStack() as cleanup:
                 # Current only while the relay resolves and connects (the worker call
                 # joins this trace), never across a yield: a front may resume this

@@ -8,6 +8,8 @@ was accepted; any client could send PRIORITY_CRITICAL and shed other clients' re
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 import pytest
 
@@ -16,9 +18,14 @@ from modelyard.errors import from_rpc_error
 from modelyard.v1 import common_pb2, router_pb2
 from tests.unit.router.doubles import (
     LOOP_SCOPE,
+    Pause,
     RegistryUnderTest,
     WorkerFactory,
+    delta,
+    finished,
     running_router,
+    started,
+    wait_until,
 )
 
 pytestmark = pytest.mark.asyncio(loop_scope=LOOP_SCOPE)
@@ -117,3 +124,42 @@ async def test_oversized_input_is_refused_in_milliseconds_naming_the_limit(
         err = await refusal(router.stub, stops, "")
         assert "256 characters" in (err.details() or "")
         assert worker.fake.requests == []
+
+
+async def test_a_full_router_refuses_at_once_with_a_retry_hint(
+    registry: RegistryUnderTest, start_worker: WorkerFactory
+) -> None:
+    worker = await start_worker(
+        script=[started(), delta("a", 1), Pause(30), delta("never", 2), finished()]
+    )
+    async with running_router(
+        registry.address,
+        [worker.address],
+        api_keys=KEYS,
+        max_in_flight=2,
+        max_in_flight_per_key=1,
+    ) as router:
+        holding = []
+        for key in ("k-app", "k-ops"):  # one each: the per-key bound is 1, the router's 2
+            call = router.stub.Generate(request(), timeout=30, metadata=bearer_metadata(key))
+            async for event in call:
+                if event.WhichOneof("event") == "delta":
+                    break
+            holding.append(call)
+
+        # Full: refused without waiting, saying when to come back.
+        err = await refusal(router.stub, request(), "k-app")
+        assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        refused = from_rpc_error(err)
+        assert refused.reason == "ROUTER_OVERLOADED" and refused.retry_after_s == 1.0
+
+        holding.pop().cancel()  # k-ops's slot frees: the router has room, k-app still not
+        await wait_until(worker.fake.cancelled.is_set)
+        reasons = []
+        for _ in range(100):  # the router frees the slot a moment after the worker sees it
+            reasons.append(from_rpc_error(await refusal(router.stub, request(), "k-app")).reason)
+            if reasons[-1] != "ROUTER_OVERLOADED":
+                break
+            await asyncio.sleep(0.02)
+        assert reasons[-1] == "KEY_OVERLOADED", reasons
+        holding.pop().cancel()
