@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 from dataclasses import dataclass
 
+from modelyard.loop_call import loop_caller
 from modelyard.refs import key_of
 from modelyard.v1 import registry_pb2_grpc, worker_pb2
 from router.accounting import Accounting
@@ -92,7 +93,8 @@ def build(
             )
         return counts
 
-    metrics.watch_healthy_workers(healthy_workers)
+    # Scrapes run on prometheus_client's thread; the cache changes on the loop.
+    metrics.watch_healthy_workers(loop_caller(healthy_workers))
     api = RouterApi(relay, catalog, pool)
     servicer = RouterServicer(api, pool, accounting)
     return RouterParts(catalog, cache, relay, api, accounting, metrics, servicer)

@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from modelyard.loop_call import loop_caller
 from worker.residency import ModelManager
 from worker.status import model_status
 
@@ -23,10 +24,11 @@ log = logging.getLogger(__name__)
 class WorkerCollector(Collector):
     def __init__(self, manager: ModelManager) -> None:
         self._manager = manager
+        # Scrapes run on prometheus_client's thread; the manager changes on the loop.
+        self._families = loop_caller(lambda: [*self._worker_metrics(), *self._model_metrics()])
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily | HistogramMetricFamily]:
-        yield from self._worker_metrics()
-        yield from self._model_metrics()
+        yield from self._families()
 
     def _worker_metrics(
         self,
