@@ -142,9 +142,10 @@ class FeedbackBook:
         while len(self._entries) > self._max:
             self._entries.popitem(last=False)
 
-    def lookup(self, request_id: str) -> tuple[ModelSeriesKey, ArmKey | None] | None:
+    def take(self, request_id: str) -> tuple[ModelSeriesKey, ArmKey | None] | None:
+        """The request's stats keys, once: a request is scored at most one time."""
         self._expire()
-        entry = self._entries.get(request_id)
+        entry = self._entries.pop(request_id, None)
         return None if entry is None else (entry[1], entry[2])
 
     def _expire(self) -> None:
@@ -182,8 +183,8 @@ class RoutingStats:
             self.feedback.remember(request_id, series_key, arm_key)
 
     def record_feedback(self, request_id: str, score: float) -> bool:
-        """False when the request id is unknown or expired."""
-        found = self.feedback.lookup(request_id)
+        """False when the request id is unknown, expired or already scored."""
+        found = self.feedback.take(request_id)
         if found is None:
             return False
         series_key, arm_key = found

@@ -46,9 +46,24 @@ async def test_stats_count_requests_and_feedback_needs_a_known_request(
         )
         with pytest.raises(grpc.aio.AioRpcError) as unknown:
             await router.stub.RecordFeedback(router_pb2.RecordFeedbackRequest(request_id="nope"))
+        with pytest.raises(grpc.aio.AioRpcError) as again:
+            await router.stub.RecordFeedback(
+                router_pb2.RecordFeedbackRequest(request_id="fb-1", score=1)
+            )
+        bad = []
+        for score in (float("nan"), float("inf"), 1e9):
+            # Arguments are checked before the lookup: an unknown id with a bad score is
+            # INVALID_ARGUMENT, not NOT_FOUND.
+            with pytest.raises(grpc.aio.AioRpcError) as invalid:
+                await router.stub.RecordFeedback(
+                    router_pb2.RecordFeedbackRequest(request_id="nope", score=score)
+                )
+            bad.append(invalid.value.code())
         stats = await router.stub.GetRoutingStats(router_pb2.GetRoutingStatsRequest())
 
     assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+    assert again.value.code() == grpc.StatusCode.NOT_FOUND
+    assert bad == [grpc.StatusCode.INVALID_ARGUMENT] * 3
     (m,) = stats.models
     t = m.traffic
     assert (m.model, m.version, t.requests, t.errors) == ("tiny", "1", 1, 0)

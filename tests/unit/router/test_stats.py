@@ -51,8 +51,11 @@ def test_per_model_and_per_arm_traffic_with_savings() -> None:
 def test_feedback_averages_per_model_and_arm_and_unknown_ids_are_refused() -> None:
     stats = RoutingStats()
     stats.record("r1", outcome(route="chat", arm="b"))
+    stats.record("r2", outcome(route="chat", arm="b"))
     stats.record("failed", outcome(ok=False))
-    assert stats.record_feedback("r1", 1.0) and stats.record_feedback("r1", 0.0)
+    assert stats.record_feedback("r1", 1.0) and stats.record_feedback("r2", 0.0)
+    # One score per request: a second one would let a client outvote everyone else.
+    assert not stats.record_feedback("r1", 1.0)
     assert not stats.record_feedback("nope", 1.0)
     assert not stats.record_feedback("failed", 1.0)
     reply = stats.to_proto()
@@ -65,6 +68,6 @@ def test_feedback_book_is_bounded_in_size_and_age() -> None:
     book = FeedbackBook(max_entries=2, ttl_s=10, clock=lambda: now[0])
     for rid in ("a", "b", "c"):
         book.remember(rid, ("m", "1"), None)
-    assert book.lookup("a") is None and book.lookup("c") is not None
+    assert book.take("a") is None and book.take("b") is not None
     now[0] = 11.0
-    assert book.lookup("c") is None
+    assert book.take("c") is None
