@@ -12,10 +12,11 @@ chooses files, code or where they go; an operator may widen a worker's list
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import TypeAlias
 
 from modelyard.v1 import common_pb2
 
-EngineKind = common_pb2.Engine.ValueType
+EngineKind: TypeAlias = common_pb2.Engine.ValueType
 
 ALLOWED: Mapping[EngineKind, frozenset[str]] = {
     # worker/engines/llama_cpp.py reads these two.
