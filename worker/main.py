@@ -18,12 +18,14 @@ import grpc
 
 from modelyard.discovery import WORKER_SERVICE
 from modelyard.discovery.consul import register_service
+from modelyard.discovery.settings import DiscoverySettings
 from modelyard.server import RunningServer, host_of, start_server, wait_for_signal
 from modelyard.telemetry import setup_logging, setup_tracing, shutdown_tracing
 from modelyard.v1 import common_pb2, worker_pb2_grpc
 from worker.artifacts import ArtifactStore
 from worker.auth import SERVICE_NAME, worker_gate
 from worker.catalogue import Catalogue, open_catalogue
+from worker.catalogue.consul import find_registry
 from worker.config import WorkerSettings
 from worker.counters import ChangeNotifier
 from worker.engines import EngineFactory, available_engines
@@ -91,7 +93,8 @@ async def start_worker(
     `catalogue` and `store` replace the ones the settings describe (tests)."""
     # Read first: a malformed preload or catalogue file stops the worker before it listens.
     entries = read_preload(Path(settings.preload)) if settings.preload else []
-    catalogue = catalogue if catalogue is not None else open_catalogue(settings)
+    if catalogue is None:
+        catalogue = open_catalogue(settings, await _consul_registry(settings))
     try:
         manager = build_manager(settings, store=store)
     except BaseException:
@@ -128,6 +131,14 @@ async def start_worker(
     if entries:
         preloading = asyncio.ensure_future(preload(manager, catalogue.resolve, entries))
     return RunningWorker(running, manager, servicer.identity, catalogue, preloading, stop_metrics)
+
+
+async def _consul_registry(settings: WorkerSettings) -> str:
+    """With Consul discovery and no registry or catalogue configured: the registry there."""
+    discovery = DiscoverySettings()
+    if settings.registry_address or settings.catalog_file or not discovery.enabled:
+        return ""
+    return await find_registry(discovery)
 
 
 async def serve(settings: WorkerSettings, *, on_ready: Callable[[int], None] | None = None) -> None:
