@@ -88,6 +88,8 @@ def heterogeneous_pool(logs: Path) -> Iterator[dict[str, str]]:
                         name,
                         "--threads",
                         "1",
+                        "--registry-address",
+                        registry,
                     ],
                     address,
                     logs / f"{name}.log",

@@ -20,7 +20,9 @@ from typing import Any
 import grpc
 
 from modelyard.bundled import smollm2_model, smollm2_path
+from modelyard.digest import sha256_file
 from modelyard.v1 import common_pb2, model_pb2, worker_pb2, worker_pb2_grpc
+from worker.catalogue import FileCatalogue
 from worker.config import WorkerSettings
 from worker.main import start_worker
 from worker.status import cpu_name
@@ -77,7 +79,7 @@ def gemma_model() -> model_pb2.Model:
     return model_pb2.Model(
         name="gemma-3-270m",
         version="q4_k_m",
-        artifact=model_pb2.Artifact(uri=path.resolve().as_uri()),
+        artifact=model_pb2.Artifact(uri=path.resolve().as_uri(), sha256=sha256_file(path)),
         engines=[common_pb2.ENGINE_LLAMA_CPP],
     )
 
@@ -103,8 +105,10 @@ async def main(tokens: int, threads: int) -> str:
         context_length=CONTEXT,
         # Holds one of the two (SmolLM2 ~204 MiB, Gemma ~349 MiB estimated): swaps.
         memory_budget_bytes=450 << 20,
+        max_parallel_sequences=8,  # the worker caps what a model asks for
     )
-    worker = await start_worker(settings)
+    # No registry here: the two models are this worker's whole catalogue.
+    worker = await start_worker(settings, catalogue=FileCatalogue([smollm2, gemma]))
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{worker.port}") as channel:
             stub = worker_pb2_grpc.WorkerServiceStub(channel)

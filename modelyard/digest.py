@@ -12,3 +12,12 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+_HEX = frozenset("0123456789abcdef")
+
+
+def is_sha256(text: str) -> bool:
+    """Whether `text` is a lowercase hex sha256: 64 characters of 0-9a-f, nothing else
+    (so it is also safe as a file or directory name)."""
+    return len(text) == 64 and set(text) <= _HEX

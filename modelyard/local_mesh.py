@@ -234,6 +234,8 @@ class LocalMesh:
             )
             for i, address in enumerate(self.worker_addresses):
                 args = ["worker", "serve", "--address", address, "--worker-id", f"worker-{i}"]
+                # Workers load only what the registry knows (by name@version).
+                args += ["--registry-address", self.registry_address]
                 if self.worker_threads:
                     args += ["--threads", str(self.worker_threads)]
                 self.services.append(

@@ -15,6 +15,8 @@ from datetime import datetime
 from sqlalchemy import ColumnElement, case, exists, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from modelyard.digest import is_sha256
+from modelyard.engine_options import allowed_for, refused_keys
 from modelyard.errors import AlreadyExists, FieldViolation, InvalidArgument, NotFound
 from modelyard.refs import check_name, check_version
 from modelyard.v1 import model_pb2
@@ -88,6 +90,7 @@ def validated(model: model_pb2.Model) -> model_pb2.Model:
         )
     if model.stage not in STAGES:
         violations.append(FieldViolation("model.stage", f"unknown stage {model.stage}"))
+    violations += _artifact_and_option_violations(model)
     if model.load_options.draft_model:
         try:
             name, sep, version = model.load_options.draft_model.partition("@")
@@ -102,9 +105,40 @@ def validated(model: model_pb2.Model) -> model_pb2.Model:
     clean.CopyFrom(model)
     clean.ClearField("created_at")
     clean.ClearField("updated_at")
+    clean.artifact.sha256 = _sha256_of(model)
     if clean.stage == model_pb2.STAGE_UNSPECIFIED:
         clean.stage = model_pb2.STAGE_STAGING
     return clean
+
+
+def _sha256_of(model: model_pb2.Model) -> str:
+    return model.artifact.sha256.strip().lower()
+
+
+def _artifact_and_option_violations(model: model_pb2.Model) -> list[FieldViolation]:
+    """What workers need to trust a version: a digest to verify the weights against (it
+    also names their caches on disk) and only engine options the engines accept."""
+    violations: list[FieldViolation] = []
+    if not is_sha256(_sha256_of(model)):
+        violations.append(
+            FieldViolation(
+                "model.artifact.sha256",
+                "required: the 64 hex digits of the artifact's sha256 (`sha256sum FILE`; for "
+                "an hf:// directory, `find . -type f | sort | xargs sha256sum | sha256sum`), "
+                "so workers verify the weights before loading them",
+            )
+        )
+    refused = refused_keys(model.load_options.extra, model.engines)
+    if refused:
+        allowed = ", ".join(sorted(allowed_for(model.engines))) or "none"
+        for key in refused:
+            violations.append(
+                FieldViolation(
+                    f"model.load_options.extra.{key}",
+                    f"{key!r} is not an option the model's engines accept; allowed: {allowed}",
+                )
+            )
+    return violations
 
 
 def check_same_version(existing: ModelRow, model: model_pb2.Model) -> None:

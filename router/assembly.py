@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 from dataclasses import dataclass
 
+from modelyard.catalogue_cache import RegistryCache, follow
 from modelyard.loop_call import loop_caller
 from modelyard.refs import key_of
 from modelyard.v1 import registry_pb2_grpc, worker_pb2
@@ -21,7 +22,6 @@ from router.relay import Relay
 from router.scheduling.profiles import build_profiles
 from router.service import RouterServicer
 from router.state.latency import LatencyEstimates
-from router.state.registry_cache import RegistryCache, follow
 from router.stats import FeedbackBook, RoutingStats
 from router.workers import WorkerPool
 

@@ -2,7 +2,7 @@
 or "auto" (every model that fits, for the scheduler to choose among).
 
 The registry is the source of truth. Once the `RegistryService.Watch` cache
-(router/state/registry_cache.py) has its first snapshot, names resolve from it
+(modelyard/catalogue_cache.py) has its first snapshot, names resolve from it
 with no registry call, and keep resolving while the registry is down. Before that
 (or against a registry without Watch) a small TTL cache over GetModel/ListModels
 answers, also serving stale entries during an outage. Routes need the Watch cache.
@@ -18,6 +18,7 @@ from typing import Generic, TypeAlias, TypeVar
 
 import grpc
 
+from modelyard.catalogue_cache import RegistryCache
 from modelyard.errors import (
     FailedPrecondition,
     ModelyardError,
@@ -28,7 +29,6 @@ from modelyard.errors import (
 from modelyard.refs import AUTO, ModelRef, key_of, parse_ref
 from modelyard.v1 import common_pb2, model_pb2, registry_pb2, registry_pb2_grpc
 from router.ab import choose_arm
-from router.state.registry_cache import RegistryCache
 
 log = logging.getLogger(__name__)
 

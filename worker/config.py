@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import os
 import socket
+from typing import Annotated, Any
 
-from pydantic import AliasChoices, Field
-from pydantic_settings import SettingsConfigDict
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import NoDecode, SettingsConfigDict
 
 from modelyard.settings import CommaList, ServiceSettings
 from worker.artifacts.settings import ArtifactSettings
@@ -112,8 +113,42 @@ class WorkerSettings(ServiceSettings):
     preload: str = Field(
         default="",
         description=(
-            "YAML or JSON file of models to load at start: a list of Model messages in "
-            "their JSON form, or of {model: ..., pin: bool, keep_alive_s: float}."
+            "YAML or JSON file of models to load at start, each resolved through the "
+            "catalogue: a list of 'name@version' strings, or of {model: 'name@version', "
+            "pin: bool, keep_alive_s: float}."
+        ),
+    )
+    # -- the catalogue: what this worker may load (worker/catalogue/) --------------------
+    registry_address: str = Field(
+        default="",
+        description=(
+            "host:port of the registry every model is resolved through (by name@version; "
+            "a request's copy of the model is never loaded). Empty: the healthy "
+            "modelyard-registry found through Consul when MODELYARD_CONSUL_ADDRESS is set, "
+            "else catalog_file."
+        ),
+    )
+    registry_token: str = Field(
+        default="",
+        description="Bearer token this worker sends on its registry calls; empty: none.",
+    )
+    registry_timeout_s: float = Field(
+        default=3.0, gt=0, description="Deadline of one call to the registry, in seconds."
+    )
+    catalog_file: str = Field(
+        default="",
+        description=(
+            "Without a registry: an operator-owned YAML or JSON list of Model messages "
+            "(JSON form) that is this worker's catalogue. With neither, nothing loads."
+        ),
+    )
+    # NoDecode: pydantic-settings would otherwise insist on JSON for a list.
+    allowed_engine_options: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description=(
+            "load_options.extra keys this worker passes to its engines beyond each "
+            "engine's own list (modelyard/engine_options.py), comma-separated; others "
+            "are dropped with a warning."
         ),
     )
     metrics_port: int = Field(
@@ -166,6 +201,13 @@ class WorkerSettings(ServiceSettings):
         validation_alias=AliasChoices("modelyard_worker_artifacts", "modelyard_artifacts"),
         description="The artifact cache (also read from MODELYARD_ARTIFACTS_*).",
     )
+
+    @field_validator("allowed_engine_options", mode="before")
+    @classmethod
+    def _comma_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
 
     def resolved_worker_id(self, port: int) -> str:
         """The configured id, or one derived from the bound port (or host name for port 0)."""

@@ -1,7 +1,8 @@
 """The worker process: build every collaborator once from the settings and wire them to a server.
 
-settings -> artifact store -> model loader (+ engine factories) -> model manager ->
-servicer, behind the worker's gate, on one gRPC server.
+settings -> catalogue (registry or file: what may load) and artifact store -> model
+loader (+ engine factories) -> model manager -> servicer, behind the worker's gate, on
+one gRPC server.
 """
 
 from __future__ import annotations
@@ -17,18 +18,21 @@ import grpc
 
 from modelyard.discovery import WORKER_SERVICE
 from modelyard.discovery.consul import register_service
+from modelyard.discovery.settings import DiscoverySettings
 from modelyard.server import RunningServer, host_of, start_server, wait_for_signal
 from modelyard.telemetry import setup_logging, setup_tracing, shutdown_tracing
 from modelyard.tickets import TicketVerifier
 from modelyard.v1 import common_pb2, worker_pb2_grpc
 from worker.artifacts import ArtifactStore
 from worker.auth import SERVICE_NAME, worker_gate
+from worker.catalogue import Catalogue, open_catalogue
+from worker.catalogue.consul import find_registry
 from worker.config import WorkerSettings
 from worker.counters import ChangeNotifier
 from worker.engines import EngineFactory, available_engines
 from worker.metrics import serve_metrics
 from worker.residency import ModelLoader, ModelManager
-from worker.residency.preload import read_preload
+from worker.residency.preload import preload, read_preload
 from worker.service import WorkerServicer
 from worker.status import WorkerIdentity, detect_device
 
@@ -44,6 +48,7 @@ class RunningWorker:
     server: RunningServer
     manager: ModelManager
     identity: WorkerIdentity
+    catalogue: Catalogue
     # Loads the preload list in the background: the worker serves meanwhile.
     preloading: asyncio.Future[None] | None = None
     _stop_metrics: Callable[[], None] | None = field(default=None, repr=False)
@@ -59,6 +64,7 @@ class RunningWorker:
             self.preloading.cancel()
         await self.server.stop(grace_s)
         await self.manager.close()
+        await self.catalogue.close()
         if self._stop_metrics is not None:
             await asyncio.to_thread(self._stop_metrics)
 
@@ -77,35 +83,52 @@ def build_manager(
     return ModelManager(settings, ModelLoader(settings, store, engines), notifier=notifier)
 
 
-async def start_worker(settings: WorkerSettings) -> RunningWorker:
-    """Start the worker's gRPC server (and /metrics if configured); returns once listening."""
-    # Read first: a malformed preload file stops the worker before it listens.
+async def start_worker(
+    settings: WorkerSettings,
+    *,
+    catalogue: Catalogue | None = None,
+    store: ArtifactStore | None = None,
+) -> RunningWorker:
+    """Start the worker's gRPC server (and /metrics if configured); returns once listening.
+
+    `catalogue` and `store` replace the ones the settings describe (tests)."""
+    # Read first: a malformed preload or catalogue file stops the worker before it listens.
     entries = read_preload(Path(settings.preload)) if settings.preload else []
-    manager = build_manager(settings)
+    if catalogue is None:
+        catalogue = open_catalogue(settings, await _consul_registry(settings))
+    try:
+        manager = build_manager(settings, store=store)
+    except BaseException:
+        await catalogue.close()
+        raise
     device, device_name = detect_device(manager.engines)
     # The id and address may depend on the port bound below: placeholders until then.
     identity = WorkerIdentity(settings.worker_id, settings.address, device, device_name)
-    servicer = WorkerServicer(manager, identity)
+    servicer = WorkerServicer(manager, identity, catalogue)
 
     def register(server: grpc.aio.Server) -> None:
         worker_pb2_grpc.add_WorkerServiceServicer_to_server(servicer, server)
 
-    running = await start_server(
-        settings.address,
-        register,
-        [SERVICE_NAME],
-        tls=settings.tls,
-        limits=settings.limits,
-        interceptors=[
-            worker_gate(
-                settings.admin_token,
-                settings.api_key,
-                operator_identities=settings.operator_identities,
-                router_identities=settings.router_identities,
-                tickets=TicketVerifier.from_files(settings.ticket_keys),
-            )
-        ],
-    )
+    try:
+        running = await start_server(
+            settings.address,
+            register,
+            [SERVICE_NAME],
+            tls=settings.tls,
+            limits=settings.limits,
+            interceptors=[
+                worker_gate(
+                    settings.admin_token,
+                    settings.api_key,
+                    operator_identities=settings.operator_identities,
+                    router_identities=settings.router_identities,
+                    tickets=TicketVerifier.from_files(settings.ticket_keys),
+                )
+            ],
+        )
+    except BaseException:
+        await catalogue.close()
+        raise
     servicer.identity = dataclasses.replace(
         identity,
         worker_id=settings.resolved_worker_id(running.port),
@@ -117,8 +140,16 @@ async def start_worker(settings: WorkerSettings) -> RunningWorker:
         stop_metrics = serve_metrics(manager, host, settings.metrics_port)
     preloading = None
     if entries:
-        preloading = asyncio.ensure_future(manager.preload(entries))
-    return RunningWorker(running, manager, servicer.identity, preloading, stop_metrics)
+        preloading = asyncio.ensure_future(preload(manager, catalogue.resolve, entries))
+    return RunningWorker(running, manager, servicer.identity, catalogue, preloading, stop_metrics)
+
+
+async def _consul_registry(settings: WorkerSettings) -> str:
+    """With Consul discovery and no registry or catalogue configured: the registry there."""
+    discovery = DiscoverySettings()
+    if settings.registry_address or settings.catalog_file or not discovery.enabled:
+        return ""
+    return await find_registry(discovery)
 
 
 async def serve(settings: WorkerSettings, *, on_ready: Callable[[int], None] | None = None) -> None:

@@ -1,8 +1,9 @@
 """WorkerService over gRPC: translates messages to the model manager and engines and back.
 
-Nothing here decides residency or decodes; it validates, holds a lease for the
-request, relays the engine's stream as events, and measures timings, spans and
-cost on the way.
+Nothing here decides residency or decodes; it validates, resolves the model's
+`name@version` through the catalogue (the request's copy of the model is never
+loaded: only its name and version are read), holds a lease for the request, relays
+the engine's stream as events, and measures timings, spans and cost on the way.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from modelyard.tokens import estimate_prompt_tokens, max_tokens_of
 from modelyard.v1 import common_pb2, model_pb2, worker_pb2, worker_pb2_grpc
 from modelyard.validation import check_generation
 from worker.admission import within
+from worker.catalogue import Catalogue
 from worker.engines.base import (
     ChatTurn,
     EngineEvent,
@@ -217,9 +219,12 @@ def _span_attributes(
 
 
 class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
-    def __init__(self, manager: ModelManager, identity: WorkerIdentity) -> None:
+    def __init__(
+        self, manager: ModelManager, identity: WorkerIdentity, catalogue: Catalogue
+    ) -> None:
         self._manager = manager
         self.identity = identity
+        self._catalogue = catalogue
 
     @grpc_errors
     async def Generate(
@@ -239,9 +244,11 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         try:
             async with contextlib.AsyncExitStack() as stack:
                 with trace.use_span(spans.queue or trace.INVALID_SPAN, end_on_exit=False):
+                    # Before anything is fetched: NOT_FOUND, archived, registry unreachable.
+                    model = await within(deadline, self._catalogue.resolve(key), f"resolving {key}")
                     lease = await stack.enter_async_context(
                         self._manager.acquire(
-                            request.model,
+                            model,
                             load_if_cold=request.load_if_cold,
                             priority=request.priority,
                             tokens=queued_tokens(request, req.max_tokens),
@@ -291,7 +298,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                     )
             else:
                 spans.finished(event)
-                finished = self._finished(event, streamed, lease, request.model, clock)
+                finished = self._finished(event, streamed, lease, clock)
                 _log_finished(request.request_id, lease, event, finished)
                 yield worker_pb2.WorkerServiceGenerateResponse(finished=finished)
                 return
@@ -313,7 +320,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
 
     @staticmethod
     def _finished(
-        event: Finished, streamed: int, lease: Lease, model: model_pb2.Model, clock: _Clock
+        event: Finished, streamed: int, lease: Lease, clock: _Clock
     ) -> common_pb2.GenerationFinished:
         # Usage counts what was streamed, which is what the contract promises.
         usage = common_pb2.Usage(input_tokens=event.input_tokens, output_tokens=streamed)
@@ -322,17 +329,17 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             stop_sequence=event.stop_sequence,
             usage=usage,
             timings=clock.timings(lease.load_ms, streamed),
-            cost=cost_of(model.pricing, usage),
+            cost=cost_of(lease.resident.model.pricing, usage),  # the catalogue's prices
         )
 
     @grpc_errors
     async def LoadModel(
         self, request: worker_pb2.LoadModelRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> worker_pb2.LoadModelResponse:
-        checked_key(request.model)
+        model = await self._catalogue.resolve(checked_key(request.model))
         keep_alive = seconds_of(request.keep_alive) if request.HasField("keep_alive") else None
         result = await self._manager.load(
-            request.model, request.engine, pin=request.pin, keep_alive_s=keep_alive
+            model, request.engine, pin=request.pin, keep_alive_s=keep_alive
         )
         return worker_pb2.LoadModelResponse(
             model=model_status(result.resident),

@@ -27,7 +27,7 @@ from rich.progress import (
 from modelyard.cli.models import RegistryOpt, call, enum_value, registry_stub
 from modelyard.cli.output import cli_errors, console
 from modelyard.errors import FailedPrecondition, NotFound, from_rpc_error
-from modelyard.v1 import common_pb2, registry_pb2, worker_pb2, worker_pb2_grpc
+from modelyard.v1 import common_pb2, model_pb2, registry_pb2, worker_pb2, worker_pb2_grpc
 
 WorkerOpt = Annotated[
     str,
@@ -145,7 +145,10 @@ def load(
             model = call(
                 stub.GetModel, registry_pb2.GetModelRequest(name=name, version=version)
             ).model
-        request = worker_pb2.LoadModelRequest(model=model, pin=pin)
+        # The worker resolves name@version through its own catalogue: nothing else is read.
+        request = worker_pb2.LoadModelRequest(
+            model=model_pb2.Model(name=model.name, version=model.version), pin=pin
+        )
         if engine:
             request.engine = common_pb2.Engine.ValueType(
                 enum_value(common_pb2.Engine, "ENGINE_", engine, "--engine")

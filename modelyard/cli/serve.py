@@ -111,6 +111,20 @@ def worker_serve(
         int | None,
         typer.Option(help="Prometheus /metrics port, 0 = off. Env: MODELYARD_WORKER_METRICS_PORT."),
     ] = None,
+    registry_address: Annotated[
+        str | None,
+        typer.Option(
+            help="Registry host:port every model is resolved through. "
+            "Env: MODELYARD_WORKER_REGISTRY_ADDRESS."
+        ),
+    ] = None,
+    catalog_file: Annotated[
+        str | None,
+        typer.Option(
+            help="Without a registry: YAML/JSON list of the models this worker may load. "
+            "Env: MODELYARD_WORKER_CATALOG_FILE."
+        ),
+    ] = None,
     log_level: LogLevel = None,
 ) -> None:
     """Run a worker."""
@@ -124,6 +138,8 @@ def worker_serve(
             threads=threads,
             context_length=context_length,
             metrics_port=metrics_port,
+            registry_address=registry_address,
+            catalog_file=catalog_file,
             log_level=log_level,
         )
     )

@@ -146,7 +146,11 @@ def _register_and_load(mesh: LocalMesh, model: model_pb2.Model) -> None:
     started = time.monotonic()
     load_with_progress(
         worker,
-        worker_pb2.LoadModelRequest(model=model, engine=common_pb2.ENGINE_LLAMA_CPP),
+        # By reference: the worker resolves it in the registry it was started with.
+        worker_pb2.LoadModelRequest(
+            model=model_pb2.Model(name=model.name, version=model.version),
+            engine=common_pb2.ENGINE_LLAMA_CPP,
+        ),
         timeout_s=300,
     )
     console.print(f"loaded {model.name} in {time.monotonic() - started:.1f} s")

@@ -84,8 +84,10 @@ class Artifact(_message.Message):
     uri: _builtins.str
     """file:///abs/path, http(s)://..., s3://bucket/key or hf://org/repo[/file]."""
     sha256: _builtins.str
-    """Lowercase hex sha256 of the file. Workers verify it before loading and
-    refuse a mismatch with FAILED_PRECONDITION. Empty: not verified.
+    """Lowercase hex sha256 of the file (of an hf:// directory: the sha256 of its
+    sorted `sha256sum` listing). Required by the registry: 64 hex digits.
+    Workers verify it before loading and refuse a mismatch with
+    FAILED_PRECONDITION.
     """
     format: Global___ArtifactFormat.ValueType
     size_bytes: _builtins.int
@@ -236,7 +238,9 @@ class LoadOptions(_message.Message):
     """Maximum sequences decoded together (continuous batching slots). 0: default."""
     @_builtins.property
     def extra(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """Further engine arguments, passed through as strings."""
+        """Further engine arguments as strings: only the keys the model's engines
+        accept (modelyard/engine_options.py); the registry refuses others.
+        """
 
     def __init__(
         self,

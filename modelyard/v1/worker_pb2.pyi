@@ -87,8 +87,9 @@ class WorkerServiceGenerateRequest(_message.Message):
     """Attempt number set by the router (1 for the first try)."""
     @_builtins.property
     def model(self) -> _model_pb2.Model:
-        """The full model version to run (as stored in the registry), so the worker
-        can load it on demand without calling the registry.
+        """The model version to run. Only name and version are read: the worker
+        resolves them through its catalogue (the registry, or its catalogue file)
+        and loads that record, never the rest of this copy.
         """
 
     @_builtins.property
@@ -165,7 +166,10 @@ class LoadModelRequest(_message.Message):
     """Pinned models are never evicted."""
     @_builtins.property
     def model(self) -> _model_pb2.Model:
-        """The full model version, as stored in the registry."""
+        """The model version to load. Only name and version are read: the worker
+        resolves them through its catalogue (the registry, or its catalogue file);
+        unknown is NOT_FOUND, archived FAILED_PRECONDITION.
+        """
 
     @_builtins.property
     def keep_alive(self) -> _duration_pb2.Duration:

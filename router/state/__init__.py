@@ -1,2 +1,2 @@
-"""Routing state that outlives one request: the registry's catalogue (fed by Watch)
-and per (worker, model) latency estimates."""
+"""Routing state that outlives one request: per (worker, model) latency estimates.
+(The registry's Watch-fed catalogue is the kernel's `modelyard.catalogue_cache`.)"""

@@ -23,11 +23,14 @@ import pytest
 
 from modelyard.local_mesh import ServiceProcess, free_port, spawn_service
 from modelyard.v1 import common_pb2, model_pb2, worker_pb2, worker_pb2_grpc
+from tests.fixtures.catalogue import write_catalog
 from tests.fixtures.tiny_gguf import gguf_model, write_tiny_gguf
 
 pytestmark = pytest.mark.integration
 
 REPO = "modelyard-test/tiny"
+TINY_URI = f"hf://{REPO}@v1.0/weights/tiny.gguf"
+MISSING_URI = f"hf://{REPO}@v1.0/weights/missing.gguf"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
@@ -115,9 +118,18 @@ def hub(tiny: bytes) -> Iterator[FakeHub]:
 
 
 @pytest.fixture(scope="module")
-def worker(tmp_path_factory: pytest.TempPathFactory, hub: FakeHub) -> Iterator[str]:
+def worker(tmp_path_factory: pytest.TempPathFactory, hub: FakeHub, tiny: bytes) -> Iterator[str]:
     """A worker process whose huggingface_hub talks to the fake Hub; its address."""
     home = tmp_path_factory.mktemp("hf-worker")
+    sha = hashlib.sha256(tiny).hexdigest()
+    # No registry here: these versions are the worker's whole catalogue.
+    catalog = write_catalog(
+        home,
+        _model(TINY_URI, sha),
+        _model(TINY_URI, sha, version="2"),
+        _model(MISSING_URI, sha, version="missing"),
+        _model(TINY_URI, "0" * 64, version="bad-sum"),
+    )
     address = f"127.0.0.1:{free_port()}"
     service: ServiceProcess = spawn_service(
         "worker-hf",
@@ -132,6 +144,7 @@ def worker(tmp_path_factory: pytest.TempPathFactory, hub: FakeHub) -> Iterator[s
             "HF_HUB_OFFLINE": "0",
             "HF_TOKEN": "",
             "MODELYARD_ARTIFACTS_CACHE_DIR": str(home / "artifacts"),
+            "MODELYARD_WORKER_CATALOG_FILE": catalog,
         },
     )
     try:
@@ -157,7 +170,7 @@ def _load(address: str, model: model_pb2.Model) -> worker_pb2.LoadModelResponse:
 
 def test_a_worker_loads_and_serves_an_hf_artifact(worker: str, hub: FakeHub, tiny: bytes) -> None:
     sha = hashlib.sha256(tiny).hexdigest()
-    model = _model(f"hf://{REPO}@v1.0/weights/tiny.gguf", sha)
+    model = _model(TINY_URI, sha)
     _load(worker, model)
     # Fetched from the Hub's resolve endpoint at the pinned revision, file by its path.
     resolve = f"/{REPO}/resolve/v1.0/weights/tiny.gguf"
@@ -176,13 +189,13 @@ def test_a_worker_loads_and_serves_an_hf_artifact(worker: str, hub: FakeHub, tin
     assert events[-1].WhichOneof("event") == "finished"
 
     # The same artifact again (another version naming it): served from the cache.
-    _load(worker, _model(f"hf://{REPO}@v1.0/weights/tiny.gguf", sha, version="2"))
+    _load(worker, _model(TINY_URI, sha, version="2"))
     assert hub.gets(resolve) == 1, hub.requests
 
 
 def test_a_missing_hf_file_is_not_found(worker: str, hub: FakeHub, tiny: bytes) -> None:
     sha = hashlib.sha256(tiny).hexdigest()
-    uri = f"hf://{REPO}@v1.0/weights/missing.gguf"
+    uri = MISSING_URI
     with pytest.raises(grpc.RpcError) as info:
         _load(worker, _model(uri, sha, version="missing"))
     assert info.value.code() == grpc.StatusCode.NOT_FOUND, info.value.details()
@@ -191,7 +204,7 @@ def test_a_missing_hf_file_is_not_found(worker: str, hub: FakeHub, tiny: bytes) 
 
 
 def test_an_hf_file_with_another_checksum_is_refused(worker: str, hub: FakeHub) -> None:
-    uri = f"hf://{REPO}@v1.0/weights/tiny.gguf"
+    uri = TINY_URI
     with pytest.raises(grpc.RpcError) as info:
         _load(worker, _model(uri, "0" * 64, version="bad-sum"))
     assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION, info.value.details()

@@ -64,7 +64,9 @@ def test_acknowledged_writes_survive_kill_9(database_url: str, tmp_path: Path) -
                 model = model_pb2.Model(
                     name=f"crash-{writer}",
                     version=str(i),
-                    artifact=model_pb2.Artifact(uri=f"file:///m/{writer}/{i}.gguf"),
+                    artifact=model_pb2.Artifact(
+                        uri=f"file:///m/{writer}/{i}.gguf", sha256="ab" * 32
+                    ),
                     labels={"writer": str(writer)},
                 )
                 try:

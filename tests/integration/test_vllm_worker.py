@@ -24,6 +24,7 @@ import pytest
 
 from modelyard.bundled import smollm2_model
 from modelyard.v1 import common_pb2, model_pb2, worker_pb2, worker_pb2_grpc
+from tests.fixtures.catalogue import write_catalog
 
 ROOT = Path(__file__).resolve().parents[2]
 VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
@@ -55,11 +56,16 @@ def smollm2_vllm() -> model_pb2.Model:
 
 
 @pytest.fixture(scope="module")
-def worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def worker(
+    tmp_path_factory: pytest.TempPathFactory, smollm2_vllm: model_pb2.Model
+) -> Iterator[str]:
     """A worker process from .venv-vllm on a free loopback port; its address."""
     address = f"127.0.0.1:{_free_port()}"
-    log_path = tmp_path_factory.mktemp("vllm-worker") / "worker.log"
+    home = tmp_path_factory.mktemp("vllm-worker")
+    log_path = home / "worker.log"
     env = {
+        # No registry here: the model is this worker's whole catalogue.
+        "MODELYARD_WORKER_CATALOG_FILE": write_catalog(home, smollm2_vllm),
         **os.environ,
         "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
         "VLLM_HOST_IP": "127.0.0.1",

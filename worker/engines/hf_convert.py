@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from modelyard.digest import sha256_file
+from modelyard.digest import is_sha256, sha256_file
 from modelyard.errors import FailedPrecondition
 from worker.artifacts import ArtifactSettings
 from worker.artifacts import files as artifact_files
@@ -42,8 +42,12 @@ def converted_root(cache_dir: Path | None = None) -> Path:
 
 
 async def hf_checkpoint(gguf: Path, *, sha256: str = "", root: Path | None = None) -> Path:
-    """The HF checkpoint directory for `gguf`, converting it on first use (~30 s for 135M)."""
-    digest = sha256.strip().lower() or await asyncio.to_thread(sha256_file, gguf)
+    """The HF checkpoint directory for `gguf`, converting it on first use (~30 s for 135M).
+
+    The directory is named by the GGUF's digest: `sha256` when it is one (the verified
+    artifact's), else the file's own; never any other text, which could name a path."""
+    given = sha256.strip().lower()
+    digest = given if is_sha256(given) else await asyncio.to_thread(sha256_file, gguf)
     root = root if root is not None else converted_root()
     final = root / digest
     async with _locks.setdefault(digest, asyncio.Lock()):  # one conversion per GGUF per process

@@ -1,16 +1,26 @@
 """A model's load options as the `ModelSpec.extra` strings engines read.
 
-Engines read what they understand and ignore the rest, except vLLM, which refuses a
-key that is neither its own (quantization, draft_model, draft_sha256,
-num_speculative_tokens, sha256) nor an `AsyncEngineArgs` field: so only keys an
-engine can use are added here, and the typed load options win over `extra`.
+Only keys the engine accepts pass (`modelyard.engine_options`, widened by the worker's
+`allowed_engine_options`): `extra` reaches engine constructors, and a key there could
+name other files or run other code. The worker's own keys (sha256, draft_model,
+draft_sha256) come only from validated fields, never from `extra`; the typed load
+options win over `extra`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
+from typing import NamedTuple
 
+from modelyard.digest import is_sha256
+from modelyard.engine_options import allowed_for
 from modelyard.v1 import common_pb2, model_pb2
+
+
+class EngineExtra(NamedTuple):
+    extra: dict[str, str]
+    dropped: list[str]  # keys of load_options.extra the engine does not accept
 
 
 def engine_extra(
@@ -19,22 +29,25 @@ def engine_extra(
     *,
     draft: Path | None = None,
     draft_sha256: str = "",
-) -> dict[str, str]:
-    """`load_options.extra` passed through, plus the typed options for engine `kind`."""
+    extended: Iterable[str] = (),
+) -> EngineExtra:
+    """The accepted `load_options.extra`, plus the typed options for engine `kind`."""
     options = model.load_options
-    extra = dict(options.extra)
+    allowed = allowed_for([kind], extended)
+    extra = {k: v for k, v in options.extra.items() if k in allowed}
+    dropped = sorted(k for k in options.extra if k not in allowed)
     if options.quantization:
         extra["quantization"] = options.quantization
-    if model.artifact.sha256:
+    if is_sha256(model.artifact.sha256):
         # vLLM caches its GGUF -> HF conversion by the GGUF's sha256 (no re-hash per load).
         extra["sha256"] = model.artifact.sha256
     if draft is not None:
         extra["draft_model"] = str(draft)
-        if draft_sha256:
+        if is_sha256(draft_sha256):
             extra["draft_sha256"] = draft_sha256
     if kind == common_pb2.ENGINE_LLAMA_CPP and options.gpu_layers and "n_gpu_layers" not in extra:
         extra["n_gpu_layers"] = str(options.gpu_layers)
-    return extra
+    return EngineExtra(extra, dropped)
 
 
 def is_artifact_uri(ref: str) -> bool:

@@ -80,7 +80,9 @@ class ModelLoader:
         return min(wanted, cap)
 
     def parallel(self, model: model_pb2.Model) -> int:
-        return model.load_options.max_parallel_sequences or self._settings.max_parallel_sequences
+        """The model's decoding slots, never more than this worker's own setting allows."""
+        cap = self._settings.max_parallel_sequences
+        return min(model.load_options.max_parallel_sequences or cap, cap)
 
     async def fetch(
         self,
@@ -129,6 +131,21 @@ class ModelLoader:
         self, key: ModelKey, model: model_pb2.Model, kind: EngineKind, fetched: Fetched
     ) -> ModelSpec:
         s = self._settings
+        options = engine_extra(
+            model,
+            kind,
+            draft=fetched.draft,
+            draft_sha256=fetched.draft_sha256,
+            extended=s.allowed_engine_options,
+        )
+        if options.dropped:
+            log.warning(
+                "%s: load_options.extra %s dropped: not options %s accepts here "
+                "(MODELYARD_WORKER_ALLOWED_ENGINE_OPTIONS widens the list)",
+                key,
+                ", ".join(options.dropped),
+                common_pb2.Engine.Name(kind),
+            )
         return ModelSpec(
             key=key,
             path=fetched.path,
@@ -137,7 +154,7 @@ class ModelLoader:
             batch_size=s.batch_size,
             max_parallel_sequences=self.parallel(model),
             token_delay_s=s.token_delay_ms / 1000,
-            extra=engine_extra(model, kind, draft=fetched.draft, draft_sha256=fetched.draft_sha256),
+            extra=options.extra,
             cache_dir=s.artifacts.cache_dir,
         )
 

@@ -48,7 +48,6 @@ from worker.residency.progress import LoadPhase, ProgressPublisher
 from worker.residency.state import (
     Lease,
     LoadResult,
-    PreloadEntry,
     ResidencyState,
     Resident,
     UnloadResult,
@@ -112,7 +111,10 @@ class ModelManager:
         pin: bool = False,
         keep_alive_s: float | None = None,
     ) -> LoadResult:
-        """Make the model warm. Idempotent; concurrent calls share one load."""
+        """Make the model warm. Idempotent; concurrent calls share one load.
+
+        `model` is the catalogue's record (worker/catalogue), never a request's copy;
+        a model version already known here keeps the record it was first given."""
         r = self._resident_for(model)
         if pin and not r.pinned:
             r.pinned = True
@@ -127,8 +129,8 @@ class ModelManager:
         if r.state is ResidencyState.DRAINING:
             raise Unavailable(f"model {r.key} is being unloaded; retry once it is cold")
         if r.state in (ResidencyState.COLD, ResidencyState.FAILED):
-            kind = pick_engine(model, engine, self.loader.engines)
-            r.model, r.state, r.error = model, ResidencyState.LOADING, ""
+            kind = pick_engine(r.model, engine, self.loader.engines)
+            r.state, r.error = ResidencyState.LOADING, ""
             r.load_task = asyncio.ensure_future(self._load(r, kind))
             # Retrieve the outcome even when every waiter was cancelled (no "never retrieved").
             r.load_task.add_done_callback(lambda t: t.cancelled() or t.exception())
@@ -151,6 +153,8 @@ class ModelManager:
         deadline: float | None = None,
     ) -> AsyncIterator[Lease]:
         """Queue one request on the model, load it if cold, and hold a decoding slot.
+
+        `model` is the catalogue's record, as for `load`.
 
         `tokens` (prompt + max_tokens) counts against the queue's token bound. The
         request waits in the model's priority queue while the model loads and while
@@ -189,14 +193,6 @@ class ModelManager:
             self.notifier.notify()
             return UnloadResult(0, 0)
         return await asyncio.shield(self._start_drain(r, grace_s))
-
-    async def preload(self, entries: Sequence[PreloadEntry]) -> None:
-        """Load each entry in turn; a failure is logged and the others still load."""
-        for entry in entries:
-            try:
-                await self.load(entry.model, pin=entry.pin, keep_alive_s=entry.keep_alive_s)
-            except ModelyardError as err:
-                log.warning("preloading %s failed: %s", key_of(entry.model), err.message)
 
     async def close(self) -> None:
         """Unload every model at once (process shutdown)."""

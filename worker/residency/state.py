@@ -101,6 +101,6 @@ class Lease:
 
 @dataclass(frozen=True)
 class PreloadEntry:
-    model: model_pb2.Model
+    key: ModelKey  # resolved through the catalogue at load
     pin: bool = False
     keep_alive_s: float | None = None

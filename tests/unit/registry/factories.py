@@ -15,12 +15,13 @@ def make_model(
     tags: tuple[str, ...] = (),
     labels: dict[str, str] | None = None,
     uri: str = "file:///models/smollm2.gguf",
+    sha256: str = "ab" * 32,
 ) -> model_pb2.Model:
     return model_pb2.Model(
         name=name,
         version=version,
         stage=stage,
-        artifact=model_pb2.Artifact(uri=uri, format=model_pb2.ARTIFACT_FORMAT_GGUF),
+        artifact=model_pb2.Artifact(uri=uri, sha256=sha256, format=model_pb2.ARTIFACT_FORMAT_GGUF),
         capabilities=model_pb2.Capabilities(
             chat=chat, completion=completion, context_length=2048, tags=tags
         ),

@@ -50,7 +50,8 @@ def test_models_and_routes_from_flags_and_files(registry: str, tmp_path: Path) -
     spec = tmp_path / "model.yaml"
     spec.write_text(
         "name: smol\nversion: '1'\n"
-        "artifact: {uri: 'file:///m.gguf', format: ARTIFACT_FORMAT_GGUF}\n"
+        f"artifact: {{uri: 'file:///m.gguf', sha256: '{'ab' * 32}',"
+        " format: ARTIFACT_FORMAT_GGUF}\n"
         "capabilities: {chat: true, contextLength: 2048, tags: [small]}\nlabels: {team: search}\n"
     )
     code, out = run(registry, "models", "register", "-f", str(spec))
@@ -58,7 +59,8 @@ def test_models_and_routes_from_flags_and_files(registry: str, tmp_path: Path) -
     assert "registered smol@1" in out
     code, out = run(
         registry, "models", "register", "--name", "smol", "--version", "2",
-        "--uri", "file:///m2.gguf", "--format", "gguf", "--chat", "--tag", "small",
+        "--uri", "file:///m2.gguf", "--sha256", "cd" * 32, "--format", "gguf",
+        "--chat", "--tag", "small",
         "--label", "team=search", "--json",
     )  # fmt: skip
     assert code == 0, out

@@ -49,7 +49,7 @@ def model(version: str = "1", uri: str = "file:///models/smollm2.gguf") -> model
     return model_pb2.Model(
         name="smollm2",
         version=version,
-        artifact=model_pb2.Artifact(uri=uri),
+        artifact=model_pb2.Artifact(uri=uri, sha256="ab" * 32),
         capabilities=model_pb2.Capabilities(chat=True),
     )
 

@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import select, text
 
 from modelyard.errors import AlreadyExists, InvalidArgument, NotFound
-from modelyard.v1 import model_pb2, registry_pb2
+from modelyard.v1 import common_pb2, model_pb2, registry_pb2
 from registry.store import ModelFilter, RegistryStore, open_store
 from registry.tables import ChangeRow
 from tests.unit.registry.factories import make_model
@@ -285,3 +285,67 @@ async def test_list_rejects_bad_filters(store: RegistryStore) -> None:
         await store.list_models(ModelFilter(label_selector="tier in (free)"))
     with pytest.raises(InvalidArgument, match=r"^stage:"):
         await store.list_models(ModelFilter(stage=model_pb2.Stage.ValueType(42)))
+
+
+# -- what workers need to trust a version ---------------------------------------------
+
+
+@pytest.mark.parametrize("sha256", ["", "abc123", "ab" * 31, "zz" * 32, "../../" + "a" * 58])
+async def test_a_version_without_a_64_hex_sha256_is_refused(
+    store: RegistryStore, sha256: str
+) -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        await store.register(make_model(sha256=sha256))
+
+    assert [v.field for v in caught.value.violations] == ["model.artifact.sha256"]
+    assert await store.revision() == 0
+
+
+async def test_an_uppercase_sha256_is_stored_lowercase(store: RegistryStore) -> None:
+    result = await store.register(make_model(sha256="AB" * 32))
+
+    assert result.model.artifact.sha256 == "ab" * 32
+
+
+async def test_a_sha256_in_load_options_extra_is_refused(store: RegistryStore) -> None:
+    # Workers once named a conversion cache directory after extra["sha256"].
+    model = make_model()
+    model.load_options.extra["sha256"] = "../../e"
+
+    with pytest.raises(InvalidArgument) as caught:
+        await store.register(model)
+
+    assert [v.field for v in caught.value.violations] == ["model.load_options.extra.sha256"]
+
+
+@pytest.mark.parametrize("key", ["trust_remote_code", "model", "download_dir", "tokenizer"])
+async def test_vllm_options_that_choose_code_or_files_are_refused(
+    store: RegistryStore, key: str
+) -> None:
+    model = make_model()
+    model.engines.append(common_pb2.ENGINE_VLLM)
+    model.load_options.extra[key] = "true"
+
+    with pytest.raises(InvalidArgument) as caught:
+        await store.register(model)
+
+    violation = caught.value.violations[0]
+    assert violation.field == f"model.load_options.extra.{key}"
+    assert "gpu_memory_utilization" in violation.description  # the allowed keys are listed
+
+
+async def test_engine_options_the_engines_read_are_accepted(store: RegistryStore) -> None:
+    vllm = make_model(version="1")
+    vllm.engines.append(common_pb2.ENGINE_VLLM)
+    vllm.load_options.extra["gpu_memory_utilization"] = "0.5"
+    llama = make_model(version="2")
+    llama.engines.append(common_pb2.ENGINE_LLAMA_CPP)
+    llama.load_options.extra["n_gpu_layers"] = "10"
+
+    await store.register(vllm)
+    await store.register(llama)
+    llama_only = make_model(version="3")
+    llama_only.engines.append(common_pb2.ENGINE_LLAMA_CPP)
+    llama_only.load_options.extra["gpu_memory_utilization"] = "0.5"  # vLLM's, not llama.cpp's
+    with pytest.raises(InvalidArgument, match="gpu_memory_utilization"):
+        await store.register(llama_only)

@@ -239,12 +239,12 @@ def test_engine_extra_gives_llama_cpp_its_gpu_layers_and_typed_options_win() -> 
     model.load_options.gpu_layers = -1
     model.load_options.quantization = "q8"
     model.load_options.extra.update({"quantization": "other", "flash_attn": "1"})
-    assert engine_extra(model, common_pb2.ENGINE_LLAMA_CPP) == {
+    assert engine_extra(model, common_pb2.ENGINE_LLAMA_CPP).extra == {
         "quantization": "q8",
         "flash_attn": "1",
         "n_gpu_layers": "-1",
     }
-    assert "n_gpu_layers" not in engine_extra(model, common_pb2.ENGINE_VLLM)
+    assert "n_gpu_layers" not in engine_extra(model, common_pb2.ENGINE_VLLM).extra
 
 
 async def test_progress_updates_are_throttled_but_the_last_one_arrives() -> None:

@@ -16,6 +16,7 @@ import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from modelyard.v1 import common_pb2, worker_pb2, worker_pb2_grpc
+from tests.fixtures.catalogue import write_catalog
 from tests.fixtures.tiny_gguf import gguf_model
 from worker.config import WorkerSettings
 from worker.main import SERVICE_NAME, serve, start_worker
@@ -33,9 +34,16 @@ def fetch(url: str) -> str:
         return bytes(response.read()).decode()
 
 
-async def test_serve_answers_until_sigterm_and_exposes_metrics(tiny_gguf: Path) -> None:
+async def test_serve_answers_until_sigterm_and_exposes_metrics(
+    tiny_gguf: Path, tmp_path: Path
+) -> None:
     metrics_port = free_port()
-    settings = WorkerSettings(address="127.0.0.1:0", threads=1, metrics_port=metrics_port)
+    settings = WorkerSettings(
+        address="127.0.0.1:0",
+        threads=1,
+        metrics_port=metrics_port,
+        catalog_file=write_catalog(tmp_path, gguf_model(tiny_gguf)),
+    )
     ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
     task = asyncio.ensure_future(serve(settings, on_ready=ready.set_result))
     port = await asyncio.wait_for(ready, 10)
@@ -56,7 +64,7 @@ async def test_serve_answers_until_sigterm_and_exposes_metrics(tiny_gguf: Path) 
 
 
 async def test_a_graceful_stop_says_not_serving_then_drains_then_unloads(
-    smollm2_gguf: Path, monkeypatch: pytest.MonkeyPatch
+    smollm2_gguf: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     # Server-side order of the stop, with the requests in flight at each step.
     steps: list[tuple[str, int]] = []
@@ -88,11 +96,16 @@ async def test_a_graceful_stop_says_not_serving_then_drains_then_unloads(
 
     # 100 ms a step, 8 steps: still decoding when the signal comes, done well within the
     # stop's 5 s grace even on a loaded machine.
-    settings = WorkerSettings(address="127.0.0.1:0", threads=1, token_delay_ms=100)
+    model = gguf_model(smollm2_gguf, name="smollm2")
+    settings = WorkerSettings(
+        address="127.0.0.1:0",
+        threads=1,
+        token_delay_ms=100,
+        catalog_file=write_catalog(tmp_path, model),
+    )
     ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
     task = asyncio.ensure_future(serve(settings, on_ready=ready.set_result))
     port = await asyncio.wait_for(ready, 10)
-    model = gguf_model(smollm2_gguf, name="smollm2")
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = worker_pb2_grpc.WorkerServiceStub(channel)
         await stub.LoadModel(worker_pb2.LoadModelRequest(model=model), timeout=30)

@@ -165,7 +165,7 @@ async def test_a_preloaded_model_without_a_version_is_refused_when_read(
     preload = tmp_path / "preload.json"
     preload.write_text(json_format.MessageToJson(gguf_model(tiny_gguf, version="")))
     preload.write_text(f"[{preload.read_text()}]")
-    with pytest.raises(InvalidArgument, match="item 0 needs both a name and a version"):
+    with pytest.raises(InvalidArgument, match="item 0: 'tiny@' needs both a name and a version"):
         read_preload(preload)
 
 

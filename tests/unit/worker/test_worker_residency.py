@@ -17,10 +17,11 @@ from modelyard.errors import DeadlineExceeded, FailedPrecondition, ResourceExhau
 from modelyard.refs import model_key
 from modelyard.v1 import model_pb2
 from tests.fixtures.tiny_gguf import gguf_model
+from worker.catalogue import FileCatalogue
 from worker.config import WorkerSettings
 from worker.main import build_manager
 from worker.residency import ModelManager, ResidencyState
-from worker.residency.preload import read_preload
+from worker.residency.preload import preload, read_preload
 from worker.status import WorkerIdentity, build_worker_status
 
 MiB = 1 << 20
@@ -171,29 +172,50 @@ async def _hold(manager: ModelManager, model: model_pb2.Model, tokens: int) -> N
         pass
 
 
-async def test_preload_reads_models_and_options_from_yaml(
+async def test_preload_names_models_by_reference_and_loads_the_catalogues_record(
     settings: WorkerSettings, tiny_gguf: Path, tmp_path: Path
 ) -> None:
     manager = build_manager(settings)
+    real = gguf_model(tiny_gguf)
+    catalogue = FileCatalogue(
+        [
+            gguf_model(tiny_gguf, name="p"),
+            gguf_model(tiny_gguf, name="q"),
+            gguf_model(tiny_gguf, name="r"),
+            model_pb2.Model(
+                name="broken",
+                version="1",
+                artifact=model_pb2.Artifact(uri="file:///nowhere.gguf", sha256="ab" * 32),
+            ),
+        ]
+    )
     path = tmp_path / "preload.yaml"
-    uri = gguf_model(tiny_gguf).artifact.uri
     path.write_text(
         "models:\n"
-        f"  - model: {{name: p, version: '1', artifact: {{uri: '{uri}'}}}}\n"
+        "  - model: p@1\n"
         "    pin: true\n"
         "    keep_alive_s: 30\n"
-        f"  - {{name: q, version: '1', artifact: {{uri: '{uri}'}}}}\n"
-        f"  - {{name: broken, version: '1', artifact: {{uri: 'file:///nowhere.gguf'}}}}\n"
+        "  - q@1\n"
+        # The older form: only its name and version count, never its artifact.
+        "  - {name: r, version: '1', artifact: {uri: 'file:///etc/hostname'}}\n"
+        "  - broken@1\n"
+        "  - ghost@1\n"
     )
     entries = read_preload(path)
-    assert [(e.model.name, e.pin, e.keep_alive_s) for e in entries] == [
-        ("p", True, 30.0),
-        ("q", False, None),
-        ("broken", False, None),
+    assert [(e.key, e.pin, e.keep_alive_s) for e in entries] == [
+        ("p@1", True, 30.0),
+        ("q@1", False, None),
+        ("r@1", False, None),
+        ("broken@1", False, None),
+        ("ghost@1", False, None),
     ]
-    await manager.preload(entries)
+    await preload(manager, catalogue.resolve, entries)
     assert state(manager, "p") is state(manager, "q") is ResidencyState.WARM
+    r = manager.get(model_key("r", "1"))
+    assert r is not None and r.state is ResidencyState.WARM
+    assert r.model.artifact.uri == real.artifact.uri
     assert state(manager, "broken") is ResidencyState.FAILED
+    assert manager.get(model_key("ghost", "1")) is None  # NOT_FOUND: logged, nothing touched
     p = manager.get(model_key("p", "1"))
     assert p is not None and p.pinned
     await manager.close()

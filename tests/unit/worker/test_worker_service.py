@@ -21,6 +21,7 @@ from modelyard.bundled import smollm2_model
 from modelyard.errors import from_rpc_error
 from modelyard.v1 import common_pb2, model_pb2, worker_pb2, worker_pb2_grpc
 from tests.fixtures.tiny_gguf import gguf_model
+from worker.catalogue import FileCatalogue
 from worker.config import WorkerSettings
 from worker.main import RunningWorker, start_worker
 
@@ -65,9 +66,19 @@ def reference(smollm2_gguf: Path, settings: WorkerSettings) -> Any:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def worker(
-    spans: InMemorySpanExporter, settings: WorkerSettings
+    spans: InMemorySpanExporter,
+    settings: WorkerSettings,
+    smollm2: model_pb2.Model,
+    tiny_gguf: Path,
 ) -> AsyncIterator[RunningWorker]:
-    running = await start_worker(settings)
+    catalogue = FileCatalogue(
+        [
+            smollm2,
+            gguf_model(tiny_gguf, name="tiny-cold"),
+            gguf_model(tiny_gguf, name="tiny-watch"),
+        ]
+    )
+    running = await start_worker(settings, catalogue=catalogue)
     yield running
     await running.stop(grace_s=1)
 

@@ -1,5 +1,5 @@
+from modelyard.catalogue_cache import RegistryCache
 from modelyard.v1 import model_pb2, registry_pb2
-from router.state.registry_cache import RegistryCache
 from tests.unit.router.doubles import make_model
 
 

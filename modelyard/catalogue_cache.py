@@ -1,5 +1,7 @@
 """The registry's catalogue, kept current by `RegistryService.Watch`.
 
+Shared by the router (names to route) and the workers (what they may load).
+
 A snapshot replaces everything; changes apply in revision order. After a broken
 stream the follower resumes from the last applied revision (the registry sends a
 fresh snapshot when it cannot resume). While the registry is down the cache keeps
@@ -93,7 +95,7 @@ async def follow(
         except _WatchLost as lost:
             connected, why = lost.connected, lost.why
             if lost.code == grpc.StatusCode.UNIMPLEMENTED:
-                # A registry without Watch: the catalog falls back to GetModel.
+                # A registry without Watch: the reader falls back to GetModel.
                 log.warning("registry %s has no Watch; resolving per request", address)
                 return
         if connected:
