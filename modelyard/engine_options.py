@@ -48,6 +48,20 @@ ALLOWED: Mapping[EngineKind, frozenset[str]] = {
             "max_logprobs",
         }
     ),
+    # worker/engines/sim_options.py: the simulated engine's latency model (tests, benches).
+    common_pb2.ENGINE_SIM: frozenset(
+        {
+            "sim_prefill_ms_per_token",
+            "sim_decode_ms_per_token",
+            "sim_batch_slowdown",
+            "sim_max_sequences",
+            "sim_load_ms",
+            "sim_vocab_size",
+            "sim_context_length",
+            "sim_memory_bytes",
+            "sim_eos_probability",
+        }
+    ),
 }
 
 # Keys the worker itself fills in from validated fields (never taken from `extra`).

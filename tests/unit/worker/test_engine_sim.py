@@ -441,3 +441,11 @@ async def test_a_bad_option_fails_the_load(key: str, value: str, says: str) -> N
     assert key in caught.value.message
     with pytest.raises(EngineNotLoaded):
         await run(engine, request())
+
+
+def test_the_registry_allows_exactly_the_sim_options() -> None:
+    from modelyard.engine_options import ALLOWED
+    from modelyard.v1 import common_pb2
+    from worker.engines.sim_options import SIM_OPTIONS
+
+    assert ALLOWED[common_pb2.ENGINE_SIM] == frozenset(SIM_OPTIONS)

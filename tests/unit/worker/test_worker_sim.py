@@ -1,8 +1,8 @@
 """A worker serving a simulated model over gRPC, and the switch that offers the engine.
 
-What this assumes of the worker (model resolution is changing): the model travels in
-LoadModelRequest.model and WorkerServiceGenerateRequest.model, and the artifact is
-a local file:// URI with its sha256, fetched and verified as for every engine.
+The worker resolves models through an operator catalogue (the three sim models below);
+the artifact is a local file:// URI with its sha256, fetched and verified as for every
+engine. Requests name the models; the worker loads the catalogue's records.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import pytest_asyncio
 from modelyard.errors import InvalidArgument, from_rpc_error
 from modelyard.v1 import common_pb2, model_pb2, worker_pb2, worker_pb2_grpc
 from worker.artifacts.settings import ArtifactSettings
+from worker.catalogue.file import FileCatalogue
 from worker.config import WorkerSettings
 from worker.engines import available_engines
 from worker.engines.base import EngineRequest, ModelSpec, Piece, SamplingConfig
@@ -55,7 +56,7 @@ def artifact(tmp_path: Path) -> Path:
 
 
 @pytest_asyncio.fixture
-async def stub(tmp_path: Path) -> AsyncIterator[worker_pb2_grpc.WorkerServiceStub]:
+async def stub(tmp_path: Path, artifact: Path) -> AsyncIterator[worker_pb2_grpc.WorkerServiceStub]:
     settings = WorkerSettings(
         address="127.0.0.1:0",
         threads=1,
@@ -63,7 +64,14 @@ async def stub(tmp_path: Path) -> AsyncIterator[worker_pb2_grpc.WorkerServiceStu
         memory_budget_bytes=4 * GiB,  # one 3 GiB sim model at a time
         artifacts=ArtifactSettings(cache_dir=tmp_path / "cache"),
     )
-    worker = await start_worker(settings)
+    catalogue = FileCatalogue(
+        [
+            sim_model(artifact, "sim-a"),
+            sim_model(artifact, "sim-b"),
+            sim_model(artifact, "bad", sim_batch_slowdown="lots"),
+        ]
+    )
+    worker = await start_worker(settings, catalogue=catalogue)
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{worker.port}") as channel:
             yield worker_pb2_grpc.WorkerServiceStub(channel)
