@@ -243,19 +243,7 @@ class LocalMesh:
                 )
             for service in self.services:
                 service.wait_healthy(timeout_s)
-            router_args = [
-                "router",
-                "serve",
-                "--address",
-                self.router_address,
-                "--registry-address",
-                self.registry_address,
-            ]
-            if self.static_workers:
-                for address in self.worker_addresses:
-                    router_args += ["--worker", address]
-            if self.router_http_address is not None:
-                router_args += ["--http-address", self.router_http_address]
+            router_args = self._router_args()
             router = spawn_service(
                 "router", router_args, self.router_address, logs / "router.log", self.env
             )
@@ -267,6 +255,16 @@ class LocalMesh:
         except BaseException:
             self.stop()
             raise
+
+    def _router_args(self) -> list[str]:
+        args = ["router", "serve", "--address", self.router_address]
+        args += ["--registry-address", self.registry_address]
+        if self.static_workers:
+            for address in self.worker_addresses:
+                args += ["--worker", address]
+        if self.router_http_address is not None:
+            args += ["--http-address", self.router_http_address]
+        return args
 
     def service(self, name: str) -> ServiceProcess:
         for s in self.services:

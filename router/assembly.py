@@ -81,23 +81,27 @@ def build(
         admission=RouterAdmission(settings.max_in_flight, settings.max_in_flight_per_key),
     )
 
-    def healthy_workers() -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for model in cache.models():
-            counts[key_of(model)] = sum(
-                1
-                for h in pool.workers
-                if h.watching
-                and BREAKER_VALUE[breakers.state(h.address)] < 2
-                and h.residency(model) == worker_pb2.RESIDENCY_STATE_WARM
-            )
-        return counts
-
     # Scrapes run on prometheus_client's thread; the cache changes on the loop.
-    metrics.watch_healthy_workers(loop_caller(healthy_workers))
+    metrics.watch_healthy_workers(loop_caller(lambda: _healthy_workers(cache, pool, breakers)))
     api = RouterApi(relay, catalog, pool)
     servicer = RouterServicer(api, pool, accounting)
     return RouterParts(catalog, cache, relay, api, accounting, metrics, servicer)
+
+
+def _healthy_workers(
+    cache: RegistryCache, pool: WorkerPool, breakers: BreakerBoard
+) -> dict[str, int]:
+    """Per model version: the workers that hold it warm, report status and are not open."""
+    counts: dict[str, int] = {}
+    for model in cache.models():
+        counts[key_of(model)] = sum(
+            1
+            for h in pool.workers
+            if h.watching
+            and BREAKER_VALUE[breakers.state(h.address)] < 2
+            and h.residency(model) == worker_pb2.RESIDENCY_STATE_WARM
+        )
+    return counts
 
 
 def start_watch(parts: RouterParts, settings: RouterSettings) -> asyncio.Task[None]:
