@@ -4,10 +4,12 @@ process; the worker's artifact store records every fetch it is asked for."""
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import http.server
 import threading
-from collections.abc import AsyncIterator, Iterator
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ from registry.service import add_to_server
 from registry.store import RegistryStore, open_store
 from tests.fixtures.tiny_gguf import gguf_model
 from worker.artifacts import ArtifactStore
+from worker.catalogue.registry import RegistryCatalogue
 from worker.config import WorkerSettings
 from worker.main import RunningWorker, start_worker
 
@@ -116,6 +119,13 @@ async def mesh(tmp_path: Path, settings: WorkerSettings) -> AsyncIterator[Mesh]:
         await store.close()
 
 
+async def until(predicate: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.02)
+
+
 def request(model: model_pb2.Model, **fields: Any) -> worker_pb2.WorkerServiceGenerateRequest:
     return worker_pb2.WorkerServiceGenerateRequest(
         model=model,
@@ -200,6 +210,16 @@ async def test_load_model_names_a_version_and_loads_the_registrys_record(
 async def test_an_archived_version_is_refused_before_any_fetch(mesh: Mesh, tiny_gguf: Path) -> None:
     await mesh.registry.store.register(gguf_model(tiny_gguf, name="old"))
     await mesh.registry.store.set_stage("old", "1", model_pb2.STAGE_ARCHIVED)
+    # Stages change, so a worker knows one as soon as its Watch brings it: wait for that
+    # (asking earlier may race the change and find the version still live).
+    catalogue = mesh.worker.catalogue
+    assert isinstance(catalogue, RegistryCatalogue)
+
+    def archived() -> bool:
+        seen = catalogue.cache.model("old", "1")
+        return seen is not None and seen.stage == model_pb2.STAGE_ARCHIVED
+
+    await until(archived)
 
     code = await refusal(mesh, request(gguf_model(tiny_gguf, name="old")))
 
