@@ -185,6 +185,12 @@ def _credentials(ca_file: str, cert_file: str, key_file: str) -> grpc.ChannelCre
     )
 
 
+def _tls_options(server_name: str) -> list[tuple[str, str]]:
+    """`tls_server_name`: the name to verify in the router's certificate instead of the
+    dialled host (e.g. a router reached by IP)."""
+    return [("grpc.ssl_target_name_override", server_name)] if server_name else []
+
+
 class Client:
     """Blocking client for RouterService."""
 
@@ -198,11 +204,12 @@ class Client:
         tls_ca_file: str = "",
         tls_cert_file: str = "",
         tls_key_file: str = "",
+        tls_server_name: str = "",
     ) -> None:
         # -- security (see _credentials) --
         credentials = _credentials(tls_ca_file, tls_cert_file, tls_key_file)
         self._channel = (
-            grpc.secure_channel(address, credentials)
+            grpc.secure_channel(address, credentials, options=_tls_options(tls_server_name))
             if credentials is not None
             else grpc.insecure_channel(address)
         )
@@ -272,11 +279,12 @@ class AsyncClient:
         tls_ca_file: str = "",
         tls_cert_file: str = "",
         tls_key_file: str = "",
+        tls_server_name: str = "",
     ) -> None:
         # -- security (see _credentials) --
         credentials = _credentials(tls_ca_file, tls_cert_file, tls_key_file)
         self._channel = (
-            grpc.aio.secure_channel(address, credentials)
+            grpc.aio.secure_channel(address, credentials, options=_tls_options(tls_server_name))
             if credentials is not None
             else grpc.aio.insecure_channel(address)
         )

@@ -44,7 +44,8 @@ def registry_gate(
         "a registry reader",
         reader_tokens,
         reader_identities,
-        "routers: MODELYARD_ROUTER_REGISTRY_TOKEN; workers: MODELYARD_WORKER_REGISTRY_TOKEN",
+        "routers: MODELYARD_ROUTER_REGISTRY_TOKEN; workers: MODELYARD_WORKER_REGISTRY_TOKEN; "
+        "CLI: --registry-token or MODELYARD_REGISTRY_TOKEN",
         "a reader token",
     )
     # Rules are tried in order: the write methods first, then the rest of the service.

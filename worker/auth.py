@@ -41,7 +41,8 @@ def worker_gate(
         "the worker operator",
         (admin_token,) if admin_token else (),
         operator_identities,
-        "the value of the worker's MODELYARD_WORKER_ADMIN_TOKEN",
+        "the value of the worker's MODELYARD_WORKER_ADMIN_TOKEN; "
+        "CLI: --operator-token or MODELYARD_OPERATOR_TOKEN",
         "the worker's admin token",
     )
     router = Role.of(

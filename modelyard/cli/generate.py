@@ -6,8 +6,17 @@ from typing import Annotated
 
 import typer
 
+from modelyard.cli.connect import (
+    ApiKeyOpt,
+    TlsCaOpt,
+    TlsCertOpt,
+    TlsKeyOpt,
+    TlsServerNameOpt,
+    client_tls,
+    router_client,
+)
 from modelyard.cli.output import cli_errors, console, err_console, to_json
-from modelyard.client import DEFAULT_ADDRESS, Client, GenerationStream
+from modelyard.client import DEFAULT_ADDRESS, GenerationStream
 from modelyard.v1 import common_pb2
 
 RouterOpt = Annotated[
@@ -25,12 +34,6 @@ TopPOpt = Annotated[float | None, typer.Option(help="Nucleus sampling mass in (0
 StopOpt = Annotated[list[str] | None, typer.Option("--stop", help="Stop sequence; repeatable.")]
 SeedOpt = Annotated[int | None, typer.Option(help="Random seed for reproducible sampling.")]
 TimeoutOpt = Annotated[float, typer.Option(help="Deadline for the whole call, in seconds.")]
-ApiKeyOpt = Annotated[
-    str,
-    typer.Option(
-        "--api-key", envvar="MODELYARD_API_KEY", help="Router API key (sent as a bearer token)."
-    ),
-]
 
 
 def generate(
@@ -56,6 +59,10 @@ def generate(
     ] = False,
     timeout: TimeoutOpt = 300.0,
     api_key: ApiKeyOpt = "",
+    tls_ca: TlsCaOpt = "",
+    tls_cert: TlsCertOpt = "",
+    tls_key: TlsKeyOpt = "",
+    tls_server_name: TlsServerNameOpt = "",
 ) -> None:
     """Stream one generation to the terminal as tokens arrive."""
     messages: list[common_pb2.ChatMessage] = []
@@ -63,7 +70,8 @@ def generate(
         if system:
             messages.append(common_pb2.ChatMessage(role="system", content=system))
         messages.append(common_pb2.ChatMessage(role="user", content=prompt))
-    with cli_errors(), Client(router, timeout_s=timeout, api_key=api_key) as client:
+    tls = client_tls(tls_ca, tls_cert, tls_key, tls_server_name)
+    with cli_errors(), router_client(router, tls, api_key=api_key, timeout_s=timeout) as client:
         stream = client.generate(
             model=model,
             prompt="" if chat_mode else prompt,
@@ -114,12 +122,17 @@ def chat(
     seed: SeedOpt = None,
     timeout: TimeoutOpt = 300.0,
     api_key: ApiKeyOpt = "",
+    tls_ca: TlsCaOpt = "",
+    tls_cert: TlsCertOpt = "",
+    tls_key: TlsKeyOpt = "",
+    tls_server_name: TlsServerNameOpt = "",
 ) -> None:
     """A multi-turn chat session. /reset forgets the history, /exit (or Ctrl-D) leaves."""
     history: list[common_pb2.ChatMessage] = []
     if system:
         history.append(common_pb2.ChatMessage(role="system", content=system))
-    with cli_errors(), Client(router, timeout_s=timeout, api_key=api_key) as client:
+    tls = client_tls(tls_ca, tls_cert, tls_key, tls_server_name)
+    with cli_errors(), router_client(router, tls, api_key=api_key, timeout_s=timeout) as client:
         while True:
             try:
                 line = console.input("[bold cyan]you>[/bold cyan] ").strip()

@@ -4,6 +4,13 @@ LoadModel is one unary call that returns once the model is warm; meanwhile the
 worker publishes the load's phase and download bytes in its status, so this
 follows WatchStatus on the same channel and draws them (`load_with_progress`,
 also used by `modelyard up`).
+
+LoadModel and UnloadModel send the operator token (`--operator-token`). WatchStatus and
+GetStatus are the router's methods: on a worker that guards them the bar only spins, and
+`unload` needs name@version (a bare name is looked up in the worker's status). A bare
+name to `load` is resolved in the registry (`--registry-token`, else `--admin-token`);
+name@version goes to the worker only, which resolves it in its own catalogue. Every dial
+uses the same TLS options (`connect.py`).
 """
 
 from __future__ import annotations
@@ -24,9 +31,22 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from modelyard.cli.models import RegistryOpt, call, enum_value, registry_stub
+from modelyard.auth import bearer_metadata
+from modelyard.cli.connect import (
+    AdminTokenOpt,
+    OperatorTokenOpt,
+    RegistryTokenOpt,
+    TlsCaOpt,
+    TlsCertOpt,
+    TlsKeyOpt,
+    TlsServerNameOpt,
+    client_tls,
+    open_channel,
+)
+from modelyard.cli.models import RegistryOpt, call, enum_value, read_token, registry_stub
 from modelyard.cli.output import cli_errors, console
 from modelyard.errors import FailedPrecondition, NotFound, from_rpc_error
+from modelyard.tls import TlsSettings
 from modelyard.v1 import common_pb2, model_pb2, registry_pb2, worker_pb2, worker_pb2_grpc
 
 WorkerOpt = Annotated[
@@ -61,14 +81,17 @@ def load_with_progress(
     address: str,
     request: worker_pb2.LoadModelRequest,
     *,
+    tls: TlsSettings | None = None,
+    operator_token: str = "",
     out: Console | None = None,
     timeout_s: float = 1800.0,
 ) -> worker_pb2.LoadModelResponse:
-    """Call LoadModel on `address`, drawing the load's progress from WatchStatus meanwhile."""
+    """Call LoadModel on `address` (as the operator, when `operator_token` is given),
+    drawing the load's progress from WatchStatus meanwhile."""
     out = out if out is not None else console
     model = request.model
     ref = f"{model.name}@{model.version}"
-    with grpc.insecure_channel(address) as channel:
+    with open_channel(address, tls or TlsSettings()) as channel:
         stub = worker_pb2_grpc.WorkerServiceStub(channel)
         heartbeat = duration_pb2.Duration()
         heartbeat.FromMilliseconds(int(WATCH_HEARTBEAT_S * 1000))
@@ -87,7 +110,9 @@ def load_with_progress(
                 target=_follow, args=(watch, model.name, model.version, bar, task), daemon=True
             )
             follower.start()
-            future = stub.LoadModel.future(request, timeout=timeout_s)
+            future = stub.LoadModel.future(
+                request, timeout=timeout_s, metadata=bearer_metadata(operator_token)
+            )
             try:
                 reply: worker_pb2.LoadModelResponse = future.result()
                 return reply
@@ -137,17 +162,29 @@ def load(
         float | None,
         typer.Option(help="Unload after this many idle seconds (0: never); default: worker's."),
     ] = None,
+    operator_token: OperatorTokenOpt = "",
+    registry_token: RegistryTokenOpt = "",
+    admin_token: AdminTokenOpt = "",
+    tls_ca: TlsCaOpt = "",
+    tls_cert: TlsCertOpt = "",
+    tls_key: TlsKeyOpt = "",
+    tls_server_name: TlsServerNameOpt = "",
 ) -> None:
     """Load a registered model on a worker, showing download and load progress."""
     name, _, version = ref.partition("@")
+    tls = client_tls(tls_ca, tls_cert, tls_key, tls_server_name)
     with cli_errors():
-        with registry_stub(registry) as stub:
-            model = call(
-                stub.GetModel, registry_pb2.GetModelRequest(name=name, version=version)
-            ).model
+        if not version:  # the newest production version: the registry knows which
+            with registry_stub(registry, tls) as stub:
+                model = call(
+                    stub.GetModel,
+                    registry_pb2.GetModelRequest(name=name),
+                    read_token(registry_token, admin_token),
+                ).model
+            name, version = model.name, model.version
         # The worker resolves name@version through its own catalogue: nothing else is read.
         request = worker_pb2.LoadModelRequest(
-            model=model_pb2.Model(name=model.name, version=model.version), pin=pin
+            model=model_pb2.Model(name=name, version=version), pin=pin
         )
         if engine:
             request.engine = common_pb2.Engine.ValueType(
@@ -155,8 +192,8 @@ def load(
             )
         if keep_alive is not None:
             request.keep_alive.FromMilliseconds(int(keep_alive * 1000))
-        reply = load_with_progress(worker, request)
-    ref = f"{model.name}@{model.version}"
+        reply = load_with_progress(worker, request, tls=tls, operator_token=operator_token)
+    ref = f"{name}@{version}"
     engine_name = common_pb2.Engine.Name(reply.model.engine).removeprefix("ENGINE_").lower()
     memory = f"{reply.model.memory_bytes / MiB:.0f} MiB"
     if reply.loaded:
@@ -174,16 +211,22 @@ def unload(
     grace: Annotated[
         float, typer.Option(help="Seconds in-flight requests may finish before cancelled.")
     ] = 30.0,
+    operator_token: OperatorTokenOpt = "",
+    tls_ca: TlsCaOpt = "",
+    tls_cert: TlsCertOpt = "",
+    tls_key: TlsKeyOpt = "",
+    tls_server_name: TlsServerNameOpt = "",
 ) -> None:
     """Drain and unload a model from a worker."""
     name, _, version = ref.partition("@")
-    with cli_errors(), grpc.insecure_channel(worker) as channel:
+    tls = client_tls(tls_ca, tls_cert, tls_key, tls_server_name)
+    with cli_errors(), open_channel(worker, tls) as channel:
         stub = worker_pb2_grpc.WorkerServiceStub(channel)
         if not version:
             version = _loaded_version(stub, name)
         request = worker_pb2.UnloadModelRequest(name=name, version=version)
         request.grace_period.FromMilliseconds(int(grace * 1000))
-        reply = call(stub.UnloadModel, request, timeout=grace + 60)
+        reply = call(stub.UnloadModel, request, operator_token, timeout=grace + 60)
     cancelled = f", cancelled {reply.cancelled_requests}" if reply.cancelled_requests else ""
     console.print(
         f"unloaded [bold]{name}@{version}[/bold] from {worker} "

@@ -1,10 +1,11 @@
 """`modelyard models ...`: the registry's catalogue of model versions.
 
 Writes (register, stage, delete) send the admin token, when given, as
-`authorization: Bearer <token>`. A model comes from flags, a YAML/JSON file
-(`-f model.yaml`, keys as in the proto's JSON form: name, version, artifact:
-{uri, sha256, format}, capabilities: {chat, contextLength, tags}, ...), or both:
-flags override the file.
+`authorization: Bearer <token>`; reads (list, show) send the reader token
+(`--registry-token`), else the admin token; TLS/mTLS options: see `connect.py`.
+A model comes from flags, a YAML/JSON file (`-f model.yaml`, keys as in the proto's
+JSON form: name, version, artifact: {uri, sha256, format}, capabilities: {chat,
+contextLength, tags}, ...), or both: flags override the file.
 """
 
 from __future__ import annotations
@@ -21,8 +22,19 @@ from google.protobuf.json_format import ParseDict, ParseError
 from google.protobuf.message import Message
 from rich.table import Table
 
+from modelyard.cli.connect import (
+    AdminTokenOpt,
+    RegistryTokenOpt,
+    TlsCaOpt,
+    TlsCertOpt,
+    TlsKeyOpt,
+    TlsServerNameOpt,
+    client_tls,
+    open_channel,
+)
 from modelyard.cli.output import cli_errors, console, to_json
 from modelyard.errors import InvalidArgument, from_rpc_error
+from modelyard.tls import TlsSettings
 from modelyard.v1 import common_pb2, model_pb2, registry_pb2, registry_pb2_grpc
 
 app = typer.Typer(help="The model catalogue in the registry.")
@@ -34,15 +46,6 @@ RegistryOpt = Annotated[
     str,
     typer.Option("--registry", envvar="MODELYARD_REGISTRY", help="Registry host:port."),
 ]
-AdminTokenOpt = Annotated[
-    str,
-    typer.Option(
-        "--admin-token",
-        envvar="MODELYARD_ADMIN_TOKEN",
-        help="The registry's admin token, needed for writes when it has one.",
-        show_default=False,
-    ),
-]
 JsonOpt = Annotated[bool, typer.Option("--json", help="JSON instead of a table.")]
 FileOpt = Annotated[
     Path | None,
@@ -51,9 +54,16 @@ FileOpt = Annotated[
 
 
 @contextmanager
-def registry_stub(address: str) -> Iterator[registry_pb2_grpc.RegistryServiceStub]:
-    with grpc.insecure_channel(address) as channel:
+def registry_stub(
+    address: str, tls: TlsSettings
+) -> Iterator[registry_pb2_grpc.RegistryServiceStub]:
+    with open_channel(address, tls) as channel:
         yield registry_pb2_grpc.RegistryServiceStub(channel)
+
+
+def read_token(registry_token: str, admin_token: str) -> str:
+    """What a read sends: the reader token, else the admin's (the admin may read too)."""
+    return registry_token or admin_token
 
 
 def call(rpc: Callable[..., R], request: Message, token: str = "", timeout: float = 30) -> R:
@@ -119,10 +129,17 @@ def list_models(
         str, typer.Option("--selector", "-l", help="Label selector, e.g. team=search,tier!=free.")
     ] = "",
     json_out: Annotated[bool, typer.Option("--json", help="One JSON object per model.")] = False,
+    registry_token: RegistryTokenOpt = "",
+    admin_token: AdminTokenOpt = "",
+    tls_ca: TlsCaOpt = "",
+    tls_cert: TlsCertOpt = "",
+    tls_key: TlsKeyOpt = "",
+    tls_server_name: TlsServerNameOpt = "",
 ) -> None:
     """List registered model versions."""
     models: list[model_pb2.Model] = []
-    with cli_errors(), registry_stub(registry) as stub:
+    tls = client_tls(tls_ca, tls_cert, tls_key, tls_server_name)
+    with cli_errors(), registry_stub(registry, tls) as stub:
         stage_value = enum_value(model_pb2.Stage, "STAGE_", stage, "--stage") if stage else 0
         token = ""
         while True:
@@ -136,6 +153,7 @@ def list_models(
                     page_token=token,
                     page_size=500,
                 ),
+                read_token(registry_token, admin_token),
             )
             models += page.models
             token = page.next_page_token
@@ -164,11 +182,22 @@ def show(
     ref: Annotated[str, typer.Argument(help="name or name@version (bare: newest production).")],
     registry: RegistryOpt = "127.0.0.1:50051",
     json_out: JsonOpt = False,
+    registry_token: RegistryTokenOpt = "",
+    admin_token: AdminTokenOpt = "",
+    tls_ca: TlsCaOpt = "",
+    tls_cert: TlsCertOpt = "",
+    tls_key: TlsKeyOpt = "",
+    tls_server_name: TlsServerNameOpt = "",
 ) -> None:
     """Show one model version."""
     name, _, version = ref.partition("@")
-    with cli_errors(), registry_stub(registry) as stub:
-        model = call(stub.GetModel, registry_pb2.GetModelRequest(name=name, version=version)).model
+    tls = client_tls(tls_ca, tls_cert, tls_key, tls_server_name)
+    with cli_errors(), registry_stub(registry, tls) as stub:
+        model = call(
+            stub.GetModel,
+            registry_pb2.GetModelRequest(name=name, version=version),
+            read_token(registry_token, admin_token),
+        ).model
     print_model(model, json_out)
 
 
@@ -237,9 +266,14 @@ def register(
     registry: RegistryOpt = "127.0.0.1:50051",
     admin_token: AdminTokenOpt = "",
     json_out: JsonOpt = False,
+    tls_ca: TlsCaOpt = "",
+    tls_cert: TlsCertOpt = "",
+    tls_key: TlsKeyOpt = "",
+    tls_server_name: TlsServerNameOpt = "",
 ) -> None:
     """Register a model version (idempotent: the same content again changes nothing)."""
-    with cli_errors(), registry_stub(registry) as stub:
+    tls = client_tls(tls_ca, tls_cert, tls_key, tls_server_name)
+    with cli_errors(), registry_stub(registry, tls) as stub:
         model = load_message(file, model_pb2.Model())
         _set_scalars(
             model,
@@ -276,10 +310,15 @@ def stage(
     registry: RegistryOpt = "127.0.0.1:50051",
     admin_token: AdminTokenOpt = "",
     json_out: JsonOpt = False,
+    tls_ca: TlsCaOpt = "",
+    tls_cert: TlsCertOpt = "",
+    tls_key: TlsKeyOpt = "",
+    tls_server_name: TlsServerNameOpt = "",
 ) -> None:
     """Move a version to another stage."""
     name, _, version = ref.partition("@")
-    with cli_errors(), registry_stub(registry) as stub:
+    tls = client_tls(tls_ca, tls_cert, tls_key, tls_server_name)
+    with cli_errors(), registry_stub(registry, tls) as stub:
         value = model_pb2.Stage.ValueType(enum_value(model_pb2.Stage, "STAGE_", to, "stage"))
         reply = call(
             stub.SetStage,
@@ -297,10 +336,15 @@ def delete(
     ref: Annotated[str, typer.Argument(help="name@version")],
     registry: RegistryOpt = "127.0.0.1:50051",
     admin_token: AdminTokenOpt = "",
+    tls_ca: TlsCaOpt = "",
+    tls_cert: TlsCertOpt = "",
+    tls_key: TlsKeyOpt = "",
+    tls_server_name: TlsServerNameOpt = "",
 ) -> None:
     """Delete a version (refused while a route uses it)."""
     name, _, version = ref.partition("@")
-    with cli_errors(), registry_stub(registry) as stub:
+    tls = client_tls(tls_ca, tls_cert, tls_key, tls_server_name)
+    with cli_errors(), registry_stub(registry, tls) as stub:
         reply = call(
             stub.DeleteModel,
             registry_pb2.DeleteModelRequest(name=name, version=version),

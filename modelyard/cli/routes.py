@@ -12,14 +12,23 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from modelyard.cli.models import (
+from modelyard.cli.connect import (
     AdminTokenOpt,
+    RegistryTokenOpt,
+    TlsCaOpt,
+    TlsCertOpt,
+    TlsKeyOpt,
+    TlsServerNameOpt,
+    client_tls,
+)
+from modelyard.cli.models import (
     FileOpt,
     JsonOpt,
     RegistryOpt,
     call,
     enum_value,
     load_message,
+    read_token,
     registry_stub,
     short,
 )
@@ -69,9 +78,14 @@ def put(
     registry: RegistryOpt = "127.0.0.1:50051",
     admin_token: AdminTokenOpt = "",
     json_out: JsonOpt = False,
+    tls_ca: TlsCaOpt = "",
+    tls_cert: TlsCertOpt = "",
+    tls_key: TlsKeyOpt = "",
+    tls_server_name: TlsServerNameOpt = "",
 ) -> None:
     """Create or replace a route."""
-    with cli_errors(), registry_stub(registry) as stub:
+    tls = client_tls(tls_ca, tls_cert, tls_key, tls_server_name)
+    with cli_errors(), registry_stub(registry, tls) as stub:
         route = load_message(file, model_pb2.Route())
         if name is not None:
             route.name = name
@@ -99,10 +113,24 @@ def put(
 
 
 @app.command("list")
-def list_routes(registry: RegistryOpt = "127.0.0.1:50051", json_out: JsonOpt = False) -> None:
+def list_routes(
+    registry: RegistryOpt = "127.0.0.1:50051",
+    json_out: JsonOpt = False,
+    registry_token: RegistryTokenOpt = "",
+    admin_token: AdminTokenOpt = "",
+    tls_ca: TlsCaOpt = "",
+    tls_cert: TlsCertOpt = "",
+    tls_key: TlsKeyOpt = "",
+    tls_server_name: TlsServerNameOpt = "",
+) -> None:
     """List routes."""
-    with cli_errors(), registry_stub(registry) as stub:
-        reply = call(stub.ListRoutes, registry_pb2.ListRoutesRequest())
+    tls = client_tls(tls_ca, tls_cert, tls_key, tls_server_name)
+    with cli_errors(), registry_stub(registry, tls) as stub:
+        reply = call(
+            stub.ListRoutes,
+            registry_pb2.ListRoutesRequest(),
+            read_token(registry_token, admin_token),
+        )
     if json_out:
         for route in reply.routes:
             console.print(to_json(route), highlight=False, soft_wrap=True)
@@ -124,10 +152,21 @@ def show(
     name: Annotated[str, typer.Argument(help="Route name.")],
     registry: RegistryOpt = "127.0.0.1:50051",
     json_out: JsonOpt = False,
+    registry_token: RegistryTokenOpt = "",
+    admin_token: AdminTokenOpt = "",
+    tls_ca: TlsCaOpt = "",
+    tls_cert: TlsCertOpt = "",
+    tls_key: TlsKeyOpt = "",
+    tls_server_name: TlsServerNameOpt = "",
 ) -> None:
     """Show one route."""
-    with cli_errors(), registry_stub(registry) as stub:
-        route = call(stub.GetRoute, registry_pb2.GetRouteRequest(name=name)).route
+    tls = client_tls(tls_ca, tls_cert, tls_key, tls_server_name)
+    with cli_errors(), registry_stub(registry, tls) as stub:
+        route = call(
+            stub.GetRoute,
+            registry_pb2.GetRouteRequest(name=name),
+            read_token(registry_token, admin_token),
+        ).route
     print_route(route, json_out)
 
 
@@ -136,9 +175,14 @@ def delete(
     name: Annotated[str, typer.Argument(help="Route name.")],
     registry: RegistryOpt = "127.0.0.1:50051",
     admin_token: AdminTokenOpt = "",
+    tls_ca: TlsCaOpt = "",
+    tls_cert: TlsCertOpt = "",
+    tls_key: TlsKeyOpt = "",
+    tls_server_name: TlsServerNameOpt = "",
 ) -> None:
     """Delete a route (refused while another route falls back to it)."""
-    with cli_errors(), registry_stub(registry) as stub:
+    tls = client_tls(tls_ca, tls_cert, tls_key, tls_server_name)
+    with cli_errors(), registry_stub(registry, tls) as stub:
         reply = call(stub.DeleteRoute, registry_pb2.DeleteRouteRequest(name=name), admin_token)
     console.print(f"deleted route {name} (revision {reply.revision})")
 

@@ -9,6 +9,15 @@ import typer
 from rich.table import Table
 
 from modelyard.auth import bearer_metadata
+from modelyard.cli.connect import (
+    ApiKeyOpt,
+    TlsCaOpt,
+    TlsCertOpt,
+    TlsKeyOpt,
+    TlsServerNameOpt,
+    client_tls,
+    open_channel,
+)
 from modelyard.cli.output import cli_errors, console, to_json
 from modelyard.errors import from_rpc_error
 from modelyard.v1 import router_pb2, router_pb2_grpc, worker_pb2
@@ -17,12 +26,6 @@ RouterOpt = Annotated[
     str, typer.Option("--router", envvar="MODELYARD_ROUTER", help="Router host:port.")
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="JSON instead of a table.")]
-ApiKeyOpt = Annotated[
-    str,
-    typer.Option(
-        "--api-key", envvar="MODELYARD_API_KEY", help="Router API key (sent as a bearer token)."
-    ),
-]
 
 _BREAKER = {
     router_pb2.BREAKER_STATE_CLOSED: "closed",
@@ -62,9 +65,14 @@ def stats(
     route: Annotated[str, typer.Option(help="Only this route's arms.")] = "",
     json: JsonOpt = False,
     api_key: ApiKeyOpt = "",
+    tls_ca: TlsCaOpt = "",
+    tls_cert: TlsCertOpt = "",
+    tls_key: TlsKeyOpt = "",
+    tls_server_name: TlsServerNameOpt = "",
 ) -> None:
     """Per-model and per-A/B-arm traffic, latency, cost and feedback since the router started."""
-    with cli_errors(), grpc.insecure_channel(router) as channel:
+    tls = client_tls(tls_ca, tls_cert, tls_key, tls_server_name)
+    with cli_errors(), open_channel(router, tls) as channel:
         try:
             reply = router_pb2_grpc.RouterServiceStub(channel).GetRoutingStats(
                 router_pb2.GetRoutingStatsRequest(model=model, route=route),
@@ -93,10 +101,17 @@ def stats(
 
 
 def workers(
-    router: RouterOpt = "127.0.0.1:50050", json: JsonOpt = False, api_key: ApiKeyOpt = ""
+    router: RouterOpt = "127.0.0.1:50050",
+    json: JsonOpt = False,
+    api_key: ApiKeyOpt = "",
+    tls_ca: TlsCaOpt = "",
+    tls_cert: TlsCertOpt = "",
+    tls_key: TlsKeyOpt = "",
+    tls_server_name: TlsServerNameOpt = "",
 ) -> None:
     """The router's workers: health, breaker, memory, queue and where models are warm."""
-    with cli_errors(), grpc.insecure_channel(router) as channel:
+    tls = client_tls(tls_ca, tls_cert, tls_key, tls_server_name)
+    with cli_errors(), open_channel(router, tls) as channel:
         try:
             reply = router_pb2_grpc.RouterServiceStub(channel).ListWorkers(
                 router_pb2.ListWorkersRequest(), timeout=10, metadata=bearer_metadata(api_key)

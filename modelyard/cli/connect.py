@@ -1,0 +1,149 @@
+"""How every CLI command reaches a service: TLS/mTLS options and the channel they make.
+
+Every command that dials a router, registry or worker takes the same options,
+`--tls-ca`, `--tls-cert`, `--tls-key` and `--tls-server-name` (or MODELYARD_TLS_CA_FILE,
+MODELYARD_TLS_CERT_FILE, MODELYARD_TLS_KEY_FILE, MODELYARD_TLS_SERVER_NAME), turned here
+into the client side of `modelyard.tls.TlsSettings`: the CA that verifies the service
+and, for mTLS, this caller's own certificate, whose identity the service checks against
+its role lists (docs/security.md). Without any of them the channel is plaintext, as the
+local mesh expects. The bearer tokens (`--api-key`, `--admin-token`, `--registry-token`,
+`--operator-token`) travel as `authorization: Bearer` metadata on each call.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated
+
+import grpc
+import typer
+
+from modelyard.client import Client
+from modelyard.tls import TlsSettings
+
+PANEL = "Security"
+
+TlsCaOpt = Annotated[
+    str,
+    typer.Option(
+        "--tls-ca",
+        envvar="MODELYARD_TLS_CA_FILE",
+        help="PEM CA bundle verifying the service's certificate; turns TLS on.",
+        show_default=False,
+        rich_help_panel=PANEL,
+    ),
+]
+TlsCertOpt = Annotated[
+    str,
+    typer.Option(
+        "--tls-cert",
+        envvar="MODELYARD_TLS_CERT_FILE",
+        help="PEM client certificate (mTLS): its identity is checked against the role "
+        "the call needs. Turns TLS on (system roots without --tls-ca).",
+        show_default=False,
+        rich_help_panel=PANEL,
+    ),
+]
+TlsKeyOpt = Annotated[
+    str,
+    typer.Option(
+        "--tls-key",
+        envvar="MODELYARD_TLS_KEY_FILE",
+        help="PEM private key of --tls-cert.",
+        show_default=False,
+        rich_help_panel=PANEL,
+    ),
+]
+TlsServerNameOpt = Annotated[
+    str,
+    typer.Option(
+        "--tls-server-name",
+        envvar="MODELYARD_TLS_SERVER_NAME",
+        help="Name to verify in the service's certificate instead of the dialled host.",
+        show_default=False,
+        rich_help_panel=PANEL,
+    ),
+]
+ApiKeyOpt = Annotated[
+    str,
+    typer.Option(
+        "--api-key",
+        envvar="MODELYARD_API_KEY",
+        help="Router API key (sent as a bearer token).",
+        show_default=False,
+        rich_help_panel=PANEL,
+    ),
+]
+AdminTokenOpt = Annotated[
+    str,
+    typer.Option(
+        "--admin-token",
+        envvar="MODELYARD_ADMIN_TOKEN",
+        help="The registry's admin token: needed for writes when it has one; reads with it "
+        "too when no --registry-token is given.",
+        show_default=False,
+        rich_help_panel=PANEL,
+    ),
+]
+RegistryTokenOpt = Annotated[
+    str,
+    typer.Option(
+        "--registry-token",
+        envvar="MODELYARD_REGISTRY_TOKEN",
+        help="A registry reader token (one of its MODELYARD_REGISTRY_READER_TOKENS), "
+        "for reads when the registry has readers.",
+        show_default=False,
+        rich_help_panel=PANEL,
+    ),
+]
+OperatorTokenOpt = Annotated[
+    str,
+    typer.Option(
+        "--operator-token",
+        envvar="MODELYARD_OPERATOR_TOKEN",
+        help="The worker operator's token (the worker's MODELYARD_WORKER_ADMIN_TOKEN), "
+        "needed to load and unload when it has one.",
+        show_default=False,
+        rich_help_panel=PANEL,
+    ),
+]
+
+
+def client_tls(ca: str = "", cert: str = "", key: str = "", server_name: str = "") -> TlsSettings:
+    """The caller's side of TLS from the command's options; a usage error (exit 2) for a
+    combination that would silently drop what was asked for (a certificate without its key
+    would dial without a client certificate)."""
+    if cert and not key:
+        raise typer.BadParameter("needs --tls-key, the certificate's key", param_hint="--tls-cert")
+    if key and not cert:
+        raise typer.BadParameter("needs --tls-cert, the key's certificate", param_hint="--tls-key")
+    if server_name and not (ca or cert):
+        raise typer.BadParameter(
+            "needs --tls-ca or --tls-cert (TLS is off)", param_hint=("--tls-server-name")
+        )
+    for flag, path in (("--tls-ca", ca), ("--tls-cert", cert), ("--tls-key", key)):
+        if path and not os.access(path, os.R_OK):
+            raise typer.BadParameter(f"{path} is not a readable file", param_hint=flag)
+    return TlsSettings(ca_file=ca, cert_file=cert, key_file=key, server_name=server_name)
+
+
+def open_channel(address: str, tls: TlsSettings) -> grpc.Channel:
+    """A blocking channel to `address`: TLS (presenting the client certificate when there
+    is one) as soon as `tls` has a CA or a certificate, else plaintext. The blocking twin
+    of `modelyard.tls.secure_or_insecure_channel`; use it as a context manager."""
+    if not tls.client_enabled:
+        return grpc.insecure_channel(address)
+    return grpc.secure_channel(address, tls.channel_credentials(), options=tls.channel_options())
+
+
+def router_client(address: str, tls: TlsSettings, *, api_key: str, timeout_s: float) -> Client:
+    """The SDK client on the same TLS settings (generate, chat)."""
+    return Client(
+        address,
+        timeout_s=timeout_s,
+        api_key=api_key,
+        tls_ca_file=tls.ca_file,
+        tls_cert_file=tls.cert_file,
+        tls_key_file=tls.key_file,
+        tls_server_name=tls.server_name,
+    )
