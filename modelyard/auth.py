@@ -151,7 +151,8 @@ class Rule:
 
     @property
     def enabled(self) -> bool:
-        return self.role.configured
+        # Tickets alone guard too: a worker configured only to verify them is not open.
+        return self.role.configured or self.tickets is not None
 
     def decide(
         self, action: str, token: str | None, peer: Sequence[str], ticket: str | None = None
@@ -164,6 +165,11 @@ class Rule:
                 return caller
         if self.tickets is not None and ticket is not None:
             return self.tickets.admit(action, ticket)
+        if not self.role.configured:  # only tickets guard this method
+            return Unauthenticated(
+                f"{action} needs a router-signed ticket (metadata '{TICKET_METADATA}')",
+                reason="CREDENTIALS_MISSING",
+            )
         return _refusal(action, self.role, token, peer)
 
 

@@ -185,3 +185,12 @@ async def test_a_worker_admits_one_generate_per_ticket(
     # The router's own key still works beside tickets.
     assert await generate(bearer_metadata("router-key")) == (grpc.StatusCode.OK, "")
     assert len(ran) == 2 and ran[0] == "r1:ticket:k1" and ran[1].startswith("r1:key-")
+
+
+def test_tickets_alone_guard_generate(tmp_path: Path) -> None:
+    _, entry = keypair(tmp_path, "k1")
+    gate = worker_gate(tickets=TicketVerifier.from_files([entry]))
+    # No router key configured, but the worker verifies tickets: it is not open.
+    error = gate.error_for(GENERATE, ())
+    assert error is not None and error.reason == "CREDENTIALS_MISSING"
+    assert TICKET_METADATA in error.message
