@@ -18,6 +18,7 @@ from worker.config import WorkerSettings
 from worker.counters import SequenceCounters
 from worker.engines.base import Engine, EngineRequest, Finished, FinishReason, Scheduled
 from worker.engines.llama_cpp import LlamaCppEngine
+from worker.engines.sim import SimEngine
 from worker.main import build_manager
 from worker.residency import ModelManager, ResidencyState
 from worker.residency.preload import read_preload
@@ -170,14 +171,28 @@ async def test_a_preloaded_model_without_a_version_is_refused_when_read(
 
 
 async def test_unload_after_the_grace_period_cancels_requests_in_flight(
-    manager: ModelManager, tiny_model: model_pb2.Model
+    settings: WorkerSettings, tmp_path: Path
 ) -> None:
-    await manager.load(tiny_model)
+    # The sim engine never ends on its own here (no end-of-sequence, 100k tokens): a random
+    # tiny model could say EOS just as the grace ran out and make the outcome a coin flip.
+    artifact = tmp_path / "sim.bin"
+    artifact.write_bytes(b"sim")
+    model = model_pb2.Model(
+        name="endless",
+        version="1",
+        artifact=model_pb2.Artifact(uri=artifact.as_uri(), sha256=sha256_file(artifact)),
+        engines=[common_pb2.ENGINE_SIM],
+        load_options=model_pb2.LoadOptions(
+            extra={"sim_eos_probability": "0", "sim_decode_ms_per_token": "1"}
+        ),
+    )
+    manager = build_manager(settings, engines={common_pb2.ENGINE_SIM: SimEngine})
+    await manager.load(model)
     finished: list[Finished] = []
     scheduled = asyncio.Event()
 
     async def generate() -> None:
-        async with manager.acquire(tiny_model) as lease:
+        async with manager.acquire(model) as lease:
             req = EngineRequest("long", prompt_token_ids=[5] * 8, max_tokens=100_000)
             async for event in lease.engine.generate(req):
                 if isinstance(event, Scheduled):
@@ -187,13 +202,12 @@ async def test_unload_after_the_grace_period_cancels_requests_in_flight(
 
     task = asyncio.ensure_future(generate())
     await scheduled.wait()
-    result = await manager.unload(model_key("tiny", "1"), grace_s=0.05)
+    result = await manager.unload(model_key("endless", "1"), grace_s=0.05)
     await task
 
-    assert result.cancelled_requests in (0, 1)  # 0 only if the random model said EOS first
-    if result.cancelled_requests:
-        assert finished[0].reason is FinishReason.CANCELLED
-    resident = manager.get(model_key("tiny", "1"))
+    assert result.cancelled_requests == 1
+    assert [f.reason for f in finished] == [FinishReason.CANCELLED]
+    resident = manager.get(model_key("endless", "1"))
     assert resident is not None and resident.state is ResidencyState.COLD
     assert resident.engine is None and resident.refcount == 0
 
