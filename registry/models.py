@@ -21,6 +21,7 @@ from modelyard.errors import AlreadyExists, FieldViolation, InvalidArgument, Not
 from modelyard.refs import check_name, check_version
 from modelyard.v1 import model_pb2
 from registry import convert
+from registry.model_bounds import bound_violations
 from registry.selectors import Op, Requirement, parse_label_selector
 from registry.tables import ModelLabelRow, ModelRow, ModelTagRow, RouteRow
 
@@ -90,6 +91,7 @@ def validated(model: model_pb2.Model) -> model_pb2.Model:
         )
     if model.stage not in STAGES:
         violations.append(FieldViolation("model.stage", f"unknown stage {model.stage}"))
+    violations += bound_violations(model)
     violations += _artifact_and_option_violations(model)
     if model.load_options.draft_model:
         try:
