@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from urllib.parse import unquote, urlparse
+from urllib.parse import unquote, urlparse, urlsplit, urlunsplit
 
 from modelyard.errors import InvalidArgument
 
@@ -81,3 +81,10 @@ def _safe_name(name: str) -> str:
 
 def _bad(uri: str, why: str) -> InvalidArgument:
     return InvalidArgument.for_field("artifact.uri", f"{uri!r}: {why}")
+
+
+def without_query(uri: str) -> str:
+    """Scheme, host and path of `uri`, for logs and spans: a presigned URL's query (and any
+    user:password@) is a credential."""
+    parts = urlsplit(uri)
+    return urlunsplit((parts.scheme, parts.hostname or "", parts.path, "", ""))

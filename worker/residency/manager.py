@@ -38,7 +38,9 @@ from modelyard.errors import FailedPrecondition, ModelyardError, NotFound, Unava
 from modelyard.refs import ModelKey, key_of
 from modelyard.v1 import common_pb2, model_pb2
 from worker.admission import RequestQueue, within
+from worker.artifacts.uri import without_query
 from worker.counters import ChangeNotifier, SequenceCounters
+from worker.residency.backoff import backoff_refusal, note_failure, note_success
 from worker.residency.engine_choice import EngineKind, pick_engine
 from worker.residency.eviction import Evict, Holder, plan_eviction, refusal
 from worker.residency.keep_alive import KeepAlive
@@ -220,6 +222,9 @@ class ModelManager:
         state = r.state if r is not None else ResidencyState.COLD
         if state in (ResidencyState.WARM, ResidencyState.LOADING):
             return
+        if load_if_cold and (refusal := backoff_refusal(key, r)) is not None:
+            self.stats.rejected[key, "load_backoff"] += 1
+            raise refusal
         if load_if_cold and self.settings.load_on_demand:
             return
         detail = f": its last load failed: {r.error}" if r is not None and r.error else ""
@@ -269,7 +274,8 @@ class ModelManager:
         attributes = {
             "gen_ai.request.model": r.key,
             "modelyard.engine": common_pb2.Engine.Name(kind),
-            "modelyard.artifact.uri": r.model.artifact.uri,
+            # Scheme, host and path only: a presigned URL's query is a credential.
+            "modelyard.artifact.uri": without_query(r.model.artifact.uri),
         }
         started = time.monotonic()
         with tracer.start_as_current_span("worker.model_load", attributes=attributes):
@@ -285,6 +291,7 @@ class ModelManager:
         r.memory_bytes = max(opened.measured_bytes, r.estimated_bytes)
         r.load_ms = (time.monotonic() - started) * 1000
         r.loads += 1
+        note_success(r)
         self.stats.loads["loaded"] += 1
         self.stats.durations.observe(r.load_ms / 1000)
         r.state, r.last_used = ResidencyState.WARM, time.time()
@@ -306,6 +313,7 @@ class ModelManager:
         self.stats.durations.observe(seconds)
         r.state, r.memory_bytes = ResidencyState.FAILED, 0
         r.error = err.message if isinstance(err, ModelyardError) else repr(err)
+        note_failure(r, err)
         log.warning("loading %s failed: %s", r.key, r.error)
         r.queue.fail_waiting(err if isinstance(err, ModelyardError) else Unavailable(r.error))
         self.notifier.notify()

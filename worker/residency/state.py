@@ -52,6 +52,9 @@ class Resident:
     memory_bytes: int = 0  # measured after load; the estimate while loading
     load_ms: float = 0.0
     loads: int = 0
+    # Consecutive failed loads, and when (monotonic) an on-demand load may try again.
+    failures: int = 0
+    retry_at: float = 0.0
     load_task: asyncio.Future[None] | None = None
     unload_task: asyncio.Future[UnloadResult] | None = None
     idle_timer: asyncio.TimerHandle | None = None
