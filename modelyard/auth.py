@@ -24,6 +24,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
+from modelyard.bearer import Metadata, bearer_token, metadata_value
 from modelyard.errors import (
     InvalidArgument,
     ModelyardError,
@@ -33,12 +34,8 @@ from modelyard.errors import (
 )
 from modelyard.tickets import TICKET_METADATA, Claims, TicketVerifier
 
-AUTHORIZATION = "authorization"
-_BEARER = "bearer "
 # gRPC's auth context lists every subject alternative name of the peer's certificate here.
 _SAN_PROPERTY = "x509_subject_alternative_name"
-
-Metadata = Iterable[tuple[str, str | bytes]]
 
 
 def named_keys(entries: Iterable[str]) -> dict[str, str]:
@@ -205,25 +202,6 @@ def method_name(full_service_name: str, method: str) -> str:
     return f"/{full_service_name}/{method}"
 
 
-def metadata_value(metadata: Metadata | None, name: str) -> str | None:
-    """The first value of `name` (lower case) in call metadata, or None."""
-    for key, value in metadata or ():
-        if key.lower() == name:
-            return value.decode(errors="replace") if isinstance(value, bytes) else value
-    return None
-
-
-def bearer_token(metadata: Metadata | None) -> str | None:
-    """The token of an `authorization: Bearer <token>` entry, or None."""
-    for key, value in metadata or ():
-        if key.lower() != AUTHORIZATION:
-            continue
-        text = value.decode(errors="replace") if isinstance(value, bytes) else value
-        if text[: len(_BEARER)].lower() == _BEARER and text[len(_BEARER) :].strip():
-            return text[len(_BEARER) :].strip()
-    return None
-
-
 def peer_identities(context: grpc.aio.ServicerContext[Any, Any]) -> tuple[str, ...]:
     """The SAN values of the verified client certificate (empty without mTLS)."""
     values = context.auth_context().get(_SAN_PROPERTY, [])
@@ -357,47 +335,3 @@ def _client_streams_refused(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHan
     if handler.stream_unary is not None:
         return grpc.stream_unary_rpc_method_handler(refuse, _as_is, ser)
     return grpc.stream_stream_rpc_method_handler(refuse, _as_is, ser)
-
-
-# -- client side ---------------------------------------------------------------------------
-
-
-def bearer_metadata(token: str) -> tuple[tuple[str, str], ...]:
-    """Call metadata carrying `token` (nothing when it is empty)."""
-    return ((AUTHORIZATION, f"Bearer {token}"),) if token else ()
-
-
-class _BearerDetails:
-    def __init__(self, token: str) -> None:
-        self._entry = (AUTHORIZATION, f"Bearer {token}")
-
-    def _details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
-        metadata = grpc.aio.Metadata(*(details.metadata or ()))
-        metadata.add(*self._entry)
-        return grpc.aio.ClientCallDetails(
-            details.method,
-            details.timeout,
-            metadata,
-            details.credentials,
-            details.wait_for_ready,
-        )
-
-
-class _UnaryUnaryBearer(_BearerDetails, grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
-    async def intercept_unary_unary(
-        self, continuation: Any, client_call_details: grpc.aio.ClientCallDetails, request: Any
-    ) -> Any:
-        return await continuation(self._details(client_call_details), request)
-
-
-class _UnaryStreamBearer(_BearerDetails, grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
-    async def intercept_unary_stream(
-        self, continuation: Any, client_call_details: grpc.aio.ClientCallDetails, request: Any
-    ) -> Any:
-        return await continuation(self._details(client_call_details), request)
-
-
-def bearer_interceptors(token: str) -> list[Any]:
-    """Channel interceptors adding `authorization: Bearer <token>` to every unary and
-    server-streaming call (grpc.aio files an interceptor under one kind only: one each)."""
-    return [_UnaryUnaryBearer(token), _UnaryStreamBearer(token)] if token else []

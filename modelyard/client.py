@@ -22,7 +22,7 @@ from typing import Any, Self
 
 import grpc
 
-from modelyard.auth import bearer_metadata
+from modelyard.bearer import bearer_metadata
 from modelyard.errors import from_rpc_error
 from modelyard.v1 import common_pb2, router_pb2, router_pb2_grpc
 

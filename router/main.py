@@ -11,7 +11,7 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import cast
 
-from modelyard.auth import bearer_interceptors
+from modelyard.bearer import bearer_interceptors
 from modelyard.discovery import ROUTER_SERVICE
 from modelyard.discovery.consul import register_service
 from modelyard.discovery.settings import DiscoverySettings

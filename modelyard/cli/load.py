@@ -31,7 +31,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from modelyard.auth import bearer_metadata
+from modelyard.bearer import bearer_metadata
 from modelyard.cli.connect import (
     AdminTokenOpt,
     OperatorTokenOpt,

@@ -8,7 +8,7 @@ import grpc
 import typer
 from rich.table import Table
 
-from modelyard.auth import bearer_metadata
+from modelyard.bearer import bearer_metadata
 from modelyard.cli.connect import (
     ApiKeyOpt,
     TlsCaOpt,

@@ -26,7 +26,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from modelyard.auth import Caller, bearer_token, enter_caller
+from modelyard.auth import Caller, enter_caller
+from modelyard.bearer import bearer_token
 from modelyard.errors import ModelyardError, Unauthenticated
 from modelyard.refs import key_of
 from modelyard.v1 import common_pb2, router_pb2

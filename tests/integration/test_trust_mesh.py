@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
-from modelyard.auth import bearer_metadata
+from modelyard.bearer import bearer_metadata
 from modelyard.bundled import smollm2_model
 from modelyard.client import Client
 from modelyard.errors import PermissionDenied, Unauthenticated

@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
-from modelyard.auth import bearer_interceptors
+from modelyard.bearer import bearer_interceptors
 from modelyard.telemetry import client_interceptors
 from modelyard.tls import secure_or_insecure_channel
 from modelyard.v1 import registry_pb2_grpc

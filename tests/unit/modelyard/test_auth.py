@@ -9,16 +9,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from modelyard.auth import (
-    AccessGate,
-    Role,
-    Rule,
-    bearer_interceptors,
-    bearer_metadata,
-    bearer_token,
-    method_name,
-    service_prefix,
-)
+from modelyard.auth import AccessGate, Role, Rule, method_name, service_prefix
+from modelyard.bearer import bearer_interceptors, bearer_metadata, bearer_token
 from modelyard.errors import from_rpc_error
 from modelyard.server import start_server
 

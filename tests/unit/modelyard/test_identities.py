@@ -12,7 +12,8 @@ from typing import Any
 import grpc
 import pytest
 
-from modelyard.auth import AccessGate, bearer_metadata, current_caller, method_name
+from modelyard.auth import AccessGate, current_caller, method_name
+from modelyard.bearer import bearer_metadata
 from modelyard.server import start_server
 from modelyard.tls import TlsSettings, secure_or_insecure_channel
 from registry.auth import SERVICE_NAME as REGISTRY

@@ -15,7 +15,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from modelyard.auth import bearer_metadata, current_caller
+from modelyard.auth import current_caller
+from modelyard.bearer import bearer_metadata
 from modelyard.errors import ModelyardError, from_rpc_error
 from modelyard.server import start_server
 from modelyard.tickets import TICKET_METADATA, TicketSigner, TicketVerifier

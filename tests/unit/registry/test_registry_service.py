@@ -14,7 +14,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from modelyard.auth import bearer_metadata
+from modelyard.bearer import bearer_metadata
 from modelyard.errors import from_rpc_error
 from modelyard.server import start_server
 from modelyard.v1 import model_pb2, registry_pb2, registry_pb2_grpc

@@ -13,7 +13,7 @@ import asyncio
 import grpc
 import pytest
 
-from modelyard.auth import bearer_metadata
+from modelyard.bearer import bearer_metadata
 from modelyard.errors import from_rpc_error
 from modelyard.v1 import common_pb2, router_pb2
 from tests.unit.router.doubles import (

@@ -7,7 +7,7 @@ from typing import Any
 import grpc
 import pytest
 
-from modelyard.auth import bearer_metadata
+from modelyard.bearer import bearer_metadata
 from modelyard.v1 import router_pb2, router_pb2_grpc
 from router.auth import router_gate
 from router.config import RouterSettings

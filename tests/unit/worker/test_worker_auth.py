@@ -8,7 +8,7 @@ from typing import Any
 import grpc
 import pytest
 
-from modelyard.auth import bearer_metadata
+from modelyard.bearer import bearer_metadata
 from modelyard.v1 import worker_pb2, worker_pb2_grpc
 from worker.config import WorkerSettings
 from worker.main import RunningWorker, start_worker

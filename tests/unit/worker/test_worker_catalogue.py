@@ -17,7 +17,7 @@ from typing import Any
 import grpc
 import pytest
 
-from modelyard.auth import bearer_metadata
+from modelyard.bearer import bearer_metadata
 from modelyard.refs import model_key
 from modelyard.server import RunningServer, start_server
 from modelyard.v1 import common_pb2, model_pb2, worker_pb2, worker_pb2_grpc

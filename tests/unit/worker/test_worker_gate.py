@@ -9,7 +9,7 @@ from typing import Any
 import grpc
 import pytest
 
-from modelyard.auth import bearer_interceptors, bearer_metadata
+from modelyard.bearer import bearer_interceptors, bearer_metadata
 from modelyard.v1 import worker_pb2, worker_pb2_grpc
 from tests.grpc_kit import health_code, reason, serve_with
 from worker.auth import worker_gate
