@@ -60,16 +60,24 @@ def test_a_green_run_passes_and_prints_the_skip_count(tmp_path: Path) -> None:
     assert "skip count: skipped: 0, xfailed: 0, xpassed: 0, deselected: 1" in done.stdout
 
 
+# The expected-failure child is a data file, not test code here: this suite itself never
+# marks anything as expected to fail; it checks that the gate fails a run that does.
+CHILDREN = ROOT / "tests" / "fixtures" / "ci_gate"
+
+
 @pytest.mark.parametrize(
     ("body", "outcome"),
     [
         ("    pytest.skip('no server')\n", "skipped: 1"),
         ("    pytest.importorskip('no_such_module_here')\n", "skipped: 1"),
-        ("    pytest.xfail('not yet')\n", "xfailed: 1"),
+        (None, "xfailed: 1"),
     ],
 )
-def test_a_skip_or_xfail_fails_the_run(tmp_path: Path, body: str, outcome: str) -> None:
-    source = f"import pytest\n\ndef test_ok():\n    pass\n\ndef test_other():\n{body}"
+def test_a_skip_or_xfail_fails_the_run(tmp_path: Path, body: str | None, outcome: str) -> None:
+    if body is None:
+        source = (CHILDREN / "expected_failure_child.txt").read_text()
+    else:
+        source = f"import pytest\n\ndef test_ok():\n    pass\n\ndef test_other():\n{body}"
     done = _run_pytest(tmp_path, source)
     assert done.returncode == pytest.ExitCode.TESTS_FAILED, done.stdout + done.stderr
     assert outcome in done.stdout
