@@ -165,6 +165,7 @@ class ConsulAgentStandIn:
         # Every read of /v1/health/service/* and /v1/catalog/services, in arrival order.
         self.reads: list[BlockingRead] = []
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.restarted_at_index = 0  # the index a restart started the agent from
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
         self._changed: asyncio.Condition | None = None
@@ -212,6 +213,7 @@ class ConsulAgentStandIn:
         self.stop()
         if forget:
             self.state = _State()
+        self.restarted_at_index = self.state.index
         self.start()
 
     def __enter__(self) -> ConsulAgentStandIn:
