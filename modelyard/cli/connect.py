@@ -12,8 +12,11 @@ local mesh expects. The bearer tokens (`--api-key`, `--admin-token`, `--registry
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
 
 import grpc
 import typer
@@ -22,6 +25,7 @@ from modelyard.client import Client
 from modelyard.tls import TlsSettings
 
 PANEL = "Security"
+R = TypeVar("R")
 
 TlsCaOpt = Annotated[
     str,
@@ -125,6 +129,44 @@ def client_tls(ca: str = "", cert: str = "", key: str = "", server_name: str = "
         if path and not os.access(path, os.R_OK):
             raise typer.BadParameter(f"{path} is not a readable file", param_hint=flag)
     return TlsSettings(ca_file=ca, cert_file=cert, key_file=key, server_name=server_name)
+
+
+PLAINTEXT = TlsSettings()  # what a command's `tls` holds when no TLS option is given
+
+_TLS_OPTIONS: dict[str, Any] = {
+    "tls_ca": TlsCaOpt,
+    "tls_cert": TlsCertOpt,
+    "tls_key": TlsKeyOpt,
+    "tls_server_name": TlsServerNameOpt,
+}
+
+
+def tls_options(command: Callable[..., R]) -> Callable[..., R]:
+    """Give a command the four TLS options; it receives them checked, as `tls`.
+
+    Typer reads a command's parameters from its signature, so the wrapper shows the
+    command's own parameters without `tls`, followed by the four options (they stay
+    after the subcommand: `modelyard models list --tls-ca ca.pem`).
+    """
+    signature = inspect.signature(command, eval_str=True)
+    own = [p for name, p in signature.parameters.items() if name != "tls"]
+    added = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default="", annotation=hint)
+        for name, hint in _TLS_OPTIONS.items()
+    ]
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> R:
+        tls = client_tls(*(kwargs.pop(name) for name in _TLS_OPTIONS))
+        return command(*args, tls=tls, **kwargs)
+
+    wrapper.__signature__ = signature.replace(parameters=[*own, *added])  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {
+        **{p.name: p.annotation for p in own},
+        **_TLS_OPTIONS,
+        "return": signature.return_annotation,
+    }
+    return wrapper
 
 
 def open_channel(address: str, tls: TlsSettings) -> grpc.Channel:

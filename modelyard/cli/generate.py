@@ -7,16 +7,14 @@ from typing import Annotated
 import typer
 
 from modelyard.cli.connect import (
+    PLAINTEXT,
     ApiKeyOpt,
-    TlsCaOpt,
-    TlsCertOpt,
-    TlsKeyOpt,
-    TlsServerNameOpt,
-    client_tls,
     router_client,
+    tls_options,
 )
 from modelyard.cli.output import cli_errors, console, err_console, to_json
 from modelyard.client import DEFAULT_ADDRESS, GenerationStream
+from modelyard.tls import TlsSettings
 from modelyard.v1 import common_pb2
 
 RouterOpt = Annotated[
@@ -36,6 +34,7 @@ SeedOpt = Annotated[int | None, typer.Option(help="Random seed for reproducible 
 TimeoutOpt = Annotated[float, typer.Option(help="Deadline for the whole call, in seconds.")]
 
 
+@tls_options
 def generate(
     prompt: Annotated[str, typer.Argument(help="The prompt.")],
     model: ModelOpt = "auto",
@@ -59,10 +58,7 @@ def generate(
     ] = False,
     timeout: TimeoutOpt = 300.0,
     api_key: ApiKeyOpt = "",
-    tls_ca: TlsCaOpt = "",
-    tls_cert: TlsCertOpt = "",
-    tls_key: TlsKeyOpt = "",
-    tls_server_name: TlsServerNameOpt = "",
+    tls: TlsSettings = PLAINTEXT,
 ) -> None:
     """Stream one generation to the terminal as tokens arrive."""
     messages: list[common_pb2.ChatMessage] = []
@@ -70,7 +66,6 @@ def generate(
         if system:
             messages.append(common_pb2.ChatMessage(role="system", content=system))
         messages.append(common_pb2.ChatMessage(role="user", content=prompt))
-    tls = client_tls(tls_ca, tls_cert, tls_key, tls_server_name)
     with cli_errors(), router_client(router, tls, api_key=api_key, timeout_s=timeout) as client:
         stream = client.generate(
             model=model,
@@ -113,6 +108,7 @@ def print_stream(stream: GenerationStream) -> None:
         )
 
 
+@tls_options
 def chat(
     model: ModelOpt = "auto",
     router: RouterOpt = DEFAULT_ADDRESS,
@@ -122,16 +118,12 @@ def chat(
     seed: SeedOpt = None,
     timeout: TimeoutOpt = 300.0,
     api_key: ApiKeyOpt = "",
-    tls_ca: TlsCaOpt = "",
-    tls_cert: TlsCertOpt = "",
-    tls_key: TlsKeyOpt = "",
-    tls_server_name: TlsServerNameOpt = "",
+    tls: TlsSettings = PLAINTEXT,
 ) -> None:
     """A multi-turn chat session. /reset forgets the history, /exit (or Ctrl-D) leaves."""
     history: list[common_pb2.ChatMessage] = []
     if system:
         history.append(common_pb2.ChatMessage(role="system", content=system))
-    tls = client_tls(tls_ca, tls_cert, tls_key, tls_server_name)
     with cli_errors(), router_client(router, tls, api_key=api_key, timeout_s=timeout) as client:
         while True:
             try:

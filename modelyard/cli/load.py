@@ -33,15 +33,12 @@ from rich.progress import (
 
 from modelyard.bearer import bearer_metadata
 from modelyard.cli.connect import (
+    PLAINTEXT,
     AdminTokenOpt,
     OperatorTokenOpt,
     RegistryTokenOpt,
-    TlsCaOpt,
-    TlsCertOpt,
-    TlsKeyOpt,
-    TlsServerNameOpt,
-    client_tls,
     open_channel,
+    tls_options,
 )
 from modelyard.cli.models import RegistryOpt, call, enum_value, read_token, registry_stub
 from modelyard.cli.output import cli_errors, console
@@ -150,6 +147,7 @@ def _follow(
         pass  # cancelled once the load returned, or the worker went away: LoadModel says which
 
 
+@tls_options
 def load(
     ref: Annotated[str, typer.Argument(help="name or name@version (bare: newest production).")],
     worker: WorkerOpt = "127.0.0.1:50052",
@@ -165,14 +163,10 @@ def load(
     operator_token: OperatorTokenOpt = "",
     registry_token: RegistryTokenOpt = "",
     admin_token: AdminTokenOpt = "",
-    tls_ca: TlsCaOpt = "",
-    tls_cert: TlsCertOpt = "",
-    tls_key: TlsKeyOpt = "",
-    tls_server_name: TlsServerNameOpt = "",
+    tls: TlsSettings = PLAINTEXT,
 ) -> None:
     """Load a registered model on a worker, showing download and load progress."""
     name, _, version = ref.partition("@")
-    tls = client_tls(tls_ca, tls_cert, tls_key, tls_server_name)
     with cli_errors():
         if not version:  # the newest production version: the registry knows which
             with registry_stub(registry, tls) as stub:
@@ -205,6 +199,7 @@ def load(
         console.print(f"[bold]{ref}[/bold] was already warm on {worker} ({engine_name}, {memory})")
 
 
+@tls_options
 def unload(
     ref: Annotated[str, typer.Argument(help="name@version, or a name loaded once on the worker.")],
     worker: WorkerOpt = "127.0.0.1:50052",
@@ -212,14 +207,10 @@ def unload(
         float, typer.Option(help="Seconds in-flight requests may finish before cancelled.")
     ] = 30.0,
     operator_token: OperatorTokenOpt = "",
-    tls_ca: TlsCaOpt = "",
-    tls_cert: TlsCertOpt = "",
-    tls_key: TlsKeyOpt = "",
-    tls_server_name: TlsServerNameOpt = "",
+    tls: TlsSettings = PLAINTEXT,
 ) -> None:
     """Drain and unload a model from a worker."""
     name, _, version = ref.partition("@")
-    tls = client_tls(tls_ca, tls_cert, tls_key, tls_server_name)
     with cli_errors(), open_channel(worker, tls) as channel:
         stub = worker_pb2_grpc.WorkerServiceStub(channel)
         if not version:

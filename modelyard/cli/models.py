@@ -23,14 +23,11 @@ from google.protobuf.message import Message
 from rich.table import Table
 
 from modelyard.cli.connect import (
+    PLAINTEXT,
     AdminTokenOpt,
     RegistryTokenOpt,
-    TlsCaOpt,
-    TlsCertOpt,
-    TlsKeyOpt,
-    TlsServerNameOpt,
-    client_tls,
     open_channel,
+    tls_options,
 )
 from modelyard.cli.output import cli_errors, console, to_json
 from modelyard.errors import InvalidArgument, from_rpc_error
@@ -120,6 +117,7 @@ def parse_labels(pairs: list[str]) -> dict[str, str]:
 
 
 @app.command("list")
+@tls_options
 def list_models(
     registry: RegistryOpt = "127.0.0.1:50051",
     name: Annotated[str, typer.Option(help="Only versions of this model.")] = "",
@@ -131,14 +129,10 @@ def list_models(
     json_out: Annotated[bool, typer.Option("--json", help="One JSON object per model.")] = False,
     registry_token: RegistryTokenOpt = "",
     admin_token: AdminTokenOpt = "",
-    tls_ca: TlsCaOpt = "",
-    tls_cert: TlsCertOpt = "",
-    tls_key: TlsKeyOpt = "",
-    tls_server_name: TlsServerNameOpt = "",
+    tls: TlsSettings = PLAINTEXT,
 ) -> None:
     """List registered model versions."""
     models: list[model_pb2.Model] = []
-    tls = client_tls(tls_ca, tls_cert, tls_key, tls_server_name)
     with cli_errors(), registry_stub(registry, tls) as stub:
         stage_value = enum_value(model_pb2.Stage, "STAGE_", stage, "--stage") if stage else 0
         token = ""
@@ -178,20 +172,17 @@ def list_models(
 
 
 @app.command("show")
+@tls_options
 def show(
     ref: Annotated[str, typer.Argument(help="name or name@version (bare: newest production).")],
     registry: RegistryOpt = "127.0.0.1:50051",
     json_out: JsonOpt = False,
     registry_token: RegistryTokenOpt = "",
     admin_token: AdminTokenOpt = "",
-    tls_ca: TlsCaOpt = "",
-    tls_cert: TlsCertOpt = "",
-    tls_key: TlsKeyOpt = "",
-    tls_server_name: TlsServerNameOpt = "",
+    tls: TlsSettings = PLAINTEXT,
 ) -> None:
     """Show one model version."""
     name, _, version = ref.partition("@")
-    tls = client_tls(tls_ca, tls_cert, tls_key, tls_server_name)
     with cli_errors(), registry_stub(registry, tls) as stub:
         model = call(
             stub.GetModel,
@@ -248,6 +239,7 @@ def _set_enums(
 
 
 @app.command("register")
+@tls_options
 def register(
     file: FileOpt = None,
     name: Annotated[str | None, typer.Option(help="Model name.")] = None,
@@ -266,13 +258,9 @@ def register(
     registry: RegistryOpt = "127.0.0.1:50051",
     admin_token: AdminTokenOpt = "",
     json_out: JsonOpt = False,
-    tls_ca: TlsCaOpt = "",
-    tls_cert: TlsCertOpt = "",
-    tls_key: TlsKeyOpt = "",
-    tls_server_name: TlsServerNameOpt = "",
+    tls: TlsSettings = PLAINTEXT,
 ) -> None:
     """Register a model version (idempotent: the same content again changes nothing)."""
-    tls = client_tls(tls_ca, tls_cert, tls_key, tls_server_name)
     with cli_errors(), registry_stub(registry, tls) as stub:
         model = load_message(file, model_pb2.Model())
         _set_scalars(
@@ -304,20 +292,17 @@ def register(
 
 
 @app.command("stage")
+@tls_options
 def stage(
     ref: Annotated[str, typer.Argument(help="name@version")],
     to: Annotated[str, typer.Argument(help="staging, production or archived.")],
     registry: RegistryOpt = "127.0.0.1:50051",
     admin_token: AdminTokenOpt = "",
     json_out: JsonOpt = False,
-    tls_ca: TlsCaOpt = "",
-    tls_cert: TlsCertOpt = "",
-    tls_key: TlsKeyOpt = "",
-    tls_server_name: TlsServerNameOpt = "",
+    tls: TlsSettings = PLAINTEXT,
 ) -> None:
     """Move a version to another stage."""
     name, _, version = ref.partition("@")
-    tls = client_tls(tls_ca, tls_cert, tls_key, tls_server_name)
     with cli_errors(), registry_stub(registry, tls) as stub:
         value = model_pb2.Stage.ValueType(enum_value(model_pb2.Stage, "STAGE_", to, "stage"))
         reply = call(
@@ -332,18 +317,15 @@ def stage(
 
 
 @app.command("delete")
+@tls_options
 def delete(
     ref: Annotated[str, typer.Argument(help="name@version")],
     registry: RegistryOpt = "127.0.0.1:50051",
     admin_token: AdminTokenOpt = "",
-    tls_ca: TlsCaOpt = "",
-    tls_cert: TlsCertOpt = "",
-    tls_key: TlsKeyOpt = "",
-    tls_server_name: TlsServerNameOpt = "",
+    tls: TlsSettings = PLAINTEXT,
 ) -> None:
     """Delete a version (refused while a route uses it)."""
     name, _, version = ref.partition("@")
-    tls = client_tls(tls_ca, tls_cert, tls_key, tls_server_name)
     with cli_errors(), registry_stub(registry, tls) as stub:
         reply = call(
             stub.DeleteModel,

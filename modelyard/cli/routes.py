@@ -13,13 +13,10 @@ import typer
 from rich.table import Table
 
 from modelyard.cli.connect import (
+    PLAINTEXT,
     AdminTokenOpt,
     RegistryTokenOpt,
-    TlsCaOpt,
-    TlsCertOpt,
-    TlsKeyOpt,
-    TlsServerNameOpt,
-    client_tls,
+    tls_options,
 )
 from modelyard.cli.models import (
     FileOpt,
@@ -34,6 +31,7 @@ from modelyard.cli.models import (
 )
 from modelyard.cli.output import cli_errors, console, to_json
 from modelyard.errors import InvalidArgument
+from modelyard.tls import TlsSettings
 from modelyard.v1 import common_pb2, model_pb2, registry_pb2
 
 app = typer.Typer(help="Routes: A/B arms, stickiness and fallbacks over models.")
@@ -52,6 +50,7 @@ def parse_arm(text: str) -> model_pb2.RouteArm:
 
 
 @app.command("put")
+@tls_options
 def put(
     file: FileOpt = None,
     name: Annotated[str | None, typer.Option(help="Route name (not a model's name).")] = None,
@@ -78,13 +77,9 @@ def put(
     registry: RegistryOpt = "127.0.0.1:50051",
     admin_token: AdminTokenOpt = "",
     json_out: JsonOpt = False,
-    tls_ca: TlsCaOpt = "",
-    tls_cert: TlsCertOpt = "",
-    tls_key: TlsKeyOpt = "",
-    tls_server_name: TlsServerNameOpt = "",
+    tls: TlsSettings = PLAINTEXT,
 ) -> None:
     """Create or replace a route."""
-    tls = client_tls(tls_ca, tls_cert, tls_key, tls_server_name)
     with cli_errors(), registry_stub(registry, tls) as stub:
         route = load_message(file, model_pb2.Route())
         if name is not None:
@@ -113,18 +108,15 @@ def put(
 
 
 @app.command("list")
+@tls_options
 def list_routes(
     registry: RegistryOpt = "127.0.0.1:50051",
     json_out: JsonOpt = False,
     registry_token: RegistryTokenOpt = "",
     admin_token: AdminTokenOpt = "",
-    tls_ca: TlsCaOpt = "",
-    tls_cert: TlsCertOpt = "",
-    tls_key: TlsKeyOpt = "",
-    tls_server_name: TlsServerNameOpt = "",
+    tls: TlsSettings = PLAINTEXT,
 ) -> None:
     """List routes."""
-    tls = client_tls(tls_ca, tls_cert, tls_key, tls_server_name)
     with cli_errors(), registry_stub(registry, tls) as stub:
         reply = call(
             stub.ListRoutes,
@@ -148,19 +140,16 @@ def list_routes(
 
 
 @app.command("show")
+@tls_options
 def show(
     name: Annotated[str, typer.Argument(help="Route name.")],
     registry: RegistryOpt = "127.0.0.1:50051",
     json_out: JsonOpt = False,
     registry_token: RegistryTokenOpt = "",
     admin_token: AdminTokenOpt = "",
-    tls_ca: TlsCaOpt = "",
-    tls_cert: TlsCertOpt = "",
-    tls_key: TlsKeyOpt = "",
-    tls_server_name: TlsServerNameOpt = "",
+    tls: TlsSettings = PLAINTEXT,
 ) -> None:
     """Show one route."""
-    tls = client_tls(tls_ca, tls_cert, tls_key, tls_server_name)
     with cli_errors(), registry_stub(registry, tls) as stub:
         route = call(
             stub.GetRoute,
@@ -171,17 +160,14 @@ def show(
 
 
 @app.command("delete")
+@tls_options
 def delete(
     name: Annotated[str, typer.Argument(help="Route name.")],
     registry: RegistryOpt = "127.0.0.1:50051",
     admin_token: AdminTokenOpt = "",
-    tls_ca: TlsCaOpt = "",
-    tls_cert: TlsCertOpt = "",
-    tls_key: TlsKeyOpt = "",
-    tls_server_name: TlsServerNameOpt = "",
+    tls: TlsSettings = PLAINTEXT,
 ) -> None:
     """Delete a route (refused while another route falls back to it)."""
-    tls = client_tls(tls_ca, tls_cert, tls_key, tls_server_name)
     with cli_errors(), registry_stub(registry, tls) as stub:
         reply = call(stub.DeleteRoute, registry_pb2.DeleteRouteRequest(name=name), admin_token)
     console.print(f"deleted route {name} (revision {reply.revision})")

@@ -10,16 +10,14 @@ from rich.table import Table
 
 from modelyard.bearer import bearer_metadata
 from modelyard.cli.connect import (
+    PLAINTEXT,
     ApiKeyOpt,
-    TlsCaOpt,
-    TlsCertOpt,
-    TlsKeyOpt,
-    TlsServerNameOpt,
-    client_tls,
     open_channel,
+    tls_options,
 )
 from modelyard.cli.output import cli_errors, console, to_json
 from modelyard.errors import from_rpc_error
+from modelyard.tls import TlsSettings
 from modelyard.v1 import router_pb2, router_pb2_grpc, worker_pb2
 
 RouterOpt = Annotated[
@@ -59,19 +57,16 @@ def _traffic_cells(t: router_pb2.TrafficStats) -> list[str]:
     ]
 
 
+@tls_options
 def stats(
     router: RouterOpt = "127.0.0.1:50050",
     model: Annotated[str, typer.Option(help="Only this model (name or name@version).")] = "",
     route: Annotated[str, typer.Option(help="Only this route's arms.")] = "",
     json: JsonOpt = False,
     api_key: ApiKeyOpt = "",
-    tls_ca: TlsCaOpt = "",
-    tls_cert: TlsCertOpt = "",
-    tls_key: TlsKeyOpt = "",
-    tls_server_name: TlsServerNameOpt = "",
+    tls: TlsSettings = PLAINTEXT,
 ) -> None:
     """Per-model and per-A/B-arm traffic, latency, cost and feedback since the router started."""
-    tls = client_tls(tls_ca, tls_cert, tls_key, tls_server_name)
     with cli_errors(), open_channel(router, tls) as channel:
         try:
             reply = router_pb2_grpc.RouterServiceStub(channel).GetRoutingStats(
@@ -100,17 +95,14 @@ def stats(
         console.print(arms)
 
 
+@tls_options
 def workers(
     router: RouterOpt = "127.0.0.1:50050",
     json: JsonOpt = False,
     api_key: ApiKeyOpt = "",
-    tls_ca: TlsCaOpt = "",
-    tls_cert: TlsCertOpt = "",
-    tls_key: TlsKeyOpt = "",
-    tls_server_name: TlsServerNameOpt = "",
+    tls: TlsSettings = PLAINTEXT,
 ) -> None:
     """The router's workers: health, breaker, memory, queue and where models are warm."""
-    tls = client_tls(tls_ca, tls_cert, tls_key, tls_server_name)
     with cli_errors(), open_channel(router, tls) as channel:
         try:
             reply = router_pb2_grpc.RouterServiceStub(channel).ListWorkers(
