@@ -47,12 +47,25 @@ def port_is_free(port: int) -> bool:
     return True
 
 
-def _die_with_parent() -> None:
-    # Runs in the child between fork and exec: ask the kernel to SIGTERM us when
-    # the parent dies, even by SIGKILL.
+DIE_WITH_PARENT_ENV = "MODELYARD_DIE_WITH_PARENT"
+
+
+def die_with_parent() -> None:
+    """In a service spawned by `spawn_service`: ask the kernel to SIGTERM this process
+    when the parent that spawned it dies, even by SIGKILL (Linux only).
+
+    Done by the child itself at start rather than in a preexec_fn: with no Python code
+    between fork and exec, subprocess uses vfork, which runs no pthread_atfork handlers;
+    gRPC's fork handlers abort a child forked while another thread is inside gRPC.
+    """
+    parent = os.environ.pop(DIE_WITH_PARENT_ENV, "")
+    if not parent.isdigit() or not sys.platform.startswith("linux"):
+        return
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != int(parent):  # the parent died before the request took effect
+        raise SystemExit(1)
 
 
 @dataclass
@@ -148,7 +161,7 @@ def spawn_service(
 ) -> ServiceProcess:
     """Start `python -m modelyard <args>` with output going to log_path."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    child_env = {**os.environ, **(env or {})}
+    child_env = {**os.environ, **(env or {}), DIE_WITH_PARENT_ENV: str(os.getpid())}
     with log_path.open("ab") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "modelyard", *args],
@@ -159,7 +172,6 @@ def spawn_service(
             # Own process group: a terminal Ctrl-C reaches only `up`, which then
             # stops the children in order.
             start_new_session=True,
-            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
         )
     return ServiceProcess(name, address, process, log_path, dict(env or {}))
 

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import subprocess
+import sys
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -72,3 +77,49 @@ def test_a_service_that_fails_to_start_stops_the_others(
     assert "spawn router" not in events
     assert events[-2:] == ["stop worker-0", "stop registry"]
     assert mesh.services == []
+
+
+PARENT = """
+import sys, time
+from pathlib import Path
+from modelyard.local_mesh import free_port, spawn_service
+port = free_port()
+data = Path(sys.argv[1])
+url = f"sqlite+aiosqlite:///{data / 'registry.db'}"
+service = spawn_service(
+    "registry", ["registry", "serve", "--address", f"127.0.0.1:{port}", "--database-url", url],
+    f"127.0.0.1:{port}", data / "registry.log",
+)
+service.wait_healthy(60)
+print(service.process.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_spawned_service_goes_when_its_parent_is_killed(tmp_path: Path) -> None:
+    """`up` or a test killed with SIGKILL leaves no service behind: the child asked the
+    kernel for SIGTERM on its parent's death (from its own start, so spawning needs no
+    Python code between fork and exec)."""
+    parent = subprocess.Popen(
+        [sys.executable, "-c", PARENT, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
+    assert parent.stdout is not None
+    child = int(parent.stdout.readline())
+    assert _alive(child)
+    parent.kill()
+    parent.wait(10)
+    deadline = time.monotonic() + 30
+    while _alive(child):
+        assert time.monotonic() < deadline, "the service outlived its killed parent"
+        time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie (reaped by init soon) counts as gone.
+    with contextlib.suppress(FileNotFoundError):
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    return False
