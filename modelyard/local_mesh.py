@@ -136,9 +136,16 @@ class ServiceProcess:
         # The service's own TLS settings, as the Helm chart's exec probe does.
         service = self.name.partition("-")[0]  # "worker-0" -> worker
         tls = tls_from_env(service, {**os.environ, **self.env})
+        # Retry the connection often: gRPC's default backoff grows to minutes, so a
+        # service slow to bind (a loaded machine) would be seen long after it serves.
+        options = [
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.min_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 500),
+        ]
         if not tls.enabled:
-            return grpc.insecure_channel(self.address)
-        return grpc.secure_channel(self.address, tls.channel_credentials())
+            return grpc.insecure_channel(self.address, options=options)
+        return grpc.secure_channel(self.address, tls.channel_credentials(), options=options)
 
     def stop(self, timeout_s: float = 15.0) -> int:
         """SIGTERM (graceful), then SIGKILL after timeout_s. Returns the exit code."""

@@ -1,10 +1,10 @@
 """A mesh of real processes to break on purpose, and a steady stream of requests through it.
 
 Registry (SQLite), three workers on the sim engine and a router, discovering each other
-through the Consul stand-in (no static workers). Worker 0 is reached through `CutProxy`, a
-TCP relay that can drop every open connection at once, so "a connection cut mid-stream"
-is a real socket closing under a live HTTP/2 stream. `SteadyLoad` keeps a few clients
-generating through the router and records how each request ended, per phase.
+through the Consul stand-in (no static workers). The router reaches every worker through
+a `CutProxy`, a TCP relay that can drop every open connection at once, so "a connection
+cut mid-stream" is a real socket closing under a live HTTP/2 stream. `SteadyLoad` keeps a
+few clients generating through the router and records how each request ended, per phase.
 
 Used by tests/robustness/test_chaos.py (CI asserts) and bench/chaos_bench.py (the report).
 """
@@ -33,6 +33,8 @@ from modelyard.v1 import (
     registry_pb2_grpc,
     router_pb2,
     router_pb2_grpc,
+    worker_pb2,
+    worker_pb2_grpc,
 )
 from tests.consul_agent import ConsulAgentStandIn
 
@@ -128,7 +130,7 @@ class ChaosMesh:
     workers: int = 3
     agent: ConsulAgentStandIn = field(init=False)
     services: dict[str, ServiceProcess] = field(default_factory=dict)
-    proxy: CutProxy | None = None
+    proxies: list[CutProxy] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.registry_address = f"127.0.0.1:{free_port()}"
@@ -148,7 +150,7 @@ class ChaosMesh:
 
     def start(self) -> ChaosMesh:
         self.agent.start()
-        self.proxy = CutProxy(self.worker_ports[0]).start()
+        self.proxies = [CutProxy(port).start() for port in self.worker_ports]
         self.start_registry()
         for i in range(self.workers):
             self.start_worker(i)
@@ -163,8 +165,8 @@ class ChaosMesh:
     def stop(self) -> None:
         for name in reversed(list(self.services)):
             self.services.pop(name).stop()
-        if self.proxy is not None:
-            self.proxy.stop()
+        for proxy in self.proxies:
+            proxy.stop()
         self.agent.stop()
 
     def start_registry(self) -> ServiceProcess:
@@ -176,10 +178,13 @@ class ChaosMesh:
         address = f"127.0.0.1:{self.worker_ports[i]}"
         args = ["worker", "serve", "--address", address, "--worker-id", f"worker-{i}"]
         args += ["--registry-address", self.registry_address, "--threads", "1"]
-        env = {}
-        if i == 0 and self.proxy is not None:  # the router dials worker 0 through the proxy
-            env["MODELYARD_WORKER_ADVERTISE_ADDRESS"] = f"127.0.0.1:{self.proxy.port}"
+        # Advertised in Consul, so the router dials the worker through its proxy.
+        env = {"MODELYARD_WORKER_ADVERTISE_ADDRESS": f"127.0.0.1:{self.proxies[i].port}"}
         return self._spawn(f"worker-{i}", args, address, env)
+
+    def cut_connections(self) -> int:
+        """Reset every router -> worker connection now; return how many were open."""
+        return sum(proxy.cut() for proxy in self.proxies)
 
     def kill(self, name: str) -> None:
         """kill -9: no drain, no deregistration, sockets reset by the kernel."""
@@ -202,6 +207,17 @@ class ChaosMesh:
                 registry_pb2.ListModelsRequest(name=name, page_size=1000), timeout=10
             )
         return {m.version for m in reply.models}
+
+    def running_sequences(self) -> int:
+        """Sequences decoding on the workers now (asked on their own ports)."""
+        total = 0
+        for port in self.worker_ports:
+            with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+                reply = worker_pb2_grpc.WorkerServiceStub(channel).GetStatus(
+                    worker_pb2.GetStatusRequest(), timeout=5
+                )
+            total += sum(m.running_sequences for m in reply.status.models)
+        return total
 
     def healthy_workers(self) -> int:
         with grpc.insecure_channel(self.router_address) as channel:
