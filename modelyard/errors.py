@@ -251,8 +251,11 @@ def internal_error(where: str, err: BaseException) -> Internal:
 
 
 def _is_abort(err: BaseException) -> bool:
-    # context.abort() raises grpc's own AbortError; it must pass through untouched.
-    return type(err).__name__ in {"AbortError", "UsageError"} or isinstance(err, grpc.RpcError)
+    # context.abort() raises grpc's own AbortError; it must pass through untouched. Any
+    # other grpc exception (a UsageError from a call on a channel closed under us, an
+    # RpcError from a downstream call nobody translated) is unexpected: INTERNAL, as
+    # passing it on would send its text to the client under UNKNOWN.
+    return isinstance(err, grpc.aio.AbortError)
 
 
 def unimplemented(what: str, issue: str) -> Unimplemented:
