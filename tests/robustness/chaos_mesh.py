@@ -244,6 +244,7 @@ class Ended:
     code: str  # "OK" or a grpc.StatusCode name
     details: str = ""
     tokens: int = 0
+    attempt: int = 0  # the router's attempt that served it (GenerationStarted.attempt)
 
 
 def request(max_tokens: int = 30) -> router_pb2.GenerateRequest:
@@ -260,6 +261,7 @@ class SteadyLoad:
     def __init__(self, router_address: str, clients: int = 4) -> None:
         self.phase = "baseline"
         self.ended: list[Ended] = []
+        self.phases: dict[str, float] = {}  # phase -> seconds it lasted
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._channel = grpc.insecure_channel(router_address)
@@ -281,9 +283,10 @@ class SteadyLoad:
     def during(self, phase: str, *, ended: int = 8, timeout_s: float = 60) -> Iterator[None]:
         """Label what starts from now `phase`; on leaving, wait until `ended` of its
         requests have ended, so every phase carries traffic whatever the machine's speed."""
-        self.phase = phase
+        self.phase, started = phase, time.monotonic()
         yield
         self.wait(lambda: len(self.of(phase)) >= ended, f"{ended} requests in {phase!r}", timeout_s)
+        self.phases[phase] = time.monotonic() - started
 
     def of(self, phase: str) -> list[Ended]:
         with self._lock:
@@ -303,22 +306,13 @@ class SteadyLoad:
                 self.ended.append(outcome)
 
     def _one(self) -> Ended:
-        phase, started, tokens = self.phase, time.monotonic(), 0
+        phase, started, tokens, attempt = self.phase, time.monotonic(), 0, 0
         try:
             for event in self._stub.Generate(request(), timeout=DEADLINE_S):
-                if event.WhichOneof("event") == "delta":
-                    tokens += 1
+                kind = event.WhichOneof("event")
+                tokens += kind == "delta"
+                attempt = event.started.attempt if kind == "started" else attempt
         except grpc.RpcError as err:
-            code = err.code()
-            details = err.details() or ""
-            return Ended(phase, time.monotonic() - started, code.name, details, tokens)
-        return Ended(phase, time.monotonic() - started, "OK", tokens=tokens)
-
-
-def summary(ended: list[Ended]) -> dict[str, dict[str, int]]:
-    """Counts by status per phase, phases in the order they ran."""
-    table: dict[str, dict[str, int]] = {}
-    for e in ended:
-        row = table.setdefault(e.phase, {})
-        row[e.code] = row.get(e.code, 0) + 1
-    return table
+            code, details = err.code(), err.details() or ""
+            return Ended(phase, time.monotonic() - started, code.name, details, tokens, attempt)
+        return Ended(phase, time.monotonic() - started, "OK", tokens=tokens, attempt=attempt)
