@@ -98,8 +98,8 @@ class PhaseReport:
 
 def report(load: SteadyLoad) -> list[PhaseReport]:
     """Per phase, in the order they ran: served, retried, failed by status."""
-    rows = []
-    for phase, seconds in load.phases.items():
+    rows: list[PhaseReport] = []
+    for phase, seconds in load.phases:
         ended: list[Ended] = load.of(phase)
         failed: dict[str, int] = {}
         for e in ended:

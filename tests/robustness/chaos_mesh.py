@@ -259,9 +259,9 @@ class SteadyLoad:
     """`clients` threads generating through the router back to back until stopped."""
 
     def __init__(self, router_address: str, clients: int = 4) -> None:
-        self.phase = "baseline"
+        self.phase = "starting"
         self.ended: list[Ended] = []
-        self.phases: dict[str, float] = {}  # phase -> seconds it lasted
+        self._marks: list[tuple[str, float]] = [(self.phase, time.monotonic())]
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._channel = grpc.insecure_channel(router_address)
@@ -282,11 +282,22 @@ class SteadyLoad:
     @contextlib.contextmanager
     def during(self, phase: str, *, ended: int = 8, timeout_s: float = 60) -> Iterator[None]:
         """Label what starts from now `phase`; on leaving, wait until `ended` of its
-        requests have ended, so every phase carries traffic whatever the machine's speed."""
-        self.phase, started = phase, time.monotonic()
+        requests have ended, so every phase carries traffic whatever the machine's speed.
+        What starts after that, until the next phase, is `<phase>, recovering`."""
+        self._mark(phase)
         yield
         self.wait(lambda: len(self.of(phase)) >= ended, f"{ended} requests in {phase!r}", timeout_s)
-        self.phases[phase] = time.monotonic() - started
+        self._mark(f"{phase}, recovering")
+
+    @property
+    def phases(self) -> list[tuple[str, float]]:
+        """Every phase in order with the seconds it lasted (the last one: until now)."""
+        ends = [t for _, t in self._marks[1:]] + [time.monotonic()]
+        return [(name, end - t) for (name, t), end in zip(self._marks, ends, strict=True)]
+
+    def _mark(self, phase: str) -> None:
+        self.phase = phase
+        self._marks.append((phase, time.monotonic()))
 
     def of(self, phase: str) -> list[Ended]:
         with self._lock:

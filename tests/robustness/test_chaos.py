@@ -46,8 +46,10 @@ def test_the_mesh_rides_out_faults_under_load(mesh: ChaosMesh) -> None:
         assert e.seconds <= DEADLINE_S + GRACE_S, f"{e} outlived its deadline"
         assert e.code in DEFINED, f"{e}: not a status a client can act on"
         assert "Traceback" not in e.details and "Error" not in e.details, e
-    for row in rows:
+    faults = [r for r in rows if not r.phase.endswith("recovering") and r.phase != "starting"]
+    assert len(faults) == 7
+    for row in faults:
         assert row.served > 0, f"nothing served during {row.phase!r}: {row}"
     assert writer.acknowledged <= mesh.versions("chaos-writes"), "an acknowledged write was lost"
-    after = rows[-1]
-    assert after.phase == "after" and not after.failed, f"the mesh did not recover: {after}"
+    after = next(r for r in rows if r.phase == "after")
+    assert not after.failed, f"the mesh did not recover: {after}"
