@@ -7,8 +7,9 @@ are the store's bookkeeping; everything may use uri, settings and files.
 """
 
 from worker.artifacts.files import check_gguf_magic
+from worker.artifacts.records import CacheEntry
 from worker.artifacts.settings import ArtifactSettings
-from worker.artifacts.store import ArtifactStore, CacheEntry
+from worker.artifacts.store import ArtifactStore
 from worker.artifacts.uri import ArtifactUri, parse_uri
 
 __all__ = [

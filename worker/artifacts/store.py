@@ -39,7 +39,6 @@ import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -49,6 +48,7 @@ from worker.artifacts.budget import CacheBudget, Candidate
 from worker.artifacts.files import check_file, fsync_dir, local_path, sha256_path, write_atomic
 from worker.artifacts.guard import DownloadGuard
 from worker.artifacts.quarantine import PREFIX, Quarantine
+from worker.artifacts.records import CacheEntry, read_entries
 from worker.artifacts.settings import ArtifactSettings
 from worker.artifacts.sources import cache_write_error
 from worker.artifacts.transfer import Transfer
@@ -60,16 +60,6 @@ Progress = Callable[[int, int | None], None]
 T = TypeVar("T")
 
 _STALE_TMP_S = 3600.0  # older leftovers in tmp/ come from a crashed download
-
-
-@dataclass(frozen=True)
-class CacheEntry:
-    key: str
-    uri: str
-    sha256: str
-    size: int
-    payload: Path
-    last_used: float
 
 
 class ArtifactStore:
@@ -87,6 +77,7 @@ class ArtifactStore:
         self._downloads = ThreadPoolExecutor(n, thread_name_prefix="artifact-download")
         self._hashing = ThreadPoolExecutor(n, thread_name_prefix="artifact-verify")
         self._guards: set[DownloadGuard] = set()
+        self._counts = [0, 0]  # downloads running, waiting for a thread (under budget.lock)
         self._inflight: dict[str, asyncio.Task[Path]] = {}
         self._listeners: dict[str, list[Progress]] = {}
         self._verified: dict[Path, tuple[int, int, str]] = {}  # path -> (size, mtime_ns, sha)
@@ -139,6 +130,11 @@ class ArtifactStore:
         if (key := self._key_of(path)) is not None:
             self.budget.release(key)
 
+    def downloads(self) -> tuple[int, int]:
+        """Downloads now (running, waiting for a free thread of the download executor)."""
+        with self.budget.lock:
+            return self._counts[0], self._counts[1]
+
     def close(self) -> None:
         """Abandon downloads in progress (each ends at its next block) and stop the threads."""
         for guard in list(self._guards):
@@ -148,25 +144,7 @@ class ArtifactStore:
 
     def entries(self) -> list[CacheEntry]:
         """Complete cache entries, least recently used first."""
-        found: list[CacheEntry] = []
-        if not self.objects.is_dir():
-            return found
-        for record in self.objects.glob("*.json"):
-            try:
-                data = json.loads(record.read_text())
-                found.append(
-                    CacheEntry(
-                        key=record.stem,
-                        uri=str(data["uri"]),
-                        sha256=str(data["sha256"]),
-                        size=int(data["size"]),
-                        payload=self.objects / record.stem / str(data["payload"]),
-                        last_used=record.stat().st_mtime,
-                    )
-                )
-            except (OSError, ValueError, KeyError) as err:
-                log.warning("ignoring unreadable cache record %s: %s", record, err)
-        return sorted(found, key=lambda e: e.last_used)
+        return read_entries(self.objects)
 
     def cached_bytes(self) -> int:
         return sum(e.size for e in self.entries())
@@ -205,6 +183,7 @@ class ArtifactStore:
                 report=report,
             )
             self._guards.add(guard)
+            self._count(waiting=1)
             try:
                 return await self._run(self._downloads, self._download, src, artifact, key, guard)
             finally:
@@ -245,27 +224,39 @@ class ArtifactStore:
     def _download(
         self, src: ArtifactUri, artifact: model_pb2.Artifact, key: str, guard: DownloadGuard
     ) -> Path:
-        self._prepare()
+        self._count(running=1, waiting=-1)
         guard.start()  # the time limit counts from here, not from the wait for a thread
-        work = Path(tempfile.mkdtemp(prefix=f"{key}-", dir=self.tmp))
         try:
-            transfer = Transfer(src, artifact, guard, self.settings, work)
-            payload, digest = transfer.run(lambda size: self._make_room(work.name, key, size))
-            expected = artifact.sha256.strip().lower()
-            if expected and digest != expected:
-                kept = (
-                    "quarantined on the worker" if self._quarantine.put(payload, key) else "deleted"
-                )
-                raise FailedPrecondition(
-                    f"artifact {guard.name} has sha256 {digest}, but the model expects "
-                    f"{expected}: not loaded (the download is {kept})",
-                    reason="CHECKSUM_MISMATCH",
-                    metadata={"expected": expected, "actual": digest},
-                )
-            return self._place(src, key, work, payload, digest, transfer.size)
+            self._prepare()
+            work = Path(tempfile.mkdtemp(prefix=f"{key}-", dir=self.tmp))
+            try:
+                return self._download_into(work, src, artifact, key, guard)
+            finally:
+                self.budget.unreserve(work.name)
+                shutil.rmtree(work, ignore_errors=True)
         finally:
-            self.budget.unreserve(work.name)
-            shutil.rmtree(work, ignore_errors=True)
+            self._count(running=-1)
+
+    def _download_into(
+        self,
+        work: Path,
+        src: ArtifactUri,
+        artifact: model_pb2.Artifact,
+        key: str,
+        guard: DownloadGuard,
+    ) -> Path:
+        transfer = Transfer(src, artifact, guard, self.settings, work)
+        payload, digest = transfer.run(lambda size: self._make_room(work.name, key, size))
+        expected = artifact.sha256.strip().lower()
+        if expected and digest != expected:
+            kept = "quarantined on the worker" if self._quarantine.put(payload, key) else "deleted"
+            raise FailedPrecondition(
+                f"artifact {guard.name} has sha256 {digest}, but the model expects "
+                f"{expected}: not loaded (the download is {kept})",
+                reason="CHECKSUM_MISMATCH",
+                metadata={"expected": expected, "actual": digest},
+            )
+        return self._place(src, key, work, payload, digest, transfer.size)
 
     def _place(
         self, src: ArtifactUri, key: str, work: Path, payload: Path, digest: str, size: int
@@ -339,6 +330,11 @@ class ArtifactStore:
             if leftover.stat().st_mtime < cutoff:
                 shutil.rmtree(leftover, ignore_errors=True)
         self._prepared = True
+
+    def _count(self, *, running: int = 0, waiting: int = 0) -> None:
+        with self.budget.lock:
+            self._counts[0] += running
+            self._counts[1] += waiting
 
     def _key_of(self, path: Path) -> str | None:
         try:
