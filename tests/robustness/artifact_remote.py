@@ -2,19 +2,27 @@
 
 Each route says what the server does: the body, the Content-Length it declares (or none:
 the body then ends when the connection closes), whether it trickles, and where it stops
-to wait for the test (`gate`). The server counts what it sent and how many GETs ran at
-once, so a test can tell what the worker read without looking inside it.
+to wait for the test (`gate`). The server counts the GETs, the bytes it sent (counted
+before each write) and what had been sent when each GET came, so a test can tell what
+the worker read without looking inside it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import http.server
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from modelyard.v1 import model_pb2
+from worker.artifacts import ArtifactSettings, ArtifactStore
+
+WAIT_S = 30.0  # bound on every poll of the tests
 GATE_WAIT_S = 60.0  # a gate the test never opens ends the response after this
 TRICKLE_BYTES, TRICKLE_EVERY_S = 16, 0.02  # ~800 bytes/s: far slower than any limit here
 
@@ -35,9 +43,8 @@ class Remote:
     routes: dict[str, Route] = field(default_factory=dict)
     gets: dict[str, int] = field(default_factory=dict)
     sent: dict[str, int] = field(default_factory=dict)
-    active: int = 0
-    max_active: int = 0
-    started: threading.Event = field(default_factory=threading.Event)  # a body began
+    # What had been sent of every route when each route's GET arrived.
+    sent_before: dict[str, dict[str, int]] = field(default_factory=dict)
     stop: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -49,8 +56,7 @@ class Remote:
         route = self.routes.get(name)
         with self.lock:
             self.gets[name] = self.gets.get(name, 0) + 1
-            self.active += 1
-            self.max_active = max(self.max_active, self.active)
+            self.sent_before[name] = dict(self.sent)
         try:
             if route is None:
                 handler.send_error(404)
@@ -64,9 +70,6 @@ class Remote:
             self._body(handler, name, route)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the worker hung up: what these tests expect of a cut download
-        finally:
-            with self.lock:
-                self.active -= 1
 
     def _body(self, handler: http.server.BaseHTTPRequestHandler, name: str, route: Route) -> None:
         if route.pause_at is None:
@@ -85,11 +88,10 @@ class Remote:
             if self.stop.is_set():
                 return
             chunk = data[i : i + step]
+            with self.lock:  # counted before the write: a client never holds uncounted bytes
+                self.sent[name] = self.sent.get(name, 0) + len(chunk)
             handler.wfile.write(chunk)
             handler.wfile.flush()
-            self.started.set()
-            with self.lock:
-                self.sent[name] = self.sent.get(name, 0) + len(chunk)
             if route.trickle:
                 time.sleep(TRICKLE_EVERY_S)  # the misbehaviour under test, not a sync
 
@@ -117,3 +119,22 @@ def running_remote() -> Iterator[Remote]:
             route.gate.set()
         httpd.shutdown()
         httpd.server_close()
+
+
+def store_at(tmp_path: Path, **limits: float) -> ArtifactStore:
+    settings = ArtifactSettings(cache_dir=tmp_path / "cache", timeout_s=60.0).model_copy(
+        update=limits
+    )
+    return ArtifactStore(settings)
+
+
+def artifact(uri: str, body: bytes | None = None, **fields: object) -> model_pb2.Artifact:
+    sha = hashlib.sha256(body).hexdigest() if body is not None else ""
+    return model_pb2.Artifact(uri=uri, **{"sha256": sha, **fields})  # type: ignore[arg-type]
+
+
+async def until(done: Callable[[], bool], what: str) -> None:
+    deadline = asyncio.get_running_loop().time() + WAIT_S
+    while not done():
+        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.01)

@@ -6,8 +6,7 @@ cache on disk take it.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,40 +19,27 @@ from modelyard.errors import (
 )
 from modelyard.refs import model_key
 from modelyard.v1 import common_pb2, model_pb2
-from tests.robustness.artifact_remote import Remote, Route, running_remote
-from worker.artifacts import ArtifactSettings, ArtifactStore
+from tests.robustness.artifact_remote import (
+    Remote,
+    Route,
+    artifact,
+    running_remote,
+    store_at,
+    until,
+)
+from worker.artifacts import ArtifactStore
 from worker.config import WorkerSettings
 from worker.engines import available_engines
 from worker.main import build_manager
 from worker.residency import ResidencyState
 
 SECRET = "X-Amz-Signature=s3cr3t"  # a presigned URL's query: a credential
-WAIT_S = 30.0  # bound on every poll below
 
 
 @pytest.fixture
 def remote() -> Iterator[Remote]:
     with running_remote() as server:
         yield server
-
-
-def store_at(tmp_path: Path, **limits: float) -> ArtifactStore:
-    settings = ArtifactSettings(cache_dir=tmp_path / "cache", timeout_s=10.0).model_copy(
-        update=limits
-    )
-    return ArtifactStore(settings)
-
-
-def artifact(uri: str, body: bytes | None = None, **fields: object) -> model_pb2.Artifact:
-    sha = hashlib.sha256(body).hexdigest() if body is not None else ""
-    return model_pb2.Artifact(uri=uri, **{"sha256": sha, **fields})  # type: ignore[arg-type]
-
-
-async def until(done: Callable[[], bool], what: str) -> None:
-    deadline = asyncio.get_running_loop().time() + WAIT_S
-    while not done():
-        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.01)
 
 
 def assert_clean(err: ModelyardError, tmp_path: Path) -> None:
