@@ -1,11 +1,11 @@
 """hf:// artifacts through huggingface_hub, blocking (run on the store's download executor).
 
-The size comes first, from the Hub's file metadata (a HEAD of each file: huggingface_hub's
-dry run), so the store reserves it before a byte is downloaded. The download then passes
-every block through the `DownloadGuard` (huggingface_hub reports each block to its
-progress bar before writing it: our bar is the guard), so the byte limit and the deadline
-hold here as for http(s)://. Messages never carry huggingface_hub's text (its URLs name
-the endpoint): the log has it.
+The size comes first, from the Hub's file metadata (a HEAD of the file, or the API's
+list of a repository's files), so the store reserves it before a byte is downloaded.
+The download then passes every block through the `DownloadGuard` (huggingface_hub
+reports each block to its progress bar before writing it: our bar is the guard), so the
+byte limit and the deadline hold here as for http(s)://. Messages never carry
+huggingface_hub's text (its URLs name the endpoint): the log has it.
 """
 
 from __future__ import annotations
@@ -28,33 +28,22 @@ log = logging.getLogger(__name__)
 _BYTE_BARS = {"huggingface_hub.http_get", "huggingface_hub.snapshot_download"}
 
 
-def hub_size(src: ArtifactUri, dest_dir: Path, settings: ArtifactSettings) -> int | None:
-    """Bytes of the file (or of every file of the repository); None when the Hub does not say."""
+def hub_size(src: ArtifactUri, settings: ArtifactSettings) -> int | None:
+    """Bytes of the file (a HEAD of it), or of every file of the repository (the API's file
+    list); None when the Hub does not say."""
     hf = _hub(src)
     try:
         if src.path:
-            info = hf.hf_hub_download(
-                src.location,
-                src.path,
-                revision=src.revision,
-                local_dir=dest_dir,
-                etag_timeout=settings.timeout_s,
-                dry_run=True,
-            )
-            size: int | None = info.file_size
+            url = hf.hf_hub_url(src.location, src.path, revision=src.revision)
+            meta = hf.get_hf_file_metadata(url, timeout=settings.timeout_s)
+            size: int | None = meta.size
             return size
-        files = hf.snapshot_download(
-            src.location,
-            revision=src.revision,
-            local_dir=dest_dir / src.filename,
-            etag_timeout=settings.timeout_s,
-            dry_run=True,
-        )
+        info = hf.HfApi().model_info(src.location, revision=src.revision, files_metadata=True)
     except ModelyardError:
         raise
     except Exception as err:
         raise _hf_error(src, err) from err
-    sizes = [f.file_size for f in files]
+    sizes = [f.size for f in info.siblings or []]
     return None if any(s is None for s in sizes) else sum(s or 0 for s in sizes)
 
 

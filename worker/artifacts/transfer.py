@@ -49,7 +49,7 @@ class Transfer:
             self.guard.expect(size, size if size is not None else self.cap)
 
         if self.src.scheme == "hf":
-            reserve(hub_size(self.src, self.work, self.settings))
+            reserve(hub_size(self.src, self.settings))
             payload = download_hf(self.src, self.work, self.guard, self.settings)
             self.size = tree_size(payload)
             if self.size > self.guard.limit:  # a source that wrote past its bar's count
