@@ -11,6 +11,7 @@ huggingface_hub's text (its URLs name the endpoint): the log has it.
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
 from pathlib import Path
 from types import ModuleType
@@ -52,24 +53,27 @@ def download_hf(
 ) -> Path:
     """Into `dest_dir`: the file, or the repository's directory."""
     hf = _hub(src)
-    bar = _guarded_bar(guard)
+    download = hf.hf_hub_download if src.path else hf.snapshot_download
+    # An older huggingface_hub without a bar for single files: the size is still checked
+    # after the download (transfer.py) and the deadline at its end.
+    bars = {"tqdm_class": _guarded_bar(guard)} if _takes_bar(download) else {}
     try:
         if src.path:
-            got = hf.hf_hub_download(
+            got = download(
                 src.location,
                 src.path,
                 revision=src.revision,
                 local_dir=dest_dir,
                 etag_timeout=settings.timeout_s,
-                tqdm_class=bar,
+                **bars,
             )
         else:
-            got = hf.snapshot_download(
+            got = download(
                 src.location,
                 revision=src.revision,
                 local_dir=dest_dir / src.filename,
                 etag_timeout=settings.timeout_s,
-                tqdm_class=bar,
+                **bars,
             )
     except ModelyardError:
         raise
@@ -88,6 +92,13 @@ def _hub(src: ArtifactUri) -> ModuleType:
             reason="ARTIFACT_SCHEME_UNSUPPORTED",
         ) from err
     return huggingface_hub
+
+
+def _takes_bar(download: Any) -> bool:
+    try:
+        return "tqdm_class" in inspect.signature(download).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def _guarded_bar(guard: DownloadGuard) -> type[Any]:
