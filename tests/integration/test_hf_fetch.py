@@ -31,6 +31,8 @@ pytestmark = pytest.mark.integration
 REPO = "modelyard-test/tiny"
 TINY_URI = f"hf://{REPO}@v1.0/weights/tiny.gguf"
 MISSING_URI = f"hf://{REPO}@v1.0/weights/missing.gguf"
+BIG_URI = f"hf://{REPO}@v1.0/weights/big.gguf"
+MAX_ARTIFACT_BYTES = 1 << 20  # the worker's limit: the tiny GGUF fits, big.gguf does not
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
@@ -105,7 +107,12 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> bytes:
 
 @pytest.fixture(scope="module")
 def hub(tiny: bytes) -> Iterator[FakeHub]:
-    fake = FakeHub(files={(REPO, "v1.0", "weights/tiny.gguf"): tiny})
+    fake = FakeHub(
+        files={
+            (REPO, "v1.0", "weights/tiny.gguf"): tiny,
+            (REPO, "v1.0", "weights/big.gguf"): b"GGUF" + b"\0" * (2 * MAX_ARTIFACT_BYTES),
+        }
+    )
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), fake.handler())
     fake.port = server.server_address[1]
     thread = threading.Thread(target=server.serve_forever, name="fake-hub", daemon=True)
@@ -129,6 +136,7 @@ def worker(tmp_path_factory: pytest.TempPathFactory, hub: FakeHub, tiny: bytes) 
         _model(TINY_URI, sha, version="2"),
         _model(MISSING_URI, sha, version="missing"),
         _model(TINY_URI, "0" * 64, version="bad-sum"),
+        _model(BIG_URI, sha, version="big"),
     )
     address = f"127.0.0.1:{free_port()}"
     service: ServiceProcess = spawn_service(
@@ -144,6 +152,7 @@ def worker(tmp_path_factory: pytest.TempPathFactory, hub: FakeHub, tiny: bytes) 
             "HF_HUB_OFFLINE": "0",
             "HF_TOKEN": "",
             "MODELYARD_ARTIFACTS_CACHE_DIR": str(home / "artifacts"),
+            "MODELYARD_ARTIFACTS_MAX_ARTIFACT_BYTES": str(MAX_ARTIFACT_BYTES),
             "MODELYARD_WORKER_CATALOG_FILE": catalog,
         },
     )
@@ -209,3 +218,18 @@ def test_an_hf_file_with_another_checksum_is_refused(worker: str, hub: FakeHub) 
         _load(worker, _model(uri, "0" * 64, version="bad-sum"))
     assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION, info.value.details()
     assert "sha256" in (info.value.details() or "")
+
+
+def test_an_hf_file_over_the_limit_is_refused_before_its_download(
+    worker: str, hub: FakeHub, tiny: bytes
+) -> None:
+    # The Hub's file metadata (a HEAD) gives the size: the worker refuses on it, and the
+    # file's bytes are never asked for (issue #11: hf:// reserved only after downloading).
+    sha = hashlib.sha256(tiny).hexdigest()
+    with pytest.raises(grpc.RpcError) as info:
+        _load(worker, _model(BIG_URI, sha, version="big"))
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, info.value.details()
+    details = info.value.details() or ""
+    assert "MAX_ARTIFACT_BYTES" in details and hub.url not in details
+    resolve = f"/{REPO}/resolve/v1.0/weights/big.gguf"
+    assert ("HEAD", resolve) in hub.requests and hub.gets(resolve) == 0, hub.requests

@@ -2,12 +2,14 @@
 
 `ArtifactStore` (store.py) is the one entry point; worker.main builds it from the
 worker's settings and hands it to the model loader. Imports go one way:
-store -> sources -> uri, settings; files has no worker imports.
+store -> transfer -> sources, hub -> guard -> (nothing of ours); budget and quarantine
+are the store's bookkeeping; everything may use uri, settings and files.
 """
 
 from worker.artifacts.files import check_gguf_magic
+from worker.artifacts.records import CacheEntry
 from worker.artifacts.settings import ArtifactSettings
-from worker.artifacts.store import ArtifactStore, CacheEntry
+from worker.artifacts.store import ArtifactStore
 from worker.artifacts.uri import ArtifactUri, parse_uri
 
 __all__ = [

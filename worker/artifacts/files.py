@@ -1,11 +1,14 @@
 """Blocking checks of local artifact files: where a file:// URI points, sizes, digests, magic.
 
+Messages name a file by its name only (they may reach clients); the log has the path.
+
 Run them in a thread; `ArtifactStore` (store.py) is the async entry point.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -14,6 +17,9 @@ from urllib.request import url2pathname
 
 from modelyard.digest import sha256_file
 from modelyard.errors import FailedPrecondition
+from worker.artifacts.uri import shown
+
+log = logging.getLogger(__name__)
 
 GGUF_MAGIC = b"GGUF"
 
@@ -23,25 +29,25 @@ def local_path(uri: str) -> Path:
     parsed = urlparse(uri)
     if parsed.scheme == "file":
         if parsed.netloc not in {"", "localhost"}:
-            raise FailedPrecondition(f"artifact {uri!r}: file URIs must name a local path")
+            raise FailedPrecondition(f"artifact {shown(uri)}: file URIs must name a local path")
         return Path(url2pathname(unquote(parsed.path)))
     if parsed.scheme == "" or (len(parsed.scheme) == 1 and uri[1:3] in {":\\", ":/"}):
         return Path(uri).expanduser()  # a plain path (or a Windows drive letter)
     raise FailedPrecondition(
-        f"artifact {uri!r}: this worker reads only file:// URIs and local paths so far",
+        f"artifact {shown(uri)}: this worker reads only file:// URIs and local paths so far",
         reason="ARTIFACT_SCHEME_UNSUPPORTED",
-        metadata={"uri": uri},
     )
 
 
 def check_file(path: Path) -> int:
-    """Size of the artifact file, or FAILED_PRECONDITION naming the path."""
+    """Size of the artifact file, or FAILED_PRECONDITION naming the file (not its path: the
+    message may reach clients; the log has the path)."""
     if not path.is_file():
         what = "is not a file" if path.exists() else "does not exist"
+        log.warning("artifact %s %s", path, what)
         raise FailedPrecondition(
-            f"artifact {path} {what} on this worker",
+            f"artifact file {path.name!r} {what} on this worker (the worker log has its path)",
             reason="ARTIFACT_MISSING",
-            metadata={"path": str(path)},
         )
     return path.stat().st_size
 
@@ -69,10 +75,11 @@ def check_gguf_magic(path: Path) -> None:
     with path.open("rb") as f:
         magic = f.read(len(GGUF_MAGIC))
     if magic != GGUF_MAGIC:
+        log.warning("artifact %s is not a GGUF file (it starts with %r)", path, magic)
         raise FailedPrecondition(
-            f"artifact {path} is not a GGUF file (it starts with {magic!r}, not {GGUF_MAGIC!r})",
+            f"artifact file {path.name!r} is not a GGUF file (it does not start with "
+            f"{GGUF_MAGIC!r}): register the model with the engine its format needs",
             reason="ARTIFACT_CORRUPT",
-            metadata={"path": str(path)},
         )
 
 

@@ -5,19 +5,27 @@ Layout under `cache_dir`::
     objects/<key>/<name>   a verified payload (file, or directory for a whole hf:// repo)
     objects/<key>.json     its record (uri, sha256, size); written last, so it marks completion
     tmp/                   downloads in progress (same filesystem: placing one is a rename)
-    quarantine/            payloads whose sha256 did not match, kept for inspection
+    quarantine/            payloads whose sha256 did not match (bounded: quarantine.py)
 
-Downloads stream into tmp/, are hashed on the way and fsynced, and only a payload
-whose sha256 matches is renamed into objects/: a reader never sees a partial file.
-Concurrent fetches of one URI share one download. Before writing, the store evicts
-the least recently used entries nobody holds (see `retain`) until the new one fits.
-`file://` artifacts are verified where they are and never copied.
+An entry's key is its URI and its expected sha256 (`ArtifactUri.entry_key`): a fetch of
+the same URI at another digest is another entry, so it never replaces or quarantines a
+file a model uses. Concurrent fetches of one entry share one download.
 
-Threads: downloads, hashing and deletions run in worker threads. `_lock` guards only
-in-memory bookkeeping (references, reservations, entries being evicted), never file
-I/O, because the event loop takes it too (`fetch`, `release`). An eviction picks its
-victims under the lock, marks them, and deletes them after releasing it; a fetch of
-a marked entry waits (in its thread) until the deletion is done, then misses.
+Each download runs on the store's own executor (at most `max_concurrent_downloads` at
+once, hashing included), so a slow remote never holds the threads that unloads and
+estimates share. It reserves its bytes in the cache budget before its first byte is
+written: the registry's `artifact.size_bytes`, else the size the remote declares
+(Content-Length, the S3 object's size, the Hub's file metadata), else the maximum
+artifact size; the reservation evicts the quarantine, then least recently used entries
+nobody holds (see `retain`), or refuses. The `DownloadGuard` cuts a body at its
+reserved size and a download at `max_download_s`. Bytes stream into tmp/, are hashed
+on the way and fsynced, and only a payload whose sha256 matches is renamed into
+objects/: a reader never sees a partial file. `file://` artifacts are verified where
+they are and never copied.
+
+Locks: `CacheBudget` holds the in-memory bookkeeping under one lock, never over file
+I/O. An eviction picks its victims under the lock, marks them, and deletes them after;
+a fetch of a marked entry waits (in its thread) until the deletion is done, then misses.
 """
 
 from __future__ import annotations
@@ -28,41 +36,30 @@ import logging
 import os
 import shutil
 import tempfile
-import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
-from modelyard.errors import FailedPrecondition, ResourceExhausted
+from modelyard.errors import FailedPrecondition, ModelyardError
 from modelyard.v1 import model_pb2
-from worker.artifacts.files import (
-    check_file,
-    fsync_dir,
-    local_path,
-    sha256_path,
-    tree_size,
-    write_atomic,
-)
+from worker.artifacts.budget import CacheBudget, Candidate
+from worker.artifacts.files import check_file, fsync_dir, local_path, sha256_path, write_atomic
+from worker.artifacts.guard import DownloadGuard
+from worker.artifacts.quarantine import PREFIX, Quarantine
+from worker.artifacts.records import CacheEntry, read_entries
 from worker.artifacts.settings import ArtifactSettings
-from worker.artifacts.sources import download_hf, stream_to_file
-from worker.artifacts.uri import ArtifactUri, parse_uri
+from worker.artifacts.sources import cache_write_error
+from worker.artifacts.transfer import Transfer
+from worker.artifacts.uri import ArtifactUri, parse_uri, shown, without_query
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int | None], None]
+T = TypeVar("T")
 
 _STALE_TMP_S = 3600.0  # older leftovers in tmp/ come from a crashed download
-
-
-@dataclass(frozen=True)
-class CacheEntry:
-    key: str
-    uri: str
-    sha256: str
-    size: int
-    payload: Path
-    last_used: float
 
 
 class ArtifactStore:
@@ -74,10 +71,13 @@ class ArtifactStore:
             root / "tmp",
             root / "quarantine",
         )
-        self._lock = threading.Lock()  # guards _refs, _reserved, _evicting; never held over I/O
-        self._refs: dict[str, int] = {}
-        self._reserved: dict[str, int] = {}  # bytes promised to downloads in flight
-        self._evicting: dict[str, threading.Event] = {}  # set once the entry's files are gone
+        self.budget = CacheBudget(settings.max_cache_bytes)
+        self._quarantine = Quarantine(self.quarantine, settings.quarantine_max_files)
+        n = settings.max_concurrent_downloads
+        self._downloads = ThreadPoolExecutor(n, thread_name_prefix="artifact-download")
+        self._hashing = ThreadPoolExecutor(n, thread_name_prefix="artifact-verify")
+        self._guards: set[DownloadGuard] = set()
+        self._counts = [0, 0]  # downloads running, waiting for a thread (under budget.lock)
         self._inflight: dict[str, asyncio.Task[Path]] = {}
         self._listeners: dict[str, list[Progress]] = {}
         self._verified: dict[Path, tuple[int, int, str]] = {}  # path -> (size, mtime_ns, sha)
@@ -97,13 +97,14 @@ class ArtifactStore:
         """
         src = parse_uri(artifact.uri)
         if not src.is_remote:
-            return await asyncio.to_thread(self._local, artifact)
-        key = src.cache_key
-        self._acquire(key)  # before the await: eviction never takes what we are about to get
+            return await self._run(self._hashing, self._local, artifact)
+        key = src.entry_key(artifact.sha256)
+        self.budget.acquire(key)  # before the await: eviction never takes what we will get
+        self.budget.wait_start(key)
         try:
             task = self._inflight.get(key)
             if task is None:
-                task = asyncio.get_running_loop().create_task(self._materialize(src, artifact))
+                task = asyncio.get_running_loop().create_task(self._materialize(src, artifact, key))
                 self._inflight[key] = task
                 self._listeners[key] = []
                 task.add_done_callback(lambda _: self._forget(key))
@@ -112,45 +113,45 @@ class ArtifactStore:
             # shield: one caller giving up does not cancel the download the others wait on.
             path = await asyncio.shield(task)
         except BaseException:
-            self._release_key(key)
+            self.budget.release(key)
             raise
+        finally:
+            self.budget.wait_end(key)
         if not retain:
-            self._release_key(key)
+            self.budget.release(key)
         return path
 
     def retain(self, path: Path) -> None:
         """Mark a fetched path as in use (never evicted) until `release`."""
         if (key := self._key_of(path)) is not None:
-            self._acquire(key)
+            self.budget.acquire(key)
 
     def release(self, path: Path) -> None:
         if (key := self._key_of(path)) is not None:
-            self._release_key(key)
+            self.budget.release(key)
+
+    def downloads(self) -> tuple[int, int]:
+        """Downloads now (running, waiting for a free thread of the download executor)."""
+        with self.budget.lock:
+            return self._counts[0], self._counts[1]
+
+    def close(self) -> None:
+        """Abandon downloads in progress (each ends at its next block) and stop the threads."""
+        for guard in list(self._guards):
+            guard.cancel()
+        self._downloads.shutdown(wait=False, cancel_futures=True)
+        self._hashing.shutdown(wait=False, cancel_futures=True)
 
     def entries(self) -> list[CacheEntry]:
         """Complete cache entries, least recently used first."""
-        found: list[CacheEntry] = []
-        if not self.objects.is_dir():
-            return found
-        for record in self.objects.glob("*.json"):
-            try:
-                data = json.loads(record.read_text())
-                found.append(
-                    CacheEntry(
-                        key=record.stem,
-                        uri=str(data["uri"]),
-                        sha256=str(data["sha256"]),
-                        size=int(data["size"]),
-                        payload=self.objects / record.stem / str(data["payload"]),
-                        last_used=record.stat().st_mtime,
-                    )
-                )
-            except (OSError, ValueError, KeyError) as err:
-                log.warning("ignoring unreadable cache record %s: %s", record, err)
-        return sorted(found, key=lambda e: e.last_used)
+        return read_entries(self.objects)
 
     def cached_bytes(self) -> int:
         return sum(e.size for e in self.entries())
+
+    def quarantined(self) -> list[Path]:
+        """Quarantined payloads, oldest first."""
+        return self._quarantine.paths()
 
     # -- file:// -------------------------------------------------------------------
 
@@ -165,80 +166,101 @@ class ArtifactStore:
 
     # -- remote --------------------------------------------------------------------
 
-    async def _materialize(self, src: ArtifactUri, artifact: model_pb2.Artifact) -> Path:
+    async def _materialize(self, src: ArtifactUri, artifact: model_pb2.Artifact, key: str) -> Path:
         loop = asyncio.get_running_loop()
-        hit = await asyncio.to_thread(self._cached, src, artifact)
-        if hit is not None:
-            return hit
+        try:
+            hit = await self._run(self._hashing, self._cached, src, artifact, key)
+            if hit is not None:
+                return hit
 
-        def report(done: int, total: int | None) -> None:
-            loop.call_soon_threadsafe(self._report, src.cache_key, done, total)
+            def report(done: int, total: int | None) -> None:
+                loop.call_soon_threadsafe(self._report, key, done, total)
 
-        return await asyncio.to_thread(self._download, src, artifact, report)
+            guard = DownloadGuard(
+                shown(src.uri),
+                max_bytes=self.settings.max_artifact_bytes,
+                max_s=self.settings.max_download_s,
+                report=report,
+            )
+            self._guards.add(guard)
+            self._count(waiting=1)
+            try:
+                return await self._run(self._downloads, self._download, src, artifact, key, guard)
+            finally:
+                self._guards.discard(guard)
+        except ModelyardError:
+            raise
+        except OSError as err:  # the cache's own disk: never a path or errno text to clients
+            raise cache_write_error(src.uri, err) from err
 
-    def _cached(self, src: ArtifactUri, artifact: model_pb2.Artifact) -> Path | None:
+    def _cached(self, src: ArtifactUri, artifact: model_pb2.Artifact, key: str) -> Path | None:
         self._prepare()
-        self._wait_for_eviction(src.cache_key)
-        record = self.objects / f"{src.cache_key}.json"
+        self.budget.wait_for_eviction(key)
+        record = self.objects / f"{key}.json"
         if not record.is_file():
             return None
         try:
             data = json.loads(record.read_text())
-            payload = self.objects / src.cache_key / str(data["payload"])
+            payload = self.objects / key / str(data["payload"])
         except (OSError, ValueError, KeyError):
             payload = None
         if payload is None or not payload.exists():
-            self._drop(src.cache_key)
+            self._drop(key)
             return None
         if artifact.sha256:
             try:
                 self._check_sha(payload, artifact.sha256, src.uri)
             except FailedPrecondition:
-                # A cached copy gone bad (or the record changed): keep the evidence, refetch.
+                if self.budget.held_by_others(key):
+                    raise _in_use_and_changed(src) from None
+                # A cached copy gone bad: keep the evidence (bounded), fetch it again.
                 log.warning("cached %s failed its checksum; downloading it again", src.uri)
-                self._quarantine(payload, src.cache_key)
-                self._drop(src.cache_key)
+                self._quarantine.put(payload, key)
+                self._drop(key)
                 return None
         os.utime(record)  # LRU: last used now
         return payload
 
-    def _download(self, src: ArtifactUri, artifact: model_pb2.Artifact, report: Progress) -> Path:
-        self._prepare()
-        key = src.cache_key
-        work = Path(tempfile.mkdtemp(prefix=f"{key}-", dir=self.tmp))
+    def _download(
+        self, src: ArtifactUri, artifact: model_pb2.Artifact, key: str, guard: DownloadGuard
+    ) -> Path:
+        self._count(running=1, waiting=-1)
+        guard.start()  # the time limit counts from here, not from the wait for a thread
         try:
-            if src.scheme == "hf":
-                payload = download_hf(src, work, self.settings)
-                digest = sha256_path(payload)
-                size = tree_size(payload)
-                self._reserve(key, size)
-            else:
-                payload = work / src.filename
-                digest, size = stream_to_file(
-                    src, payload, lambda size: self._reserve(key, size), report, self.settings
-                )
-            expected = artifact.sha256.strip().lower()
-            if expected and digest != expected:
-                moved = self._quarantine(payload, key)
-                raise FailedPrecondition(
-                    f"artifact {src.uri} has sha256 {digest}, but the model expects {expected}: "
-                    f"not loaded; the download is quarantined at {moved}",
-                    reason="CHECKSUM_MISMATCH",
-                    metadata={
-                        "uri": src.uri,
-                        "expected": expected,
-                        "actual": digest,
-                        "quarantined": str(moved),
-                    },
-                )
-            return self._place(src, work, payload, digest, size)
+            self._prepare()
+            work = Path(tempfile.mkdtemp(prefix=f"{key}-", dir=self.tmp))
+            try:
+                return self._download_into(work, src, artifact, key, guard)
+            finally:
+                self.budget.unreserve(work.name)
+                shutil.rmtree(work, ignore_errors=True)
         finally:
-            with self._lock:
-                self._reserved.pop(key, None)
-            shutil.rmtree(work, ignore_errors=True)
+            self._count(running=-1)
 
-    def _place(self, src: ArtifactUri, work: Path, payload: Path, digest: str, size: int) -> Path:
-        key = src.cache_key
+    def _download_into(
+        self,
+        work: Path,
+        src: ArtifactUri,
+        artifact: model_pb2.Artifact,
+        key: str,
+        guard: DownloadGuard,
+    ) -> Path:
+        transfer = Transfer(src, artifact, guard, self.settings, work)
+        payload, digest = transfer.run(lambda size: self._make_room(work.name, key, size))
+        expected = artifact.sha256.strip().lower()
+        if expected and digest != expected:
+            kept = "quarantined on the worker" if self._quarantine.put(payload, key) else "deleted"
+            raise FailedPrecondition(
+                f"artifact {guard.name} has sha256 {digest}, but the model expects "
+                f"{expected}: not loaded (the download is {kept})",
+                reason="CHECKSUM_MISMATCH",
+                metadata={"expected": expected, "actual": digest},
+            )
+        return self._place(src, key, work, payload, digest, transfer.size)
+
+    def _place(
+        self, src: ArtifactUri, key: str, work: Path, payload: Path, digest: str, size: int
+    ) -> Path:
         final = self.objects / key
         self._drop(key)
         staged = work / "entry"
@@ -251,80 +273,33 @@ class ArtifactStore:
         placed = final / payload.name
         stat = placed.stat()
         self._verified[placed] = (stat.st_size, stat.st_mtime_ns, digest)
-        log.info("cached %s (%d bytes) at %s", src.uri, size, placed)
+        log.info("cached %s (%d bytes) at %s", without_query(src.uri), size, placed)
         return placed
 
     # -- eviction ------------------------------------------------------------------
 
-    def _reserve(self, key: str, size: int) -> None:
-        """Promise `size` bytes to the download of `key`, evicting unused entries (LRU) first."""
-        limit = self.settings.max_cache_bytes
-        if size > limit:
-            raise ResourceExhausted(
-                f"artifact needs {size} bytes but the artifact cache holds at most {limit} "
-                "(raise MODELYARD_ARTIFACTS_MAX_CACHE_BYTES)",
-                reason="ARTIFACT_TOO_LARGE",
-                metadata={"needed_bytes": str(size), "limit_bytes": str(limit)},
-            )
-        entries = [e for e in self.entries() if e.key != key]  # reads records: not under the lock
-        with self._lock:
-            victims, used = self._pick_victims(entries, key, size, limit)
-            if used + size > limit:
-                raise ResourceExhausted(
-                    f"artifact needs {size} bytes; the cache has {limit - used} free of {limit} "
-                    "and the rest is in use",
-                    reason="ARTIFACT_CACHE_FULL",
-                    metadata={"needed_bytes": str(size), "available_bytes": str(limit - used)},
-                    retry_after_s=30.0,
-                )
-            self._reserved[key] = size
-            for victim in victims:
-                self._evicting[victim.key] = threading.Event()
+    def _make_room(self, token: str, key: str, size: int) -> None:
+        """Reserve `size` bytes for download `token` (of entry `key`): the quarantine first,
+        then unused entries (LRU) are deleted to make room, or RESOURCE_EXHAUSTED."""
+        candidates = [Candidate(k, n, str(p)) for k, n, p in self._quarantine.items()]
+        candidates += [Candidate(e.key, e.size, without_query(e.uri)) for e in self.entries()]
+        victims = self.budget.reserve(token, size, candidates, replacing=key)
         for victim in victims:  # the files go outside the lock
             log.info(
-                "evicting %s (%d bytes, unused) from the artifact cache", victim.uri, victim.size
+                "evicting %s (%d bytes, unused) from the artifact cache", victim.label, victim.size
             )
             try:
                 self._drop(victim.key)
             finally:
-                with self._lock:
-                    self._evicting.pop(victim.key).set()
-
-    def _pick_victims(
-        self, entries: list[CacheEntry], key: str, size: int, limit: int
-    ) -> tuple[list[CacheEntry], int]:
-        """Under `_lock`: unused entries to evict (LRU first) and the bytes used after them."""
-        used = sum(e.size for e in entries if e.key not in self._evicting) + sum(
-            v for k, v in self._reserved.items() if k != key
-        )
-        victims: list[CacheEntry] = []
-        for entry in entries:
-            if used + size <= limit:
-                break
-            if self._refs.get(entry.key, 0) > 0 or entry.key in self._evicting:
-                continue
-            victims.append(entry)
-            used -= entry.size
-        return victims, used
-
-    def _wait_for_eviction(self, key: str) -> None:
-        """In a thread: until an eviction of `key` that started before this fetch is done."""
-        with self._lock:
-            done = self._evicting.get(key)
-        if done is not None:
-            done.wait()
+                self.budget.evicted(victim.key)
 
     def _drop(self, key: str) -> None:
+        if key.startswith(PREFIX):
+            self._quarantine.remove(key)
+            return
         # Record first: without it the entry no longer counts as complete.
         (self.objects / f"{key}.json").unlink(missing_ok=True)
         shutil.rmtree(self.objects / key, ignore_errors=True)
-
-    def _quarantine(self, payload: Path, key: str) -> Path:
-        self.quarantine.mkdir(parents=True, exist_ok=True)
-        dest = self.quarantine / f"{key}-{int(time.time())}-{payload.name}"
-        shutil.move(str(payload), str(dest))
-        log.warning("quarantined %s at %s (sha256 mismatch)", payload.name, dest)
-        return dest
 
     # -- bookkeeping ---------------------------------------------------------------
 
@@ -336,11 +311,12 @@ class ArtifactStore:
             return  # hashed in this process and untouched since
         actual = sha256_path(path)
         if actual != want:
+            log.warning("artifact %s at %s has sha256 %s, not %s", shown(uri), path, actual, want)
             raise FailedPrecondition(
-                f"artifact {uri} has sha256 {actual}, but the model expects {want}: "
+                f"artifact {shown(uri)} has sha256 {actual}, but the model expects {want}: "
                 "the file is corrupt or not the registered one",
                 reason="CHECKSUM_MISMATCH",
-                metadata={"path": str(path), "expected": want, "actual": actual},
+                metadata={"expected": want, "actual": actual},
             )
         self._verified[path] = (stat.st_size, stat.st_mtime_ns, actual)
 
@@ -355,17 +331,10 @@ class ArtifactStore:
                 shutil.rmtree(leftover, ignore_errors=True)
         self._prepared = True
 
-    def _acquire(self, key: str) -> None:
-        with self._lock:
-            self._refs[key] = self._refs.get(key, 0) + 1
-
-    def _release_key(self, key: str) -> None:
-        with self._lock:
-            left = self._refs.get(key, 0) - 1
-            if left > 0:
-                self._refs[key] = left
-            else:
-                self._refs.pop(key, None)
+    def _count(self, *, running: int = 0, waiting: int = 0) -> None:
+        with self.budget.lock:
+            self._counts[0] += running
+            self._counts[1] += waiting
 
     def _key_of(self, path: Path) -> str | None:
         try:
@@ -383,3 +352,16 @@ class ArtifactStore:
     def _forget(self, key: str) -> None:
         self._inflight.pop(key, None)
         self._listeners.pop(key, None)
+
+    @staticmethod
+    async def _run(pool: ThreadPoolExecutor, fn: Callable[..., T], *args: object) -> T:
+        return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
+
+
+def _in_use_and_changed(src: ArtifactUri) -> FailedPrecondition:
+    return FailedPrecondition(
+        f"artifact {shown(src.uri)}: the cached copy no longer matches its sha256, and a "
+        "loaded model (or a load in progress) uses it, so it is left in place: unload the "
+        "models using it, then load again to fetch it anew",
+        reason="ARTIFACT_IN_USE",
+    )

@@ -33,6 +33,14 @@ class ArtifactUri:
         """Stable directory name for this URI in the cache."""
         return hashlib.sha256(self.uri.encode("utf-8")).hexdigest()[:32]
 
+    def entry_key(self, sha256: str) -> str:
+        """Cache key of this URI at this digest: another digest of the same URI is another
+        entry, so a fetch for it never replaces (or quarantines) a file a model uses."""
+        want = sha256.strip().lower()
+        if not want:
+            return self.cache_key
+        return hashlib.sha256(f"{self.uri}\n{want}".encode()).hexdigest()[:32]
+
     @property
     def filename(self) -> str:
         """The name the downloaded payload keeps (engines look at suffixes like .gguf)."""
@@ -80,11 +88,22 @@ def _safe_name(name: str) -> str:
 
 
 def _bad(uri: str, why: str) -> InvalidArgument:
-    return InvalidArgument.for_field("artifact.uri", f"{uri!r}: {why}")
+    return InvalidArgument.for_field("artifact.uri", f"{shown(uri)}: {why}")
 
 
 def without_query(uri: str) -> str:
-    """Scheme, host and path of `uri`, for logs and spans: a presigned URL's query (and any
-    user:password@) is a credential."""
+    """Scheme, host[:port] and path of `uri`, for logs and spans: a presigned URL's query
+    (and any user:password@) is a credential."""
     parts = urlsplit(uri)
-    return urlunsplit((parts.scheme, parts.hostname or "", parts.path, "", ""))
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+def shown(uri: str) -> str:
+    """How a client-visible message names an artifact: a remote URI without its query or
+    credentials; a local file by its name only (the worker's paths stay in its log)."""
+    scheme = urlsplit(uri).scheme.lower()
+    if scheme in {"http", "https", "s3", "hf"}:
+        return without_query(uri)
+    name = PurePosixPath(urlsplit(uri).path.replace("\\", "/")).name
+    return f"local file {name!r}" if name else "a local file"

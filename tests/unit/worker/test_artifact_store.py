@@ -133,7 +133,9 @@ async def test_checksum_mismatch_quarantines_and_places_nothing(
     with pytest.raises(FailedPrecondition) as err:
         await store.fetch(_artifact(f"{base}/m", sha="0" * 64))
     assert err.value.reason == "CHECKSUM_MISMATCH"
-    quarantined = Path(err.value.metadata["quarantined"])
+    # The client learns the digests, not where the worker keeps the evidence.
+    assert str(tmp_path) not in err.value.message and "quarantined" not in err.value.metadata
+    [quarantined] = store.quarantined()
     assert _read(quarantined) == b"not the registered weights"
     assert _payloads(store) == [] and store.entries() == []
     assert list(store.tmp.iterdir()) == []
@@ -193,7 +195,7 @@ async def test_evicted_files_are_deleted_outside_the_lock_the_loop_takes(
 
     def recording_drop(key: str) -> None:
         # fetch/release take the lock on the event loop: deleting under it would stall it.
-        dropped.append((key, store._lock.locked()))
+        dropped.append((key, store.budget.lock.locked()))
         drop(key)
 
     monkeypatch.setattr(store, "_drop", recording_drop)

@@ -104,10 +104,11 @@ async def test_a_missing_file_fails_naming_the_path_and_other_models_keep_servin
     missing = tmp_path / "nowhere.gguf"
     with pytest.raises(FailedPrecondition) as err:
         await manager.load(gguf_model(missing, name="ghost"))
-    assert str(missing) in err.value.message
+    # The file's name, never the worker's path (the message reaches clients; issue #11).
+    assert missing.name in err.value.message and str(tmp_path) not in err.value.message
     ghost = manager.get(model_key("ghost", "1"))
     assert ghost is not None and ghost.state is ResidencyState.FAILED
-    assert str(missing) in ghost.error
+    assert missing.name in ghost.error and str(tmp_path) not in ghost.error
 
     result = await manager.load(tiny_model)
     assert result.resident.state is ResidencyState.WARM
@@ -147,7 +148,7 @@ async def test_a_corrupt_gguf_is_refused(
     path.write_bytes(content)
     with pytest.raises(FailedPrecondition) as err:
         await manager.load(gguf_model(path, name="corrupt"))
-    assert str(path) in err.value.message
+    assert path.name in err.value.message
 
 
 async def test_an_engine_this_worker_does_not_run_is_refused(
