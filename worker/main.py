@@ -63,6 +63,7 @@ class RunningWorker:
         if self.preloading is not None:
             self.preloading.cancel()
         await self.server.stop(grace_s)
+        self.manager.loader.store.close()  # downloads in progress end at their next block
         await self.manager.close()
         await self.catalogue.close()
         if self._stop_metrics is not None:

@@ -20,6 +20,7 @@ from modelyard.errors import (
 from modelyard.refs import model_key
 from modelyard.v1 import common_pb2, model_pb2
 from tests.robustness.artifact_remote import (
+    WAIT_S,
     Remote,
     Route,
     artifact,
@@ -28,9 +29,10 @@ from tests.robustness.artifact_remote import (
     until,
 )
 from worker.artifacts import ArtifactStore
+from worker.catalogue.file import FileCatalogue
 from worker.config import WorkerSettings
 from worker.engines import available_engines
-from worker.main import build_manager
+from worker.main import build_manager, start_worker
 from worker.residency import ResidencyState
 
 SECRET = "X-Amz-Signature=s3cr3t"  # a presigned URL's query: a credential
@@ -199,3 +201,29 @@ async def test_repeated_checksum_mismatches_keep_the_quarantine_bounded(
     assert none_kept.quarantined() == [] and list(none_kept.tmp.iterdir()) == []
     store.close()
     none_kept.close()
+
+
+async def test_stopping_the_worker_abandons_a_download_in_progress(
+    tmp_path: Path, remote: Remote
+) -> None:
+    """A worker told to stop does not wait for a slow download (MAX_DOWNLOAD_S is hours):
+    its download thread ends at the next block and the server stops being read."""
+    body = b"GGUF" + b"t" * (1 << 20)  # ~20 minutes at the trickle's rate
+    remote.routes["huge.bin"] = Route(body, trickle=True)
+    store = store_at(tmp_path)
+    settings = WorkerSettings(address="127.0.0.1:0", threads=1, sim_engine=True)
+    model = model_pb2.Model(
+        name="huge",
+        version="1",
+        artifact=artifact(remote.url("huge.bin"), body),
+        engines=[common_pb2.ENGINE_SIM],
+        load_options=model_pb2.LoadOptions(extra={"sim_memory_bytes": str(1 << 20)}),
+    )
+    worker = await start_worker(settings, catalogue=FileCatalogue([model]), store=store)
+    loading = asyncio.create_task(worker.manager.load(model))
+    await until(lambda: remote.sent.get("huge.bin", 0) > 0, "the download to start")
+    async with asyncio.timeout(WAIT_S):
+        await worker.stop(grace_s=0)
+    await until(lambda: store.downloads() == (0, 0), "the download thread to end")
+    assert remote.sent["huge.bin"] < len(body)
+    await asyncio.gather(loading, return_exceptions=True)

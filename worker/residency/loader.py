@@ -177,13 +177,20 @@ class ModelLoader:
                 await engine.unload()
             if isinstance(err, ModelyardError) or not isinstance(err, Exception):
                 raise
+            # The engine's text and the local path stay in the log: a client learns only
+            # which model and what to check.
+            log.warning("cannot load %s from %s", spec.key, spec.path, exc_info=err)
             raise FailedPrecondition(
-                f"cannot load {spec.key} from {spec.path}: {err} "
-                "(corrupt or unsupported model file?)",
+                f"cannot load {spec.key}: the {engine_name(kind)} engine refused the model file "
+                "(corrupt, or a format or architecture this engine does not support); "
+                "the worker log has the details",
                 reason="ARTIFACT_CORRUPT",
-                metadata={"path": str(spec.path)},
             ) from err
         return Opened(engine, info, max(rss_bytes() - before, 0))
+
+
+def engine_name(kind: EngineKind) -> str:
+    return common_pb2.Engine.Name(kind).removeprefix("ENGINE_").lower()
 
 
 async def warm_up(engine: Engine) -> None:
