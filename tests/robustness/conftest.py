@@ -1,9 +1,10 @@
-"""One sim mesh for the fuzz modules, and the count of cases they ran.
+"""One sim mesh for the fuzz and overload modules, and what they counted.
 
-The mesh is session-scoped rather than per module: it takes ~40 s to start on a loaded
+The mesh is session-scoped rather than per module: it takes 40-70 s to start on a loaded
 2-core machine, and under `--random-order-bucket=global` a module-scoped one would be
-started again each time the fuzz tests interleave with others. Each fuzz test checks the
-mesh's health and RSS itself when it ends, so no test relies on running last.
+started again each time these tests interleave with others. Each test checks the mesh's
+health and RSS itself when it ends, so none relies on running last. The terminal summary
+prints the number of fuzz cases, their outcomes and the overload figures.
 """
 
 from __future__ import annotations

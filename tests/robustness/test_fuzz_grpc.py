@@ -13,6 +13,7 @@ every service alive, healthy, under its RSS bound, and the router still serving.
 from __future__ import annotations
 
 import asyncio
+import os
 import string
 from dataclasses import dataclass
 from typing import Any
@@ -67,10 +68,16 @@ LONG_LIVED = {"Watch", "WatchStatus"}
 OPEN_WAIT_S = 0.3
 CALL_TIMEOUT_S = 20.0
 MAX_EVENTS = 6  # of a generation: enough to be past the first token
-EXAMPLES_EACH = 60
+# Cases per RPC, sized for the whole fuzz suite to take about 3 minutes on 2 loaded cores;
+# MODELYARD_FUZZ_SCALE=10 runs ten times as many (same seed: the first cases are the same).
+SCALE = float(os.environ.get("MODELYARD_FUZZ_SCALE", "1"))
+EXAMPLES_EACH = round(60 * SCALE)
 # The client-facing generation RPCs carry the most fields and reach the most code.
-EXAMPLES = {"RouterService.Generate": 120, "RouterService.Complete": 120}
-EXAMPLES_LONG_LIVED = 30
+EXAMPLES = {
+    "RouterService.Generate": round(120 * SCALE),
+    "RouterService.Complete": round(120 * SCALE),
+}
+EXAMPLES_LONG_LIVED = round(30 * SCALE)
 FEEDBACK_ID = "fuzz-feedback-1"  # a finished request (prepare() makes it)
 
 # A name the mesh knows, mixed into the name fields: past "not found" into the code behind.
@@ -282,6 +289,31 @@ def _serialize(message: Message) -> bytes:
 
 async def _open(address: str) -> grpc.aio.Channel:
     return grpc.aio.insecure_channel(address)
+
+
+# One request per service just over the transport's 4 MiB (MODELYARD_*_LIMITS_MAX_MESSAGE_BYTES):
+# refused by gRPC before it is parsed. (The fuzz keeps its strings smaller: a message this
+# large takes seconds to generate.)
+HUGE = "x" * (5 * 1024 * 1024)
+OVERSIZED = [
+    ("RegistryService.GetModel", registry_pb2.GetModelRequest(name=HUGE)),
+    ("RouterService.Complete", router_pb2.CompleteRequest(model="sim-a", prompt=HUGE)),
+    ("WorkerService.Generate", worker_pb2.WorkerServiceGenerateRequest(prompt=HUGE)),
+]
+
+
+@pytest.mark.parametrize(("name", "request_"), OVERSIZED, ids=[n for n, _ in OVERSIZED])
+def test_an_oversized_message_is_refused_before_it_is_parsed(
+    name: str, request_: Message, fuzz_mesh: SimMesh, runner: asyncio.Runner
+) -> None:
+    rpc = next(r for r in RPCS if r.name == name)
+    channel = runner.run(_open(rpc.address(fuzz_mesh)))
+    try:
+        outcome = runner.run(call(channel, rpc, request_, rpc.token))
+    finally:
+        runner.run(channel.close())
+    assert outcome.code == grpc.StatusCode.RESOURCE_EXHAUSTED, outcome
+    assert not mesh_trouble(fuzz_mesh), mesh_trouble(fuzz_mesh)
 
 
 def test_every_rpc_is_fuzzed() -> None:

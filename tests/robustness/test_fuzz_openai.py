@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import string
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from tests.robustness.sim_mesh import CLIENT_KEY, SimMesh
 
 pytestmark = pytest.mark.integration
 
-EXAMPLES = 250
+EXAMPLES = round(200 * float(os.environ.get("MODELYARD_FUZZ_SCALE", "1")))
 CHAT = {"model": "sim-a", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
 COMPLETION = {"model": "sim-a", "prompt": "Once upon a time", "max_tokens": 4}
 PARAMETERS = [
