@@ -7,7 +7,7 @@ loopback, the scenario of tests/robustness/test_overload.py: a sim model decodin
 sequences together at 5 ms a token, 16 tokens a request, the router admitting 8
 generations (MODELYARD_ROUTER_MAX_IN_FLIGHT). Each repetition runs, in turn: one client
 (unloaded), as many clients as the worker decodes sequences (capacity), and `factor`
-times that many (overload; a refused client pauses 50 ms and tries again). Reports the
+times that many (overload; a refused client pauses 100 ms and tries again). Reports the
 admitted p99 against the unloaded p99, throughput and the counts by status, min / median
 / max over the repetitions. Writes bench/results/overload.md.
 """

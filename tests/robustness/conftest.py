@@ -30,6 +30,8 @@ def fuzz_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimMesh]:
     mesh = start_sim_mesh(tmp_path_factory.mktemp("fuzz-mesh"), http=True, env=ROUTER_ENV)
     try:
         yield mesh
+        rss = ", ".join(f"{name} {v / (1 << 20):.0f} MB" for name, v in mesh.rss().items())
+        FIGURES["RSS at the end"] = rss
     finally:
         mesh.stop()
 
