@@ -58,6 +58,8 @@ class Soak:
     rng: random.Random = field(default_factory=lambda: random.Random(11))
     outcomes: Counter[str] = field(default_factory=Counter)
     samples: list[tuple[float, dict[str, int], dict[str, int]]] = field(default_factory=list)
+    # The first error text of each status, so a report says why, not only how often.
+    why: dict[str, str] = field(default_factory=dict)
 
     async def client(self, router: router_pb2_grpc.RouterServiceStub) -> None:
         while time.monotonic() < self.stop_at:
@@ -76,6 +78,7 @@ class Soak:
                 self.outcomes["CANCELLED (by the client)" if cancel else "OK"] += 1
             except grpc.aio.AioRpcError as err:
                 self.outcomes[err.code().name] += 1
+                self.why.setdefault(err.code().name, (err.details() or "")[:160])
 
     async def operator(self, worker: worker_pb2_grpc.WorkerServiceStub) -> None:
         metadata = bearer_metadata(OPERATOR_TOKEN)
@@ -97,6 +100,7 @@ class Soak:
                     self.outcomes["UnloadModel OK"] += 1
             except grpc.aio.AioRpcError as err:
                 self.outcomes[f"operator {err.code().name}"] += 1
+                self.why.setdefault(f"operator {err.code().name}", (err.details() or "")[:160])
             await asyncio.sleep(2.0)  # the operator's pace
 
     async def sampler(self, every_s: float) -> None:
@@ -153,6 +157,7 @@ def table(run: Soak) -> list[str]:
             f"| {slope_per_min(fds):+.2f} / {slope_per_min(fds_warm):+.2f} |"
         )
     rows += ["", f"Outcomes: {dict(sorted(run.outcomes.items()))}; {len(run.samples)} samples."]
+    rows += [f"- first {code}: {text}" for code, text in sorted(run.why.items())]
     return rows
 
 
