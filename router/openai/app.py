@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Sequence
 from contextlib import aclosing
 from typing import Any, Protocol, TypeVar
@@ -164,7 +165,9 @@ class _Front:
         # The OpenAI SDK sends its own timeout; never wait longer than the client does.
         hinted = request.headers.get("x-stainless-timeout", "")
         with contextlib.suppress(ValueError):
-            return min(self._timeout_s, float(hinted))
+            seconds = float(hinted)
+            if math.isfinite(seconds) and seconds > 0:
+                return min(self._timeout_s, seconds)
         return self._timeout_s
 
 
@@ -270,13 +273,37 @@ async def _wait_disconnect(request: Request) -> None:
 
 
 async def _json_body(request: Request) -> dict[str, Any]:
+    """The body as a JSON object; anything else is a 400 saying what is wrong with it
+    (never the parser's own text, never a 500: deep nesting and 5,000-digit numbers
+    stop Python's parser with errors of their own)."""
+    raw = await request.body()
     try:
-        body = json.loads(await request.body())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise invalid(f"the request body is not valid JSON: {err}") from err
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise invalid(f"the request body is not valid UTF-8 (byte {err.start})") from None
+    try:
+        body = json.loads(text, parse_constant=_no_constant)
+    except json.JSONDecodeError as err:
+        where = f"line {err.lineno} column {err.colno}"
+        raise invalid(f"the request body is not valid JSON ({err.msg} at {where})") from None
+    except _NotJson as err:
+        raise invalid(f"the request body is not valid JSON ({err} is not a JSON value)") from None
+    except RecursionError:
+        raise invalid("the request body nests too deeply") from None
+    except ValueError:  # int() refuses numbers of more than 4300 digits
+        raise invalid("the request body holds a number too long to read") from None
     if not isinstance(body, dict):
         raise invalid("the request body must be a JSON object")
     return body
+
+
+class _NotJson(ValueError):
+    pass
+
+
+def _no_constant(name: str) -> Any:
+    # Python's json reads NaN and Infinity; JSON (and OpenAI) does not have them.
+    raise _NotJson(name)
 
 
 async def _openai_error(request: Request, exc: Exception) -> Response:

@@ -1,7 +1,9 @@
 """OpenAI request bodies -> the router's GenerateRequest (and nothing else).
 
-Only what modelyard can honour is accepted: n=1, text content, no logprobs. Anything
-else is a 400 naming the parameter, rather than an answer that silently ignores it.
+Only what modelyard can honour is accepted: n=1, text content, no logprobs, no tools,
+text responses. Anything else is a 400 naming the parameter, rather than an answer that
+silently ignores it; so is a value of the wrong JSON type or out of range
+(router/openai/fields.py).
 """
 
 from __future__ import annotations
@@ -11,6 +13,17 @@ from typing import Any
 
 from modelyard.v1 import common_pb2, router_pb2
 from router.openai.errors import invalid
+from router.openai.fields import (
+    INT32_MAX,
+    UINT64_MAX,
+    boolean,
+    check_unsupported,
+    integer,
+    number,
+    obj,
+    optional_string,
+    string,
+)
 
 _ROLES = {"system", "user", "assistant", "tool", "developer"}
 
@@ -24,14 +37,18 @@ def chat_request(body: Mapping[str, Any]) -> router_pb2.GenerateRequest:
         if not isinstance(message, Mapping):
             raise invalid(f"messages[{i}] must be an object", f"messages[{i}]")
         role = message.get("role")
-        if role not in _ROLES:
-            raise invalid(f"messages[{i}].role {role!r} is not supported", f"messages[{i}].role")
+        if not isinstance(role, str) or role not in _ROLES:
+            shown = repr(role) if len(repr(role)) <= 40 else repr(role)[:37] + "..."
+            raise invalid(
+                f"messages[{i}].role must be one of {', '.join(sorted(_ROLES))}, got {shown}",
+                f"messages[{i}].role",
+            )
         request.messages.append(
             common_pb2.ChatMessage(
                 # Newer OpenAI clients send "developer" where older ones send "system".
-                role="system" if role == "developer" else str(role),
+                role="system" if role == "developer" else role,
                 content=_content(message.get("content"), i),
-                name=str(message.get("name") or ""),
+                name=optional_string(message, "name", f"messages[{i}].name") or "",
             )
         )
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
@@ -45,38 +62,41 @@ def completion_request(body: Mapping[str, Any]) -> router_pb2.GenerateRequest:
         prompt = prompt[0]
     if not isinstance(prompt, str):
         raise invalid("'prompt' must be a string (one prompt per request)", "prompt")
-    if body.get("echo"):
+    if boolean(body, "echo"):
         raise invalid("'echo' is not supported", "echo")
-    if body.get("suffix"):
+    if optional_string(body, "suffix"):
         raise invalid("'suffix' is not supported", "suffix")
     request = _common(body)
-    request.prompt = prompt
+    request.prompt = string(prompt, "prompt")
     # OpenAI's legacy completions default to 16 tokens.
     _set_max_tokens(request, body.get("max_tokens", 16), "max_tokens")
     return request
 
 
 def wants_stream(body: Mapping[str, Any]) -> bool:
-    return bool(body.get("stream"))
+    return boolean(body, "stream")
 
 
 def include_usage(body: Mapping[str, Any]) -> bool:
-    options = body.get("stream_options") or {}
-    return isinstance(options, Mapping) and bool(options.get("include_usage"))
+    return boolean(obj(body, "stream_options"), "include_usage", "stream_options.include_usage")
 
 
 def _common(body: Mapping[str, Any]) -> router_pb2.GenerateRequest:
     model = body.get("model")
-    if not isinstance(model, str):
+    if model is None:
         raise invalid("'model' is required", "model")
-    if body.get("n", 1) not in (1, None):
+    wants_stream(body)  # its type is checked before any work, as include_usage's
+    include_usage(body)
+    n = body.get("n")
+    if n is not None and integer(n, "n", 1, INT32_MAX) != 1:
         raise invalid("only n=1 is supported", "n")
-    if body.get("logprobs") or body.get("top_logprobs"):
+    if boolean(body, "logprobs") or body.get("top_logprobs"):
         raise invalid("logprobs are not supported", "logprobs")
-    request = router_pb2.GenerateRequest(model=model)
+    check_unsupported(body)
+    request = router_pb2.GenerateRequest(model=string(model, "model"))
     _set_sampling(request.sampling, body)
-    user = body.get("user")
-    if isinstance(user, str):
+    user = optional_string(body, "user")
+    if user:
         request.hints.session_key = user  # keeps a user on one A/B arm
     return request
 
@@ -84,36 +104,29 @@ def _common(body: Mapping[str, Any]) -> router_pb2.GenerateRequest:
 def _set_sampling(sampling: common_pb2.SamplingParams, body: Mapping[str, Any]) -> None:
     for name in ("temperature", "top_p", "presence_penalty", "frequency_penalty"):
         value = body.get(name)
-        if value is None:
-            continue
-        if not isinstance(value, int | float) or isinstance(value, bool):
-            raise invalid(f"'{name}' must be a number", name)
-        setattr(sampling, name, float(value))
+        if value is not None:
+            setattr(sampling, name, number(value, name))
     stop = body.get("stop")
     if isinstance(stop, str):
         stop = [stop]
     if stop is not None:
-        if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
+        if not isinstance(stop, list):
             raise invalid("'stop' must be a string or an array of strings", "stop")
-        sampling.stop.extend(stop)
+        sampling.stop.extend(string(s, "stop") for s in stop)
     seed = body.get("seed")
     if seed is not None:
-        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-            raise invalid("'seed' must be a non-negative integer", "seed")
-        sampling.seed = seed
+        sampling.seed = integer(seed, "seed", 0, UINT64_MAX)
 
 
 def _set_max_tokens(request: router_pb2.GenerateRequest, value: Any, param: str) -> None:
     if value is None:
         return
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise invalid(f"'{param}' must be a positive integer", param)
-    request.sampling.max_tokens = value
+    request.sampling.max_tokens = integer(value, param, 1, INT32_MAX)
 
 
 def _content(content: Any, i: int) -> str:
     if isinstance(content, str):
-        return content
+        return string(content, f"messages[{i}].content")
     if content is None:
         return ""
     if isinstance(content, list):
@@ -121,6 +134,6 @@ def _content(content: Any, i: int) -> str:
         for part in content:
             if not isinstance(part, Mapping) or part.get("type") != "text":
                 raise invalid("only text content parts are supported", f"messages[{i}].content")
-            texts.append(str(part.get("text", "")))
+            texts.append(optional_string(part, "text", f"messages[{i}].content") or "")
         return "".join(texts)
     raise invalid(f"messages[{i}].content must be a string or an array", f"messages[{i}].content")
