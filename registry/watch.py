@@ -117,14 +117,20 @@ class WatchHub:
             await asyncio.sleep(self._poll_interval_s)
 
 
+MAX_REVISION = (1 << 63) - 1
+AHEAD = "resume_too_old"  # the metric's reason for a watcher that must resync
+
+
 async def watch(
     source: ChangeSource, hub: WatchHub, since_revision: int, *, batch: int = BATCH
 ) -> AsyncGenerator[registry_pb2.WatchResponse]:
     """The Watch stream: a snapshot unless resuming, then each change once, in order."""
     with hub.watching():
         last = since_revision
-        if since_revision == 0:
-            snapshot = await _snapshot(source, hub, "start")
+        # Revisions are SQL BIGINTs: a resume point past them is ahead of any registry and
+        # resyncs like any watcher ahead of the database (never reaches a query).
+        if since_revision == 0 or since_revision > MAX_REVISION:
+            snapshot = await _snapshot(source, hub, "start" if since_revision == 0 else AHEAD)
             last = snapshot.revision
             yield registry_pb2.WatchResponse(snapshot=snapshot)
         while True:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncGenerator
 
+import pytest
+
 from modelyard.v1 import registry_pb2
 from registry.store import RegistryStore, open_store
 from tests.unit.registry.factories import make_model, make_route
@@ -130,9 +132,13 @@ async def test_a_watcher_older_than_the_retained_log_gets_a_fresh_snapshot(
         await store.close()
 
 
-async def test_a_watcher_ahead_of_the_database_is_resynced(store: RegistryStore) -> None:
+# 2**63 and above do not fit the revision column (a SQL BIGINT): the fuzz found them INTERNAL.
+@pytest.mark.parametrize("since", [99, 2**63, 2**64 - 1])
+async def test_a_watcher_ahead_of_the_database_is_resynced(
+    store: RegistryStore, since: int
+) -> None:
     await store.register(make_model())
-    stream = store.watch(99)
+    stream = store.watch(since)
     [event] = await take(stream, 1)
     await stream.aclose()
     assert event.snapshot.revision == 1
