@@ -26,8 +26,9 @@ GRPC_OPTIONS = [
     ("grpc.keepalive_permit_without_calls", 1),
     # Accept the clients' keepalive pings (routers ping workers every 10 s, with or
     # without calls): the default minimum of 5 min between data-less pings would count
-    # each as a strike and GOAWAY the channel after two.
-    ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
+    # each as a strike and GOAWAY the channel after two. (gRPC core's name for the
+    # server's minimum is min_ping_interval_without_data_ms; "min_recv_..." is ignored.)
+    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
     ("grpc.http2.max_ping_strikes", 2),
 ]
 
