@@ -267,7 +267,7 @@ class Relay:
         # Iterate (not call.read()): the OpenTelemetry client interceptor ends its span
         # only when the response iterator is exhausted.
         events = aiter(call.call)
-        watch = SilenceWatch.for_status(handle.status, *self._silence_s)
+        watch = SilenceWatch.for_status(handle.status, self._silence_s, run.deadline, self._clock)
         try:
             head = await read_head(events, watch)
         except (grpc.aio.AioRpcError, NoFinish) as err:

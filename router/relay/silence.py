@@ -11,13 +11,16 @@ Two bounds: before the first token a silent attempt is abandoned and the request
 to the next candidate (nothing was sent: safe); after it the stream ends UNAVAILABLE,
 so that bound is longer, for a worker whose event loop stalls a moment between tokens
 (a long decode step) to cost nothing. Neither goes under twice the worker's interval.
+A silence the caller's deadline ends first is the deadline's (DEADLINE_EXCEEDED, the
+worker not blamed), so the timer runs only while more than its bound is left.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 
 from modelyard.v1 import worker_pb2
 
@@ -43,21 +46,30 @@ class SilenceWatch:
     after_first_s: float
     interval_s: float | None = None  # the worker's keepalive interval, once known
     committed: bool = False  # the first token went to the client
+    deadline: float | None = None  # the caller's, on `clock`
+    clock: Callable[[], float] = field(default=time.monotonic)
 
     @classmethod
     def for_status(
-        cls, status: worker_pb2.WorkerStatus | None, before_first_s: float, after_first_s: float
+        cls,
+        status: worker_pb2.WorkerStatus | None,
+        bounds: tuple[float, float],
+        deadline: float | None,
+        clock: Callable[[], float],
     ) -> SilenceWatch:
         interval = None
         if status is not None and status.HasField("generate_keepalive_interval"):
             interval = status.generate_keepalive_interval.ToNanoseconds() / 1e9
-        return cls(before_first_s, after_first_s, interval)
+        return cls(*bounds, interval, deadline=deadline, clock=clock)
 
     def timeout_s(self) -> float | None:
         if self.interval_s is None:
             return None  # a worker that never said it sends keepalives is not timed
         bound = self.after_first_s if self.committed else self.before_first_s
-        return max(bound, 2 * self.interval_s)
+        bound = max(bound, 2 * self.interval_s)
+        if self.deadline is not None and self.deadline - self.clock() <= bound:
+            return None  # the caller's deadline comes first
+        return bound
 
     async def next(self, events: AsyncIterator[WorkerEvent]) -> WorkerEvent | None:
         """The next event (None at the end); `Silent` past the bound."""

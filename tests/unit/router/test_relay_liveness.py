@@ -13,6 +13,7 @@ import pytest
 
 from modelyard.errors import from_rpc_error
 from modelyard.v1 import common_pb2, router_pb2, router_pb2_grpc, worker_pb2
+from router.relay.silence import SilenceWatch
 from tests.unit.router.doubles import (
     LOOP_SCOPE,
     Pause,
@@ -24,6 +25,7 @@ from tests.unit.router.doubles import (
     finished,
     running_router,
     started,
+    wait_until,
 )
 
 pytestmark = pytest.mark.asyncio(loop_scope=LOOP_SCOPE)
@@ -81,6 +83,8 @@ async def test_a_silent_worker_is_abandoned_retried_elsewhere_and_ejected(
         registry.address, [frozen.address, healthy.address], silence_timeout_s=SILENCE_S
     ) as router:
         breakers = router.parts.accounting.breakers
+        # Both statuses in (the queue bias included) before the first pick.
+        await wait_until(lambda: all(h.watching for h in router.pool.workers))
         first = await collect(router.stub)
         assert first[0].started.worker_id == "healthy" and first[0].started.attempt == 2
         assert len(frozen.fake.requests) == 1
@@ -161,3 +165,25 @@ async def test_silence_after_the_first_token_ends_the_stream_and_ejects(
     err = from_rpc_error(broken.value)
     assert err.code == grpc.StatusCode.UNAVAILABLE and err.reason == "WORKER_FAILED_MID_STREAM"
     assert "sent nothing for 1.0s" in err.message
+
+
+async def test_a_silence_the_callers_deadline_ends_first_is_left_to_the_deadline() -> None:
+    now = [100.0]
+    status = worker_pb2.WorkerStatus()
+    status.generate_keepalive_interval.FromMilliseconds(500)
+
+    def watch(deadline: float | None) -> SilenceWatch:
+        return SilenceWatch.for_status(status, (2.0, 10.0), deadline, lambda: now[0])
+
+    assert watch(None).timeout_s() == 2.0
+    assert watch(105.0).timeout_s() == 2.0
+    # 1.5 s left: the call's own deadline ends it first, as DEADLINE_EXCEEDED; a silence
+    # timer racing it could blame (and eject) a worker for the caller's short deadline.
+    assert watch(101.5).timeout_s() is None
+    late = watch(105.0)
+    late.committed = True  # after the first token the longer bound, same rule
+    assert late.timeout_s() is None
+    now[0] = 90.0
+    assert late.timeout_s() == 10.0
+    # A worker that never said it sends keepalives is not timed at all.
+    assert SilenceWatch.for_status(None, (2.0, 10.0), None, lambda: now[0]).timeout_s() is None
