@@ -41,6 +41,24 @@ class ServerLimits(BaseModel):
         description="Concurrent HTTP/2 streams one client connection may open.",
     )
 
+    stream_idle_write_s: float = Field(
+        default=30.0,
+        gt=0,
+        description=(
+            "Generate streams: longest wait for a client to take the next event (its "
+            "flow-control window full: it stopped reading); then the stream ends "
+            "DEADLINE_EXCEEDED and its decode slot is freed."
+        ),
+    )
+    max_stream_s: float = Field(
+        default=3600.0,
+        gt=0,
+        description=(
+            "Generate streams: longest a stream may last, whatever the client's deadline; "
+            "then it ends DEADLINE_EXCEEDED and its decode slot is freed."
+        ),
+    )
+
     def grpc_options(self) -> list[tuple[str, Any]]:
         return [
             ("grpc.max_receive_message_length", self.max_message_bytes),

@@ -24,6 +24,12 @@ GRPC_OPTIONS = [
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.keepalive_permit_without_calls", 1),
+    # Accept the clients' keepalive pings (routers ping workers every 10 s, with or
+    # without calls): the default minimum of 5 min between data-less pings would count
+    # each as a strike and GOAWAY the channel after two. (gRPC core's name for the
+    # server's minimum is min_ping_interval_without_data_ms; "min_recv_..." is ignored.)
+    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+    ("grpc.http2.max_ping_strikes", 2),
 ]
 
 

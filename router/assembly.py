@@ -77,6 +77,8 @@ def build(
         max_attempts=settings.max_attempts,
         max_total_attempts=settings.max_total_attempts,
         connect_timeout_s=settings.connect_timeout_s,
+        silence_timeout_s=settings.silence_timeout_s,
+        stream_silence_timeout_s=settings.stream_silence_timeout_s,
         client_policy=settings.client_policy(),
         admission=RouterAdmission(settings.max_in_flight, settings.max_in_flight_per_key),
     )
@@ -84,7 +86,7 @@ def build(
     # Scrapes run on prometheus_client's thread; the cache changes on the loop.
     metrics.watch_healthy_workers(loop_caller(lambda: _healthy_workers(cache, pool, breakers)))
     api = RouterApi(relay, catalog, pool)
-    servicer = RouterServicer(api, pool, accounting)
+    servicer = RouterServicer(api, pool, accounting, settings.limits)
     return RouterParts(catalog, cache, relay, api, accounting, metrics, servicer)
 
 

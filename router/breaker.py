@@ -75,6 +75,13 @@ class Breaker:
             self._state = OPEN
             self._opened_at = self._clock()
 
+    def eject(self) -> None:
+        """Open at once, whatever the counts: the worker went silent (frozen, not failing)."""
+        self._consecutive += 1
+        self._recent.append(True)
+        self._state = OPEN
+        self._opened_at = self._clock()
+
     def _tripped(self) -> bool:
         p = self._policy
         if self._consecutive >= p.consecutive_failures:
@@ -120,6 +127,10 @@ class BreakerBoard:
 
     def on_failure(self, worker: str) -> None:
         self._record(worker, Breaker.on_failure)
+
+    def eject(self, worker: str) -> None:
+        """Take a silent worker out of scheduling for the open period (then probes)."""
+        self._record(worker, Breaker.eject)
 
     def forget(self, worker: str) -> None:
         """Drop a worker that left the pool (bounded memory under churn)."""

@@ -45,6 +45,24 @@ class RouterSettings(ServiceSettings):
         gt=0,
         description="Longest wait for a connection to a worker before trying the next one.",
     )
+    silence_timeout_s: float = Field(
+        default=2.0,
+        gt=0,
+        description=(
+            "Before the first token: longest a worker that sends keepalives may send nothing; "
+            "then the attempt is abandoned, retried on the next candidate and the worker "
+            "ejected (its breaker opens). Cold loads and queue waits send keepalives."
+        ),
+    )
+    stream_silence_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description=(
+            "After the first token: longest a worker that sends keepalives may send nothing; "
+            "then the stream ends UNAVAILABLE (text was sent: no retry) and the worker is "
+            "ejected. Longer than silence_timeout_s: a false alarm here costs the stream."
+        ),
+    )
     max_attempts: int = Field(
         default=3,
         ge=1,

@@ -11,6 +11,8 @@ import grpc
 from grpc_status import rpc_status
 
 from modelyard.errors import FieldViolation, InvalidArgument, NotFound, grpc_errors
+from modelyard.limits import ServerLimits
+from modelyard.streaming import BoundedStream
 from modelyard.v1 import router_pb2, router_pb2_grpc
 from router.accounting import Accounting
 from router.api import RouterApi
@@ -28,18 +30,32 @@ Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 
 
 class RouterServicer(router_pb2_grpc.RouterServiceServicer):
-    def __init__(self, api: RouterApi, pool: WorkerPool, accounting: Accounting) -> None:
+    def __init__(
+        self,
+        api: RouterApi,
+        pool: WorkerPool,
+        accounting: Accounting,
+        limits: ServerLimits | None = None,
+    ) -> None:
         self._api = api
         self._pool = pool
         self._acct = accounting
+        self._limits = limits or ServerLimits()
 
     @grpc_errors
     async def Generate(
         self, request: router_pb2.GenerateRequest, context: Context
     ) -> AsyncIterator[router_pb2.GenerateResponse]:
-        async with aclosing(self._events(request, context)) as events:
+        # Written through `out` (modelyard.streaming: a yield cannot time a client that
+        # stopped reading); its error closes the relay, which cancels the worker's call
+        # and so frees the decode slot. The generator form stays for interceptors.
+        out = BoundedStream(context, self._limits, "router")
+        async with out.bounded(), aclosing(self._events(request, context)) as events:
             async for event in events:
-                yield event
+                await out.write(event)
+        nothing: tuple[router_pb2.GenerateResponse, ...] = ()
+        for event in nothing:
+            yield event
 
     @grpc_errors
     async def Complete(

@@ -74,6 +74,16 @@ class WorkerSettings(ServiceSettings):
             "one machine). 0 in production."
         ),
     )
+    generate_keepalive_s: float = Field(
+        default=0.5,
+        ge=0.05,
+        le=10.0,
+        description=(
+            "A Generate stream that has sent nothing for this long gets a keepalive event "
+            "(with its phase: loading, queued, prefill, decoding), so routers tell a busy "
+            "worker from a frozen one; keep it well under the routers' silence timeout."
+        ),
+    )
     sim_engine: bool = Field(
         default=False,
         description=(

@@ -105,7 +105,8 @@ async def start_worker(
     device, device_name = detect_device(manager.engines)
     # The id and address may depend on the port bound below: placeholders until then.
     identity = WorkerIdentity(settings.worker_id, settings.address, device, device_name)
-    servicer = WorkerServicer(manager, identity, catalogue)
+    limits, keepalive_s = settings.limits, settings.generate_keepalive_s
+    servicer = WorkerServicer(manager, identity, catalogue, limits=limits, keepalive_s=keepalive_s)
 
     def register(server: grpc.aio.Server) -> None:
         worker_pb2_grpc.add_WorkerServiceServicer_to_server(servicer, server)

@@ -8,7 +8,6 @@ the engine's stream as events, and measures timings, spans and cost on the way.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import time
@@ -18,13 +17,14 @@ from typing import Any
 
 import grpc
 from google.protobuf import duration_pb2
-from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.util.types import AttributeValue
 
 from modelyard.errors import InvalidArgument, grpc_errors
+from modelyard.limits import ServerLimits
 from modelyard.pricing import cost_of
 from modelyard.refs import ModelKey, key_of, model_key
+from modelyard.streaming import BoundedStream
 from modelyard.tokens import estimate_prompt_tokens, max_tokens_of
 from modelyard.v1 import common_pb2, model_pb2, worker_pb2, worker_pb2_grpc
 from modelyard.validation import check_generation
@@ -40,7 +40,18 @@ from worker.engines.base import (
     SamplingConfig,
     Scheduled,
 )
-from worker.residency import Lease, ModelManager
+from worker.liveness import (
+    DECODING,
+    DEFAULT_KEEPALIVE_S,
+    LOADING,
+    PREFILL,
+    QUEUED,
+    Liveness,
+    Phase,
+    interval_of,
+)
+from worker.milestones import Clock, Spans
+from worker.residency import Lease, ModelManager, ResidencyState
 from worker.status import WorkerIdentity, build_worker_status, model_status
 
 log = logging.getLogger(__name__)
@@ -102,92 +113,6 @@ def seconds_of(duration: duration_pb2.Duration) -> float:
     return duration.seconds + duration.nanos / 1e9
 
 
-class _Clock:
-    """Milestones of one generation on the monotonic clock, and the Timings they give."""
-
-    def __init__(self) -> None:
-        self.received = time.monotonic()
-        self.scheduled = 0.0
-        self.first_token = 0.0
-        self.last_token = 0.0
-
-    def tokens_arrived(self) -> bool:
-        """Tokens came now; True when they are the first."""
-        self.last_token = time.monotonic()
-        if self.first_token:
-            return False
-        self.first_token = self.last_token
-        return True
-
-    def timings(self, load_ms: float, output_tokens: int) -> common_pb2.Timings:
-        end = time.monotonic()
-        scheduled = self.scheduled or end
-        first = self.first_token or end
-        decode_s = max(self.last_token - self.first_token, 0.0) if self.first_token else 0.0
-        return common_pb2.Timings(
-            queue_ms=max((scheduled - self.received) * 1000 - load_ms, 0.0),
-            load_ms=load_ms,
-            ttft_ms=(first - self.received) * 1000,
-            decode_ms=decode_s * 1000,
-            total_ms=(end - self.received) * 1000,
-            decode_tokens_per_second=(output_tokens - 1) / decode_s if decode_s > 0 else 0.0,
-        )
-
-
-class _Spans:
-    """worker.queue → engine.prefill → engine.decode, each a child of the RPC's span."""
-
-    def __init__(self, attributes: dict[str, AttributeValue]) -> None:
-        self._parent = otel_context.get_current()
-        self._attributes = attributes
-        self.queue: trace.Span | None = self._start("worker.queue")
-        self.prefill: trace.Span | None = None
-        self.decode: trace.Span | None = None
-
-    def _start(self, name: str) -> trace.Span:
-        return tracer.start_span(name, context=self._parent, attributes=self._attributes)
-
-    def set_system(self, engine_name: str) -> None:
-        self._attributes["gen_ai.system"] = engine_name
-
-    def scheduled(self, input_tokens: int) -> None:
-        self._end("queue")
-        self._attributes["gen_ai.usage.input_tokens"] = input_tokens
-        self.prefill = self._start("engine.prefill")
-
-    def first_token(self) -> None:
-        self._end("prefill")
-        self.decode = self._start("engine.decode")
-
-    def finished(self, event: Finished) -> None:
-        attributes: dict[str, AttributeValue] = {
-            "gen_ai.usage.input_tokens": event.input_tokens,
-            "gen_ai.usage.output_tokens": event.output_tokens,
-            "gen_ai.response.finish_reasons": [event.reason.value],
-        }
-        for span in (self.decode, self.prefill, trace.get_current_span()):
-            if span is not None:
-                span.set_attributes(attributes)
-
-    def close(self, error: BaseException | None = None) -> None:
-        # A client going away is not a server error: mark it, do not fail the span.
-        cancelled = isinstance(error, (asyncio.CancelledError, GeneratorExit))
-        for name in ("queue", "prefill", "decode"):
-            span = getattr(self, name)
-            if span is not None and cancelled:
-                span.set_attribute("modelyard.cancelled", True)
-            elif span is not None and error is not None:
-                span.record_exception(error)
-                span.set_status(trace.StatusCode.ERROR, str(error))
-            self._end(name)
-
-    def _end(self, name: str) -> None:
-        span = getattr(self, name)
-        if span is not None:
-            span.end()
-            setattr(self, name, None)
-
-
 def _log_finished(
     request_id: str, lease: Lease, event: Finished, finished: common_pb2.GenerationFinished
 ) -> None:
@@ -220,11 +145,19 @@ def _span_attributes(
 
 class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
     def __init__(
-        self, manager: ModelManager, identity: WorkerIdentity, catalogue: Catalogue
+        self,
+        manager: ModelManager,
+        identity: WorkerIdentity,
+        catalogue: Catalogue,
+        *,
+        limits: ServerLimits | None = None,
+        keepalive_s: float = DEFAULT_KEEPALIVE_S,
     ) -> None:
         self._manager = manager
         self.identity = identity
         self._catalogue = catalogue
+        self._limits = limits or ServerLimits()
+        self._keepalive_s = keepalive_s
 
     @grpc_errors
     async def Generate(
@@ -232,17 +165,22 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         request: worker_pb2.WorkerServiceGenerateRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[worker_pb2.WorkerServiceGenerateResponse]:
-        clock = _Clock()
+        # Every event goes out through `out.write` (modelyard.streaming: a yield cannot
+        # time a client that stopped reading); the generator form stays for interceptors.
+        clock = Clock()
         key = checked_key(request.model)
         check_generation(request.prompt, request.messages, request.sampling)
         remaining = context.time_remaining()
         deadline = clock.received + remaining if remaining is not None else None
         req = engine_request(request)
         request_id = request.request_id or req.request_id
-        spans = _Spans(_span_attributes(request, key, request_id))
+        spans = Spans(_span_attributes(request, key, request_id))
+        out = BoundedStream(context, self._limits, "worker")
+        live = Liveness(out, self._keepalive_s)
         error: BaseException | None = None
         try:
-            async with contextlib.AsyncExitStack() as stack:
+            async with out.bounded(), live.running(), contextlib.AsyncExitStack() as stack:
+                live.phase_of = lambda: self._waiting_phase(key)
                 with trace.use_span(spans.queue or trace.INVALID_SPAN, end_on_exit=False):
                     # Before anything is fetched: NOT_FOUND, archived, registry unreachable.
                     model = await within(deadline, self._catalogue.resolve(key), f"resolving {key}")
@@ -255,27 +193,38 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                             deadline=deadline,
                         )
                     )
+                live.set_phase(QUEUED)
                 # Cancellation reaches the decode thread at once, not when the stream unwinds.
                 context.add_done_callback(lambda _: lease.engine.abort(req.request_id))
-                yield self._started(request, request_id, lease)
+                await out.write(self._started(request, request_id, lease))
                 stream = lease.engine.generate(req)
                 stack.push_async_callback(stream.aclose)
-                async for message in self._relay(stream, lease, request, clock, spans, deadline):
-                    yield message
+                relay = self._relay(stream, lease, request, clock, spans, deadline, live)
+                async for message in relay:
+                    await out.write(message)
         except BaseException as err:
             error = err
             raise
         finally:
             spans.close(error)
+        nothing: tuple[worker_pb2.WorkerServiceGenerateResponse, ...] = ()
+        for event in nothing:  # an async generator that yields nothing (see above)
+            yield event
+
+    def _waiting_phase(self, key: ModelKey) -> Phase:
+        resident = self._manager.get(key)
+        warm = resident is not None and resident.state is ResidencyState.WARM
+        return QUEUED if warm else LOADING
 
     async def _relay(
         self,
         stream: AsyncGenerator[EngineEvent, None],
         lease: Lease,
         request: worker_pb2.WorkerServiceGenerateRequest,
-        clock: _Clock,
-        spans: _Spans,
+        clock: Clock,
+        spans: Spans,
         deadline: float | None,
+        live: Liveness,
     ) -> AsyncIterator[worker_pb2.WorkerServiceGenerateResponse]:
         streamed = 0
         spans.set_system(lease.engine.name)
@@ -288,9 +237,11 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             if isinstance(event, Scheduled):
                 clock.scheduled = time.monotonic()
                 spans.scheduled(event.input_tokens)
+                live.set_phase(PREFILL)
             elif isinstance(event, Piece):
                 if event.token_ids and clock.tokens_arrived():
                     spans.first_token()
+                    live.set_phase(DECODING)
                 streamed += len(event.token_ids)
                 if event.text or event.token_ids:
                     yield worker_pb2.WorkerServiceGenerateResponse(
@@ -320,7 +271,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
 
     @staticmethod
     def _finished(
-        event: Finished, streamed: int, lease: Lease, clock: _Clock
+        event: Finished, streamed: int, lease: Lease, clock: Clock
     ) -> common_pb2.GenerationFinished:
         # Usage counts what was streamed, which is what the contract promises.
         usage = common_pb2.Usage(input_tokens=event.input_tokens, output_tokens=streamed)
@@ -384,4 +335,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             yield worker_pb2.WatchStatusResponse(status=self._status())
 
     def _status(self) -> worker_pb2.WorkerStatus:
-        return build_worker_status(self.identity, self._manager)
+        status = build_worker_status(self.identity, self._manager)
+        # Routers time this worker's silences only once they know it sends keepalives.
+        status.generate_keepalive_interval.CopyFrom(interval_of(self._keepalive_s))
+        return status

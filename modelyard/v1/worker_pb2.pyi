@@ -57,6 +57,36 @@ RESIDENCY_STATE_FAILED: ResidencyState.ValueType  # 5
 """The last load failed; ModelStatus.error says why."""
 Global___ResidencyState: _TypeAlias = ResidencyState  # noqa: Y015
 
+class _GenerationPhase:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _GenerationPhaseEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_GenerationPhase.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    GENERATION_PHASE_UNSPECIFIED: _GenerationPhase.ValueType  # 0
+    GENERATION_PHASE_QUEUED: _GenerationPhase.ValueType  # 1
+    """Waiting for a decode slot."""
+    GENERATION_PHASE_LOADING: _GenerationPhase.ValueType  # 2
+    """Waiting for its model to load."""
+    GENERATION_PHASE_PREFILL: _GenerationPhase.ValueType  # 3
+    """Evaluating the prompt, before the first token."""
+    GENERATION_PHASE_DECODING: _GenerationPhase.ValueType  # 4
+    """Decoding, after the first token."""
+
+class GenerationPhase(_GenerationPhase, metaclass=_GenerationPhaseEnumTypeWrapper):
+    """GenerationPhase is where an accepted generation stands."""
+
+GENERATION_PHASE_UNSPECIFIED: GenerationPhase.ValueType  # 0
+GENERATION_PHASE_QUEUED: GenerationPhase.ValueType  # 1
+"""Waiting for a decode slot."""
+GENERATION_PHASE_LOADING: GenerationPhase.ValueType  # 2
+"""Waiting for its model to load."""
+GENERATION_PHASE_PREFILL: GenerationPhase.ValueType  # 3
+"""Evaluating the prompt, before the first token."""
+GENERATION_PHASE_DECODING: GenerationPhase.ValueType  # 4
+"""Decoding, after the first token."""
+Global___GenerationPhase: _TypeAlias = GenerationPhase  # noqa: Y015
+
 @_typing.final
 class WorkerServiceGenerateRequest(_message.Message):
     """WorkerServiceGenerateRequest is one generation on a worker."""
@@ -127,28 +157,91 @@ class WorkerServiceGenerateResponse(_message.Message):
     STARTED_FIELD_NUMBER: _builtins.int
     DELTA_FIELD_NUMBER: _builtins.int
     FINISHED_FIELD_NUMBER: _builtins.int
+    ACCEPTED_FIELD_NUMBER: _builtins.int
+    KEEPALIVE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def started(self) -> _common_pb2.GenerationStarted: ...
     @_builtins.property
     def delta(self) -> _common_pb2.TokenDelta: ...
     @_builtins.property
     def finished(self) -> _common_pb2.GenerationFinished: ...
+    @_builtins.property
+    def accepted(self) -> Global___GenerationAccepted:
+        """Sent at once when the worker takes the request, before any queueing or
+        load: the router can tell a busy worker from a silent one.
+        """
+
+    @_builtins.property
+    def keepalive(self) -> Global___GenerationKeepalive:
+        """Sent whenever the worker has sent nothing for its keepalive interval
+        (while the request queues, its model loads, or a token takes long).
+        """
+
     def __init__(
         self,
         *,
         started: _common_pb2.GenerationStarted | None = ...,
         delta: _common_pb2.TokenDelta | None = ...,
         finished: _common_pb2.GenerationFinished | None = ...,
+        accepted: Global___GenerationAccepted | None = ...,
+        keepalive: Global___GenerationKeepalive | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["delta", b"delta", "event", b"event", "finished", b"finished", "started", b"started"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "delta", b"delta", "event", b"event", "finished", b"finished", "keepalive", b"keepalive", "started", b"started"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["delta", b"delta", "event", b"event", "finished", b"finished", "started", b"started"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "delta", b"delta", "event", b"event", "finished", b"finished", "keepalive", b"keepalive", "started", b"started"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["started", "delta", "finished"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["started", "delta", "finished", "accepted", "keepalive"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
 Global___WorkerServiceGenerateResponse: _TypeAlias = WorkerServiceGenerateResponse  # noqa: Y015
+
+@_typing.final
+class GenerationAccepted(_message.Message):
+    """GenerationAccepted acknowledges a Generate call."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEEPALIVE_INTERVAL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def keepalive_interval(self) -> _duration_pb2.Duration:
+        """How often this worker sends GenerationKeepalive while it has nothing else
+        to send.
+        """
+
+    def __init__(
+        self,
+        *,
+        keepalive_interval: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["keepalive_interval", b"keepalive_interval"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["keepalive_interval", b"keepalive_interval"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GenerationAccepted: _TypeAlias = GenerationAccepted  # noqa: Y015
+
+@_typing.final
+class GenerationKeepalive(_message.Message):
+    """GenerationKeepalive says the worker is alive and the request still running."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PHASE_FIELD_NUMBER: _builtins.int
+    phase: Global___GenerationPhase.ValueType
+    def __init__(
+        self,
+        *,
+        phase: Global___GenerationPhase.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["phase", b"phase"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GenerationKeepalive: _TypeAlias = GenerationKeepalive  # noqa: Y015
 
 @_typing.final
 class LoadModelRequest(_message.Message):
@@ -472,6 +565,7 @@ class WorkerStatus(_message.Message):
     SEQUENCE_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
+    GENERATE_KEEPALIVE_INTERVAL_FIELD_NUMBER: _builtins.int
     worker_id: _builtins.str
     """Stable id of the worker (configured, or host:port)."""
     address: _builtins.str
@@ -498,6 +592,13 @@ class WorkerStatus(_message.Message):
     def models(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelStatus]: ...
     @_builtins.property
     def updated_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def generate_keepalive_interval(self) -> _duration_pb2.Duration:
+        """Set by workers that acknowledge every Generate (GenerationAccepted) and
+        send GenerationKeepalive at this interval while they have nothing else to
+        send; unset (older workers): the router does not time their silences.
+        """
+
     def __init__(
         self,
         *,
@@ -516,10 +617,11 @@ class WorkerStatus(_message.Message):
         sequence: _builtins.int = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
         version: _builtins.str = ...,
+        generate_keepalive_interval: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["updated_at", b"updated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["generate_keepalive_interval", b"generate_keepalive_interval", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "device", b"device", "device_name", b"device_name", "engines", b"engines", "memory_budget_bytes", b"memory_budget_bytes", "memory_used_bytes", b"memory_used_bytes", "models", b"models", "queued_requests", b"queued_requests", "queued_tokens", b"queued_tokens", "running_sequences", b"running_sequences", "sequence", b"sequence", "tokens_per_second", b"tokens_per_second", "updated_at", b"updated_at", "version", b"version", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "device", b"device", "device_name", b"device_name", "engines", b"engines", "generate_keepalive_interval", b"generate_keepalive_interval", "memory_budget_bytes", b"memory_budget_bytes", "memory_used_bytes", b"memory_used_bytes", "models", b"models", "queued_requests", b"queued_requests", "queued_tokens", b"queued_tokens", "running_sequences", b"running_sequences", "sequence", b"sequence", "tokens_per_second", b"tokens_per_second", "updated_at", b"updated_at", "version", b"version", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

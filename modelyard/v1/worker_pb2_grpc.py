@@ -71,8 +71,10 @@ class WorkerServiceServicer:
     """
 
     def Generate(self, request, context):
-        """Generate streams one generation: a GenerationStarted event, TokenDelta
-        events as tokens are decoded, then GenerationFinished. A cold model is
+        """Generate streams one generation: GenerationAccepted at once, a
+        GenerationStarted event, TokenDelta events as tokens are decoded, then
+        GenerationFinished; GenerationKeepalive whenever nothing else was sent for
+        the keepalive interval. A cold model is
         loaded first when load_if_cold is set (FAILED_PRECONDITION otherwise).
         A full queue is RESOURCE_EXHAUSTED at once. Cancelling the call aborts
         decoding and frees the sequence.

@@ -37,8 +37,10 @@ class WorkerServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> WorkerServiceAsyncStub: ...
     Generate: _grpc.UnaryStreamMultiCallable[_worker_pb2.WorkerServiceGenerateRequest, _worker_pb2.WorkerServiceGenerateResponse]
-    """Generate streams one generation: a GenerationStarted event, TokenDelta
-    events as tokens are decoded, then GenerationFinished. A cold model is
+    """Generate streams one generation: GenerationAccepted at once, a
+    GenerationStarted event, TokenDelta events as tokens are decoded, then
+    GenerationFinished; GenerationKeepalive whenever nothing else was sent for
+    the keepalive interval. A cold model is
     loaded first when load_if_cold is set (FAILED_PRECONDITION otherwise).
     A full queue is RESOURCE_EXHAUSTED at once. Cancelling the call aborts
     decoding and frees the sequence.
@@ -70,8 +72,10 @@ class WorkerServiceAsyncStub(WorkerServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     Generate: _aio.UnaryStreamMultiCallable[_worker_pb2.WorkerServiceGenerateRequest, _worker_pb2.WorkerServiceGenerateResponse]  # type: ignore[assignment]
-    """Generate streams one generation: a GenerationStarted event, TokenDelta
-    events as tokens are decoded, then GenerationFinished. A cold model is
+    """Generate streams one generation: GenerationAccepted at once, a
+    GenerationStarted event, TokenDelta events as tokens are decoded, then
+    GenerationFinished; GenerationKeepalive whenever nothing else was sent for
+    the keepalive interval. A cold model is
     loaded first when load_if_cold is set (FAILED_PRECONDITION otherwise).
     A full queue is RESOURCE_EXHAUSTED at once. Cancelling the call aborts
     decoding and frees the sequence.
@@ -106,8 +110,10 @@ class WorkerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _worker_pb2.WorkerServiceGenerateRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_worker_pb2.WorkerServiceGenerateResponse], _abc.AsyncIterator[_worker_pb2.WorkerServiceGenerateResponse]]:
-        """Generate streams one generation: a GenerationStarted event, TokenDelta
-        events as tokens are decoded, then GenerationFinished. A cold model is
+        """Generate streams one generation: GenerationAccepted at once, a
+        GenerationStarted event, TokenDelta events as tokens are decoded, then
+        GenerationFinished; GenerationKeepalive whenever nothing else was sent for
+        the keepalive interval. A cold model is
         loaded first when load_if_cold is set (FAILED_PRECONDITION otherwise).
         A full queue is RESOURCE_EXHAUSTED at once. Cancelling the call aborts
         decoding and frees the sequence.

@@ -14,6 +14,7 @@ from modelyard.errors import (
     Unavailable,
 )
 from router.catalog import Target
+from router.relay.silence import SilenceWatch
 from router.relay.stream import WorkerEvent
 from router.scheduling.types import Candidate, CycleState
 from router.workers import WorkerHandle
@@ -72,6 +73,7 @@ class Committed:
     events: AsyncIterator[WorkerEvent]
     opened_at: float  # when the worker call was opened (the worker's own TTFT starts)
     route_ms: float  # from the request's arrival to the call
+    watch: SilenceWatch  # the attempt's silence bounds, carried on into the relay
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,8 @@ class Retryable:
     # A full queue or budget on one worker says nothing about the others, and nothing
     # about the worker's health: its breaker does not hear of it.
     exhausted: ModelyardError | None = None
+    # The worker sent nothing within the silence timeout: ejected, not just counted.
+    silent: bool = False
 
     @property
     def worker_failed(self) -> bool:

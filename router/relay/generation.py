@@ -6,13 +6,12 @@ import logging
 import math
 import time
 from collections import Counter
-from collections.abc import AsyncGenerator, Callable, Iterator, Mapping, Sequence
-from contextlib import AsyncExitStack, aclosing, contextmanager
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from contextlib import AsyncExitStack, aclosing
 from dataclasses import dataclass, field
 
 import grpc
 from opentelemetry import trace
-from opentelemetry.trace import Status, StatusCode
 
 from modelyard.auth import current_caller
 from modelyard.errors import ModelyardError, Unavailable, from_rpc_error
@@ -33,15 +32,23 @@ from router.relay.attempts import (
     Scheduled,
     attempts,
 )
+from router.relay.calls import OpenCall, route_span
 from router.relay.requests import Assignment, request_id_of, scheduling_request, worker_request
-from router.relay.stream import NoFinish, StreamBroken, StreamRelay, describe, read_head
+from router.relay.silence import SilenceWatch, Silent
+from router.relay.stream import (
+    NoFinish,
+    StreamBroken,
+    StreamRelay,
+    StreamSilent,
+    describe,
+    read_head,
+)
 from router.scheduling.framework import Profile, run_cycle
 from router.scheduling.types import Candidate, Request
 from router.stats import Outcome as StatsOutcome
 from router.workers import WorkerHandle, WorkerPool
 
 log = logging.getLogger(__name__)
-tracer = trace.get_tracer("modelyard.router")
 
 # Before the first token these move on to the next candidate; anything else is the
 # answer (a bad request stays bad on every worker).
@@ -67,50 +74,6 @@ class _Run:
         return Assignment(self.request_id, attempt.number, attempt.cand.model, t.route, t.arm)
 
 
-class _OpenCall:
-    """A worker call this router holds open: counted in flight until closed (once)."""
-
-    def __init__(self, call: grpc.aio.UnaryStreamCall, worker: str, in_flight: Counter[str]):
-        self.call = call
-        self._worker = worker
-        self._in_flight = in_flight
-        in_flight[worker] += 1
-        self._open = True
-
-    def close(self) -> None:
-        if not self._open:
-            return
-        self._open = False
-        self.call.cancel()
-        self._in_flight[self._worker] -= 1
-        if not self._in_flight[self._worker]:
-            del self._in_flight[self._worker]
-
-
-@contextmanager
-def _route_span(request: router_pb2.GenerateRequest, request_id: str) -> Iterator[trace.Span]:
-    """The request's span, from arrival to the end of its stream, with its error if any."""
-    span = tracer.start_span(
-        "router.route",
-        attributes={
-            "gen_ai.request.model": request.model or "auto",
-            "modelyard.request_id": request_id,
-        },
-    )
-    try:
-        yield span
-    except Exception as err:
-        # Our own errors' messages are written for clients; anything else may carry text
-        # (paths, URLs) that must not leave the process: only its type goes on the span.
-        description = err.message if isinstance(err, ModelyardError) else type(err).__name__
-        if not isinstance(err, ModelyardError):
-            span.set_attribute("error.type", type(err).__name__)
-        span.set_status(Status(StatusCode.ERROR, description))
-        raise
-    finally:
-        span.end()
-
-
 class Relay:
     """Runs one generation: resolve, schedule, stream from the first candidate that
     answers, then the route's fallbacks; report every outcome to the accounting."""
@@ -125,6 +88,8 @@ class Relay:
         max_attempts: int = 3,
         max_total_attempts: int = 6,
         connect_timeout_s: float = 2.0,
+        silence_timeout_s: float = 2.0,
+        stream_silence_timeout_s: float = 10.0,
         client_policy: ClientPolicy | None = None,
         admission: RouterAdmission | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -138,6 +103,7 @@ class Relay:
         self._max_attempts = max_attempts
         self._max_total_attempts = max(max_total_attempts, max_attempts)
         self._connect_timeout_s = connect_timeout_s
+        self._silence_s = (silence_timeout_s, stream_silence_timeout_s)
         self._clock = clock
         # This router's open streams per worker: the pushed status lags behind them.
         self._in_flight: Counter[str] = Counter()
@@ -185,7 +151,7 @@ class Relay:
         started_at = self._clock()
         deadline = None if timeout_s is None else started_at + timeout_s
         key = caller.key_name if caller is not None else ""
-        with self._admission.admit(key), _route_span(request, request_id) as span:
+        with self._admission.admit(key), route_span(request, request_id) as span:
             async with AsyncExitStack() as cleanup:
                 # Current only while the relay resolves and connects (the worker call
                 # joins this trace), never across a yield: a front may resume this
@@ -195,7 +161,7 @@ class Relay:
                     leg = await self._commit(run, cleanup)
                 stream = self._first_token(run, leg, span)
                 events = await cleanup.enter_async_context(
-                    aclosing(stream.relay(leg.head, leg.events))
+                    aclosing(stream.relay(leg.head, leg.events, leg.watch))
                 )
                 try:
                     async for event in events:
@@ -203,6 +169,8 @@ class Relay:
                 except ModelyardError as err:
                     if isinstance(err, StreamBroken):
                         self._acct.attempt_failed(leg.attempt.cand.worker)
+                    if isinstance(err, StreamSilent):
+                        self._acct.breakers.eject(leg.attempt.cand.worker)
                     self._failed(run, leg.attempt.cand.model, err.code.name, stream.usage)
                     raise
                 self._finished(run, leg, stream)
@@ -256,6 +224,8 @@ class Relay:
             run.log.retryable(outcome)
             if outcome.worker_failed:
                 self._acct.attempt_failed(attempt.cand.worker)
+            if outcome.silent:  # frozen, not failing: out of scheduling at once
+                self._acct.breakers.eject(attempt.cand.worker)
         # A connect wait cut short by the caller's deadline is a deadline, not an outage.
         self._check_deadline(run)
         target = run.target
@@ -284,7 +254,7 @@ class Relay:
         self._acct.breakers.on_attempt(handle.address)
         route_ms = (self._clock() - run.started_at) * 1000
         opened_at = self._clock()
-        call = _OpenCall(
+        call = OpenCall(
             handle.stub.Generate(
                 worker_request(run.request, run.assignment(attempt)),
                 timeout=self._left(run.deadline),
@@ -297,12 +267,22 @@ class Relay:
         # Iterate (not call.read()): the OpenTelemetry client interceptor ends its span
         # only when the response iterator is exhausted.
         events = aiter(call.call)
+        watch = SilenceWatch.for_status(handle.status, self._silence_s, run.deadline, self._clock)
         try:
-            head = await read_head(events)
+            head = await read_head(events, watch)
         except (grpc.aio.AioRpcError, NoFinish) as err:
             call.close()
             return self._refused(run, handle, err)
-        return Committed(attempt, head, events, opened_at, route_ms)
+        except Silent as err:
+            call.close()
+            log.warning(
+                "worker %s %s before the first token of %s: ejected",
+                handle.name,
+                err,
+                run.request_id,
+            )
+            return Retryable(f"{handle.address} ({err} before the first token)", silent=True)
+        return Committed(attempt, head, events, opened_at, route_ms, watch)
 
     def _refused(
         self, run: _Run, handle: WorkerHandle, err: grpc.aio.AioRpcError | NoFinish

@@ -20,6 +20,7 @@ from modelyard.errors import Unavailable, from_rpc_error
 from modelyard.pricing import cost_of
 from modelyard.v1 import common_pb2, router_pb2, worker_pb2
 from router.relay.requests import Assignment
+from router.relay.silence import LIVENESS, SilenceWatch, Silent
 
 log = logging.getLogger(__name__)
 
@@ -35,21 +36,26 @@ class StreamBroken(Unavailable):
         self.usage = usage
 
 
+class StreamSilent(StreamBroken):
+    """The worker went silent after tokens reached the client."""
+
+
 class NoFinish(Exception):
     """The worker closed its stream without a GenerationFinished."""
 
 
-async def read_head(events: AsyncIterator[WorkerEvent]) -> list[WorkerEvent]:
+async def read_head(events: AsyncIterator[WorkerEvent], watch: SilenceWatch) -> list[WorkerEvent]:
     """Events up to and including the first delta (or the finish): nothing is relayed
-    before this returns, so a failure in here can still go to another worker."""
+    before this returns, so a failure in here (`Silent` too) can still go to another
+    worker."""
     head: list[WorkerEvent] = []
     while True:
-        event = await anext(events, None)
+        event = await watch.next(events)
         if event is None:
             raise NoFinish("stream ended before any token")
         kind = event.WhichOneof("event")
-        if kind is None:
-            continue  # an empty event from a newer worker: nothing to relay
+        if kind is None or kind in LIVENESS:
+            continue  # alive, or an event from a newer worker: nothing to relay
         head.append(event)
         if kind in ("delta", "finished"):
             return head
@@ -84,7 +90,7 @@ class StreamRelay:
         self.committed = False
 
     async def relay(
-        self, head: Sequence[WorkerEvent], events: AsyncIterator[WorkerEvent]
+        self, head: Sequence[WorkerEvent], events: AsyncIterator[WorkerEvent], watch: SilenceWatch
     ) -> AsyncGenerator[RouterEvent, None]:
         """The head read before committing, then the rest of the stream until the finish."""
         for held in head:
@@ -92,17 +98,20 @@ class StreamRelay:
         if head[-1].WhichOneof("event") == "finished":
             await drain(events)  # finished before any token (EOS first)
             return
+        watch.committed = True
         while True:
             try:
-                event = await anext(events, None)
+                event = await watch.next(events)
             except grpc.aio.AioRpcError as err:
                 if err.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
                     raise from_rpc_error(err) from err
                 raise self._broken(describe(err)) from err
+            except Silent as err:
+                raise self._broken(str(err), silent=True) from None
             if event is None:
                 raise self._broken("stream ended without GenerationFinished")
             kind = event.WhichOneof("event")
-            if kind is None:
+            if kind is None or kind in LIVENESS:
                 continue
             yield self.convert(event)
             if kind == "finished":
@@ -143,7 +152,7 @@ class StreamRelay:
         finished.cost.CopyFrom(cost_of(self._assignment.model.pricing, finished.usage))
         return RouterEvent(finished=finished)
 
-    def _broken(self, why: str) -> StreamBroken:
+    def _broken(self, why: str, *, silent: bool = False) -> StreamBroken:
         log.warning(
             "worker %s failed after %d token(s) of %s: %s",
             self._worker_name,
@@ -151,7 +160,7 @@ class StreamRelay:
             self._assignment.request_id,
             why,
         )
-        return StreamBroken(
+        return (StreamSilent if silent else StreamBroken)(
             f"worker {self._worker_name} failed after {self.usage.output_tokens} token(s) "
             f"were sent ({why}); not retried, to avoid duplicating text",
             usage=self.usage,

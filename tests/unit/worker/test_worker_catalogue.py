@@ -25,6 +25,7 @@ from registry.auth import SERVICE_NAME as REGISTRY_SERVICE_NAME
 from registry.service import add_to_server
 from registry.store import RegistryStore, open_store
 from tests.fixtures.tiny_gguf import gguf_model
+from tests.worker_events import collect
 from worker.artifacts import ArtifactStore
 from worker.catalogue.registry import RegistryCatalogue
 from worker.config import WorkerSettings
@@ -137,7 +138,7 @@ def request(model: model_pb2.Model, **fields: Any) -> worker_pb2.WorkerServiceGe
 
 
 async def generate(mesh: Mesh, req: worker_pb2.WorkerServiceGenerateRequest) -> list[Any]:
-    return [event async for event in mesh.stub.Generate(req, timeout=30)]
+    return await collect(mesh.stub.Generate(req, timeout=30))
 
 
 async def refusal(mesh: Mesh, req: worker_pb2.WorkerServiceGenerateRequest) -> grpc.StatusCode:

@@ -18,6 +18,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from modelyard.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 from tests.fixtures.catalogue import write_catalog
 from tests.fixtures.tiny_gguf import gguf_model
+from tests.worker_events import next_content
 from worker.config import WorkerSettings
 from worker.main import SERVICE_NAME, serve, start_worker
 from worker.residency import ModelManager, ResidencyState
@@ -114,8 +115,8 @@ async def test_a_graceful_stop_says_not_serving_then_drains_then_unloads(
         )
         request.sampling.temperature, request.sampling.max_tokens = 0.0, 8
         call = stub.Generate(request, timeout=60)
-        assert (await call.read()).WhichOneof("event") == "started"
-        assert (await call.read()).WhichOneof("event") == "delta"  # decoding now
+        assert (await next_content(call)).WhichOneof("event") == "started"
+        assert (await next_content(call)).WhichOneof("event") == "delta"  # decoding now
         os.kill(os.getpid(), signal.SIGTERM)
         rest = []
         while (event := await call.read()) is not grpc.aio.EOF:

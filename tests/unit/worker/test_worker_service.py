@@ -21,6 +21,7 @@ from modelyard.bundled import smollm2_model
 from modelyard.errors import from_rpc_error
 from modelyard.v1 import common_pb2, model_pb2, worker_pb2, worker_pb2_grpc
 from tests.fixtures.tiny_gguf import gguf_model
+from tests.worker_events import collect, content, next_content
 from worker.catalogue import FileCatalogue
 from worker.config import WorkerSettings
 from worker.main import RunningWorker, start_worker
@@ -113,7 +114,7 @@ Streamed = tuple[
 async def generate(
     stub: worker_pb2_grpc.WorkerServiceStub, request: worker_pb2.WorkerServiceGenerateRequest
 ) -> Streamed:
-    events = [e async for e in stub.Generate(request, timeout=60)]
+    events = await collect(stub.Generate(request, timeout=60))
     assert events[0].WhichOneof("event") == "started"
     assert events[-1].WhichOneof("event") == "finished"
     deltas = [e.delta for e in events[1:-1]]
@@ -154,14 +155,15 @@ async def test_tokens_stream_before_the_generation_ends(
     stub: worker_pb2_grpc.WorkerServiceStub, smollm2: model_pb2.Model
 ) -> None:
     call = stub.Generate(generate_request(smollm2, max_tokens=64), timeout=60)
-    started = await call.read()
-    first = await call.read()
+    started = await next_content(call)
+    first = await next_content(call)
     assert started.WhichOneof("event") == "started"
     assert first.WhichOneof("event") == "delta" and len(first.delta.token_ids) == 1
     assert not call.done()  # the rest is still being decoded
     rest = []
     while (event := await call.read()) is not grpc.aio.EOF:
         rest.append(event)
+    rest = content(rest)
     assert rest[-1].WhichOneof("event") == "finished"
     assert len(rest) > 10
 

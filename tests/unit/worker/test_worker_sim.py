@@ -17,6 +17,7 @@ import pytest_asyncio
 
 from modelyard.errors import InvalidArgument, from_rpc_error
 from modelyard.v1 import common_pb2, model_pb2, worker_pb2, worker_pb2_grpc
+from tests.worker_events import collect
 from worker.artifacts.settings import ArtifactSettings
 from worker.catalogue.file import FileCatalogue
 from worker.config import WorkerSettings
@@ -106,7 +107,7 @@ async def test_a_worker_serves_a_sim_model_over_grpc(
 
     request = worker_pb2.WorkerServiceGenerateRequest(model=model, prompt=PROMPT)
     request.sampling.temperature, request.sampling.max_tokens = 0.0, 12
-    events = [e async for e in stub.Generate(request, timeout=30)]
+    events = await collect(stub.Generate(request, timeout=30))
     assert events[0].started.engine == common_pb2.ENGINE_SIM
     text = "".join(e.delta.text for e in events if e.WhichOneof("event") == "delta")
     finished = events[-1].finished

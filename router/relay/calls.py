@@ -1,0 +1,60 @@
+"""A worker call the relay holds open, and the span of one routed request."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import grpc
+from opentelemetry import trace
+from opentelemetry.trace import Status, StatusCode
+
+from modelyard.errors import ModelyardError
+from modelyard.v1 import router_pb2
+
+tracer = trace.get_tracer("modelyard.router")
+
+
+class OpenCall:
+    """A worker call this router holds open: counted in flight until closed (once)."""
+
+    def __init__(self, call: grpc.aio.UnaryStreamCall, worker: str, in_flight: Counter[str]):
+        self.call = call
+        self._worker = worker
+        self._in_flight = in_flight
+        in_flight[worker] += 1
+        self._open = True
+
+    def close(self) -> None:
+        if not self._open:
+            return
+        self._open = False
+        self.call.cancel()
+        self._in_flight[self._worker] -= 1
+        if not self._in_flight[self._worker]:
+            del self._in_flight[self._worker]
+
+
+@contextmanager
+def route_span(request: router_pb2.GenerateRequest, request_id: str) -> Iterator[trace.Span]:
+    """The request's span, from arrival to the end of its stream, with its error if any."""
+    span = tracer.start_span(
+        "router.route",
+        attributes={
+            "gen_ai.request.model": request.model or "auto",
+            "modelyard.request_id": request_id,
+        },
+    )
+    try:
+        yield span
+    except Exception as err:
+        # Our own errors' messages are written for clients; anything else may carry text
+        # (paths, URLs) that must not leave the process: only its type goes on the span.
+        description = err.message if isinstance(err, ModelyardError) else type(err).__name__
+        if not isinstance(err, ModelyardError):
+            span.set_attribute("error.type", type(err).__name__)
+        span.set_status(Status(StatusCode.ERROR, description))
+        raise
+    finally:
+        span.end()
