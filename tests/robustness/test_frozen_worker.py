@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from modelyard.v1 import model_pb2, router_pb2, router_pb2_grpc
-from tests.robustness.sim_mesh import (
+from tests.robustness.sim_workers import (
     artifact_in,
     ask,
     load,

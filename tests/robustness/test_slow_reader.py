@@ -20,7 +20,7 @@ import pytest
 
 from modelyard.limits import ServerLimits
 from modelyard.v1 import router_pb2_grpc, worker_pb2, worker_pb2_grpc
-from tests.robustness.sim_mesh import (
+from tests.robustness.sim_workers import (
     artifact_in,
     ask,
     sim_model,

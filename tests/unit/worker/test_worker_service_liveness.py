@@ -10,7 +10,7 @@ import grpc
 import pytest
 
 from modelyard.v1 import model_pb2, worker_pb2, worker_pb2_grpc
-from tests.robustness.sim_mesh import artifact_in, sim_model, sim_worker, until_running
+from tests.robustness.sim_workers import artifact_in, sim_model, sim_worker, until_running
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
