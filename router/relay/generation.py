@@ -33,7 +33,13 @@ from router.relay.attempts import (
     attempts,
 )
 from router.relay.calls import OpenCall, route_span
-from router.relay.requests import Assignment, request_id_of, scheduling_request, worker_request
+from router.relay.requests import (
+    Assignment,
+    check_context,
+    request_id_of,
+    scheduling_request,
+    worker_request,
+)
 from router.relay.silence import SilenceWatch, Silent
 from router.relay.stream import (
     NoFinish,
@@ -201,6 +207,7 @@ class Relay:
                 reason="NO_WORKERS",
             )
         req = scheduling_request(request, request_id, target)
+        check_context(req, target)
         caller = current_caller()
         client = caller.key_name or caller.identity if caller is not None else ""
         if client:
@@ -254,15 +261,19 @@ class Relay:
         self._acct.breakers.on_attempt(handle.address)
         route_ms = (self._clock() - run.started_at) * 1000
         opened_at = self._clock()
-        call = OpenCall(
-            handle.stub.Generate(
-                worker_request(run.request, run.assignment(attempt)),
-                timeout=self._left(run.deadline),
-                wait_for_ready=False,
-            ),
-            handle.address,
-            self._in_flight,
-        )
+        try:
+            call = OpenCall(
+                handle.stub.Generate(
+                    worker_request(run.request, run.assignment(attempt)),
+                    timeout=self._left(run.deadline),
+                    wait_for_ready=False,
+                ),
+                handle.address,
+                self._in_flight,
+            )
+        except grpc.aio.UsageError:
+            # Discovery dropped the worker and closed its channel since it was scheduled.
+            return Retryable(f"{handle.name} (left the pool)")
         cleanup.callback(call.close)
         # Iterate (not call.read()): the OpenTelemetry client interceptor ends its span
         # only when the response iterator is exhausted.
@@ -273,6 +284,9 @@ class Relay:
         except (grpc.aio.AioRpcError, NoFinish) as err:
             call.close()
             return self._refused(run, handle, err)
+        except grpc.aio.UsageError:  # closed between the call's start and its first read
+            call.close()
+            return Retryable(f"{handle.name} (left the pool)")
         except Silent as err:
             call.close()
             log.warning(

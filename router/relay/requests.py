@@ -74,3 +74,27 @@ def scheduling_request(
         min_context_length=hints.min_context_length,
         session_key=hints.session_key,
     )
+
+
+def check_context(req: Request, target: Target) -> None:
+    """INVALID_ARGUMENT, naming the context length, when no model the request may go to
+    (fallbacks included) has the context it needs: no worker could ever serve it. A model
+    of unknown context (0) leaves the decision to the workers."""
+    contexts = [m.capabilities.context_length for group in target.groups for m in group]
+    if not contexts or 0 in contexts or req.context_needed <= max(contexts):
+        return
+    largest = max(contexts)
+    if req.min_context_length > largest:
+        field = "hints.min_context_length"
+        need = f"asks for a context of {req.min_context_length} tokens"
+    else:
+        field = "sampling.max_tokens" if req.max_tokens >= largest else "prompt"
+        need = (
+            f"needs about {req.context_needed} tokens of context (prompt about "
+            f"{req.prompt_tokens} + max_tokens {req.max_tokens})"
+        )
+    raise InvalidArgument.for_field(
+        field,
+        f"the request {need}, more than the largest context of {target.name}'s models "
+        f"({largest} tokens); shorten the prompt or lower max_tokens",
+    )

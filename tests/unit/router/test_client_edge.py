@@ -163,3 +163,54 @@ async def test_a_full_router_refuses_at_once_with_a_retry_hint(
             await asyncio.sleep(0.02)
         assert reasons[-1] == "KEY_OVERLOADED", reasons
         holding.pop().cancel()
+
+
+async def test_a_request_no_model_has_the_context_for_is_invalid_naming_the_context(
+    registry: RegistryUnderTest, start_worker: WorkerFactory
+) -> None:
+    """Regression (#11): it was FAILED_PRECONDITION "no candidate meets the request"."""
+    worker = await start_worker()
+    async with running_router(registry.address, [worker.address]) as router:
+        long_prompt = request(prompt="word " * 4000)  # far more than tiny's 2048 tokens
+        err = await refusal(router.stub, long_prompt, "")
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+        [violation] = from_rpc_error(err).violations
+        assert violation.field == "prompt" and "2048" in violation.description
+        huge_output = request(sampling=common_pb2.SamplingParams(max_tokens=5000))
+        err = await refusal(router.stub, huge_output, "")
+        assert [v.field for v in from_rpc_error(err).violations] == ["sampling.max_tokens"]
+        assert worker.fake.requests == []
+        # Within the context it is served.
+        served = [e async for e in router.stub.Generate(request(), timeout=10)]
+        assert served[-1].WhichOneof("event") == "finished"
+
+
+class _ClosedChannelStub:
+    """A worker stub whose channel discovery closed after the worker was scheduled."""
+
+    def __init__(self, real: object) -> None:
+        self._real = real
+        self.calls = 0
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._real, name)
+
+    def Generate(self, *args: object, **kwargs: object) -> object:
+        self.calls += 1
+        raise grpc.aio.UsageError("Channel is closed.")
+
+
+async def test_a_worker_channel_closed_under_a_request_is_unavailable_not_unknown(
+    registry: RegistryUnderTest, start_worker: WorkerFactory
+) -> None:
+    """Seen under chaos: it reached the client as UNKNOWN "Unexpected UsageError"."""
+    worker = await start_worker()
+    async with running_router(registry.address, [worker.address]) as router:
+        await wait_until(lambda: all(h.watching for h in router.pool.workers))
+        [handle] = router.pool.workers
+        closed = _ClosedChannelStub(handle.stub)
+        handle.stub = closed  # type: ignore[assignment]
+        err = await refusal(router.stub, request(), "")
+    assert closed.calls >= 1
+    assert err.code() == grpc.StatusCode.UNAVAILABLE
+    assert "left the pool" in (err.details() or "") and "Error" not in (err.details() or "")
