@@ -18,10 +18,17 @@ RETRY_BASE_S = 5.0
 RETRY_MAX_S = 300.0
 
 
+def transient(err: BaseException) -> bool:
+    """A load that failed for want of room now (other models busy in the budget), ran out
+    of its caller's time or was cancelled: nothing about the model itself."""
+    if isinstance(err, ResourceExhausted):
+        return err.reason != "MODEL_TOO_LARGE"  # larger than the whole budget: never fits
+    return isinstance(err, DeadlineExceeded) or not isinstance(err, Exception)
+
+
 def note_failure(r: Resident, err: BaseException) -> None:
-    """Count a failed load toward the backoff, unless it failed for want of room (another
-    model busy in the budget) or was cancelled: those say nothing about the model."""
-    if isinstance(err, ResourceExhausted | DeadlineExceeded) or not isinstance(err, Exception):
+    """Count a failed load toward the backoff, unless it was transient."""
+    if transient(err):
         return
     r.failures += 1
     r.retry_at = time.monotonic() + min(RETRY_BASE_S * 2 ** (r.failures - 1), RETRY_MAX_S)
