@@ -258,6 +258,8 @@ class Relay:
         except TimeoutError:
             log.warning("worker %s not reachable for %s", handle.address, run.request_id)
             return Retryable(f"{handle.address} (not reachable within {connect_s:.1f}s)")
+        except grpc.aio.UsageError:
+            return _left_pool(handle)
         self._acct.breakers.on_attempt(handle.address)
         route_ms = (self._clock() - run.started_at) * 1000
         opened_at = self._clock()
@@ -272,8 +274,7 @@ class Relay:
                 self._in_flight,
             )
         except grpc.aio.UsageError:
-            # Discovery dropped the worker and closed its channel since it was scheduled.
-            return Retryable(f"{handle.name} (left the pool)")
+            return _left_pool(handle)
         cleanup.callback(call.close)
         # Iterate (not call.read()): the OpenTelemetry client interceptor ends its span
         # only when the response iterator is exhausted.
@@ -284,9 +285,9 @@ class Relay:
         except (grpc.aio.AioRpcError, NoFinish) as err:
             call.close()
             return self._refused(run, handle, err)
-        except grpc.aio.UsageError:  # closed between the call's start and its first read
+        except grpc.aio.UsageError:
             call.close()
-            return Retryable(f"{handle.name} (left the pool)")
+            return _left_pool(handle)
         except Silent as err:
             call.close()
             log.warning(
@@ -387,3 +388,9 @@ class Relay:
 
     def _left(self, deadline: float | None) -> float | None:
         return None if deadline is None else deadline - self._clock()
+
+
+def _left_pool(handle: WorkerHandle) -> Retryable:
+    """Discovery dropped the worker and closed its channel after it was scheduled: the
+    channel's calls raise grpc's UsageError, which means "try the next candidate"."""
+    return Retryable(f"{handle.name} (left the pool)")

@@ -200,16 +200,25 @@ class _ClosedChannelStub:
         raise grpc.aio.UsageError("Channel is closed.")
 
 
+@pytest.mark.parametrize("closed_at", ["connect", "call"])
 async def test_a_worker_channel_closed_under_a_request_is_unavailable_not_unknown(
-    registry: RegistryUnderTest, start_worker: WorkerFactory
+    registry: RegistryUnderTest, start_worker: WorkerFactory, closed_at: str
 ) -> None:
-    """Seen under chaos: it reached the client as UNKNOWN "Unexpected UsageError"."""
+    """Seen under chaos: UNKNOWN "Unexpected UsageError", then INTERNAL from the connect."""
     worker = await start_worker()
     async with running_router(registry.address, [worker.address]) as router:
         await wait_until(lambda: all(h.watching for h in router.pool.workers))
         [handle] = router.pool.workers
         closed = _ClosedChannelStub(handle.stub)
-        handle.stub = closed  # type: ignore[assignment]
+        if closed_at == "call":
+            handle.stub = closed  # type: ignore[assignment]
+        else:
+
+            async def connect(timeout_s: float) -> None:
+                closed.calls += 1
+                raise grpc.aio.UsageError("Channel is closed.")
+
+            handle.connect = connect  # type: ignore[method-assign]
         err = await refusal(router.stub, request(), "")
     assert closed.calls >= 1
     assert err.code() == grpc.StatusCode.UNAVAILABLE
