@@ -21,7 +21,7 @@ import platform
 import tempfile
 from pathlib import Path
 
-from tests.robustness.chaos_faults import markdown, report, run_faults
+from tests.robustness.chaos_faults import failures, markdown, report, run_faults
 from tests.robustness.chaos_mesh import DEADLINE_S, ChaosMesh, SteadyLoad
 
 RESULTS = Path(__file__).parent / "results" / "chaos.md"
@@ -54,6 +54,10 @@ def main() -> None:
             f"Requests: {len(load.ended)}; past their deadline + 2 s: {late}. Registry writes "
             f"acknowledged: {len(writer.acknowledged)}, refused while it was down: "
             f"{writer.refused}, acknowledged but lost: {lost}.",
+            "",
+            "Failures (up to 3 distinct per phase):",
+            "",
+            *failures(load),
             "",
         ]
     )

@@ -65,6 +65,9 @@ def run_faults(mesh: ChaosMesh, load: SteadyLoad, hold_s: float = 0.0) -> Writer
         for _ in range(3):  # each while a worker decodes a request the router relays
             load.wait(lambda: mesh.running_sequences() > 0, "a stream in flight")
             assert mesh.cut_connections() > 0
+        # Every connection was cut: serving again is the part to see in this phase.
+        phase = load.phase
+        load.wait(lambda: any(e.code == "OK" for e in load.of(phase)), "a request served")
     with Writer(mesh) as writer, load.during("registry kill -9 and restart"):
         load.wait(lambda: len(writer.acknowledged) >= 3, "writes before the crash")
         mesh.kill("registry")
@@ -108,6 +111,15 @@ def report(load: SteadyLoad) -> list[PhaseReport]:
         ok = [e for e in ended if e.code == "OK"]
         rows.append(PhaseReport(phase, seconds, len(ok), sum(e.attempt > 1 for e in ok), failed))
     return rows
+
+
+def failures(load: SteadyLoad, per_phase: int = 3) -> list[str]:
+    """A few distinct failure details per phase."""
+    seen: dict[tuple[str, str], None] = {}
+    for e in load.ended:
+        if e.code != "OK" and sum(p == e.phase for p, _ in seen) < per_phase:
+            seen.setdefault((e.phase, f"{e.code}: {e.details[:200]}"), None)
+    return [f"- {phase}: {detail}" for phase, detail in seen]
 
 
 def markdown(rows: list[PhaseReport]) -> str:
