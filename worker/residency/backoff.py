@@ -27,9 +27,13 @@ def transient(err: BaseException) -> bool:
 
 
 def note_failure(r: Resident, err: BaseException) -> None:
-    """Count a failed load toward the backoff, unless it was transient."""
+    """After a failed load: a transient failure leaves the model COLD, so routers keep
+    sending it here once there is room (they avoid FAILED models); any other makes it
+    FAILED and counts toward the backoff."""
     if transient(err):
+        r.state = ResidencyState.COLD
         return
+    r.state = ResidencyState.FAILED
     r.failures += 1
     r.retry_at = time.monotonic() + min(RETRY_BASE_S * 2 ** (r.failures - 1), RETRY_MAX_S)
 

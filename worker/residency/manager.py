@@ -40,7 +40,7 @@ from modelyard.v1 import common_pb2, model_pb2
 from worker.admission import RequestQueue, within
 from worker.artifacts.uri import without_query
 from worker.counters import ChangeNotifier, SequenceCounters
-from worker.residency.backoff import backoff_refusal, note_failure, note_success, transient
+from worker.residency.backoff import backoff_refusal, note_failure, note_success
 from worker.residency.engine_choice import EngineKind, pick_engine
 from worker.residency.eviction import Evict, Holder, plan_eviction, refusal
 from worker.residency.keep_alive import KeepAlive
@@ -311,13 +311,9 @@ class ModelManager:
     def _load_failed(self, r: Resident, err: BaseException, seconds: float) -> None:
         self.stats.loads["failed"] += 1
         self.stats.durations.observe(seconds)
-        # A load refused for room now (other models busy) or cancelled says nothing about
-        # the model: it stays COLD, so routers keep sending it here once there is room.
-        # FAILED (which routers avoid) is for what a retry would meet again.
-        r.state = ResidencyState.COLD if transient(err) else ResidencyState.FAILED
         r.memory_bytes = 0
         r.error = err.message if isinstance(err, ModelyardError) else repr(err)
-        note_failure(r, err)
+        note_failure(r, err)  # FAILED, or COLD when only room or time was missing
         log.warning("loading %s failed: %s", r.key, r.error)
         r.queue.fail_waiting(err if isinstance(err, ModelyardError) else Unavailable(r.error))
         self.notifier.notify()
