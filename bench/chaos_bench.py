@@ -16,11 +16,10 @@ afterwards. Writes bench/results/chaos.md.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import tempfile
 from pathlib import Path
 
+from bench.report import machine, publish
 from tests.robustness.chaos_faults import failures, markdown, report, run_faults
 from tests.robustness.chaos_mesh import DEADLINE_S, ChaosMesh, SteadyLoad
 
@@ -47,7 +46,7 @@ def main() -> None:
             "# Chaos under load",
             "",
             f"`python -m bench.chaos_bench --clients {args.clients} --hold {args.hold}` on "
-            f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}.",
+            f"{machine()}.",
             "",
             markdown(report(load)),
             "",
@@ -61,8 +60,7 @@ def main() -> None:
             "",
         ]
     )
-    RESULTS.write_text(text)
-    print(text)
+    publish(RESULTS, text)
 
 
 if __name__ == "__main__":

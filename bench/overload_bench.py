@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import platform
 import statistics
 import tempfile
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+from bench.report import machine, publish
 from tests.robustness.overload import (
     DECODE_MS,
     LOAD_MODEL,
@@ -100,8 +99,7 @@ def main() -> None:
         [
             "# Overload bench",
             "",
-            f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, Python "
-            f"{platform.python_version()}; client, router, worker and registry share the CPUs. "
+            f"Machine: {machine()}; client, router, worker and registry share the CPUs. "
             f"Sim model: {SEQUENCES} sequences at {DECODE_MS:g} ms/token, {TOKENS} tokens a "
             f"request; router admits {MAX_IN_FLIGHT}. {args.reps} interleaved repetitions of "
             f"{args.seconds:g} s phases; `python -m bench.overload_bench`.",
@@ -110,9 +108,7 @@ def main() -> None:
             "",
         ]
     )
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(text)
-    print(text)  # a CLI bench, not a service: the table is its output
+    publish(RESULTS, text)
 
 
 if __name__ == "__main__":

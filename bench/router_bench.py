@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -23,6 +22,7 @@ from typing import Any
 
 import grpc
 
+from bench.report import machine, publish
 from modelyard.bundled import smollm2_model
 from modelyard.local_mesh import LocalMesh
 from modelyard.v1 import (
@@ -143,8 +143,7 @@ def main() -> None:
         [
             "# Router bench",
             "",
-            f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, Python "
-            f"{platform.python_version()}. One llama.cpp worker (SmolLM2-135M Q4_1, 1 thread), "
+            f"Machine: {machine()}. One llama.cpp worker (SmolLM2-135M Q4_1, 1 thread), "
             "max_tokens=1, prompt 'Hi'; client, router, worker and registry share the CPUs.",
             f"{args.requests} requests per concurrency level and mode; "
             "`python -m bench.router_bench`.",
@@ -153,9 +152,7 @@ def main() -> None:
             "",
         ]
     )
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(text)
-    print(text)  # a CLI bench, not a service: the table is its output
+    publish(RESULTS, text)
 
 
 if __name__ == "__main__":

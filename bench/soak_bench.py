@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import platform
 import random
 import tempfile
 import time
@@ -26,6 +24,7 @@ from pathlib import Path
 
 import grpc
 
+from bench.report import machine, publish
 from modelyard.bearer import bearer_metadata
 from modelyard.v1 import (
     common_pb2,
@@ -180,8 +179,7 @@ def main() -> None:
         [
             "# Soak bench",
             "",
-            f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, Python "
-            f"{platform.python_version()}; client and services share the CPUs. "
+            f"Machine: {machine()}; client and services share the CPUs. "
             f"{args.minutes:g} min, {args.clients} clients, 3 sim models (two fit), 25% "
             f"cancelled after the first token, an operator load/unload every 2 s; "
             f"`python -m bench.soak_bench`.",
@@ -191,9 +189,7 @@ def main() -> None:
             "",
         ]
     )
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(text)
-    print(text)  # a CLI bench, not a service: the table is its output
+    publish(RESULTS, text)
 
 
 if __name__ == "__main__":
