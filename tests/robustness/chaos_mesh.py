@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import os
 import signal
 import threading
@@ -37,6 +36,7 @@ from modelyard.v1 import (
     worker_pb2_grpc,
 )
 from tests.consul_agent import ConsulAgentStandIn
+from tests.sim_models import sim_model as shared_sim_model
 
 T = TypeVar("T")
 MODEL = "chaos-sim"
@@ -49,18 +49,8 @@ SIM_EXTRA = {
 
 
 def sim_model(artifact: Path, name: str = MODEL, version: str = "1") -> model_pb2.Model:
-    return model_pb2.Model(
-        name=name,
-        version=version,
-        artifact=model_pb2.Artifact(
-            uri=artifact.resolve().as_uri(),
-            sha256=hashlib.sha256(artifact.read_bytes()).hexdigest(),
-            size_bytes=artifact.stat().st_size,
-        ),
-        engines=[common_pb2.ENGINE_SIM],
-        capabilities=model_pb2.Capabilities(chat=True, completion=True, context_length=2048),
-        load_options=model_pb2.LoadOptions(extra=SIM_EXTRA),
-        stage=model_pb2.STAGE_PRODUCTION,
+    return shared_sim_model(
+        artifact, name, version=version, extra=SIM_EXTRA, context_length=2048, declare_size=True
     )
 
 

@@ -8,7 +8,6 @@ latency model, so load is the mesh's, not a model's.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -27,6 +26,7 @@ from modelyard.v1 import (
     router_pb2,
     router_pb2_grpc,
 )
+from tests.sim_models import sim_model as shared_sim_model
 
 GiB = 1 << 30
 ADMIN_TOKEN = "robust-registry-admin"
@@ -46,18 +46,7 @@ FAST: Mapping[str, str] = {
 
 
 def sim_model(artifact: Path, name: str, extra: Mapping[str, str] = FAST) -> model_pb2.Model:
-    return model_pb2.Model(
-        name=name,
-        version="1",
-        artifact=model_pb2.Artifact(
-            uri=artifact.resolve().as_uri(),
-            sha256=hashlib.sha256(artifact.read_bytes()).hexdigest(),
-        ),
-        engines=[common_pb2.ENGINE_SIM],
-        capabilities=model_pb2.Capabilities(chat=True, completion=True, context_length=1024),
-        load_options=model_pb2.LoadOptions(extra=dict(extra)),
-        stage=model_pb2.STAGE_PRODUCTION,
-    )
+    return shared_sim_model(artifact, name, extra=extra, context_length=1024)
 
 
 def mesh_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -4,7 +4,6 @@ process, on loopback: what the liveness and slow-reader tests run against."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import socket
 from collections.abc import AsyncIterator, Sequence
@@ -18,6 +17,7 @@ from google.protobuf import json_format
 from modelyard.local_mesh import ServiceProcess, spawn_service
 from modelyard.server import start_server
 from modelyard.v1 import common_pb2, model_pb2, registry_pb2_grpc, worker_pb2, worker_pb2_grpc
+from tests.sim_models import sim_model as shared_sim_model
 from tests.unit.router.doubles import REGISTRY_SERVICE, FakeRegistry, RouterUnderTest
 from tests.unit.router.doubles import running_router as _running_router
 from worker.artifacts.settings import ArtifactSettings
@@ -32,18 +32,7 @@ PROMPT = "Tell me about the mesh"
 def sim_model(artifact: Path, name: str = "sim", **extra: str) -> model_pb2.Model:
     options = {"sim_decode_ms_per_token": "1", "sim_eos_probability": "0"}
     options["sim_memory_bytes"] = str(GiB)
-    return model_pb2.Model(
-        name=name,
-        version="1",
-        stage=model_pb2.STAGE_PRODUCTION,
-        artifact=model_pb2.Artifact(
-            uri=artifact.resolve().as_uri(),
-            sha256=hashlib.sha256(artifact.read_bytes()).hexdigest(),
-        ),
-        engines=[common_pb2.ENGINE_SIM],
-        capabilities=model_pb2.Capabilities(chat=True, completion=True, context_length=4096),
-        load_options=model_pb2.LoadOptions(extra={**options, **extra}),
-    )
+    return shared_sim_model(artifact, name, extra={**options, **extra}, context_length=4096)
 
 
 def artifact_in(directory: Path) -> Path:

@@ -7,7 +7,6 @@ engine. Requests name the models; the worker loads the catalogue's records.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import pytest_asyncio
 
 from modelyard.errors import InvalidArgument, from_rpc_error
 from modelyard.v1 import common_pb2, model_pb2, worker_pb2, worker_pb2_grpc
+from tests.sim_models import sim_model as shared_sim_model
 from tests.worker_events import collect
 from worker.artifacts.settings import ArtifactSettings
 from worker.catalogue.file import FileCatalogue
@@ -36,16 +36,12 @@ PROMPT = "Tell me about the mesh"
 
 
 def sim_model(artifact: Path, name: str, **extra: str) -> model_pb2.Model:
-    return model_pb2.Model(
-        name=name,
-        version="1",
-        artifact=model_pb2.Artifact(
-            uri=artifact.resolve().as_uri(),
-            sha256=hashlib.sha256(artifact.read_bytes()).hexdigest(),
-        ),
-        engines=[common_pb2.ENGINE_SIM],
-        capabilities=model_pb2.Capabilities(chat=True, completion=True, context_length=1024),
-        load_options=model_pb2.LoadOptions(extra={**EXTRA, **extra}),
+    return shared_sim_model(
+        artifact,
+        name,
+        extra={**EXTRA, **extra},
+        context_length=1024,
+        stage=model_pb2.STAGE_UNSPECIFIED,
     )
 
 
