@@ -482,6 +482,7 @@ class ModelStatus(_message.Message):
     DOWNLOAD_BYTES_DONE_FIELD_NUMBER: _builtins.int
     DOWNLOAD_BYTES_TOTAL_FIELD_NUMBER: _builtins.int
     LOAD_PHASE_FIELD_NUMBER: _builtins.int
+    PREFIX_CACHE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     version: _builtins.str
     state: Global___ResidencyState.ValueType
@@ -515,6 +516,10 @@ class ModelStatus(_message.Message):
     """
     @_builtins.property
     def last_used(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def prefix_cache(self) -> Global___PrefixCacheSummary:
+        """What this model's prefix cache holds, for the router's prefix scorer."""
+
     def __init__(
         self,
         *,
@@ -535,14 +540,67 @@ class ModelStatus(_message.Message):
         download_bytes_done: _builtins.int = ...,
         download_bytes_total: _builtins.int = ...,
         load_phase: _builtins.str = ...,
+        prefix_cache: Global___PrefixCacheSummary | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["last_used", b"last_used"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["last_used", b"last_used", "prefix_cache", b"prefix_cache"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["download_bytes_done", b"download_bytes_done", "download_bytes_total", b"download_bytes_total", "engine", b"engine", "error", b"error", "generated_tokens_total", b"generated_tokens_total", "in_flight", b"in_flight", "last_used", b"last_used", "load_phase", b"load_phase", "memory_bytes", b"memory_bytes", "name", b"name", "pinned", b"pinned", "queued_requests", b"queued_requests", "queued_tokens", b"queued_tokens", "running_sequences", b"running_sequences", "state", b"state", "tokens_per_second", b"tokens_per_second", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["download_bytes_done", b"download_bytes_done", "download_bytes_total", b"download_bytes_total", "engine", b"engine", "error", b"error", "generated_tokens_total", b"generated_tokens_total", "in_flight", b"in_flight", "last_used", b"last_used", "load_phase", b"load_phase", "memory_bytes", b"memory_bytes", "name", b"name", "pinned", b"pinned", "prefix_cache", b"prefix_cache", "queued_requests", b"queued_requests", "queued_tokens", b"queued_tokens", "running_sequences", b"running_sequences", "state", b"state", "tokens_per_second", b"tokens_per_second", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ModelStatus: _TypeAlias = ModelStatus  # noqa: Y015
+
+@_typing.final
+class PrefixCacheSummary(_message.Message):
+    """PrefixCacheSummary says which request prefixes a model's KV cache holds, in
+    the mesh's prefix hashing scheme (modelyard/prefix.py): a request is a chain
+    of links (one per chat message, or one per fixed-size block of a plain
+    prompt) and each link's hash covers the whole prefix up to and including it.
+    A worker lists the link hashes of the prefixes it holds, most recently used
+    first, capped in count; a router that sees another scheme ignores the list.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCHEME_FIELD_NUMBER: _builtins.int
+    LINK_HASHES_FIELD_NUMBER: _builtins.int
+    PROMPT_TOKENS_TOTAL_FIELD_NUMBER: _builtins.int
+    CACHED_PROMPT_TOKENS_TOTAL_FIELD_NUMBER: _builtins.int
+    CACHED_TOKENS_FIELD_NUMBER: _builtins.int
+    CACHED_TOKENS_LIMIT_FIELD_NUMBER: _builtins.int
+    scheme: _builtins.str
+    """The hashing scheme, e.g. "modelyard-prefix-v1". Empty: no prefix cache."""
+    prompt_tokens_total: _builtins.int
+    """Prompt tokens of finished requests, and those of them served from the
+    cache, since the worker started (their ratio is the cache's hit rate).
+    """
+    cached_prompt_tokens_total: _builtins.int
+    cached_tokens: _builtins.int
+    """KV cells (tokens) held by cached prefixes now, and the most they may take
+    (the configured share of the context).
+    """
+    cached_tokens_limit: _builtins.int
+    @_builtins.property
+    def link_hashes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Link hashes of held prefixes, most recently used first (at most 512)."""
+
+    def __init__(
+        self,
+        *,
+        scheme: _builtins.str = ...,
+        link_hashes: _abc.Iterable[_builtins.int] | None = ...,
+        prompt_tokens_total: _builtins.int = ...,
+        cached_prompt_tokens_total: _builtins.int = ...,
+        cached_tokens: _builtins.int = ...,
+        cached_tokens_limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cached_prompt_tokens_total", b"cached_prompt_tokens_total", "cached_tokens", b"cached_tokens", "cached_tokens_limit", b"cached_tokens_limit", "link_hashes", b"link_hashes", "prompt_tokens_total", b"prompt_tokens_total", "scheme", b"scheme"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PrefixCacheSummary: _TypeAlias = PrefixCacheSummary  # noqa: Y015
 
 @_typing.final
 class WorkerStatus(_message.Message):
