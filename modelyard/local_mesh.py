@@ -39,7 +39,10 @@ def free_port() -> int:
 
 
 def port_is_free(port: int) -> bool:
+    """No process listens on the port (connections left in TIME_WAIT do not count: the
+    services bind with SO_REUSEADDR, as gRPC does, so they can take it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:

@@ -30,6 +30,9 @@ GRPC_OPTIONS = [
     # server's minimum is min_ping_interval_without_data_ms; "min_recv_..." is ignored.)
     ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
     ("grpc.http2.max_ping_strikes", 2),
+    # gRPC turns SO_REUSEPORT on by default: a second server on a port a running one
+    # holds would start without error and take part of its traffic. Refuse instead.
+    ("grpc.so_reuseport", 0),
 ]
 
 
@@ -76,10 +79,13 @@ async def start_server(
     reflection.enable_server_reflection(
         [*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
     )
-    if tls is not None and tls.enabled:
-        port = server.add_secure_port(address, tls.server_credentials())
-    else:
-        port = server.add_insecure_port(address)
+    try:
+        if tls is not None and tls.enabled:
+            port = server.add_secure_port(address, tls.server_credentials())
+        else:
+            port = server.add_insecure_port(address)
+    except RuntimeError:  # grpcio >= 1.55 raises where older ones returned 0
+        port = 0
     if port == 0:
         raise OSError(f"cannot bind {address}: address in use or not available")
     await server.start()
