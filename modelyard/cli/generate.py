@@ -12,7 +12,7 @@ from modelyard.cli.connect import (
     router_client,
     tls_options,
 )
-from modelyard.cli.output import cli_errors, console, err_console, to_json
+from modelyard.cli.output import cli_errors, console, err_console, print_json
 from modelyard.client import DEFAULT_ADDRESS, GenerationStream
 from modelyard.tls import TlsSettings
 from modelyard.v1 import common_pb2
@@ -79,7 +79,7 @@ def generate(
         )
         if json_out:
             for event in stream.events():
-                console.print(to_json(event), highlight=False, soft_wrap=True)
+                print_json(event)
         else:
             print_stream(stream)
 
@@ -94,7 +94,7 @@ def print_stream(stream: GenerationStream) -> None:
         stream.cancel()
         console.out("")
         err_console.print("[dim]cancelled[/dim]")
-        return
+        raise typer.Exit(130) from None  # as typer exits on Ctrl-C elsewhere (shells expect it)
     console.out("")
     started, finished = stream.started, stream.finished
     if started is not None and finished is not None:

@@ -29,7 +29,7 @@ from modelyard.cli.connect import (
     open_channel,
     tls_options,
 )
-from modelyard.cli.output import cli_errors, console, to_json
+from modelyard.cli.output import cli_errors, console, print_json
 from modelyard.errors import InvalidArgument, from_rpc_error
 from modelyard.tls import TlsSettings
 from modelyard.v1 import common_pb2, model_pb2, registry_pb2, registry_pb2_grpc
@@ -155,7 +155,7 @@ def list_models(
                 break
     if json_out:
         for m in models:
-            console.print(to_json(m), highlight=False, soft_wrap=True)
+            print_json(m)
         return
     table = Table("name", "version", "stage", "engines", "context", "chat", "artifact")
     for m in models:
@@ -311,7 +311,7 @@ def stage(
             admin_token,
         )
     if json_out:
-        console.print(to_json(reply), highlight=False, soft_wrap=True)
+        print_json(reply)
     else:
         console.print(f"{ref} is {to.lower()} (revision {reply.revision})")
 
@@ -337,7 +337,7 @@ def delete(
 
 def print_model(model: model_pb2.Model, json_out: bool) -> None:
     if json_out:
-        console.print(to_json(model), highlight=False, soft_wrap=True)
+        print_json(model)
         return
     table = Table("field", "value", show_header=False)
     caps = model.capabilities

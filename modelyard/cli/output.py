@@ -20,6 +20,12 @@ def to_json(message: Message) -> str:
     return MessageToJson(message, indent=None, preserving_proto_field_name=True)
 
 
+def print_json(message: Message) -> None:
+    """One message as one line of plain JSON on stdout: no markup parsing (generated
+    text such as `[/INST]` would be read as a Rich tag), no wrapping, no colour."""
+    typer.echo(to_json(message))
+
+
 @contextmanager
 def cli_errors() -> Iterator[None]:
     """Print a service error as `CODE: message` (+ field violations) and exit 1."""

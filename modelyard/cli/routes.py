@@ -29,7 +29,7 @@ from modelyard.cli.models import (
     registry_stub,
     short,
 )
-from modelyard.cli.output import cli_errors, console, to_json
+from modelyard.cli.output import cli_errors, console, print_json
 from modelyard.errors import InvalidArgument
 from modelyard.tls import TlsSettings
 from modelyard.v1 import common_pb2, model_pb2, registry_pb2
@@ -125,7 +125,7 @@ def list_routes(
         )
     if json_out:
         for route in reply.routes:
-            console.print(to_json(route), highlight=False, soft_wrap=True)
+            print_json(route)
         return
     table = Table("name", "arms", "fallbacks", "sticky", "objective")
     for route in reply.routes:
@@ -175,7 +175,7 @@ def delete(
 
 def print_route(route: model_pb2.Route, json_out: bool) -> None:
     if json_out:
-        console.print(to_json(route), highlight=False, soft_wrap=True)
+        print_json(route)
         return
     total = sum(a.weight for a in route.arms) or 1.0
     table = Table("arm", "model", "weight", "share", title=f"route {route.name}")

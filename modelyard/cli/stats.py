@@ -15,7 +15,7 @@ from modelyard.cli.connect import (
     open_channel,
     tls_options,
 )
-from modelyard.cli.output import cli_errors, console, to_json
+from modelyard.cli.output import cli_errors, console, print_json
 from modelyard.errors import from_rpc_error
 from modelyard.tls import TlsSettings
 from modelyard.v1 import router_pb2, router_pb2_grpc, worker_pb2
@@ -77,7 +77,7 @@ def stats(
         except grpc.RpcError as err:
             raise from_rpc_error(err) from err
     if json:
-        console.print_json(to_json(reply))
+        print_json(reply)
         return
     models = Table(title="models")
     models.add_column("model")
@@ -111,7 +111,7 @@ def workers(
         except grpc.RpcError as err:
             raise from_rpc_error(err) from err
     if json:
-        console.print_json(to_json(reply))
+        print_json(reply)
         return
     table = Table(title="workers")
     for name in ("worker", "address", "healthy", "breaker", "memory MiB", "queued tok", "running"):
