@@ -82,7 +82,8 @@ AdminTokenOpt = Annotated[
     str,
     typer.Option(
         "--admin-token",
-        envvar="MODELYARD_ADMIN_TOKEN",
+        # The registry's own variable too, so a shell set up for the server can run the CLI.
+        envvar=["MODELYARD_ADMIN_TOKEN", "MODELYARD_REGISTRY_ADMIN_TOKEN"],
         help="The registry's admin token: needed for writes when it has one; reads with it "
         "too when no --registry-token is given.",
         show_default=False,
@@ -104,7 +105,7 @@ OperatorTokenOpt = Annotated[
     str,
     typer.Option(
         "--operator-token",
-        envvar="MODELYARD_OPERATOR_TOKEN",
+        envvar=["MODELYARD_OPERATOR_TOKEN", "MODELYARD_WORKER_ADMIN_TOKEN"],
         help="The worker operator's token (the worker's MODELYARD_WORKER_ADMIN_TOKEN), "
         "needed to load and unload when it has one.",
         show_default=False,

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import pytest
+import typer
 from typer.testing import CliRunner
 
 from modelyard.cli.main import app
@@ -25,3 +29,25 @@ def test_a_certificate_needs_its_key_and_files_must_be_readable(tmp_path: Path) 
     assert code == 2 and "is not a readable file" in out, out
     code, out = run("routes", "list", "--tls-server-name", "registry")
     assert code == 2 and "TLS is off" in out, out
+
+
+def _options(command: Any, path: str = "") -> Iterator[tuple[str, Any]]:
+    # Typer's own (vendored) click types: read by shape.
+    for name, sub in getattr(command, "commands", {}).items():
+        yield from _options(sub, f"{path} {name}".strip())
+    for param in command.params:
+        yield path, param
+
+
+@pytest.mark.parametrize(
+    ("flag", "server_variable"),
+    [
+        ("--admin-token", "MODELYARD_REGISTRY_ADMIN_TOKEN"),
+        ("--operator-token", "MODELYARD_WORKER_ADMIN_TOKEN"),
+    ],
+)
+def test_token_flags_also_read_the_servers_own_variable(flag: str, server_variable: str) -> None:
+    found = [(p, o) for p, o in _options(typer.main.get_command(app)) if flag in o.opts]
+    assert found, flag
+    for path, option in found:
+        assert server_variable in (option.envvar or ()), path
