@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import grpc
 import typer
 from google.protobuf.json_format import MessageToJson
 from google.protobuf.message import Message
 from rich.console import Console
+from rich.markup import escape
 
 from modelyard.errors import ModelyardError
 
@@ -32,7 +35,29 @@ def cli_errors() -> Iterator[None]:
     try:
         yield
     except ModelyardError as err:
-        err_console.print(f"[red]{err.code.name}[/red]: {err.message}", highlight=False)
+        message = _unreachable(err) or err.message
+        # Server text may hold brackets (names, prompts): never read them as markup.
+        err_console.print(f"[red]{err.code.name}[/red]: {escape(message)}", highlight=False)
         for v in err.violations:
-            err_console.print(f"  field {v.field}: {v.description}", highlight=False)
+            line = f"  field {escape(v.field)}: {escape(v.description)}"
+            err_console.print(line, highlight=False)
         raise typer.Exit(1) from err
+
+
+# gRPC's text when nothing listens: "failed to connect to all addresses; last error:
+# UNKNOWN: ipv4:127.0.0.1:50050: Failed to connect to remote host: Connection refused".
+_CONNECT_FAILED = "failed to connect to all addresses"
+_TRIED = re.compile(r"ipv[46]:(\[[^\]]+\]:\d+|[^\s\[\]]+?:\d+)")
+
+
+def _unreachable(err: ModelyardError) -> str | None:
+    """What to do when the service cannot be reached, instead of gRPC's own text."""
+    if err.code != grpc.StatusCode.UNAVAILABLE or _CONNECT_FAILED not in err.message:
+        return None
+    tried = _TRIED.search(err.message)
+    where = tried.group(1) if tried else "the service"
+    return (
+        f"nothing answers at {where}. Start the mesh with `modelyard up`, or point the "
+        "command at a running service (--router / --registry / --worker, or the "
+        "MODELYARD_ROUTER / MODELYARD_REGISTRY / MODELYARD_WORKER variables)."
+    )

@@ -10,8 +10,11 @@ import subprocess
 import sys
 
 import pytest
+import typer
 
-from modelyard.cli.output import print_json
+from modelyard.cli.output import cli_errors, print_json
+from modelyard.errors import FieldViolation, NotFound
+from modelyard.local_mesh import free_port
 from modelyard.v1 import common_pb2
 
 
@@ -64,3 +67,31 @@ def test_ctrl_c_while_a_call_waits_exits_130(args: tuple[str, ...], flag: str) -
         finally:
             proc.kill()
     assert proc.returncode == 130, err
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("models", "list", "--registry"),
+        ("workers", "--router"),
+        ("models", "load", "m@1", "--worker"),
+    ],
+    ids=["registry", "router", "worker"],
+)
+def test_an_unreachable_service_names_the_address_and_what_to_start(args: tuple[str, ...]) -> None:
+    address = f"127.0.0.1:{free_port()}"  # nothing listens there
+    proc = _modelyard(*args, address)
+    _, err = proc.communicate(timeout=120)
+    text = " ".join(err.split())
+    assert proc.returncode == 1, err
+    assert f"UNAVAILABLE: nothing answers at {address}" in text
+    assert "modelyard up" in text
+    assert "failed to connect to all addresses" not in text
+
+
+def test_service_errors_print_brackets_as_text(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(typer.Exit), cli_errors():
+        raise NotFound("model [/INST]@1 not found", violations=[FieldViolation("a[/b]", "[x]")])
+    err = " ".join(capsys.readouterr().err.split())
+    assert "NOT_FOUND: model [/INST]@1 not found" in err
+    assert "field a[/b]: [x]" in err
