@@ -24,10 +24,16 @@ router_app = typer.Typer(help="The Router service: the public API; picks model a
 
 S = TypeVar("S", bound=BaseSettings)
 
-LogLevel = Annotated[
-    str | None,
-    typer.Option(help="DEBUG, INFO, WARNING or ERROR. Env: MODELYARD_<SERVICE>_LOG_LEVEL."),
-]
+
+def _log_level(service: str) -> Any:
+    return typer.Option(
+        help=f"DEBUG, INFO, WARNING or ERROR. Env: MODELYARD_{service.upper()}_LOG_LEVEL."
+    )
+
+
+RegistryLogLevel = Annotated[str | None, _log_level("registry")]
+WorkerLogLevel = Annotated[str | None, _log_level("worker")]
+RouterLogLevel = Annotated[str | None, _log_level("router")]
 
 
 def build_settings(cls: type[S], **flags: Any) -> S:
@@ -59,7 +65,7 @@ def registry_serve(
             help="Prometheus /metrics port, 0 = off. Env: MODELYARD_REGISTRY_METRICS_PORT."
         ),
     ] = None,
-    log_level: LogLevel = None,
+    log_level: RegistryLogLevel = None,
 ) -> None:
     """Run the registry. Admin token for writes: MODELYARD_REGISTRY_ADMIN_TOKEN."""
     from registry.main import run
@@ -125,7 +131,7 @@ def worker_serve(
             "Env: MODELYARD_WORKER_CATALOG_FILE."
         ),
     ] = None,
-    log_level: LogLevel = None,
+    log_level: WorkerLogLevel = None,
 ) -> None:
     """Run a worker."""
     from worker.main import run
@@ -180,7 +186,7 @@ def router_serve(
             "Env: MODELYARD_ROUTER_MAX_ATTEMPTS."
         ),
     ] = None,
-    log_level: LogLevel = None,
+    log_level: RouterLogLevel = None,
 ) -> None:
     """Run a router. Consul discovery: MODELYARD_CONSUL_ADDRESS (see docs/operations.md)."""
     from router.main import run
