@@ -29,7 +29,7 @@ from modelyard.cli.connect import (
     open_channel,
     tls_options,
 )
-from modelyard.cli.output import cli_errors, console, print_json
+from modelyard.cli.output import cli_errors, console, print_json, print_table
 from modelyard.errors import InvalidArgument, from_rpc_error
 from modelyard.tls import TlsSettings
 from modelyard.v1 import common_pb2, model_pb2, registry_pb2, registry_pb2_grpc
@@ -168,7 +168,7 @@ def list_models(
             "yes" if m.capabilities.chat else "no",
             m.artifact.uri,
         )
-    console.print(table)
+    print_table(table)
 
 
 @app.command("show")
@@ -362,4 +362,4 @@ def print_model(model: model_pb2.Model, json_out: bool) -> None:
         rows.append(("description", model.description))
     for key, value in rows:
         table.add_row(key, value)
-    console.print(table)
+    print_table(table)

@@ -12,6 +12,7 @@ from google.protobuf.json_format import MessageToJson
 from google.protobuf.message import Message
 from rich.console import Console
 from rich.markup import escape
+from rich.table import Table
 
 from modelyard.errors import ModelyardError
 
@@ -61,3 +62,15 @@ def _unreachable(err: ModelyardError) -> str | None:
         "command at a running service (--router / --registry / --worker, or the "
         "MODELYARD_ROUTER / MODELYARD_REGISTRY / MODELYARD_WORKER variables)."
     )
+
+
+def print_table(table: Table) -> None:
+    """Print a table that fits the terminal without cutting a value: cells wrap (long
+    words fold) instead of ending in "…", and the first column, the identifier, keeps
+    its longest value on one line when it can."""
+    for column in table.columns:
+        column.overflow = "fold"
+    if table.columns:
+        first = table.columns[0]
+        first.min_width = min(40, max((len(str(c)) for c in first.cells), default=0))
+    console.print(table)

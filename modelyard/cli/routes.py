@@ -29,7 +29,7 @@ from modelyard.cli.models import (
     registry_stub,
     short,
 )
-from modelyard.cli.output import cli_errors, console, print_json
+from modelyard.cli.output import cli_errors, console, print_json, print_table
 from modelyard.errors import InvalidArgument
 from modelyard.tls import TlsSettings
 from modelyard.v1 import common_pb2, model_pb2, registry_pb2
@@ -136,7 +136,7 @@ def list_routes(
             "yes" if route.sticky_sessions else "no",
             short(common_pb2.Objective, "OBJECTIVE_", route.default_objective),
         )
-    console.print(table)
+    print_table(table)
 
 
 @app.command("show")
@@ -181,7 +181,7 @@ def print_route(route: model_pb2.Route, json_out: bool) -> None:
     table = Table("arm", "model", "weight", "share", title=f"route {route.name}")
     for a in route.arms:
         table.add_row(a.name, a.model, f"{a.weight:g}", f"{100 * a.weight / total:.1f}%")
-    console.print(table)
+    print_table(table)
     details = [
         ("fallbacks", " -> ".join(route.fallbacks) or "-"),
         ("sticky sessions", "yes" if route.sticky_sessions else "no"),

@@ -15,7 +15,7 @@ from modelyard.cli.connect import (
     open_channel,
     tls_options,
 )
-from modelyard.cli.output import cli_errors, console, print_json
+from modelyard.cli.output import cli_errors, print_json, print_table
 from modelyard.errors import from_rpc_error
 from modelyard.tls import TlsSettings
 from modelyard.v1 import router_pb2, router_pb2_grpc, worker_pb2
@@ -84,7 +84,7 @@ def stats(
     _traffic_columns(models)
     for m in reply.models:
         models.add_row(f"{m.model}@{m.version}", *_traffic_cells(m.traffic))
-    console.print(models)
+    print_table(models)
     if reply.arms:
         arms = Table(title="route arms")
         for name in ("route", "arm", "model"):
@@ -92,7 +92,7 @@ def stats(
         _traffic_columns(arms)
         for a in reply.arms:
             arms.add_row(a.route, a.arm, a.model, *_traffic_cells(a.traffic))
-        console.print(arms)
+        print_table(arms)
 
 
 @tls_options
@@ -133,4 +133,4 @@ def workers(
             str(s.running_sequences),
             models or "-",
         )
-    console.print(table)
+    print_table(table)

@@ -15,7 +15,7 @@ from rich.table import Table
 from modelyard.bundled import BundledModelMissing, smollm2_model
 from modelyard.cli.generate import print_stream
 from modelyard.cli.load import load_with_progress
-from modelyard.cli.output import cli_errors, console, err_console
+from modelyard.cli.output import cli_errors, console, err_console, print_table
 from modelyard.client import Client
 from modelyard.errors import from_rpc_error
 from modelyard.local_mesh import LocalMesh, ServiceFailed, port_is_free
@@ -129,7 +129,7 @@ def _show_addresses(mesh: LocalMesh) -> None:
                 f"http://{mesh.router_http_address}/v1",
                 str(service.log_path),
             )
-    console.print(table)
+    print_table(table)
 
 
 def _register_and_load(mesh: LocalMesh, model: model_pb2.Model) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -11,7 +12,10 @@ import sys
 
 import pytest
 import typer
+from rich.console import Console
+from rich.table import Table
 
+from modelyard.cli import output
 from modelyard.cli.output import cli_errors, print_json
 from modelyard.errors import FieldViolation, NotFound
 from modelyard.local_mesh import free_port
@@ -95,3 +99,17 @@ def test_service_errors_print_brackets_as_text(capsys: pytest.CaptureFixture[str
     err = " ".join(capsys.readouterr().err.split())
     assert "NOT_FOUND: model [/INST]@1 not found" in err
     assert "field a[/b]: [x]" in err
+
+
+def test_a_wide_table_at_80_columns_cuts_no_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    screen = Console(width=80, file=io.StringIO(), no_color=True)
+    monkeypatch.setattr(output, "console", screen)
+    table = Table("model", "version", "requests", "errors", "ttft p50", "ttft p95", "cost usd")
+    table.add_row(
+        "smollm2-135m-instruct", "q4_1-2024-11-01", "123456", "7", "812.5", "1934.2", "0.000123456"
+    )
+    output.print_table(table)
+    text = screen.file.getvalue()  # type: ignore[attr-defined]
+    assert "…" not in text
+    assert "smollm2-135m-instruct" in text  # the identifier stays on one line
+    assert max(len(line) for line in text.splitlines()) <= 80
