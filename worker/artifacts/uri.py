@@ -1,7 +1,8 @@
 """Parsing artifact URIs into the pieces each source needs.
 
-Accepted: ``file:///abs/path`` or a plain path, ``http(s)://...``, ``s3://bucket/key``
-and ``hf://org/repo[@revision][/path/in/repo]`` (no path: the whole repository).
+Accepted: ``file:///abs/path`` or a plain path, ``bundled://...`` (modelyard/bundled.py),
+``http(s)://...``, ``s3://bucket/key`` and ``hf://org/repo[@revision][/path/in/repo]``
+(no path: the whole repository). Local kinds are resolved by files.local_path.
 """
 
 from __future__ import annotations
