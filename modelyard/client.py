@@ -2,31 +2,33 @@
 
     from modelyard.client import Client
 
-    with Client("127.0.0.1:50050") as client:
+    with Client() as client:  # MODELYARD_ROUTER, else 127.0.0.1:50050
         stream = client.generate(model="smollm2-135m-instruct", prompt="Hello")
         for delta in stream:
             print(delta.text, end="", flush=True)
         print(stream.finished.usage.output_tokens)
 
 Failed calls raise the domain errors of `modelyard.errors` (NotFound,
-InvalidArgument with its field violations, Unavailable, ...).
+InvalidArgument with its field violations, Unavailable, ...). UNAVAILABLE and
+RESOURCE_EXHAUSTED are retried before the first event arrives, never after
+(client_connection.py).
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
 import grpc
 
 from modelyard.bearer import bearer_metadata
+from modelyard.client_connection import DEFAULT_ADDRESS, Connection
 from modelyard.errors import from_rpc_error
 from modelyard.v1 import common_pb2, router_pb2, router_pb2_grpc
 
-DEFAULT_ADDRESS = "127.0.0.1:50050"
+__all__ = ["DEFAULT_ADDRESS", "AsyncClient", "Client", "Connection", "Delta", "build_request"]
 DEFAULT_TIMEOUT_S = 300.0
 
 Message = common_pb2.ChatMessage | Mapping[str, str]
@@ -167,89 +169,91 @@ class AsyncGenerationStream(_Stream):
             raise from_rpc_error(err) from err
 
 
-def _credentials(ca_file: str, cert_file: str, key_file: str) -> grpc.ChannelCredentials | None:
-    """TLS credentials when a CA (or a client certificate, for mTLS) is given, else None.
-
-    `api_key` (MODELYARD_ROUTER_API_KEYS on the router) goes as `authorization: Bearer`.
-    """
-    if not (ca_file or cert_file):
-        return None
-
-    def read(path: str) -> bytes | None:
-        return Path(path).read_bytes() if path else None
-
-    return grpc.ssl_channel_credentials(
-        root_certificates=read(ca_file),
-        private_key=read(key_file) if cert_file else None,
-        certificate_chain=read(cert_file),
-    )
+def _complete_request(kwargs: dict[str, Any]) -> router_pb2.CompleteRequest:
+    return router_pb2.CompleteRequest.FromString(build_request(**kwargs).SerializeToString())
 
 
-def _tls_options(server_name: str) -> list[tuple[str, str]]:
-    """`tls_server_name`: the name to verify in the router's certificate instead of the
-    dialled host (e.g. a router reached by IP)."""
-    return [("grpc.ssl_target_name_override", server_name)] if server_name else []
-
-
-class Client:
-    """Blocking client for RouterService."""
+class _Base:
+    """What both clients share: the connection, the call metadata, the default deadline."""
 
     def __init__(
         self,
-        address: str = DEFAULT_ADDRESS,
+        address: str | None,
+        timeout_s: float,
+        metadata: Sequence[tuple[str, str]],
+        **connection: Any,
+    ) -> None:
+        self.connection = Connection.resolve(address, **connection)
+        self._timeout_s = timeout_s
+        self._metadata = (*metadata, *bearer_metadata(self.connection.api_key))
+
+    def _call_args(self, timeout_s: float | None = None) -> dict[str, Any]:
+        return {"timeout": timeout_s or self._timeout_s, "metadata": self._metadata}
+
+
+class Client(_Base):
+    """Blocking client for RouterService. Unset arguments come from the environment
+    (`Connection.resolve`)."""
+
+    def __init__(
+        self,
+        address: str | None = None,
         *,
         timeout_s: float = DEFAULT_TIMEOUT_S,
         metadata: Sequence[tuple[str, str]] = (),
-        api_key: str = "",
-        tls_ca_file: str = "",
-        tls_cert_file: str = "",
-        tls_key_file: str = "",
-        tls_server_name: str = "",
+        **connection: Any,
     ) -> None:
-        # -- security (see _credentials) --
-        credentials = _credentials(tls_ca_file, tls_cert_file, tls_key_file)
-        self._channel = (
-            grpc.secure_channel(address, credentials, options=_tls_options(tls_server_name))
-            if credentials is not None
-            else grpc.insecure_channel(address)
-        )
-        # -- end security --
+        super().__init__(address, timeout_s, metadata, **connection)
+        self._channel = self.connection.channel()
         self._stub = router_pb2_grpc.RouterServiceStub(self._channel)
-        self._timeout_s = timeout_s
-        self._metadata = (*metadata, *bearer_metadata(api_key))
+
+    def _unary(self, method: Any, request: Any, timeout_s: float | None = None) -> Any:
+        try:
+            return method(request, **self._call_args(timeout_s))
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from err
 
     def generate(self, *, timeout_s: float | None = None, **kwargs: Any) -> GenerationStream:
         """Start a streamed generation; see `build_request` for the arguments."""
-        call = self._stub.Generate(
-            build_request(**kwargs),
-            timeout=timeout_s or self._timeout_s,
-            metadata=self._metadata,
+        return GenerationStream(
+            self._stub.Generate(build_request(**kwargs), **self._call_args(timeout_s))
         )
-        return GenerationStream(call)
 
     def complete(
         self, *, timeout_s: float | None = None, **kwargs: Any
     ) -> router_pb2.CompleteResponse:
         """Run a generation and return it whole."""
-        request = router_pb2.CompleteRequest.FromString(build_request(**kwargs).SerializeToString())
-        try:
-            response: router_pb2.CompleteResponse = self._stub.Complete(
-                request, timeout=timeout_s or self._timeout_s, metadata=self._metadata
-            )
-        except grpc.RpcError as err:
-            raise from_rpc_error(err) from err
-        return response
+        reply: router_pb2.CompleteResponse = self._unary(
+            self._stub.Complete, _complete_request(kwargs), timeout_s
+        )
+        return reply
 
     def list_models(self) -> router_pb2.RouterServiceListModelsResponse:
-        try:
-            response: router_pb2.RouterServiceListModelsResponse = self._stub.ListModels(
-                router_pb2.RouterServiceListModelsRequest(),
-                timeout=self._timeout_s,
-                metadata=self._metadata,
-            )
-        except grpc.RpcError as err:
-            raise from_rpc_error(err) from err
-        return response
+        reply: router_pb2.RouterServiceListModelsResponse = self._unary(
+            self._stub.ListModels, router_pb2.RouterServiceListModelsRequest()
+        )
+        return reply
+
+    def list_workers(self) -> router_pb2.ListWorkersResponse:
+        reply: router_pb2.ListWorkersResponse = self._unary(
+            self._stub.ListWorkers, router_pb2.ListWorkersRequest()
+        )
+        return reply
+
+    def routing_stats(
+        self, *, model: str = "", route: str = ""
+    ) -> router_pb2.GetRoutingStatsResponse:
+        reply: router_pb2.GetRoutingStatsResponse = self._unary(
+            self._stub.GetRoutingStats, router_pb2.GetRoutingStatsRequest(model=model, route=route)
+        )
+        return reply
+
+    def record_feedback(self, request_id: str, score: float, comment: str = "") -> None:
+        """Score a finished request (its GenerationStarted.request_id)."""
+        self._unary(
+            self._stub.RecordFeedback,
+            router_pb2.RecordFeedbackRequest(request_id=request_id, score=score, comment=comment),
+        )
 
     def close(self) -> None:
         self._channel.close()
@@ -266,63 +270,65 @@ class Client:
         self.close()
 
 
-class AsyncClient:
-    """asyncio client for RouterService."""
+class AsyncClient(_Base):
+    """asyncio client for RouterService; the same methods as Client, awaited."""
 
     def __init__(
         self,
-        address: str = DEFAULT_ADDRESS,
+        address: str | None = None,
         *,
         timeout_s: float = DEFAULT_TIMEOUT_S,
         metadata: Sequence[tuple[str, str]] = (),
-        api_key: str = "",
-        tls_ca_file: str = "",
-        tls_cert_file: str = "",
-        tls_key_file: str = "",
-        tls_server_name: str = "",
+        **connection: Any,
     ) -> None:
-        # -- security (see _credentials) --
-        credentials = _credentials(tls_ca_file, tls_cert_file, tls_key_file)
-        self._channel = (
-            grpc.aio.secure_channel(address, credentials, options=_tls_options(tls_server_name))
-            if credentials is not None
-            else grpc.aio.insecure_channel(address)
-        )
-        # -- end security --
+        super().__init__(address, timeout_s, metadata, **connection)
+        self._channel = self.connection.aio_channel()
         self._stub = router_pb2_grpc.RouterServiceStub(self._channel)
-        self._timeout_s = timeout_s
-        self._metadata = (*metadata, *bearer_metadata(api_key))
+
+    async def _unary(self, method: Any, request: Any, timeout_s: float | None = None) -> Any:
+        try:
+            return await method(request, **self._call_args(timeout_s))
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from err
 
     def generate(self, *, timeout_s: float | None = None, **kwargs: Any) -> AsyncGenerationStream:
-        call = self._stub.Generate(
-            build_request(**kwargs),
-            timeout=timeout_s or self._timeout_s,
-            metadata=self._metadata,
+        return AsyncGenerationStream(
+            self._stub.Generate(build_request(**kwargs), **self._call_args(timeout_s))
         )
-        return AsyncGenerationStream(call)
 
     async def complete(
         self, *, timeout_s: float | None = None, **kwargs: Any
     ) -> router_pb2.CompleteResponse:
-        request = router_pb2.CompleteRequest.FromString(build_request(**kwargs).SerializeToString())
-        try:
-            response: router_pb2.CompleteResponse = await self._stub.Complete(
-                request, timeout=timeout_s or self._timeout_s, metadata=self._metadata
-            )
-        except grpc.RpcError as err:
-            raise from_rpc_error(err) from err
-        return response
+        reply: router_pb2.CompleteResponse = await self._unary(
+            self._stub.Complete, _complete_request(kwargs), timeout_s
+        )
+        return reply
 
     async def list_models(self) -> router_pb2.RouterServiceListModelsResponse:
-        try:
-            response: router_pb2.RouterServiceListModelsResponse = await self._stub.ListModels(
-                router_pb2.RouterServiceListModelsRequest(),
-                timeout=self._timeout_s,
-                metadata=self._metadata,
-            )
-        except grpc.RpcError as err:
-            raise from_rpc_error(err) from err
-        return response
+        reply: router_pb2.RouterServiceListModelsResponse = await self._unary(
+            self._stub.ListModels, router_pb2.RouterServiceListModelsRequest()
+        )
+        return reply
+
+    async def list_workers(self) -> router_pb2.ListWorkersResponse:
+        reply: router_pb2.ListWorkersResponse = await self._unary(
+            self._stub.ListWorkers, router_pb2.ListWorkersRequest()
+        )
+        return reply
+
+    async def routing_stats(
+        self, *, model: str = "", route: str = ""
+    ) -> router_pb2.GetRoutingStatsResponse:
+        reply: router_pb2.GetRoutingStatsResponse = await self._unary(
+            self._stub.GetRoutingStats, router_pb2.GetRoutingStatsRequest(model=model, route=route)
+        )
+        return reply
+
+    async def record_feedback(self, request_id: str, score: float, comment: str = "") -> None:
+        await self._unary(
+            self._stub.RecordFeedback,
+            router_pb2.RecordFeedbackRequest(request_id=request_id, score=score, comment=comment),
+        )
 
     async def close(self) -> None:
         await self._channel.close()

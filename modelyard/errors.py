@@ -196,8 +196,23 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 async def abort(context: grpc.aio.ServicerContext[Any, Any], err: ModelyardError) -> None:
-    """End the call with the error's status and details."""
-    await context.abort_with_status(rpc_status.to_status(err.to_status()))
+    """End the call with the error's status and details.
+
+    A retry hint also goes out as `grpc-retry-pushback-ms`, the form gRPC clients' own
+    retry policies honour (RetryInfo is for code that reads the details).
+    """
+    status = rpc_status.to_status(err.to_status())
+    if err.retry_after_s is not None:
+        pushback = ("grpc-retry-pushback-ms", str(max(0, int(err.retry_after_s * 1000))))
+        status = _WithMetadata(status.code, status.details, (*status.trailing_metadata, pushback))
+    await context.abort_with_status(status)
+
+
+@dataclass(frozen=True)
+class _WithMetadata(grpc.Status):  # type: ignore[misc]
+    code: grpc.StatusCode
+    details: str
+    trailing_metadata: tuple[tuple[str, str | bytes], ...]
 
 
 def grpc_errors(method: F) -> F:
