@@ -15,6 +15,7 @@ from opentelemetry import trace
 
 from modelyard.auth import current_caller
 from modelyard.errors import ModelyardError, Unavailable, from_rpc_error
+from modelyard.genai import operation_name
 from modelyard.refs import key_of
 from modelyard.v1 import common_pb2, model_pb2, router_pb2
 from modelyard.validation import check_generation
@@ -355,6 +356,7 @@ class Relay:
                 client=run.client,
             ),
             done,
+            operation=operation_name(bool(run.request.messages)),
         )
 
     def _failed(
