@@ -60,6 +60,11 @@ def sampling_attributes(sampling: common_pb2.SamplingParams) -> dict[str, Any]:
     return attributes
 
 
+def response_attributes(model: str, response_id: str) -> dict[str, Any]:
+    """gen_ai.response.*: the model version that answered, the request's id as the response's."""
+    return {"gen_ai.response.model": model, "gen_ai.response.id": response_id}
+
+
 def usage_attributes(usage: common_pb2.Usage) -> dict[str, Any]:
     attributes: dict[str, Any] = {
         "gen_ai.usage.input_tokens": usage.input_tokens,
