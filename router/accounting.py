@@ -10,7 +10,7 @@ from modelyard.refs import ModelKey, model_key
 from modelyard.v1 import common_pb2
 from router.breaker import BreakerBoard
 from router.metrics import RouterMetrics
-from router.observe import count_tokens, observe_failed, observe_finished
+from router.observe import count_tokens, observe_finished
 from router.state.latency import LatencyEstimates
 from router.stats import Outcome, RoutingStats
 
@@ -64,12 +64,8 @@ class Accounting:
         self.stats.record(request_id, outcome)
         self._count(outcome, "OK")
 
-    def failed(
-        self, request_id: str, outcome: Outcome, code: str, *, operation: str = CHAT
-    ) -> None:
-        self.stats.record(request_id, outcome)  # (its total_ms counts for OK requests only)
-        if self.metrics is not None:
-            observe_failed(self.metrics, outcome, code, operation)
+    def failed(self, request_id: str, outcome: Outcome, code: str) -> None:
+        self.stats.record(request_id, outcome)
         self._count(outcome, code)
 
     def _count(self, outcome: Outcome, code: str) -> None:

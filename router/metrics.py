@@ -183,9 +183,9 @@ class GenAiMetrics:
         self.duration = _histogram(
             r,
             "gen_ai_server_request_duration_seconds",
-            "gen_ai.server.request.duration: time from request to the end of the response; "
-            "error_type: the gRPC status name of a failed request (empty when it succeeded).",
-            (*GENAI_LABELS, "error_type"),
+            "gen_ai.server.request.duration: time from request to the end of the response "
+            "(requests that finished OK).",
+            GENAI_LABELS,
             GENAI_DURATION_BUCKETS,
         )
 

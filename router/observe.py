@@ -38,13 +38,4 @@ def observe_finished(
         genai.time_per_output_token.labels(*labels).observe(per_token_s)
     if outcome.total_ms is not None:
         metrics.duration.labels(model=model, arm=arm).observe(outcome.total_ms / 1000)
-        genai.duration.labels(*labels, "").observe(outcome.total_ms / 1000)
-
-
-def observe_failed(metrics: RouterMetrics, outcome: Outcome, code: str, operation: str) -> None:
-    """gen_ai.server.request.duration of a failed request, with its error.type (the gRPC
-    status name). Requests that failed before a version was picked carry the target's name
-    as the response model: still a catalogue name."""
-    if outcome.total_ms is not None:
-        labels = (operation, PROVIDER, outcome.route or outcome.model, outcome.label, code)
-        metrics.genai.duration.labels(*labels).observe(outcome.total_ms / 1000)
+        genai.duration.labels(*labels).observe(outcome.total_ms / 1000)

@@ -378,11 +378,9 @@ class Relay:
                 arm=target.arm,
                 ok=False,
                 usage=usage,
-                total_ms=(self._clock() - run.started_at) * 1000,
                 client=run.client,
             ),
             code,
-            operation=operation_name(bool(run.request.messages)),
         )
 
     def _check_deadline(self, run: _Run) -> float | None:
