@@ -199,6 +199,9 @@ class LocalMesh:
     router_http_port: int | None = None
     # False: the router is given no --worker and learns its workers from discovery only.
     static_workers: bool = True
+    # One /metrics port per worker (its --metrics-port), where workers should serve them:
+    # the environment's MODELYARD_WORKER_METRICS_PORT would give every worker the same.
+    worker_metrics_ports: Sequence[int] = ()
     env: Mapping[str, str] = field(default_factory=dict)
     services: list[ServiceProcess] = field(default_factory=list)
 
@@ -260,6 +263,8 @@ class LocalMesh:
                 args += ["--registry-address", self.registry_address]
                 if self.worker_threads:
                     args += ["--threads", str(self.worker_threads)]
+                if self.worker_metrics_ports:
+                    args += ["--metrics-port", str(self.worker_metrics_ports[i])]
                 self.services.append(
                     spawn_service(f"worker-{i}", args, address, logs / f"worker-{i}.log", self.env)
                 )

@@ -13,7 +13,11 @@ import sys
 from typing import Any
 
 from opentelemetry import trace
-from opentelemetry.instrumentation.grpc import aio_client_interceptors, aio_server_interceptor
+from opentelemetry.instrumentation.grpc import (
+    aio_client_interceptors,
+    aio_server_interceptor,
+    filters,
+)
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
@@ -54,12 +58,29 @@ def shutdown_tracing() -> None:
         _provider.shutdown()
 
 
+# Calls that would each become a trace of their own and bury the requests in a trace list:
+# health checks (probes, Consul, the local mesh poll them every few seconds) and the
+# long-lived streams that follow the catalogue and worker status for hours.
+UNTRACED_SERVICES = ("grpc.health.v1.Health",)
+UNTRACED_METHODS = (
+    "/modelyard.v1.RegistryService/Watch",
+    "/modelyard.v1.WorkerService/WatchStatus",
+)
+
+
+def _traced() -> Any:
+    """The instrumentation's filter: every call but health checks and watch streams."""
+    untraced = [filters.service_name(s) for s in UNTRACED_SERVICES]
+    untraced += [filters.full_method_name(m) for m in UNTRACED_METHODS]
+    return filters.negate(filters.any_of(*untraced))
+
+
 def server_interceptors() -> list[Any]:
-    return [aio_server_interceptor()]  # type: ignore[no-untyped-call]
+    return [aio_server_interceptor(filter_=_traced())]  # type: ignore[no-untyped-call]
 
 
 def client_interceptors() -> list[Any]:
-    return list(aio_client_interceptors())  # type: ignore[no-untyped-call]
+    return list(aio_client_interceptors(filter_=_traced()))  # type: ignore[no-untyped-call]
 
 
 class _TraceContextFilter(logging.Filter):

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from modelyard.genai import CHAT
 from modelyard.refs import ModelKey, model_key
 from modelyard.v1 import common_pb2
 from router.breaker import BreakerBoard
 from router.metrics import RouterMetrics
+from router.observe import count_tokens, observe_finished
 from router.state.latency import LatencyEstimates
 from router.stats import Outcome, RoutingStats
 
@@ -25,10 +27,9 @@ class Accounting:
         self.breakers.on_failure(worker)
 
     def forget_worker(self, worker: str) -> None:
-        """A worker left the pool: its breaker and breaker series go with it."""
+        """A worker left the pool: its breaker goes with it (its breaker series, read
+        from the pool at scrape time, too)."""
         self.breakers.forget(worker)
-        if self.metrics is not None:
-            self.metrics.forget_worker(worker)
 
     def retried(self) -> None:
         if self.metrics is not None:
@@ -38,10 +39,9 @@ class Accounting:
         self, worker: str, model: ModelKey, *, ewma_ms: float, client_ms: float
     ) -> None:
         """`ewma_ms`: from opening the worker call (the worker's own speed, for
-        scheduling); `client_ms`: from the request's arrival (what the client saw)."""
+        scheduling); `client_ms`: from the request's arrival (what the client saw; the
+        metrics take it from the finished request's outcome, with its labels)."""
         self.latency.observe(worker, model, ttft_ms=ewma_ms)
-        if self.metrics is not None:
-            self.metrics.ttft.observe(client_ms / 1000)
 
     def finished(
         self,
@@ -49,6 +49,8 @@ class Accounting:
         worker: str,
         outcome: Outcome,
         finished: common_pb2.GenerationFinished,
+        *,
+        operation: str = CHAT,
     ) -> None:
         self.breakers.on_success(worker)
         tokens = finished.usage.output_tokens
@@ -57,8 +59,8 @@ class Accounting:
             self.latency.observe(
                 worker, model_key(outcome.model, outcome.version), inter_token_ms=inter_token_ms
             )
-            if self.metrics is not None:
-                self.metrics.inter_token.observe(inter_token_ms / 1000)
+        if self.metrics is not None:
+            observe_finished(self.metrics, outcome, finished, operation)
         self.stats.record(request_id, outcome)
         self._count(outcome, "OK")
 
@@ -70,6 +72,8 @@ class Accounting:
         if self.metrics is not None:
             labels = {"model": outcome.label, "arm": outcome.arm, "code": code}
             self.metrics.requests.labels(**labels).inc()
+            if outcome.usage is not None:
+                count_tokens(self.metrics, outcome.label, outcome.usage)
             if outcome.client and outcome.usage is not None:
                 # Key names come from configuration only: the label set stays bounded.
                 tokens = self.metrics.client_tokens

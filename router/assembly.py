@@ -14,10 +14,10 @@ from modelyard.v1 import registry_pb2_grpc, worker_pb2
 from router.accounting import Accounting
 from router.admission import RouterAdmission
 from router.api import RouterApi
-from router.breaker import BreakerBoard, BreakerPolicy
+from router.breaker import OPEN, BreakerBoard, BreakerPolicy
 from router.catalog import Catalog
 from router.config import RouterSettings
-from router.metrics import BREAKER_VALUE, RouterMetrics
+from router.metrics import RouterMetrics
 from router.relay import Relay
 from router.scheduling.profiles import build_profiles
 from router.service import RouterServicer
@@ -57,7 +57,6 @@ def build(
             error_rate=settings.breaker_error_rate,
             open_s=settings.breaker_open_s,
         ),
-        on_change=metrics.set_breaker,
     )
     accounting = Accounting(
         breakers,
@@ -85,6 +84,9 @@ def build(
 
     # Scrapes run on prometheus_client's thread; the cache changes on the loop.
     metrics.watch_healthy_workers(loop_caller(lambda: _healthy_workers(cache, pool, breakers)))
+    metrics.watch_breakers(
+        loop_caller(lambda: {h.address: breakers.state(h.address) for h in pool.workers})
+    )
     api = RouterApi(relay, catalog, pool)
     servicer = RouterServicer(api, pool, accounting, settings.limits)
     return RouterParts(catalog, cache, relay, api, accounting, metrics, servicer)
@@ -100,7 +102,7 @@ def _healthy_workers(
             1
             for h in pool.workers
             if h.watching
-            and BREAKER_VALUE[breakers.state(h.address)] < 2
+            and breakers.state(h.address) != OPEN
             and h.residency(model) == worker_pb2.RESIDENCY_STATE_WARM
         )
     return counts

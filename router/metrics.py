@@ -1,12 +1,17 @@
 """The router's Prometheus metrics. The names are a contract with the Helm chart's
-dashboards and autoscaling: change them only together."""
+dashboards, alerts and autoscaling: change them only together (docs/operations.md lists
+every series and what bounds its labels).
+
+Label values come from the registry's catalogue (model keys, A/B arm names), the
+configured API key names, the router's worker pool and fixed enums, never from request
+text, so the series count stays bounded by what an operator configured.
+"""
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -15,14 +20,30 @@ from modelyard.v1 import router_pb2
 # Seconds; covers a warm TTFT on a GPU (ms) to a cold load on a CPU (tens of s).
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 INTER_TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28)
+QUEUE_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0)
 
-# The gauge's values: 0 closed, 1 half-open, 2 open.
-BREAKER_VALUE = {
-    router_pb2.BREAKER_STATE_UNSPECIFIED: 0,
-    router_pb2.BREAKER_STATE_CLOSED: 0,
-    router_pb2.BREAKER_STATE_HALF_OPEN: 1,
-    router_pb2.BREAKER_STATE_OPEN: 2,
+# The advisory buckets of the OpenTelemetry GenAI semantic conventions for these metrics.
+GENAI_TTFT_BUCKETS = (
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0
+)  # fmt: skip
+GENAI_TPOT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5)
+GENAI_DURATION_BUCKETS = (
+    0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92
+)  # fmt: skip
+# OTel attribute names become Prometheus labels with dots replaced by underscores.
+GENAI_LABELS = ("gen_ai_operation_name", "gen_ai_provider_name", "gen_ai_request_model",
+                "gen_ai_response_model")  # fmt: skip
+
+# The breaker series' `state` values, one series per worker and state (1 for the current).
+BREAKER_STATES = {
+    router_pb2.BREAKER_STATE_CLOSED: "closed",
+    router_pb2.BREAKER_STATE_HALF_OPEN: "half_open",
+    router_pb2.BREAKER_STATE_OPEN: "open",
 }
+# Kinds of the token counters: prompt, generated, and prompt tokens served from the
+# worker's prefix cache (part of input, not in addition to it).
+TOKEN_KINDS = ("input", "output", "cached")
 
 
 class _HealthyWorkers(Collector):
@@ -42,56 +63,131 @@ class _HealthyWorkers(Collector):
         yield family
 
 
+class _Breakers(Collector):
+    """modelyard_router_breaker_state{worker,state}, computed at scrape time from the
+    breakers of the workers in the pool (a worker that left takes its series along)."""
+
+    def __init__(self, source: Callable[[], dict[str, router_pb2.BreakerState.ValueType]]):
+        self._source = source
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "modelyard_router_breaker_state",
+            "Circuit breaker per worker: 1 on the series of its current state "
+            "(closed, half_open, open), 0 on the others.",
+            labels=["worker", "state"],
+        )
+        for worker, state in sorted(self._source().items()):
+            current = BREAKER_STATES.get(state, "closed")
+            for name in BREAKER_STATES.values():
+                family.add_metric([worker, name], 1.0 if name == current else 0.0)
+        yield family
+
+
+def _histogram(
+    registry: CollectorRegistry,
+    name: str,
+    doc: str,
+    labels: tuple[str, ...],
+    buckets: tuple[float, ...],
+) -> Histogram:
+    return Histogram(name, doc, list(labels), buckets=buckets, registry=registry)
+
+
 class RouterMetrics:
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
+        r = self.registry = CollectorRegistry()
         self.requests = Counter(
             "modelyard_router_requests",
             "Requests finished by the router, by model, A/B arm and gRPC status code.",
             ["model", "arm", "code"],
-            registry=self.registry,
+            registry=r,
+        )
+        self.tokens = Counter(
+            "modelyard_router_tokens",
+            "Tokens of the requests the router finished, by model and kind (input, output, "
+            "cached: input tokens the worker's prefix cache served).",
+            ["model", "kind"],
+            registry=r,
         )
         self.client_tokens = Counter(
             "modelyard_router_client_tokens",
             "Tokens served per client API key (by its configured name) and kind "
             "(input, output): usage per key.",
             ["api_key", "kind"],
-            registry=self.registry,
+            registry=r,
         )
-        self.ttft = Histogram(
+        self.ttft = _histogram(
+            r,
             "modelyard_router_ttft_seconds",
             "Time to first token as the router sees it (routing and retries included).",
-            buckets=TTFT_BUCKETS,
-            registry=self.registry,
+            ("model", "arm"),
+            TTFT_BUCKETS,
         )
-        self.inter_token = Histogram(
+        self.inter_token = _histogram(
+            r,
             "modelyard_router_inter_token_seconds",
             "Mean gap between tokens of one stream.",
-            buckets=INTER_TOKEN_BUCKETS,
-            registry=self.registry,
+            ("model", "arm"),
+            INTER_TOKEN_BUCKETS,
+        )
+        self.queue = _histogram(
+            r,
+            "modelyard_router_queue_seconds",
+            "Time the request waited in the worker's queue, as the worker reported it.",
+            ("model",),
+            QUEUE_BUCKETS,
+        )
+        self.duration = _histogram(
+            r,
+            "modelyard_router_request_duration_seconds",
+            "From the request's arrival at the router to the end of its stream (OK only).",
+            ("model", "arm"),
+            DURATION_BUCKETS,
         )
         self.retries = Counter(
             "modelyard_router_retries",
             "Attempts beyond the first, on another worker or a fallback model.",
-            registry=self.registry,
+            registry=r,
         )
-        self.breaker_state = Gauge(
-            "modelyard_router_breaker_state",
-            "Circuit breaker per worker: 0 closed, 1 half-open, 2 open.",
-            ["worker"],
-            registry=self.registry,
-        )
-
-    def set_breaker(self, worker: str, state: router_pb2.BreakerState.ValueType) -> None:
-        self.breaker_state.labels(worker=worker).set(BREAKER_VALUE.get(state, 0))
-
-    def forget_worker(self, worker: str) -> None:
-        """Drop the series of a worker that left the pool."""
-        with contextlib.suppress(KeyError):
-            self.breaker_state.remove(worker)
+        self.genai = GenAiMetrics(r)
 
     def watch_healthy_workers(self, source: Callable[[], dict[str, int]]) -> None:
         self.registry.register(_HealthyWorkers(source))
+
+    def watch_breakers(
+        self, source: Callable[[], dict[str, router_pb2.BreakerState.ValueType]]
+    ) -> None:
+        self.registry.register(_Breakers(source))
+
+
+class GenAiMetrics:
+    """The OpenTelemetry GenAI server metrics (gen_ai.server.*), named as the OTel to
+    Prometheus mapping names them (dots to underscores, the unit as a suffix)."""
+
+    def __init__(self, r: CollectorRegistry) -> None:
+        self.ttft = _histogram(
+            r,
+            "gen_ai_server_time_to_first_token_seconds",
+            "gen_ai.server.time_to_first_token: time to generate the first token.",
+            GENAI_LABELS,
+            GENAI_TTFT_BUCKETS,
+        )
+        self.time_per_output_token = _histogram(
+            r,
+            "gen_ai_server_time_per_output_token_seconds",
+            "gen_ai.server.time_per_output_token: time per output token after the first.",
+            GENAI_LABELS,
+            GENAI_TPOT_BUCKETS,
+        )
+        self.duration = _histogram(
+            r,
+            "gen_ai_server_request_duration_seconds",
+            "gen_ai.server.request.duration: time from request to the end of the response "
+            "(requests that finished OK).",
+            GENAI_LABELS,
+            GENAI_DURATION_BUCKETS,
+        )
 
 
 def serve_metrics(metrics: RouterMetrics, host: str, port: int) -> Callable[[], None]:

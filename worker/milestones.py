@@ -49,10 +49,12 @@ class Clock:
 
 
 class Spans:
-    """worker.queue → engine.prefill → engine.decode, each a child of the RPC's span."""
+    """The GenAI inference span `{operation} {model}` (a child of the RPC's span) and, under
+    it, worker.queue → engine.prefill → engine.decode."""
 
-    def __init__(self, attributes: dict[str, AttributeValue]) -> None:
-        self._parent = otel_context.get_current()
+    def __init__(self, name: str, attributes: dict[str, AttributeValue]) -> None:
+        self.generation: trace.Span | None = tracer.start_span(name, attributes=attributes)
+        self._parent = trace.set_span_in_context(self.generation, otel_context.get_current())
         self._attributes = attributes
         self.queue: trace.Span | None = self._start("worker.queue")
         self.prefill: trace.Span | None = None
@@ -61,8 +63,11 @@ class Spans:
     def _start(self, name: str) -> trace.Span:
         return tracer.start_span(name, context=self._parent, attributes=self._attributes)
 
-    def set_system(self, engine_name: str) -> None:
-        self._attributes["gen_ai.system"] = engine_name
+    def set_engine(self, engine_name: str) -> None:
+        # The engine is no GenAI provider (and gen_ai.system is deprecated): our own key.
+        self._attributes["modelyard.engine"] = engine_name
+        if self.generation is not None:
+            self.generation.set_attribute("modelyard.engine", engine_name)
 
     def scheduled(self, input_tokens: int) -> None:
         self._end("queue")
@@ -79,14 +84,14 @@ class Spans:
             "gen_ai.usage.output_tokens": event.output_tokens,
             "gen_ai.response.finish_reasons": [event.reason.value],
         }
-        for span in (self.decode, self.prefill, trace.get_current_span()):
+        for span in (self.decode, self.prefill, self.generation, trace.get_current_span()):
             if span is not None:
                 span.set_attributes(attributes)
 
     def close(self, error: BaseException | None = None) -> None:
         # A client going away is not a server error: mark it, do not fail the span.
         cancelled = isinstance(error, (asyncio.CancelledError, GeneratorExit))
-        for name in ("queue", "prefill", "decode"):
+        for name in ("queue", "prefill", "decode", "generation"):
             span = getattr(self, name)
             if span is not None and cancelled:
                 span.set_attribute("modelyard.cancelled", True)

@@ -21,6 +21,13 @@ from opentelemetry import trace
 from opentelemetry.util.types import AttributeValue
 
 from modelyard.errors import InvalidArgument, grpc_errors
+from modelyard.genai import (
+    operation_name,
+    request_attributes,
+    response_attributes,
+    sampling_attributes,
+    span_name,
+)
 from modelyard.limits import ServerLimits
 from modelyard.pricing import cost_of
 from modelyard.refs import ModelKey, key_of, model_key
@@ -133,7 +140,9 @@ def _span_attributes(
 ) -> dict[str, AttributeValue]:
     """The request's span attributes; route and arm as the router sent them, for tracing only."""
     attributes: dict[str, AttributeValue] = {
-        "gen_ai.request.model": key,
+        **request_attributes(operation_name(bool(request.messages)), key),
+        **sampling_attributes(request.sampling),
+        **response_attributes(key, request_id),
         "modelyard.request_id": request_id,
     }
     if request.route:
@@ -174,7 +183,8 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         deadline = clock.received + remaining if remaining is not None else None
         req = engine_request(request)
         request_id = request.request_id or req.request_id
-        spans = Spans(_span_attributes(request, key, request_id))
+        operation = operation_name(bool(request.messages))
+        spans = Spans(span_name(operation, key), _span_attributes(request, key, request_id))
         out = BoundedStream(context, self._limits, "worker")
         live = Liveness(out, self._keepalive_s)
         error: BaseException | None = None
@@ -227,7 +237,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         live: Liveness,
     ) -> AsyncIterator[worker_pb2.WorkerServiceGenerateResponse]:
         streamed = 0
-        spans.set_system(lease.engine.name)
+        spans.set_engine(lease.engine.name)
         while True:
             doing = "decoding" if clock.first_token else "waiting in the queue"
             try:

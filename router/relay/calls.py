@@ -11,6 +11,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
 from modelyard.errors import ModelyardError
+from modelyard.genai import operation_name, request_attributes, sampling_attributes, span_name
 from modelyard.v1 import router_pb2
 
 tracer = trace.get_tracer("modelyard.router")
@@ -39,10 +40,12 @@ class OpenCall:
 @contextmanager
 def route_span(request: router_pb2.GenerateRequest, request_id: str) -> Iterator[trace.Span]:
     """The request's span, from arrival to the end of its stream, with its error if any."""
+    operation, model = operation_name(bool(request.messages)), request.model or "auto"
     span = tracer.start_span(
-        "router.route",
+        span_name(operation, model),
         attributes={
-            "gen_ai.request.model": request.model or "auto",
+            **request_attributes(operation, model),
+            **sampling_attributes(request.sampling),
             "modelyard.request_id": request_id,
         },
     )

@@ -15,6 +15,7 @@ from opentelemetry import trace
 
 from modelyard.auth import current_caller
 from modelyard.errors import ModelyardError, Unavailable, from_rpc_error
+from modelyard.genai import operation_name, response_attributes, usage_attributes
 from modelyard.refs import key_of
 from modelyard.v1 import common_pb2, model_pb2, router_pb2
 from modelyard.validation import check_generation
@@ -179,6 +180,7 @@ class Relay:
                         self._acct.breakers.eject(leg.attempt.cand.worker)
                     self._failed(run, leg.attempt.cand.model, err.code.name, stream.usage)
                     raise
+                span.set_attributes(usage_attributes(stream.finished.usage))
                 self._finished(run, leg, stream)
 
     async def _prepare(
@@ -329,6 +331,7 @@ class Relay:
         span.set_attribute("modelyard.worker", handle.worker_id or handle.address)
         span.set_attribute("modelyard.model", cand.model_key)
         span.set_attribute("modelyard.attempt", leg.attempt.number)
+        span.set_attributes(response_attributes(cand.model_key, run.request_id))
         run.first_token_at = now
         return StreamRelay(
             run.assignment(leg.attempt),
@@ -355,6 +358,7 @@ class Relay:
                 client=run.client,
             ),
             done,
+            operation=operation_name(bool(run.request.messages)),
         )
 
     def _failed(

@@ -75,8 +75,10 @@ def test_router_and_worker_spans_share_one_trace_and_nest(
         spans = receiver.wait_for(complete, timeout_s=SPANS_TIMEOUT_S)
         assert complete(spans), sorted({(s.service, s.name) for s in spans})
     finally:
-        mesh.stop()
+        mesh.stop()  # the services flush their spans as they stop
         receiver.stop()
+    _check_genai_conventions(spans, smollm2)
+    _check_nothing_untraced_or_secret(receiver.spans, smollm2)
 
     router_span = next(s for s in spans if s.service == "modelyard-router" and s.name == ROUTER_RPC)
     trace = [s for s in spans if s.trace_id == router_span.trace_id]
@@ -106,3 +108,40 @@ def test_router_and_worker_spans_share_one_trace_and_nest(
         assert all(line.split("span_id=", 1)[1].split("]", 1)[0] in span_ids for line in traced), (
             traced
         )
+
+
+def _check_genai_conventions(spans: list[ReceivedSpan], smollm2: model_pb2.Model) -> None:
+    """OpenTelemetry GenAI semantic conventions on the router's and the worker's
+    generation spans: `{operation} {model}` names and the gen_ai.* attributes."""
+    key = f"{smollm2.name}@{smollm2.version}"
+    router = next(s for s in spans if s.name == f"text_completion {smollm2.name}")
+    worker = next(s for s in spans if s.name == f"text_completion {key}")
+    assert router.service == "modelyard-router" and worker.service == "modelyard-worker"
+    for span, requested in ((router, smollm2.name), (worker, key)):
+        a = span.attributes
+        assert a["gen_ai.operation.name"] == "text_completion", span
+        assert a["gen_ai.provider.name"] == "modelyard", span
+        assert "gen_ai.system" not in a, span
+        assert a["gen_ai.request.model"] == requested, span
+        assert a["gen_ai.response.model"] == key, span
+        assert a["gen_ai.response.id"] == "trace-me", span
+        assert a["gen_ai.request.max_tokens"] == 8, span
+        assert a["gen_ai.request.temperature"] == 0.0, span
+        assert a["gen_ai.usage.output_tokens"] == 8, span
+        assert a["gen_ai.usage.input_tokens"] > 0, span
+    assert worker.attributes["modelyard.engine"] == "llama.cpp"
+
+
+UNTRACED = ("grpc.health.v1.Health/", "RegistryService/Watch", "WorkerService/WatchStatus")
+
+
+def _check_nothing_untraced_or_secret(spans: list[ReceivedSpan], smollm2: model_pb2.Model) -> None:
+    """Health checks (the mesh polled them at start) and the long-lived Watch / WatchStatus
+    streams (ended, so exported, when the mesh stopped) are not traced; no span attribute
+    holds the artifact's URI or its local path."""
+    names = {s.name for s in spans}
+    assert not [n for n in names if any(u in n for u in UNTRACED)], sorted(names)
+    path = smollm2.artifact.uri.removeprefix("file://")
+    for span in spans:
+        for value in span.attributes.values():
+            assert path not in str(value), (span.name, value)

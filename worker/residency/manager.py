@@ -31,6 +31,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from opentelemetry import trace
 
@@ -38,7 +39,6 @@ from modelyard.errors import FailedPrecondition, ModelyardError, NotFound, Unava
 from modelyard.refs import ModelKey, key_of
 from modelyard.v1 import common_pb2, model_pb2
 from worker.admission import RequestQueue, within
-from worker.artifacts.uri import without_query
 from worker.counters import ChangeNotifier, SequenceCounters
 from worker.residency.backoff import backoff_refusal, note_failure, note_success
 from worker.residency.engine_choice import EngineKind, pick_engine
@@ -274,8 +274,8 @@ class ModelManager:
         attributes = {
             "gen_ai.request.model": r.key,
             "modelyard.engine": common_pb2.Engine.Name(kind),
-            # Scheme, host and path only: a presigned URL's query is a credential.
-            "modelyard.artifact.uri": without_query(r.model.artifact.uri),
+            # The scheme only: a path is the host's business and a URL may carry a credential.
+            "modelyard.artifact.scheme": urlsplit(r.model.artifact.uri).scheme or "file",
         }
         started = time.monotonic()
         with tracer.start_as_current_span("worker.model_load", attributes=attributes):

@@ -84,17 +84,23 @@ def test_forgetting_a_worker_drops_its_breaker_and_series() -> None:
     from router.stats import RoutingStats
 
     metrics = RouterMetrics()
-    board = BreakerBoard(BreakerPolicy(consecutive_failures=1), on_change=metrics.set_breaker)
+    board = BreakerBoard(BreakerPolicy(consecutive_failures=1))
+    pool = {"w:1", "w:2"}
+    metrics.watch_breakers(lambda: {w: board.state(w) for w in pool})
     acct = Accounting(board, LatencyEstimates(), RoutingStats(), metrics)
     acct.attempt_failed("w:1")
-    assert (
-        metrics.registry.get_sample_value("modelyard_router_breaker_state", {"worker": "w:1"}) == 2
-    )
 
+    def state(worker: str, name: str) -> float | None:
+        labels = {"worker": worker, "state": name}
+        return metrics.registry.get_sample_value("modelyard_router_breaker_state", labels)
+
+    # One series per state, 1 on the current one: alerts select state="open".
+    assert (state("w:1", "open"), state("w:1", "closed"), state("w:1", "half_open")) == (1, 0, 0)
+    assert (state("w:2", "open"), state("w:2", "closed")) == (0, 1)
+
+    pool.discard("w:1")
     acct.forget_worker("w:1")
 
-    assert (
-        metrics.registry.get_sample_value("modelyard_router_breaker_state", {"worker": "w:1"})
-        is None
-    )
+    assert state("w:1", "open") is None
+    assert state("w:1", "closed") is None
     assert board.state("w:1") == router_pb2.BREAKER_STATE_CLOSED

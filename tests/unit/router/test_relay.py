@@ -357,9 +357,14 @@ async def test_route_span_joins_the_worker_trace(
         await collect(router.stub, request(request_id="traced"))
 
     finished_spans = spans.get_finished_spans()
-    (route,) = [s for s in finished_spans if s.name == "router.route"]
+    # GenAI conventions: "{gen_ai.operation.name} {gen_ai.request.model}".
+    (route,) = [s for s in finished_spans if s.name == "text_completion tiny"]
     attributes = dict(route.attributes or {})
     assert attributes["gen_ai.request.model"] == "tiny"
+    assert attributes["gen_ai.operation.name"] == "text_completion"
+    assert attributes["gen_ai.provider.name"] == "modelyard"
+    assert attributes["gen_ai.response.model"] == "tiny@1"
+    assert attributes["gen_ai.response.id"] == "traced"
     assert attributes["modelyard.model"] == "tiny@1"
     assert attributes["modelyard.worker"] == "w1"
     assert attributes["modelyard.request_id"] == "traced"

@@ -66,4 +66,7 @@ async def test_memory_loads_durations_evictions_and_refusals_are_exported(
     assert m[rejected, (("model", "other@1"), ("reason", "queue_full"))] == 1
     assert m["modelyard_worker_queued_requests", (("model", "other@1"),)] == 0
     assert ("modelyard_worker_queued_tokens", (("model", "other@1"),)) in m
+    # Throughput comes from rate() of the counter: no rate gauge beside it.
+    assert ("modelyard_worker_generated_tokens_total", (("model", "other@1"),)) in m
+    assert not [name for name, _ in m if name == "modelyard_worker_tokens_per_second"]
     await manager.close()

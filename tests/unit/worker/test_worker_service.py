@@ -385,9 +385,17 @@ async def test_generation_is_traced_as_queue_prefill_and_decode(
     spans.clear()
     _, _, finished = await generate(stub, generate_request(smollm2, max_tokens=4))
     by_name: dict[str, ReadableSpan] = {s.name: s for s in spans.get_finished_spans()}
-    assert {"worker.queue", "engine.prefill", "engine.decode"} <= by_name.keys()
+    key = f"{smollm2.name}@{smollm2.version}"
+    assert {"worker.queue", "engine.prefill", "engine.decode", f"text_completion {key}"} <= (
+        by_name.keys()
+    )
+    generation = by_name[f"text_completion {key}"]
+    assert by_name["engine.decode"].parent == generation.context
+    assert (generation.attributes or {})["gen_ai.usage.output_tokens"] == 4
     decode = by_name["engine.decode"].attributes or {}
-    assert decode["gen_ai.system"] == "llama.cpp"
+    assert decode["modelyard.engine"] == "llama.cpp"
+    assert "gen_ai.system" not in decode
+    assert decode["gen_ai.provider.name"] == "modelyard"
     assert decode["gen_ai.request.model"] == f"{smollm2.name}@{smollm2.version}"
     assert decode["gen_ai.usage.input_tokens"] == finished.usage.input_tokens
     assert decode["gen_ai.usage.output_tokens"] == 4
