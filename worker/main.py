@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+from grpc_health.v1 import health, health_pb2
 
 from modelyard.discovery import WORKER_SERVICE
 from modelyard.discovery.consul import register_service
@@ -33,14 +34,28 @@ from worker.engines import EngineFactory, available_engines
 from worker.metrics import serve_metrics
 from worker.residency import ModelLoader, ModelManager
 from worker.residency.preload import preload, read_preload
+from worker.residency.state import PreloadEntry
 from worker.service import WorkerServicer
 from worker.status import WorkerIdentity, detect_device
 
 log = logging.getLogger(__name__)
 
 STOP_GRACE_S = 5.0
+# Health service name that turns SERVING once every preloaded model is warm (a pod's
+# readiness probe asks for it; liveness asks for the server as a whole).
+PRELOADED = "modelyard.worker.preloaded"
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
-__all__ = ["SERVICE_NAME", "RunningWorker", "build_manager", "run", "serve", "start_worker"]
+__all__ = [
+    "PRELOADED",
+    "SERVICE_NAME",
+    "RunningWorker",
+    "build_manager",
+    "run",
+    "serve",
+    "start_worker",
+]
 
 
 @dataclass
@@ -140,10 +155,27 @@ async def start_worker(
     if settings.metrics_port:
         host = settings.metrics_host or host_of(settings.address)
         stop_metrics = serve_metrics(manager, host, settings.metrics_port)
+    await running.health.set(PRELOADED, NOT_SERVING if entries else SERVING)
     preloading = None
     if entries:
-        preloading = asyncio.ensure_future(preload(manager, catalogue.resolve, entries))
+        preloading = asyncio.ensure_future(
+            _preload_then_ready(manager, catalogue, entries, running.health)
+        )
     return RunningWorker(running, manager, servicer.identity, catalogue, preloading, stop_metrics)
+
+
+async def _preload_then_ready(
+    manager: ModelManager,
+    catalogue: Catalogue,
+    entries: list[PreloadEntry],
+    health_servicer: health.aio.HealthServicer,
+) -> None:
+    failed = await preload(manager, catalogue.resolve, entries)
+    if failed:
+        # Stay unready: a pool whose pods lack their models should not take their traffic.
+        log.error("not ready: preloads failed for %s", ", ".join(failed))
+        return
+    await health_servicer.set(PRELOADED, SERVING)
 
 
 async def _consul_registry(settings: WorkerSettings) -> str:

@@ -33,6 +33,7 @@ from tests.ops.chart import (
     secret_refs,
     values_of,
 )
+from worker.main import PRELOADED
 
 K8S_VERSION = "1.35.0"
 VALUE_SETS = ("minimal-cpu", "gpu-keda", "external-tls")
@@ -648,3 +649,30 @@ def test_network_policies_admit_only_the_callers(
     off = helm_template(helm, "--set", "networkPolicy.enabled=false", "--set", "tls.enabled=false")
     assert off.returncode == 0, off.stderr
     assert not Rendered("off", parse(off.stdout)).of_kind("NetworkPolicy")
+
+
+def _asks_for(handler: dict[str, Any]) -> str:
+    """The health service name a probe checks ("" = the server as a whole)."""
+    if "grpc" in handler:
+        return str(handler["grpc"].get("service", ""))
+    found = re.search(r"HealthCheckRequest\(service='([^']*)'\)", handler["exec"]["command"][-1])
+    assert found, handler
+    return found.group(1)
+
+
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_workers_are_ready_once_their_preloads_are_warm(
+    rendered: dict[str, Rendered], value_set: str
+) -> None:
+    workers = [
+        d
+        for d in rendered[value_set].of_kind("Deployment")
+        if d["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"].startswith("worker-")
+    ]
+    assert workers
+    for d in workers:
+        c = d["spec"]["template"]["spec"]["containers"][0]
+        assert _asks_for(c["readinessProbe"]) == PRELOADED, d["metadata"]["name"]
+        # Alive (and started) while a long preload runs: only readiness waits for it.
+        assert _asks_for(c["livenessProbe"]) == ""
+        assert _asks_for(c["startupProbe"]) == ""

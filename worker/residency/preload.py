@@ -81,9 +81,13 @@ def _key(ref: str) -> ModelKey:
     return model_key(check_name(name, "model"), check_version(version, "model"))
 
 
-async def preload(manager: ModelManager, resolve: Resolve, entries: Sequence[PreloadEntry]) -> None:
+async def preload(
+    manager: ModelManager, resolve: Resolve, entries: Sequence[PreloadEntry]
+) -> list[ModelKey]:
     """Load each entry in turn; a failure is logged and the others still load. An entry
-    the catalogue cannot answer yet (registry unreachable) is retried until it can."""
+    the catalogue cannot answer yet (registry unreachable) is retried until it can.
+    Returns the entries that did not load."""
+    failed: list[ModelKey] = []
     for entry in entries:
         delay = RETRY_S[0]
         while True:
@@ -97,4 +101,6 @@ async def preload(manager: ModelManager, resolve: Resolve, entries: Sequence[Pre
                 continue
             except ModelyardError as err:
                 log.warning("preloading %s failed: %s", entry.key, err.message)
+                failed.append(entry.key)
             break
+    return failed

@@ -300,26 +300,41 @@ plaintext only, so with TLS on the probe runs the same check in Python over TLS 
 pod's own certificate (registry and workers require one) and verifying the name localhost.
 Call with (dict "root" $ "port" 50051 "startupSeconds" 60)
 */}}
-{{- define "modelyard.probes" -}}
-{{- $root := .root -}}
-{{- $handler := "" -}}
-{{- if $root.Values.tls.enabled -}}
-{{- $handler = printf "exec:\n  command:\n    - python\n    - -c\n    - %s" (printf "import grpc,sys;from grpc_health.v1 import health_pb2 as h,health_pb2_grpc as g;r=lambda p:open(p,'rb').read();c=grpc.ssl_channel_credentials(r('/etc/modelyard/tls/ca.crt')%s);s=g.HealthStub(grpc.secure_channel('localhost:%d',c));sys.exit(0 if s.Check(h.HealthCheckRequest(),timeout=3).status==1 else 1)" ",r('/etc/modelyard/tls/tls.key'),r('/etc/modelyard/tls/tls.crt')" (int .port) | quote) -}}
+{{/* One gRPC health check: call with (dict "root" $ "port" N "service" "name-or-empty") */}}
+{{- define "modelyard.probeHandler" -}}
+{{- if .root.Values.tls.enabled -}}
+exec:
+  command:
+    - python
+    - -c
+    - {{ printf "import grpc,sys;from grpc_health.v1 import health_pb2 as h,health_pb2_grpc as g;r=lambda p:open(p,'rb').read();c=grpc.ssl_channel_credentials(r('/etc/modelyard/tls/ca.crt'),r('/etc/modelyard/tls/tls.key'),r('/etc/modelyard/tls/tls.crt'));s=g.HealthStub(grpc.secure_channel('localhost:%d',c));sys.exit(0 if s.Check(h.HealthCheckRequest(service='%s'),timeout=3).status==1 else 1)" (int .port) (default "" .service) | quote }}
 {{- else -}}
-{{- $handler = printf "grpc:\n  port: %d" (int .port) -}}
+grpc:
+  port: {{ int .port }}
+  {{- with .service }}
+  service: {{ . }}
+  {{- end }}
 {{- end -}}
+{{- end -}}
+
+{{/* Probes: call with (dict "root" $ "port" N "startupSeconds" S "readyService" "name") -
+liveness and startup ask for the server as a whole, readiness for readyService when given
+(a worker: ready once its preloaded models are warm). */}}
+{{- define "modelyard.probes" -}}
+{{- $live := include "modelyard.probeHandler" (dict "root" .root "port" .port "service" "") -}}
+{{- $ready := include "modelyard.probeHandler" (dict "root" .root "port" .port "service" (default "" .readyService)) -}}
 startupProbe:
-  {{- $handler | nindent 2 }}
+  {{- $live | nindent 2 }}
   periodSeconds: 5
   timeoutSeconds: 5
   failureThreshold: {{ div (int (default 60 .startupSeconds)) 5 }}
 livenessProbe:
-  {{- $handler | nindent 2 }}
+  {{- $live | nindent 2 }}
   periodSeconds: 10
   timeoutSeconds: 5
   failureThreshold: 3
 readinessProbe:
-  {{- $handler | nindent 2 }}
+  {{- $ready | nindent 2 }}
   periodSeconds: 5
   timeoutSeconds: 5
   failureThreshold: 2

@@ -20,7 +20,7 @@ from tests.fixtures.catalogue import write_catalog
 from tests.fixtures.tiny_gguf import gguf_model
 from tests.worker_events import next_content
 from worker.config import WorkerSettings
-from worker.main import SERVICE_NAME, serve, start_worker
+from worker.main import NOT_SERVING, PRELOADED, SERVICE_NAME, SERVING, serve, start_worker
 from worker.residency import ModelManager, ResidencyState
 
 
@@ -143,3 +143,43 @@ async def test_stopping_ends_status_watches_without_waiting_for_the_grace() -> N
         while await asyncio.wait_for(watch.read(), 5) is not grpc.aio.EOF:
             pass  # the last status, sent as the watch ends
         assert await watch.code() == grpc.StatusCode.OK
+
+
+async def _preloaded_status(port: int) -> int:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        reply = await stub.Check(health_pb2.HealthCheckRequest(service=PRELOADED), timeout=5)
+        whole = await stub.Check(health_pb2.HealthCheckRequest(), timeout=5)
+        assert whole.status == health_pb2.HealthCheckResponse.SERVING  # liveness: always
+        return int(reply.status)
+
+
+@pytest.mark.parametrize(
+    ("preload", "ready"),
+    [([], True), (["tiny@1"], True), (["tiny@1", "ghost@1"], False)],
+    ids=["nothing-to-preload", "preloaded", "a-preload-failed"],
+)
+async def test_ready_once_every_preloaded_model_is_warm(
+    tiny_gguf: Path, tmp_path: Path, preload: list[str], ready: bool
+) -> None:
+    settings = WorkerSettings(
+        address="127.0.0.1:0",
+        threads=1,
+        catalog_file=write_catalog(tmp_path, gguf_model(tiny_gguf)),
+        preload=str(tmp_path / "preload.yaml") if preload else "",
+    )
+    (tmp_path / "preload.yaml").write_text("\n".join(f"- {p}" for p in preload))
+    worker = await start_worker(settings)
+    try:
+        if worker.preloading is not None:
+            # Before the pass ends the worker is alive but not ready.
+            if not worker.preloading.done():
+                assert await _preloaded_status(worker.port) == NOT_SERVING
+            await asyncio.wait_for(worker.preloading, 120)
+        expected = SERVING if ready else NOT_SERVING
+        assert await _preloaded_status(worker.port) == expected
+        if preload:
+            warm = [r.key for r in worker.manager.residents() if r.state is ResidencyState.WARM]
+            assert warm == ["tiny@1"]
+    finally:
+        await worker.stop(0)
