@@ -676,3 +676,34 @@ def test_workers_are_ready_once_their_preloads_are_warm(
         # Alive (and started) while a long preload runs: only readiness waits for it.
         assert _asks_for(c["livenessProbe"]) == ""
         assert _asks_for(c["startupProbe"]) == ""
+
+
+def test_artifact_credentials_reach_worker_pods_only(helm: Path, tmp_path: Path) -> None:
+    pool = {
+        "image": "cpu",
+        "engine": "llama_cpp",
+        "device": "cpu",
+        "resources": {"requests": {"cpu": "1", "memory": "1Gi"}},
+    }
+    values = tmp_path / "values.yaml"
+    values.write_text(
+        yaml.safe_dump(
+            {
+                "artifacts": {"credentialsSecret": "hub-creds"},
+                "workerPools": [
+                    {**pool, "name": "cpu"},
+                    {**pool, "name": "s3", "credentialsSecret": "s3-creds"},
+                ],
+            }
+        )
+    )
+    result = helm_template(helm, "-f", str(values))
+    assert result.returncode == 0, result.stderr
+    by_component = {}
+    for where, spec in pod_specs(parse(result.stdout)):
+        whole = {name for name, key in secret_refs(spec) if key is None}
+        by_component[where] = whole & {"hub-creds", "s3-creds"}
+    workers = {w: s for w, s in by_component.items() if "worker-" in w}
+    assert sorted(workers.values(), key=sorted) == [{"hub-creds"}, {"s3-creds"}], workers
+    others = {w: s for w, s in by_component.items() if "worker-" not in w}
+    assert others and not any(others.values()), others
