@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
 from modelyard.cli import generate, load, models, routes, serve, stats, up
+from modelyard.cli.profile import CONTEXT_ENV, config_path, default_map, load_context
 
 app = typer.Typer(
     name="modelyard",
@@ -12,6 +15,31 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
+# Sub-commands that start services rather than dial them.
+_SERVICES = frozenset({"up", "registry", "worker", "router"})
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    context: Annotated[
+        str | None,
+        typer.Option(
+            "--context",
+            envvar=CONTEXT_ENV,
+            help="Connection context from ~/.config/modelyard/config.yaml (or "
+            "$MODELYARD_CONFIG); default: the file's current-context. Flags and environment "
+            "variables win over it.",
+        ),
+    ] = None,
+) -> None:
+    if ctx.invoked_subcommand in _SERVICES:
+        return  # services read their own settings; a user's CLI file must not stop them
+    values = load_context(config_path(), context)
+    if values:
+        ctx.default_map = default_map(ctx.command, values)
+
+
 app.command("up")(up.up)
 app.command("generate")(generate.generate)
 app.command("chat")(generate.chat)
