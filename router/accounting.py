@@ -9,7 +9,7 @@ from modelyard.refs import ModelKey, model_key
 from modelyard.v1 import common_pb2
 from router.breaker import BreakerBoard
 from router.metrics import RouterMetrics
-from router.state.latency import LatencyEstimates
+from router.state.latency import LatencyEstimates, prefill_ms_per_token
 from router.stats import Outcome, RoutingStats
 
 
@@ -53,12 +53,14 @@ class Accounting:
         self.breakers.on_success(worker)
         tokens = finished.usage.output_tokens
         inter_token_ms = finished.timings.decode_ms / (tokens - 1) if tokens > 1 else None
-        if inter_token_ms is not None:
-            self.latency.observe(
-                worker, model_key(outcome.model, outcome.version), inter_token_ms=inter_token_ms
-            )
-            if self.metrics is not None:
-                self.metrics.inter_token.observe(inter_token_ms / 1000)
+        self.latency.observe(
+            worker,
+            model_key(outcome.model, outcome.version),
+            inter_token_ms=inter_token_ms,
+            prefill_ms_per_token=prefill_ms_per_token(finished),
+        )
+        if inter_token_ms is not None and self.metrics is not None:
+            self.metrics.inter_token.observe(inter_token_ms / 1000)
         self.stats.record(request_id, outcome)
         self._count(outcome, "OK")
 
