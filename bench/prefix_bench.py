@@ -37,7 +37,11 @@ def run_all(routers: Mapping[str, str], args: argparse.Namespace) -> Results:
         for policy in order:
             tag = f"r{rep}{policy[:2]}"
             address = routers[policy]
-            mt = asyncio.run(multi_turn(address, tag + "m", args.sessions, args.turns, args.scale))
+            # Only the affinity policy gets session keys: the others route by what they see.
+            keyed = policy == "affinity"
+            mt = asyncio.run(
+                multi_turn(address, tag + "m", args.sessions, args.turns, args.scale, keyed)
+            )
             results["multi_turn"][policy].append(mt)
             sp = asyncio.run(
                 shared_prompt(address, tag + "s", args.questions, args.concurrency, args.scale)

@@ -8,9 +8,11 @@ How each policy is configured (router settings, the request's objective is BALAN
 - load_only: `MODELYARD_ROUTER_PROFILE_WEIGHTS={"balanced": {"queue": 1}}` with the
   power_of_two picker (the LOAD objective's profile);
 - affinity: `{"balanced": {"affinity": 1, "queue": 0.25}}`: the session key's rendezvous
-  worker unless it is 4,096 tokens busier than the least loaded;
+  worker unless it is 4,096 tokens busier than the least loaded; the only policy whose
+  requests carry session keys (the others route on what they see);
 - prefix: the shipped BALANCED profile (latency 0.35, queue 0.25, prefix 0.2, cost 0.15,
-  swap 0.15, affinity 0.1).
+  swap 0.15, affinity 0.1, which is idle without session keys); the llama.cpp workers
+  publish prefix summaries, so its prefix routing is the precise kind.
 """
 
 from __future__ import annotations

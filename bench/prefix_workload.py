@@ -111,8 +111,11 @@ def sentences(count: int, scale: float) -> int:
     return max(1, round(count * scale))
 
 
-async def multi_turn(address: str, tag: str, sessions: int, turns: int, scale: float) -> Run:
-    """`scale` multiplies the texts' lengths (1.0: the sizes in the module's docstring)."""
+async def multi_turn(
+    address: str, tag: str, sessions: int, turns: int, scale: float, keyed: bool
+) -> Run:
+    """`scale` multiplies the texts' lengths (1.0: the sizes in the module's docstring);
+    `keyed`: each request names its session (hints.session_key)."""
     run = Run()
     system_n, user_n = sentences(20, scale), sentences(13, scale)
 
@@ -120,7 +123,7 @@ async def multi_turn(address: str, tag: str, sessions: int, turns: int, scale: f
         history = [message("system", f"Session {tag}-{s}. " + filler(f"{tag}-{s}", system_n))]
         for t in range(turns):
             history.append(message("user", filler(f"{tag}-{s}-{t}", user_n) + " Summarise."))
-            reply = await ask(stub, history, f"{tag}-{s}", run)
+            reply = await ask(stub, history, f"{tag}-{s}" if keyed else "", run)
             if reply is None:
                 return
             history.append(message("assistant", reply))
