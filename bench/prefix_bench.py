@@ -2,7 +2,8 @@
 llama.cpp workers: TTFT p50/p95, throughput, cached-token fraction and load imbalance.
 
     .venv/bin/python -m bench.prefix_bench [--workers 2] [--sessions 16] [--turns 6]
-        [--questions 48] [--concurrency 8] [--reps 3] [--scale 1.0] [--quick]
+        [--questions 48] [--concurrency 8] [--reps 3] [--scale 1.0] [--max-tokens 16]
+        [--quick]
 
 One mesh (bench/prefix_pool.py: registry, SmolLM2 llama.cpp workers with one thread
 each, one router per policy over the same workers) runs both workloads
@@ -21,7 +22,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from bench.prefix_pool import CONTEXT_CELLS, PARALLEL_SEQUENCES, POLICIES, prefix_pool
-from bench.prefix_workload import MAX_TOKENS, Run, multi_turn, shared_prompt, spread
+from bench.prefix_workload import Run, Sizes, multi_turn, shared_prompt, spread
 from bench.report import machine, publish
 
 RESULTS = Path(__file__).parent / "results" / "prefix.md"
@@ -32,6 +33,7 @@ Results = dict[str, dict[str, list[Run]]]  # workload -> policy -> one Run per r
 def run_all(routers: Mapping[str, str], args: argparse.Namespace) -> Results:
     results: Results = {w: {p: [] for p in POLICIES} for w in WORKLOADS}
     policies = list(POLICIES)
+    sizes = Sizes(args.scale, args.max_tokens)
     for rep in range(args.reps):
         order = policies[rep % len(policies) :] + policies[: rep % len(policies)]
         for policy in order:
@@ -40,11 +42,11 @@ def run_all(routers: Mapping[str, str], args: argparse.Namespace) -> Results:
             # Only the affinity policy gets session keys: the others route by what they see.
             keyed = policy == "affinity"
             mt = asyncio.run(
-                multi_turn(address, tag + "m", args.sessions, args.turns, args.scale, keyed)
+                multi_turn(address, tag + "m", args.sessions, args.turns, sizes, keyed)
             )
             results["multi_turn"][policy].append(mt)
             sp = asyncio.run(
-                shared_prompt(address, tag + "s", args.questions, args.concurrency, args.scale)
+                shared_prompt(address, tag + "s", args.questions, args.concurrency, sizes)
             )
             results["shared_prompt"][policy].append(sp)
             print(
@@ -92,7 +94,8 @@ def command(args: argparse.Namespace) -> str:
     if args.quick:
         return "python -m bench.prefix_bench --quick"
     flags = ("workers", "sessions", "turns", "questions", "concurrency", "reps", "scale")
-    return "python -m bench.prefix_bench " + " ".join(f"--{f} {getattr(args, f):g}" for f in flags)
+    text = " ".join(f"--{f} {getattr(args, f):g}" for f in (*flags, "max_tokens"))
+    return "python -m bench.prefix_bench " + text.replace("max_tokens", "max-tokens")
 
 
 def report(results: Results, args: argparse.Namespace) -> str:
@@ -101,7 +104,8 @@ def report(results: Results, args: argparse.Namespace) -> str:
         "",
         f"Machine: {machine()}; clients, routers, workers and registry share the CPUs. "
         f"{args.workers} llama.cpp workers (SmolLM2-135M Q4_1, 1 thread, {PARALLEL_SEQUENCES} "
-        f"parallel sequences, {CONTEXT_CELLS} KV cells), {MAX_TOKENS} output tokens a request, "
+        f"parallel sequences, {CONTEXT_CELLS} KV cells), {args.max_tokens} output tokens a "
+        "request, "
         f"{args.reps} interleaved repetitions, text scale {args.scale:g}; `{command(args)}`. "
         "Policies: bench/prefix_pool.py says how each router is configured. Figures: "
         "min / median / max over repetitions.",
@@ -126,6 +130,7 @@ def main() -> None:
     parser.add_argument("--questions", type=int, default=48)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--max-tokens", type=int, default=16, help="Output tokens a request.")
     parser.add_argument(
         "--scale", type=float, default=1.0, help="Text lengths (a slow machine: below 1)."
     )

@@ -23,7 +23,15 @@ import grpc
 from modelyard.bundled import SMOLLM2_NAME
 from modelyard.v1 import common_pb2, router_pb2, router_pb2_grpc
 
-MAX_TOKENS = 16
+
+@dataclass(frozen=True)
+class Sizes:
+    """`scale` multiplies the texts' lengths (1.0: the sizes above); output tokens a request."""
+
+    scale: float = 1.0
+    max_tokens: int = 16
+
+
 TIMEOUT_S = 900.0
 COLOURS = ("red", "green", "blue", "amber", "violet", "grey", "white")
 THINGS = ("lantern", "harbour", "ledger", "orchard", "furnace", "compass", "archive")
@@ -76,13 +84,13 @@ def message(role: str, content: str) -> common_pb2.ChatMessage:
 
 
 async def ask(
-    stub: Any, messages: list[common_pb2.ChatMessage], session: str, run: Run
+    stub: Any, messages: list[common_pb2.ChatMessage], session: str, run: Run, max_tokens: int
 ) -> str | None:
     """One chat request; its sample goes into `run`. The reply text, None if it failed."""
     request = router_pb2.GenerateRequest(
         model=SMOLLM2_NAME,
         messages=messages,
-        sampling=common_pb2.SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0),
+        sampling=common_pb2.SamplingParams(max_tokens=max_tokens, temperature=0.0),
         hints=common_pb2.RoutingHints(session_key=session),
     )
     began = time.perf_counter()
@@ -112,18 +120,18 @@ def sentences(count: int, scale: float) -> int:
 
 
 async def multi_turn(
-    address: str, tag: str, sessions: int, turns: int, scale: float, keyed: bool
+    address: str, tag: str, sessions: int, turns: int, sizes: Sizes, keyed: bool
 ) -> Run:
-    """`scale` multiplies the texts' lengths (1.0: the sizes in the module's docstring);
-    `keyed`: each request names its session (hints.session_key)."""
+    """`keyed`: each request names its session (hints.session_key)."""
     run = Run()
-    system_n, user_n = sentences(20, scale), sentences(13, scale)
+    system_n, user_n = sentences(20, sizes.scale), sentences(13, sizes.scale)
 
     async def session(s: int) -> None:
         history = [message("system", f"Session {tag}-{s}. " + filler(f"{tag}-{s}", system_n))]
         for t in range(turns):
             history.append(message("user", filler(f"{tag}-{s}-{t}", user_n) + " Summarise."))
-            reply = await ask(stub, history, f"{tag}-{s}" if keyed else "", run)
+            key = f"{tag}-{s}" if keyed else ""
+            reply = await ask(stub, history, key, run, sizes.max_tokens)
             if reply is None:
                 return
             history.append(message("assistant", reply))
@@ -137,10 +145,10 @@ async def multi_turn(
 
 
 async def shared_prompt(
-    address: str, tag: str, questions: int, concurrency: int, scale: float
+    address: str, tag: str, questions: int, concurrency: int, sizes: Sizes
 ) -> Run:
     run = Run()
-    records = sentences(66, scale)
+    records = sentences(66, sizes.scale)
     system = message("system", f"Knowledge base {tag}. " + filler(tag, records))
     todo = list(range(questions))
 
@@ -148,7 +156,7 @@ async def shared_prompt(
         while todo:
             q = todo.pop()
             question = f"Question {q}: what does record {tag}.{q % records} weigh?"
-            await ask(stub, [system, message("user", question)], "", run)
+            await ask(stub, [system, message("user", question)], "", run, sizes.max_tokens)
 
     async with grpc.aio.insecure_channel(address) as channel:
         stub = router_pb2_grpc.RouterServiceStub(channel)
