@@ -31,8 +31,8 @@ Results = dict[str, dict[str, list[Run]]]  # workload -> policy -> one Run per r
 
 
 def run_all(routers: Mapping[str, str], args: argparse.Namespace) -> Results:
-    results: Results = {w: {p: [] for p in POLICIES} for w in WORKLOADS}
-    policies = list(POLICIES)
+    policies = list(routers)
+    results: Results = {w: {p: [] for p in policies} for w in WORKLOADS}
     sizes = Sizes(args.scale, args.max_tokens)
     for rep in range(args.reps):
         order = policies[rep % len(policies) :] + policies[: rep % len(policies)]
@@ -95,7 +95,8 @@ def command(args: argparse.Namespace) -> str:
         return "python -m bench.prefix_bench --quick"
     flags = ("workers", "sessions", "turns", "questions", "concurrency", "reps", "scale")
     text = " ".join(f"--{f} {getattr(args, f):g}" for f in (*flags, "max_tokens"))
-    return "python -m bench.prefix_bench " + text.replace("max_tokens", "max-tokens")
+    text = text.replace("max_tokens", "max-tokens")
+    return f"python -m bench.prefix_bench {text} --policies {args.policies}"
 
 
 def report(results: Results, args: argparse.Namespace) -> str:
@@ -130,6 +131,11 @@ def main() -> None:
     parser.add_argument("--questions", type=int, default=48)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument(
+        "--policies",
+        default=",".join(POLICIES),
+        help=f"Comma list, prefix and load_only included (default: all of {', '.join(POLICIES)}).",
+    )
     parser.add_argument("--max-tokens", type=int, default=16, help="Output tokens a request.")
     parser.add_argument(
         "--scale", type=float, default=1.0, help="Text lengths (a slow machine: below 1)."
@@ -139,7 +145,13 @@ def main() -> None:
     if args.quick:
         args.sessions, args.turns, args.questions, args.concurrency, args.reps = 2, 2, 4, 2, 1
         args.scale = 0.2
-    with tempfile.TemporaryDirectory() as tmp, prefix_pool(Path(tmp), args.workers) as routers:
+    policies = args.policies.split(",")
+    if not {"prefix", "load_only"} <= set(policies) <= set(POLICIES):
+        parser.error(f"--policies: prefix, load_only and any of {', '.join(POLICIES)}")
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        prefix_pool(Path(tmp), args.workers, policies) as routers,
+    ):
         results = run_all(routers, args)
     publish(RESULTS, report(results, args))
 

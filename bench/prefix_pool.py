@@ -18,7 +18,7 @@ How each policy is configured (router settings, the request's objective is BALAN
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -88,7 +88,9 @@ def _router(logs: Path, policy: str, registry: str, workers: list[str]) -> Servi
 
 
 @contextmanager
-def prefix_pool(logs: Path, workers: int) -> Iterator[dict[str, str]]:
+def prefix_pool(
+    logs: Path, workers: int, policies: Sequence[str] = tuple(POLICIES)
+) -> Iterator[dict[str, str]]:
     """Start the mesh with the model warm on every worker; yields {policy: router address}."""
     services: list[ServiceProcess] = []
     try:
@@ -99,7 +101,7 @@ def prefix_pool(logs: Path, workers: int) -> Iterator[dict[str, str]]:
         for service in services:
             service.wait_healthy(120)
         addresses = [w.address for w in pool]
-        routers = {p: _router(logs, p, registry.address, addresses) for p in POLICIES}
+        routers = {p: _router(logs, p, registry.address, addresses) for p in policies}
         services += routers.values()
         for router in routers.values():
             router.wait_healthy(120)
