@@ -11,7 +11,7 @@ from modelyard.v1 import common_pb2
 from router.breaker import BreakerBoard
 from router.metrics import RouterMetrics
 from router.observe import count_tokens, observe_finished
-from router.state.latency import LatencyEstimates
+from router.state.latency import LatencyEstimates, prefill_ms_per_token
 from router.stats import Outcome, RoutingStats
 
 
@@ -55,10 +55,12 @@ class Accounting:
         self.breakers.on_success(worker)
         tokens = finished.usage.output_tokens
         inter_token_ms = finished.timings.decode_ms / (tokens - 1) if tokens > 1 else None
-        if inter_token_ms is not None:
-            self.latency.observe(
-                worker, model_key(outcome.model, outcome.version), inter_token_ms=inter_token_ms
-            )
+        self.latency.observe(
+            worker,
+            model_key(outcome.model, outcome.version),
+            inter_token_ms=inter_token_ms,
+            prefill_ms_per_token=prefill_ms_per_token(finished),
+        )
         if self.metrics is not None:
             observe_finished(self.metrics, outcome, finished, operation)
         self.stats.record(request_id, outcome)

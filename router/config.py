@@ -100,7 +100,8 @@ class RouterSettings(ServiceSettings):
         default_factory=dict,
         description=(
             'Scorer weights per objective, JSON, e.g. {"latency": {"latency": 1, "queue": 0.2}}; '
-            "objectives not named keep their defaults (router/scheduling/profiles.py)."
+            "scorers: queue, latency, cost, swap, affinity, prefix; objectives not named keep "
+            "their defaults (router/scheduling/profiles.py, docs/operations.md)."
         ),
     )
     profile_pickers: dict[str, str] = Field(

@@ -12,12 +12,14 @@ import asyncio
 import logging
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import cast
 
 import grpc
 from google.protobuf import duration_pb2
 
+from modelyard.prefix import SCHEME as PREFIX_SCHEME
+from modelyard.refs import ModelKey, key_of, model_key
 from modelyard.telemetry import client_interceptors
 from modelyard.v1 import model_pb2, router_pb2, worker_pb2, worker_pb2_grpc
 
@@ -58,6 +60,9 @@ class WorkerHandle:
     # True while the status watch is live: what the `healthy` filter checks.
     watching: bool = False
     last_error: str = ""
+    # Per model, the prefix link hashes its pushed summary lists (modelyard/prefix.py);
+    # a model absent here publishes none in our scheme. Built once per status change.
+    prefix_sets: dict[ModelKey, frozenset[int]] = field(default_factory=dict)
 
     @property
     def worker_id(self) -> str:
@@ -73,6 +78,20 @@ class WorkerHandle:
             if m.name == model.name and m.version == model.version:
                 return m.state
         return worker_pb2.RESIDENCY_STATE_UNSPECIFIED
+
+    def set_status(self, status: worker_pb2.WorkerStatus) -> None:
+        previous = self.status
+        self.status = status
+        # Heartbeats repeat the last sequence: the summaries are unchanged then.
+        if previous is None or not status.sequence or status.sequence != previous.sequence:
+            self.prefix_sets = prefix_sets_of(status)
+
+    def prefix_held(self, model: model_pb2.Model) -> frozenset[int] | None:
+        """The prefixes the worker says it holds for `model`; None: it does not say."""
+        return self.prefix_sets.get(key_of(model))
+
+    def tokens_per_second(self) -> float:
+        return self.status.tokens_per_second if self.status is not None else 0.0
 
     def queued_tokens(self) -> int:
         return self.status.queued_tokens if self.status is not None else 0
@@ -226,10 +245,20 @@ class WorkerPool:
                         handle.address,
                         len(reply.status.models),
                     )
-                handle.status = reply.status
+                handle.set_status(reply.status)
                 handle.watching = True
         finally:
             call.cancel()
+
+
+def prefix_sets_of(status: worker_pb2.WorkerStatus) -> dict[ModelKey, frozenset[int]]:
+    """Each model's published prefix hashes; a summary in another scheme (or none) is
+    left out, so the router falls back to its own routing history for that model."""
+    return {
+        model_key(m.name, m.version): frozenset(m.prefix_cache.link_hashes)
+        for m in status.models
+        if m.prefix_cache.scheme == PREFIX_SCHEME
+    }
 
 
 def plaintext_channel(address: str) -> grpc.aio.Channel:

@@ -55,6 +55,16 @@ class WorkerSettings(ServiceSettings):
     batch_size: int = Field(
         default=512, ge=1, description="Prompt tokens llama.cpp evaluates per batch."
     )
+    prefix_cache_share: float = Field(
+        default=0.5,
+        ge=0.0,
+        le=0.9,
+        description=(
+            "Share of a model's context (KV cells) that finished requests' prompt and reply "
+            "may keep for reuse by later requests with the same prefix (next chat turns, "
+            "shared system prompts); live requests evict them first. 0: no reuse."
+        ),
+    )
     max_queued_requests: int = Field(
         default=64,
         ge=1,

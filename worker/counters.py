@@ -24,6 +24,8 @@ class CounterSnapshot:
     queued_tokens: int = 0
     generated_tokens_total: int = 0
     tokens_per_second: float = 0.0
+    prompt_tokens_total: int = 0
+    cached_prompt_tokens_total: int = 0
 
 
 class ChangeNotifier:
@@ -93,6 +95,8 @@ class SequenceCounters:
         self._queued_tokens = 0
         self._running = 0
         self._generated_total = 0
+        self._prompt_total = 0
+        self._cached_prompt_total = 0
         # (whole second, tokens in it) buckets for the short throughput window.
         self._buckets: collections.deque[tuple[int, int]] = collections.deque()
 
@@ -129,6 +133,13 @@ class SequenceCounters:
                 self._buckets.append((second, tokens))
             self._trim(second)
 
+    def prompt(self, tokens: int, cached: int) -> None:
+        """A finished request's prompt and the part of it the prefix cache served."""
+        # Not a status change on its own: the finish that comes with it is one.
+        with self._lock:
+            self._prompt_total += tokens
+            self._cached_prompt_total += cached
+
     def snapshot(self) -> CounterSnapshot:
         now = int(time.monotonic())
         with self._lock:
@@ -140,6 +151,8 @@ class SequenceCounters:
                 queued_tokens=self._queued_tokens,
                 generated_tokens_total=self._generated_total,
                 tokens_per_second=recent / RATE_WINDOW_S,
+                prompt_tokens_total=self._prompt_total,
+                cached_prompt_tokens_total=self._cached_prompt_total,
             )
 
     def _trim(self, now: int) -> None:

@@ -101,6 +101,22 @@ class WorkerCollector(Collector):
         in_flight = GaugeMetricFamily(
             "modelyard_worker_in_flight_requests", "Requests holding a model.", labels=labels
         )
+        prompt = CounterMetricFamily(
+            "modelyard_worker_prompt_tokens",
+            "Prompt tokens of finished requests since the worker started.",
+            labels=labels,
+        )
+        cached = CounterMetricFamily(
+            "modelyard_worker_cached_prompt_tokens",
+            "Prompt tokens the prefix cache served instead of evaluating (the hit rate: "
+            "their rate over that of modelyard_worker_prompt_tokens).",
+            labels=labels,
+        )
+        cache_tokens = GaugeMetricFamily(
+            "modelyard_worker_prefix_cache_tokens",
+            "KV cells (tokens) finished requests' prefixes hold now.",
+            labels=labels,
+        )
         for r in self._manager.residents():
             m = model_status(r)
             key = [r.key]
@@ -110,8 +126,12 @@ class WorkerCollector(Collector):
             generated.add_metric(key, m.generated_tokens_total)
             memory.add_metric(key, m.memory_bytes)
             in_flight.add_metric(key, m.in_flight)
+            prompt.add_metric(key, m.prefix_cache.prompt_tokens_total)
+            cached.add_metric(key, m.prefix_cache.cached_prompt_tokens_total)
+            cache_tokens.add_metric(key, m.prefix_cache.cached_tokens)
         # Throughput is rate(generated_tokens_total): no rate gauge (ModelStatus keeps one).
         yield from (running, queued, queued_tokens, generated, memory, in_flight)
+        yield from (prompt, cached, cache_tokens)
 
 
 def metrics_registry(manager: ModelManager) -> CollectorRegistry:

@@ -284,7 +284,11 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         event: Finished, streamed: int, lease: Lease, clock: Clock
     ) -> common_pb2.GenerationFinished:
         # Usage counts what was streamed, which is what the contract promises.
-        usage = common_pb2.Usage(input_tokens=event.input_tokens, output_tokens=streamed)
+        usage = common_pb2.Usage(
+            input_tokens=event.input_tokens,
+            output_tokens=streamed,
+            cached_input_tokens=event.cached_input_tokens,
+        )
         return common_pb2.GenerationFinished(
             finish_reason=FINISH_REASONS[event.reason],
             stop_sequence=event.stop_sequence,

@@ -12,6 +12,8 @@ from google.protobuf import timestamp_pb2
 
 import modelyard
 from modelyard.v1 import common_pb2, worker_pb2
+from worker.counters import CounterSnapshot
+from worker.engines.prefix_summary import PrefixCacheHolder
 from worker.residency import ModelManager, ResidencyState, Resident
 from worker.residency.memory import cuda_memory, gpu_name
 
@@ -82,7 +84,27 @@ def model_status(r: Resident) -> worker_pb2.ModelStatus:
         status.download_bytes_total = r.progress.bytes_total
     if r.last_used:
         status.last_used.CopyFrom(_timestamp(r.last_used))
+    _prefix_cache(r, snap, status.prefix_cache)
     return status
+
+
+def _prefix_cache(r: Resident, snap: CounterSnapshot, out: worker_pb2.PrefixCacheSummary) -> None:
+    """The engine's prefix cache (scheme empty when it publishes none) and the hit totals.
+
+    Built at every status read, so it changes no more often than the status does: the
+    cache only changes when a sequence finishes, which is a status change already."""
+    out.prompt_tokens_total = snap.prompt_tokens_total
+    out.cached_prompt_tokens_total = snap.cached_prompt_tokens_total
+    engine = r.engine
+    if r.state is not ResidencyState.WARM or not isinstance(engine, PrefixCacheHolder):
+        return
+    summary = engine.prefix_summary()
+    if summary is None:
+        return
+    out.scheme = summary.scheme
+    out.link_hashes.extend(summary.link_hashes)
+    out.cached_tokens = summary.cached_tokens
+    out.cached_tokens_limit = summary.cached_tokens_limit
 
 
 def build_worker_status(identity: WorkerIdentity, manager: ModelManager) -> worker_pb2.WorkerStatus:

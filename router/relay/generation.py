@@ -34,6 +34,7 @@ from router.relay.attempts import (
     attempts,
 )
 from router.relay.calls import OpenCall, route_span
+from router.relay.candidates import candidates
 from router.relay.requests import (
     Assignment,
     check_context,
@@ -52,6 +53,7 @@ from router.relay.stream import (
 )
 from router.scheduling.framework import Profile, run_cycle
 from router.scheduling.types import Candidate, Request
+from router.state.prefix_history import PrefixHistory
 from router.stats import Outcome as StatsOutcome
 from router.workers import WorkerHandle, WorkerPool
 
@@ -100,6 +102,7 @@ class Relay:
         client_policy: ClientPolicy | None = None,
         admission: RouterAdmission | None = None,
         clock: Callable[[], float] = time.monotonic,
+        prefix_history: PrefixHistory | None = None,
     ) -> None:
         self._catalog = catalog
         self._client_policy = client_policy or ClientPolicy()
@@ -114,37 +117,15 @@ class Relay:
         self._clock = clock
         # This router's open streams per worker: the pushed status lags behind them.
         self._in_flight: Counter[str] = Counter()
+        # Where this router sent each prefix, for workers that publish no prefix summary.
+        self.prefix_history = prefix_history or PrefixHistory()
 
     def candidates(
         self, models: Sequence[model_pb2.Model]
     ) -> tuple[list[Candidate], dict[str, WorkerHandle]]:
-        handles = {h.address: h for h in self._pool.workers}
-        breakers = self._acct.breakers
-        cands: list[Candidate] = []
-        for model in models:
-            key = key_of(model)
-            for h in handles.values():
-                status = h.status
-                estimate = self._acct.latency.get(h.address, key)
-                cands.append(
-                    Candidate(
-                        worker=h.address,
-                        worker_id=h.worker_id,
-                        model=model,
-                        residency=h.residency(model),
-                        healthy=h.watching,
-                        breaker=breakers.state(h.address),
-                        breaker_allows=breakers.allows(h.address),
-                        queued_tokens=h.queued_tokens(),
-                        running_sequences=status.running_sequences if status else 0,
-                        in_flight=self._in_flight[h.address],
-                        memory_budget_bytes=status.memory_budget_bytes if status else 0,
-                        memory_used_bytes=status.memory_used_bytes if status else 0,
-                        ttft_ms=estimate.ttft_ms,
-                        inter_token_ms=estimate.inter_token_ms,
-                    )
-                )
-        return cands, handles
+        return candidates(
+            models, self._pool.workers, self._acct, self._in_flight, self.prefix_history
+        )
 
     async def generate(
         self, request: router_pb2.GenerateRequest, *, timeout_s: float | None
@@ -328,6 +309,8 @@ class Relay:
             ewma_ms=(now - leg.opened_at) * 1000,
             client_ms=(now - run.started_at) * 1000,
         )
+        if not cand.prefix_precise:
+            self.prefix_history.record(cand.model_key, cand.worker, run.req.prefix)
         span.set_attribute("modelyard.worker", handle.worker_id or handle.address)
         span.set_attribute("modelyard.model", cand.model_key)
         span.set_attribute("modelyard.attempt", leg.attempt.number)

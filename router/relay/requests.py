@@ -7,6 +7,7 @@ import uuid
 from dataclasses import dataclass
 
 from modelyard.errors import InvalidArgument
+from modelyard.prefix import chain_of_request
 from modelyard.tokens import estimate_prompt_tokens, max_tokens_of
 from modelyard.v1 import common_pb2, model_pb2, router_pb2, worker_pb2
 from router.catalog import Target
@@ -73,6 +74,7 @@ def scheduling_request(
         required_tags=tuple(hints.required_tags),
         min_context_length=hints.min_context_length,
         session_key=hints.session_key,
+        prefix=chain_of_request(request.prompt, request.messages),
     )
 
 

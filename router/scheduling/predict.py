@@ -1,20 +1,38 @@
-"""Predicted time to first token of a candidate, shared by the latency filter and scorer."""
+"""Predictions about a candidate, shared by the filters and scorers: its time to first
+token, and what a prefix it already holds is worth once its queue is paid for."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
-from router.scheduling.types import Candidate, CycleState
+from router.scheduling.load import load_of
+from router.scheduling.types import Candidate, CycleState, Request
 
 # Before any measurement: an optimistic prior, so unmeasured workers get tried.
 PRIOR_TTFT_MS = 200.0
 PRIOR_INTER_TOKEN_MS = 30.0
+# Prefill per prompt token before a worker's is measured: a middling CPU figure, so a
+# cached prefix counts for something from the first request on.
+PRIOR_PREFILL_MS_PER_TOKEN = 1.0
 # Load-time estimate for a model that is not in memory: fixed setup plus reading
 # its weights at ~1 GB/s (an SSD or page-cached artifact).
 LOAD_BASE_MS = 500.0
 LOAD_MS_PER_GB = 1000.0
 _GB = 1 << 30
-_KEY = "predict.ttft_ms"
+_TTFT_KEY = "predict.ttft_ms"
+_GAIN_KEY = "predict.prefix_gain"
+
+
+@dataclass(frozen=True)
+class PrefixGain:
+    """What the prefix a candidate holds saves this request."""
+
+    share: float  # of the request's prefix bytes, in [0, 1]
+    saved_ms: float  # the prefill of that share
+    # saved_ms less the queue wait the candidate costs beyond the least loaded one,
+    # never below 0: a prefix is worth at most the prefill it saves.
+    net_ms: float
 
 
 def swap_ms(cand: Candidate) -> float:
@@ -23,11 +41,57 @@ def swap_ms(cand: Candidate) -> float:
     return LOAD_BASE_MS + LOAD_MS_PER_GB * cand.model.resources.memory_bytes / _GB
 
 
-def predicted_ttft_ms(cand: Candidate, cands: Sequence[Candidate], cycle: CycleState) -> float:
-    """EWMA TTFT (or the model's mean over measured workers, or a prior), plus the
-    load time of a cold model, plus one inter-token gap per stream this router
-    already has open on the worker (their decode steps share its compute)."""
-    cache = cycle.data.setdefault(_KEY, {})
+def queue_wait_ms(cand: Candidate) -> float:
+    """The worker's load in tokens (queued, plus this router's open streams) over its
+    recent throughput; one stream's token gap stands in while it has none."""
+    if cand.tokens_per_second > 0:
+        ms_per_token = 1000.0 / cand.tokens_per_second
+    elif cand.inter_token_ms is not None:
+        ms_per_token = cand.inter_token_ms
+    else:
+        ms_per_token = PRIOR_INTER_TOKEN_MS
+    return load_of(cand) * ms_per_token
+
+
+def prefix_gains(
+    req: Request, cands: Sequence[Candidate], cycle: CycleState
+) -> dict[Candidate, PrefixGain]:
+    cached = cycle.data.get(_GAIN_KEY)
+    if isinstance(cached, dict) and all(c in cached for c in cands):
+        return cached
+    total = req.prefix.total_bytes
+    waits = {c: queue_wait_ms(c) for c in cands}
+    least = min(waits.values(), default=0.0)
+    gains: dict[Candidate, PrefixGain] = {}
+    for c in cands:
+        held_bytes = req.prefix.held(c.prefix_held)[1] if total else 0
+        share = held_bytes / total if total else 0.0
+        saved = share * req.prompt_tokens * _prefill_ms_per_token(c, cands)
+        gains[c] = PrefixGain(share, saved, max(0.0, saved - (waits[c] - least)))
+    cycle.data[_GAIN_KEY] = gains
+    return gains
+
+
+def _prefill_ms_per_token(cand: Candidate, cands: Sequence[Candidate]) -> float:
+    if cand.prefill_ms_per_token is not None:
+        return cand.prefill_ms_per_token
+    known = [
+        c.prefill_ms_per_token
+        for c in cands
+        if c.prefill_ms_per_token is not None and c.model_key == cand.model_key
+    ]
+    return sum(known) / len(known) if known else PRIOR_PREFILL_MS_PER_TOKEN
+
+
+def predicted_ttft_ms(
+    req: Request, cand: Candidate, cands: Sequence[Candidate], cycle: CycleState
+) -> float:
+    """EWMA TTFT (or the model's mean over measured workers, or a prior) less the
+    prefill a held prefix saves, net of its extra queue wait (but never below the
+    uncached share of the EWMA), plus the load time of a cold model, plus one
+    inter-token gap per stream this router already has open on the worker (their
+    decode steps share its compute)."""
+    cache = cycle.data.setdefault(_TTFT_KEY, {})
     assert isinstance(cache, dict)
     if cand in cache:
         return float(cache[cand])
@@ -37,6 +101,9 @@ def predicted_ttft_ms(cand: Candidate, cands: Sequence[Candidate], cycle: CycleS
             c.ttft_ms for c in cands if c.ttft_ms is not None and c.model_key == cand.model_key
         ]
         base = sum(known) / len(known) if known else PRIOR_TTFT_MS
+    gain = prefix_gains(req, cands, cycle).get(cand)
+    if gain is not None and gain.net_ms > 0:
+        base = max(base - gain.net_ms, base * (1.0 - gain.share))
     itl = cand.inter_token_ms if cand.inter_token_ms is not None else PRIOR_INTER_TOKEN_MS
     value = base + swap_ms(cand) + cand.in_flight * itl
     cache[cand] = value

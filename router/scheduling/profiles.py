@@ -21,6 +21,7 @@ from router.scheduling.pickers.round_robin import RoundRobinPicker
 from router.scheduling.scorers.affinity import AffinityScorer
 from router.scheduling.scorers.cost import CostScorer
 from router.scheduling.scorers.latency import LatencyScorer
+from router.scheduling.scorers.prefix import PrefixScorer
 from router.scheduling.scorers.queue import QueueScorer
 from router.scheduling.scorers.swap import SwapScorer
 from router.scheduling.types import Filter, Picker, Scorer
@@ -34,6 +35,7 @@ SCORERS: Mapping[str, Callable[[], Scorer]] = MappingProxyType(
         "cost": CostScorer,
         "swap": SwapScorer,
         "affinity": AffinityScorer,
+        "prefix": PrefixScorer,
     }
 )
 PICKERS: Mapping[str, Callable[[], Picker]] = MappingProxyType(
@@ -67,12 +69,22 @@ OBJECTIVES: Mapping[str, Objective] = MappingProxyType(
 )
 
 # Small secondary weights break ties sensibly (a warm copy of the cheapest model
-# beats a cold one) without overriding the objective's main signal.
+# beats a cold one) without overriding the objective's main signal. `prefix` is
+# guarded by load itself (0 once the holder's extra queue costs more than the prefill
+# it saves) and also lowers the holder's predicted TTFT: with equal load the holder
+# wins, and past that point `queue` and `latency` send the request elsewhere.
 DEFAULT_WEIGHTS: Mapping[str, Mapping[str, float]] = MappingProxyType(
     {
-        "balanced": {"latency": 0.35, "queue": 0.25, "cost": 0.15, "swap": 0.15, "affinity": 0.1},
+        "balanced": {
+            "latency": 0.35,
+            "queue": 0.25,
+            "prefix": 0.2,
+            "cost": 0.15,
+            "swap": 0.15,
+            "affinity": 0.1,
+        },
         "cost": {"cost": 1.0, "swap": 0.05, "queue": 0.02},
-        "latency": {"latency": 1.0, "swap": 0.05, "affinity": 0.02},
+        "latency": {"latency": 1.0, "prefix": 0.1, "swap": 0.05, "affinity": 0.02},
         "load": {"queue": 1.0},
     }
 )

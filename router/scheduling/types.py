@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, TypeAlias
 
+from modelyard.prefix import PrefixChain
 from modelyard.refs import ModelKey, key_of
 from modelyard.v1 import common_pb2, model_pb2, router_pb2, worker_pb2
 
 Residency: TypeAlias = worker_pb2.ResidencyState.ValueType
 Breaker: TypeAlias = router_pb2.BreakerState.ValueType
+NO_PREFIX = PrefixChain((), ())
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,8 @@ class Request:
     required_tags: tuple[str, ...] = ()
     min_context_length: int = 0
     session_key: str = ""
+    # The request's prefix chain (modelyard/prefix.py), computed once per request.
+    prefix: PrefixChain = NO_PREFIX
 
     @property
     def context_needed(self) -> int:
@@ -54,6 +58,12 @@ class Candidate:
     memory_used_bytes: int = 0
     ttft_ms: float | None = None  # EWMA for this (worker, model); None: never measured
     inter_token_ms: float | None = None
+    prefill_ms_per_token: float | None = None  # EWMA per evaluated prompt token
+    tokens_per_second: float = 0.0  # the worker's recent decode throughput, all models
+    # Link hashes of the prefixes the worker holds for this model: from its pushed
+    # summary when `prefix_precise`, else this router's guess from its routing history.
+    prefix_held: Collection[int] = frozenset()
+    prefix_precise: bool = False
 
     @property
     def model_key(self) -> ModelKey:

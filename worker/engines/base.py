@@ -32,6 +32,8 @@ class ModelSpec:
     token_delay_s: float = 0.0
     # The worker's artifact cache: engines keep derived files (converted checkpoints) beside it.
     cache_dir: Path | None = None
+    # Share of the context's KV cells finished requests' prefixes may keep (0: no reuse).
+    prefix_cache_share: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,8 @@ class Finished:
     input_tokens: int
     output_tokens: int
     stop_sequence: str = ""
+    # Prompt tokens served from the prefix cache instead of evaluated.
+    cached_input_tokens: int = 0
 
 
 EngineEvent = Scheduled | Piece | Finished

@@ -12,7 +12,9 @@ prompt delays the running streams by one chunk, not by the whole prompt.
 
 A request reserves prompt + max_tokens cells (capped at the context) on
 admission; it waits for a later step while the reservations would overflow the
-shared cache, so `llama_decode` never runs out of cells mid-stream.
+shared cache, so `llama_decode` never runs out of cells mid-stream. Finished
+sequences' KV stays behind as cached prefixes (`llama_prefix`) that a request
+sharing their first tokens starts from; they are evicted before a request waits.
 
 Everything here runs on the loop thread except `submit`, `cancel_all` and
 `stop`, which only touch the pending list under the lock.
@@ -38,6 +40,8 @@ from worker.engines.base import (
     Scheduled,
 )
 from worker.engines.channel import DecodeFailed, EventChannel
+from worker.engines.llama_prefix import CachedPrefix, KvPrefixCache
+from worker.engines.prefix_summary import finished_chains
 from worker.engines.text import TextStream
 
 log = logging.getLogger(__name__)
@@ -47,6 +51,7 @@ log = logging.getLogger(__name__)
 PREFILL_CHUNK = 64
 PENALTY_LAST_N = 64  # as llama-cpp-python's Llama (last_n_tokens_size)
 IDLE_WAIT_S = 0.5
+KEPT_EVALUATED = 256  # recent requests whose evaluated prompt tokens `evaluated` remembers
 
 
 @dataclass(eq=False)  # identity, so jobs can key a dict
@@ -76,6 +81,11 @@ class _Slot:
     n_past: int = 0
     next_token: int | None = None  # sampled, not yet fed
     produced: int = 0
+    cached: int = 0  # prompt tokens shared from a cached prefix
+    source: CachedPrefix | None = None  # the cached prefix they came from
+    evaluated: int = 0  # prompt tokens this sequence ran through the model
+    kv: list[int] = field(default_factory=list)  # the tokens of its KV, position by position
+    reply: list[str] = field(default_factory=list)  # the text it streamed
 
     @property
     def prefilling(self) -> bool:
@@ -96,6 +106,7 @@ class BatchDecoder:
         counters: SequenceCounters,
         key: str,
         step_delay_s: float = 0.0,
+        prefix: KvPrefixCache | None = None,
     ) -> None:
         import llama_cpp
         from llama_cpp._internals import LlamaBatch
@@ -107,6 +118,9 @@ class BatchDecoder:
         self.n_ctx, self.n_batch, self.n_seq = n_ctx, n_batch, n_seq
         self._counters = counters
         self._step_delay_s = step_delay_s
+        self.prefix = prefix
+        # request id -> prompt tokens evaluated, for the most recent finished requests.
+        self.evaluated: collections.OrderedDict[str, int] = collections.OrderedDict()
         self._batch: Any = LlamaBatch(n_tokens=n_batch, embd=0, n_seq_max=1, verbose=False)
         self._pending: collections.deque[Job] = collections.deque()
         self._slots: list[_Slot] = []
@@ -168,6 +182,8 @@ class BatchDecoder:
             self._pending.clear()
         for job in left:
             job.emit(Finished(FinishReason.CANCELLED, len(job.prompt_tokens), 0))
+        if self.prefix is not None:
+            self.prefix.clear()
 
     def _admit(self) -> list[_Slot]:
         """Under the lock: move pending jobs into free sequences while their cells fit."""
@@ -181,9 +197,24 @@ class BatchDecoder:
             self._pending.popleft()
             reserved += reserve
             slot = self._new_slot(job, self._free_ids.pop(), reserve)
+            self._reuse(slot, reserved)
             self._slots.append(slot)
             admitted.append(slot)
         return admitted
+
+    def _reuse(self, slot: _Slot, reserved: int) -> None:
+        """Start the sequence from the longest cached prefix of its prompt, then evict
+        cached prefixes (least recently used first) until the reservations fit."""
+        cache = self.prefix
+        if cache is None:
+            return
+        entry, n = cache.match(slot.job.prompt_tokens)
+        if entry is not None:
+            cache.copy_into(entry, slot.seq_id, n)  # before any eviction: the cells stay
+            slot.fed = slot.n_past = slot.cached = n
+            slot.source = entry
+            slot.kv = slot.job.prompt_tokens[:n]
+        cache.reclaim(reserved, self.n_ctx, keep=entry)
 
     def _new_slot(self, job: Job, seq_id: int, reserve: int) -> _Slot:
         from llama_cpp._internals import LlamaSampler
@@ -216,7 +247,8 @@ class BatchDecoder:
         )
 
     def _start(self, slot: _Slot) -> None:
-        self._memory_seq_rm(slot.seq_id)
+        if not slot.cached:
+            self._memory_seq_rm(slot.seq_id)
         self._counters.started()
         if not slot.job.emit(Scheduled(len(slot.job.prompt_tokens))):
             slot.job.cancel.set()
@@ -254,6 +286,7 @@ class BatchDecoder:
             batch.logits[n] = logits
             if logits:
                 rows.append((n, slot))
+            slot.kv.append(token)
             slot.n_past += 1
             n += 1
 
@@ -275,6 +308,7 @@ class BatchDecoder:
             for i in range(slot.fed, slot.fed + take):
                 add(prompt[i], slot, i == len(prompt) - 1)
             slot.fed += take
+            slot.evaluated += take
             budget -= take
         return n, rows
 
@@ -283,6 +317,7 @@ class BatchDecoder:
         job, req = slot.job, slot.job.request
         if self._llama_cpp.llama_vocab_is_eog(self._vocab, token):
             tail = slot.text.finish()
+            slot.reply.append(tail.text)
             if tail.text and not job.emit(Piece(tail.text, ())):
                 self._end(slot, FinishReason.CANCELLED)
             elif tail.stop is not None:
@@ -306,6 +341,7 @@ class BatchDecoder:
             out += tail.text
             if tail.stop is not None:
                 reason, stop = FinishReason.STOP_SEQUENCE, tail.stop
+        slot.reply.append(out)
         if not job.emit(Piece(out, (token,))):
             self._end(slot, FinishReason.CANCELLED)
         elif reason is not None:
@@ -318,18 +354,35 @@ class BatchDecoder:
     ) -> None:
         """Free the sequence, then tell the consumer (None: the loop is stopping)."""
         self._slots.remove(slot)
+        if isinstance(outcome, FinishReason):
+            self._keep_prefix(slot, outcome)
         self._memory_seq_rm(slot.seq_id)
         slot.sampler.close()
         self._free_ids.append(slot.seq_id)
+        n_prompt = len(slot.job.prompt_tokens)
+        self._counters.prompt(n_prompt, slot.cached)
+        self.evaluated[slot.job.request.request_id] = slot.evaluated
+        while len(self.evaluated) > KEPT_EVALUATED:
+            self.evaluated.popitem(last=False)
         # Count it finished before the consumer hears so: a status read right after the
         # stream ends never shows it running.
         self._counters.finished()
-        n_prompt = len(slot.job.prompt_tokens)
         if isinstance(outcome, DecodeFailed):
             slot.job.emit(outcome)
         else:
             reason = outcome if outcome is not None else FinishReason.CANCELLED
-            slot.job.emit(Finished(reason, n_prompt, slot.produced, stop))
+            finished = Finished(reason, n_prompt, slot.produced, stop, slot.cached)
+            slot.job.emit(finished)
+
+    def _keep_prefix(self, slot: _Slot, reason: FinishReason) -> None:
+        """The sequence's KV becomes a cached prefix (a decode failure's is never kept)."""
+        if self.prefix is None:
+            return
+        req = slot.job.request
+        # Its chains only once the whole prompt is in: a prefix cut mid-prompt holds none.
+        whole = slot.fed == len(slot.job.prompt_tokens)
+        chains = finished_chains(req, "".join(slot.reply), reason) if whole else []
+        self.prefix.keep(slot.seq_id, slot.kv, chains, source=slot.source, shared=slot.cached)
 
     def _memory_seq_rm(self, seq_id: int) -> None:
         memory = self._llama_cpp.llama_get_memory(self._ctx.ctx)

@@ -10,6 +10,10 @@ Tokens reach the event loop one by one through an `EventChannel` sized to the
 request's max_tokens, so a slow consumer never stalls the other sequences.
 Closing the consumer's stream (or `abort`) sets the job's cancel flag, which the
 loop checks before every step: an abandoned request costs at most one more step.
+
+Finished sequences' KV stays in the context as cached prefixes (`llama_prefix`),
+within `prefix_cache_share` of its cells: the context's cells are all allocated at
+load, so reuse never grows the model's memory, and unloading frees them with it.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ from worker.engines.channel import EventChannel, engine_events
 from worker.engines.chat_template import ChatTemplate
 from worker.engines.common import EngineNotLoaded, check_prompt
 from worker.engines.llama_batch import BatchDecoder, Job
+from worker.engines.llama_prefix import KvPrefixCache, cache_sequences
+from worker.engines.prefix_summary import PrefixSummary
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +71,7 @@ class LlamaCppEngine:
             counters=self._counters,
             key=spec.key,
             step_delay_s=spec.token_delay_s,
+            prefix=_prefix_cache(spec, ctx, n_ctx),
         )
         self._decoder.start()
         self._model, self._ctx, self._key, self._n_ctx = model, ctx, spec.key, n_ctx
@@ -120,6 +127,17 @@ class LlamaCppEngine:
     def stats(self) -> CounterSnapshot:
         return self._counters.snapshot()
 
+    def prefix_summary(self) -> PrefixSummary | None:
+        decoder = self._decoder
+        if decoder is None or decoder.prefix is None:
+            return None
+        return decoder.prefix.summary()
+
+    def evaluated_prompt_tokens(self, request_id: str) -> int | None:
+        """Prompt tokens a recent finished request ran through the model (None: unknown)."""
+        decoder = self._decoder
+        return decoder.evaluated.get(request_id) if decoder is not None else None
+
     def _prompt_tokens(self, req: EngineRequest) -> list[int]:
         # Tokenizing reads only the vocabulary, so it is safe beside a running decode.
         if req.prompt_token_ids is not None:
@@ -150,7 +168,8 @@ def _open(spec: ModelSpec) -> tuple[Any, Any]:
         params = llama_cpp.llama_context_default_params()
         params.n_ctx = spec.context_length
         params.n_batch = params.n_ubatch = min(spec.batch_size, spec.context_length)
-        params.n_seq_max = max(spec.max_parallel_sequences, 1)
+        n_live = max(spec.max_parallel_sequences, 1)
+        params.n_seq_max = n_live + cache_sequences(n_live, spec.prefix_cache_share)
         params.kv_unified = True  # sequences share the cells: one long prompt may use them all
         params.n_threads = params.n_threads_batch = spec.threads
         # Off, as llama-cpp-python's Llama has it: greedy output then matches Llama's token
@@ -172,6 +191,18 @@ def _open(spec: ModelSpec) -> tuple[Any, Any]:
             model.n_ctx_train(),
         )
     return model, ctx
+
+
+def _prefix_cache(spec: ModelSpec, ctx: Any, n_ctx: int) -> KvPrefixCache | None:
+    import llama_cpp
+
+    n_live = max(spec.max_parallel_sequences, 1)
+    n_cached = cache_sequences(n_live, spec.prefix_cache_share)
+    limit = int(n_ctx * spec.prefix_cache_share)
+    if not n_cached or limit <= 0:
+        return None
+    ids = range(n_live, n_live + n_cached)
+    return KvPrefixCache(llama_cpp, ctx, limit=limit, seq_ids=ids)
 
 
 def _close(model: Any, ctx: Any) -> None:

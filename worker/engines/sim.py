@@ -10,8 +10,10 @@ running sequence one token. A step with n sequences takes
     + decode_ms_per_token * (1 + batch_slowdown * (n - 1))
 
 so a joining prompt stalls the batch for its prefill, as in an engine without
-chunked prefill. Steps are timed against deadlines, so the time spent handing out
-tokens does not slow the model down. No threads and one timer per step, however
+chunked prefill. Prompt tokens the model's prefix cache holds (`sim_prefix`, a
+share of the context as in llama.cpp) cost no prefill and count as cached.
+Steps are timed against deadlines, so the time spent handing out tokens does not
+slow the model down. No threads and one timer per step, however
 many sequences run: cheap enough for benchmarks at thousands of requests a second.
 
 Everything runs on the event loop, so `abort` and a closed stream free the
@@ -43,7 +45,9 @@ from worker.engines.base import (
     Scheduled,
 )
 from worker.engines.common import EngineNotLoaded, check_prompt
+from worker.engines.prefix_summary import PrefixSummary, finished_chains, request_chain
 from worker.engines.sim_options import SIM_OPTIONS, SimOptions, parse_options
+from worker.engines.sim_prefix import SimPrefixCache
 from worker.engines.sim_vocab import EOS_ID, SimSampler, SimVocabulary
 from worker.engines.text import StopMatcher
 
@@ -91,6 +95,8 @@ class _Sequence:
     events: asyncio.Queue[EngineEvent | Exception] = field(default_factory=asyncio.Queue)
     state: _State = _State.WAITING
     produced: int = 0
+    cached: int = 0  # prompt tokens the prefix cache served
+    reply: list[str] = field(default_factory=list)  # the streamed text, for the cache's chains
 
 
 @dataclass(frozen=True)
@@ -101,6 +107,7 @@ class _Loaded:
     context: int
     max_sequences: int
     step_delay_s: float  # the worker's token_delay_ms, added to every step as elsewhere
+    prefix: SimPrefixCache | None  # None: the worker turned reuse off
 
 
 class SimEngine:
@@ -127,7 +134,16 @@ class SimEngine:
         vocab = SimVocabulary(options.vocab_size)  # the artifact's content is not read
         if options.load_ms:
             await self._clock.sleep(options.load_ms / 1000)
-        self._loaded = _Loaded(spec.key, options, vocab, context, max_sequences, spec.token_delay_s)
+        limit = int(context * spec.prefix_cache_share)
+        self._loaded = _Loaded(
+            spec.key,
+            options,
+            vocab,
+            context,
+            max_sequences,
+            spec.token_delay_s,
+            SimPrefixCache(limit) if limit > 0 else None,
+        )
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"sim-{spec.key}")
         return LoadedInfo(
             engine=ENGINE_NAME,
@@ -186,6 +202,10 @@ class SimEngine:
     def stats(self) -> CounterSnapshot:
         return self._counters.snapshot()
 
+    def prefix_summary(self) -> PrefixSummary | None:
+        loaded = self._loaded
+        return loaded.prefix.summary() if loaded is not None and loaded.prefix else None
+
     # -- the step loop ------------------------------------------------------------
 
     async def _run(self) -> None:
@@ -221,14 +241,32 @@ class SimEngine:
             seq.state = _State.RUNNING
             self._running.append(seq)
             self._counters.started()
+            seq.cached = self._cached_tokens(seq)
             seq.events.put_nowait(Scheduled(len(seq.prompt)))
             joined.append(seq)
         return joined
 
+    def _cached_tokens(self, seq: _Sequence) -> int:
+        """The prompt tokens the prefix cache holds: its held bytes in the sim's tokens."""
+        assert self._loaded is not None
+        cache, vocab, req = self._loaded.prefix, self._loaded.vocab, seq.request
+        if cache is None:
+            return 0
+        links, held_bytes = cache.lookup(request_chain(req))
+        if not links:
+            return 0
+        if req.messages:
+            lines = vocab.render_chat(req.messages[:links]).rsplit("\n", 1)[0]  # no cue
+            tokens = len(vocab.encode(lines))
+        else:
+            tokens = len(vocab.encode(req.prompt.encode()[:held_bytes].decode(errors="ignore")))
+        # One prompt token is always evaluated, as in a real engine: it yields the logits.
+        return max(min(tokens, len(seq.prompt) - 1), 0)
+
     def _step_seconds(self, joined: list[_Sequence]) -> float:
         assert self._loaded is not None
         o = self._loaded.options
-        prefill = o.prefill_ms_per_token * sum(len(s.prompt) for s in joined)
+        prefill = o.prefill_ms_per_token * sum(len(s.prompt) - s.cached for s in joined)
         decode = o.decode_ms_per_token * (1 + o.batch_slowdown * (len(self._running) - 1))
         return (prefill + decode) / 1000 + self._loaded.step_delay_s
 
@@ -268,6 +306,7 @@ class SimEngine:
             reason = FinishReason.CONTEXT_LENGTH
         if reason is not None and stop is None:
             out += seq.stops.flush()  # ending without a match: release what was held back
+        seq.reply.append(out)
         seq.events.put_nowait(Piece(out, (token,)))
         if reason is not None:
             self._finish(seq, reason, stop or "")
@@ -277,6 +316,7 @@ class SimEngine:
         out, stop = seq.stops.push("")
         tail = out + (seq.stops.flush() if stop is None else "")
         if tail:
+            seq.reply.append(tail)
             seq.events.put_nowait(Piece(tail, ()))
         if stop is not None:
             self._finish(seq, FinishReason.STOP_SEQUENCE, stop)
@@ -292,10 +332,20 @@ class SimEngine:
     def _finish(self, seq: _Sequence, reason: FinishReason, stop: str = "") -> None:
         if seq.state is _State.RUNNING:
             self._running.remove(seq)
+            self._keep_prefix(seq, reason)
             # Counted before the consumer hears, as the other engines do.
+            self._counters.prompt(len(seq.prompt), seq.cached)
             self._counters.finished()
         seq.state = _State.DONE
-        seq.events.put_nowait(Finished(reason, len(seq.prompt), seq.produced, stop))
+        seq.events.put_nowait(
+            Finished(reason, len(seq.prompt), seq.produced, stop, cached_input_tokens=seq.cached)
+        )
+
+    def _keep_prefix(self, seq: _Sequence, reason: FinishReason) -> None:
+        cache = self._loaded.prefix if self._loaded is not None else None
+        if cache is not None and reason is not FinishReason.CANCELLED:
+            chains = finished_chains(seq.request, "".join(seq.reply), reason)
+            cache.add(chains, len(seq.prompt) + seq.produced)
 
 
 def _prompt_tokens(vocab: SimVocabulary, req: EngineRequest) -> list[int]:

@@ -199,6 +199,7 @@ def _decode(loaded: _Loaded, job: _Job, counters: SequenceCounters, cost: int) -
         counters.finished()
         job.channel.put(DecodeFailed(err))
         return
+    counters.prompt(n_prompt, 0)  # no prefix reuse here: every prompt token is evaluated
     counters.finished()
     job.channel.put(Finished(reason, n_prompt, produced, stop))
 

@@ -156,6 +156,7 @@ class ModelLoader:
             token_delay_s=s.token_delay_ms / 1000,
             extra=options.extra,
             cache_dir=s.artifacts.cache_dir,
+            prefix_cache_share=s.prefix_cache_share,
         )
 
     async def open(

@@ -20,7 +20,7 @@ class LatencyCeilingFilter:
             return cands
         kept: list[Candidate] = []
         for c in cands:
-            predicted = predicted_ttft_ms(c, cands, cycle)
+            predicted = predicted_ttft_ms(req, c, cands, cycle)
             if predicted <= req.max_ttft_ms:
                 kept.append(c)
             else:

@@ -9,8 +9,8 @@ import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from router.scheduling.load import load_of
 from router.scheduling.pickers._order import chosen_then_rest
-from router.scheduling.scorers.queue import load_of
 from router.scheduling.types import Candidate, CycleState, Request
 
 

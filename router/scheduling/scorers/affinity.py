@@ -7,7 +7,7 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from router.scheduling.scorers.queue import load_of
+from router.scheduling.load import load_of
 from router.scheduling.types import Candidate, CycleState, Request
 
 

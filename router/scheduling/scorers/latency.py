@@ -17,4 +17,4 @@ class LatencyScorer:
     def score(
         self, req: Request, cands: Sequence[Candidate], cycle: CycleState
     ) -> dict[Candidate, float]:
-        return lower_is_better({c: predicted_ttft_ms(c, cands, cycle) for c in cands})
+        return lower_is_better({c: predicted_ttft_ms(req, c, cands, cycle) for c in cands})

@@ -5,14 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from router.scheduling.load import load_of
 from router.scheduling.types import Candidate, CycleState, Request
-
-# Tokens one open stream of this router is worth when the pushed status lags behind.
-IN_FLIGHT_TOKENS = 256
-
-
-def load_of(c: Candidate) -> float:
-    return c.queued_tokens + IN_FLIGHT_TOKENS * c.in_flight
 
 
 @dataclass(frozen=True)

@@ -139,7 +139,12 @@ async def test_breaker_opens_on_a_failing_worker_and_traffic_goes_elsewhere(
         registry.address, [broken.address, good.address], breaker_failures=2
     ) as router:
         await wait_until(lambda: all(h.watching for h in router.pool.workers))
-        served = [(await collect(router.stub, request()))[0].started.worker_id for _ in range(6)]
+        served = []
+        for i in range(6):
+            # Distinct prompts: a repeated one would stay on the worker holding its prefix.
+            req = request()
+            req.prompt = f"Hello {i}"
+            served.append((await collect(router.stub, req))[0].started.worker_id)
         workers = await router.stub.ListWorkers(router_pb2.ListWorkersRequest())
 
     assert served == ["w-ok"] * 6

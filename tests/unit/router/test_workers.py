@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 
+from modelyard.prefix import SCHEME as PREFIX_SCHEME
 from modelyard.server import start_server
 from modelyard.v1 import model_pb2, worker_pb2, worker_pb2_grpc
 from router.workers import WorkerHandle, WorkerPool
@@ -116,3 +117,29 @@ async def test_removing_a_worker_tells_the_listeners() -> None:
 
     assert removed == ["127.0.0.1:2"]
     assert [h.address for h in pool.workers] == ["127.0.0.1:1"]
+
+
+async def test_a_pushed_prefix_summary_is_kept_per_model_in_our_scheme_only(
+    pool: WorkerPool,
+) -> None:
+    handle = pool.workers[0]
+    other = make_model("other", "1")
+
+    def status(sequence: int, hashes: list[int]) -> worker_pb2.WorkerStatus:
+        ours = model_status(worker_pb2.RESIDENCY_STATE_WARM)
+        ours.prefix_cache.scheme = PREFIX_SCHEME
+        ours.prefix_cache.link_hashes.extend(hashes)
+        theirs = model_status(worker_pb2.RESIDENCY_STATE_WARM, other)
+        theirs.prefix_cache.scheme = "someone-elses-v9"
+        theirs.prefix_cache.link_hashes.extend(hashes)
+        return worker_pb2.WorkerStatus(sequence=sequence, models=[ours, theirs])
+
+    assert handle.prefix_held(MODEL) is None  # nothing pushed yet
+    handle.set_status(status(1, [1, 2**64 - 1]))
+    assert handle.prefix_held(MODEL) == frozenset({1, 2**64 - 1})
+    assert handle.prefix_held(other) is None  # another scheme: not understood, not used
+    held = handle.prefix_held(MODEL)
+    handle.set_status(status(1, [1, 2**64 - 1]))  # a heartbeat: the same set, not rebuilt
+    assert handle.prefix_held(MODEL) is held
+    handle.set_status(status(2, [3]))
+    assert handle.prefix_held(MODEL) == frozenset({3})

@@ -89,7 +89,9 @@ def options(**overrides: object) -> dict[str, str]:
     return {**base, **{f"sim_{k}": str(v) for k, v in overrides.items()}}
 
 
-def spec(extra: Mapping[str, str], *, context: int = 2048, parallel: int = 8) -> ModelSpec:
+def spec(
+    extra: Mapping[str, str], *, context: int = 2048, parallel: int = 8, prefix_share: float = 0
+) -> ModelSpec:
     return ModelSpec(
         key="sim@1",
         path=Path("/dev/null"),  # the sim reads no weights
@@ -97,6 +99,8 @@ def spec(extra: Mapping[str, str], *, context: int = 2048, parallel: int = 8) ->
         threads=1,
         max_parallel_sequences=parallel,
         extra=extra,
+        # Off unless a test is about it: the latency model's timings assume a cold prompt.
+        prefix_cache_share=prefix_share,
     )
 
 

@@ -1,0 +1,160 @@
+"""Prefix-aware routing against round-robin, load-only and session affinity on real
+llama.cpp workers: TTFT p50/p95, throughput, cached-token fraction and load imbalance.
+
+    .venv/bin/python -m bench.prefix_bench [--workers 2] [--sessions 16] [--turns 6]
+        [--questions 48] [--concurrency 8] [--reps 3] [--scale 1.0] [--max-tokens 16]
+        [--quick]
+
+One mesh (bench/prefix_pool.py: registry, SmolLM2 llama.cpp workers with one thread
+each, one router per policy over the same workers) runs both workloads
+(bench/prefix_workload.py) through every router, interleaved: each repetition runs
+each workload once per policy, in a rotated order. Figures are min / median / max over
+repetitions. Writes bench/results/prefix.md. `--quick` is a smoke run (2 sessions x 2
+turns, 4 questions, one repetition).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from bench.prefix_pool import CONTEXT_CELLS, PARALLEL_SEQUENCES, POLICIES, prefix_pool
+from bench.prefix_workload import Run, Sizes, multi_turn, shared_prompt, spread
+from bench.report import machine, publish
+
+RESULTS = Path(__file__).parent / "results" / "prefix.md"
+WORKLOADS = ("multi_turn", "shared_prompt")
+Results = dict[str, dict[str, list[Run]]]  # workload -> policy -> one Run per repetition
+
+
+def run_all(routers: Mapping[str, str], args: argparse.Namespace) -> Results:
+    policies = list(routers)
+    results: Results = {w: {p: [] for p in policies} for w in WORKLOADS}
+    sizes = Sizes(args.scale, args.max_tokens)
+    for rep in range(args.reps):
+        order = policies[rep % len(policies) :] + policies[: rep % len(policies)]
+        for policy in order:
+            tag = f"r{rep}{policy[:2]}"
+            address = routers[policy]
+            # Only the affinity policy gets session keys: the others route by what they see.
+            keyed = policy == "affinity"
+            mt = asyncio.run(
+                multi_turn(address, tag + "m", args.sessions, args.turns, sizes, keyed)
+            )
+            results["multi_turn"][policy].append(mt)
+            sp = asyncio.run(
+                shared_prompt(address, tag + "s", args.questions, args.concurrency, sizes)
+            )
+            results["shared_prompt"][policy].append(sp)
+            print(
+                f"rep {rep} {policy}: multi-turn p50 {mt.ttft(0.5):.0f} ms, "
+                f"shared p50 {sp.ttft(0.5):.0f} ms",
+                flush=True,
+            )
+    return results
+
+
+def rows(runs: Mapping[str, list[Run]], workers: int) -> list[str]:
+    out = [
+        "| policy | TTFT p50 ms | TTFT p95 ms | req/s | cached fraction | max share / fair "
+        "| errors |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for policy, reps in runs.items():
+        errors = sum(sum(r.errors.values()) for r in reps)
+        out.append(
+            f"| {policy} | {spread([r.ttft(0.5) for r in reps])} | "
+            f"{spread([r.ttft(0.95) for r in reps])} | "
+            f"{spread([r.requests_per_s for r in reps], '{:.2f}')} | "
+            f"{spread([r.cached_fraction for r in reps], '{:.2f}')} | "
+            f"{spread([r.max_share(workers) for r in reps], '{:.2f}')} | {errors} |"
+        )
+    return out
+
+
+def ratios(runs: Mapping[str, list[Run]]) -> list[str]:
+    """prefix / load_only per repetition (a throughput ratio > 1 is better)."""
+    pairs = list(zip(runs["prefix"], runs["load_only"], strict=True))
+
+    def each(f: Callable[[Run], float]) -> str:
+        return spread([f(p) / f(b) if f(b) else 0.0 for p, b in pairs], "{:.2f}")
+
+    return [
+        "",
+        f"prefix / load_only: TTFT p50 {each(lambda r: r.ttft(0.5))}, "
+        f"p95 {each(lambda r: r.ttft(0.95))}, throughput {each(lambda r: r.requests_per_s)} "
+        "(min / median / max over repetitions).",
+    ]
+
+
+def command(args: argparse.Namespace) -> str:
+    if args.quick:
+        return "python -m bench.prefix_bench --quick"
+    flags = ("workers", "sessions", "turns", "questions", "concurrency", "reps", "scale")
+    text = " ".join(f"--{f} {getattr(args, f):g}" for f in (*flags, "max_tokens"))
+    text = text.replace("max_tokens", "max-tokens")
+    return f"python -m bench.prefix_bench {text} --policies {args.policies}"
+
+
+def report(results: Results, args: argparse.Namespace) -> str:
+    lines = [
+        "# Prefix-aware routing bench",
+        "",
+        f"Machine: {machine()}; clients, routers, workers and registry share the CPUs. "
+        f"{args.workers} llama.cpp workers (SmolLM2-135M Q4_1, 1 thread, {PARALLEL_SEQUENCES} "
+        f"parallel sequences, {CONTEXT_CELLS} KV cells), {args.max_tokens} output tokens a "
+        "request, "
+        f"{args.reps} interleaved repetitions, text scale {args.scale:g}; `{command(args)}`. "
+        "Policies: bench/prefix_pool.py says how each router is configured. Figures: "
+        "min / median / max over repetitions.",
+    ]
+    titles = {
+        "multi_turn": f"Multi-turn chat: {args.sessions} sessions x {args.turns} turns",
+        "shared_prompt": (
+            f"Shared system prompt: {args.questions} questions, {args.concurrency} at a time"
+        ),
+    }
+    for workload in WORKLOADS:
+        lines += ["", f"## {titles[workload]}", "", *rows(results[workload], args.workers)]
+        lines += ratios(results[workload])
+    return "\n".join([*lines, ""])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--sessions", type=int, default=16)
+    parser.add_argument("--turns", type=int, default=6)
+    parser.add_argument("--questions", type=int, default=48)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument(
+        "--policies",
+        default=",".join(POLICIES),
+        help=f"Comma list, prefix and load_only included (default: all of {', '.join(POLICIES)}).",
+    )
+    parser.add_argument("--max-tokens", type=int, default=16, help="Output tokens a request.")
+    parser.add_argument(
+        "--scale", type=float, default=1.0, help="Text lengths (a slow machine: below 1)."
+    )
+    parser.add_argument("--quick", action="store_true", help="A smoke run.")
+    args = parser.parse_args()
+    if args.quick:
+        args.sessions, args.turns, args.questions, args.concurrency, args.reps = 2, 2, 4, 2, 1
+        args.scale = 0.2
+    policies = args.policies.split(",")
+    if not {"prefix", "load_only"} <= set(policies) <= set(POLICIES):
+        parser.error(f"--policies: prefix, load_only and any of {', '.join(POLICIES)}")
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        prefix_pool(Path(tmp), args.workers, policies) as routers,
+    ):
+        results = run_all(routers, args)
+    publish(RESULTS, report(results, args))
+
+
+if __name__ == "__main__":
+    main()

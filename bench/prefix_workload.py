@@ -1,0 +1,170 @@
+"""The prefix bench's two workloads, driven through one router, and what they measure.
+
+- multi-turn chat: `sessions` concurrent sessions of `turns` turns each; every turn
+  sends the whole history (a ~300-token system prompt of the session's own, then
+  ~200-token user messages and the replies), growing from ~500 to ~1,600 tokens;
+- shared system prompt: `questions` short questions behind one ~1,000-token system
+  prompt, `concurrency` at a time (RAG / agent style).
+
+Every run's texts start with its own tag, so no run reuses a prefix another cached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from modelyard.bundled import SMOLLM2_NAME
+from modelyard.v1 import common_pb2, router_pb2, router_pb2_grpc
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """`scale` multiplies the texts' lengths (1.0: the sizes above); output tokens a request."""
+
+    scale: float = 1.0
+    max_tokens: int = 16
+
+
+TIMEOUT_S = 900.0
+COLOURS = ("red", "green", "blue", "amber", "violet", "grey", "white")
+THINGS = ("lantern", "harbour", "ledger", "orchard", "furnace", "compass", "archive")
+
+
+@dataclass(frozen=True)
+class Sample:
+    ttft_ms: float
+    worker: str
+    input_tokens: int
+    cached_tokens: int
+
+
+@dataclass
+class Run:
+    samples: list[Sample] = field(default_factory=list)
+    wall_s: float = 0.0
+    errors: Counter[str] = field(default_factory=Counter)
+
+    def ttft(self, q: float) -> float:
+        ordered = sorted(s.ttft_ms for s in self.samples)
+        return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
+
+    @property
+    def requests_per_s(self) -> float:
+        return len(self.samples) / self.wall_s if self.wall_s else 0.0
+
+    @property
+    def cached_fraction(self) -> float:
+        prompt = sum(s.input_tokens for s in self.samples)
+        return sum(s.cached_tokens for s in self.samples) / prompt if prompt else 0.0
+
+    def max_share(self, workers: int) -> float:
+        """The busiest worker's share of requests over its fair share (1.0: even)."""
+        counts = Counter(s.worker for s in self.samples)
+        return max(counts.values()) / len(self.samples) * workers if self.samples else 0.0
+
+
+def filler(tag: str, sentences: int) -> str:
+    """About 15 tokens a sentence, distinct per tag."""
+    return " ".join(
+        f"Record {tag}.{i}: the {COLOURS[i % 7]} {THINGS[(i * 3) % 7]} number {i * 37 % 101} "
+        f"weighs {i * 13 % 97} kilos."
+        for i in range(sentences)
+    )
+
+
+def message(role: str, content: str) -> common_pb2.ChatMessage:
+    return common_pb2.ChatMessage(role=role, content=content)
+
+
+async def ask(
+    stub: Any, messages: list[common_pb2.ChatMessage], session: str, run: Run, max_tokens: int
+) -> str | None:
+    """One chat request; its sample goes into `run`. The reply text, None if it failed."""
+    request = router_pb2.GenerateRequest(
+        model=SMOLLM2_NAME,
+        messages=messages,
+        sampling=common_pb2.SamplingParams(max_tokens=max_tokens, temperature=0.0),
+        hints=common_pb2.RoutingHints(session_key=session),
+    )
+    began = time.perf_counter()
+    first: float | None = None
+    worker, reply, usage = "", [], common_pb2.Usage()
+    try:
+        async for event in stub.Generate(request, timeout=TIMEOUT_S):
+            kind = event.WhichOneof("event")
+            if first is None and kind in ("delta", "finished"):
+                first = time.perf_counter()
+            if kind == "started":
+                worker = event.started.worker_id
+            elif kind == "delta":
+                reply.append(event.delta.text)
+            elif kind == "finished":
+                usage = event.finished.usage
+    except grpc.aio.AioRpcError as err:
+        run.errors[err.code().name] += 1
+        return None
+    ttft = ((first or time.perf_counter()) - began) * 1000
+    run.samples.append(Sample(ttft, worker, usage.input_tokens, usage.cached_input_tokens))
+    return "".join(reply)
+
+
+def sentences(count: int, scale: float) -> int:
+    return max(1, round(count * scale))
+
+
+async def multi_turn(
+    address: str, tag: str, sessions: int, turns: int, sizes: Sizes, keyed: bool
+) -> Run:
+    """`keyed`: each request names its session (hints.session_key)."""
+    run = Run()
+    system_n, user_n = sentences(20, sizes.scale), sentences(13, sizes.scale)
+
+    async def session(s: int) -> None:
+        history = [message("system", f"Session {tag}-{s}. " + filler(f"{tag}-{s}", system_n))]
+        for t in range(turns):
+            history.append(message("user", filler(f"{tag}-{s}-{t}", user_n) + " Summarise."))
+            key = f"{tag}-{s}" if keyed else ""
+            reply = await ask(stub, history, key, run, sizes.max_tokens)
+            if reply is None:
+                return
+            history.append(message("assistant", reply))
+
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = router_pb2_grpc.RouterServiceStub(channel)
+        began = time.perf_counter()
+        await asyncio.gather(*(session(s) for s in range(sessions)))
+        run.wall_s = time.perf_counter() - began
+    return run
+
+
+async def shared_prompt(
+    address: str, tag: str, questions: int, concurrency: int, sizes: Sizes
+) -> Run:
+    run = Run()
+    records = sentences(66, sizes.scale)
+    system = message("system", f"Knowledge base {tag}. " + filler(tag, records))
+    todo = list(range(questions))
+
+    async def client() -> None:
+        while todo:
+            q = todo.pop()
+            question = f"Question {q}: what does record {tag}.{q % records} weigh?"
+            await ask(stub, [system, message("user", question)], "", run, sizes.max_tokens)
+
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = router_pb2_grpc.RouterServiceStub(channel)
+        began = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(concurrency)))
+        run.wall_s = time.perf_counter() - began
+    return run
+
+
+def spread(values: list[float], fmt: str = "{:.0f}") -> str:
+    return " / ".join(fmt.format(v) for v in (min(values), statistics.median(values), max(values)))

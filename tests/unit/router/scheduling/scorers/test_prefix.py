@@ -1,0 +1,117 @@
+"""The prefix scorer on synthetic candidates: share of the request's prefix held,
+guarded by the holder's extra queue wait against the prefill the prefix saves."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from modelyard.prefix import chain_of_messages, chain_of_prompt
+from modelyard.v1 import common_pb2
+from router.scheduling.filters.latency_ceiling import LatencyCeilingFilter
+from router.scheduling.framework import run_cycle
+from router.scheduling.predict import predicted_ttft_ms, prefix_gains
+from router.scheduling.profiles import build_profiles
+from router.scheduling.scorers.prefix import PrefixScorer
+from router.scheduling.types import Candidate, Request
+from tests.unit.router.scheduling.plugin_kit import WARM, cand, cycle, model, req
+
+HISTORY = [
+    common_pb2.ChatMessage(role="system", content="You are a careful assistant. " * 20),
+    common_pb2.ChatMessage(role="user", content="Tell me about the mesh. " * 20),
+    common_pb2.ChatMessage(role="assistant", content="The mesh routes requests. " * 20),
+]
+TURN = [*HISTORY, common_pb2.ChatMessage(role="user", content="And the router?")]
+CHAIN = chain_of_messages(TURN)
+HELD = frozenset(chain_of_messages(HISTORY).hashes)
+SHARE = CHAIN.ends[2] / CHAIN.total_bytes
+# 400 prompt tokens, 2 ms each: the held share saves SHARE * 800 ms of prefill.
+PROMPT_TOKENS = 400
+SAVED_MS = SHARE * PROMPT_TOKENS * 2.0
+
+
+def turn(**fields: Any) -> Request:
+    return req(chat=True, prompt_tokens=PROMPT_TOKENS, prefix=CHAIN, **fields)
+
+
+def worker(name: str, *, held: frozenset[int] = frozenset(), **fields: Any) -> Candidate:
+    # 100 tokens/s: each queued token waits 10 ms.
+    base: dict[str, Any] = {
+        "residency": WARM,
+        "ttft_ms": 1000.0,
+        "prefill_ms_per_token": 2.0,
+        "tokens_per_second": 100.0,
+    }
+    return cand(name, prefix_held=held, prefix_precise=bool(held), **{**base, **fields})
+
+
+def test_with_equal_load_the_holder_scores_its_share_and_the_rest_zero() -> None:
+    holder, other = worker("a", held=HELD), worker("b")
+    scores = PrefixScorer().score(turn(), [holder, other], cycle())
+    assert scores[holder] == pytest.approx(SHARE) and 0.9 < SHARE < 1.0
+    assert scores[other] == 0.0
+
+
+def test_no_shared_prefix_empty_chain_or_unknown_model_score_zero() -> None:
+    unrelated = frozenset(chain_of_prompt("something else entirely " * 40).hashes)
+    cands = [worker("a", held=unrelated), worker("b"), worker("c", m=model("unknown"))]
+    for r in (turn(), req(), req(prefix=chain_of_prompt(""))):
+        assert set(PrefixScorer().score(r, cands, cycle()).values()) == {0.0}
+    assert PrefixScorer().score(turn(), [], cycle()) == {}
+
+
+def test_a_short_queue_on_the_holder_scales_the_bonus_down() -> None:
+    # 30 queued tokens: 300 ms of wait against ~780 ms saved.
+    holder, other = worker("a", held=HELD, queued_tokens=30), worker("b")
+    scores = PrefixScorer().score(turn(), [holder, other], cycle())
+    assert scores[holder] == pytest.approx(SHARE * (SAVED_MS - 300.0) / SAVED_MS)
+
+
+def test_a_queue_that_costs_more_than_the_saved_prefill_loses_the_bonus() -> None:
+    # 80 queued tokens: 800 ms of wait, more than the ~780 ms the prefix saves.
+    holder, other = worker("a", held=HELD, queued_tokens=80), worker("b")
+    assert SAVED_MS < 800.0
+    assert set(PrefixScorer().score(turn(), [holder, other], cycle()).values()) == {0.0}
+    # The wait counted is the extra over the least loaded: both busy alike, bonus kept.
+    busy_other = worker("b", queued_tokens=80)
+    scores = PrefixScorer().score(turn(), [holder, busy_other], cycle())
+    assert scores[holder] == pytest.approx(SHARE)
+
+
+def test_predicted_ttft_drops_by_the_net_saving_and_feeds_the_ceiling() -> None:
+    holder, other = worker("a", held=HELD), worker("b")
+    state = cycle()
+    r = turn()
+    assert predicted_ttft_ms(r, other, [holder, other], state) == 1000.0
+    assert predicted_ttft_ms(r, holder, [holder, other], state) == pytest.approx(1000 - SAVED_MS)
+    kept = LatencyCeilingFilter().filter(turn(max_ttft_ms=500.0), [holder, other], cycle())
+    assert list(kept) == [holder]
+    # Never below the uncached share of the EWMA, however slow the prefill estimate.
+    slow = worker("a", held=HELD, prefill_ms_per_token=100.0)
+    assert predicted_ttft_ms(r, slow, [slow, other], cycle()) == pytest.approx(1000 * (1 - SHARE))
+
+
+def test_a_worker_without_an_estimate_borrows_the_models_mean_then_a_prior() -> None:
+    holder = worker("a", held=HELD, prefill_ms_per_token=None)
+    measured = worker("b", prefill_ms_per_token=4.0)
+    gain = prefix_gains(turn(), [holder, measured], cycle())[holder]
+    assert gain.saved_ms == pytest.approx(SHARE * PROMPT_TOKENS * 4.0)
+    alone = prefix_gains(turn(), [holder], cycle())[holder]
+    assert alone.saved_ms == pytest.approx(SHARE * PROMPT_TOKENS * 1.0)
+
+
+@pytest.mark.parametrize("objective", [common_pb2.OBJECTIVE_BALANCED, common_pb2.OBJECTIVE_LATENCY])
+def test_profiles_send_the_turn_to_the_holder_unless_its_queue_is_long(
+    objective: common_pb2.Objective.ValueType,
+) -> None:
+    profile = build_profiles()[objective]
+    assert "prefix" in [s.name for s, _ in profile.scorers]
+    r = turn(objective=objective)
+    for _ in range(4):  # whatever the tie-break turn
+        idle = [worker("a", held=HELD), worker("b")]
+        assert run_cycle(profile, r, idle).ordered[0].worker == "a"
+        short = [worker("a", held=HELD, queued_tokens=30), worker("b")]
+        assert run_cycle(profile, r, short).ordered[0].worker == "a"
+        long = [worker("a", held=HELD, queued_tokens=2000), worker("b")]
+        assert run_cycle(profile, r, long).ordered[0].worker == "b"

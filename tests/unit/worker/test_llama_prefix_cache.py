@@ -1,0 +1,182 @@
+"""Prefix reuse in the llama.cpp batched engine, on the real SmolLM2.
+
+A second request sharing a ~1,000-token prefix starts from the first one's KV: it
+reports the cached tokens, the engine evaluates only the rest (its own count), and
+greedy output equals a cold run's. Under cell pressure cached prefixes are evicted
+before a live request could fail or wait; the summary lists the chains.
+
+Prefill is the cost here (a 1,000-token prompt takes a minute and more on a busy
+2-core machine with one thread), so each test runs as few cold prompts as it can.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from modelyard.prefix import chain_of_messages, chain_of_prompt
+from worker.counters import SequenceCounters
+from worker.engines.base import (
+    ChatTurn,
+    EngineEvent,
+    EngineRequest,
+    Finished,
+    FinishReason,
+    ModelSpec,
+    Piece,
+    SamplingConfig,
+    Scheduled,
+)
+from worker.engines.llama_cpp import LlamaCppEngine
+from worker.engines.prefix_summary import MAX_SUMMARY_LINKS
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+GREEDY = SamplingConfig(temperature=0.0)
+COLOURS = ("red", "green", "blue", "yellow", "white", "black", "orange")
+# ~1,050 tokens of SmolLM2's tokenizer: a shared document in front of different questions.
+PREFIX = "Inventory notes.\n" + "\n".join(
+    f"Box {i} is {COLOURS[i % 7]} and holds {i * 7 % 97} marbles and {i % 5} dice."
+    for i in range(60)
+)
+
+
+# Greedy outputs are compared on their first tokens only, as test_worker_batching does:
+# llama.cpp's float sums depend on a batch's shape and on where a token's KV cell lies,
+# so a near-tie may flip a later token (measured: the 8th of a re-run 1,080-token
+# prompt; the 6th of a chat turn whose reply's KV came from decode steps).
+COMPARED = 6
+SHORT = "\n".join(PREFIX.splitlines()[:15])  # ~250 tokens
+
+
+def spec(path: Path, *, context: int, share: float, parallel: int = 2) -> ModelSpec:
+    return ModelSpec(
+        "smollm2@1",
+        path,
+        context_length=context,
+        threads=1,
+        max_parallel_sequences=parallel,
+        prefix_cache_share=share,
+    )
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def warm(smollm2_gguf: Path) -> AsyncIterator[LlamaCppEngine]:
+    engine = LlamaCppEngine(SequenceCounters())
+    await engine.load(spec(smollm2_gguf, context=4096, share=0.5))
+    yield engine
+    await engine.unload()
+
+
+async def run(engine: LlamaCppEngine, req: EngineRequest) -> tuple[list[int], Finished]:
+    events: list[EngineEvent] = [e async for e in engine.generate(req)]
+    finished = events[-1]
+    assert isinstance(finished, Finished)
+    return [t for e in events if isinstance(e, Piece) for t in e.token_ids], finished
+
+
+def ask(request_id: str, question: str, max_tokens: int = COMPARED) -> EngineRequest:
+    return EngineRequest(
+        request_id,
+        prompt=f"{PREFIX}\nQuestion: {question}\nAnswer:",
+        sampling=GREEDY,
+        max_tokens=max_tokens,
+    )
+
+
+async def test_a_shared_prefix_is_not_evaluated_again_and_the_output_is_unchanged(
+    warm: LlamaCppEngine,
+) -> None:
+    cold_tokens, first = await run(warm, ask("first", "Which colour is box 12?"))
+    assert first.input_tokens >= 1000 and first.cached_input_tokens == 0
+    assert warm.evaluated_prompt_tokens("first") == first.input_tokens  # a cold run
+
+    second = ask("second", "How many dice are in box 33?")
+    _, finished = await run(warm, second)
+    assert finished.cached_input_tokens >= 900
+    evaluated = warm.evaluated_prompt_tokens("second")
+    assert evaluated is not None and 0 < evaluated <= finished.input_tokens - 900
+    assert evaluated == finished.input_tokens - finished.cached_input_tokens
+
+    # The first request again, from the cache: greedy output equals its cold run's.
+    tokens, again = await run(warm, ask("again", "Which colour is box 12?"))
+    assert again.cached_input_tokens >= 900 and warm.evaluated_prompt_tokens("again") == 1
+    assert tokens == cold_tokens
+
+    summary = warm.prefix_summary()
+    assert summary is not None
+    assert (
+        summary.link_hashes[0]
+        == chain_of_prompt(ask("", "Which colour is box 12?").prompt).hashes[-1]
+    )
+    assert chain_of_prompt(second.prompt).hashes[-1] in summary.link_hashes
+    assert 0 < summary.cached_tokens <= summary.cached_tokens_limit == 2048
+    assert len(summary.link_hashes) <= MAX_SUMMARY_LINKS
+    assert warm.stats().cached_prompt_tokens_total >= finished.cached_input_tokens
+
+
+async def test_the_next_chat_turn_reuses_the_history_and_the_reply(
+    warm: LlamaCppEngine,
+) -> None:
+    turn1 = (ChatTurn("system", SHORT), ChatTurn("user", "Which colour is box 5?"))
+    reply_tokens, first = await run(
+        warm, EngineRequest("chat1", messages=turn1, sampling=GREEDY, max_tokens=16)
+    )
+    assert first.reason in (FinishReason.STOP, FinishReason.LENGTH)
+    reply = bytes(warm._model.detokenize(reply_tokens)).decode()
+    with_reply = (*turn1, ChatTurn("assistant", reply))
+    summary = warm.prefix_summary()
+    assert summary is not None
+    assert summary.link_hashes[0] == chain_of_messages(with_reply).hashes[-1]
+
+    messages = (*with_reply, ChatTurn("user", "And which colour is box 6?"))
+    tokens, second = await run(
+        warm, EngineRequest("chat2", messages=messages, sampling=GREEDY, max_tokens=COMPARED)
+    )
+    # Beyond the first turn's prompt: the reply's KV is reused too.
+    assert second.cached_input_tokens > first.input_tokens
+    assert warm.evaluated_prompt_tokens("chat2") == (
+        second.input_tokens - second.cached_input_tokens
+    )
+    assert len(tokens) > 0 and second.reason in (FinishReason.STOP, FinishReason.LENGTH)
+
+
+async def test_cached_prefixes_are_evicted_before_a_live_request_lacks_cells(
+    smollm2_gguf: Path,
+) -> None:
+    engine = LlamaCppEngine(SequenceCounters())
+    await engine.load(spec(smollm2_gguf, context=512, share=0.5))  # 256 cells of cache
+    try:
+        kept = EngineRequest("kept", prompt=SHORT[:700], sampling=GREEDY, max_tokens=4)
+        _, finished = await run(engine, kept)
+        summary = engine.prefix_summary()
+        assert summary is not None and summary.cached_tokens == finished.input_tokens + 3
+        assert summary.cached_tokens > 150
+        held = chain_of_prompt(kept.prompt).hashes[-1]
+        assert held in summary.link_hashes
+
+        # Two live requests reserving ~210 cells each: with the cached ones the context
+        # would overflow, so the cache must give them up, and both run at once.
+        count = ", ".join(str(n) for n in range(1, 30))
+        live = [
+            EngineRequest(f"live{i}", prompt=f"{word}: {count}", sampling=GREEDY, max_tokens=100)
+            for i, word in enumerate(("Numbers", "Counting"))
+        ]
+        first = engine.generate(live[0])
+        assert isinstance(await anext(first), Scheduled)
+        await anext(first)  # decoding
+        second = engine.generate(live[1])
+        assert isinstance(await anext(second), Scheduled)
+        assert engine.stats().running_sequences == 2  # it did not wait for the first
+        summary = engine.prefix_summary()
+        assert summary is not None and held not in summary.link_hashes
+        for stream in (first, second):
+            events = [e async for e in stream]
+            end = events[-1]
+            assert isinstance(end, Finished) and end.reason is FinishReason.LENGTH
+    finally:
+        await engine.unload()
+    assert engine.prefix_summary() is None  # unloading frees the cache with the context
