@@ -111,11 +111,13 @@ class VllmEngine:
         engine_id = f"{req.request_id}-{uuid.uuid4().hex[:8]}"
         active = self._active[engine_id] = _Active(req.request_id)
         self._counters.started()
-        counted, produced, done = False, 0, False
+        counted, produced, done, cached = False, 0, False, 0
         stream = llm.generate({"prompt_token_ids": ids}, params, engine_id)
         try:
             yield Scheduled(len(ids))
             async for out in stream:
+                # Automatic prefix caching: the prompt tokens vLLM found in its KV blocks.
+                cached = max(cached, int(getattr(out, "num_cached_tokens", None) or 0))
                 completion = out.outputs[0]
                 tokens = tuple(int(t) for t in completion.token_ids)
                 if tokens:
@@ -126,17 +128,20 @@ class VllmEngine:
                 if out.finished:
                     reason, stop = _finish_reason(completion, active, budget < req.max_tokens)
                     # Counted before the consumer hears, as llama.cpp's engine does.
+                    self._counters.prompt(len(ids), cached)
                     self._counters.finished()
                     counted = done = True
-                    yield Finished(reason, len(ids), produced, stop)
+                    yield Finished(reason, len(ids), produced, stop, cached)
                     return
             done = True  # vLLM ended the stream without a final output: aborted
+            self._counters.prompt(len(ids), cached)
             self._counters.finished()
             counted = True
-            yield Finished(FinishReason.CANCELLED, len(ids), produced)
+            yield Finished(FinishReason.CANCELLED, len(ids), produced, cached_input_tokens=cached)
         finally:
             self._active.pop(engine_id, None)
             if not counted:
+                self._counters.prompt(len(ids), cached)
                 self._counters.finished()
             if not done:
                 # Closing vLLM's generator aborts the request inside the engine.
@@ -194,6 +199,9 @@ def engine_args(spec: ModelSpec, model_dir: Path) -> Any:
         # CPU: bf16 is the fast path and CUDA graphs do not exist. CUDA: the model's own.
         "dtype": "bfloat16" if cpu else "auto",
         "enforce_eager": cpu,
+        # Automatic prefix caching (the v1 default, made explicit): the worker's share 0
+        # turns reuse off here too. vLLM sizes and evicts its own cache.
+        "enable_prefix_caching": spec.prefix_cache_share > 0,
     }
     if extra.get("quantization"):
         kwargs["quantization"] = extra["quantization"]
