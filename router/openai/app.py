@@ -218,13 +218,18 @@ def _model_entry(model_id: str, created: int) -> dict[str, Any]:
 
 async def _collect(events: Events, shape: Shape) -> dict[str, Any]:
     chunks: list[str] = []
+    finished: common_pb2.GenerationFinished | None = None
+    # Read to the stream's end, past the finish (as the gRPC servicer does): closing it
+    # early cancels the worker call, whose client span then never ends nor reaches the trace.
     async for event in events:
         kind = event.WhichOneof("event")
         if kind == "delta":
             chunks.append(event.delta.text)
         elif kind == "finished":
-            return shape.whole("".join(chunks), event.finished)
-    raise OpenAIError(502, "the router's stream ended without a finish", type_="server_error")
+            finished = event.finished
+    if finished is None:
+        raise OpenAIError(502, "the router's stream ended without a finish", type_="server_error")
+    return shape.whole("".join(chunks), finished)
 
 
 async def _stream(
@@ -253,10 +258,9 @@ async def _chunks(events: Events, shape: Shape, with_usage: bool) -> AsyncIterat
             yield sse(shape.chunk(""))  # the role comes first, as OpenAI sends it
         async for event in events:
             kind = event.WhichOneof("event")
-            if kind == "finished":
+            if kind == "finished":  # then on to the stream's end (see _collect)
                 for chunk in _last_chunks(shape, event.finished, with_usage):
                     yield chunk
-                return
             if kind == "delta" and event.delta.text:
                 yield sse(shape.chunk(event.delta.text))
     except ModelyardError as err:
