@@ -83,6 +83,13 @@ class RouterSettings(ServiceSettings):
             "refused before it is read."
         ),
     )
+    http_ignore_unknown_params: bool = Field(
+        default=False,
+        description=(
+            "The HTTP front ignores body parameters it does not know (listing them in the "
+            "x-modelyard-ignored-params response header) instead of answering 400."
+        ),
+    )
     http_max_concurrency: int = Field(
         default=256,
         ge=1,

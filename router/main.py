@@ -66,6 +66,9 @@ async def start_router(settings: RouterSettings) -> RunningRouter:
             interceptors=[router_gate(settings.api_keys, settings.client_identities)],
         )
         stack.push_async_callback(running.stop, STOP_GRACE_S)
+        # /health on the HTTP front: serving from here until a stop begins.
+        serving = asyncio.Event()
+        serving.set()
         if settings.http_address:
             front = await start_http_front(
                 settings.http_address,
@@ -73,6 +76,9 @@ async def start_router(settings: RouterSettings) -> RunningRouter:
                 api_keys=settings.api_keys,
                 limits=FrontLimits(settings.http_max_body_bytes, settings.http_max_concurrency),
                 tls=settings.tls,
+                ignore_unknown=settings.http_ignore_unknown_params,
+                serving=serving.is_set,
+                metrics=parts.metrics.registry,
             )
             stack.push_async_callback(front.stop)
         # Last in, first out: Consul stops sending clients here before anything stops.
@@ -85,6 +91,7 @@ async def start_router(settings: RouterSettings) -> RunningRouter:
             tls_server_name=settings.tls.server_name,
         )
         stack.push_async_callback(registration.close)
+        stack.callback(serving.clear)  # last in, first out: the first step of a stop
     except BaseException:
         await stack.aclose()
         raise

@@ -33,14 +33,22 @@ class FrontLimits:
 class Admission:
     """ASGI middleware: authorize, then admit under `limits`, then serve."""
 
-    def __init__(self, app: ASGIApp, *, authorize: Authorize, limits: FrontLimits) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        authorize: Authorize,
+        limits: FrontLimits,
+        open_paths: frozenset[str] = frozenset(),
+    ) -> None:
         self._app = app
         self._authorize = authorize
         self._limits = limits
+        self._open_paths = open_paths  # probes and scrapes: no key, never refused as busy
         self._in_flight = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["path"] in self._open_paths:
             await self._app(scope, receive, send)
             return
         body = _CountedBody(scope, receive, send, self._limits.max_body_bytes)

@@ -17,10 +17,13 @@ import contextlib
 import json
 import logging
 import math
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import aclosing
 from typing import Any, Protocol, TypeVar
+from urllib.parse import quote
 
+from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -35,19 +38,18 @@ from modelyard.v1 import common_pb2, router_pb2
 from router.auth import client_rule
 from router.openai.admission import Admission, FrontLimits
 from router.openai.errors import OpenAIError, from_error, invalid, unauthorized
+from router.openai.probes import OPEN_PATHS, probe_routes
 from router.openai.responses import Shape, finish_reason, sse
-from router.openai.translate import (
-    chat_request,
-    completion_request,
-    include_usage,
-    wants_stream,
-)
+from router.openai.translate import Translated, chat_request, completion_request
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 Events = AsyncGenerator[router_pb2.GenerateResponse, None]
+
+# Lists the unknown body parameters the front ignored (MODELYARD_ROUTER_HTTP_IGNORE_UNKNOWN_PARAMS).
+IGNORED_HEADER = "x-modelyard-ignored-params"
 
 
 class RouterOperations(Protocol):
@@ -68,17 +70,37 @@ def build_app(
     api_keys: Sequence[str] = (),
     timeout_s: float = 600.0,
     limits: FrontLimits | None = None,
+    ignore_unknown: bool = False,
+    serving: Callable[[], bool] = lambda: True,
+    metrics: CollectorRegistry | None = None,
 ) -> Starlette:
-    """The HTTP front over `router`; `api_keys` (none: open) guard every endpoint,
-    `limits` bound the body size and requests in flight, and `timeout_s` caps each request."""
-    front = _Front(router, api_keys, timeout_s)
-    admission = Middleware(Admission, authorize=front._authorize, limits=limits or FrontLimits())
+    """The HTTP front over `router`; `api_keys` (none: open) guard every endpoint but
+    /health and /metrics (router/openai/probes.py says why), `limits` bound the body size
+    and requests in flight, and `timeout_s` caps each request. `ignore_unknown` ignores
+    unknown body parameters (listed in a header) rather than refusing them; /health
+    follows `serving` and /metrics exposes `metrics`."""
+    front = _Front(router, api_keys, timeout_s, ignore_unknown)
+    admission = Middleware(
+        Admission,
+        authorize=front._authorize,
+        limits=limits or FrontLimits(),
+        open_paths=OPEN_PATHS,
+    )
+    # Outermost: an incoming `traceparent` continues into the request's server span, which
+    # parents the router's own span; refusals are traced too. No span per SSE chunk, and
+    # none for probes and scrapes.
+    tracing = Middleware(
+        OpenTelemetryMiddleware,
+        excluded_urls=",".join(OPEN_PATHS),
+        exclude_spans=["receive", "send"],
+    )
     return Starlette(
-        middleware=[admission],
+        middleware=[tracing, admission],
         routes=[
             Route("/v1/chat/completions", front.chat, methods=["POST"]),
             Route("/v1/completions", front.completions, methods=["POST"]),
             Route("/v1/models", front.models, methods=["GET"]),
+            *probe_routes(serving, metrics),
         ],
         exception_handlers={
             OpenAIError: _openai_error,
@@ -89,18 +111,27 @@ def build_app(
 
 
 class _Front:
-    def __init__(self, router: RouterOperations, api_keys: Sequence[str], timeout_s: float) -> None:
+    def __init__(
+        self,
+        router: RouterOperations,
+        api_keys: Sequence[str],
+        timeout_s: float,
+        ignore_unknown: bool,
+    ) -> None:
         self._router = router
         self._rule = client_rule(api_keys)
         self._timeout_s = timeout_s
+        self._ignore_unknown = ignore_unknown
 
     async def chat(self, request: Request) -> Response:
         body = await _json_body(request)
-        return await self._generate(request, body, chat_request(body), chat=True)
+        translated = chat_request(body, ignore_unknown=self._ignore_unknown)
+        return await self._generate(request, translated, chat=True)
 
     async def completions(self, request: Request) -> Response:
         body = await _json_body(request)
-        return await self._generate(request, body, completion_request(body), chat=False)
+        translated = completion_request(body, ignore_unknown=self._ignore_unknown)
+        return await self._generate(request, translated, chat=False)
 
     async def models(self, request: Request) -> Response:
         reply = await _until_disconnect(
@@ -141,12 +172,11 @@ class _Front:
     async def _generate(
         self,
         request: Request,
-        body: dict[str, Any],
-        generate: router_pb2.GenerateRequest,
+        translated: Translated,
         *,
         chat: bool,
     ) -> Response:
-        events = self._router.generate(generate, timeout_s=self._deadline(request))
+        events = self._router.generate(translated.request, timeout_s=self._deadline(request))
         try:
             # The relay holds GenerationStarted until the first token: errors up to
             # there (unknown model, no worker, bad input) still get their HTTP status.
@@ -155,11 +185,13 @@ class _Front:
             await events.aclose()
             raise
         shape = Shape(chat, first.started)
-        if wants_stream(body):
-            stream = _stream(request, events, shape, include_usage(body))
-            return StreamingResponse(stream, media_type="text/event-stream")
+        headers = _ignored_header(translated.ignored)
+        if translated.stream:
+            stream = _stream(request, events, shape, translated.include_usage)
+            return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
         async with aclosing(events):
-            return JSONResponse(await _until_disconnect(request, _collect(events, shape)))
+            whole = await _until_disconnect(request, _collect(events, shape))
+        return JSONResponse(whole, headers=headers)
 
     def _deadline(self, request: Request) -> float:
         # The OpenAI SDK sends its own timeout; never wait longer than the client does.
@@ -171,19 +203,33 @@ class _Front:
         return self._timeout_s
 
 
+def _ignored_header(ignored: Sequence[str]) -> dict[str, str]:
+    """The header naming the ignored parameters: percent-encoded (a key may hold any
+    character, a header may not) and at most 32 of them (a body may hold thousands)."""
+    if not ignored:
+        return {}
+    names = [quote(name, safe="") for name in ignored[:32]]
+    return {IGNORED_HEADER: ",".join(names + (["..."] if len(ignored) > 32 else []))}
+
+
 def _model_entry(model_id: str, created: int) -> dict[str, Any]:
     return {"id": model_id, "object": "model", "created": created, "owned_by": "modelyard"}
 
 
 async def _collect(events: Events, shape: Shape) -> dict[str, Any]:
     chunks: list[str] = []
+    finished: common_pb2.GenerationFinished | None = None
+    # Read to the stream's end, past the finish (as the gRPC servicer does): closing it
+    # early cancels the worker call, whose client span then never ends nor reaches the trace.
     async for event in events:
         kind = event.WhichOneof("event")
         if kind == "delta":
             chunks.append(event.delta.text)
         elif kind == "finished":
-            return shape.whole("".join(chunks), event.finished)
-    raise OpenAIError(502, "the router's stream ended without a finish", type_="server_error")
+            finished = event.finished
+    if finished is None:
+        raise OpenAIError(502, "the router's stream ended without a finish", type_="server_error")
+    return shape.whole("".join(chunks), finished)
 
 
 async def _stream(
@@ -212,10 +258,9 @@ async def _chunks(events: Events, shape: Shape, with_usage: bool) -> AsyncIterat
             yield sse(shape.chunk(""))  # the role comes first, as OpenAI sends it
         async for event in events:
             kind = event.WhichOneof("event")
-            if kind == "finished":
+            if kind == "finished":  # then on to the stream's end (see _collect)
                 for chunk in _last_chunks(shape, event.finished, with_usage):
                     yield chunk
-                return
             if kind == "delta" and event.delta.text:
                 yield sse(shape.chunk(event.delta.text))
     except ModelyardError as err:

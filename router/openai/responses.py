@@ -22,11 +22,13 @@ def finish_reason(finished: common_pb2.GenerationFinished) -> str:
     return _FINISH.get(finished.finish_reason, "stop")
 
 
-def usage(u: common_pb2.Usage) -> dict[str, int]:
+def usage(u: common_pb2.Usage) -> dict[str, Any]:
     return {
         "prompt_tokens": u.input_tokens,
         "completion_tokens": u.output_tokens,
         "total_tokens": u.input_tokens + u.output_tokens,
+        # Prompt tokens served from the worker's prefix cache (OpenAI's cached tokens).
+        "prompt_tokens_details": {"cached_tokens": u.cached_input_tokens},
     }
 
 

@@ -6,11 +6,12 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import uvicorn
+from prometheus_client import CollectorRegistry
 
 from modelyard.server import host_of
 from modelyard.tls import TlsSettings
@@ -52,15 +53,26 @@ async def start_http_front(
     api_keys: Sequence[str] = (),
     limits: FrontLimits | None = None,
     tls: TlsSettings | None = None,
+    ignore_unknown: bool = False,
+    serving: Callable[[], bool] = lambda: True,
+    metrics: CollectorRegistry | None = None,
 ) -> HttpFront:
     """Listen on `http_address` and serve the OpenAI API over `router`, in process.
-    `api_keys` (none: open) are checked on every request before its body is read;
-    `limits` bound bodies and requests in flight; with a certificate in `tls` the front
-    speaks HTTPS only (the same certificate, and client certificates with mtls)."""
+    `api_keys` (none: open) are checked on every request but /health and /metrics before
+    its body is read; `limits` bound bodies and requests in flight; with a certificate in
+    `tls` the front speaks HTTPS only (the same certificate, and client certificates with
+    mtls). `ignore_unknown`, `serving` and `metrics`: see `build_app`."""
     host = host_of(http_address)
     port = int(http_address.rpartition(":")[2])
     config = uvicorn.Config(
-        build_app(router, api_keys=api_keys, limits=limits),
+        build_app(
+            router,
+            api_keys=api_keys,
+            limits=limits,
+            ignore_unknown=ignore_unknown,
+            serving=serving,
+            metrics=metrics,
+        ),
         host=host,
         port=port,
         log_config=None,  # the router's logging setup stays in charge

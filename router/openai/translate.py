@@ -1,139 +1,137 @@
 """OpenAI request bodies -> the router's GenerateRequest (and nothing else).
 
-Only what modelyard can honour is accepted: n=1, text content, no logprobs, no tools,
-text responses. Anything else is a 400 naming the parameter, rather than an answer that
-silently ignores it; so is a value of the wrong JSON type or out of range
-(router/openai/fields.py).
+The body is parsed by the pydantic models of router/openai/bodies.py; each parameter is
+then honoured or refused as router/openai/params.py decides. Nothing is dropped silently:
+an unsupported parameter sent with a value that asks for something is a 400 naming it,
+and so is an unknown parameter, unless the router is set to ignore those (then they are
+listed in the response's `x-modelyard-ignored-params` header).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
+from pydantic import BaseModel
+
 from modelyard.v1 import common_pb2, router_pb2
+from router.openai.bodies import ChatBody, CompletionBody, Message, param_of, parse
 from router.openai.errors import invalid
-from router.openai.fields import (
-    INT32_MAX,
-    UINT64_MAX,
-    boolean,
-    check_unsupported,
-    integer,
-    number,
-    obj,
-    optional_string,
-    string,
-)
+from router.openai.params import CHAT_UNSUPPORTED, COMPLETION_UNSUPPORTED, check_unsupported
 
-_ROLES = {"system", "user", "assistant", "tool", "developer"}
+# OpenAI's legacy completions default to 16 tokens.
+COMPLETION_MAX_TOKENS = 16
 
 
-def chat_request(body: Mapping[str, Any]) -> router_pb2.GenerateRequest:
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise invalid("'messages' must be a non-empty array", "messages")
-    request = _common(body)
-    for i, message in enumerate(messages):
-        if not isinstance(message, Mapping):
-            raise invalid(f"messages[{i}] must be an object", f"messages[{i}]")
-        role = message.get("role")
-        if not isinstance(role, str) or role not in _ROLES:
-            shown = repr(role) if len(repr(role)) <= 40 else repr(role)[:37] + "..."
+@dataclass(frozen=True)
+class Translated:
+    request: router_pb2.GenerateRequest
+    stream: bool
+    include_usage: bool
+    ignored: tuple[str, ...] = ()  # unknown parameters, ignored by the router's setting
+
+
+def chat_request(body: dict[str, Any], *, ignore_unknown: bool = False) -> Translated:
+    parsed = parse(ChatBody, body)
+    ignored = _unknown(parsed, ignore_unknown)
+    check_unsupported(parsed.model_dump(exclude_unset=True), CHAT_UNSUPPORTED)
+    request = _common_request(parsed)
+    request.messages.extend(_message(m, i) for i, m in enumerate(parsed.messages))
+    max_tokens = parsed.max_completion_tokens or parsed.max_tokens
+    # Omitted: the server's default (running to the end of the context is pending).
+    if max_tokens is not None:
+        request.sampling.max_tokens = max_tokens
+    # `user`, then OpenAI's newer per-user keys: one A/B arm and one prefix per caller.
+    session = parsed.user or parsed.safety_identifier or parsed.prompt_cache_key
+    if session:
+        request.hints.session_key = session
+    return _translated(request, parsed, ignored)
+
+
+def completion_request(body: dict[str, Any], *, ignore_unknown: bool = False) -> Translated:
+    parsed = parse(CompletionBody, body)
+    ignored = _unknown(parsed, ignore_unknown)
+    check_unsupported(parsed.model_dump(exclude_unset=True), COMPLETION_UNSUPPORTED)
+    request = _common_request(parsed)
+    request.prompt = parsed.prompt
+    request.sampling.max_tokens = (
+        COMPLETION_MAX_TOKENS if parsed.max_tokens is None else parsed.max_tokens
+    )
+    if parsed.user:
+        request.hints.session_key = parsed.user
+    return _translated(request, parsed, ignored)
+
+
+def _translated(
+    request: router_pb2.GenerateRequest, parsed: ChatBody | CompletionBody, ignored: list[str]
+) -> Translated:
+    options = parsed.stream_options
+    if options is not None:
+        _refuse_extras(options, "stream_options")
+        if options.include_obfuscation:
             raise invalid(
-                f"messages[{i}].role must be one of {', '.join(sorted(_ROLES))}, got {shown}",
-                f"messages[{i}].role",
+                "'stream_options.include_obfuscation' is not supported yet",
+                "stream_options.include_obfuscation",
             )
-        request.messages.append(
-            common_pb2.ChatMessage(
-                # Newer OpenAI clients send "developer" where older ones send "system".
-                role="system" if role == "developer" else role,
-                content=_content(message.get("content"), i),
-                name=optional_string(message, "name", f"messages[{i}].name") or "",
-            )
-        )
-    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
-    _set_max_tokens(request, max_tokens, "max_completion_tokens")
-    return request
+    return Translated(
+        request,
+        stream=bool(parsed.stream),
+        include_usage=bool(options and options.include_usage),
+        ignored=tuple(ignored),
+    )
 
 
-def completion_request(body: Mapping[str, Any]) -> router_pb2.GenerateRequest:
-    prompt = body.get("prompt")
-    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
-        prompt = prompt[0]
-    if not isinstance(prompt, str):
-        raise invalid("'prompt' must be a string (one prompt per request)", "prompt")
-    if boolean(body, "echo"):
-        raise invalid("'echo' is not supported", "echo")
-    if optional_string(body, "suffix"):
-        raise invalid("'suffix' is not supported", "suffix")
-    request = _common(body)
-    request.prompt = string(prompt, "prompt")
-    # OpenAI's legacy completions default to 16 tokens.
-    _set_max_tokens(request, body.get("max_tokens", 16), "max_tokens")
-    return request
+def _unknown(parsed: BaseModel, ignore: bool) -> list[str]:
+    unknown = list(parsed.model_extra or {})
+    if unknown and not ignore:
+        raise invalid(f"unknown parameter '{unknown[0]}'", unknown[0])
+    return unknown
 
 
-def wants_stream(body: Mapping[str, Any]) -> bool:
-    return boolean(body, "stream")
-
-
-def include_usage(body: Mapping[str, Any]) -> bool:
-    return boolean(obj(body, "stream_options"), "include_usage", "stream_options.include_usage")
-
-
-def _common(body: Mapping[str, Any]) -> router_pb2.GenerateRequest:
-    model = body.get("model")
-    if model is None:
-        raise invalid("'model' is required", "model")
-    wants_stream(body)  # its type is checked before any work, as include_usage's
-    include_usage(body)
-    n = body.get("n")
-    if n is not None and integer(n, "n", 1, INT32_MAX) != 1:
-        raise invalid("only n=1 is supported", "n")
-    if boolean(body, "logprobs") or body.get("top_logprobs"):
-        raise invalid("logprobs are not supported", "logprobs")
-    check_unsupported(body)
-    request = router_pb2.GenerateRequest(model=string(model, "model"))
-    _set_sampling(request.sampling, body)
-    user = optional_string(body, "user")
-    if user:
-        request.hints.session_key = user  # keeps a user on one A/B arm
-    return request
-
-
-def _set_sampling(sampling: common_pb2.SamplingParams, body: Mapping[str, Any]) -> None:
-    for name in ("temperature", "top_p", "presence_penalty", "frequency_penalty"):
-        value = body.get(name)
+def _common_request(parsed: ChatBody | CompletionBody) -> router_pb2.GenerateRequest:
+    request = router_pb2.GenerateRequest(model=parsed.model)
+    sampling = request.sampling
+    for name in (
+        "temperature",
+        "top_p",
+        "presence_penalty",
+        "frequency_penalty",
+        "min_p",
+        "repetition_penalty",
+    ):
+        value = getattr(parsed, name)
         if value is not None:
-            setattr(sampling, name, number(value, name))
-    stop = body.get("stop")
-    if isinstance(stop, str):
-        stop = [stop]
-    if stop is not None:
-        if not isinstance(stop, list):
-            raise invalid("'stop' must be a string or an array of strings", "stop")
-        sampling.stop.extend(string(s, "stop") for s in stop)
-    seed = body.get("seed")
-    if seed is not None:
-        sampling.seed = integer(seed, "seed", 0, UINT64_MAX)
+            setattr(sampling, name, value)
+    if parsed.top_k is not None:
+        sampling.top_k = max(parsed.top_k, 0)
+    if parsed.stop is not None:
+        sampling.stop.extend(parsed.stop)
+    if parsed.seed is not None:
+        sampling.seed = parsed.seed
+    return request
 
 
-def _set_max_tokens(request: router_pb2.GenerateRequest, value: Any, param: str) -> None:
-    if value is None:
-        return
-    request.sampling.max_tokens = integer(value, param, 1, INT32_MAX)
+def _message(message: Message, i: int) -> common_pb2.ChatMessage:
+    where = f"messages[{i}]"
+    if message.role == "function":
+        raise invalid(f"'{where}.role' 'function' is not supported yet", f"{where}.role")
+    _refuse_extras(message, where)
+    texts = []
+    for j, part in enumerate(message.content or ()):
+        _refuse_extras(part, f"{where}.content[{j}]")
+        texts.append(part.text)
+    return common_pb2.ChatMessage(
+        # Newer OpenAI clients send "developer" where older ones send "system".
+        role="system" if message.role == "developer" else message.role,
+        content="".join(texts),
+        name=message.name or "",
+    )
 
 
-def _content(content: Any, i: int) -> str:
-    if isinstance(content, str):
-        return string(content, f"messages[{i}].content")
-    if content is None:
-        return ""
-    if isinstance(content, list):
-        texts = []
-        for part in content:
-            if not isinstance(part, Mapping) or part.get("type") != "text":
-                raise invalid("only text content parts are supported", f"messages[{i}].content")
-            texts.append(optional_string(part, "text", f"messages[{i}].content") or "")
-        return "".join(texts)
-    raise invalid(f"messages[{i}].content must be a string or an array", f"messages[{i}].content")
+def _refuse_extras(model: BaseModel, where: str) -> None:
+    """Keys of a nested object the front does not model (tool_calls, tool_call_id,
+    cache_control, ...): a 400 when they ask for something, never dropped silently."""
+    for key, value in (model.model_extra or {}).items():
+        if value is not None:
+            param = param_of((where, key)) if where else key
+            raise invalid(f"'{param}' is not supported yet", param)

@@ -5,6 +5,7 @@ API key, on gRPC and HTTP alike."""
 from __future__ import annotations
 
 import http.client
+import inspect
 import json
 import time
 from collections.abc import Iterator
@@ -28,6 +29,14 @@ from modelyard.v1 import (
     worker_pb2_grpc,
 )
 from tests.integration.conftest import register
+from tests.openai_cases import (
+    CHAT_HONOURED,
+    CHAT_REFUSED,
+    COMPLETION_HONOURED,
+    COMPLETION_REFUSED,
+    Honoured,
+    Refused,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -96,6 +105,10 @@ def test_streaming_chat_matches_the_grpc_path(
     assert [c.choices[0].finish_reason for c in finals] in (["stop"], ["length"])
     assert chunks[-1].choices == [] and chunks[-1].usage is not None
     assert chunks[-1].usage.completion_tokens <= 24
+    details = chunks[-1].usage.prompt_tokens_details
+    assert (
+        details is not None and 0 <= (details.cached_tokens or 0) <= chunks[-1].usage.prompt_tokens
+    )
     assert chunks[0].model == f"{smollm2.name}@{smollm2.version}"
     assert chunks[0].id.startswith("chatcmpl-")
 
@@ -254,3 +267,95 @@ def test_client_disconnect_cancels_the_generation(
     while _running_sequences(mesh):
         assert time.monotonic() < deadline, "the generation kept running"
         time.sleep(0.2)
+
+
+# --- every parameter of the SDK: honoured (served) or refused (400 naming it) ----------
+
+HONOURED = [(True, c) for c in CHAT_HONOURED] + [(False, c) for c in COMPLETION_HONOURED]
+REFUSED = [(True, c) for c in CHAT_REFUSED] + [(False, c) for c in COMPLETION_REFUSED]
+
+
+def _create(client: openai.OpenAI, chat: bool, model: str, patch: dict[str, Any]) -> Any:
+    """One request through the SDK: its own keyword for each parameter it knows, the
+    extras (top_k, ...) in extra_body as vLLM's clients send them; a stream is read out."""
+    if chat:
+        create: Any = client.chat.completions.create
+        body: dict[str, Any] = {"model": model, "messages": MESSAGES, "max_tokens": 2}
+    else:
+        create = client.completions.create
+        body = {"model": model, "prompt": PROMPT, "max_tokens": 2}
+    body |= patch
+    known = inspect.signature(create).parameters
+    kwargs = {k: v for k, v in body.items() if k in known}
+    extra = {k: v for k, v in body.items() if k not in known}
+    reply = create(**kwargs, extra_body=extra or None)
+    return list(reply) if body.get("stream") else reply
+
+
+def _case_ids(cases: list[tuple[bool, Any]]) -> list[str]:
+    return [("chat-" if chat else "completion-") + case.param for chat, case in cases]
+
+
+@pytest.mark.parametrize(("chat", "case"), HONOURED, ids=_case_ids(HONOURED))
+def test_an_honoured_parameter_is_served(
+    client: openai.OpenAI, smollm2: model_pb2.Model, chat: bool, case: Honoured
+) -> None:
+    reply = _create(client, chat, smollm2.name, case.patch)
+    if isinstance(reply, list):  # streamed: chunks, the last with a finish or usage
+        assert reply and any(c.choices and c.choices[0].finish_reason for c in reply)
+        if case.param == "stream_options":
+            assert reply[-1].choices == [] and reply[-1].usage is not None
+    else:
+        assert reply.choices[0].finish_reason in ("stop", "length")
+
+
+@pytest.mark.parametrize(("chat", "case"), REFUSED, ids=_case_ids(REFUSED))
+def test_an_unsupported_parameter_is_a_400_naming_it(
+    client: openai.OpenAI, smollm2: model_pb2.Model, chat: bool, case: Refused
+) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        _create(client, chat, smollm2.name, {case.param: case.value})
+    body = caught.value.body
+    assert isinstance(body, dict) and body["param"] == (case.where or case.param)
+    assert "not supported yet" in body["message"]
+    # A value asking for nothing (n=1) is accepted: see tests/unit/router/test_openai_params.py.
+
+
+def test_an_unknown_parameter_is_a_400_naming_it(
+    client: openai.OpenAI, smollm2: model_pb2.Model
+) -> None:
+    for chat in (True, False):
+        with pytest.raises(openai.BadRequestError) as caught:
+            _create(client, chat, smollm2.name, {"guided_choice": ["a", "b"]})
+        assert isinstance(caught.value.body, dict)
+        assert caught.value.body["param"] == "guided_choice"
+
+
+def test_health_and_metrics_on_the_http_port_need_no_key(
+    http_mesh: tuple[LocalMesh, str], client: openai.OpenAI, smollm2: model_pb2.Model
+) -> None:
+    client.completions.create(model=smollm2.name, prompt=PROMPT, max_tokens=1)
+    root = http_mesh[1].removesuffix("/v1")
+    status, reply = _raw(root, "GET", "/health")
+    assert (status, reply) == (200, {"status": "serving"})
+    # The router's own registry counts the request above (once its stream is accounted,
+    # which may be just after the client has the answer).
+    deadline = time.monotonic() + 30
+    while not any('code="OK"' in line for line in _served(root, smollm2.name)):
+        assert time.monotonic() < deadline, "the request was not counted on /metrics"
+        time.sleep(0.2)
+
+
+def _served(root: str, model: str) -> list[str]:
+    """The request counter's lines for `model`, read from /metrics without a key."""
+    connection, _ = _connection(root)
+    try:
+        connection.request("GET", "/metrics")
+        response = connection.getresponse()
+        assert response.status == 200
+        assert response.getheader("content-type", "").startswith("text/plain")
+        text = response.read().decode()
+    finally:
+        connection.close()
+    prefix = "modelyard_router_requests_total{"
+    return [line for line in text.splitlines() if line.startswith(prefix) and model in line]

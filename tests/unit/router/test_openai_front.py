@@ -137,7 +137,7 @@ def test_translation_rejects_what_it_cannot_honour() -> None:
         ({"logprobs": True}, "logprobs"),
         ({"messages": []}, "messages"),
         ({"messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role"),
-        ({"max_tokens": 0}, "max_completion_tokens"),
+        ({"max_tokens": 0}, "max_tokens"),
         ({"stop": 3}, "stop"),
     ]
     for extra, param in cases:
@@ -148,9 +148,10 @@ def test_translation_rejects_what_it_cannot_honour() -> None:
         "role": "user",
         "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}],
     }
-    request = translate.chat_request({**base, "messages": [parts]})
+    request = translate.chat_request({**base, "messages": [parts]}).request
     assert request.messages[0].content == "ab"
-    assert translate.completion_request({"model": "m", "prompt": ["p"]}).sampling.max_tokens == 16
+    legacy = translate.completion_request({"model": "m", "prompt": ["p"]}).request
+    assert legacy.sampling.max_tokens == 16
 
 
 def test_grpc_code_table_is_complete() -> None:

@@ -1,0 +1,162 @@
+"""One case per parameter of the OpenAI request bodies the front serves: every key of the
+installed `openai` SDK's CompletionCreateParams (chat and legacy completions) plus the
+vLLM-style extras. Honoured: a body patch and what it must change in the router's
+request. Unsupported: a value asking for something (a 400 naming `param`) and, where one
+exists, a value asking for nothing (accepted). The unit and the integration tests share
+these cases; a unit test checks they cover the SDK's keys exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from openai.types import completion_create_params as legacy_params
+from openai.types.chat import completion_create_params as chat_params
+
+from router.openai.translate import Translated
+
+Check = Callable[[Translated], bool]
+_NONE = object()
+
+
+@dataclass(frozen=True)
+class Honoured:
+    param: str
+    patch: dict[str, Any]  # merged into a valid body
+    effect: Check | None  # None: accepted, with nothing to show in the request
+
+    @property
+    def id(self) -> str:
+        return self.param
+
+
+@dataclass(frozen=True)
+class Refused:
+    param: str
+    value: Any  # asks for something modelyard cannot do
+    neutral: Any = field(default=_NONE)  # asks for nothing: accepted
+    where: str = ""  # the 400's param, when not `param` itself
+
+    @property
+    def id(self) -> str:
+        return self.param
+
+    @property
+    def has_neutral(self) -> bool:
+        return self.neutral is not _NONE
+
+
+def sdk_keys(module: Any) -> set[str]:
+    """The keys of the SDK's CompletionCreateParams (the streaming one adds `stream`)."""
+    params = module.CompletionCreateParamsStreaming
+    return set(params.__required_keys__ | params.__optional_keys__)
+
+
+CHAT_SDK_KEYS = sdk_keys(chat_params)
+COMPLETION_SDK_KEYS = sdk_keys(legacy_params)
+
+
+def _sampling(name: Literal["temperature", "seed"], value: float) -> Check:
+    """`name` set (optional in the proto: 0 is a value of its own) to `value`."""
+    return lambda t: (
+        t.request.sampling.HasField(name) and getattr(t.request.sampling, name) == value
+    )
+
+
+def _near(name: str, value: float) -> Check:
+    return lambda t: abs(getattr(t.request.sampling, name) - value) < 1e-6
+
+
+def _session(key: str) -> Check:
+    return lambda t: t.request.hints.session_key == key
+
+
+_SHARED_HONOURED = [
+    Honoured("max_tokens", {"max_tokens": 3}, lambda t: t.request.sampling.max_tokens == 3),
+    Honoured("temperature", {"temperature": 0.0}, _sampling("temperature", 0.0)),
+    Honoured("top_p", {"top_p": 0.5}, _near("top_p", 0.5)),
+    Honoured("stop", {"stop": ["\n\n"]}, lambda t: list(t.request.sampling.stop) == ["\n\n"]),
+    Honoured("seed", {"seed": 7}, _sampling("seed", 7)),
+    Honoured("presence_penalty", {"presence_penalty": 0.5}, _near("presence_penalty", 0.5)),
+    Honoured("frequency_penalty", {"frequency_penalty": 0.5}, _near("frequency_penalty", 0.5)),
+    Honoured("stream", {"stream": True}, lambda t: t.stream),
+    Honoured(
+        "stream_options",
+        {"stream": True, "stream_options": {"include_usage": True}},
+        lambda t: t.include_usage,
+    ),
+    Honoured("user", {"user": "alice"}, _session("alice")),
+    Honoured("top_k", {"top_k": 5}, lambda t: t.request.sampling.top_k == 5),
+    Honoured("min_p", {"min_p": 0.25}, _near("min_p", 0.25)),
+    Honoured("repetition_penalty", {"repetition_penalty": 1.5}, _near("repetition_penalty", 1.5)),
+]
+
+CHAT_HONOURED = [
+    Honoured("model", {}, lambda t: bool(t.request.model)),
+    Honoured(
+        "messages",
+        {
+            "messages": [
+                {"role": "developer", "content": "Be brief."},
+                {"role": "user", "content": "Hi"},
+            ]
+        },
+        lambda t: [m.role for m in t.request.messages] == ["system", "user"],
+    ),
+    Honoured(
+        "max_completion_tokens",
+        {"max_completion_tokens": 2, "max_tokens": 3},
+        lambda t: t.request.sampling.max_tokens == 2,
+    ),
+    Honoured("safety_identifier", {"safety_identifier": "s-1"}, _session("s-1")),
+    Honoured("prompt_cache_key", {"prompt_cache_key": "conv-9"}, _session("conv-9")),
+    Honoured("parallel_tool_calls", {"parallel_tool_calls": False}, None),
+    *_SHARED_HONOURED,
+]
+
+COMPLETION_HONOURED = [
+    Honoured("model", {}, lambda t: bool(t.request.model)),
+    Honoured("prompt", {"prompt": ["Once"]}, lambda t: t.request.prompt == "Once"),
+    *_SHARED_HONOURED,
+]
+
+_TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+_SHARED_REFUSED = [
+    Refused("n", 2, 1),
+    Refused("logit_bias", {"50": -100}, {}),
+]
+
+CHAT_REFUSED = [
+    *_SHARED_REFUSED,
+    Refused("logprobs", True, False),
+    Refused("top_logprobs", 2, 0),
+    Refused("tools", [_TOOL], []),
+    Refused("tool_choice", "auto", "none"),
+    Refused("functions", [{"name": "f"}], []),
+    Refused("function_call", "auto", "none"),
+    Refused("response_format", {"type": "json_object"}, {"type": "text"}, "response_format.type"),
+    Refused("audio", {"voice": "alloy", "format": "wav"}),
+    Refused("modalities", ["text", "audio"], ["text"]),
+    Refused("prediction", {"type": "content", "content": "Hi"}),
+    Refused("web_search_options", {}),
+    Refused("reasoning_effort", "high", "none"),
+    Refused("verbosity", "low"),
+    Refused("service_tier", "flex", "auto"),
+    Refused("store", True, False),
+    Refused("metadata", {"k": "v"}, {}),
+    Refused("moderation", {"input": {"mode": "block"}}),
+    Refused("prompt_cache_retention", "24h", "in_memory"),
+    Refused("prompt_cache_options", {"ttl": "24h"}, {}),
+]
+
+COMPLETION_REFUSED = [
+    *_SHARED_REFUSED,
+    Refused("logprobs", 2),
+    Refused("best_of", 2, 1),
+    Refused("echo", True, False),
+    Refused("suffix", " end.", ""),
+]
+
+EXTRA = {"top_k", "min_p", "repetition_penalty"}

@@ -1,0 +1,118 @@
+"""Every OpenAI request parameter the installed SDK knows has a decision: honoured (it
+changes the router's request) or unsupported (a 400 naming it, unless its value asks for
+nothing). A new SDK key without a decision fails here."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from router.openai import params
+from router.openai.bodies import ChatBody, CompletionBody
+from router.openai.errors import OpenAIError
+from router.openai.translate import Translated, chat_request, completion_request
+from tests.openai_cases import (
+    CHAT_HONOURED,
+    CHAT_REFUSED,
+    CHAT_SDK_KEYS,
+    COMPLETION_HONOURED,
+    COMPLETION_REFUSED,
+    COMPLETION_SDK_KEYS,
+    EXTRA,
+    Honoured,
+    Refused,
+)
+
+CHAT_BASE: dict[str, Any] = {"model": "m", "messages": [{"role": "user", "content": "x"}]}
+COMPLETION_BASE: dict[str, Any] = {"model": "m", "prompt": "The"}
+
+
+def test_every_sdk_key_has_exactly_one_decision_and_a_case() -> None:
+    for sdk, honoured, unsupported, body, cases in (
+        (CHAT_SDK_KEYS, params.CHAT_HONOURED, params.CHAT_UNSUPPORTED, ChatBody, CHAT_HONOURED),
+        (
+            COMPLETION_SDK_KEYS,
+            params.COMPLETION_HONOURED,
+            params.COMPLETION_UNSUPPORTED,
+            CompletionBody,
+            COMPLETION_HONOURED,
+        ),
+    ):
+        assert not honoured & set(unsupported)
+        assert honoured | set(unsupported) == sdk, "an SDK key without a decision (or gone)"
+        assert set(body.model_fields) == sdk | params.EXTRA, "the body model must parse each"
+        assert {c.param for c in cases} == honoured | params.EXTRA
+    assert {c.param for c in CHAT_REFUSED} == set(params.CHAT_UNSUPPORTED)
+    assert {c.param for c in COMPLETION_REFUSED} == set(params.COMPLETION_UNSUPPORTED)
+    assert params.EXTRA == EXTRA
+
+
+def _translate(chat: bool, body: dict[str, Any], **options: bool) -> Translated:
+    return (chat_request if chat else completion_request)(body, **options)
+
+
+HONOURED = [(True, c) for c in CHAT_HONOURED] + [(False, c) for c in COMPLETION_HONOURED]
+REFUSED = [(True, c) for c in CHAT_REFUSED] + [(False, c) for c in COMPLETION_REFUSED]
+
+
+def _ids(cases: list[tuple[bool, Honoured]] | list[tuple[bool, Refused]]) -> list[str]:
+    return [("chat-" if chat else "completion-") + c.param for chat, c in cases]
+
+
+@pytest.mark.parametrize(("chat", "case"), HONOURED, ids=_ids(HONOURED))
+def test_an_honoured_parameter_changes_the_request(chat: bool, case: Honoured) -> None:
+    base = CHAT_BASE if chat else COMPLETION_BASE
+    translated = _translate(chat, {**base, **case.patch})
+    if case.effect is None:
+        return  # accepted; nothing in the request to show for it
+    assert case.effect(translated), translated
+    if case.patch:
+        assert not case.effect(_translate(chat, base)), "the base request shows it already"
+
+
+@pytest.mark.parametrize(("chat", "case"), REFUSED, ids=_ids(REFUSED))
+def test_an_unsupported_parameter_is_a_400_naming_it(chat: bool, case: Refused) -> None:
+    base = CHAT_BASE if chat else COMPLETION_BASE
+    with pytest.raises(OpenAIError) as caught:
+        _translate(chat, {**base, case.param: case.value})
+    assert caught.value.status == 400
+    assert caught.value.param == (case.where or case.param)
+    assert "not supported yet" in caught.value.message
+    if case.has_neutral:
+        _translate(chat, {**base, case.param: case.neutral})
+    _translate(chat, {**base, case.param: None})  # null is "not sent"
+
+
+@pytest.mark.parametrize("chat", [True, False], ids=["chat", "completion"])
+def test_unknown_parameters_are_a_400_unless_ignored(chat: bool) -> None:
+    body = {**(CHAT_BASE if chat else COMPLETION_BASE), "guided_json": {}, "mirostat": 2}
+    with pytest.raises(OpenAIError) as caught:
+        _translate(chat, body)
+    assert (caught.value.status, caught.value.param) == (400, "guided_json")
+    assert _translate(chat, body, ignore_unknown=True).ignored == ("guided_json", "mirostat")
+
+
+def test_nested_keys_that_ask_for_something_are_refused() -> None:
+    tool_call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    cases = [
+        ({"role": "assistant", "content": None, "tool_calls": [tool_call]}, "tool_calls"),
+        ({"role": "tool", "content": "42", "tool_call_id": "c1"}, "tool_call_id"),
+    ]
+    for message, key in cases:
+        with pytest.raises(OpenAIError) as caught:
+            chat_request({**CHAT_BASE, "messages": [message]})
+        assert caught.value.param == f"messages[0].{key}"
+    image = {"type": "image_url", "image_url": {"url": "http://x"}}
+    with pytest.raises(OpenAIError) as refused:
+        chat_request({**CHAT_BASE, "messages": [{"role": "user", "content": [image]}]})
+    assert refused.value.param == "messages[0].content[0].type"
+    with pytest.raises(OpenAIError) as obfuscated:
+        chat_request({**CHAT_BASE, "stream_options": {"include_obfuscation": True}})
+    assert obfuscated.value.param == "stream_options.include_obfuscation"
+
+
+def test_max_tokens_defaults() -> None:
+    # Legacy completions: OpenAI's 16. Chat: unset, i.e. the router's default.
+    assert completion_request(COMPLETION_BASE).request.sampling.max_tokens == 16
+    assert chat_request(CHAT_BASE).request.sampling.max_tokens == 0
