@@ -155,13 +155,21 @@ async def start_worker(
     if settings.metrics_port:
         host = settings.metrics_host or host_of(settings.address)
         stop_metrics = serve_metrics(manager, host, settings.metrics_port)
-    await running.health.set(PRELOADED, NOT_SERVING if entries else SERVING)
-    preloading = None
-    if entries:
-        preloading = asyncio.ensure_future(
-            _preload_then_ready(manager, catalogue, entries, running.health)
-        )
+    preloading = await _start_preloading(manager, catalogue, entries, running.health)
     return RunningWorker(running, manager, servicer.identity, catalogue, preloading, stop_metrics)
+
+
+async def _start_preloading(
+    manager: ModelManager,
+    catalogue: Catalogue,
+    entries: list[PreloadEntry],
+    health_servicer: health.aio.HealthServicer,
+) -> asyncio.Future[None] | None:
+    """Ready at once without preloads; else in the background, ready once they are warm."""
+    await health_servicer.set(PRELOADED, NOT_SERVING if entries else SERVING)
+    if not entries:
+        return None
+    return asyncio.ensure_future(_preload_then_ready(manager, catalogue, entries, health_servicer))
 
 
 async def _preload_then_ready(
