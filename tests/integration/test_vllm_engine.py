@@ -173,3 +173,16 @@ async def test_closing_the_stream_aborts_inside_vllm(engine: VllmEngine) -> None
     await _wait_until(lambda: engine._llm.get_num_unfinished_requests() == 0, 5.0)
     assert engine._llm.get_num_unfinished_requests() == 0
     assert engine.stats().running_sequences == 0
+
+
+async def test_a_repeated_prefix_reports_the_tokens_vllm_had_cached(engine: VllmEngine) -> None:
+    document = " ".join(f"Line {i}: the quick brown fox jumps over the dog." for i in range(40))
+    first = EngineRequest("apc1", prompt=f"{document}\nSummarise.", sampling=GREEDY, max_tokens=2)
+    *_, cold, _ = await _collect(engine, first)
+    again = dataclasses.replace(first, request_id="apc2", prompt=f"{document}\nCount the lines.")
+    *_, warm, _ = await _collect(engine, again)
+    # Automatic prefix caching reuses whole KV blocks of the shared document.
+    assert cold.cached_input_tokens < 64 <= warm.cached_input_tokens < warm.input_tokens
+    snap = engine.stats()
+    assert snap.cached_prompt_tokens_total >= warm.cached_input_tokens
+    assert snap.prompt_tokens_total >= cold.input_tokens + warm.input_tokens
