@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from router.scheduling.load import load_of
 from router.scheduling.types import Candidate, CycleState, Request
 
 # Before any measurement: an optimistic prior, so unmeasured workers get tried.
@@ -42,15 +41,14 @@ def swap_ms(cand: Candidate) -> float:
 
 
 def queue_wait_ms(cand: Candidate) -> float:
-    """The worker's load in tokens (queued, plus this router's open streams) over its
-    recent throughput; one stream's token gap stands in while it has none."""
-    if cand.tokens_per_second > 0:
-        ms_per_token = 1000.0 / cand.tokens_per_second
-    elif cand.inter_token_ms is not None:
-        ms_per_token = cand.inter_token_ms
-    else:
-        ms_per_token = PRIOR_INTER_TOKEN_MS
-    return load_of(cand) * ms_per_token
+    """What a new request waits for on this worker before its prefill: the tokens queued
+    ahead of it (its pushed status) at its recent throughput, plus one token gap per
+    stream this router has open there. Running streams batch with the new one, so they
+    slow its steps rather than block it: counting each as a queue of tokens made one
+    extra open stream outweigh any held prefix."""
+    itl = cand.inter_token_ms if cand.inter_token_ms is not None else PRIOR_INTER_TOKEN_MS
+    ms_per_token = 1000.0 / cand.tokens_per_second if cand.tokens_per_second > 0 else itl
+    return cand.queued_tokens * ms_per_token + cand.in_flight * itl
 
 
 def prefix_gains(

@@ -115,3 +115,14 @@ def test_profiles_send_the_turn_to_the_holder_unless_its_queue_is_long(
         assert run_cycle(profile, r, short).ordered[0].worker == "a"
         long = [worker("a", held=HELD, queued_tokens=2000), worker("b")]
         assert run_cycle(profile, r, long).ordered[0].worker == "b"
+
+
+def test_a_stream_already_open_on_the_holder_slows_it_but_keeps_the_bonus() -> None:
+    # One open stream batches with the new request: it costs a token gap per step, not a
+    # queue of tokens. (Counting it as 256 queued tokens, 2.56 s here, zeroed the bonus.)
+    holder = worker("a", held=HELD, in_flight=1, inter_token_ms=20.0)
+    other = worker("b", inter_token_ms=20.0)
+    gain = prefix_gains(turn(), [holder, other], cycle())[holder]
+    assert gain.net_ms == pytest.approx(SAVED_MS - 20.0)
+    scores = PrefixScorer().score(turn(), [holder, other], cycle())
+    assert scores[holder] > 0.9 * SHARE and scores[other] == 0.0
