@@ -184,18 +184,22 @@ class Relay:
         if target.route:
             span.set_attribute("modelyard.route", target.route)
             span.set_attribute("modelyard.arm", target.arm)
-        if not self._pool.workers:
-            raise Unavailable(
-                "the router has no workers; start it with --worker host:port",
-                reason="NO_WORKERS",
-            )
         req = scheduling_request(request, request_id, target)
         check_context(req, target)
         caller = current_caller()
         client = caller.key_name or caller.identity if caller is not None else ""
         if client:
             span.set_attribute("modelyard.client", client)
-        return _Run(request, request_id, target, req, started_at, deadline, client=client)
+        run = _Run(request, request_id, target, req, started_at, deadline, client=client)
+        if not self._pool.workers:
+            # Counted like any failed request: with every pool scaled to zero, these are
+            # what an autoscaler's wake query sees.
+            self._failed(run, target.models[0] if len(target.models) == 1 else None, "UNAVAILABLE")
+            raise Unavailable(
+                "the router has no workers; start it with --worker host:port",
+                reason="NO_WORKERS",
+            )
+        return run
 
     async def _commit(self, run: _Run, cleanup: AsyncExitStack) -> Committed:
         """Try candidates in order until one sends its first token; else the final error."""

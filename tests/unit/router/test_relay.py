@@ -427,3 +427,18 @@ async def test_every_worker_full_is_resource_exhausted(
 
     assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "at capacity" in (caught.value.details() or "")
+
+
+async def test_a_router_without_workers_refuses_and_counts_the_request(
+    registry: RegistryUnderTest,
+) -> None:
+    # With every pool scaled to zero, the failed requests are what wakes a pool.
+    async with running_router(registry.address, []) as router:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await collect(router.stub, request())
+        counted = router.parts.metrics.registry.get_sample_value(
+            "modelyard_router_requests_total", {"model": "tiny@1", "arm": "", "code": "UNAVAILABLE"}
+        )
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert from_rpc_error(caught.value).reason == "NO_WORKERS"
+    assert counted == 1
