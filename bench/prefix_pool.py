@@ -72,6 +72,8 @@ def _worker(logs: Path, name: str, registry: str) -> ServiceProcess:
     env = {
         "MODELYARD_WORKER_CONTEXT_LENGTH": str(CONTEXT_CELLS),
         "MODELYARD_WORKER_MAX_PARALLEL_SEQUENCES": str(PARALLEL_SEQUENCES),
+        # Opt-in (see MODELYARD_WORKER_PREFIX_CACHE_SHARE); every policy gets the same cache.
+        "MODELYARD_WORKER_PREFIX_CACHE_SHARE": "0.5",
     }
     args += ["--registry-address", registry]
     return spawn_service(name, args, address, logs / f"{name}.log", env)

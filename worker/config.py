@@ -56,13 +56,16 @@ class WorkerSettings(ServiceSettings):
         default=512, ge=1, description="Prompt tokens llama.cpp evaluates per batch."
     )
     prefix_cache_share: float = Field(
-        default=0.5,
+        default=0.0,
         ge=0.0,
         le=0.9,
         description=(
             "Share of a model's context (KV cells) that finished requests' prompt and reply "
             "may keep for reuse by later requests with the same prefix (next chat turns, "
-            "shared system prompts); live requests evict them first. 0: no reuse."
+            "shared system prompts); live requests evict them first. 0 (the default): no "
+            "reuse, and vLLM's automatic prefix caching off. Opt-in because llama.cpp's "
+            "greedy output with a reused prefix can differ from a cold run after a few "
+            "tokens (its float sums depend on the batch shape); 0.5 is a good value."
         ),
     )
     max_queued_requests: int = Field(

@@ -63,7 +63,13 @@ async def engine() -> AsyncIterator[VllmEngine]:
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     eng = VllmEngine()
     await eng.load(
-        ModelSpec(key="smollm2@test", path=smollm2_path(), context_length=2048, threads=1)
+        ModelSpec(
+            key="smollm2@test",
+            path=smollm2_path(),
+            context_length=2048,
+            threads=1,
+            prefix_cache_share=0.5,  # automatic prefix caching on (opt-in)
+        )
     )
     try:
         yield eng

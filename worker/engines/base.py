@@ -33,7 +33,7 @@ class ModelSpec:
     # The worker's artifact cache: engines keep derived files (converted checkpoints) beside it.
     cache_dir: Path | None = None
     # Share of the context's KV cells finished requests' prefixes may keep (0: no reuse).
-    prefix_cache_share: float = 0.5
+    prefix_cache_share: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -42,9 +42,9 @@ def test_engine_args_map_context_parallelism_quantization_and_draft(tmp_path: Pa
     assert args.max_num_seqs == 8 and args.quantization == "fp8"
     assert args.speculative_config == {"model": "/models/draft", "num_speculative_tokens": 3}
     assert args.gpu_memory_utilization == 0.5
-    assert args.enable_prefix_caching is True  # the worker's default share
-    off = engine_args(dataclasses.replace(spec, prefix_cache_share=0), _ckpt(tmp_path))
-    assert off.enable_prefix_caching is False
+    assert args.enable_prefix_caching is False  # opt-in: the worker's default share is 0
+    on = engine_args(dataclasses.replace(spec, prefix_cache_share=0.5), _ckpt(tmp_path))
+    assert on.enable_prefix_caching is True
 
 
 def test_unknown_extra_options_are_refused(tmp_path: Path) -> None:

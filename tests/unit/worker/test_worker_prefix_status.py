@@ -39,6 +39,7 @@ async def worker(tmp_path: Path) -> AsyncIterator[RunningWorker]:
         threads=1,
         sim_engine=True,
         context_length=4096,
+        prefix_cache_share=0.5,
         artifacts=ArtifactSettings(cache_dir=tmp_path / "cache"),
     )
     running = await start_worker(settings, catalogue=FileCatalogue([model]))
