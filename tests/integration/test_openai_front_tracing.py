@@ -11,6 +11,7 @@ from pathlib import Path
 import openai
 import pytest
 
+from modelyard.genai import span_name
 from modelyard.local_mesh import LocalMesh
 from modelyard.v1 import model_pb2
 from tests.integration.conftest import register
@@ -21,7 +22,6 @@ pytestmark = pytest.mark.integration
 # A caller's trace: its ids must reappear in the router's and the worker's spans.
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_ID = "00f067aa0ba902b7"
-ROUTE_SPAN = "router.route"
 WORKER_RPC = "/modelyard.v1.WorkerService/Generate"
 SPANS_TIMEOUT_S = 60.0  # spans arrive in batches as they end; a loaded machine is slow
 IGNORED_HEADER = "x-modelyard-ignored-params"
@@ -66,6 +66,7 @@ def test_an_incoming_traceparent_continues_into_the_router_and_worker_spans(
     traced_mesh: tuple[OtlpReceiver, openai.OpenAI], smollm2: model_pb2.Model
 ) -> None:
     receiver, client = traced_mesh
+    route_span = span_name("chat", smollm2.name)  # the router's GenAI span for this request
     reply = client.chat.completions.create(
         model=smollm2.name,
         messages=[{"role": "user", "content": "Hello"}],
@@ -87,13 +88,13 @@ def test_an_incoming_traceparent_continues_into_the_router_and_worker_spans(
         by_id = {s.span_id: s for s in ours(spans)}
         return all(
             any((s.service, s.name) == wanted and rooted(s, by_id) for s in by_id.values())
-            for wanted in (("modelyard-router", ROUTE_SPAN), ("modelyard-worker", WORKER_RPC))
+            for wanted in (("modelyard-router", route_span), ("modelyard-worker", WORKER_RPC))
         )
 
     spans = ours(receiver.wait_for(complete, timeout_s=SPANS_TIMEOUT_S))
     assert complete(spans), sorted((s.service, s.name, s.parent_span_id) for s in spans)
     by_id = {s.span_id: s for s in spans}
-    route = next(s for s in spans if s.name == ROUTE_SPAN)
+    route = next(s for s in spans if s.name == route_span)
     assert route.service == "modelyard-router"
     # The router's span descends from the front's HTTP server span, whose parent is the
     # caller's span: the trace the caller started, not a new one.
