@@ -36,10 +36,11 @@ def request(
     model: str = "tiny",
     request_id: str = "",
     sampling: common_pb2.SamplingParams | None = None,
+    prompt: str = "Hello",
 ) -> router_pb2.GenerateRequest:
     return router_pb2.GenerateRequest(
         model=model,
-        prompt="Hello",
+        prompt=prompt,
         sampling=sampling or common_pb2.SamplingParams(max_tokens=8),
         request_id=request_id,
     )
@@ -165,7 +166,8 @@ async def test_unavailable_before_the_first_token_falls_through_to_the_next_work
     async with running_router(registry.address, [broken.address, healthy.address]) as router:
         # Wait for both watches so the order is the configured one (round-robin aside).
         await wait_until(lambda: all(h.watching for h in router.pool.workers))
-        results = [await collect(router.stub, request()) for _ in range(2)]
+        # Distinct prompts: a repeated one would rightly follow its prefix to w-ok.
+        results = [await collect(router.stub, request(prompt=f"Hello {i}")) for i in range(2)]
 
     for events in results:
         assert kinds(events) == ["started", "delta", "delta", "finished"]
