@@ -31,12 +31,10 @@ RETRY_POLICY = {
 
 
 def service_config(retries: bool) -> str:
-    config: dict[str, object] = {
-        "methodConfig": [{"name": [{"service": "modelyard.v1.RouterService"}]}]
-    }
+    method: dict[str, object] = {"name": [{"service": "modelyard.v1.RouterService"}]}
     if retries:
-        config["methodConfig"][0]["retryPolicy"] = RETRY_POLICY  # type: ignore[index]
-    return json.dumps(config)
+        method["retryPolicy"] = RETRY_POLICY
+    return json.dumps({"methodConfig": [method]})
 
 
 @dataclass(frozen=True)
