@@ -64,6 +64,8 @@ class Traffic:
     total: LogHistogram = field(default_factory=LogHistogram)
     feedback_sum: float = 0.0
     feedback_count: int = 0
+    cached_requests: int = 0
+    cached_input_tokens: int = 0
 
     def to_proto(self, reference_usd_per_1k: float) -> router_pb2.TrafficStats:
         reference = reference_usd_per_1k * (self.input_tokens + self.output_tokens) / 1000
@@ -80,6 +82,8 @@ class Traffic:
             ),
             feedback_count=self.feedback_count,
             savings_usd=reference - self.cost_usd if reference_usd_per_1k else 0.0,
+            cached_requests=self.cached_requests,
+            cached_input_tokens=self.cached_input_tokens,
         )
 
 
@@ -101,6 +105,7 @@ class Outcome:
     ttft_ms: float | None = None
     total_ms: float | None = None
     client: str = ""  # the name of the API key that made the request ("" when open)
+    cached: bool = False  # answered from the router's response cache: no worker, no cost
 
     @property
     def label(self) -> str:
@@ -230,6 +235,11 @@ def _add(traffic: Traffic, outcome: Outcome) -> None:
     if outcome.usage is not None:
         traffic.input_tokens += outcome.usage.input_tokens
         traffic.output_tokens += outcome.usage.output_tokens
+        traffic.cached_input_tokens += outcome.usage.cached_input_tokens
+    if outcome.cached:
+        # A cache hit costs nothing and says nothing about workers' latency.
+        traffic.cached_requests += 1
+        return
     traffic.cost_usd += outcome.cost_usd
     if outcome.ttft_ms is not None:
         traffic.ttft.add(outcome.ttft_ms)

@@ -24,37 +24,49 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19modelyard/v1/common.proto\x12\x0cmodelyard.v1\":\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\"\xa1\x02\n\x0eSamplingParams\x12\x12\n\nmax_tokens\x18\x01 \x01(\x05\x12\x18\n\x0btemperature\x18\x02 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x01\x88\x01\x01\x12\r\n\x05top_k\x18\x04 \x01(\x05\x12\r\n\x05min_p\x18\x05 \x01(\x02\x12\x18\n\x10presence_penalty\x18\x06 \x01(\x02\x12\x19\n\x11\x66requency_penalty\x18\x07 \x01(\x02\x12\x1f\n\x12repetition_penalty\x18\x08 \x01(\x02H\x02\x88\x01\x01\x12\x0c\n\x04stop\x18\t \x03(\t\x12\x11\n\x04seed\x18\n \x01(\x04H\x03\x88\x01\x01\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x15\n\x13_repetition_penaltyB\x07\n\x05_seed\"\xec\x01\n\x0cRoutingHints\x12*\n\tobjective\x18\x01 \x01(\x0e\x32\x17.modelyard.v1.Objective\x12\x18\n\x0bmax_ttft_ms\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12#\n\x16max_cost_per_1k_tokens\x18\x03 \x01(\x01H\x01\x88\x01\x01\x12\x15\n\rrequired_tags\x18\x04 \x03(\t\x12\x1a\n\x12min_context_length\x18\x05 \x01(\r\x12\x13\n\x0bsession_key\x18\x06 \x01(\tB\x0e\n\x0c_max_ttft_msB\x19\n\x17_max_cost_per_1k_tokens\"Q\n\x05Usage\x12\x14\n\x0cinput_tokens\x18\x01 \x01(\r\x12\x15\n\routput_tokens\x18\x02 \x01(\r\x12\x1b\n\x13\x63\x61\x63hed_input_tokens\x18\x03 \x01(\r\"\x96\x01\n\x07Timings\x12\x10\n\x08queue_ms\x18\x01 \x01(\x01\x12\x0f\n\x07load_ms\x18\x02 \x01(\x01\x12\x0f\n\x07ttft_ms\x18\x03 \x01(\x01\x12\x11\n\tdecode_ms\x18\x04 \x01(\x01\x12\x10\n\x08total_ms\x18\x05 \x01(\x01\x12 \n\x18\x64\x65\x63ode_tokens_per_second\x18\x06 \x01(\x01\x12\x10\n\x08route_ms\x18\x07 \x01(\x01\"@\n\x04\x43ost\x12\x11\n\tinput_usd\x18\x01 \x01(\x01\x12\x12\n\noutput_usd\x18\x02 \x01(\x01\x12\x11\n\ttotal_usd\x18\x03 \x01(\x01\"\xc1\x01\n\x11GenerationStarted\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x11\n\tworker_id\x18\x04 \x01(\t\x12\r\n\x05route\x18\x05 \x01(\t\x12\x0b\n\x03\x61rm\x18\x06 \x01(\t\x12$\n\x06\x65ngine\x18\x07 \x01(\x0e\x32\x14.modelyard.v1.Engine\x12\x12\n\ncold_start\x18\x08 \x01(\x08\x12\x0f\n\x07\x61ttempt\x18\t \x01(\r\"-\n\nTokenDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\"\xcc\x01\n\x12GenerationFinished\x12\x31\n\rfinish_reason\x18\x01 \x01(\x0e\x32\x1a.modelyard.v1.FinishReason\x12\x15\n\rstop_sequence\x18\x02 \x01(\t\x12\"\n\x05usage\x18\x03 \x01(\x0b\x32\x13.modelyard.v1.Usage\x12&\n\x07timings\x18\x04 \x01(\x0b\x32\x15.modelyard.v1.Timings\x12 \n\x04\x63ost\x18\x05 \x01(\x0b\x32\x12.modelyard.v1.Cost*u\n\x08Priority\x12\x18\n\x14PRIORITY_UNSPECIFIED\x10\x00\x12\x10\n\x0cPRIORITY_LOW\x10\x01\x12\x13\n\x0fPRIORITY_NORMAL\x10\x02\x12\x11\n\rPRIORITY_HIGH\x10\x03\x12\x15\n\x11PRIORITY_CRITICAL\x10\x04*}\n\tObjective\x12\x19\n\x15OBJECTIVE_UNSPECIFIED\x10\x00\x12\x16\n\x12OBJECTIVE_BALANCED\x10\x01\x12\x12\n\x0eOBJECTIVE_COST\x10\x02\x12\x15\n\x11OBJECTIVE_LATENCY\x10\x03\x12\x12\n\x0eOBJECTIVE_LOAD\x10\x04*p\n\x06\x45ngine\x12\x16\n\x12\x45NGINE_UNSPECIFIED\x10\x00\x12\x14\n\x10\x45NGINE_LLAMA_CPP\x10\x01\x12\x0f\n\x0b\x45NGINE_VLLM\x10\x02\x12\x17\n\x13\x45NGINE_TRANSFORMERS\x10\x03\x12\x0e\n\nENGINE_SIM\x10\x04*\xbf\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x1f\n\x1b\x46INISH_REASON_STOP_SEQUENCE\x10\x03\x12 \n\x1c\x46INISH_REASON_CONTEXT_LENGTH\x10\x04\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19modelyard/v1/common.proto\x12\x0cmodelyard.v1\":\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\"\xf3\x03\n\x0eSamplingParams\x12\x12\n\nmax_tokens\x18\x01 \x01(\x05\x12\x18\n\x0btemperature\x18\x02 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x01\x88\x01\x01\x12\r\n\x05top_k\x18\x04 \x01(\x05\x12\r\n\x05min_p\x18\x05 \x01(\x02\x12\x18\n\x10presence_penalty\x18\x06 \x01(\x02\x12\x19\n\x11\x66requency_penalty\x18\x07 \x01(\x02\x12\x1f\n\x12repetition_penalty\x18\x08 \x01(\x02H\x02\x88\x01\x01\x12\x0c\n\x04stop\x18\t \x03(\t\x12\x11\n\x04seed\x18\n \x01(\x04H\x03\x88\x01\x01\x12\x35\n\x0fresponse_format\x18\x0b \x01(\x0b\x32\x1c.modelyard.v1.ResponseFormat\x12\x10\n\x08logprobs\x18\x0c \x01(\x08\x12\x14\n\x0ctop_logprobs\x18\r \x01(\r\x12?\n\nlogit_bias\x18\x0e \x03(\x0b\x32+.modelyard.v1.SamplingParams.LogitBiasEntry\x1a\x30\n\x0eLogitBiasEntry\x12\x0b\n\x03key\x18\x01 \x01(\r\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x15\n\x13_repetition_penaltyB\x07\n\x05_seed\"U\n\x0eResponseFormat\x12.\n\x04type\x18\x01 \x01(\x0e\x32 .modelyard.v1.ResponseFormatType\x12\x13\n\x0bjson_schema\x18\x02 \x01(\t\"\xec\x01\n\x0cRoutingHints\x12*\n\tobjective\x18\x01 \x01(\x0e\x32\x17.modelyard.v1.Objective\x12\x18\n\x0bmax_ttft_ms\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12#\n\x16max_cost_per_1k_tokens\x18\x03 \x01(\x01H\x01\x88\x01\x01\x12\x15\n\rrequired_tags\x18\x04 \x03(\t\x12\x1a\n\x12min_context_length\x18\x05 \x01(\r\x12\x13\n\x0bsession_key\x18\x06 \x01(\tB\x0e\n\x0c_max_ttft_msB\x19\n\x17_max_cost_per_1k_tokens\"Q\n\x05Usage\x12\x14\n\x0cinput_tokens\x18\x01 \x01(\r\x12\x15\n\routput_tokens\x18\x02 \x01(\r\x12\x1b\n\x13\x63\x61\x63hed_input_tokens\x18\x03 \x01(\r\"\x96\x01\n\x07Timings\x12\x10\n\x08queue_ms\x18\x01 \x01(\x01\x12\x0f\n\x07load_ms\x18\x02 \x01(\x01\x12\x0f\n\x07ttft_ms\x18\x03 \x01(\x01\x12\x11\n\tdecode_ms\x18\x04 \x01(\x01\x12\x10\n\x08total_ms\x18\x05 \x01(\x01\x12 \n\x18\x64\x65\x63ode_tokens_per_second\x18\x06 \x01(\x01\x12\x10\n\x08route_ms\x18\x07 \x01(\x01\"@\n\x04\x43ost\x12\x11\n\tinput_usd\x18\x01 \x01(\x01\x12\x12\n\noutput_usd\x18\x02 \x01(\x01\x12\x11\n\ttotal_usd\x18\x03 \x01(\x01\"\xc1\x01\n\x11GenerationStarted\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x11\n\tworker_id\x18\x04 \x01(\t\x12\r\n\x05route\x18\x05 \x01(\t\x12\x0b\n\x03\x61rm\x18\x06 \x01(\t\x12$\n\x06\x65ngine\x18\x07 \x01(\x0e\x32\x14.modelyard.v1.Engine\x12\x12\n\ncold_start\x18\x08 \x01(\x08\x12\x0f\n\x07\x61ttempt\x18\t \x01(\r\"[\n\nTokenDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12,\n\x08logprobs\x18\x03 \x03(\x0b\x32\x1a.modelyard.v1.TokenLogprob\"p\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\r\n\x05token\x18\x02 \x01(\x0c\x12\x0f\n\x07logprob\x18\x03 \x01(\x02\x12.\n\x0ctop_logprobs\x18\x04 \x03(\x0b\x32\x18.modelyard.v1.TopLogprob\">\n\nTopLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\r\n\x05token\x18\x02 \x01(\x0c\x12\x0f\n\x07logprob\x18\x03 \x01(\x02\"\xdc\x01\n\x12GenerationFinished\x12\x31\n\rfinish_reason\x18\x01 \x01(\x0e\x32\x1a.modelyard.v1.FinishReason\x12\x15\n\rstop_sequence\x18\x02 \x01(\t\x12\"\n\x05usage\x18\x03 \x01(\x0b\x32\x13.modelyard.v1.Usage\x12&\n\x07timings\x18\x04 \x01(\x0b\x32\x15.modelyard.v1.Timings\x12 \n\x04\x63ost\x18\x05 \x01(\x0b\x32\x12.modelyard.v1.Cost\x12\x0e\n\x06\x63\x61\x63hed\x18\x06 \x01(\x08*u\n\x08Priority\x12\x18\n\x14PRIORITY_UNSPECIFIED\x10\x00\x12\x10\n\x0cPRIORITY_LOW\x10\x01\x12\x13\n\x0fPRIORITY_NORMAL\x10\x02\x12\x11\n\rPRIORITY_HIGH\x10\x03\x12\x15\n\x11PRIORITY_CRITICAL\x10\x04*}\n\tObjective\x12\x19\n\x15OBJECTIVE_UNSPECIFIED\x10\x00\x12\x16\n\x12OBJECTIVE_BALANCED\x10\x01\x12\x12\n\x0eOBJECTIVE_COST\x10\x02\x12\x15\n\x11OBJECTIVE_LATENCY\x10\x03\x12\x12\n\x0eOBJECTIVE_LOAD\x10\x04*p\n\x06\x45ngine\x12\x16\n\x12\x45NGINE_UNSPECIFIED\x10\x00\x12\x14\n\x10\x45NGINE_LLAMA_CPP\x10\x01\x12\x0f\n\x0b\x45NGINE_VLLM\x10\x02\x12\x17\n\x13\x45NGINE_TRANSFORMERS\x10\x03\x12\x0e\n\nENGINE_SIM\x10\x04*\xbf\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x1f\n\x1b\x46INISH_REASON_STOP_SEQUENCE\x10\x03\x12 \n\x1c\x46INISH_REASON_CONTEXT_LENGTH\x10\x04\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x05*\xa5\x01\n\x12ResponseFormatType\x12$\n RESPONSE_FORMAT_TYPE_UNSPECIFIED\x10\x00\x12\x1d\n\x19RESPONSE_FORMAT_TYPE_TEXT\x10\x01\x12$\n RESPONSE_FORMAT_TYPE_JSON_OBJECT\x10\x02\x12$\n RESPONSE_FORMAT_TYPE_JSON_SCHEMA\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'modelyard.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PRIORITY']._serialized_start=1386
-  _globals['_PRIORITY']._serialized_end=1503
-  _globals['_OBJECTIVE']._serialized_start=1505
-  _globals['_OBJECTIVE']._serialized_end=1630
-  _globals['_ENGINE']._serialized_start=1632
-  _globals['_ENGINE']._serialized_end=1744
-  _globals['_FINISHREASON']._serialized_start=1747
-  _globals['_FINISHREASON']._serialized_end=1938
+  _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._loaded_options = None
+  _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_options = b'8\001'
+  _globals['_PRIORITY']._serialized_start=1923
+  _globals['_PRIORITY']._serialized_end=2040
+  _globals['_OBJECTIVE']._serialized_start=2042
+  _globals['_OBJECTIVE']._serialized_end=2167
+  _globals['_ENGINE']._serialized_start=2169
+  _globals['_ENGINE']._serialized_end=2281
+  _globals['_FINISHREASON']._serialized_start=2284
+  _globals['_FINISHREASON']._serialized_end=2475
+  _globals['_RESPONSEFORMATTYPE']._serialized_start=2478
+  _globals['_RESPONSEFORMATTYPE']._serialized_end=2643
   _globals['_CHATMESSAGE']._serialized_start=43
   _globals['_CHATMESSAGE']._serialized_end=101
   _globals['_SAMPLINGPARAMS']._serialized_start=104
-  _globals['_SAMPLINGPARAMS']._serialized_end=393
-  _globals['_ROUTINGHINTS']._serialized_start=396
-  _globals['_ROUTINGHINTS']._serialized_end=632
-  _globals['_USAGE']._serialized_start=634
-  _globals['_USAGE']._serialized_end=715
-  _globals['_TIMINGS']._serialized_start=718
-  _globals['_TIMINGS']._serialized_end=868
-  _globals['_COST']._serialized_start=870
-  _globals['_COST']._serialized_end=934
-  _globals['_GENERATIONSTARTED']._serialized_start=937
-  _globals['_GENERATIONSTARTED']._serialized_end=1130
-  _globals['_TOKENDELTA']._serialized_start=1132
-  _globals['_TOKENDELTA']._serialized_end=1177
-  _globals['_GENERATIONFINISHED']._serialized_start=1180
-  _globals['_GENERATIONFINISHED']._serialized_end=1384
+  _globals['_SAMPLINGPARAMS']._serialized_end=603
+  _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_start=497
+  _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_end=545
+  _globals['_RESPONSEFORMAT']._serialized_start=605
+  _globals['_RESPONSEFORMAT']._serialized_end=690
+  _globals['_ROUTINGHINTS']._serialized_start=693
+  _globals['_ROUTINGHINTS']._serialized_end=929
+  _globals['_USAGE']._serialized_start=931
+  _globals['_USAGE']._serialized_end=1012
+  _globals['_TIMINGS']._serialized_start=1015
+  _globals['_TIMINGS']._serialized_end=1165
+  _globals['_COST']._serialized_start=1167
+  _globals['_COST']._serialized_end=1231
+  _globals['_GENERATIONSTARTED']._serialized_start=1234
+  _globals['_GENERATIONSTARTED']._serialized_end=1427
+  _globals['_TOKENDELTA']._serialized_start=1429
+  _globals['_TOKENDELTA']._serialized_end=1520
+  _globals['_TOKENLOGPROB']._serialized_start=1522
+  _globals['_TOKENLOGPROB']._serialized_end=1634
+  _globals['_TOPLOGPROB']._serialized_start=1636
+  _globals['_TOPLOGPROB']._serialized_end=1698
+  _globals['_GENERATIONFINISHED']._serialized_start=1701
+  _globals['_GENERATIONFINISHED']._serialized_end=1921
 # @@protoc_insertion_point(module_scope)

@@ -411,6 +411,7 @@ class Route(_message.Message):
     STICKY_SESSIONS_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
+    RESPONSE_CACHE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Same character set as model names; must not clash with a model name."""
     default_objective: _common_pb2.Objective.ValueType
@@ -434,6 +435,10 @@ class Route(_message.Message):
 
     @_builtins.property
     def updated_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def response_cache(self) -> Global___ResponseCachePolicy:
+        """Opt-in cache of complete responses for deterministic requests on this route."""
+
     def __init__(
         self,
         *,
@@ -446,10 +451,11 @@ class Route(_message.Message):
         sticky_sessions: _builtins.bool = ...,
         description: _builtins.str = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
+        response_cache: Global___ResponseCachePolicy | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_cost_per_1k_tokens", b"_max_cost_per_1k_tokens", "_max_ttft_ms", b"_max_ttft_ms", "max_cost_per_1k_tokens", b"max_cost_per_1k_tokens", "max_ttft_ms", b"max_ttft_ms", "updated_at", b"updated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_cost_per_1k_tokens", b"_max_cost_per_1k_tokens", "_max_ttft_ms", b"_max_ttft_ms", "max_cost_per_1k_tokens", b"max_cost_per_1k_tokens", "max_ttft_ms", b"max_ttft_ms", "response_cache", b"response_cache", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_cost_per_1k_tokens", b"_max_cost_per_1k_tokens", "_max_ttft_ms", b"_max_ttft_ms", "arms", b"arms", "default_objective", b"default_objective", "description", b"description", "fallbacks", b"fallbacks", "max_cost_per_1k_tokens", b"max_cost_per_1k_tokens", "max_ttft_ms", b"max_ttft_ms", "name", b"name", "sticky_sessions", b"sticky_sessions", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_cost_per_1k_tokens", b"_max_cost_per_1k_tokens", "_max_ttft_ms", b"_max_ttft_ms", "arms", b"arms", "default_objective", b"default_objective", "description", b"description", "fallbacks", b"fallbacks", "max_cost_per_1k_tokens", b"max_cost_per_1k_tokens", "max_ttft_ms", b"max_ttft_ms", "name", b"name", "response_cache", b"response_cache", "sticky_sessions", b"sticky_sessions", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_cost_per_1k_tokens: _TypeAlias = _typing.Literal["max_cost_per_1k_tokens"]  # noqa: Y015
     _WhichOneofArgType__max_cost_per_1k_tokens: _TypeAlias = _typing.Literal["_max_cost_per_1k_tokens", b"_max_cost_per_1k_tokens"]  # noqa: Y015
@@ -461,3 +467,37 @@ class Route(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__max_ttft_ms) -> _WhichOneofReturnType__max_ttft_ms | None: ...
 
 Global___Route: _TypeAlias = Route  # noqa: Y015
+
+@_typing.final
+class ResponseCachePolicy(_message.Message):
+    """ResponseCachePolicy lets a router answer a repeated deterministic request
+    (temperature 0 or a fixed seed; same model version, prompt and parameters)
+    from its cache instead of a worker. Sampled requests are never cached.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENABLED_FIELD_NUMBER: _builtins.int
+    TTL_SECONDS_FIELD_NUMBER: _builtins.int
+    PER_API_KEY_FIELD_NUMBER: _builtins.int
+    enabled: _builtins.bool
+    ttl_seconds: _builtins.int
+    """How long an entry lives. 0: 300 seconds. At most 86400."""
+    per_api_key: _builtins.bool
+    """Keep each API key's entries apart (one caller never sees another's
+    cached answer).
+    """
+    def __init__(
+        self,
+        *,
+        enabled: _builtins.bool = ...,
+        ttl_seconds: _builtins.int = ...,
+        per_api_key: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["enabled", b"enabled", "per_api_key", b"per_api_key", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResponseCachePolicy: _TypeAlias = ResponseCachePolicy  # noqa: Y015

@@ -368,17 +368,23 @@ class GetRoutingStatsRequest(_message.Message):
 
     MODEL_FIELD_NUMBER: _builtins.int
     ROUTE_FIELD_NUMBER: _builtins.int
+    WINDOW_SECONDS_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     route: _builtins.str
+    window_seconds: _builtins.int
+    """Only outcomes that finished in the last window_seconds. 0: everything the
+    mesh retains.
+    """
     def __init__(
         self,
         *,
         model: _builtins.str = ...,
         route: _builtins.str = ...,
+        window_seconds: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "route", b"route"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "route", b"route", "window_seconds", b"window_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -427,6 +433,8 @@ class TrafficStats(_message.Message):
     MEAN_FEEDBACK_SCORE_FIELD_NUMBER: _builtins.int
     FEEDBACK_COUNT_FIELD_NUMBER: _builtins.int
     SAVINGS_USD_FIELD_NUMBER: _builtins.int
+    CACHED_REQUESTS_FIELD_NUMBER: _builtins.int
+    CACHED_INPUT_TOKENS_FIELD_NUMBER: _builtins.int
     requests: _builtins.int
     errors: _builtins.int
     input_tokens: _builtins.int
@@ -439,6 +447,12 @@ class TrafficStats(_message.Message):
     """What the same tokens would have cost at the configured reference price,
     minus cost_usd.
     """
+    cached_requests: _builtins.int
+    """Requests answered from the router's response cache (part of requests;
+    they add no cost and no latency samples).
+    """
+    cached_input_tokens: _builtins.int
+    """Prompt tokens served from workers' prefix caches (part of input_tokens)."""
     @_builtins.property
     def ttft(self) -> Global___LatencySummary: ...
     @_builtins.property
@@ -456,10 +470,12 @@ class TrafficStats(_message.Message):
         mean_feedback_score: _builtins.float = ...,
         feedback_count: _builtins.int = ...,
         savings_usd: _builtins.float = ...,
+        cached_requests: _builtins.int = ...,
+        cached_input_tokens: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["total_latency", b"total_latency", "ttft", b"ttft"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cost_usd", b"cost_usd", "errors", b"errors", "feedback_count", b"feedback_count", "input_tokens", b"input_tokens", "mean_feedback_score", b"mean_feedback_score", "output_tokens", b"output_tokens", "requests", b"requests", "savings_usd", b"savings_usd", "total_latency", b"total_latency", "ttft", b"ttft"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cached_input_tokens", b"cached_input_tokens", "cached_requests", b"cached_requests", "cost_usd", b"cost_usd", "errors", b"errors", "feedback_count", b"feedback_count", "input_tokens", b"input_tokens", "mean_feedback_score", b"mean_feedback_score", "output_tokens", b"output_tokens", "requests", b"requests", "savings_usd", b"savings_usd", "total_latency", b"total_latency", "ttft", b"ttft"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -532,6 +548,16 @@ class GetRoutingStatsResponse(_message.Message):
 
     MODELS_FIELD_NUMBER: _builtins.int
     ARMS_FIELD_NUMBER: _builtins.int
+    MESH_WIDE_FIELD_NUMBER: _builtins.int
+    OUTCOMES_DROPPED_FIELD_NUMBER: _builtins.int
+    mesh_wide: _builtins.bool
+    """True when the figures are the whole mesh's (read from the registry);
+    false when they are this replica's alone.
+    """
+    outcomes_dropped: _builtins.int
+    """Outcomes this replica could not hand to the registry (its buffer was full
+    while the registry was away) since it started: missing from mesh figures.
+    """
     @_builtins.property
     def models(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelStats]: ...
     @_builtins.property
@@ -541,10 +567,12 @@ class GetRoutingStatsResponse(_message.Message):
         *,
         models: _abc.Iterable[Global___ModelStats] | None = ...,
         arms: _abc.Iterable[Global___ArmStats] | None = ...,
+        mesh_wide: _builtins.bool = ...,
+        outcomes_dropped: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["arms", b"arms", "models", b"models"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arms", b"arms", "mesh_wide", b"mesh_wide", "models", b"models", "outcomes_dropped", b"outcomes_dropped"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

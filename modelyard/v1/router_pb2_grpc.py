@@ -121,17 +121,19 @@ class RouterServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetRoutingStats(self, request, context):
-        """GetRoutingStats returns per-model and per-arm statistics since the router
-        started.
+        """GetRoutingStats returns per-model and per-arm statistics of the whole mesh
+        (every router replica's outcomes, kept by the registry) over a time window.
+        When the registry cannot be reached it answers with this replica's own
+        outcomes since it started, and says so (mesh_wide = false).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def RecordFeedback(self, request, context):
-        """RecordFeedback attaches a user score to a finished request; it feeds the
-        per-arm mean feedback score of A/B tests. NOT_FOUND for unknown or
-        expired request ids.
+        """RecordFeedback attaches a user score (and comment) to a finished request,
+        on any router replica; it feeds the per-arm mean feedback score of A/B
+        tests. NOT_FOUND for unknown or expired request ids.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -58,13 +58,15 @@ class RouterServiceStub:
     ListWorkers: _grpc.UnaryUnaryMultiCallable[_router_pb2.ListWorkersRequest, _router_pb2.ListWorkersResponse]
     """ListWorkers lists the workers the router knows and their state."""
     GetRoutingStats: _grpc.UnaryUnaryMultiCallable[_router_pb2.GetRoutingStatsRequest, _router_pb2.GetRoutingStatsResponse]
-    """GetRoutingStats returns per-model and per-arm statistics since the router
-    started.
+    """GetRoutingStats returns per-model and per-arm statistics of the whole mesh
+    (every router replica's outcomes, kept by the registry) over a time window.
+    When the registry cannot be reached it answers with this replica's own
+    outcomes since it started, and says so (mesh_wide = false).
     """
     RecordFeedback: _grpc.UnaryUnaryMultiCallable[_router_pb2.RecordFeedbackRequest, _router_pb2.RecordFeedbackResponse]
-    """RecordFeedback attaches a user score to a finished request; it feeds the
-    per-arm mean feedback score of A/B tests. NOT_FOUND for unknown or
-    expired request ids.
+    """RecordFeedback attaches a user score (and comment) to a finished request,
+    on any router replica; it feeds the per-arm mean feedback score of A/B
+    tests. NOT_FOUND for unknown or expired request ids.
     """
 
 @_typing.type_check_only
@@ -97,13 +99,15 @@ class RouterServiceAsyncStub(RouterServiceStub):
     ListWorkers: _aio.UnaryUnaryMultiCallable[_router_pb2.ListWorkersRequest, _router_pb2.ListWorkersResponse]  # type: ignore[assignment]
     """ListWorkers lists the workers the router knows and their state."""
     GetRoutingStats: _aio.UnaryUnaryMultiCallable[_router_pb2.GetRoutingStatsRequest, _router_pb2.GetRoutingStatsResponse]  # type: ignore[assignment]
-    """GetRoutingStats returns per-model and per-arm statistics since the router
-    started.
+    """GetRoutingStats returns per-model and per-arm statistics of the whole mesh
+    (every router replica's outcomes, kept by the registry) over a time window.
+    When the registry cannot be reached it answers with this replica's own
+    outcomes since it started, and says so (mesh_wide = false).
     """
     RecordFeedback: _aio.UnaryUnaryMultiCallable[_router_pb2.RecordFeedbackRequest, _router_pb2.RecordFeedbackResponse]  # type: ignore[assignment]
-    """RecordFeedback attaches a user score to a finished request; it feeds the
-    per-arm mean feedback score of A/B tests. NOT_FOUND for unknown or
-    expired request ids.
+    """RecordFeedback attaches a user score (and comment) to a finished request,
+    on any router replica; it feeds the per-arm mean feedback score of A/B
+    tests. NOT_FOUND for unknown or expired request ids.
     """
 
 class RouterServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -163,8 +167,10 @@ class RouterServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _router_pb2.GetRoutingStatsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_router_pb2.GetRoutingStatsResponse, _abc.Awaitable[_router_pb2.GetRoutingStatsResponse]]:
-        """GetRoutingStats returns per-model and per-arm statistics since the router
-        started.
+        """GetRoutingStats returns per-model and per-arm statistics of the whole mesh
+        (every router replica's outcomes, kept by the registry) over a time window.
+        When the registry cannot be reached it answers with this replica's own
+        outcomes since it started, and says so (mesh_wide = false).
         """
 
     @_abc_1.abstractmethod
@@ -173,9 +179,9 @@ class RouterServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _router_pb2.RecordFeedbackRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_router_pb2.RecordFeedbackResponse, _abc.Awaitable[_router_pb2.RecordFeedbackResponse]]:
-        """RecordFeedback attaches a user score to a finished request; it feeds the
-        per-arm mean feedback score of A/B tests. NOT_FOUND for unknown or
-        expired request ids.
+        """RecordFeedback attaches a user score (and comment) to a finished request,
+        on any router replica; it feeds the per-arm mean feedback score of A/B
+        tests. NOT_FOUND for unknown or expired request ids.
         """
 
 def add_RouterServiceServicer_to_server(servicer: RouterServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
