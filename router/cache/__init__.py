@@ -7,6 +7,6 @@ what the relay calls.
 """
 
 from router.cache.cache import ResponseCache
-from router.cache.hook import CacheHook, Lookup
+from router.cache.hook import CACHE_HEADER, CacheHook, Lookup, cache_header
 
-__all__ = ["CacheHook", "Lookup", "ResponseCache"]
+__all__ = ["CACHE_HEADER", "CacheHook", "Lookup", "ResponseCache", "cache_header"]

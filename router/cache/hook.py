@@ -26,6 +26,13 @@ from router.catalog import Target
 from router.stats import Outcome
 
 HIT_ATTRIBUTE = "modelyard.cache.hit"
+CACHE_HEADER = "x-modelyard-cache"  # on the OpenAI front's responses
+
+
+def cache_header(started: common_pb2.GenerationStarted) -> dict[str, str]:
+    """`hit` when the router answered from its cache (attempt 0: no worker attempt),
+    `miss` when a worker did (the route may cache nothing at all)."""
+    return {CACHE_HEADER: "hit" if started.attempt == 0 else "miss"}
 
 
 @dataclass

@@ -14,9 +14,15 @@ from typing import Any
 class RemoteBackend:
     def __init__(self, url: str, *, prefix: str, max_entry_bytes: int, timeout_s: float) -> None:
         # Optional: imported only when a shared store is configured.
-        import redis.asyncio as aioredis
-        from redis.asyncio.retry import Retry
-        from redis.backoff import NoBackoff
+        try:
+            import redis.asyncio as aioredis
+            from redis.asyncio.retry import Retry
+            from redis.backoff import NoBackoff
+        except ImportError as err:
+            raise RuntimeError(
+                "MODELYARD_ROUTER_RESPONSE_CACHE_REDIS_URL needs the redis package: "
+                "pip install 'modelyard[redis]'"
+            ) from err
 
         self.max_entry_bytes = max_entry_bytes
         self._prefix = prefix
@@ -36,7 +42,8 @@ class RemoteBackend:
     async def put(self, key: str, value: bytes, ttl_s: float) -> bool:
         if len(value) > self.max_entry_bytes:
             return False
-        await self._client.setex(self._prefix + key, max(1, round(ttl_s)), value)
+        # SET with EX is SETEX: the value and its expiry in one command.
+        await self._client.set(self._prefix + key, value, ex=max(1, round(ttl_s)))
         return True
 
     async def close(self) -> None:
