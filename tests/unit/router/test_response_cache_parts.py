@@ -3,6 +3,8 @@ covers, what an entry keeps, and the in-process LRU's byte bound and TTL."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from modelyard.v1 import common_pb2, model_pb2, router_pb2
@@ -199,3 +201,31 @@ async def test_a_failing_backend_is_a_counted_miss_never_an_error() -> None:
     assert metrics.backend_errors.labels(op="get")._value.get() == 3
     assert metrics.backend_errors.labels(op="put")._value.get() == 3
     assert metrics.lookups.labels(result="miss")._value.get() == 3
+
+
+class Hung:
+    """A store that accepted the connection and never answers."""
+
+    async def get(self, key: str) -> bytes | None:
+        await asyncio.Event().wait()
+        return None
+
+    async def put(self, key: str, value: bytes, ttl_s: float) -> bool:
+        await asyncio.Event().wait()
+        return True
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_a_hung_backend_costs_its_deadline_then_is_a_miss() -> None:
+    metrics = RouterMetrics().response_cache
+    cache = ResponseCache(Hung(), timeout_s=0.05, metrics=metrics)
+    entry = stream(common_pb2.FINISH_REASON_STOP).entry()
+    assert entry is not None
+
+    assert await asyncio.wait_for(cache.get("k"), 10) is None
+    await asyncio.wait_for(cache.put("k", entry, 60), 10)
+
+    assert metrics.backend_errors.labels(op="get")._value.get() == 1
+    assert metrics.backend_errors.labels(op="put")._value.get() == 1
