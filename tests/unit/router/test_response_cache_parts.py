@@ -194,7 +194,7 @@ async def test_a_failing_backend_is_a_counted_miss_never_an_error() -> None:
     entry = stream(common_pb2.FINISH_REASON_STOP).entry()
     assert entry is not None
     for error in (ConnectionError("refused"), TimeoutError(), BadEntry("x")):
-        cache = ResponseCache(Broken(error), metrics=metrics)
+        cache = ResponseCache(Broken(error), metrics=metrics, pause_s=0)
         assert await cache.get("k") is None
         await cache.put("k", entry, 60)
 
@@ -220,7 +220,7 @@ class Hung:
 
 async def test_a_hung_backend_costs_its_deadline_then_is_a_miss() -> None:
     metrics = RouterMetrics().response_cache
-    cache = ResponseCache(Hung(), timeout_s=0.05, metrics=metrics)
+    cache = ResponseCache(Hung(), timeout_s=0.05, metrics=metrics, pause_s=0)
     entry = stream(common_pb2.FINISH_REASON_STOP).entry()
     assert entry is not None
 
@@ -229,3 +229,45 @@ async def test_a_hung_backend_costs_its_deadline_then_is_a_miss() -> None:
 
     assert metrics.backend_errors.labels(op="get")._value.get() == 1
     assert metrics.backend_errors.labels(op="put")._value.get() == 1
+
+
+class Flaky:
+    """A store that fails while `down`, and counts the calls that reach it."""
+
+    def __init__(self) -> None:
+        self.down = True
+        self.calls = 0
+        self.data: dict[str, bytes] = {}
+
+    async def get(self, key: str) -> bytes | None:
+        self.calls += 1
+        if self.down:
+            raise ConnectionError("refused")
+        return self.data.get(key)
+
+    async def put(self, key: str, value: bytes, ttl_s: float) -> bool:
+        self.calls += 1
+        if self.down:
+            raise ConnectionError("refused")
+        self.data[key] = value
+        return True
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_a_failed_store_is_left_alone_for_a_pause_then_tried_again() -> None:
+    clock, flaky = Clock(), Flaky()
+    cache = ResponseCache(flaky, pause_s=5, clock=clock)
+    entry = stream(common_pb2.FINISH_REASON_STOP).entry()
+    assert entry is not None
+
+    assert await cache.get("k") is None
+    await cache.put("k", entry, 60)
+    assert await cache.get("k") is None
+    assert flaky.calls == 1  # one failure, then nothing during the pause
+    flaky.down = False
+    clock.now += 5
+    await cache.put("k", entry, 60)
+    assert await cache.get("k") is not None
+    assert flaky.calls == 3

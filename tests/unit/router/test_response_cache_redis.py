@@ -117,7 +117,7 @@ async def test_a_store_that_stops_costs_lookups_not_requests(
     metrics = RouterMetrics().response_cache
     with redis_server(tmp_path_factory.mktemp("redis-stops")) as url:
         backend = RemoteBackend(url, prefix=PREFIX, max_entry_bytes=4096, timeout_s=0.5)
-        cache = ResponseCache(backend, timeout_s=0.5, metrics=metrics, name="redis")
+        cache = ResponseCache(backend, timeout_s=0.5, metrics=metrics, name="redis", pause_s=0)
         await cache.put("k", entry(), 60)
         assert await cache.get("k") is not None
     # The server is gone: lookups are misses, stores are skipped, both counted.
