@@ -204,7 +204,12 @@ class Relay:
         if client:
             span.set_attribute("modelyard.client", client)
         run = _Run(request, request_id, target, req, started_at, deadline, client=client)
-        if not self._pool.workers:
+        return run
+
+    async def _commit(self, run: _Run, cleanup: AsyncExitStack) -> Committed:
+        """Try candidates in order until one sends its first token; else the final error."""
+        target = run.target
+        if not self._pool.workers:  # checked here, not before: a cached answer needs none
             # Counted like any failed request: with every pool scaled to zero, these are
             # what an autoscaler's wake query sees.
             self._failed(run, target.models[0] if len(target.models) == 1 else None, "UNAVAILABLE")
@@ -212,10 +217,6 @@ class Relay:
                 "the router has no workers; start it with --worker host:port",
                 reason="NO_WORKERS",
             )
-        return run
-
-    async def _commit(self, run: _Run, cleanup: AsyncExitStack) -> Committed:
-        """Try candidates in order until one sends its first token; else the final error."""
         profile = self._profiles[run.req.objective]
         groups = (self._schedule(profile, run.req, models) for models in run.target.groups)
         budget = {"per_model": self._max_attempts, "total": self._max_total_attempts}
@@ -235,7 +236,6 @@ class Relay:
                 self._acct.breakers.eject(attempt.cand.worker)
         # A connect wait cut short by the caller's deadline is a deadline, not an outage.
         self._check_deadline(run)
-        target = run.target
         error = run.log.final_error(target, [h.address for h in self._pool.workers])
         self._failed(run, target.models[0] if len(target.models) == 1 else None, error.code.name)
         raise error

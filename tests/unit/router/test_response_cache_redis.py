@@ -108,6 +108,13 @@ async def test_a_replica_answers_from_what_another_replica_stored(
 
     assert len(worker.fake.requests) == 1
     assert not served[-1].finished.cached and from_cache[-1].finished.cached
+    # A replica with no worker at all still answers what the cache holds.
+    async with running_router(address, [], watch=True, response_cache_redis_url=redis_url) as bare:
+        await wait_until(lambda: bare.parts.cache.route("chat") is not None)
+        without_workers = await generate(bare)
+        assert bare.parts.response_cache is not None
+        await bare.parts.response_cache.close()
+    assert without_workers[-1].finished.cached and len(worker.fake.requests) == 1
     assert [e.delta.text for e in from_cache[1:-1]] == [e.delta.text for e in served[1:-1]]
 
 
