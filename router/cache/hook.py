@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from opentelemetry import trace
 
+from modelyard.genai import response_attributes, usage_attributes
 from modelyard.refs import key_of
 from modelyard.v1 import common_pb2, model_pb2, router_pb2
 from router.accounting import Accounting
@@ -67,7 +68,12 @@ class CacheHook:
         self._clock = clock
 
     async def lookup(
-        self, request: router_pb2.GenerateRequest, target: Target, client: str, span: trace.Span
+        self,
+        request: router_pb2.GenerateRequest,
+        request_id: str,
+        target: Target,
+        client: str,
+        span: trace.Span,
     ) -> Lookup:
         """The cached answer, if the route caches, the request is deterministic and one
         is stored. Only a route's single resolved model version is looked up."""
@@ -84,6 +90,9 @@ class CacheHook:
         key = cache_key(request, model, client=client if policy.per_api_key else "")
         entry = await self._cache.get(key)
         span.set_attribute(HIT_ATTRIBUTE, entry is not None)
+        if entry is not None:  # what the relay states for a worker's answer, from the entry
+            span.set_attributes(response_attributes(key_of(model), request_id))
+            span.set_attributes(usage_attributes(entry.finished.usage))
         return Lookup(key, model, float(ttl_of(policy.ttl_seconds)), entry)
 
     async def replay(

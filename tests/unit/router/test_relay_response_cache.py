@@ -88,8 +88,12 @@ async def test_a_repeated_greedy_request_is_answered_by_the_router_alone(
     (m,) = stats.models
     assert (m.traffic.requests, m.traffic.cached_requests) == (2, 1)
     assert lookups.labels(result="hit")._value.get() == 1
-    hits = [dict(s.attributes or {}).get(HIT_ATTRIBUTE) for s in spans.get_finished_spans()]
-    assert [h for h in hits if h is not None] == [False, True]
+    routed = [dict(s.attributes or {}) for s in spans.get_finished_spans()]
+    routed = [a for a in routed if HIT_ATTRIBUTE in a]
+    assert [a[HIT_ATTRIBUTE] for a in routed] == [False, True]
+    for a in routed:  # a hit's span says what a worker's answer would
+        assert a["gen_ai.response.model"] == "tiny@1"
+        assert a["gen_ai.usage.output_tokens"] == 2
 
 
 async def test_sampled_requests_are_never_cached(
