@@ -169,7 +169,7 @@ class RouterSettings(ServiceSettings):
         description="Prefix of the response cache's keys in the store.",
     )
     response_cache_timeout_s: float = Field(
-        default=0.1,
+        default=0.25,
         gt=0,
         description=(
             "Deadline of one response cache lookup or store; past it (or on any store "

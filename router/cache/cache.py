@@ -39,7 +39,7 @@ class ResponseCache:
         self,
         backend: Backend,
         *,
-        timeout_s: float = 0.1,
+        timeout_s: float = 0.25,
         metrics: ResponseCacheMetrics | None = None,
         name: str = "memory",
         pause_s: float = 5.0,

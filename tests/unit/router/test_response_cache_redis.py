@@ -5,6 +5,7 @@ that goes away costs lookups, never requests."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import AbstractAsyncContextManager
 
 import pytest
 import redis.asyncio as aioredis
@@ -46,8 +47,8 @@ def entry(text: str = "Hello") -> Entry:
 
 
 def shared(url: str, max_entry_bytes: int = 4096) -> ResponseCache:
-    backend = RemoteBackend(url, prefix=PREFIX, max_entry_bytes=max_entry_bytes, timeout_s=1.0)
-    return ResponseCache(backend, timeout_s=1.0, name="redis")
+    backend = RemoteBackend(url, prefix=PREFIX, max_entry_bytes=max_entry_bytes, timeout_s=5.0)
+    return ResponseCache(backend, timeout_s=5.0, name="redis")
 
 
 async def test_two_cache_instances_share_an_entry_that_the_store_expires(redis_url: str) -> None:
@@ -87,6 +88,20 @@ async def generate(router: RouterUnderTest) -> list[router_pb2.GenerateResponse]
     return [e async for e in router.stub.Generate(req, timeout=10)]
 
 
+def replica(
+    registry: str, workers: list[str], redis_url: str
+) -> AbstractAsyncContextManager[RouterUnderTest]:
+    # A roomy store deadline: this machine is shared, and a lookup that times out is a
+    # miss (right, but not what these tests are about).
+    return running_router(
+        registry,
+        workers,
+        watch=True,
+        response_cache_redis_url=redis_url,
+        response_cache_timeout_s=5.0,
+    )
+
+
 async def test_a_replica_answers_from_what_another_replica_stored(
     registry: RegistryUnderTest, start_worker: WorkerFactory, redis_url: str
 ) -> None:
@@ -94,11 +109,11 @@ async def test_a_replica_answers_from_what_another_replica_stored(
     worker = await start_worker("w1")
     address, workers = registry.address, [worker.address]
     async with (
-        running_router(address, workers, watch=True, response_cache_redis_url=redis_url) as first,
-        running_router(address, workers, watch=True, response_cache_redis_url=redis_url) as second,
+        replica(address, workers, redis_url) as first,
+        replica(address, workers, redis_url) as second,
     ):
-        for replica in (first, second):
-            cache = replica.parts.cache
+        for started in (first, second):
+            cache = started.parts.cache
             await wait_until(lambda c=cache: c.route("chat") is not None)  # type: ignore[misc]
         served = await generate(first)
         from_cache = await generate(second)
@@ -109,7 +124,7 @@ async def test_a_replica_answers_from_what_another_replica_stored(
     assert len(worker.fake.requests) == 1
     assert not served[-1].finished.cached and from_cache[-1].finished.cached
     # A replica with no worker at all still answers what the cache holds.
-    async with running_router(address, [], watch=True, response_cache_redis_url=redis_url) as bare:
+    async with replica(address, [], redis_url) as bare:
         await wait_until(lambda: bare.parts.cache.route("chat") is not None)
         without_workers = await generate(bare)
         assert bare.parts.response_cache is not None
@@ -123,8 +138,8 @@ async def test_a_store_that_stops_costs_lookups_not_requests(
 ) -> None:
     metrics = RouterMetrics().response_cache
     with redis_server(tmp_path_factory.mktemp("redis-stops")) as url:
-        backend = RemoteBackend(url, prefix=PREFIX, max_entry_bytes=4096, timeout_s=0.5)
-        cache = ResponseCache(backend, timeout_s=0.5, metrics=metrics, name="redis", pause_s=0)
+        backend = RemoteBackend(url, prefix=PREFIX, max_entry_bytes=4096, timeout_s=5.0)
+        cache = ResponseCache(backend, timeout_s=5.0, metrics=metrics, name="redis", pause_s=0)
         await cache.put("k", entry(), 60)
         assert await cache.get("k") is not None
     # The server is gone: lookups are misses, stores are skipped, both counted.
