@@ -66,6 +66,13 @@ class Accounting:
         self.stats.record(request_id, outcome)
         self._count(outcome, "OK")
 
+    def cached(self, request_id: str, outcome: Outcome) -> None:
+        """Answered from the router's response cache: stats count it as cached (no cost,
+        no latency sample); no worker was involved, so breakers and EWMAs hear nothing."""
+        self.stats.record(request_id, outcome)
+        if self.metrics is not None:
+            self.metrics.requests.labels(model=outcome.label, arm=outcome.arm, code="OK").inc()
+
     def failed(self, request_id: str, outcome: Outcome, code: str) -> None:
         self.stats.record(request_id, outcome)
         self._count(outcome, code)

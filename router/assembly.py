@@ -15,6 +15,8 @@ from router.accounting import Accounting
 from router.admission import RouterAdmission
 from router.api import RouterApi
 from router.breaker import OPEN, BreakerBoard, BreakerPolicy
+from router.cache import ResponseCache
+from router.cache.build import build_response_cache
 from router.catalog import Catalog
 from router.config import RouterSettings
 from router.metrics import RouterMetrics
@@ -35,6 +37,7 @@ class RouterParts:
     accounting: Accounting
     metrics: RouterMetrics
     servicer: RouterServicer
+    response_cache: ResponseCache | None = None
 
 
 def build(
@@ -68,6 +71,7 @@ def build(
         metrics,
     )
     pool.on_removed.append(accounting.forget_worker)
+    response_cache = build_response_cache(settings, metrics.response_cache)
     relay = Relay(
         catalog,
         pool,
@@ -80,6 +84,7 @@ def build(
         stream_silence_timeout_s=settings.stream_silence_timeout_s,
         client_policy=settings.client_policy(),
         admission=RouterAdmission(settings.max_in_flight, settings.max_in_flight_per_key),
+        response_cache=response_cache,
     )
 
     # Scrapes run on prometheus_client's thread; the cache changes on the loop.
@@ -89,7 +94,7 @@ def build(
     )
     api = RouterApi(relay, catalog, pool)
     servicer = RouterServicer(api, pool, accounting, settings.limits)
-    return RouterParts(catalog, cache, relay, api, accounting, metrics, servicer)
+    return RouterParts(catalog, cache, relay, api, accounting, metrics, servicer, response_cache)
 
 
 def _healthy_workers(

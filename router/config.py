@@ -144,6 +144,38 @@ class RouterSettings(ServiceSettings):
     feedback_ttl_s: float = Field(
         default=3600.0, gt=0, description="Seconds a request id stays open to RecordFeedback."
     )
+    response_cache_max_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=0,
+        description=(
+            "Bytes of answers the in-process response cache holds, least recently used "
+            "dropped first (routes opt in with response_cache). 0: no response cache."
+        ),
+    )
+    response_cache_max_entry_bytes: int = Field(
+        default=1024 * 1024,
+        ge=1,
+        description="Largest single answer the response cache keeps (in-process or shared).",
+    )
+    response_cache_redis_url: str = Field(
+        default="",
+        description=(
+            "redis:// or rediss:// URL of a Redis-compatible store the router replicas share "
+            "for the response cache (then no in-process cache). Empty: in-process only."
+        ),
+    )
+    response_cache_redis_prefix: str = Field(
+        default="modelyard:response:",
+        description="Prefix of the response cache's keys in the store.",
+    )
+    response_cache_timeout_s: float = Field(
+        default=0.25,
+        gt=0,
+        description=(
+            "Deadline of one response cache lookup or store; past it (or on any store "
+            "error) the request is served by a worker and the failure counted."
+        ),
+    )
     metrics_port: int = Field(
         default=0, ge=0, le=65535, description="Port of the Prometheus /metrics endpoint; 0: off."
     )

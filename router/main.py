@@ -122,6 +122,8 @@ async def _start_parts(settings: RouterSettings, stack: AsyncExitStack) -> Route
         registry_pb2_grpc.RegistryServiceStub(registry_channel),
     )
     parts = build(settings, registry, pool)
+    if parts.response_cache is not None:
+        stack.push_async_callback(parts.response_cache.close)
     stack.push_async_callback(stop_watch, start_watch(parts, settings))
     if settings.metrics_port:
         stack.callback(

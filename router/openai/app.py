@@ -36,6 +36,7 @@ from modelyard.errors import ModelyardError, Unauthenticated
 from modelyard.refs import key_of
 from modelyard.v1 import common_pb2, router_pb2
 from router.auth import client_rule
+from router.cache import cache_header
 from router.openai.admission import Admission, FrontLimits
 from router.openai.errors import OpenAIError, from_error, invalid, unauthorized
 from router.openai.probes import OPEN_PATHS, probe_routes
@@ -185,7 +186,7 @@ class _Front:
             await events.aclose()
             raise
         shape = Shape(chat, first.started)
-        headers = _ignored_header(translated.ignored)
+        headers = {**_ignored_header(translated.ignored), **cache_header(first.started)}
         if translated.stream:
             stream = _stream(request, events, shape, translated.include_usage)
             return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
