@@ -18,6 +18,7 @@ from router.breaker import OPEN, BreakerBoard, BreakerPolicy
 from router.catalog import Catalog
 from router.config import RouterSettings
 from router.metrics import RouterMetrics
+from router.outcomes import MeshOutcomes
 from router.relay import Relay
 from router.scheduling.profiles import build_profiles
 from router.service import RouterServicer
@@ -41,7 +42,9 @@ def build(
     settings: RouterSettings,
     registry: registry_pb2_grpc.RegistryServiceAsyncStub,
     pool: WorkerPool,
+    mesh: MeshOutcomes | None = None,
 ) -> RouterParts:
+    """`mesh`: ship outcomes to the registry and answer stats and feedback mesh-wide."""
     cache = RegistryCache()
     catalog = Catalog(
         registry,
@@ -51,6 +54,8 @@ def build(
         cache=cache,
     )
     metrics = RouterMetrics()
+    if mesh is not None:
+        metrics.registry.register(mesh.shipper.collector())
     breakers = BreakerBoard(
         BreakerPolicy(
             consecutive_failures=settings.breaker_failures,
@@ -66,6 +71,7 @@ def build(
             feedback=FeedbackBook(settings.feedback_max_entries, settings.feedback_ttl_s),
         ),
         metrics,
+        outcomes=mesh,
     )
     pool.on_removed.append(accounting.forget_worker)
     relay = Relay(
@@ -88,7 +94,7 @@ def build(
         loop_caller(lambda: {h.address: breakers.state(h.address) for h in pool.workers})
     )
     api = RouterApi(relay, catalog, pool)
-    servicer = RouterServicer(api, pool, accounting, settings.limits)
+    servicer = RouterServicer(api, pool, accounting, settings.limits, mesh=mesh)
     return RouterParts(catalog, cache, relay, api, accounting, metrics, servicer)
 
 

@@ -17,6 +17,7 @@ from modelyard.v1 import router_pb2, router_pb2_grpc
 from router.accounting import Accounting
 from router.api import RouterApi
 from router.auth import SERVICE_NAME
+from router.outcomes import MeshOutcomes
 from router.relay import StreamBroken
 from router.relay.requests import MAX_REQUEST_ID_LENGTH
 from router.workers import WorkerPool
@@ -36,11 +37,13 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         pool: WorkerPool,
         accounting: Accounting,
         limits: ServerLimits | None = None,
+        mesh: MeshOutcomes | None = None,
     ) -> None:
         self._api = api
         self._pool = pool
         self._acct = accounting
         self._limits = limits or ServerLimits()
+        self._mesh = mesh
 
     @grpc_errors
     async def Generate(
@@ -85,6 +88,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     async def GetRoutingStats(
         self, request: router_pb2.GetRoutingStatsRequest, context: Context
     ) -> router_pb2.GetRoutingStatsResponse:
+        if self._mesh is not None:
+            return await self._mesh.routing_stats(request, self._acct.stats)
         return self._acct.stats.to_proto(model=request.model, route=request.route)
 
     @grpc_errors
@@ -92,6 +97,11 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         self, request: router_pb2.RecordFeedbackRequest, context: Context
     ) -> router_pb2.RecordFeedbackResponse:
         check_feedback(request)  # arguments first: a bad score is never NOT_FOUND
+        if self._mesh is not None:
+            await self._mesh.feedback(request, time_left_s=context.time_remaining())
+            # This replica's own figures (its answer while the registry is away) too.
+            self._acct.stats.record_feedback(request.request_id, request.score)
+            return router_pb2.RecordFeedbackResponse()
         if not self._acct.stats.record_feedback(request.request_id, request.score):
             raise NotFound(
                 f"request {request.request_id} is unknown, did not finish, is too old for "
@@ -114,7 +124,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
 
 
 MAX_FEEDBACK_SCORE = 1e6  # any scale a caller keeps consistent; not infinities
-MAX_FEEDBACK_COMMENT_CHARS = 4096
+MAX_FEEDBACK_COMMENT_BYTES = 2048  # the registry's bound (OutcomeService.AttachFeedback)
 
 
 def check_feedback(request: router_pb2.RecordFeedbackRequest) -> None:
@@ -127,8 +137,10 @@ def check_feedback(request: router_pb2.RecordFeedbackRequest) -> None:
         bad.append(
             FieldViolation("score", f"must be a finite number within ±{MAX_FEEDBACK_SCORE:g}")
         )
-    if len(request.comment) > MAX_FEEDBACK_COMMENT_CHARS:
-        bad.append(FieldViolation("comment", f"at most {MAX_FEEDBACK_COMMENT_CHARS} characters"))
+    if len(request.comment.encode()) > MAX_FEEDBACK_COMMENT_BYTES:
+        bad.append(
+            FieldViolation("comment", f"at most {MAX_FEEDBACK_COMMENT_BYTES} bytes of UTF-8")
+        )
     if bad:
         raise InvalidArgument.for_violations(bad)
 

@@ -93,6 +93,7 @@ class Outcome:
     total_ms: float | None = None
     client: str = ""  # the name of the API key that made the request ("" when open)
     cached: bool = False  # answered from the router's response cache: no worker, no cost
+    attempt: int = 0  # the attempt that served it (1: the first); 0: not known
 
     @property
     def label(self) -> str:
