@@ -19,6 +19,7 @@ from router.catalog import Catalog
 from router.config import RouterSettings
 from router.metrics import RouterMetrics
 from router.outcomes import MeshOutcomes
+from router.outcomes.ops import OutcomeOps
 from router.relay import Relay
 from router.scheduling.profiles import build_profiles
 from router.service import RouterServicer
@@ -36,6 +37,7 @@ class RouterParts:
     accounting: Accounting
     metrics: RouterMetrics
     servicer: RouterServicer
+    outcomes: OutcomeOps
 
 
 def build(
@@ -94,8 +96,9 @@ def build(
         loop_caller(lambda: {h.address: breakers.state(h.address) for h in pool.workers})
     )
     api = RouterApi(relay, catalog, pool)
-    servicer = RouterServicer(api, pool, accounting, settings.limits, mesh=mesh)
-    return RouterParts(catalog, cache, relay, api, accounting, metrics, servicer)
+    outcomes = OutcomeOps(accounting.stats, mesh)
+    servicer = RouterServicer(api, pool, accounting, settings.limits, outcomes=outcomes)
+    return RouterParts(catalog, cache, relay, api, accounting, metrics, servicer, outcomes)
 
 
 def _healthy_workers(

@@ -83,6 +83,7 @@ async def start_router(settings: RouterSettings) -> RunningRouter:
                 ignore_unknown=settings.http_ignore_unknown_params,
                 serving=serving.is_set,
                 metrics=parts.metrics.registry,
+                outcomes=parts.outcomes,
             )
             stack.push_async_callback(front.stop)
         # Last in, first out: Consul stops sending clients here before anything stops.
