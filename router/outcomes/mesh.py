@@ -123,12 +123,13 @@ def _feedback_error(err: grpc.aio.AioRpcError) -> Exception:
     code = err.code()
     if code == grpc.StatusCode.NOT_FOUND:
         return NotFound(err.details() or "request not found", reason="REQUEST_NOT_FOUND")
-    if code in (
-        grpc.StatusCode.UNAVAILABLE,
-        grpc.StatusCode.DEADLINE_EXCEEDED,
-        grpc.StatusCode.UNAUTHENTICATED,
-        grpc.StatusCode.PERMISSION_DENIED,
-    ):
+    if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+        log.warning("feedback not stored: the registry refused the outcome-writer credential")
+        return Unavailable(
+            "feedback could not be stored: the registry refused this router's outcome-writer "
+            "credential (MODELYARD_ROUTER_OUTCOME_TOKEN); an operator must fix it"
+        )
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         log.warning("feedback not stored: the registry answered %s", code.name)
         return Unavailable(
             "feedback could not be stored: the registry that keeps it is unreachable "

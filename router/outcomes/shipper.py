@@ -129,6 +129,14 @@ class OutcomeShipper:
         try:
             await self._stub.RecordOutcomes(request, timeout=self._timeout_s)
         except grpc.aio.AioRpcError as err:
+            if err.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+                # Kept and retried (an operator may fix the token), but said loudly.
+                log.warning(
+                    "registry refused this router's outcome-writer credential "
+                    "(MODELYARD_ROUTER_OUTCOME_TOKEN); %d outcomes wait",
+                    len(self._buffer),
+                )
+                return False
             if err.code() != grpc.StatusCode.INVALID_ARGUMENT:
                 log.debug("registry did not take outcomes (%s); retrying", err.code().name)
                 return False
