@@ -20,6 +20,8 @@ from router.cache.build import build_response_cache
 from router.catalog import Catalog
 from router.config import RouterSettings
 from router.metrics import RouterMetrics
+from router.outcomes import MeshOutcomes
+from router.outcomes.ops import OutcomeOps
 from router.relay import Relay
 from router.scheduling.profiles import build_profiles
 from router.service import RouterServicer
@@ -37,6 +39,7 @@ class RouterParts:
     accounting: Accounting
     metrics: RouterMetrics
     servicer: RouterServicer
+    outcomes: OutcomeOps
     response_cache: ResponseCache | None = None
 
 
@@ -44,7 +47,9 @@ def build(
     settings: RouterSettings,
     registry: registry_pb2_grpc.RegistryServiceAsyncStub,
     pool: WorkerPool,
+    mesh: MeshOutcomes | None = None,
 ) -> RouterParts:
+    """`mesh`: ship outcomes to the registry and answer stats and feedback mesh-wide."""
     cache = RegistryCache()
     catalog = Catalog(
         registry,
@@ -54,6 +59,8 @@ def build(
         cache=cache,
     )
     metrics = RouterMetrics()
+    if mesh is not None:
+        metrics.registry.register(mesh.shipper.collector())
     breakers = BreakerBoard(
         BreakerPolicy(
             consecutive_failures=settings.breaker_failures,
@@ -69,6 +76,7 @@ def build(
             feedback=FeedbackBook(settings.feedback_max_entries, settings.feedback_ttl_s),
         ),
         metrics,
+        outcomes=mesh,
     )
     pool.on_removed.append(accounting.forget_worker)
     response_cache = build_response_cache(settings, metrics.response_cache)
@@ -93,8 +101,11 @@ def build(
         loop_caller(lambda: {h.address: breakers.state(h.address) for h in pool.workers})
     )
     api = RouterApi(relay, catalog, pool)
-    servicer = RouterServicer(api, pool, accounting, settings.limits)
-    return RouterParts(catalog, cache, relay, api, accounting, metrics, servicer, response_cache)
+    outcomes = OutcomeOps(accounting.stats, mesh)
+    servicer = RouterServicer(api, pool, accounting, settings.limits, outcomes=outcomes)
+    return RouterParts(
+        catalog, cache, relay, api, accounting, metrics, servicer, outcomes, response_cache
+    )
 
 
 def _healthy_workers(

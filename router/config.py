@@ -229,6 +229,41 @@ class RouterSettings(ServiceSettings):
         default="",
         description="Sent to the registry as its reader token (MODELYARD_REGISTRY_READER_TOKENS).",
     )
+    outcome_token: str = Field(
+        default="",
+        description=(
+            "Sent to the registry as its outcome-writer token on RecordOutcomes and "
+            "AttachFeedback (MODELYARD_REGISTRY_OUTCOME_WRITER_TOKENS); never the admin token."
+        ),
+    )
+    outcome_buffer: int = Field(
+        default=10_000,
+        ge=0,
+        description=(
+            "Finished requests' outcomes buffered for the registry while it is away; when full "
+            "the oldest is dropped (modelyard_router_outcomes_dropped_total). 0: no outcomes "
+            "are shipped, stats and feedback stay per replica."
+        ),
+    )
+    outcome_flush_interval_s: float = Field(
+        default=1.0,
+        gt=0,
+        le=60,
+        description="Outcomes are shipped when a batch of 500 is full or this often.",
+    )
+    outcome_feedback_wait_s: float = Field(
+        default=3.0,
+        ge=0,
+        le=60,
+        description=(
+            "RecordFeedback retries a NOT_FOUND from the registry this long: the replica that "
+            "served the request may not have shipped its outcome yet."
+        ),
+    )
+    router_id: str = Field(
+        default="",
+        description="This replica's name in stored outcomes; empty: the host name.",
+    )
     worker_api_key: str = Field(
         default="",
         description=(

@@ -58,6 +58,8 @@ def mesh_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
         "MODELYARD_WORKER_API_KEY": ROUTER_TO_WORKER,
         "MODELYARD_WORKER_REGISTRY_TOKEN": WORKER_READS,
         "MODELYARD_WORKER_SIM_ENGINE": "true",
+        # One router: an unknown request id is NOT_FOUND at once (the fuzz sends many).
+        "MODELYARD_ROUTER_OUTCOME_FEEDBACK_WAIT_S": "0",
         "MODELYARD_WORKER_MEMORY_BUDGET_BYTES": str(4 * GiB),
         "MODELYARD_ROUTER_API_KEYS": f"app:{CLIENT_KEY}",
         "MODELYARD_ROUTER_REGISTRY_TOKEN": ROUTER_READS,
