@@ -175,13 +175,17 @@ class ModelLoader:
         counters: SequenceCounters,
         progress: ProgressPublisher,
     ) -> Opened:
-        """A loaded, warmed-up engine; a library failure becomes ARTIFACT_CORRUPT."""
+        """A loaded engine, warmed up unless a request waits for it; a library failure
+        becomes ARTIFACT_CORRUPT."""
         engine = self.engines[kind](counters)
         before = rss_bytes()
         try:
             info = await engine.load(spec)
-            progress.phase(LoadPhase.WARM_UP)
-            await warm_up(engine)
+            # A request waiting for this load is its own warm-up: one more generation
+            # first would only delay its first token (LoadModel and preload warm up).
+            if not counters.snapshot().queued_requests:
+                progress.phase(LoadPhase.WARM_UP)
+                await warm_up(engine)
         except BaseException as err:
             with contextlib.suppress(Exception):
                 await engine.unload()

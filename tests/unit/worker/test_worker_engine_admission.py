@@ -5,7 +5,8 @@ default) and the sim engine (32). Concurrent requests all stream their first tok
 before any of them finishes (the order the client reads events in, no clocks), and
 batching does not change their greedy text. A worker setting or a model's load option
 still caps admission: the capped requests wait in the worker's queue, and its status
-says so.
+says so. A load that a request waits for skips the warm-up generation (the request is
+its own warm-up); LoadModel still warms up.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ class Mesh:
     smollm2: model_pb2.Model
     sim: model_pb2.Model
     sim_two: model_pb2.Model  # load_options.max_parallel_sequences = 2
+    sim_cold: model_pb2.Model  # not loaded by the fixture
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -78,17 +80,19 @@ async def mesh(
     sim = sim_model(artifact, "sim-wide", extra=SIM_EXTRA, context_length=2048)
     sim_two = sim_model(artifact, "sim-two", extra=SIM_EXTRA, context_length=2048)
     sim_two.load_options.max_parallel_sequences = 2
+    sim_cold = sim_model(artifact, "sim-cold", extra=SIM_EXTRA, context_length=2048)
     worker_settings = settings.model_copy(
         update={"sim_engine": True, "artifacts": ArtifactSettings(cache_dir=root / "cache")}
     )
     assert worker_settings.max_parallel_sequences == 0  # the default: the engine decides
-    worker = await start_worker(worker_settings, catalogue=FileCatalogue([smollm2, sim, sim_two]))
+    catalogue = FileCatalogue([smollm2, sim, sim_two, sim_cold])
+    worker = await start_worker(worker_settings, catalogue=catalogue)
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{worker.port}") as channel:
             stub = worker_pb2_grpc.WorkerServiceStub(channel)
             for model in (smollm2, sim, sim_two):
                 await stub.LoadModel(worker_pb2.LoadModelRequest(model=model), timeout=60)
-            yield Mesh(worker, stub, smollm2, sim, sim_two)
+            yield Mesh(worker, stub, smollm2, sim, sim_two, sim_cold)
     finally:
         await worker.stop(grace_s=1)
 
@@ -198,8 +202,20 @@ async def test_the_worker_setting_caps_what_the_engine_would_batch(
         async with grpc.aio.insecure_channel(f"127.0.0.1:{worker.port}") as channel:
             stub = worker_pb2_grpc.WorkerServiceStub(channel)
             await stub.LoadModel(worker_pb2.LoadModelRequest(model=model), timeout=60)
-            mesh = Mesh(worker, stub, model, model, model)
+            mesh = Mesh(worker, stub, model, model, model, model)
             order, _ = await concurrently(mesh, model, [f"r{i}" for i in range(6)], 20)
     finally:
         await worker.stop(grace_s=1)
     assert order.firsts_before_first_end() == 3, order.events
+
+
+async def test_a_request_loads_without_a_warm_up_and_load_model_warms_up(mesh: Mesh) -> None:
+    cold = request(mesh.sim_cold, "the first request", 3)
+    cold.load_if_cold = True
+    assert len(await stream(mesh.stub, cold)) == 3
+    # The warm-up's token would be counted with the model's generated tokens.
+    assert (await status_of(mesh, "sim-cold")).generated_tokens_total == 3
+    name, version = mesh.sim_cold.name, mesh.sim_cold.version
+    await mesh.stub.UnloadModel(worker_pb2.UnloadModelRequest(name=name, version=version))
+    await mesh.stub.LoadModel(worker_pb2.LoadModelRequest(model=mesh.sim_cold), timeout=60)
+    assert (await status_of(mesh, "sim-cold")).generated_tokens_total == 4
