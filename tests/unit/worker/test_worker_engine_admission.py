@@ -12,7 +12,7 @@ its own warm-up); LoadModel still warms up.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -219,3 +219,33 @@ async def test_a_request_loads_without_a_warm_up_and_load_model_warms_up(mesh: M
     await mesh.stub.UnloadModel(worker_pb2.UnloadModelRequest(name=name, version=version))
     await mesh.stub.LoadModel(worker_pb2.LoadModelRequest(model=mesh.sim_cold), timeout=60)
     assert (await status_of(mesh, "sim-cold")).generated_tokens_total == 4
+
+
+async def until_status(
+    mesh: Mesh, name: str, holds: Callable[[worker_pb2.ModelStatus], bool]
+) -> worker_pb2.ModelStatus:
+    """Poll the model's status until `holds`; fail after a deadline."""
+    deadline = asyncio.get_running_loop().time() + 60
+    while not holds(status := await status_of(mesh, name)):
+        assert asyncio.get_running_loop().time() < deadline, f"status stayed at {status}"
+        await asyncio.sleep(0.02)
+    return status
+
+
+async def test_a_request_waiting_in_llama_cpp_for_kv_cells_counts_as_queued(mesh: Mesh) -> None:
+    # Each reserves prompt + 1,500 cells of the 2,048: the second waits inside the engine
+    # for the first to finish, although the worker's queue let both in.
+    calls = [
+        mesh.stub.Generate(request(mesh.smollm2, prompt, 1500), timeout=120)
+        for prompt in PROMPTS[:2]
+    ]
+    name = mesh.smollm2.name
+    try:
+        both = await until_status(
+            mesh, name, lambda s: s.running_sequences + s.queued_requests == 2
+        )
+        assert (both.running_sequences, both.queued_requests) == (1, 1)
+    finally:
+        for call in calls:
+            call.cancel()
+    await until_status(mesh, name, lambda s: s.running_sequences + s.queued_requests == 0)
