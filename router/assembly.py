@@ -61,23 +61,8 @@ def build(
     metrics = RouterMetrics()
     if mesh is not None:
         metrics.registry.register(mesh.shipper.collector())
-    breakers = BreakerBoard(
-        BreakerPolicy(
-            consecutive_failures=settings.breaker_failures,
-            error_rate=settings.breaker_error_rate,
-            open_s=settings.breaker_open_s,
-        ),
-    )
-    accounting = Accounting(
-        breakers,
-        LatencyEstimates(),
-        RoutingStats(
-            reference_usd_per_1k=settings.reference_usd_per_1k_tokens,
-            feedback=FeedbackBook(settings.feedback_max_entries, settings.feedback_ttl_s),
-        ),
-        metrics,
-        outcomes=mesh,
-    )
+    accounting = _accounting(settings, metrics, mesh)
+    breakers = accounting.breakers
     pool.on_removed.append(accounting.forget_worker)
     response_cache = build_response_cache(settings, metrics.response_cache)
     relay = Relay(
@@ -105,6 +90,28 @@ def build(
     servicer = RouterServicer(api, pool, accounting, settings.limits, outcomes=outcomes)
     return RouterParts(
         catalog, cache, relay, api, accounting, metrics, servicer, outcomes, response_cache
+    )
+
+
+def _accounting(
+    settings: RouterSettings, metrics: RouterMetrics, mesh: MeshOutcomes | None
+) -> Accounting:
+    breakers = BreakerBoard(
+        BreakerPolicy(
+            consecutive_failures=settings.breaker_failures,
+            error_rate=settings.breaker_error_rate,
+            open_s=settings.breaker_open_s,
+        ),
+    )
+    return Accounting(
+        breakers,
+        LatencyEstimates(),
+        RoutingStats(
+            reference_usd_per_1k=settings.reference_usd_per_1k_tokens,
+            feedback=FeedbackBook(settings.feedback_max_entries, settings.feedback_ttl_s),
+        ),
+        metrics,
+        outcomes=mesh,
     )
 
 
