@@ -72,13 +72,22 @@ class Entry:
 class Recorder:
     """Collects the events of one relayed stream."""
 
-    def __init__(self) -> None:
+    def __init__(self, limit_bytes: int = 1 << 20) -> None:
         self._deltas: list[common_pb2.TokenDelta] = []
         self._finished: common_pb2.GenerationFinished | None = None
+        # A stream longer than the cache takes is let go of as it streams, not held
+        # whole until its end only to be refused.
+        self._room = limit_bytes
 
     def see(self, event: router_pb2.GenerateResponse) -> None:
         kind = event.WhichOneof("event")
         if kind == "delta":
+            if self._room < 0:
+                return
+            self._room -= event.delta.ByteSize()
+            if self._room < 0:
+                self._deltas.clear()
+                return
             self._deltas.append(event.delta)
         elif kind == "finished":
             done = event.finished
@@ -91,5 +100,7 @@ class Recorder:
     def entry(self) -> Entry | None:
         """The entry, or None unless the stream finished whole."""
         if self._finished is None or self._finished.finish_reason not in _COMPLETE:
+            return None
+        if self._room < 0:
             return None
         return Entry(tuple(self._deltas), self._finished)

@@ -93,7 +93,8 @@ class CacheHook:
         if entry is not None:  # what the relay states for a worker's answer, from the entry
             span.set_attributes(response_attributes(key_of(model), request_id))
             span.set_attributes(usage_attributes(entry.finished.usage))
-        return Lookup(key, model, float(ttl_of(policy.ttl_seconds)), entry)
+        recorder = Recorder(self._cache.backend.max_entry_bytes)
+        return Lookup(key, model, float(ttl_of(policy.ttl_seconds)), entry, recorder)
 
     async def replay(
         self,

@@ -340,6 +340,7 @@ class Relay:
                 ttft_ms=(run.first_token_at - run.started_at) * 1000,
                 total_ms=(self._clock() - run.started_at) * 1000,
                 client=run.client,
+                attempt=leg.attempt.number,
             ),
             done,
             operation=operation_name(bool(run.request.messages)),

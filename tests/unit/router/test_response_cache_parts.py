@@ -95,8 +95,8 @@ def finished(reason: common_pb2.FinishReason.ValueType) -> router_pb2.GenerateRe
     return router_pb2.GenerateResponse(finished=done)
 
 
-def stream(reason: common_pb2.FinishReason.ValueType) -> Recorder:
-    recorder = Recorder()
+def stream(reason: common_pb2.FinishReason.ValueType, limit_bytes: int = 1 << 20) -> Recorder:
+    recorder = Recorder(limit_bytes)
     recorder.see(router_pb2.GenerateResponse(started=common_pb2.GenerationStarted(model="tiny")))
     recorder.see(
         router_pb2.GenerateResponse(delta=common_pb2.TokenDelta(text="Hel", token_ids=[1]))
@@ -116,6 +116,13 @@ def test_an_entry_keeps_the_text_ids_finish_and_usage_and_nothing_else() -> None
     assert back.finished.finish_reason == common_pb2.FINISH_REASON_STOP
     assert back.finished.usage.output_tokens == 2
     assert not back.finished.HasField("cost") and not back.finished.HasField("timings")
+
+
+def test_a_stream_longer_than_an_entry_may_be_is_let_go_of_as_it_streams() -> None:
+    long = stream(common_pb2.FINISH_REASON_STOP, limit_bytes=8)
+    assert long.entry() is None
+    assert not long._deltas  # nothing held for a stream the cache would refuse
+    assert stream(common_pb2.FINISH_REASON_STOP, limit_bytes=64).entry() is not None
 
 
 def test_unfinished_or_cancelled_streams_give_no_entry_and_garbage_is_refused() -> None:
@@ -176,6 +183,8 @@ async def test_entries_expire_after_their_ttl() -> None:
 
 
 class Broken:
+    max_entry_bytes = 1 << 20
+
     def __init__(self, error: BaseException) -> None:
         self.error = error
 
@@ -205,6 +214,8 @@ async def test_a_failing_backend_is_a_counted_miss_never_an_error() -> None:
 
 class Hung:
     """A store that accepted the connection and never answers."""
+
+    max_entry_bytes = 1 << 20
 
     async def get(self, key: str) -> bytes | None:
         await asyncio.Event().wait()
