@@ -245,6 +245,8 @@ async def test_a_hung_backend_costs_its_deadline_then_is_a_miss() -> None:
 class Flaky:
     """A store that fails while `down`, and counts the calls that reach it."""
 
+    max_entry_bytes = 1 << 20
+
     def __init__(self) -> None:
         self.down = True
         self.calls = 0
