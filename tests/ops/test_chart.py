@@ -713,3 +713,29 @@ def test_artifact_credentials_reach_worker_pods_only(helm: Path, tmp_path: Path)
     assert sorted(workers.values(), key=sorted) == [{"hub-creds"}, {"s3-creds"}], workers
     others = {w: s for w, s in by_component.items() if "worker-" not in w}
     assert others and not any(others.values()), others
+
+
+def test_the_shared_response_cache_url_reaches_routers_only(helm: Path) -> None:
+    result = helm_template(
+        helm,
+        "--set",
+        "router.responseCache.redisUrlSecret=cache-url",
+        "--set",
+        "router.responseCache.maxBytes=1024",
+    )
+    assert result.returncode == 0, result.stderr
+    readers = {
+        where
+        for where, spec in pod_specs(parse(result.stdout))
+        if ("cache-url", "url") in secret_refs(spec)
+    }
+    assert readers and all("router" in where for where in readers), readers
+    router_env = {
+        e["name"]: e.get("value")
+        for where, spec in pod_specs(parse(result.stdout))
+        if "router" in where
+        for c in spec["containers"]
+        for e in c.get("env", [])
+    }
+    assert router_env["MODELYARD_ROUTER_RESPONSE_CACHE_MAX_BYTES"] == "1024"
+    assert "MODELYARD_ROUTER_RESPONSE_CACHE_REDIS_URL" in router_env
