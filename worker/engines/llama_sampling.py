@@ -21,6 +21,7 @@ import numpy as np
 
 from modelyard.errors import InvalidArgument
 from worker.engines.base import EngineRequest, OutputFormat, TokenLogprob, TopLogprob
+from worker.engines.common import check_logit_bias
 
 log = logging.getLogger(__name__)
 
@@ -59,11 +60,7 @@ def check_request(vocab: Any, n_vocab: int, req: EngineRequest) -> str | None:
     """On the event loop, before queueing: the bias's token ids and the grammar.
 
     Returns the grammar (GBNF) the sequence's chain will use, if any."""
-    bad = sorted(t for t in req.logit_bias if not 0 <= t < n_vocab)
-    if bad:
-        raise InvalidArgument.for_field(
-            f"sampling.logit_bias[{bad[0]}]", f"token ids must lie in [0, {n_vocab})"
-        )
+    check_logit_bias(req, n_vocab)
     if req.output_format is None:
         return None
     import llama_cpp
