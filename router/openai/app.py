@@ -182,7 +182,7 @@ class _Front:
         try:
             # The relay holds GenerationStarted until the first token: errors up to
             # there (unknown model, no worker, bad input) still get their HTTP status.
-            firsts = await _until_disconnect(request, asyncio.gather(*map(anext, streams)))
+            firsts = await _until_disconnect(request, _first_events(streams))
         except BaseException:
             for events in streams:
                 await events.aclose()
@@ -207,6 +207,16 @@ class _Front:
             if math.isfinite(seconds) and seconds > 0:
                 return min(self._timeout_s, seconds)
         return self._timeout_s
+
+
+async def _first_events(streams: Sequence[Events]) -> list[router_pb2.GenerateResponse]:
+    """Each stream's first event; the first error once every stream has answered (so none
+    is still running when the caller closes them all)."""
+    firsts = await asyncio.gather(*map(anext, streams), return_exceptions=True)
+    for first in firsts:
+        if isinstance(first, BaseException):
+            raise first
+    return [f for f in firsts if not isinstance(f, BaseException)]
 
 
 def _ignored_header(ignored: Sequence[str]) -> dict[str, str]:

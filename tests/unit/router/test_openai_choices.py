@@ -12,6 +12,7 @@ import openai
 import pytest_asyncio
 from openai.types.chat import ChatCompletionMessageParam
 
+from modelyard.errors import Unavailable
 from modelyard.local_mesh import free_port
 from modelyard.v1 import common_pb2, router_pb2
 from router.openai.server import start_http_front
@@ -28,6 +29,7 @@ def _logprob(token: bytes, value: float) -> common_pb2.TokenLogprob:
 class _Router:
     def __init__(self) -> None:
         self.seen: list[router_pb2.GenerateRequest] = []
+        self.failing: set[int] = set()  # seeds whose generation fails before its first token
 
     def generate(
         self, request: router_pb2.GenerateRequest, *, timeout_s: float | None
@@ -39,6 +41,10 @@ class _Router:
         self, request: router_pb2.GenerateRequest
     ) -> AsyncGenerator[router_pb2.GenerateResponse, None]:
         seed = request.sampling.seed
+        if seed in self.failing:
+            raise Unavailable("no worker could serve m@1")
+        for _ in range(20 if self.failing else 0):
+            await asyncio.sleep(0)  # still on its way to a first token when another fails
         yield router_pb2.GenerateResponse(
             started=common_pb2.GenerationStarted(request_id=f"r{seed}", model="m", version="1")
         )
@@ -161,3 +167,16 @@ async def test_legacy_logprobs_are_parallel_arrays_with_text_offsets(
         assert tokens == [" red", " gr", "\ufffd"]
         assert offsets[0] == len("The")  # offsets count from the prompt's start
     assert router.seen[-1].sampling.top_logprobs == 1
+
+
+async def test_one_failing_choice_fails_the_request_and_closes_the_others(
+    front: tuple[_Router, openai.AsyncOpenAI],
+) -> None:
+    router, client = front
+    router.failing = {11}
+    try:
+        await client.chat.completions.create(model="m", messages=MESSAGES, n=2, seed=10)
+    except openai.APIStatusError as err:
+        assert err.status_code == 503
+    else:
+        raise AssertionError("a failed choice must fail the request")
