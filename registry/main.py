@@ -7,15 +7,21 @@ import functools
 import logging
 from collections.abc import Callable
 
+import grpc
+
+from modelyard.auth import AccessGate
 from modelyard.discovery import REGISTRY_SERVICE
 from modelyard.discovery.consul import register_service
 from modelyard.server import host_of, start_server, wait_for_signal
 from modelyard.telemetry import setup_logging, setup_tracing, shutdown_tracing
-from registry.auth import SERVICE_NAME, WRITE_METHODS, registry_gate
+from registry.auth import OUTCOME_SERVICE_NAME, SERVICE_NAME, WRITE_METHODS, registry_gate
 from registry.config import RegistrySettings
 from registry.metrics import serve_metrics
+from registry.outcome_fold import start_folding, stop_folding
+from registry.outcome_service import add_to_server as add_outcome_service
+from registry.outcomes import OutcomeStore, Retention
 from registry.service import add_to_server
-from registry.store import open_store
+from registry.store import RegistryStore, open_store
 
 log = logging.getLogger(__name__)
 
@@ -33,16 +39,13 @@ async def serve(
         poll_interval_s=settings.watch_poll_interval_s,
     )
     try:
-        gate = registry_gate(
-            settings.admin_token,
-            reader_tokens=settings.reader_tokens,
-            admin_identities=settings.admin_identities,
-            reader_identities=settings.reader_identities,
-        )
+        gate = _gate(settings)
+        outcomes = _outcome_store(settings, store)
+        folding = start_folding(outcomes, settings.outcome_fold_interval_s)
         running = await start_server(
             settings.address,
-            functools.partial(add_to_server, store),
-            [SERVICE_NAME],
+            functools.partial(_add_services, store, outcomes),
+            [SERVICE_NAME, OUTCOME_SERVICE_NAME],
             tls=settings.tls,
             limits=settings.limits,
             interceptors=[gate],
@@ -77,8 +80,36 @@ async def serve(
                 await asyncio.to_thread(stop_metrics)
         finally:
             await running.stop(STOP_GRACE_S)
+            await stop_folding(folding)
     finally:
         await store.close()
+
+
+def _gate(settings: RegistrySettings) -> AccessGate:
+    return registry_gate(
+        settings.admin_token,
+        reader_tokens=settings.reader_tokens,
+        admin_identities=settings.admin_identities,
+        reader_identities=settings.reader_identities,
+        outcome_writer_tokens=settings.outcome_writer_tokens,
+        outcome_writer_identities=settings.outcome_writer_identities,
+    )
+
+
+def _outcome_store(settings: RegistrySettings, store: RegistryStore) -> OutcomeStore:
+    return OutcomeStore(
+        store.engine,
+        retention=Retention(
+            raw_s=settings.outcome_retention_s,
+            window_s=settings.outcome_window_s,
+            windows_s=settings.outcome_window_retention_s,
+        ),
+    )
+
+
+def _add_services(store: RegistryStore, outcomes: OutcomeStore, server: grpc.aio.Server) -> None:
+    add_to_server(store, server)
+    add_outcome_service(outcomes, server)
 
 
 def run(settings: RegistrySettings) -> None:

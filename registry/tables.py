@@ -12,11 +12,13 @@ from datetime import datetime
 from sqlalchemy import (
     BigInteger,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
     LargeBinary,
     String,
+    Text,
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -123,3 +125,76 @@ class RouteRefRow(Base):
     target_kind: Mapped[str] = mapped_column(String(8))  # "model" or "route"
     target_name: Mapped[str] = mapped_column(String(128))
     target_version: Mapped[str] = mapped_column(String(128))  # "" for a bare name
+
+
+# -- outcomes: not catalogue (no revision, no Watch); see registry.outcomes ----------------
+
+
+class OutcomeRow(Base):
+    """One finished request, as a router reported it; kept for the raw retention, then
+    folded into `outcome_windows`. Times are epoch milliseconds (dialect-neutral, cheap
+    range scans); latencies are also kept as log-bucket indexes so SQL can histogram them."""
+
+    __tablename__ = "outcomes"
+    __table_args__ = (Index("ix_outcomes_finished", "finished_at_ms"),)
+
+    request_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    router_id: Mapped[str] = mapped_column(String(128))
+    finished_at_ms: Mapped[int] = mapped_column(BigInteger)
+    model: Mapped[str] = mapped_column(String(128))
+    version: Mapped[str] = mapped_column(String(128))
+    route: Mapped[str] = mapped_column(String(128))
+    arm: Mapped[str] = mapped_column(String(128))
+    attempt: Mapped[int] = mapped_column(Integer)
+    worker_id: Mapped[str] = mapped_column(String(256))
+    client: Mapped[str] = mapped_column(String(128))
+    status_code: Mapped[int] = mapped_column(Integer)
+    input_tokens: Mapped[int] = mapped_column(BigInteger)
+    output_tokens: Mapped[int] = mapped_column(BigInteger)
+    cached_input_tokens: Mapped[int] = mapped_column(BigInteger)
+    cost_usd: Mapped[float] = mapped_column(Float)
+    ttft_ms: Mapped[float] = mapped_column(Float)
+    total_ms: Mapped[float] = mapped_column(Float)
+    ttft_bucket: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    total_bucket: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    cached: Mapped[bool]
+    feedback_score: Mapped[float | None] = mapped_column(Float, nullable=True)
+    feedback_comment: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class OutcomeWindowRow(Base):
+    """The sums of one series' outcomes over one fixed window (downsampled raw rows)."""
+
+    __tablename__ = "outcome_windows"
+    __table_args__ = (Index("ix_outcome_windows_start", "window_start_ms"),)
+
+    window_start_ms: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    model: Mapped[str] = mapped_column(String(128), primary_key=True)
+    version: Mapped[str] = mapped_column(String(128), primary_key=True)
+    route: Mapped[str] = mapped_column(String(128), primary_key=True)
+    arm: Mapped[str] = mapped_column(String(128), primary_key=True)
+    requests: Mapped[int] = mapped_column(BigInteger)
+    errors: Mapped[int] = mapped_column(BigInteger)
+    input_tokens: Mapped[int] = mapped_column(BigInteger)
+    output_tokens: Mapped[int] = mapped_column(BigInteger)
+    cached_input_tokens: Mapped[int] = mapped_column(BigInteger)
+    cached_requests: Mapped[int] = mapped_column(BigInteger)
+    cost_usd: Mapped[float] = mapped_column(Float)
+    feedback_sum: Mapped[float] = mapped_column(Float)
+    feedback_count: Mapped[int] = mapped_column(BigInteger)
+
+
+class OutcomeWindowLatencyRow(Base):
+    """One log bucket of a window's latency histogram (kind: "ttft" or "total")."""
+
+    __tablename__ = "outcome_window_latency"
+    __table_args__ = (Index("ix_outcome_window_latency_start", "window_start_ms"),)
+
+    window_start_ms: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    model: Mapped[str] = mapped_column(String(128), primary_key=True)
+    version: Mapped[str] = mapped_column(String(128), primary_key=True)
+    route: Mapped[str] = mapped_column(String(128), primary_key=True)
+    arm: Mapped[str] = mapped_column(String(128), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(8), primary_key=True)
+    bucket: Mapped[int] = mapped_column(Integer, primary_key=True)
+    count: Mapped[int] = mapped_column(BigInteger)

@@ -34,6 +34,7 @@ from modelyard.v1 import common_pb2, model_pb2
 MAX_ARMS = 64
 MAX_FALLBACKS = 16
 MAX_ARM_NAME = 128
+MAX_RESPONSE_CACHE_TTL_S = 86400  # ResponseCachePolicy.ttl_seconds, as model.proto says
 OBJECTIVES = frozenset(common_pb2.Objective.values())
 ARCHIVED = model_pb2.STAGE_ARCHIVED
 
@@ -105,6 +106,7 @@ def validate_route(route: model_pb2.Route, facts: RouteFacts) -> ValidRoute:
     _check_arms(clean, facts, violations, targets)
     _check_fallbacks(clean, facts, violations, targets, check_cycles=name_ok)
     _check_settings(clean, violations)
+    _check_response_cache(clean, violations)
     if violations:
         raise InvalidArgument.for_violations(violations)
     return ValidRoute(clean, tuple(targets))
@@ -218,6 +220,17 @@ def _check_settings(route: model_pb2.Route, violations: list[FieldViolation]) ->
             FieldViolation(
                 "route.max_cost_per_1k_tokens",
                 f"must be a number >= 0, got {route.max_cost_per_1k_tokens}",
+            )
+        )
+
+
+def _check_response_cache(route: model_pb2.Route, violations: list[FieldViolation]) -> None:
+    ttl = route.response_cache.ttl_seconds
+    if ttl > MAX_RESPONSE_CACHE_TTL_S:
+        violations.append(
+            FieldViolation(
+                "route.response_cache.ttl_seconds",
+                f"at most {MAX_RESPONSE_CACHE_TTL_S} (one day), got {ttl}; 0 means 300",
             )
         )
 

@@ -4,6 +4,7 @@ stats and metrics, in one place so the relay only reports outcomes."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 from modelyard.genai import CHAT
 from modelyard.refs import ModelKey, model_key
@@ -15,12 +16,21 @@ from router.state.latency import LatencyEstimates, prefill_ms_per_token
 from router.stats import Outcome, RoutingStats
 
 
+class OutcomeSink(Protocol):
+    """Where finished requests' outcomes go besides the local stats (the registry)."""
+
+    def record(
+        self, request_id: str, outcome: Outcome, *, worker: str = "", code: str = "OK"
+    ) -> None: ...
+
+
 @dataclass
 class Accounting:
     breakers: BreakerBoard
     latency: LatencyEstimates
     stats: RoutingStats
     metrics: RouterMetrics | None = None
+    outcomes: OutcomeSink | None = None
 
     def attempt_failed(self, worker: str) -> None:
         """A worker failed before the first token (or mid-stream): its breaker hears it."""
@@ -64,10 +74,23 @@ class Accounting:
         if self.metrics is not None:
             observe_finished(self.metrics, outcome, finished, operation)
         self.stats.record(request_id, outcome)
+        if self.outcomes is not None:
+            self.outcomes.record(request_id, outcome, worker=worker)
         self._count(outcome, "OK")
+
+    def cached(self, request_id: str, outcome: Outcome) -> None:
+        """Answered from the router's response cache: stats count it as cached (no cost,
+        no latency sample); no worker was involved, so breakers and EWMAs hear nothing."""
+        self.stats.record(request_id, outcome)
+        if self.outcomes is not None:
+            self.outcomes.record(request_id, outcome)  # mesh-wide stats count hits too
+        if self.metrics is not None:
+            self.metrics.requests.labels(model=outcome.label, arm=outcome.arm, code="OK").inc()
 
     def failed(self, request_id: str, outcome: Outcome, code: str) -> None:
         self.stats.record(request_id, outcome)
+        if self.outcomes is not None:
+            self.outcomes.record(request_id, outcome, code=code)
         self._count(outcome, code)
 
     def _count(self, outcome: Outcome, code: str) -> None:

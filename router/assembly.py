@@ -15,9 +15,13 @@ from router.accounting import Accounting
 from router.admission import RouterAdmission
 from router.api import RouterApi
 from router.breaker import OPEN, BreakerBoard, BreakerPolicy
+from router.cache import ResponseCache
+from router.cache.build import build_response_cache
 from router.catalog import Catalog
 from router.config import RouterSettings
 from router.metrics import RouterMetrics
+from router.outcomes import MeshOutcomes
+from router.outcomes.ops import OutcomeOps
 from router.relay import Relay
 from router.scheduling.profiles import build_profiles
 from router.service import RouterServicer
@@ -35,13 +39,17 @@ class RouterParts:
     accounting: Accounting
     metrics: RouterMetrics
     servicer: RouterServicer
+    outcomes: OutcomeOps
+    response_cache: ResponseCache | None = None
 
 
 def build(
     settings: RouterSettings,
     registry: registry_pb2_grpc.RegistryServiceAsyncStub,
     pool: WorkerPool,
+    mesh: MeshOutcomes | None = None,
 ) -> RouterParts:
+    """`mesh`: ship outcomes to the registry and answer stats and feedback mesh-wide."""
     cache = RegistryCache()
     catalog = Catalog(
         registry,
@@ -51,23 +59,12 @@ def build(
         cache=cache,
     )
     metrics = RouterMetrics()
-    breakers = BreakerBoard(
-        BreakerPolicy(
-            consecutive_failures=settings.breaker_failures,
-            error_rate=settings.breaker_error_rate,
-            open_s=settings.breaker_open_s,
-        ),
-    )
-    accounting = Accounting(
-        breakers,
-        LatencyEstimates(),
-        RoutingStats(
-            reference_usd_per_1k=settings.reference_usd_per_1k_tokens,
-            feedback=FeedbackBook(settings.feedback_max_entries, settings.feedback_ttl_s),
-        ),
-        metrics,
-    )
+    if mesh is not None:
+        metrics.registry.register(mesh.shipper.collector())
+    accounting = _accounting(settings, metrics, mesh)
+    breakers = accounting.breakers
     pool.on_removed.append(accounting.forget_worker)
+    response_cache = build_response_cache(settings, metrics.response_cache)
     relay = Relay(
         catalog,
         pool,
@@ -80,6 +77,7 @@ def build(
         stream_silence_timeout_s=settings.stream_silence_timeout_s,
         client_policy=settings.client_policy(),
         admission=RouterAdmission(settings.max_in_flight, settings.max_in_flight_per_key),
+        response_cache=response_cache,
     )
 
     # Scrapes run on prometheus_client's thread; the cache changes on the loop.
@@ -88,8 +86,33 @@ def build(
         loop_caller(lambda: {h.address: breakers.state(h.address) for h in pool.workers})
     )
     api = RouterApi(relay, catalog, pool)
-    servicer = RouterServicer(api, pool, accounting, settings.limits)
-    return RouterParts(catalog, cache, relay, api, accounting, metrics, servicer)
+    outcomes = OutcomeOps(accounting.stats, mesh)
+    servicer = RouterServicer(api, pool, accounting, settings.limits, outcomes=outcomes)
+    return RouterParts(
+        catalog, cache, relay, api, accounting, metrics, servicer, outcomes, response_cache
+    )
+
+
+def _accounting(
+    settings: RouterSettings, metrics: RouterMetrics, mesh: MeshOutcomes | None
+) -> Accounting:
+    breakers = BreakerBoard(
+        BreakerPolicy(
+            consecutive_failures=settings.breaker_failures,
+            error_rate=settings.breaker_error_rate,
+            open_s=settings.breaker_open_s,
+        ),
+    )
+    return Accounting(
+        breakers,
+        LatencyEstimates(),
+        RoutingStats(
+            reference_usd_per_1k=settings.reference_usd_per_1k_tokens,
+            feedback=FeedbackBook(settings.feedback_max_entries, settings.feedback_ttl_s),
+        ),
+        metrics,
+        outcomes=mesh,
+    )
 
 
 def _healthy_workers(

@@ -106,6 +106,7 @@ class Target:
     objective: common_pb2.Objective.ValueType = common_pb2.OBJECTIVE_UNSPECIFIED
     max_ttft_ms: float | None = None
     max_cost_per_1k: float | None = None
+    response_cache: model_pb2.ResponseCachePolicy | None = None  # the route's, if any
 
     @property
     def name(self) -> str:
@@ -279,6 +280,7 @@ class Catalog:
             max_cost_per_1k=(
                 route.max_cost_per_1k_tokens if route.HasField("max_cost_per_1k_tokens") else None
             ),
+            response_cache=route.response_cache if route.response_cache.enabled else None,
         )
 
     async def _model(self, ref: ModelRef, timeout_s: float | None) -> model_pb2.Model:

@@ -144,6 +144,38 @@ class RouterSettings(ServiceSettings):
     feedback_ttl_s: float = Field(
         default=3600.0, gt=0, description="Seconds a request id stays open to RecordFeedback."
     )
+    response_cache_max_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=0,
+        description=(
+            "Bytes of answers the in-process response cache holds, least recently used "
+            "dropped first (routes opt in with response_cache). 0: no response cache."
+        ),
+    )
+    response_cache_max_entry_bytes: int = Field(
+        default=1024 * 1024,
+        ge=1,
+        description="Largest single answer the response cache keeps (in-process or shared).",
+    )
+    response_cache_redis_url: str = Field(
+        default="",
+        description=(
+            "redis:// or rediss:// URL of a Redis-compatible store the router replicas share "
+            "for the response cache (then no in-process cache). Empty: in-process only."
+        ),
+    )
+    response_cache_redis_prefix: str = Field(
+        default="modelyard:response:",
+        description="Prefix of the response cache's keys in the store.",
+    )
+    response_cache_timeout_s: float = Field(
+        default=0.25,
+        gt=0,
+        description=(
+            "Deadline of one response cache lookup or store; past it (or on any store "
+            "error) the request is served by a worker and the failure counted."
+        ),
+    )
     metrics_port: int = Field(
         default=0, ge=0, le=65535, description="Port of the Prometheus /metrics endpoint; 0: off."
     )
@@ -196,6 +228,41 @@ class RouterSettings(ServiceSettings):
     registry_token: str = Field(
         default="",
         description="Sent to the registry as its reader token (MODELYARD_REGISTRY_READER_TOKENS).",
+    )
+    outcome_token: str = Field(
+        default="",
+        description=(
+            "Sent to the registry as its outcome-writer token on RecordOutcomes and "
+            "AttachFeedback (MODELYARD_REGISTRY_OUTCOME_WRITER_TOKENS); never the admin token."
+        ),
+    )
+    outcome_buffer: int = Field(
+        default=10_000,
+        ge=0,
+        description=(
+            "Finished requests' outcomes buffered for the registry while it is away; when full "
+            "the oldest is dropped (modelyard_router_outcomes_dropped_total). 0: no outcomes "
+            "are shipped, stats and feedback stay per replica."
+        ),
+    )
+    outcome_flush_interval_s: float = Field(
+        default=1.0,
+        gt=0,
+        le=60,
+        description="Outcomes are shipped when a batch of 500 is full or this often.",
+    )
+    outcome_feedback_wait_s: float = Field(
+        default=3.0,
+        ge=0,
+        le=60,
+        description=(
+            "RecordFeedback retries a NOT_FOUND from the registry this long: the replica that "
+            "served the request may not have shipped its outcome yet."
+        ),
+    )
+    router_id: str = Field(
+        default="",
+        description="This replica's name in stored outcomes; empty: the host name.",
     )
     worker_api_key: str = Field(
         default="",

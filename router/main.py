@@ -6,10 +6,13 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import socket
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import cast
+
+import grpc
 
 from modelyard.bearer import bearer_interceptors
 from modelyard.discovery import ROUTER_SERVICE
@@ -23,7 +26,7 @@ from modelyard.telemetry import (
     shutdown_tracing,
 )
 from modelyard.tls import secure_or_insecure_channel
-from modelyard.v1 import registry_pb2_grpc
+from modelyard.v1 import outcomes_pb2_grpc, registry_pb2_grpc
 from router.assembly import RouterParts, build, start_watch, stop_watch
 from router.auth import SERVICE_NAME, router_gate
 from router.config import RouterSettings
@@ -31,6 +34,7 @@ from router.discovery import start_discovery
 from router.metrics import serve_metrics
 from router.openai.admission import FrontLimits
 from router.openai.server import start_http_front
+from router.outcomes import MeshOutcomes, OutcomeShipper
 from router.service import add_to_server
 from router.workers import CHANNEL_OPTIONS, WorkerPool
 
@@ -79,6 +83,7 @@ async def start_router(settings: RouterSettings) -> RunningRouter:
                 ignore_unknown=settings.http_ignore_unknown_params,
                 serving=serving.is_set,
                 metrics=parts.metrics.registry,
+                outcomes=parts.outcomes,
             )
             stack.push_async_callback(front.stop)
         # Last in, first out: Consul stops sending clients here before anything stops.
@@ -121,7 +126,9 @@ async def _start_parts(settings: RouterSettings, stack: AsyncExitStack) -> Route
         "registry_pb2_grpc.RegistryServiceAsyncStub",
         registry_pb2_grpc.RegistryServiceStub(registry_channel),
     )
-    parts = build(settings, registry, pool)
+    parts = build(settings, registry, pool, _mesh_outcomes(settings, registry_channel, stack))
+    if parts.response_cache is not None:
+        stack.push_async_callback(parts.response_cache.close)
     stack.push_async_callback(stop_watch, start_watch(parts, settings))
     if settings.metrics_port:
         stack.callback(
@@ -137,6 +144,48 @@ async def _start_parts(settings: RouterSettings, stack: AsyncExitStack) -> Route
     if discovery is not None:
         stack.push_async_callback(discovery.close)
     return parts
+
+
+def _mesh_outcomes(
+    settings: RouterSettings, reader_channel: grpc.aio.Channel, stack: AsyncExitStack
+) -> MeshOutcomes | None:
+    """Outcomes shipped to the registry (with the outcome-writer token, on a channel of
+    their own), stats and feedback read mesh-wide; None when turned off."""
+    if not settings.outcome_buffer:
+        return None
+    writer_channel = secure_or_insecure_channel(
+        settings.registry_address,
+        settings.tls,
+        [*client_interceptors(), *bearer_interceptors(settings.outcome_token)],
+        CHANNEL_OPTIONS,
+    )
+    stack.push_async_callback(writer_channel.close)
+    writer = cast(
+        "outcomes_pb2_grpc.OutcomeServiceAsyncStub",
+        outcomes_pb2_grpc.OutcomeServiceStub(writer_channel),
+    )
+    reader = cast(
+        "outcomes_pb2_grpc.OutcomeServiceAsyncStub",
+        outcomes_pb2_grpc.OutcomeServiceStub(reader_channel),
+    )
+    shipper = OutcomeShipper(
+        writer,
+        capacity=settings.outcome_buffer,
+        interval_s=settings.outcome_flush_interval_s,
+        timeout_s=settings.registry_timeout_s,
+    )
+    shipper.start()
+    # Unwound after the servers stopped: the last requests' outcomes are shipped too.
+    stack.push_async_callback(shipper.close)
+    return MeshOutcomes(
+        writer,
+        reader,
+        shipper,
+        router_id=settings.router_id or socket.gethostname(),
+        reference_usd_per_1k=settings.reference_usd_per_1k_tokens,
+        call_timeout_s=settings.registry_timeout_s,
+        feedback_wait_s=settings.outcome_feedback_wait_s,
+    )
 
 
 async def serve(settings: RouterSettings, *, on_ready: Callable[[int], None] | None = None) -> None:

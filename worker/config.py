@@ -17,6 +17,9 @@ from pydantic_settings import NoDecode, SettingsConfigDict
 from modelyard.settings import CommaList, ServiceSettings
 from worker.artifacts.settings import ArtifactSettings
 
+# Beyond any engine's batch: a registry record cannot make the worker hand out more slots.
+MAX_PARALLEL_SEQUENCES = 256
+
 
 def _default_threads() -> int:
     return os.cpu_count() or 1
@@ -106,11 +109,15 @@ class WorkerSettings(ServiceSettings):
         ),
     )
     max_parallel_sequences: int = Field(
-        default=4,
-        ge=1,
+        default=0,
+        ge=0,
+        le=MAX_PARALLEL_SEQUENCES,
         description=(
-            "Sequences a model decodes together (continuous batching) unless its "
-            "load_options.max_parallel_sequences says otherwise."
+            "Cap on the requests one model decodes together. 0 (the default): what its "
+            "engine batches (llama.cpp: 16 sequences sharing the context's KV cells; vLLM: "
+            "max_num_seqs, 32, with its own scheduler deciding by KV blocks; transformers: "
+            "1; sim: sim_max_sequences, else 32). A model's "
+            "load_options.max_parallel_sequences caps it as well; the smaller wins."
         ),
     )
     memory_budget_bytes: int = Field(

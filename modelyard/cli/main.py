@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -14,6 +14,7 @@ app = typer.Typer(
     help="modelyard: a multi-model LLM serving mesh (registry, router, workers over gRPC).",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
+    rich_markup_mode="markdown",  # single newlines in docstrings join, as prose should
 )
 # Sub-commands that start services rather than dial them.
 _SERVICES = frozenset({"up", "registry", "worker", "router"})
@@ -44,6 +45,7 @@ app.command("up")(up.up)
 app.command("generate")(generate.generate)
 app.command("chat")(generate.chat)
 app.command("stats")(stats.stats)
+app.command("feedback")(stats.feedback)
 app.command("workers")(stats.workers)
 load.register(models.app)
 app.add_typer(models.app, name="models")
@@ -51,3 +53,26 @@ app.add_typer(routes.app, name="routes")
 app.add_typer(serve.registry_app, name="registry")
 app.add_typer(serve.worker_app, name="worker")
 app.add_typer(serve.router_app, name="router")
+
+
+def main() -> None:
+    """The console script. Typer labels every option with its type, so a flag would read
+    `--once <bool>` as if it took a value: flags are shown bare."""
+    command = typer.main.get_command(app)
+    _show_flags_bare(command)
+    command(prog_name="modelyard")
+
+
+def _show_flags_bare(command: Any) -> None:
+    for param in command.params:
+        _bare(param)
+    make_help_option = command.get_help_option  # click builds --help per call
+    command.get_help_option = lambda ctx: _bare(make_help_option(ctx))
+    for sub in getattr(command, "commands", {}).values():
+        _show_flags_bare(sub)
+
+
+def _bare(param: Any) -> Any:
+    if param is not None and getattr(param, "is_flag", False) and param.metavar is None:
+        param.metavar = ""
+    return param

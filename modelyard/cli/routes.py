@@ -2,7 +2,8 @@
 
 A route comes from flags, a YAML/JSON file (`-f route.yaml`: name, arms:
 [{name, model, weight}], fallbacks, stickySessions, defaultObjective, maxTtftMs,
-maxCostPer1kTokens), or both: flags override the file.
+maxCostPer1kTokens, responseCache: {enabled, ttlSeconds, perApiKey}), or both: flags
+override the file.
 """
 
 from __future__ import annotations
@@ -49,6 +50,48 @@ def parse_arm(text: str) -> model_pb2.RouteArm:
         raise InvalidArgument.for_field("--arm", f"{text!r}: use [name:]model=weight") from err
 
 
+CacheOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--cache/--no-cache",
+        help="Answer repeated deterministic requests (temperature 0 or a seed) from the "
+        "router's response cache.",
+    ),
+]
+CacheTtlOpt = Annotated[
+    int | None,
+    typer.Option("--cache-ttl", help="Seconds a cached answer lives (0: 300; at most 86400)."),
+]
+CachePerKeyOpt = Annotated[
+    bool | None,
+    typer.Option("--cache-per-key/--cache-shared", help="Keep each API key's answers apart."),
+]
+
+
+def set_response_cache(
+    policy: model_pb2.ResponseCachePolicy,
+    enabled: bool | None,
+    ttl_seconds: int | None,
+    per_api_key: bool | None,
+) -> None:
+    """Apply the cache flags that were given over what the file said."""
+    if enabled is not None:
+        policy.enabled = enabled
+    if ttl_seconds is not None:
+        if ttl_seconds < 0:
+            raise InvalidArgument.for_field("--cache-ttl", f"must be >= 0, got {ttl_seconds}")
+        policy.ttl_seconds = ttl_seconds
+    if per_api_key is not None:
+        policy.per_api_key = per_api_key
+
+
+def describe_cache(policy: model_pb2.ResponseCachePolicy) -> str:
+    if not policy.enabled:
+        return "off"
+    scope = "per API key" if policy.per_api_key else "shared by all keys"
+    return f"on, ttl {policy.ttl_seconds or 300} s, {scope}"
+
+
 @app.command("put")
 @tls_options
 def put(
@@ -74,6 +117,9 @@ def put(
         float | None, typer.Option("--max-cost", help="Ceiling in USD per 1k tokens.")
     ] = None,
     description: Annotated[str | None, typer.Option(help="Free text.")] = None,
+    cache: CacheOpt = None,
+    cache_ttl: CacheTtlOpt = None,
+    cache_per_key: CachePerKeyOpt = None,
     registry: RegistryOpt = "127.0.0.1:50051",
     admin_token: AdminTokenOpt = "",
     json_out: JsonOpt = False,
@@ -101,6 +147,7 @@ def put(
             route.max_cost_per_1k_tokens = max_cost
         if description is not None:
             route.description = description
+        set_response_cache(route.response_cache, cache, cache_ttl, cache_per_key)
         reply = call(stub.PutRoute, registry_pb2.PutRouteRequest(route=route), admin_token)
     if not json_out:
         console.print(f"route {reply.route.name} stored (revision {reply.revision})")
@@ -193,6 +240,7 @@ def print_route(route: model_pb2.Route, json_out: bool) -> None:
             if route.HasField("max_cost_per_1k_tokens")
             else "-",
         ),
+        ("response cache", describe_cache(route.response_cache)),
         ("updated", route.updated_at.ToJsonString()),
     ]
     for key, value in details:

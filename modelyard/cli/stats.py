@@ -1,4 +1,5 @@
-"""`modelyard stats` and `modelyard workers`: what the router has seen, as tables."""
+"""`modelyard stats`, `modelyard feedback` and `modelyard workers`: what the routers have
+seen, as tables, and a user's score of a request."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from modelyard.cli.connect import (
     tls_options,
 )
 from modelyard.cli.output import cli_errors, print_json, print_table
-from modelyard.errors import from_rpc_error
+from modelyard.durations import parse_duration
+from modelyard.errors import InvalidArgument, from_rpc_error
 from modelyard.tls import TlsSettings
 from modelyard.v1 import router_pb2, router_pb2_grpc, worker_pb2
 
@@ -62,15 +64,25 @@ def stats(
     router: RouterOpt = "127.0.0.1:50050",
     model: Annotated[str, typer.Option(help="Only this model (name or name@version).")] = "",
     route: Annotated[str, typer.Option(help="Only this route's arms.")] = "",
+    since: Annotated[
+        str, typer.Option(help="Only the last 30s, 15m, 1h, 7d...; default: all retained.")
+    ] = "",
     json: JsonOpt = False,
     api_key: ApiKeyOpt = "",
     tls: TlsSettings = PLAINTEXT,
 ) -> None:
-    """Per-model and per-A/B-arm traffic, latency, cost and feedback since the router started."""
+    """Per-model and per-A/B-arm traffic, latency, cost and feedback of the whole mesh (every
+    router replica, as the registry keeps them); this router's alone when the registry is
+    away, and the output says so."""
+    with cli_errors():
+        try:
+            window = parse_duration(since) if since else 0
+        except ValueError as err:
+            raise InvalidArgument.for_field("--since", str(err)) from None
     with cli_errors(), open_channel(router, tls) as channel:
         try:
             reply = router_pb2_grpc.RouterServiceStub(channel).GetRoutingStats(
-                router_pb2.GetRoutingStatsRequest(model=model, route=route),
+                router_pb2.GetRoutingStatsRequest(model=model, route=route, window_seconds=window),
                 timeout=10,
                 metadata=bearer_metadata(api_key),
             )
@@ -79,7 +91,12 @@ def stats(
     if json:
         print_json(reply)
         return
-    models = Table(title="models")
+    scope = "mesh-wide" if reply.mesh_wide else "this router only (the registry is unreachable)"
+    if since:
+        scope += f", last {since}"
+    if reply.outcomes_dropped:
+        scope += f"; {reply.outcomes_dropped} outcomes dropped before the registry stored them"
+    models = Table(title=f"models ({scope})")
     models.add_column("model")
     _traffic_columns(models)
     for m in reply.models:
@@ -93,6 +110,30 @@ def stats(
         for a in reply.arms:
             arms.add_row(a.route, a.arm, a.model, *_traffic_cells(a.traffic))
         print_table(arms)
+
+
+@tls_options
+def feedback(
+    request_id: Annotated[str, typer.Argument(help="The request's id (GenerationStarted).")],
+    score: Annotated[float, typer.Argument(help="Any scale you keep consistent, e.g. 0..1.")],
+    comment: Annotated[str, typer.Option(help="Up to 2 KiB of text kept with the score.")] = "",
+    router: RouterOpt = "127.0.0.1:50050",
+    api_key: ApiKeyOpt = "",
+    tls: TlsSettings = PLAINTEXT,
+) -> None:
+    """Score a finished request, on any router replica; a request takes one score."""
+    with cli_errors(), open_channel(router, tls) as channel:
+        try:
+            router_pb2_grpc.RouterServiceStub(channel).RecordFeedback(
+                router_pb2.RecordFeedbackRequest(
+                    request_id=request_id, score=score, comment=comment
+                ),
+                timeout=30,
+                metadata=bearer_metadata(api_key),
+            )
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from err
+    typer.echo(f"feedback recorded for {request_id}")
 
 
 @tls_options

@@ -133,7 +133,8 @@ class RouterServiceServicer:
     def RecordFeedback(self, request, context):
         """RecordFeedback attaches a user score (and comment) to a finished request,
         on any router replica; it feeds the per-arm mean feedback score of A/B
-        tests. NOT_FOUND for unknown or expired request ids.
+        tests. NOT_FOUND for unknown, failed or expired request ids;
+        ALREADY_EXISTS when the request was scored before (one score a request).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -66,7 +66,8 @@ class RouterServiceStub:
     RecordFeedback: _grpc.UnaryUnaryMultiCallable[_router_pb2.RecordFeedbackRequest, _router_pb2.RecordFeedbackResponse]
     """RecordFeedback attaches a user score (and comment) to a finished request,
     on any router replica; it feeds the per-arm mean feedback score of A/B
-    tests. NOT_FOUND for unknown or expired request ids.
+    tests. NOT_FOUND for unknown, failed or expired request ids;
+    ALREADY_EXISTS when the request was scored before (one score a request).
     """
 
 @_typing.type_check_only
@@ -107,7 +108,8 @@ class RouterServiceAsyncStub(RouterServiceStub):
     RecordFeedback: _aio.UnaryUnaryMultiCallable[_router_pb2.RecordFeedbackRequest, _router_pb2.RecordFeedbackResponse]  # type: ignore[assignment]
     """RecordFeedback attaches a user score (and comment) to a finished request,
     on any router replica; it feeds the per-arm mean feedback score of A/B
-    tests. NOT_FOUND for unknown or expired request ids.
+    tests. NOT_FOUND for unknown, failed or expired request ids;
+    ALREADY_EXISTS when the request was scored before (one score a request).
     """
 
 class RouterServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -181,7 +183,8 @@ class RouterServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_router_pb2.RecordFeedbackResponse, _abc.Awaitable[_router_pb2.RecordFeedbackResponse]]:
         """RecordFeedback attaches a user score (and comment) to a finished request,
         on any router replica; it feeds the per-arm mean feedback score of A/B
-        tests. NOT_FOUND for unknown or expired request ids.
+        tests. NOT_FOUND for unknown, failed or expired request ids;
+        ALREADY_EXISTS when the request was scored before (one score a request).
         """
 
 def add_RouterServiceServicer_to_server(servicer: RouterServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -36,9 +36,11 @@ from modelyard.errors import ModelyardError, Unauthenticated
 from modelyard.refs import key_of
 from modelyard.v1 import router_pb2
 from router.auth import client_rule
+from router.cache import cache_header
 from router.openai.admission import Admission, FrontLimits
 from router.openai.choices import chunks, collect
 from router.openai.errors import OpenAIError, from_error, invalid, unauthorized
+from router.openai.outcomes import StatsOperations, outcome_routes
 from router.openai.probes import OPEN_PATHS, probe_routes
 from router.openai.responses import Shape
 from router.openai.translate import Translated, chat_request, completion_request
@@ -74,12 +76,14 @@ def build_app(
     ignore_unknown: bool = False,
     serving: Callable[[], bool] = lambda: True,
     metrics: CollectorRegistry | None = None,
+    outcomes: StatsOperations | None = None,
 ) -> Starlette:
     """The HTTP front over `router`; `api_keys` (none: open) guard every endpoint but
     /health and /metrics (router/openai/probes.py says why), `limits` bound the body size
     and requests in flight, and `timeout_s` caps each request. `ignore_unknown` ignores
     unknown body parameters (listed in a header) rather than refusing them; /health
-    follows `serving` and /metrics exposes `metrics`."""
+    follows `serving` and /metrics exposes `metrics`; with `outcomes`, /v1/feedback and
+    /v1/stats (router/openai/outcomes.py) are served too."""
     front = _Front(router, api_keys, timeout_s, ignore_unknown)
     admission = Middleware(
         Admission,
@@ -101,6 +105,7 @@ def build_app(
             Route("/v1/chat/completions", front.chat, methods=["POST"]),
             Route("/v1/completions", front.completions, methods=["POST"]),
             Route("/v1/models", front.models, methods=["GET"]),
+            *(outcome_routes(outcomes, timeout_s) if outcomes is not None else ()),
             *probe_routes(serving, metrics),
         ],
         exception_handlers={
@@ -192,7 +197,7 @@ class _Front:
             chat, firsts[0].started, logprobs=sampling.logprobs,
             prompt_chars=len(translated.request.prompt),
         )  # fmt: skip
-        headers = _ignored_header(translated.ignored)
+        headers = {**_ignored_header(translated.ignored), **cache_header(firsts[0].started)}
         if translated.stream:
             stream = _stream(request, streams, shape, translated.include_usage)
             return StreamingResponse(stream, media_type="text/event-stream", headers=headers)

@@ -17,6 +17,7 @@ from modelyard.server import host_of
 from modelyard.tls import TlsSettings
 from router.openai.admission import FrontLimits
 from router.openai.app import RouterOperations, build_app
+from router.openai.outcomes import StatsOperations
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +57,13 @@ async def start_http_front(
     ignore_unknown: bool = False,
     serving: Callable[[], bool] = lambda: True,
     metrics: CollectorRegistry | None = None,
+    outcomes: StatsOperations | None = None,
 ) -> HttpFront:
     """Listen on `http_address` and serve the OpenAI API over `router`, in process.
     `api_keys` (none: open) are checked on every request but /health and /metrics before
     its body is read; `limits` bound bodies and requests in flight; with a certificate in
     `tls` the front speaks HTTPS only (the same certificate, and client certificates with
-    mtls). `ignore_unknown`, `serving` and `metrics`: see `build_app`."""
+    mtls). `ignore_unknown`, `serving`, `metrics` and `outcomes`: see `build_app`."""
     host = host_of(http_address)
     port = int(http_address.rpartition(":")[2])
     config = uvicorn.Config(
@@ -72,6 +74,7 @@ async def start_http_front(
             ignore_unknown=ignore_unknown,
             serving=serving,
             metrics=metrics,
+            outcomes=outcomes,
         ),
         host=host,
         port=port,

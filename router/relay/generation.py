@@ -14,13 +14,14 @@ import grpc
 from opentelemetry import trace
 
 from modelyard.auth import current_caller
-from modelyard.errors import ModelyardError, Unavailable, from_rpc_error
+from modelyard.errors import ModelyardError, Unavailable
 from modelyard.genai import operation_name, response_attributes, usage_attributes
 from modelyard.refs import key_of
 from modelyard.v1 import common_pb2, model_pb2, router_pb2
 from modelyard.validation import check_generation
 from router.accounting import Accounting
 from router.admission import RouterAdmission
+from router.cache import CacheHook, ResponseCache
 from router.catalog import Catalog, Target
 from router.client_policy import ClientPolicy
 from router.relay.attempts import (
@@ -35,6 +36,7 @@ from router.relay.attempts import (
 )
 from router.relay.calls import OpenCall, route_span
 from router.relay.candidates import candidates
+from router.relay.refusals import left_pool, refused
 from router.relay.requests import (
     Assignment,
     check_context,
@@ -48,7 +50,6 @@ from router.relay.stream import (
     StreamBroken,
     StreamRelay,
     StreamSilent,
-    describe,
     read_head,
 )
 from router.scheduling.framework import Profile, run_cycle
@@ -58,10 +59,6 @@ from router.stats import Outcome as StatsOutcome
 from router.workers import WorkerHandle, WorkerPool
 
 log = logging.getLogger(__name__)
-
-# Before the first token these move on to the next candidate; anything else is the
-# answer (a bad request stays bad on every worker).
-_RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
 
 
 @dataclass
@@ -103,6 +100,7 @@ class Relay:
         admission: RouterAdmission | None = None,
         clock: Callable[[], float] = time.monotonic,
         prefix_history: PrefixHistory | None = None,
+        response_cache: ResponseCache | None = None,
     ) -> None:
         self._catalog = catalog
         self._client_policy = client_policy or ClientPolicy()
@@ -119,6 +117,7 @@ class Relay:
         self._in_flight: Counter[str] = Counter()
         # Where this router sent each prefix, for workers that publish no prefix summary.
         self.prefix_history = prefix_history or PrefixHistory()
+        self._cache = CacheHook(response_cache, accounting, clock)
 
     def candidates(
         self, models: Sequence[model_pb2.Model]
@@ -146,13 +145,28 @@ class Relay:
                 # generator from another task.
                 with trace.use_span(span, record_exception=False, set_status_on_exception=False):
                     run = await self._prepare(request, request_id, started_at, deadline, span)
-                    leg = await self._commit(run, cleanup)
+                    look = await self._cache.lookup(
+                        request, request_id, run.target, run.client, span
+                    )
+                    leg = None if look.hit else await self._commit(run, cleanup)
+                if leg is None:  # answered from the response cache: no worker call
+                    hit = self._cache.replay(
+                        look,
+                        request_id=request_id,
+                        target=run.target,
+                        client=run.client,
+                        started_at=started_at,
+                    )
+                    async for event in hit:
+                        yield event
+                    return
                 stream = self._first_token(run, leg, span)
                 events = await cleanup.enter_async_context(
                     aclosing(stream.relay(leg.head, leg.events, leg.watch))
                 )
                 try:
                     async for event in events:
+                        look.see(event)
                         yield event
                 except ModelyardError as err:
                     if isinstance(err, StreamBroken):
@@ -163,6 +177,7 @@ class Relay:
                     raise
                 span.set_attributes(usage_attributes(stream.finished.usage))
                 self._finished(run, leg, stream)
+                await self._cache.store(look, leg.attempt.cand.model)
 
     async def _prepare(
         self,
@@ -191,7 +206,12 @@ class Relay:
         if client:
             span.set_attribute("modelyard.client", client)
         run = _Run(request, request_id, target, req, started_at, deadline, client=client)
-        if not self._pool.workers:
+        return run
+
+    async def _commit(self, run: _Run, cleanup: AsyncExitStack) -> Committed:
+        """Try candidates in order until one sends its first token; else the final error."""
+        target = run.target
+        if not self._pool.workers:  # checked here, not before: a cached answer needs none
             # Counted like any failed request: with every pool scaled to zero, these are
             # what an autoscaler's wake query sees.
             self._failed(run, target.models[0] if len(target.models) == 1 else None, "UNAVAILABLE")
@@ -199,10 +219,6 @@ class Relay:
                 "the router has no workers; start it with --worker host:port",
                 reason="NO_WORKERS",
             )
-        return run
-
-    async def _commit(self, run: _Run, cleanup: AsyncExitStack) -> Committed:
-        """Try candidates in order until one sends its first token; else the final error."""
         profile = self._profiles[run.req.objective]
         groups = (self._schedule(profile, run.req, models) for models in run.target.groups)
         budget = {"per_model": self._max_attempts, "total": self._max_total_attempts}
@@ -222,7 +238,6 @@ class Relay:
                 self._acct.breakers.eject(attempt.cand.worker)
         # A connect wait cut short by the caller's deadline is a deadline, not an outage.
         self._check_deadline(run)
-        target = run.target
         error = run.log.final_error(target, [h.address for h in self._pool.workers])
         self._failed(run, target.models[0] if len(target.models) == 1 else None, error.code.name)
         raise error
@@ -246,7 +261,7 @@ class Relay:
             log.warning("worker %s not reachable for %s", handle.address, run.request_id)
             return Retryable(f"{handle.address} (not reachable within {connect_s:.1f}s)")
         except grpc.aio.UsageError:
-            return _left_pool(handle)
+            return left_pool(handle)
         self._acct.breakers.on_attempt(handle.address)
         route_ms = (self._clock() - run.started_at) * 1000
         opened_at = self._clock()
@@ -261,7 +276,7 @@ class Relay:
                 self._in_flight,
             )
         except grpc.aio.UsageError:
-            return _left_pool(handle)
+            return left_pool(handle)
         cleanup.callback(call.close)
         # Iterate (not call.read()): the OpenTelemetry client interceptor ends its span
         # only when the response iterator is exhausted.
@@ -271,10 +286,10 @@ class Relay:
             head = await read_head(events, watch)
         except (grpc.aio.AioRpcError, NoFinish) as err:
             call.close()
-            return self._refused(run, handle, err)
+            return refused(run.request_id, handle, err)
         except grpc.aio.UsageError:
             call.close()
-            return _left_pool(handle)
+            return left_pool(handle)
         except Silent as err:
             call.close()
             log.warning(
@@ -285,24 +300,6 @@ class Relay:
             )
             return Retryable(f"{handle.address} ({err} before the first token)", silent=True)
         return Committed(attempt, head, events, opened_at, route_ms, watch)
-
-    def _refused(
-        self, run: _Run, handle: WorkerHandle, err: grpc.aio.AioRpcError | NoFinish
-    ) -> Retryable | Fatal:
-        """What a failure before the first token means: try the next one, or the answer."""
-        code = err.code() if isinstance(err, grpc.aio.AioRpcError) else None
-        if code is not None and code not in _RETRYABLE:
-            return Fatal(from_rpc_error(err))
-        failure = f"{handle.address} ({describe(err)})"
-        if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-            return Retryable(failure, exhausted=from_rpc_error(err))
-        log.warning(
-            "worker %s failed before the first token of %s: %s",
-            handle.name,
-            run.request_id,
-            describe(err),
-        )
-        return Retryable(failure)
 
     def _first_token(self, run: _Run, leg: Committed, span: trace.Span) -> StreamRelay:
         cand, handle = leg.attempt.cand, leg.attempt.handle
@@ -343,6 +340,7 @@ class Relay:
                 ttft_ms=(run.first_token_at - run.started_at) * 1000,
                 total_ms=(self._clock() - run.started_at) * 1000,
                 client=run.client,
+                attempt=leg.attempt.number,
             ),
             done,
             operation=operation_name(bool(run.request.messages)),
@@ -379,9 +377,3 @@ class Relay:
 
     def _left(self, deadline: float | None) -> float | None:
         return None if deadline is None else deadline - self._clock()
-
-
-def _left_pool(handle: WorkerHandle) -> Retryable:
-    """Discovery dropped the worker and closed its channel after it was scheduled: the
-    channel's calls raise grpc's UsageError, which means "try the next candidate"."""
-    return Retryable(f"{handle.name} (left the pool)")

@@ -298,6 +298,7 @@ SECURE_SETS = (*VALUE_SETS, "defaults")
 CREDENTIAL_SECRETS = {
     "registryAdmin": "modelyard-registry-admin-token",
     "registryReaderRouter": "modelyard-registry-reader-router",
+    "outcomeWriterRouter": "modelyard-outcome-writer-router",
     "registryReaderWorker": "modelyard-registry-reader-worker",
     "workerOperator": "modelyard-worker-operator-token",
     "workerApiKey": "modelyard-worker-api-key",
@@ -305,8 +306,13 @@ CREDENTIAL_SECRETS = {
 }
 # Which credentials each role's pods may read: the ones they present and the ones they check.
 ROLE_CREDENTIALS = {
-    "registry": {"registryAdmin", "registryReaderRouter", "registryReaderWorker"},
-    "router": {"routerApiKeys", "registryReaderRouter", "workerApiKey"},
+    "registry": {
+        "registryAdmin",
+        "registryReaderRouter",
+        "outcomeWriterRouter",
+        "registryReaderWorker",
+    },
+    "router": {"routerApiKeys", "registryReaderRouter", "outcomeWriterRouter", "workerApiKey"},
     "worker": {"workerOperator", "workerApiKey", "registryReaderWorker"},
     "test": {"routerApiKeys:test"},
     "consul": set(),

@@ -35,6 +35,7 @@ WORKER_READS = "robust-worker-reader"
 OPERATOR_TOKEN = "robust-worker-operator"
 ROUTER_TO_WORKER = "robust-router-to-worker"
 CLIENT_KEY = "robust-client-key"
+OUTCOME_WRITER = "robust-outcome-writer"
 
 # Fast and deterministic: no early end of sequence, 1 ms a token.
 FAST: Mapping[str, str] = {
@@ -58,10 +59,14 @@ def mesh_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
         "MODELYARD_WORKER_API_KEY": ROUTER_TO_WORKER,
         "MODELYARD_WORKER_REGISTRY_TOKEN": WORKER_READS,
         "MODELYARD_WORKER_SIM_ENGINE": "true",
+        # One router: an unknown request id is NOT_FOUND at once (the fuzz sends many).
+        "MODELYARD_ROUTER_OUTCOME_FEEDBACK_WAIT_S": "0",
         "MODELYARD_WORKER_MEMORY_BUDGET_BYTES": str(4 * GiB),
         "MODELYARD_ROUTER_API_KEYS": f"app:{CLIENT_KEY}",
         "MODELYARD_ROUTER_REGISTRY_TOKEN": ROUTER_READS,
         "MODELYARD_ROUTER_WORKER_API_KEY": ROUTER_TO_WORKER,
+        "MODELYARD_REGISTRY_OUTCOME_WRITER_TOKENS": f"router:{OUTCOME_WRITER}",
+        "MODELYARD_ROUTER_OUTCOME_TOKEN": OUTCOME_WRITER,
         **(extra or {}),
     }
 

@@ -1,4 +1,4 @@
-"""Fuzz every RPC of every service (Registry, Router, Worker) of a real sim mesh.
+"""Fuzz every RPC of every service (Registry, Outcome, Router, Worker) of a real sim mesh.
 
 Requests come from the message descriptors (tests/robustness/proto_strategies.py), so a
 field added to a proto is fuzzed without touching this file; a real model name is mixed
@@ -28,7 +28,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from modelyard.bearer import bearer_metadata
-from modelyard.v1 import common_pb2, model_pb2, registry_pb2, router_pb2, worker_pb2
+from modelyard.v1 import (
+    common_pb2,
+    model_pb2,
+    outcomes_pb2,
+    registry_pb2,
+    router_pb2,
+    worker_pb2,
+)
 from tests.robustness.conftest import CASES, CODES
 from tests.robustness.invariants import leaks, mesh_trouble
 from tests.robustness.proto_strategies import ProtoStrategies
@@ -36,6 +43,7 @@ from tests.robustness.sim_mesh import (
     ADMIN_TOKEN,
     CLIENT_KEY,
     OPERATOR_TOKEN,
+    OUTCOME_WRITER,
     ROUTER_READS,
     ROUTER_TO_WORKER,
     SimMesh,
@@ -47,12 +55,16 @@ SERVICES: list[ServiceDescriptor] = [
     registry_pb2.DESCRIPTOR.services_by_name["RegistryService"],
     router_pb2.DESCRIPTOR.services_by_name["RouterService"],
     worker_pb2.DESCRIPTOR.services_by_name["WorkerService"],
+    outcomes_pb2.DESCRIPTOR.services_by_name["OutcomeService"],
 ]
 # The credential each method's role holds; every other method takes the service's default.
 TOKENS = {
     "RegistryService": ROUTER_READS,
     "RouterService": CLIENT_KEY,
     "WorkerService": ROUTER_TO_WORKER,
+    "OutcomeService": ROUTER_READS,
+    "OutcomeService.RecordOutcomes": OUTCOME_WRITER,
+    "OutcomeService.AttachFeedback": OUTCOME_WRITER,
     "RegistryService.RegisterModel": ADMIN_TOKEN,
     "RegistryService.SetStage": ADMIN_TOKEN,
     "RegistryService.DeleteModel": ADMIN_TOKEN,
@@ -61,7 +73,14 @@ TOKENS = {
     "WorkerService.LoadModel": OPERATOR_TOKEN,
     "WorkerService.UnloadModel": OPERATOR_TOKEN,
 }
-VALID_TOKENS = {ADMIN_TOKEN, CLIENT_KEY, OPERATOR_TOKEN, ROUTER_READS, ROUTER_TO_WORKER}
+VALID_TOKENS = {
+    ADMIN_TOKEN,
+    CLIENT_KEY,
+    OPERATOR_TOKEN,
+    OUTCOME_WRITER,
+    ROUTER_READS,
+    ROUTER_TO_WORKER,
+}
 # Streams that stay open waiting for changes: a case reads the first event, if any comes
 # within this long, and cancels.
 LONG_LIVED = {"Watch", "WatchStatus"}
@@ -119,6 +138,7 @@ class Rpc:
             "RegistryService": local.registry_address,
             "RouterService": local.router_address,
             "WorkerService": local.worker_addresses[0],
+            "OutcomeService": local.registry_address,  # the registry process serves it
         }
         return by_service[self.service.name]
 

@@ -53,6 +53,7 @@ from worker.artifacts.settings import ArtifactSettings
 from worker.artifacts.sources import cache_write_error
 from worker.artifacts.transfer import Transfer
 from worker.artifacts.uri import ArtifactUri, parse_uri, shown, without_query
+from worker.artifacts.verified import RECORD_NAME, VerifiedFiles, identity
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,8 @@ class ArtifactStore:
         self._counts = [0, 0]  # downloads running, waiting for a thread (under budget.lock)
         self._inflight: dict[str, asyncio.Task[Path]] = {}
         self._listeners: dict[str, list[Progress]] = {}
-        self._verified: dict[Path, tuple[int, int, str]] = {}  # path -> (size, mtime_ns, sha)
+        # Digests already computed, by file identity: a load never hashes a file twice.
+        self._verified = VerifiedFiles(root / RECORD_NAME)
         self._prepared = False
 
     async def fetch(
@@ -271,8 +273,7 @@ class ArtifactStore:
         write_atomic(self.objects / f"{key}.json", json.dumps(record).encode())
         fsync_dir(self.objects)
         placed = final / payload.name
-        stat = placed.stat()
-        self._verified[placed] = (stat.st_size, stat.st_mtime_ns, digest)
+        self._verified.remember(placed, identity(placed), digest)
         log.info("cached %s (%d bytes) at %s", without_query(src.uri), size, placed)
         return placed
 
@@ -304,11 +305,10 @@ class ArtifactStore:
     # -- bookkeeping ---------------------------------------------------------------
 
     def _check_sha(self, path: Path, expected: str, uri: str) -> None:
-        stat = path.stat()
-        memo = self._verified.get(path)
+        ident = identity(path)
         want = expected.strip().lower()
-        if memo is not None and memo[:2] == (stat.st_size, stat.st_mtime_ns) and memo[2] == want:
-            return  # hashed in this process and untouched since
+        if self._verified.digest(path, ident) == want:
+            return  # hashed before (here or by an earlier run) and the same file since
         actual = sha256_path(path)
         if actual != want:
             log.warning("artifact %s at %s has sha256 %s, not %s", shown(uri), path, actual, want)
@@ -318,7 +318,7 @@ class ArtifactStore:
                 reason="CHECKSUM_MISMATCH",
                 metadata={"expected": want, "actual": actual},
             )
-        self._verified[path] = (stat.st_size, stat.st_mtime_ns, actual)
+        self._verified.remember(path, ident, actual)
 
     def _prepare(self) -> None:
         if self._prepared:

@@ -26,7 +26,9 @@ class ModelSpec:
     context_length: int  # tokens to allocate; already capped by the worker
     threads: int
     batch_size: int = 512
-    max_parallel_sequences: int = 1  # sequences decoded together (continuous batching)
+    # Sequences decoded together (continuous batching); 0: as many as the engine batches
+    # by default. The engine reports what it configured in `LoadedInfo.max_sequences`.
+    max_parallel_sequences: int = 0
     extra: Mapping[str, str] = field(default_factory=dict)
     # Simulated slowness: a pause after every decode step (tests, capacity drills).
     token_delay_s: float = 0.0
@@ -42,6 +44,8 @@ class LoadedInfo:
     context_length: int
     vocab_size: int
     has_chat_template: bool
+    # Requests the engine decodes together (the worker's admission lets this many in).
+    max_sequences: int = 1
 
 
 @dataclass(frozen=True)

@@ -142,6 +142,8 @@ class BatchDecoder:
             if self._stopping:
                 raise RuntimeError("the decode loop has stopped")
             self._pending.append(job)
+            # Waiting here for cells counts as queued: the worker's status stays truthful.
+            self._counters.enqueued(job.reserve)
             self._cond.notify()
 
     def wake(self) -> None:
@@ -182,6 +184,7 @@ class BatchDecoder:
             left = list(self._pending)
             self._pending.clear()
         for job in left:
+            self._counters.dequeued(job.reserve)
             job.emit(Finished(FinishReason.CANCELLED, len(job.prompt_tokens), 0))
         if self.prefix is not None:
             self.prefix.clear()
@@ -196,6 +199,7 @@ class BatchDecoder:
             if self._slots and reserved + reserve > self.n_ctx:
                 break  # waits for a sequence to finish; FIFO, so no starvation
             self._pending.popleft()
+            self._counters.dequeued(job.reserve)
             reserved += reserve
             slot = self._new_slot(job, self._free_ids.pop(), reserve)
             self._reuse(slot, reserved)

@@ -1,7 +1,10 @@
 """llama.cpp through llama-cpp-python: GGUF models on CPU (or Metal/CUDA builds).
 
-One context per model with `max_parallel_sequences` sequences and a unified KV
-cache; `llama_batch.BatchDecoder` owns it on its own thread and batches every
+One context per model with `max_parallel_sequences` sequences (default
+`DEFAULT_SEQUENCES`) and a unified KV cache: the context's cells are one pool, not
+split per sequence, so any one request may use the whole context, and each running
+request reserves prompt + max_tokens cells of it (requests that do not fit wait in the
+engine for cells); `llama_batch.BatchDecoder` owns it on its own thread and batches every
 running request into each forward pass (continuous batching). The model is
 loaded with llama-cpp-python's thin wrappers of the C API (`LlamaModel`,
 `LlamaContext`) because the high-level `Llama` opens a one-sequence context.
@@ -34,7 +37,7 @@ from worker.engines.channel import EventChannel, engine_events
 from worker.engines.chat_template import ChatTemplate
 from worker.engines.common import EngineNotLoaded, check_prompt
 from worker.engines.llama_batch import BatchDecoder, Job
-from worker.engines.llama_prefix import KvPrefixCache, cache_sequences
+from worker.engines.llama_prefix import MAX_SEQUENCE_IDS, KvPrefixCache, cache_sequences
 from worker.engines.llama_sampling import check_request
 from worker.engines.prefix_summary import PrefixSummary
 
@@ -43,6 +46,9 @@ log = logging.getLogger(__name__)
 ENGINE_NAME = "llama.cpp"
 # Room in a job's channel beyond its tokens: Scheduled, a text tail, Finished.
 CHANNEL_SLACK = 8
+# Sequences decoded together unless the model's load options or the worker cap them:
+# 16 short chat requests (~100 prompt + ~100 reply tokens) fit SmolLM2's 2,048 cells.
+DEFAULT_SEQUENCES = 16
 
 
 class LlamaCppEngine:
@@ -68,7 +74,7 @@ class LlamaCppEngine:
             ctx,
             n_ctx=n_ctx,
             n_batch=min(spec.batch_size, n_ctx),
-            n_seq=max(spec.max_parallel_sequences, 1),
+            n_seq=live_sequences(spec),
             counters=self._counters,
             key=spec.key,
             step_delay_s=spec.token_delay_s,
@@ -87,6 +93,7 @@ class LlamaCppEngine:
             context_length=n_ctx,
             vocab_size=int(model.n_vocab()),
             has_chat_template=not self._template.is_fallback,
+            max_sequences=live_sequences(spec),
         )
 
     async def generate(self, req: EngineRequest) -> AsyncGenerator[EngineEvent, None]:
@@ -159,6 +166,11 @@ class LlamaCppEngine:
         return list(self._model.tokenize(req.prompt.encode("utf-8"), add_bos=True, special=True))
 
 
+def live_sequences(spec: ModelSpec) -> int:
+    """Sequence ids for requests: the spec's, else the default, within llama.cpp's ids."""
+    return min(spec.max_parallel_sequences or DEFAULT_SEQUENCES, MAX_SEQUENCE_IDS)
+
+
 def _open(spec: ModelSpec) -> tuple[Any, Any]:
     import llama_cpp
     from llama_cpp._internals import LlamaContext, LlamaModel
@@ -171,7 +183,7 @@ def _open(spec: ModelSpec) -> tuple[Any, Any]:
         params = llama_cpp.llama_context_default_params()
         params.n_ctx = spec.context_length
         params.n_batch = params.n_ubatch = min(spec.batch_size, spec.context_length)
-        n_live = max(spec.max_parallel_sequences, 1)
+        n_live = live_sequences(spec)
         params.n_seq_max = n_live + cache_sequences(n_live, spec.prefix_cache_share)
         params.kv_unified = True  # sequences share the cells: one long prompt may use them all
         params.n_threads = params.n_threads_batch = spec.threads
@@ -199,7 +211,7 @@ def _open(spec: ModelSpec) -> tuple[Any, Any]:
 def _prefix_cache(spec: ModelSpec, ctx: Any, n_ctx: int) -> KvPrefixCache | None:
     import llama_cpp
 
-    n_live = max(spec.max_parallel_sequences, 1)
+    n_live = live_sequences(spec)
     n_cached = cache_sequences(n_live, spec.prefix_cache_share)
     limit = int(n_ctx * spec.prefix_cache_share)
     if not n_cached or limit <= 0:

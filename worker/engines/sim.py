@@ -54,6 +54,8 @@ from worker.engines.text import StopMatcher
 log = logging.getLogger(__name__)
 
 ENGINE_NAME = "sim"
+# Sequences decoded together when neither sim_max_sequences nor the worker says.
+DEFAULT_SEQUENCES = 32
 
 __all__ = ["ENGINE_NAME", "SIM_OPTIONS", "LoopClock", "SimClock", "SimEngine"]
 
@@ -130,7 +132,7 @@ class SimEngine:
             raise RuntimeError(f"engine already holds {self._loaded.key}")
         options = parse_options(spec.extra)  # a bad option fails here, before the wait
         context = min(spec.context_length, options.context_length or spec.context_length)
-        max_sequences = options.max_sequences or max(spec.max_parallel_sequences, 1)
+        max_sequences = options.max_sequences or spec.max_parallel_sequences or DEFAULT_SEQUENCES
         vocab = SimVocabulary(options.vocab_size)  # the artifact's content is not read
         if options.load_ms:
             await self._clock.sleep(options.load_ms / 1000)
@@ -150,6 +152,7 @@ class SimEngine:
             context_length=context,
             vocab_size=options.vocab_size,
             has_chat_template=True,
+            max_sequences=max_sequences,
         )
 
     async def generate(self, req: EngineRequest) -> AsyncGenerator[EngineEvent, None]:

@@ -28,7 +28,7 @@ class SimOptions:
     decode_ms_per_token: float = 20.0
     # A step with n sequences takes decode_ms_per_token * (1 + batch_slowdown * (n - 1)).
     batch_slowdown: float = 0.05
-    # Sequences decoded together; 0: the model's max_parallel_sequences.
+    # Sequences decoded together; 0: the model's max_parallel_sequences, else sim's default.
     max_sequences: int = 0
     load_ms: float = 0.0
     vocab_size: int = 8192

@@ -45,7 +45,9 @@ from worker.engines.sampling_map import vllm_logprobs, vllm_sampling_params
 log = logging.getLogger(__name__)
 
 ENGINE_NAME = "vllm"
-DEFAULT_MAX_SEQS = 32  # when the model's load options leave max_parallel_sequences at 0/1
+# max_num_seqs when neither the model's load options nor the worker cap it; vLLM's own
+# scheduler and KV blocks decide which of them run each step.
+DEFAULT_MAX_SEQS = 32
 
 # Keys of ModelSpec.extra this module interprets itself; any other key that names an
 # AsyncEngineArgs field is passed through (JSON-decoded when it parses as JSON).
@@ -98,6 +100,7 @@ class VllmEngine:
             context_length=self._max_len,
             vocab_size=len(tokenizer),
             has_chat_template=self._prompter.has_chat_template,
+            max_sequences=int(args.max_num_seqs),
         )
 
     async def generate(self, req: EngineRequest) -> AsyncGenerator[EngineEvent, None]:
@@ -196,9 +199,7 @@ def engine_args(spec: ModelSpec, model_dir: Path) -> Any:
         "model": str(model_dir),
         "tokenizer": str(model_dir),
         "max_model_len": min(spec.context_length, _trained_context(model_dir)),
-        "max_num_seqs": (
-            spec.max_parallel_sequences if spec.max_parallel_sequences > 1 else DEFAULT_MAX_SEQS
-        ),
+        "max_num_seqs": spec.max_parallel_sequences or DEFAULT_MAX_SEQS,
         # CPU: bf16 is the fast path and CUDA graphs do not exist. CUDA: the model's own.
         "dtype": "bfloat16" if cpu else "auto",
         "enforce_eager": cpu,

@@ -20,6 +20,7 @@ from modelyard.errors import FailedPrecondition, ModelyardError
 from modelyard.refs import ModelKey
 from modelyard.v1 import common_pb2, model_pb2
 from worker.artifacts import ArtifactStore, check_gguf_magic, parse_uri
+from worker.config import MAX_PARALLEL_SEQUENCES
 from worker.counters import SequenceCounters
 from worker.engines import EngineFactory
 from worker.engines.base import Engine, EngineRequest, LoadedInfo, ModelSpec, SamplingConfig
@@ -80,9 +81,17 @@ class ModelLoader:
         return min(wanted, cap)
 
     def parallel(self, model: model_pb2.Model) -> int:
-        """The model's decoding slots, never more than this worker's own setting allows."""
-        cap = self._settings.max_parallel_sequences
-        return min(model.load_options.max_parallel_sequences or cap, cap)
+        """Sequences the engine is asked to decode together: the smaller of the model's
+        load option and this worker's setting where set; 0: the engine's own default."""
+        caps = [model.load_options.max_parallel_sequences, self._settings.max_parallel_sequences]
+        set_caps = [c for c in caps if c > 0]
+        return min([*set_caps, MAX_PARALLEL_SEQUENCES]) if set_caps else 0
+
+    def slots(self, model: model_pb2.Model, info: LoadedInfo) -> int:
+        """Requests admitted into the engine at once: what it batches, within the caps."""
+        cap = self.parallel(model)
+        batches = max(info.max_sequences, 1)
+        return min(batches, cap) if cap else min(batches, MAX_PARALLEL_SEQUENCES)
 
     async def fetch(
         self,
@@ -166,13 +175,17 @@ class ModelLoader:
         counters: SequenceCounters,
         progress: ProgressPublisher,
     ) -> Opened:
-        """A loaded, warmed-up engine; a library failure becomes ARTIFACT_CORRUPT."""
+        """A loaded engine, warmed up unless a request waits for it; a library failure
+        becomes ARTIFACT_CORRUPT."""
         engine = self.engines[kind](counters)
         before = rss_bytes()
         try:
             info = await engine.load(spec)
-            progress.phase(LoadPhase.WARM_UP)
-            await warm_up(engine)
+            # A request waiting for this load is its own warm-up: one more generation
+            # first would only delay its first token (LoadModel and preload warm up).
+            if not counters.snapshot().queued_requests:
+                progress.phase(LoadPhase.WARM_UP)
+                await warm_up(engine)
         except BaseException as err:
             with contextlib.suppress(Exception):
                 await engine.unload()

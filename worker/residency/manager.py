@@ -295,7 +295,7 @@ class ModelManager:
         self.stats.loads["loaded"] += 1
         self.stats.durations.observe(r.load_ms / 1000)
         r.state, r.last_used = ResidencyState.WARM, time.time()
-        r.queue.set_slots(self.loader.parallel(r.model))
+        r.queue.set_slots(self.loader.slots(r.model, opened.info))
         log.info(
             "loaded %s with %s in %.0f ms (context %d, estimated %d MiB, measured %d MiB)",
             r.key,

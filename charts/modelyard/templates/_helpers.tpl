@@ -89,6 +89,7 @@ keys of .Values.auth. The name is existingSecret when set, else <fullname>-<suff
 {{- define "modelyard.authSecretSuffixes" -}}
 registryAdmin: registry-admin-token
 registryReaderRouter: registry-reader-router
+outcomeWriterRouter: outcome-writer-router
 registryReaderWorker: registry-reader-worker
 workerOperator: worker-operator-token
 workerApiKey: worker-api-key

@@ -110,3 +110,31 @@ def test_registry_migrate(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "empty -> 0002" in result.output
     assert "0002 -> 0002" in again.output
+
+
+def test_a_route_s_response_cache_is_set_shown_and_bounded(registry: str, tmp_path: Path) -> None:
+    code, out = run(
+        registry, "models", "register", "--name", "cached", "--version", "1",
+        "--uri", "file:///c.gguf", "--sha256", "ef" * 32, "--format", "gguf", "--chat",
+    )  # fmt: skip
+    assert code == 0, out
+    spec = tmp_path / "route.yaml"
+    spec.write_text(
+        "name: faq\narms: [{model: cached@1, weight: 1}]\n"
+        "responseCache: {enabled: true, ttlSeconds: 600}\n"
+    )
+
+    code, out = run(registry, "routes", "put", "-f", str(spec), "--cache-per-key")
+    assert code == 0, out
+    assert "response cache: on, ttl 600 s, per API key" in out
+    code, out = run(registry, "routes", "put", "-f", str(spec), "--cache-ttl", "0", "--json")
+    policy = json.loads(out)["response_cache"]
+    assert policy == {"enabled": True}  # 0: the default TTL; per key only from the flag
+    code, out = run(registry, "routes", "show", "faq")
+    assert "response cache: on, ttl 300 s, shared by all keys" in out
+
+    code, out = run(registry, "routes", "put", "-f", str(spec), "--cache-ttl", "86401")
+    assert code == 1 and "route.response_cache.ttl_seconds" in out and "86400" in out
+    code, out = run(registry, "routes", "put", "-f", str(spec), "--no-cache")
+    assert code == 0 and "response cache: off" in out
+    assert run(registry, "routes", "delete", "faq")[0] == 0

@@ -190,7 +190,8 @@ async def test_a_registered_model_loads_the_registrys_record_not_the_requests(
     assert resident is not None
     assert resident.model.artifact == registered.artifact
     assert resident.model.resources.memory_bytes == 0  # the registry's (none), not 1
-    assert resident.queue._slots <= mesh.worker.manager.settings.max_parallel_sequences
+    assert resident.info is not None  # the engine's batch, not the request copy's 10,000
+    assert resident.queue._slots == resident.info.max_sequences < 10_000
 
 
 async def test_load_model_names_a_version_and_loads_the_registrys_record(

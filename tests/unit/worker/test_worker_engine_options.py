@@ -15,8 +15,9 @@ from modelyard.digest import sha256_file
 from modelyard.v1 import common_pb2, model_pb2
 from tests.fixtures.tiny_gguf import gguf_model
 from worker.artifacts import ArtifactStore
-from worker.config import WorkerSettings
+from worker.config import MAX_PARALLEL_SEQUENCES, WorkerSettings
 from worker.engines import hf_convert
+from worker.engines.base import LoadedInfo
 from worker.main import build_manager
 from worker.residency.load_options import engine_extra
 from worker.residency.loader import Fetched, ModelLoader
@@ -82,12 +83,26 @@ def test_the_loader_drops_disallowed_keys_with_a_warning(
 
 
 def test_max_parallel_sequences_is_capped_by_the_worker(settings: WorkerSettings) -> None:
-    loader = ModelLoader(settings, ArtifactStore(settings.artifacts), {})
+    capped = settings.model_copy(update={"max_parallel_sequences": 4})
+    loader = ModelLoader(capped, ArtifactStore(settings.artifacts), {})
     model = vllm_model()
     model.load_options.max_parallel_sequences = 10_000
-    assert loader.parallel(model) == settings.max_parallel_sequences
+    assert loader.parallel(model) == 4
     model.load_options.max_parallel_sequences = 1
     assert loader.parallel(model) == 1
+
+
+def test_without_caps_the_engine_decides_within_the_hard_bound(settings: WorkerSettings) -> None:
+    assert settings.max_parallel_sequences == 0  # the default: no worker cap
+    loader = ModelLoader(settings, ArtifactStore(settings.artifacts), {})
+    model = vllm_model()
+    assert loader.parallel(model) == 0  # the engine's own default
+    batches = LoadedInfo("vllm", 2048, 100, True, max_sequences=32)
+    assert loader.slots(model, batches) == 32
+    model.load_options.max_parallel_sequences = 10_000
+    assert loader.parallel(model) == MAX_PARALLEL_SEQUENCES
+    model.load_options.max_parallel_sequences = 6
+    assert loader.slots(model, batches) == 6
 
 
 async def test_the_conversion_directory_is_named_by_the_files_digest_never_by_extra(
