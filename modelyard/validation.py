@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 
@@ -16,6 +17,10 @@ MAX_MESSAGES = 4096
 MAX_PROMPT_CHARS = 2 * 1024 * 1024
 MAX_VIOLATIONS = 20  # reported per request: a million bad fields cost no more than 20
 CHAT_ROLES = frozenset({"system", "user", "assistant", "tool"})
+MAX_TOP_LOGPROBS = 20
+MAX_LOGIT_BIAS = 300
+LOGIT_BIAS_RANGE = 100.0
+MAX_JSON_SCHEMA_BYTES = 64 * 1024
 
 
 def sampling_violations(
@@ -42,7 +47,60 @@ def sampling_violations(
             bad(name, f"must be in [-2, 2], got {value}")
     if s.HasField("repetition_penalty") and not s.repetition_penalty > 0:
         bad("repetition_penalty", f"must be > 0, got {s.repetition_penalty}")
-    return out + _stop_violations(s.stop, prefix)
+    return (
+        out
+        + _stop_violations(s.stop, prefix)
+        + _logprob_violations(s, prefix)
+        + _format_violations(s.response_format, f"{prefix}.response_format")
+    )
+
+
+def _logprob_violations(s: common_pb2.SamplingParams, prefix: str) -> list[FieldViolation]:
+    out: list[FieldViolation] = []
+    if s.top_logprobs > MAX_TOP_LOGPROBS:
+        out.append(
+            FieldViolation(
+                f"{prefix}.top_logprobs",
+                f"must be in [0, {MAX_TOP_LOGPROBS}], got {s.top_logprobs}",
+            )
+        )
+    elif s.top_logprobs and not s.logprobs:
+        out.append(FieldViolation(f"{prefix}.top_logprobs", "set logprobs to ask for them"))
+    if len(s.logit_bias) > MAX_LOGIT_BIAS:
+        # Decided on the count alone: nothing below walks a map this long.
+        many = f"at most {MAX_LOGIT_BIAS} entries, got {len(s.logit_bias)}"
+        return [*out, FieldViolation(f"{prefix}.logit_bias", many)]
+    for token, bias in sorted(s.logit_bias.items()):
+        if not -LOGIT_BIAS_RANGE <= bias <= LOGIT_BIAS_RANGE:  # NaN fails too
+            out.append(
+                FieldViolation(
+                    f"{prefix}.logit_bias[{token}]",
+                    f"must be in [-{LOGIT_BIAS_RANGE:g}, {LOGIT_BIAS_RANGE:g}], got {bias}",
+                )
+            )
+            if len(out) >= MAX_VIOLATIONS:
+                break
+    return out
+
+
+def _format_violations(f: common_pb2.ResponseFormat, prefix: str) -> list[FieldViolation]:
+    schema_field = f"{prefix}.json_schema"
+    if f.type not in common_pb2.ResponseFormatType.values():
+        return [FieldViolation(f"{prefix}.type", f"unknown response format type {f.type}")]
+    if f.type != common_pb2.RESPONSE_FORMAT_TYPE_JSON_SCHEMA:
+        if f.json_schema:
+            return [FieldViolation(schema_field, "a schema needs type JSON_SCHEMA")]
+        return []
+    size = len(f.json_schema.encode("utf-8"))
+    if size > MAX_JSON_SCHEMA_BYTES:
+        return [FieldViolation(schema_field, f"at most {MAX_JSON_SCHEMA_BYTES} bytes, got {size}")]
+    try:
+        schema = json.loads(f.json_schema)
+    except ValueError as err:  # no library text beyond json's own position message
+        return [FieldViolation(schema_field, f"is not JSON: {err}")]
+    if not isinstance(schema, dict):
+        return [FieldViolation(schema_field, "must be a JSON object (a JSON Schema)")]
+    return []
 
 
 def _stop_violations(stop: Sequence[str], prefix: str) -> list[FieldViolation]:

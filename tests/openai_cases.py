@@ -8,6 +8,7 @@ these cases; a unit test checks they cover the SDK's keys exactly.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -15,6 +16,7 @@ from typing import Any, Literal
 from openai.types import completion_create_params as legacy_params
 from openai.types.chat import completion_create_params as chat_params
 
+from modelyard.v1 import common_pb2
 from router.openai.translate import Translated
 
 Check = Callable[[Translated], bool]
@@ -91,7 +93,23 @@ _SHARED_HONOURED = [
     Honoured("top_k", {"top_k": 5}, lambda t: t.request.sampling.top_k == 5),
     Honoured("min_p", {"min_p": 0.25}, _near("min_p", 0.25)),
     Honoured("repetition_penalty", {"repetition_penalty": 1.5}, _near("repetition_penalty", 1.5)),
+    Honoured("n", {"n": 2}, lambda t: t.n == 2 and len(t.requests()) == 2),
+    Honoured(
+        "logit_bias",
+        {"logit_bias": {"50": -100}},
+        lambda t: dict(t.request.sampling.logit_bias) == {50: -100},
+    ),
 ]
+
+_JSON_SCHEMA = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
+_SCHEMA_FORMAT = {"name": "a", "schema": _JSON_SCHEMA}
+
+
+def _schema_of(t: Translated) -> Any:
+    f = t.request.sampling.response_format
+    schema_type = common_pb2.RESPONSE_FORMAT_TYPE_JSON_SCHEMA
+    return json.loads(f.json_schema) if f.type == schema_type else None
+
 
 CHAT_HONOURED = [
     Honoured("model", {}, lambda t: bool(t.request.model)),
@@ -113,30 +131,48 @@ CHAT_HONOURED = [
     Honoured("safety_identifier", {"safety_identifier": "s-1"}, _session("s-1")),
     Honoured("prompt_cache_key", {"prompt_cache_key": "conv-9"}, _session("conv-9")),
     Honoured("parallel_tool_calls", {"parallel_tool_calls": False}, None),
+    Honoured("logprobs", {"logprobs": True}, lambda t: t.request.sampling.logprobs),
+    Honoured(
+        "top_logprobs",
+        {"logprobs": True, "top_logprobs": 2},
+        lambda t: t.request.sampling.top_logprobs == 2,
+    ),
+    Honoured(
+        "response_format",
+        {
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": "a", "schema": _JSON_SCHEMA},
+            }
+        },
+        lambda t: (
+            t.request.sampling.response_format.type == common_pb2.RESPONSE_FORMAT_TYPE_JSON_SCHEMA
+            and json.loads(t.request.sampling.response_format.json_schema) == _JSON_SCHEMA
+        ),
+    ),
     *_SHARED_HONOURED,
 ]
 
 COMPLETION_HONOURED = [
     Honoured("model", {}, lambda t: bool(t.request.model)),
     Honoured("prompt", {"prompt": ["Once"]}, lambda t: t.request.prompt == "Once"),
+    Honoured(
+        "logprobs",
+        {"logprobs": 2},
+        lambda t: t.request.sampling.logprobs and t.request.sampling.top_logprobs == 2,
+    ),
     *_SHARED_HONOURED,
 ]
 
 _TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
-_SHARED_REFUSED = [
-    Refused("n", 2, 1),
-    Refused("logit_bias", {"50": -100}, {}),
-]
+_SHARED_REFUSED: list[Refused] = []
 
 CHAT_REFUSED = [
     *_SHARED_REFUSED,
-    Refused("logprobs", True, False),
-    Refused("top_logprobs", 2, 0),
     Refused("tools", [_TOOL], []),
     Refused("tool_choice", "auto", "none"),
     Refused("functions", [{"name": "f"}], []),
     Refused("function_call", "auto", "none"),
-    Refused("response_format", {"type": "json_object"}, {"type": "text"}, "response_format.type"),
     Refused("audio", {"voice": "alloy", "format": "wav"}),
     Refused("modalities", ["text", "audio"], ["text"]),
     Refused("prediction", {"type": "content", "content": "Hi"}),
@@ -153,7 +189,6 @@ CHAT_REFUSED = [
 
 COMPLETION_REFUSED = [
     *_SHARED_REFUSED,
-    Refused("logprobs", 2),
     Refused("best_of", 2, 1),
     Refused("echo", True, False),
     Refused("suffix", " end.", ""),

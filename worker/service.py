@@ -59,6 +59,7 @@ from worker.liveness import (
 )
 from worker.milestones import Clock, Spans
 from worker.residency import Lease, ModelManager, ResidencyState
+from worker.sampling_fields import logprobs_of, output_format_of, token_logprobs_pb
 from worker.status import WorkerIdentity, build_worker_status, model_status
 
 log = logging.getLogger(__name__)
@@ -108,6 +109,9 @@ def engine_request(request: worker_pb2.WorkerServiceGenerateRequest) -> EngineRe
         ),
         max_tokens=max_tokens_of(s),
         stop=tuple(s.stop),
+        output_format=output_format_of(s.response_format),
+        logit_bias=dict(s.logit_bias),
+        logprobs=logprobs_of(s),
     )
 
 
@@ -255,7 +259,11 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                 streamed += len(event.token_ids)
                 if event.text or event.token_ids:
                     yield worker_pb2.WorkerServiceGenerateResponse(
-                        delta=common_pb2.TokenDelta(text=event.text, token_ids=event.token_ids)
+                        delta=common_pb2.TokenDelta(
+                            text=event.text,
+                            token_ids=event.token_ids,
+                            logprobs=token_logprobs_pb(event.logprobs),
+                        )
                     )
             else:
                 spans.finished(event)

@@ -34,14 +34,15 @@ from modelyard.auth import Caller, enter_caller
 from modelyard.bearer import bearer_token
 from modelyard.errors import ModelyardError, Unauthenticated
 from modelyard.refs import key_of
-from modelyard.v1 import common_pb2, router_pb2
+from modelyard.v1 import router_pb2
 from router.auth import client_rule
 from router.cache import cache_header
 from router.openai.admission import Admission, FrontLimits
+from router.openai.choices import chunks, collect
 from router.openai.errors import OpenAIError, from_error, invalid, unauthorized
 from router.openai.outcomes import StatsOperations, outcome_routes
 from router.openai.probes import OPEN_PATHS, probe_routes
-from router.openai.responses import Shape, finish_reason, sse
+from router.openai.responses import Shape
 from router.openai.translate import Translated, chat_request, completion_request
 
 log = logging.getLogger(__name__)
@@ -181,21 +182,26 @@ class _Front:
         *,
         chat: bool,
     ) -> Response:
-        events = self._router.generate(translated.request, timeout_s=self._deadline(request))
+        timeout_s = self._deadline(request)
+        streams = [self._router.generate(r, timeout_s=timeout_s) for r in translated.requests()]
         try:
             # The relay holds GenerationStarted until the first token: errors up to
             # there (unknown model, no worker, bad input) still get their HTTP status.
-            first = await _until_disconnect(request, anext(events))
+            firsts = await _until_disconnect(request, _first_events(streams))
         except BaseException:
-            await events.aclose()
+            for events in streams:
+                await events.aclose()
             raise
-        shape = Shape(chat, first.started)
-        headers = {**_ignored_header(translated.ignored), **cache_header(first.started)}
+        sampling = translated.request.sampling
+        shape = Shape(
+            chat, firsts[0].started, logprobs=sampling.logprobs,
+            prompt_chars=len(translated.request.prompt),
+        )  # fmt: skip
+        headers = {**_ignored_header(translated.ignored), **cache_header(firsts[0].started)}
         if translated.stream:
-            stream = _stream(request, events, shape, translated.include_usage)
+            stream = _stream(request, streams, shape, translated.include_usage)
             return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
-        async with aclosing(events):
-            whole = await _until_disconnect(request, _collect(events, shape))
+        whole = await _until_disconnect(request, collect(streams, shape))
         return JSONResponse(whole, headers=headers)
 
     def _deadline(self, request: Request) -> float:
@@ -206,6 +212,16 @@ class _Front:
             if math.isfinite(seconds) and seconds > 0:
                 return min(self._timeout_s, seconds)
         return self._timeout_s
+
+
+async def _first_events(streams: Sequence[Events]) -> list[router_pb2.GenerateResponse]:
+    """Each stream's first event; the first error once every stream has answered (so none
+    is still running when the caller closes them all)."""
+    firsts = await asyncio.gather(*map(anext, streams), return_exceptions=True)
+    for first in firsts:
+        if isinstance(first, BaseException):
+            raise first
+    return [f for f in firsts if not isinstance(f, BaseException)]
 
 
 def _ignored_header(ignored: Sequence[str]) -> dict[str, str]:
@@ -221,24 +237,8 @@ def _model_entry(model_id: str, created: int) -> dict[str, Any]:
     return {"id": model_id, "object": "model", "created": created, "owned_by": "modelyard"}
 
 
-async def _collect(events: Events, shape: Shape) -> dict[str, Any]:
-    chunks: list[str] = []
-    finished: common_pb2.GenerationFinished | None = None
-    # Read to the stream's end, past the finish (as the gRPC servicer does): closing it
-    # early cancels the worker call, whose client span then never ends nor reaches the trace.
-    async for event in events:
-        kind = event.WhichOneof("event")
-        if kind == "delta":
-            chunks.append(event.delta.text)
-        elif kind == "finished":
-            finished = event.finished
-    if finished is None:
-        raise OpenAIError(502, "the router's stream ended without a finish", type_="server_error")
-    return shape.whole("".join(chunks), finished)
-
-
 async def _stream(
-    request: Request, events: Events, shape: Shape, with_usage: bool
+    request: Request, streams: Sequence[Events], shape: Shape, with_usage: bool
 ) -> AsyncIterator[bytes]:
     """The SSE body. A client that goes away cancels the task streaming it, which closes
     the relay (and so the worker call)."""
@@ -246,8 +246,8 @@ async def _stream(
     left = asyncio.Event()
     watcher = asyncio.create_task(_cancel_on_disconnect(request, streaming, left))
     try:
-        async with aclosing(events):
-            async for chunk in _chunks(events, shape, with_usage):
+        async with aclosing(chunks(streams, shape, with_usage)) as body:
+            async for chunk in body:
                 yield chunk
     except asyncio.CancelledError:
         if not left.is_set() or streaming is None:
@@ -255,32 +255,6 @@ async def _stream(
         streaming.uncancel()  # our own cancel: the client left; nobody to tell
     finally:
         watcher.cancel()
-
-
-async def _chunks(events: Events, shape: Shape, with_usage: bool) -> AsyncIterator[bytes]:
-    try:
-        if shape.chat:
-            yield sse(shape.chunk(""))  # the role comes first, as OpenAI sends it
-        async for event in events:
-            kind = event.WhichOneof("event")
-            if kind == "finished":  # then on to the stream's end (see _collect)
-                for chunk in _last_chunks(shape, event.finished, with_usage):
-                    yield chunk
-            if kind == "delta" and event.delta.text:
-                yield sse(shape.chunk(event.delta.text))
-    except ModelyardError as err:
-        log.warning("stream %s failed after it started: %s", shape.id, err.message)
-        yield sse(from_error(err).body())
-
-
-def _last_chunks(
-    shape: Shape, finished: common_pb2.GenerationFinished, with_usage: bool
-) -> list[bytes]:
-    chunks = [sse(shape.chunk(None if shape.chat else "", finish_reason(finished)))]
-    if with_usage:
-        chunks.append(sse(shape.usage_chunk(finished)))
-    chunks.append(sse("[DONE]"))
-    return chunks
 
 
 async def _cancel_on_disconnect(

@@ -27,6 +27,7 @@ from router.openai.errors import OpenAIError, invalid
 INT32_MAX = 2**31 - 1
 UINT64_MAX = 2**64 - 1
 TOOL_CHOICES = ("none", "auto", "required")
+MAX_N = 8  # choices per request: each is a generation of its own
 
 
 def _unicode(value: str) -> str:
@@ -93,8 +94,16 @@ class StreamOptions(_Strict):
     include_obfuscation: bool | None = None  # chunks are never padded: true is refused
 
 
+class JsonSchema(_Strict):
+    name: Text | None = None
+    description: Text | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None  # constrained decoding is always strict
+
+
 class ResponseFormat(_Strict):
     type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchema | None = None
 
 
 class _Body(_Strict):
@@ -111,8 +120,8 @@ class _Body(_Strict):
     stream: bool | None = None
     stream_options: StreamOptions | None = None
     user: Text | None = None
-    n: Positive32 | None = None
-    logit_bias: dict[str, Any] | None = None
+    n: Annotated[int, Field(ge=1, le=MAX_N)] | None = None
+    logit_bias: dict[str, Number] | None = None
     # vLLM-style extras: -1 (vLLM's "off") and 0 both disable top_k.
     top_k: Annotated[int, Field(ge=-1, le=INT32_MAX)] | None = None
     min_p: Number | None = None
@@ -148,7 +157,7 @@ class ChatBody(_Body):
 
 class CompletionBody(_Body):
     prompt: Annotated[Text, BeforeValidator(_one_prompt)]
-    logprobs: Any = None
+    logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
     best_of: Positive32 | None = None
     echo: bool | None = None
     suffix: Text | None = None

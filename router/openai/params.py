@@ -1,7 +1,7 @@
 """What the front does with each parameter of OpenAI's request bodies: every key of the
 `openai` SDK's CompletionCreateParams (chat and legacy completions) is either honoured
 (it reaches the router's GenerateRequest) or unsupported (a 400 naming it, unless its
-value asks for nothing, such as n=1 or logprobs=false). A unit test compares these
+value asks for nothing, such as best_of=1 or store=false). A unit test compares these
 tables with the installed SDK's keys, so a new SDK key cannot pass without a decision.
 """
 
@@ -53,6 +53,9 @@ _SHARED_HONOURED = frozenset(
         "stream",
         "stream_options",  # include_usage; include_obfuscation=false
         "user",  # the session key: one A/B arm and prefix affinity per user
+        "n",  # 1..8 choices, each a generation of its own, run concurrently
+        "logit_bias",  # token id -> [-100, 100]
+        "logprobs",  # chat: true/false; legacy: the number of alternatives (0..20)
     }
 )
 
@@ -62,26 +65,20 @@ CHAT_HONOURED = _SHARED_HONOURED | {
     "safety_identifier",  # OpenAI's successor of `user`: the session key when user is absent
     "prompt_cache_key",  # a cache-routing key: the session key when neither is sent
     "parallel_tool_calls",  # meaningless without tools, which are refused while unsupported
+    "top_logprobs",
+    "response_format",  # text, json_object, json_schema: constrained decoding in the engine
 }
 COMPLETION_HONOURED = _SHARED_HONOURED | {"prompt"}
 
 _NO_TOOLS = "tool calling is not implemented"
-_SHARED_UNSUPPORTED: Mapping[str, Unsupported] = {
-    "n": Unsupported(_one_of(1), "only n=1"),
-    "logit_bias": Unsupported(_empty),
-}
+_SHARED_UNSUPPORTED: Mapping[str, Unsupported] = {}
 
 CHAT_UNSUPPORTED: Mapping[str, Unsupported] = {
     **_SHARED_UNSUPPORTED,
-    "logprobs": Unsupported(_one_of(False)),
-    "top_logprobs": Unsupported(_one_of(0), "logprobs are not implemented"),
     "tools": Unsupported(_empty, _NO_TOOLS),
     "tool_choice": Unsupported(_one_of("none"), _NO_TOOLS),
     "functions": Unsupported(_empty, _NO_TOOLS),
     "function_call": Unsupported(_one_of("none"), _NO_TOOLS),
-    "response_format": Unsupported(
-        lambda value: value.get("type") == "text", "only 'text'", "response_format.type"
-    ),
     "audio": Unsupported(_never, "text output only"),
     "modalities": Unsupported(_one_of(["text"]), "text output only"),
     "prediction": Unsupported(_never),
@@ -99,7 +96,6 @@ CHAT_UNSUPPORTED: Mapping[str, Unsupported] = {
 
 COMPLETION_UNSUPPORTED: Mapping[str, Unsupported] = {
     **_SHARED_UNSUPPORTED,
-    "logprobs": Unsupported(_never, "logprobs are not implemented"),
     "best_of": Unsupported(_one_of(1), "only best_of=1"),
     "echo": Unsupported(_one_of(False)),
     "suffix": Unsupported(_empty),

@@ -9,13 +9,21 @@ listed in the response's `x-modelyard-ignored-params` header).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, replace
 from typing import Any
 
 from pydantic import BaseModel
 
 from modelyard.v1 import common_pb2, router_pb2
-from router.openai.bodies import ChatBody, CompletionBody, Message, param_of, parse
+from router.openai.bodies import (
+    ChatBody,
+    CompletionBody,
+    Message,
+    ResponseFormat,
+    param_of,
+    parse,
+)
 from router.openai.errors import invalid
 from router.openai.params import CHAT_UNSUPPORTED, COMPLETION_UNSUPPORTED, check_unsupported
 
@@ -29,6 +37,19 @@ class Translated:
     stream: bool
     include_usage: bool
     ignored: tuple[str, ...] = ()  # unknown parameters, ignored by the router's setting
+    n: int = 1  # choices: n generations of the one request, run concurrently
+
+    def requests(self) -> list[router_pb2.GenerateRequest]:
+        """One request per choice; with a seed, choice i samples with seed + i (the same
+        seed would make n equal texts)."""
+        out = []
+        for i in range(self.n):
+            request = router_pb2.GenerateRequest()
+            request.CopyFrom(self.request)
+            if i and request.sampling.HasField("seed"):
+                request.sampling.seed = (request.sampling.seed + i) % 2**64
+            out.append(request)
+        return out
 
 
 def chat_request(body: dict[str, Any], *, ignore_unknown: bool = False) -> Translated:
@@ -37,6 +58,12 @@ def chat_request(body: dict[str, Any], *, ignore_unknown: bool = False) -> Trans
     check_unsupported(parsed.model_dump(exclude_unset=True), CHAT_UNSUPPORTED)
     request = _common_request(parsed)
     request.messages.extend(_message(m, i) for i, m in enumerate(parsed.messages))
+    if parsed.top_logprobs and not parsed.logprobs:
+        raise invalid("'top_logprobs' needs 'logprobs': true", "top_logprobs")
+    request.sampling.logprobs = bool(parsed.logprobs)
+    request.sampling.top_logprobs = parsed.top_logprobs or 0
+    if parsed.response_format is not None and parsed.response_format.type != "text":
+        request.sampling.response_format.CopyFrom(_response_format(parsed.response_format))
     max_tokens = parsed.max_completion_tokens or parsed.max_tokens
     # Omitted: the server's default (running to the end of the context is pending).
     if max_tokens is not None:
@@ -54,6 +81,9 @@ def completion_request(body: dict[str, Any], *, ignore_unknown: bool = False) ->
     check_unsupported(parsed.model_dump(exclude_unset=True), COMPLETION_UNSUPPORTED)
     request = _common_request(parsed)
     request.prompt = parsed.prompt
+    if parsed.logprobs is not None:  # legacy: the number of alternatives per token
+        request.sampling.logprobs = True
+        request.sampling.top_logprobs = parsed.logprobs
     request.sampling.max_tokens = (
         COMPLETION_MAX_TOKENS if parsed.max_tokens is None else parsed.max_tokens
     )
@@ -73,12 +103,13 @@ def _translated(
                 "'stream_options.include_obfuscation' is not supported yet",
                 "stream_options.include_obfuscation",
             )
-    return Translated(
+    translated = Translated(
         request,
         stream=bool(parsed.stream),
         include_usage=bool(options and options.include_usage),
         ignored=tuple(ignored),
     )
+    return replace(translated, n=parsed.n) if parsed.n else translated
 
 
 def _unknown(parsed: BaseModel, ignore: bool) -> list[str]:
@@ -108,7 +139,23 @@ def _common_request(parsed: ChatBody | CompletionBody) -> router_pb2.GenerateReq
         sampling.stop.extend(parsed.stop)
     if parsed.seed is not None:
         sampling.seed = parsed.seed
+    for key, bias in (parsed.logit_bias or {}).items():
+        if not key.isdigit() or int(key) >= 2**32:  # the router checks the bias itself
+            raise invalid(f"'logit_bias' keys must be token ids, got {key[:32]!r}", "logit_bias")
+        sampling.logit_bias[int(key)] = bias
     return request
+
+
+def _response_format(f: ResponseFormat) -> common_pb2.ResponseFormat:
+    if f.type == "json_object":
+        return common_pb2.ResponseFormat(type=common_pb2.RESPONSE_FORMAT_TYPE_JSON_OBJECT)
+    if f.json_schema is None or f.json_schema.schema_ is None:
+        where = "response_format.json_schema" + (".schema" if f.json_schema else "")
+        raise invalid(f"'{where}' is required with type 'json_schema'", where)
+    return common_pb2.ResponseFormat(
+        type=common_pb2.RESPONSE_FORMAT_TYPE_JSON_SCHEMA,
+        json_schema=json.dumps(f.json_schema.schema_, separators=(",", ":")),
+    )
 
 
 def _message(message: Message, i: int) -> common_pb2.ChatMessage:

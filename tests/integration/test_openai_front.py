@@ -169,7 +169,7 @@ def test_errors_have_openai_shape(client: openai.OpenAI, http_mesh: tuple[LocalM
     assert body["code"] == "model_not_found"
 
     with pytest.raises(openai.BadRequestError) as bad:
-        client.chat.completions.create(model="x", messages=MESSAGES, n=2)
+        client.chat.completions.create(model="x", messages=MESSAGES, n=9)
     assert bad.value.status_code == 400 and isinstance(bad.value.body, dict)
     assert bad.value.body["param"] == "n"
 
@@ -359,3 +359,114 @@ def _served(root: str, model: str) -> list[str]:
         connection.close()
     prefix = "modelyard_router_requests_total{"
     return [line for line in text.splitlines() if line.startswith(prefix) and model in line]
+
+
+# --- structured output, logprobs, logit bias and n on the real SmolLM2 -------------------
+
+CAT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 12},
+        "mood": {"enum": ["happy", "sleepy", "grumpy"]},
+        "toys": {"type": "array", "items": {"type": "string", "maxLength": 12}, "maxItems": 2},
+        "owner": {
+            "type": "object",
+            "properties": {"age": {"type": "integer"}},
+            "required": ["age"],
+            "additionalProperties": False,
+        },
+    },
+    "required": ["name", "mood", "toys", "owner"],
+    "additionalProperties": False,
+}
+
+
+def test_a_json_schema_response_validates(client: openai.OpenAI, smollm2: model_pb2.Model) -> None:
+    import jsonschema
+
+    reply = client.chat.completions.create(
+        model=smollm2.name,
+        messages=[{"role": "user", "content": "Describe a cat named Tom."}],
+        response_format={
+            "type": "json_schema",
+            "json_schema": {"name": "cat", "schema": CAT_SCHEMA, "strict": True},
+        },
+        temperature=0,
+        max_tokens=120,
+    )
+    choice = reply.choices[0]
+    assert choice.finish_reason == "stop"
+    jsonschema.validate(json.loads(choice.message.content or ""), CAT_SCHEMA)
+
+
+def test_greedy_logprobs_are_the_top_alternative(
+    client: openai.OpenAI, smollm2: model_pb2.Model
+) -> None:
+    reply = client.chat.completions.create(
+        model=smollm2.name,
+        messages=MESSAGES,
+        temperature=0,
+        max_tokens=5,
+        logprobs=True,
+        top_logprobs=3,
+    )
+    choice = reply.choices[0]
+    assert choice.logprobs is not None and choice.logprobs.content is not None
+    content = choice.logprobs.content
+    assert reply.usage is not None and len(content) == reply.usage.completion_tokens
+    assert b"".join(bytes(t.bytes or []) for t in content).decode() == choice.message.content
+    for token in content:
+        assert token.logprob <= 0 and len(token.top_logprobs) == 3
+        assert token.top_logprobs[0].token == token.token
+        assert token.top_logprobs[0].logprob == token.logprob
+
+
+def test_n_choices_at_temperature_0_are_the_same_text(
+    client: openai.OpenAI, smollm2: model_pb2.Model
+) -> None:
+    reply = client.completions.create(
+        model=smollm2.name, prompt=PROMPT, n=2, max_tokens=4, temperature=0
+    )
+    assert [c.index for c in reply.choices] == [0, 1]
+    assert reply.choices[0].text == reply.choices[1].text != ""
+    assert reply.usage is not None and reply.usage.completion_tokens == 8
+
+
+def test_a_logit_bias_bans_the_greedy_token(
+    client: openai.OpenAI, http_mesh: tuple[LocalMesh, str], smollm2: model_pb2.Model
+) -> None:
+    request = router_pb2.GenerateRequest(
+        model=smollm2.name,
+        prompt=PROMPT,
+        sampling=common_pb2.SamplingParams(max_tokens=1, temperature=0.0),
+    )
+    with grpc.insecure_channel(http_mesh[0].router_address) as channel:
+        stub = router_pb2_grpc.RouterServiceStub(channel)
+        events = list(stub.Generate(request, timeout=120, metadata=bearer_metadata(API_KEY)))
+    first = next(e.delta for e in events if e.WhichOneof("event") == "delta")
+    kwargs: dict[str, Any] = {"model": smollm2.name, "prompt": PROMPT, "max_tokens": 1}
+    plain = client.completions.create(**kwargs, temperature=0)
+    banned = client.completions.create(
+        **kwargs, temperature=0, logit_bias={str(first.token_ids[0]): -100}
+    )
+    assert plain.choices[0].text == first.text != banned.choices[0].text
+
+
+@pytest.mark.parametrize(
+    ("patch", "param"),
+    [
+        ({"logit_bias": {"5": 101}}, "logit_bias[5]"),
+        ({"logit_bias": {"999999999": 1}}, "logit_bias[999999999]"),
+        ({"n": 9}, "n"),
+        ({"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}, None),
+        ({"top_logprobs": 21, "logprobs": True}, "top_logprobs"),
+    ],
+)
+def test_bad_structured_values_are_400(
+    client: openai.OpenAI, smollm2: model_pb2.Model, patch: dict[str, Any], param: str | None
+) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        _create(client, True, smollm2.name, patch)
+    body = caught.value.body
+    assert isinstance(body, dict)
+    assert body["param"] == (param or "response_format.json_schema.schema")

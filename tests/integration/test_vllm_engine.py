@@ -18,12 +18,14 @@ import pytest
 import pytest_asyncio
 
 from modelyard.bundled import smollm2_path
+from modelyard.errors import InvalidArgument
 from worker.engines.base import (
     ChatTurn,
     EngineRequest,
     Finished,
     FinishReason,
     ModelSpec,
+    OutputFormat,
     Piece,
     SamplingConfig,
     Scheduled,
@@ -192,3 +194,38 @@ async def test_a_repeated_prefix_reports_the_tokens_vllm_had_cached(engine: Vllm
     snap = engine.stats()
     assert snap.cached_prompt_tokens_total >= warm.cached_input_tokens
     assert snap.prompt_tokens_total >= cold.input_tokens + warm.input_tokens
+
+
+async def test_a_json_schema_and_logprobs_reach_vllm(engine: VllmEngine) -> None:
+    import json
+
+    import jsonschema
+
+    schema = {
+        "type": "object",
+        "properties": {
+            "city": {"type": "string", "maxLength": 16},
+            "kind": {"enum": ["capital", "town"]},
+            "tags": {"type": "array", "items": {"type": "string", "maxLength": 8}, "maxItems": 2},
+        },
+        "required": ["city", "kind", "tags"],
+        "additionalProperties": False,
+    }
+    req = EngineRequest(
+        "json",
+        messages=[ChatTurn("user", "Name the capital of France.")],  # free text without it
+        sampling=GREEDY,
+        max_tokens=64,
+        output_format=OutputFormat(json.dumps(schema)),
+        logprobs=2,
+    )
+    pieces = [e async for e in engine.generate(req) if isinstance(e, Piece)]
+    jsonschema.validate(json.loads("".join(p.text for p in pieces)), schema)
+    ids = [t for p in pieces for t in p.token_ids]
+    logprobs = [lp for p in pieces for lp in p.logprobs]
+    assert [lp.token_id for lp in logprobs] == ids  # one per token id, aligned
+    assert all(lp.logprob <= 0 and len(lp.top) == 2 for lp in logprobs)
+    assert all(lp.top[0].logprob >= lp.top[1].logprob for lp in logprobs)
+    # An id outside the vocabulary is the client's error, before vLLM sees it.
+    with pytest.raises(InvalidArgument):
+        await _collect(engine, EngineRequest("bias", prompt="Hi", logit_bias={10**7: 1.0}))

@@ -70,6 +70,14 @@ class ChatTurn:
 
 
 @dataclass(frozen=True)
+class OutputFormat:
+    """Constrained decoding: JSON valid against `json_schema` (JSON text), or any JSON
+    object when it is None."""
+
+    json_schema: str | None = None
+
+
+@dataclass(frozen=True)
 class EngineRequest:
     """One generation: prompt_token_ids if set, else messages if any, else prompt."""
 
@@ -80,6 +88,10 @@ class EngineRequest:
     sampling: SamplingConfig = SamplingConfig()
     max_tokens: int = 256
     stop: Sequence[str] = ()
+    # Kept out of SamplingConfig, whose repr seeds the sim engine's RNG.
+    output_format: OutputFormat | None = None  # None: free text
+    logit_bias: Mapping[int, float] = field(default_factory=dict)  # token id -> added logit
+    logprobs: int | None = None  # None: none; else how many alternatives per token (0..20)
 
 
 class FinishReason(enum.Enum):
@@ -98,11 +110,31 @@ class Scheduled:
 
 
 @dataclass(frozen=True)
+class TopLogprob:
+    token_id: int
+    token: bytes  # the token's raw bytes (may be part of a UTF-8 character)
+    logprob: float
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A generated token's log probability (log-softmax of the raw logits, as OpenAI
+    reports it) and the most likely alternatives at its position, most likely first."""
+
+    token_id: int
+    token: bytes
+    logprob: float
+    top: tuple[TopLogprob, ...] = ()
+
+
+@dataclass(frozen=True)
 class Piece:
     """Newly decoded tokens and the text they complete (may be empty mid-character)."""
 
     text: str
     token_ids: tuple[int, ...]
+    # With EngineRequest.logprobs: one per token id, same order.
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True)

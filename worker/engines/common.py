@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sized
 
 from modelyard.errors import InvalidArgument, Unavailable
+from worker.engines.base import EngineRequest
 
 
 class EngineNotLoaded(Unavailable):
@@ -31,4 +32,27 @@ def check_prompt(prompt_tokens: Sized, context_length: int, key: str) -> None:
             "prompt",
             f"the prompt has {len(prompt_tokens)} tokens but {key} is loaded "
             f"with a context window of {context_length} tokens",
+        )
+
+
+def check_logit_bias(req: EngineRequest, n_vocab: int) -> None:
+    """INVALID_ARGUMENT for a biased token id outside the model's vocabulary."""
+    bad = sorted(t for t in req.logit_bias if not 0 <= t < n_vocab)
+    if bad:
+        raise InvalidArgument.for_field(
+            f"sampling.logit_bias[{bad[0]}]", f"token ids must lie in [0, {n_vocab})"
+        )
+
+
+def refuse_unsupported(
+    req: EngineRequest, engine_name: str, *, formats: bool = False, logit_bias: bool = False
+) -> None:
+    """INVALID_ARGUMENT for what this engine cannot do: a field is never ignored silently."""
+    if req.output_format is not None and not formats:
+        raise InvalidArgument.for_field(
+            "sampling.response_format", f"engine {engine_name} cannot constrain output to JSON"
+        )
+    if req.logit_bias and not logit_bias:
+        raise InvalidArgument.for_field(
+            "sampling.logit_bias", f"engine {engine_name} does not support logit bias"
         )

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import random
 import threading
 import time
 from dataclasses import dataclass, field
@@ -38,9 +37,11 @@ from worker.engines.base import (
     FinishReason,
     Piece,
     Scheduled,
+    TokenLogprob,
 )
 from worker.engines.channel import DecodeFailed, EventChannel
 from worker.engines.llama_prefix import CachedPrefix, KvPrefixCache
+from worker.engines.llama_sampling import sampler_chain, token_logprob
 from worker.engines.prefix_summary import finished_chains
 from worker.engines.text import TextStream
 
@@ -49,7 +50,6 @@ log = logging.getLogger(__name__)
 # Prompt tokens per step while other sequences are decoding: bounds their stall to
 # one chunk's prefill (~0.3 s on 2 cores for SmolLM2) per step.
 PREFILL_CHUNK = 64
-PENALTY_LAST_N = 64  # as llama-cpp-python's Llama (last_n_tokens_size)
 IDLE_WAIT_S = 0.5
 KEPT_EVALUATED = 256  # recent requests whose evaluated prompt tokens `evaluated` remembers
 
@@ -60,6 +60,7 @@ class Job:
     prompt_tokens: list[int]
     channel: EventChannel[EngineEvent | DecodeFailed]
     cancel: threading.Event = field(default_factory=threading.Event)
+    gbnf: str | None = None  # the output's grammar, compiled once before queueing
 
     @property
     def reserve(self) -> int:
@@ -221,26 +222,7 @@ class BatchDecoder:
         cache.reclaim(reserved, self.n_ctx, keep=entry)
 
     def _new_slot(self, job: Job, seq_id: int, reserve: int) -> _Slot:
-        from llama_cpp._internals import LlamaSampler
-
-        s = job.request.sampling
-        sampler: Any = LlamaSampler()  # type: ignore[no-untyped-call]
-        sampler.add_penalties(
-            self._n_vocab,
-            PENALTY_LAST_N,
-            s.repetition_penalty,
-            s.frequency_penalty,
-            s.presence_penalty,
-        )
-        if s.temperature <= 0:
-            sampler.add_greedy()
-        else:
-            sampler.add_top_k(s.top_k)
-            sampler.add_top_p(s.top_p, 1)
-            sampler.add_min_p(s.min_p, 1)
-            sampler.add_temp(s.temperature)
-            seed = s.seed if s.seed is not None else random.getrandbits(32)
-            sampler.add_dist(seed & 0xFFFFFFFF)  # llama.cpp samplers take a 32-bit seed
+        sampler = sampler_chain(self._vocab, self._n_vocab, job.request, job.gbnf)
         return _Slot(
             job,
             seq_id,
@@ -273,7 +255,14 @@ class BatchDecoder:
             raise RuntimeError(f"llama_decode returned {rc} for a batch of {n} tokens")
         for index, slot in rows:
             if slot in self._slots:
-                self._accept(slot, int(slot.sampler.sample(self._ctx, index)))
+                token = int(slot.sampler.sample(self._ctx, index))
+                top = slot.job.request.logprobs  # only when asked: it reads the whole row
+                logprob = (
+                    None
+                    if top is None
+                    else token_logprob(self._model, self._ctx, index, token, top)
+                )
+                self._accept(slot, token, logprob)
 
     def _fill_batch(self) -> tuple[int, list[tuple[int, _Slot]]]:
         """Each decoding sequence's next token, then prompt chunks: (tokens, logits rows)."""
@@ -316,7 +305,7 @@ class BatchDecoder:
             budget -= take
         return n, rows
 
-    def _accept(self, slot: _Slot, token: int) -> None:
+    def _accept(self, slot: _Slot, token: int, logprob: TokenLogprob | None) -> None:
         """One sampled token: stream it, or end the sequence."""
         job, req = slot.job, slot.job.request
         if self._llama_cpp.llama_vocab_is_eog(self._vocab, token):
@@ -346,7 +335,7 @@ class BatchDecoder:
             if tail.stop is not None:
                 reason, stop = FinishReason.STOP_SEQUENCE, tail.stop
         slot.reply.append(out)
-        if not job.emit(Piece(out, (token,))):
+        if not job.emit(Piece(out, (token,), () if logprob is None else (logprob,))):
             self._end(slot, FinishReason.CANCELLED)
         elif reason is not None:
             self._end(slot, reason, stop)

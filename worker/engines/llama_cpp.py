@@ -38,6 +38,7 @@ from worker.engines.chat_template import ChatTemplate
 from worker.engines.common import EngineNotLoaded, check_prompt
 from worker.engines.llama_batch import BatchDecoder, Job
 from worker.engines.llama_prefix import MAX_SEQUENCE_IDS, KvPrefixCache, cache_sequences
+from worker.engines.llama_sampling import check_request
 from worker.engines.prefix_summary import PrefixSummary
 
 log = logging.getLogger(__name__)
@@ -101,8 +102,10 @@ class LlamaCppEngine:
             raise EngineNotLoaded(ENGINE_NAME)
         prompt_tokens = self._prompt_tokens(req)
         check_prompt(prompt_tokens, self._n_ctx, self._key)
+        gbnf = check_request(self._model.vocab, int(self._model.n_vocab()), req)
         capacity = req.max_tokens + CHANNEL_SLACK
-        job = Job(req, prompt_tokens, EventChannel(asyncio.get_running_loop(), capacity))
+        channel: EventChannel[Any] = EventChannel(asyncio.get_running_loop(), capacity)
+        job = Job(req, prompt_tokens, channel, gbnf=gbnf)
         self._jobs.add(job)
         try:
             decoder.submit(job)

@@ -1,10 +1,12 @@
-"""EngineRequest sampling -> vLLM SamplingParams (streamed as deltas)."""
+"""EngineRequest sampling -> vLLM SamplingParams (streamed as deltas), and vLLM's
+logprobs -> ours."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from worker.engines.base import EngineRequest
+from worker.engines.base import EngineRequest, TokenLogprob, TopLogprob
 
 
 def vllm_sampling_params(req: EngineRequest, max_tokens: int) -> Any:
@@ -26,4 +28,46 @@ def vllm_sampling_params(req: EngineRequest, max_tokens: int) -> Any:
         output_kind=RequestOutputKind.DELTA,
         # Our contract (as llama.cpp's engine) leaves the stop string out of the text.
         include_stop_str_in_output=False,
+        # vLLM's default logprobs mode is the raw logits' log-softmax, as OpenAI's.
+        logprobs=req.logprobs,
+        logit_bias=dict(req.logit_bias) or None,
+        structured_outputs=_structured(req),
     )
+
+
+def _structured(req: EngineRequest) -> Any:
+    """vLLM's structured outputs (xgrammar or llguidance, as the engine is configured)."""
+    if req.output_format is None:
+        return None
+    from vllm.sampling_params import StructuredOutputsParams
+
+    if req.output_format.json_schema is None:
+        return StructuredOutputsParams(json_object=True)
+    return StructuredOutputsParams(json=req.output_format.json_schema)
+
+
+def vllm_logprobs(
+    tokens: Sequence[int], entries: Sequence[Any] | None, top: int | None
+) -> tuple[TokenLogprob, ...]:
+    """One TokenLogprob per token from a delta's logprobs (a dict per token: token id ->
+    Logprob(logprob, rank, decoded_token), the top-k and the sampled token)."""
+    if top is None or not entries:
+        return ()
+    out: list[TokenLogprob] = []
+    for token, alternatives in zip(tokens, entries, strict=False):
+        ranked = sorted(alternatives.items(), key=lambda kv: kv[1].rank or 0)[:top]
+        chosen = alternatives[token]
+        out.append(
+            TokenLogprob(
+                token,
+                _text(chosen),
+                float(chosen.logprob),
+                tuple(TopLogprob(int(t), _text(lp), float(lp.logprob)) for t, lp in ranked),
+            )
+        )
+    return tuple(out)
+
+
+def _text(logprob: Any) -> bytes:
+    # vLLM gives the token's decoded text; a partial UTF-8 character shows as U+FFFD.
+    return str(logprob.decoded_token or "").encode("utf-8")

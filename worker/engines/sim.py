@@ -44,7 +44,7 @@ from worker.engines.base import (
     Piece,
     Scheduled,
 )
-from worker.engines.common import EngineNotLoaded, check_prompt
+from worker.engines.common import EngineNotLoaded, check_prompt, refuse_unsupported
 from worker.engines.prefix_summary import PrefixSummary, finished_chains, request_chain
 from worker.engines.sim_options import SIM_OPTIONS, SimOptions, parse_options
 from worker.engines.sim_prefix import SimPrefixCache
@@ -165,6 +165,7 @@ class SimEngine:
         check_prompt(prompt, loaded.context, loaded.key)
         if req.max_tokens < 1:
             raise InvalidArgument.for_field("max_tokens", "must be at least 1")
+        refuse_unsupported(req, ENGINE_NAME)
         seq = _Sequence(
             req,
             prompt,
@@ -310,7 +311,10 @@ class SimEngine:
         if reason is not None and stop is None:
             out += seq.stops.flush()  # ending without a match: release what was held back
         seq.reply.append(out)
-        seq.events.put_nowait(Piece(out, (token,)))
+        top = seq.request.logprobs
+        vocab = self._loaded.vocab if self._loaded is not None else None
+        logprobs = () if top is None or vocab is None else (seq.sampler.logprob(token, vocab, top),)
+        seq.events.put_nowait(Piece(out, (token,), logprobs))
         if reason is not None:
             self._finish(seq, reason, stop or "")
 

@@ -14,6 +14,7 @@ gives the same text, at the cost of one RNG call per token.
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 import re
 import zlib
@@ -21,7 +22,7 @@ from array import array
 from collections.abc import Sequence
 
 from modelyard.errors import InvalidArgument
-from worker.engines.base import ChatTurn, SamplingConfig
+from worker.engines.base import ChatTurn, SamplingConfig, TokenLogprob, TopLogprob
 
 EOS_ID = 0
 FIRST_WORD_ID = 1
@@ -99,6 +100,17 @@ class SimSampler:
         self._rng = random.Random(digest.digest())
         self._n_words = vocab.n_words
         self._eos = eos_probability
+
+    def logprob(self, token: int, vocab: SimVocabulary, top: int) -> TokenLogprob:
+        """The sampler's true distribution: EOS with the EOS probability, every word alike
+        (so the alternatives are EOS, when likelier, and the first words of the vocabulary)."""
+        word = math.log((1 - self._eos) / self._n_words)
+        eos = math.log(self._eos) if self._eos else -math.inf
+        ranked = [(FIRST_WORD_ID + i, word) for i in range(min(top, self._n_words))]
+        if eos > -math.inf:
+            ranked.insert(0 if eos > word else len(ranked), (EOS_ID, eos))
+        alternatives = tuple(TopLogprob(t, vocab.text(t).encode(), lp) for t, lp in ranked[:top])
+        return TokenLogprob(token, vocab.text(token).encode(), word, alternatives)
 
     def next_token(self) -> int:
         rng = self._rng

@@ -33,12 +33,18 @@ from worker.engines.base import (
     ModelSpec,
     Piece,
     Scheduled,
+    TokenLogprob,
 )
 from worker.engines.channel import DecodeFailed, EventChannel, engine_events
-from worker.engines.common import EngineNotLoaded, check_prompt
+from worker.engines.common import (
+    EngineNotLoaded,
+    check_logit_bias,
+    check_prompt,
+    refuse_unsupported,
+)
 from worker.engines.hf_prompt import HfPrompter
 from worker.engines.text import StopMatcher
-from worker.engines.transformers_sampling import next_token
+from worker.engines.transformers_sampling import next_token, token_logprob
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +104,8 @@ class TransformersEngine:
             raise EngineNotLoaded(ENGINE_NAME)
         prompt = prompter.token_ids(req)
         check_prompt(prompt, loaded.context, self._key)
+        refuse_unsupported(req, ENGINE_NAME, logit_bias=True)
+        check_logit_bias(req, len(loaded.tokenizer))
         job = _Job(req, prompt, EventChannel(asyncio.get_running_loop()))
         cost = len(prompt) + req.max_tokens
         self._counters.enqueued(cost)
@@ -248,7 +256,10 @@ def _sample(
                 return FinishReason.CANCELLED, len(produced), ""
             out = loaded.model(input_ids=step, past_key_values=past, use_cache=True)
             past = out.past_key_values
-            token = next_token(out.logits[0, -1], job.prompt + produced, req.sampling, generator)
+            logits = out.logits[0, -1]
+            token = next_token(
+                logits, job.prompt + produced, req.sampling, generator, req.logit_bias
+            )
             if token in loaded.eos:
                 eos_reason, eos_stop = _end_at_eos(stops, job)
                 return eos_reason, len(produced), eos_stop
@@ -263,8 +274,16 @@ def _sample(
             reason = _reason(stop, len(produced), req.max_tokens, room)
             if reason is not None and stop is None:
                 text += stops.flush()
-            if not job.channel.put(Piece(text, (token,))):
+            if not job.channel.put(Piece(text, (token,), _logprobs(tok, logits, token, req))):
                 return FinishReason.CANCELLED, len(produced), ""
             if reason is not None:
                 return reason, len(produced), stop or ""
             step = torch.tensor([[token]], device=loaded.device)
+
+
+def _logprobs(tok: Any, logits: Any, token: int, req: EngineRequest) -> tuple[TokenLogprob, ...]:
+    if req.logprobs is None:
+        return ()
+    # A token's text, not its raw bytes: a token holding part of a UTF-8 character
+    # shows as U+FFFD (the tokenizer does not expose byte pieces uniformly).
+    return (token_logprob(logits, token, req.logprobs, lambda t: tok.decode([t]).encode()),)

@@ -2,20 +2,31 @@
 
 Mirrors the contract's sampling: penalties first (repetition as in CTRL/HF,
 presence and frequency as in OpenAI), then temperature, top-k, top-p, min-p.
-Temperature 0 is greedy.
+Temperature 0 is greedy. The request's logit bias comes first, as in llama.cpp's chain;
+logprobs are the log-softmax of the raw logits, as OpenAI reports them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from worker.engines.base import SamplingConfig
+from worker.engines.base import SamplingConfig, TokenLogprob, TopLogprob
 
 
-def next_token(logits: Any, history: list[int], s: SamplingConfig, generator: Any) -> int:
+def next_token(
+    logits: Any,
+    history: list[int],
+    s: SamplingConfig,
+    generator: Any,
+    bias: Mapping[int, float] | None = None,
+) -> int:
     import torch
 
     logits = logits.float().clone()
+    if bias:
+        ids = torch.tensor(list(bias), device=logits.device)
+        logits[ids] += torch.tensor(list(bias.values()), device=logits.device)
     if history and (
         s.repetition_penalty != 1.0 or s.presence_penalty != 0.0 or s.frequency_penalty != 0.0
     ):
@@ -41,3 +52,17 @@ def next_token(logits: Any, history: list[int], s: SamplingConfig, generator: An
     if s.min_p > 0.0:
         probs[probs < s.min_p * probs.max()] = 0.0
     return int(torch.multinomial(probs / probs.sum(), 1, generator=generator).item())
+
+
+def token_logprob(logits: Any, token: int, top: int, piece: Callable[[int], bytes]) -> TokenLogprob:
+    import torch
+
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    alternatives: tuple[TopLogprob, ...] = ()
+    if top > 0:
+        values, ids = torch.topk(logprobs, min(top, logprobs.numel()))
+        alternatives = tuple(
+            TopLogprob(int(t), piece(int(t)), float(v))
+            for v, t in zip(values.tolist(), ids.tolist(), strict=True)
+        )
+    return TokenLogprob(token, piece(token), float(logprobs[token]), alternatives)

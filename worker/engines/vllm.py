@@ -37,10 +37,10 @@ from worker.engines.base import (
     Piece,
     Scheduled,
 )
-from worker.engines.common import EngineNotLoaded, check_prompt
+from worker.engines.common import EngineNotLoaded, check_logit_bias, check_prompt
 from worker.engines.hf_convert import converted_root, hf_checkpoint, is_gguf
 from worker.engines.hf_prompt import HfPrompter
-from worker.engines.sampling_map import vllm_sampling_params
+from worker.engines.sampling_map import vllm_logprobs, vllm_sampling_params
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ class VllmEngine:
         self._llm: Any = None  # vllm AsyncLLM; Any because vllm ships no usable types here
         self._prompter: HfPrompter | None = None
         self._key = ""
-        self._max_len = 0
+        self._max_len = self._vocab_size = 0
         self._active: dict[str, _Active] = {}  # vLLM request id -> our request
         self._aborts: set[asyncio.Task[None]] = set()
 
@@ -94,6 +94,7 @@ class VllmEngine:
             raise
         self._llm, self._key, self._max_len = llm, spec.key, int(args.max_model_len)
         self._prompter = HfPrompter(tokenizer, model=spec.key)
+        self._vocab_size = len(tokenizer)
         return LoadedInfo(
             engine=ENGINE_NAME,
             context_length=self._max_len,
@@ -108,6 +109,7 @@ class VllmEngine:
             raise EngineNotLoaded(ENGINE_NAME)
         ids = prompter.token_ids(req)
         check_prompt(ids, self._max_len, self._key)
+        check_logit_bias(req, self._vocab_size)
         budget = min(req.max_tokens, self._max_len - len(ids))
         params = vllm_sampling_params(req, budget)
         # Unique inside vLLM even when a client reuses its request id (retries).
@@ -115,7 +117,7 @@ class VllmEngine:
         active = self._active[engine_id] = _Active(req.request_id)
         self._counters.started()
         counted, produced, done, cached = False, 0, False, 0
-        stream = llm.generate({"prompt_token_ids": ids}, params, engine_id)
+        stream = _formats_checked(llm.generate({"prompt_token_ids": ids}, params, engine_id), req)
         try:
             yield Scheduled(len(ids))
             async for out in stream:
@@ -127,7 +129,8 @@ class VllmEngine:
                     produced += len(tokens)
                     self._counters.generated(len(tokens))
                 if completion.text or tokens:
-                    yield Piece(completion.text, tokens)
+                    lps = vllm_logprobs(tokens, completion.logprobs, req.logprobs)
+                    yield Piece(completion.text, tokens, lps)
                 if out.finished:
                     reason, stop = _finish_reason(completion, active, budget < req.max_tokens)
                     # Counted before the consumer hears, as llama.cpp's engine does.
@@ -289,3 +292,20 @@ def _finish_reason(completion: Any, active: _Active, capped: bool) -> tuple[Fini
     if reason == "abort" or active.cancelled:
         return FinishReason.CANCELLED, ""
     raise Internal(f"{ENGINE_NAME} finished a request with {reason!r}")
+
+
+async def _formats_checked(stream: Any, req: EngineRequest) -> AsyncGenerator[Any, None]:
+    """vLLM checks a structured-output schema when the request is added: its ValueError
+    then is the client's INVALID_ARGUMENT, not an engine failure."""
+    try:
+        async for out in stream:
+            yield out
+    except ValueError:
+        if req.output_format is None:
+            raise
+        log.info("vLLM refused a response format", exc_info=True)
+        raise InvalidArgument.for_field(
+            "sampling.response_format.json_schema", "vLLM cannot enforce this JSON Schema"
+        ) from None
+    finally:
+        await stream.aclose()

@@ -133,8 +133,8 @@ async def test_request_fields_reach_the_router(
 def test_translation_rejects_what_it_cannot_honour() -> None:
     base: dict[str, Any] = {"model": "m", "messages": [{"role": "user", "content": "x"}]}
     cases: list[tuple[dict[str, Any], str]] = [
-        ({"n": 2}, "n"),
-        ({"logprobs": True}, "logprobs"),
+        ({"n": 9}, "n"),
+        ({"best_of": 2}, "best_of"),
         ({"messages": []}, "messages"),
         ({"messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role"),
         ({"max_tokens": 0}, "max_tokens"),

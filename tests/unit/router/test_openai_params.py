@@ -116,3 +116,33 @@ def test_max_tokens_defaults() -> None:
     # Legacy completions: OpenAI's 16. Chat: unset, i.e. the router's default.
     assert completion_request(COMPLETION_BASE).request.sampling.max_tokens == 16
     assert chat_request(CHAT_BASE).request.sampling.max_tokens == 0
+
+
+def test_structured_parameters_translate_and_bad_values_are_400() -> None:
+    fmt = chat_request({**CHAT_BASE, "response_format": {"type": "json_object"}})
+    assert fmt.request.sampling.response_format.type == 2  # RESPONSE_FORMAT_TYPE_JSON_OBJECT
+    text = chat_request({**CHAT_BASE, "response_format": {"type": "text"}})
+    assert not text.request.sampling.HasField("response_format")
+    seeded = chat_request({**CHAT_BASE, "n": 3, "seed": 5}).requests()
+    assert [r.sampling.seed for r in seeded] == [5, 6, 7]  # distinct choices, reproducible
+    bad: list[tuple[dict[str, Any], str]] = [
+        ({"n": 9}, "n"),
+        ({"n": 0}, "n"),
+        ({"logit_bias": {"the": 1}}, "logit_bias"),
+        ({"logit_bias": {"5": "x"}}, "logit_bias.5"),
+        ({"top_logprobs": 2}, "top_logprobs"),
+        ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+        ({"response_format": {"type": "json_schema"}}, "response_format.json_schema"),
+        (
+            {"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}},
+            "response_format.json_schema.schema",
+        ),
+        ({"response_format": {"type": "regex"}}, "response_format.type"),
+    ]
+    for patch, param in bad:
+        with pytest.raises(OpenAIError) as caught:
+            chat_request({**CHAT_BASE, **patch})
+        assert (caught.value.status, caught.value.param) == (400, param), patch
+    with pytest.raises(OpenAIError) as legacy:
+        completion_request({**COMPLETION_BASE, "logprobs": 21})
+    assert legacy.value.param == "logprobs"

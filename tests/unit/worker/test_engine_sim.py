@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import math
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from worker.engines.base import (
     Finished,
     FinishReason,
     ModelSpec,
+    OutputFormat,
     Piece,
     SamplingConfig,
     Scheduled,
@@ -453,3 +455,28 @@ def test_the_registry_allows_exactly_the_sim_options() -> None:
     from worker.engines.sim_options import SIM_OPTIONS
 
     assert ALLOWED[common_pb2.ENGINE_SIM] == frozenset(SIM_OPTIONS)
+
+
+# -- structured output, logprobs and logit bias -----------------------------------------
+
+
+async def test_logprobs_are_the_sims_own_uniform_distribution(engine: SimEngine) -> None:
+    req = dataclasses.replace(request(max_tokens=4), logprobs=2)
+    pieces = [e async for e in engine.generate(req) if isinstance(e, Piece)]
+    logprobs = [lp for p in pieces for lp in p.logprobs]
+    assert [lp.token_id for lp in logprobs] == [t for p in pieces for t in p.token_ids]
+    n_words = int(SIM_OPTIONS["sim_vocab_size"]) - 1  # with EOS off, every word alike
+    for lp in logprobs:
+        assert lp.logprob == pytest.approx(-math.log(n_words))
+        assert [t.logprob for t in lp.top] == [lp.logprob] * 2
+    assert not [e for e in (await run(engine, request())).events if getattr(e, "logprobs", ())]
+
+
+async def test_what_the_sim_cannot_do_is_refused_never_ignored(engine: SimEngine) -> None:
+    for patch, field in (
+        ({"output_format": OutputFormat()}, "sampling.response_format"),
+        ({"logit_bias": {1: 5.0}}, "sampling.logit_bias"),
+    ):
+        with pytest.raises(InvalidArgument) as caught:
+            await run(engine, dataclasses.replace(request(), **patch))
+        assert [v.field for v in caught.value.violations] == [field]

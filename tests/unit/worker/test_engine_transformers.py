@@ -161,3 +161,20 @@ async def test_prompt_longer_than_the_context_is_refused(engine: TransformersEng
     with pytest.raises(InvalidArgument):
         async for _ in engine.generate(EngineRequest("x", prompt_token_ids=[1] * 5000)):
             pass
+
+
+async def test_logit_bias_and_logprobs_and_no_json(engine: TransformersEngine) -> None:
+    from modelyard.errors import InvalidArgument
+    from worker.engines.base import OutputFormat
+
+    forced = EngineRequest(
+        "bias", prompt=PROMPT, sampling=GREEDY, max_tokens=2, logit_bias={42: 100.0}, logprobs=3
+    )
+    pieces = [e async for e in engine.generate(forced) if isinstance(e, Piece)]
+    assert [t for p in pieces for t in p.token_ids] == [42, 42]
+    logprobs = [lp for p in pieces for lp in p.logprobs]
+    assert [lp.token_id for lp in logprobs] == [42, 42] and all(len(lp.top) == 3 for lp in logprobs)
+    # Raw logits' logprobs: the bias made 42 the choice, not the likeliest token.
+    assert all(lp.top[0].logprob >= lp.logprob and lp.logprob <= 0 for lp in logprobs)
+    with pytest.raises(InvalidArgument):
+        await _collect(engine, EngineRequest("json", prompt=PROMPT, output_format=OutputFormat()))
