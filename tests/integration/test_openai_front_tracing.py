@@ -120,6 +120,8 @@ def test_ignored_parameters_are_served_and_listed(
     # Still refused, ignored or not: a known parameter modelyard cannot honour.
     with pytest.raises(openai.BadRequestError) as caught:
         client.chat.completions.create(
-            model=smollm2.name, messages=[{"role": "user", "content": "Hello"}], n=2
+            model=smollm2.name,
+            messages=[{"role": "user", "content": "Hello"}],
+            tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}],
         )
-    assert isinstance(caught.value.body, dict) and caught.value.body["param"] == "n"
+    assert isinstance(caught.value.body, dict) and caught.value.body["param"] == "tools"

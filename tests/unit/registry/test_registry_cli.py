@@ -108,8 +108,8 @@ def test_registry_migrate(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["registry", "migrate", "--database-url", url])
     again = CliRunner().invoke(app, ["registry", "migrate", "--database-url", url])
     assert result.exit_code == 0, result.output
-    assert "empty -> 0002" in result.output
-    assert "0002 -> 0002" in again.output
+    assert "empty -> 0003" in result.output
+    assert "0003 -> 0003" in again.output
 
 
 def test_a_route_s_response_cache_is_set_shown_and_bounded(registry: str, tmp_path: Path) -> None:
