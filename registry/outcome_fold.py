@@ -17,7 +17,7 @@ from sqlalchemy import delete, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from registry.outcomes import OutcomeStore, dialect_insert
-from registry.tables import OutcomeRow, OutcomeWindowLatencyRow, OutcomeWindowRow
+from registry.tables import WINDOW_SUMS, OutcomeRow, OutcomeWindowLatencyRow, OutcomeWindowRow
 
 log = logging.getLogger(__name__)
 
@@ -25,17 +25,6 @@ FOLD_BATCH = 2000
 MAX_BATCHES_PER_PASS = 50  # then yield the database to other work until the next pass
 # Any constant shared by every replica, not the migration lock's.
 FOLD_LOCK_ID = 0x6F7574636F6D65
-_SUMS = (
-    "requests",
-    "errors",
-    "input_tokens",
-    "output_tokens",
-    "cached_input_tokens",
-    "cached_requests",
-    "cost_usd",
-    "feedback_sum",
-    "feedback_count",
-)
 _Key = tuple[int, str, str, str, str]
 
 
@@ -126,7 +115,7 @@ def _aggregate(
             row.route,
             row.arm,
         )
-        s = sums.setdefault(key, dict.fromkeys(_SUMS, 0.0))
+        s = sums.setdefault(key, dict.fromkeys(WINDOW_SUMS, 0.0))
         s["requests"] += 1
         s["errors"] += row.status_code != 0
         s["input_tokens"] += row.input_tokens
@@ -157,7 +146,7 @@ async def _add_windows(
         await session.execute(
             statement.on_conflict_do_update(
                 index_elements=list(names),
-                set_={n: getattr(OutcomeWindowRow, n) + statement.excluded[n] for n in _SUMS},
+                set_={n: getattr(OutcomeWindowRow, n) + statement.excluded[n] for n in WINDOW_SUMS},
             )
         )
     for (key, kind, bucket), count in buckets.items():

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from modelyard.latency_buckets import quantile
 from modelyard.refs import model_key
 from modelyard.v1 import router_pb2
-from registry.tables import OutcomeRow, OutcomeWindowLatencyRow, OutcomeWindowRow
+from registry.tables import WINDOW_SUMS, OutcomeRow, OutcomeWindowLatencyRow, OutcomeWindowRow
 
 log = logging.getLogger(__name__)
 
@@ -26,17 +26,6 @@ MAX_SERIES_ROWS = 20_000
 MAX_BUCKET_ROWS = 200_000
 
 Series = tuple[str, str, str, str]  # (model, version, route, arm)
-_SUMS = (
-    "requests",
-    "errors",
-    "input_tokens",
-    "output_tokens",
-    "cached_input_tokens",
-    "cached_requests",
-    "cost_usd",
-    "feedback_sum",
-    "feedback_count",
-)
 
 
 @dataclass(frozen=True)
@@ -53,7 +42,7 @@ class SeriesFilter:
 
 @dataclass
 class _Traffic:
-    sums: dict[str, float] = field(default_factory=lambda: dict.fromkeys(_SUMS, 0.0))
+    sums: dict[str, float] = field(default_factory=lambda: dict.fromkeys(WINDOW_SUMS, 0.0))
     ttft: dict[int, int] = field(default_factory=dict)
     total: dict[int, int] = field(default_factory=dict)
 
@@ -102,7 +91,7 @@ async def query_stats(
         for row in await _rows(session, statement, MAX_SERIES_ROWS):
             key: Series = (row[0], row[1], row[2], row[3])
             traffic = series.setdefault(key, _Traffic())
-            for name, value in zip(_SUMS, row[4:], strict=True):
+            for name, value in zip(WINDOW_SUMS, row[4:], strict=True):
                 traffic.sums[name] += float(value or 0)
     for statement in _bucket_queries(wanted, since_ms, window_since_ms):
         for model, version, route, arm, kind, bucket, count in await _rows(
@@ -183,7 +172,7 @@ def _raw_sums(wanted: SeriesFilter, since: int | None) -> Select[Any]:
 def _window_sums(wanted: SeriesFilter, since: int | None) -> Select[Any]:
     w = OutcomeWindowRow
     return (
-        select(*_series(w), *(func.sum(getattr(w, name)) for name in _SUMS))
+        select(*_series(w), *(func.sum(getattr(w, name)) for name in WINDOW_SUMS))
         .where(*_where(w, wanted, w.window_start_ms, since))
         .group_by(*_series(w))
     )

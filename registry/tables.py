@@ -162,6 +162,20 @@ class OutcomeRow(Base):
     feedback_comment: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
+# The additive columns of a window: what folding adds up and what queries sum.
+WINDOW_SUMS = (
+    "requests",
+    "errors",
+    "input_tokens",
+    "output_tokens",
+    "cached_input_tokens",
+    "cached_requests",
+    "cost_usd",
+    "feedback_sum",
+    "feedback_count",
+)
+
+
 class OutcomeWindowRow(Base):
     """The sums of one series' outcomes over one fixed window (downsampled raw rows)."""
 
