@@ -258,13 +258,10 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                     live.set_phase(DECODING)
                 streamed += len(event.token_ids)
                 if event.text or event.token_ids:
-                    yield worker_pb2.WorkerServiceGenerateResponse(
-                        delta=common_pb2.TokenDelta(
-                            text=event.text,
-                            token_ids=event.token_ids,
-                            logprobs=token_logprobs_pb(event.logprobs),
-                        )
-                    )
+                    delta = common_pb2.TokenDelta(text=event.text, token_ids=event.token_ids)
+                    if event.logprobs:  # per token: build nothing unless they were asked for
+                        delta.logprobs.extend(token_logprobs_pb(event.logprobs))
+                    yield worker_pb2.WorkerServiceGenerateResponse(delta=delta)
             else:
                 spans.finished(event)
                 finished = self._finished(event, streamed, lease, clock)
