@@ -22,6 +22,16 @@ class OutcomeServicer(outcomes_pb2_grpc.OutcomeServiceServicer):
     def __init__(self, store: OutcomeStore) -> None:
         self._store = store
 
+    async def RecordEvaluation(self, request: Any, context: Context) -> Any:
+        # Placeholder while the feature is built; the contract already names it.
+        await context.abort(
+            grpc.StatusCode.UNIMPLEMENTED, "RecordEvaluation is not implemented yet"
+        )
+
+    async def ListEvaluations(self, request: Any, context: Context) -> Any:
+        # Placeholder while the feature is built; the contract already names it.
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "ListEvaluations is not implemented yet")
+
     @grpc_errors
     async def RecordOutcomes(
         self, request: outcomes_pb2.RecordOutcomesRequest, context: Context

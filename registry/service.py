@@ -21,6 +21,10 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     def __init__(self, store: RegistryStore) -> None:
         self._store = store
 
+    async def ControlRollout(self, request: Any, context: Context) -> Any:
+        # Placeholder while the feature is built; the contract already names it.
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "ControlRollout is not implemented yet")
+
     @grpc_errors
     async def RegisterModel(
         self, request: registry_pb2.RegisterModelRequest, context: Context

@@ -172,6 +172,10 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         self._limits = limits or ServerLimits()
         self._keepalive_s = keepalive_s
 
+    async def Embed(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        # Placeholder while the feature is built; the contract already names it.
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Embed is not implemented yet")
+
     @grpc_errors
     async def Generate(
         self,

@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from modelyard.v1 import common_pb2 as modelyard_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18modelyard/v1/model.proto\x12\x0cmodelyard.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19modelyard/v1/common.proto\"i\n\x08\x41rtifact\x12\x0b\n\x03uri\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12,\n\x06\x66ormat\x18\x03 \x01(\x0e\x32\x1c.modelyard.v1.ArtifactFormat\x12\x12\n\nsize_bytes\x18\x04 \x01(\x04\"V\n\x0c\x43\x61pabilities\x12\x0c\n\x04\x63hat\x18\x01 \x01(\x08\x12\x12\n\ncompletion\x18\x02 \x01(\x08\x12\x16\n\x0e\x63ontext_length\x18\x03 \x01(\r\x12\x0c\n\x04tags\x18\x04 \x03(\t\"L\n\x07Pricing\x12\x1f\n\x17input_usd_per_1k_tokens\x18\x01 \x01(\x01\x12 \n\x18output_usd_per_1k_tokens\x18\x02 \x01(\x01\"!\n\tResources\x12\x14\n\x0cmemory_bytes\x18\x01 \x01(\x04\"\xe7\x01\n\x0bLoadOptions\x12\x14\n\x0cquantization\x18\x01 \x01(\t\x12\x16\n\x0e\x63ontext_length\x18\x02 \x01(\r\x12\x12\n\ngpu_layers\x18\x03 \x01(\x05\x12\x13\n\x0b\x64raft_model\x18\x04 \x01(\t\x12\x1e\n\x16max_parallel_sequences\x18\x05 \x01(\r\x12\x33\n\x05\x65xtra\x18\x06 \x03(\x0b\x32$.modelyard.v1.LoadOptions.ExtraEntry\x1a,\n\nExtraEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa7\x04\n\x05Model\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12(\n\x08\x61rtifact\x18\x03 \x01(\x0b\x32\x16.modelyard.v1.Artifact\x12%\n\x07\x65ngines\x18\x04 \x03(\x0e\x32\x14.modelyard.v1.Engine\x12\x30\n\x0c\x63\x61pabilities\x18\x05 \x01(\x0b\x32\x1a.modelyard.v1.Capabilities\x12&\n\x07pricing\x18\x06 \x01(\x0b\x32\x15.modelyard.v1.Pricing\x12*\n\tresources\x18\x07 \x01(\x0b\x32\x17.modelyard.v1.Resources\x12/\n\x0cload_options\x18\x08 \x01(\x0b\x32\x19.modelyard.v1.LoadOptions\x12/\n\x06labels\x18\t \x03(\x0b\x32\x1f.modelyard.v1.Model.LabelsEntry\x12\"\n\x05stage\x18\n \x01(\x0e\x32\x13.modelyard.v1.Stage\x12\x13\n\x0b\x64\x65scription\x18\x0b \x01(\t\x12.\n\ncreated_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"7\n\x08RouteArm\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0e\n\x06weight\x18\x03 \x01(\x01\"\x85\x03\n\x05Route\x12\x0c\n\x04name\x18\x01 \x01(\t\x12$\n\x04\x61rms\x18\x02 \x03(\x0b\x32\x16.modelyard.v1.RouteArm\x12\x11\n\tfallbacks\x18\x03 \x03(\t\x12\x32\n\x11\x64\x65\x66\x61ult_objective\x18\x04 \x01(\x0e\x32\x17.modelyard.v1.Objective\x12\x18\n\x0bmax_ttft_ms\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12#\n\x16max_cost_per_1k_tokens\x18\x06 \x01(\x01H\x01\x88\x01\x01\x12\x17\n\x0fsticky_sessions\x18\x07 \x01(\x08\x12\x13\n\x0b\x64\x65scription\x18\x08 \x01(\t\x12.\n\nupdated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x39\n\x0eresponse_cache\x18\n \x01(\x0b\x32!.modelyard.v1.ResponseCachePolicyB\x0e\n\x0c_max_ttft_msB\x19\n\x17_max_cost_per_1k_tokens\"P\n\x13ResponseCachePolicy\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x13\n\x0bttl_seconds\x18\x02 \x01(\r\x12\x13\n\x0bper_api_key\x18\x03 \x01(\x08*[\n\x05Stage\x12\x15\n\x11STAGE_UNSPECIFIED\x10\x00\x12\x11\n\rSTAGE_STAGING\x10\x01\x12\x14\n\x10STAGE_PRODUCTION\x10\x02\x12\x12\n\x0eSTAGE_ARCHIVED\x10\x03*c\n\x0e\x41rtifactFormat\x12\x1f\n\x1b\x41RTIFACT_FORMAT_UNSPECIFIED\x10\x00\x12\x18\n\x14\x41RTIFACT_FORMAT_GGUF\x10\x01\x12\x16\n\x12\x41RTIFACT_FORMAT_HF\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18modelyard/v1/model.proto\x12\x0cmodelyard.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19modelyard/v1/common.proto\"i\n\x08\x41rtifact\x12\x0b\n\x03uri\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12,\n\x06\x66ormat\x18\x03 \x01(\x0e\x32\x1c.modelyard.v1.ArtifactFormat\x12\x12\n\nsize_bytes\x18\x04 \x01(\x04\"\x96\x01\n\x0c\x43\x61pabilities\x12\x0c\n\x04\x63hat\x18\x01 \x01(\x08\x12\x12\n\ncompletion\x18\x02 \x01(\x08\x12\x16\n\x0e\x63ontext_length\x18\x03 \x01(\r\x12\x0c\n\x04tags\x18\x04 \x03(\t\x12\x11\n\tembedding\x18\x05 \x01(\x08\x12\x1c\n\x14\x65mbedding_dimensions\x18\x06 \x01(\r\x12\r\n\x05tools\x18\x07 \x01(\x08\"L\n\x07Pricing\x12\x1f\n\x17input_usd_per_1k_tokens\x18\x01 \x01(\x01\x12 \n\x18output_usd_per_1k_tokens\x18\x02 \x01(\x01\"!\n\tResources\x12\x14\n\x0cmemory_bytes\x18\x01 \x01(\x04\"\xe7\x01\n\x0bLoadOptions\x12\x14\n\x0cquantization\x18\x01 \x01(\t\x12\x16\n\x0e\x63ontext_length\x18\x02 \x01(\r\x12\x12\n\ngpu_layers\x18\x03 \x01(\x05\x12\x13\n\x0b\x64raft_model\x18\x04 \x01(\t\x12\x1e\n\x16max_parallel_sequences\x18\x05 \x01(\r\x12\x33\n\x05\x65xtra\x18\x06 \x03(\x0b\x32$.modelyard.v1.LoadOptions.ExtraEntry\x1a,\n\nExtraEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa7\x04\n\x05Model\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12(\n\x08\x61rtifact\x18\x03 \x01(\x0b\x32\x16.modelyard.v1.Artifact\x12%\n\x07\x65ngines\x18\x04 \x03(\x0e\x32\x14.modelyard.v1.Engine\x12\x30\n\x0c\x63\x61pabilities\x18\x05 \x01(\x0b\x32\x1a.modelyard.v1.Capabilities\x12&\n\x07pricing\x18\x06 \x01(\x0b\x32\x15.modelyard.v1.Pricing\x12*\n\tresources\x18\x07 \x01(\x0b\x32\x17.modelyard.v1.Resources\x12/\n\x0cload_options\x18\x08 \x01(\x0b\x32\x19.modelyard.v1.LoadOptions\x12/\n\x06labels\x18\t \x03(\x0b\x32\x1f.modelyard.v1.Model.LabelsEntry\x12\"\n\x05stage\x18\n \x01(\x0e\x32\x13.modelyard.v1.Stage\x12\x13\n\x0b\x64\x65scription\x18\x0b \x01(\t\x12.\n\ncreated_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"7\n\x08RouteArm\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0e\n\x06weight\x18\x03 \x01(\x01\"\xe8\x03\n\x05Route\x12\x0c\n\x04name\x18\x01 \x01(\t\x12$\n\x04\x61rms\x18\x02 \x03(\x0b\x32\x16.modelyard.v1.RouteArm\x12\x11\n\tfallbacks\x18\x03 \x03(\t\x12\x32\n\x11\x64\x65\x66\x61ult_objective\x18\x04 \x01(\x0e\x32\x17.modelyard.v1.Objective\x12\x18\n\x0bmax_ttft_ms\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12#\n\x16max_cost_per_1k_tokens\x18\x06 \x01(\x01H\x01\x88\x01\x01\x12\x17\n\x0fsticky_sessions\x18\x07 \x01(\x08\x12\x13\n\x0b\x64\x65scription\x18\x08 \x01(\t\x12.\n\nupdated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x39\n\x0eresponse_cache\x18\n \x01(\x0b\x32!.modelyard.v1.ResponseCachePolicy\x12,\n\x07rollout\x18\x0b \x01(\x0b\x32\x1b.modelyard.v1.RolloutPolicy\x12\x33\n\x0erollout_status\x18\x0c \x01(\x0b\x32\x1b.modelyard.v1.RolloutStatusB\x0e\n\x0c_max_ttft_msB\x19\n\x17_max_cost_per_1k_tokens\"\xc4\x03\n\rRolloutPolicy\x12\x12\n\ncanary_arm\x18\x01 \x01(\t\x12\x14\n\x0c\x62\x61seline_arm\x18\x02 \x01(\t\x12\x15\n\rsteps_percent\x18\x03 \x03(\x01\x12\x18\n\x10min_step_seconds\x18\x04 \x01(\r\x12\x14\n\x0cmin_requests\x18\x05 \x01(\r\x12$\n\x17max_error_rate_increase\x18\x06 \x01(\x01H\x00\x88\x01\x01\x12\x1f\n\x12max_ttft_p95_ratio\x18\x07 \x01(\x01H\x01\x88\x01\x01\x12\x1b\n\x0emax_cost_ratio\x18\x08 \x01(\x01H\x02\x88\x01\x01\x12\x1f\n\x12min_feedback_delta\x18\t \x01(\x01H\x03\x88\x01\x01\x12\r\n\x05\x61lpha\x18\n \x01(\x01\x12\x1a\n\x12promote_on_success\x18\x0b \x01(\x08\x12\x35\n\x0f\x65valuation_gate\x18\x0c \x01(\x0b\x32\x1c.modelyard.v1.EvaluationGateB\x1a\n\x18_max_error_rate_increaseB\x15\n\x13_max_ttft_p95_ratioB\x11\n\x0f_max_cost_ratioB\x15\n\x13_min_feedback_delta\"L\n\x0e\x45valuationGate\x12\x0e\n\x06metric\x18\x01 \x01(\t\x12\x11\n\tmin_delta\x18\x02 \x01(\x01\x12\x17\n\x0fmax_age_seconds\x18\x03 \x01(\r\"\xc1\x01\n\x0fRolloutDecision\x12&\n\x02\x61t\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x06\x61\x63tion\x18\x02 \x01(\x0e\x32\x1b.modelyard.v1.RolloutAction\x12\x11\n\tfrom_step\x18\x03 \x01(\r\x12\x0f\n\x07to_step\x18\x04 \x01(\r\x12\x16\n\x0e\x63\x61nary_percent\x18\x05 \x01(\x01\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x07 \x01(\t\"\xc5\x01\n\rRolloutStatus\x12)\n\x05state\x18\x01 \x01(\x0e\x32\x1a.modelyard.v1.RolloutState\x12\x0c\n\x04step\x18\x02 \x01(\r\x12\x16\n\x0e\x63\x61nary_percent\x18\x03 \x01(\x01\x12\x33\n\x0fstep_started_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\x07history\x18\x05 \x03(\x0b\x32\x1d.modelyard.v1.RolloutDecision\"P\n\x13ResponseCachePolicy\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x13\n\x0bttl_seconds\x18\x02 \x01(\r\x12\x13\n\x0bper_api_key\x18\x03 \x01(\x08*[\n\x05Stage\x12\x15\n\x11STAGE_UNSPECIFIED\x10\x00\x12\x11\n\rSTAGE_STAGING\x10\x01\x12\x14\n\x10STAGE_PRODUCTION\x10\x02\x12\x12\n\x0eSTAGE_ARCHIVED\x10\x03*c\n\x0e\x41rtifactFormat\x12\x1f\n\x1b\x41RTIFACT_FORMAT_UNSPECIFIED\x10\x00\x12\x18\n\x14\x41RTIFACT_FORMAT_GGUF\x10\x01\x12\x16\n\x12\x41RTIFACT_FORMAT_HF\x10\x02*\xd8\x01\n\x0cRolloutState\x12\x1d\n\x19ROLLOUT_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15ROLLOUT_STATE_PENDING\x10\x01\x12\x1d\n\x19ROLLOUT_STATE_PROGRESSING\x10\x02\x12\x18\n\x14ROLLOUT_STATE_PAUSED\x10\x03\x12\x1b\n\x17ROLLOUT_STATE_SUCCEEDED\x10\x04\x12\x1d\n\x19ROLLOUT_STATE_ROLLED_BACK\x10\x05\x12\x19\n\x15ROLLOUT_STATE_ABORTED\x10\x06*\xed\x01\n\rRolloutAction\x12\x1e\n\x1aROLLOUT_ACTION_UNSPECIFIED\x10\x00\x12\x18\n\x14ROLLOUT_ACTION_START\x10\x01\x12\x1a\n\x16ROLLOUT_ACTION_ADVANCE\x10\x02\x12\x1b\n\x17ROLLOUT_ACTION_ROLLBACK\x10\x03\x12\x1a\n\x16ROLLOUT_ACTION_PROMOTE\x10\x04\x12\x18\n\x14ROLLOUT_ACTION_PAUSE\x10\x05\x12\x19\n\x15ROLLOUT_ACTION_RESUME\x10\x06\x12\x18\n\x14ROLLOUT_ACTION_ABORT\x10\x07\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,30 +37,42 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LOADOPTIONS_EXTRAENTRY']._serialized_options = b'8\001'
   _globals['_MODEL_LABELSENTRY']._loaded_options = None
   _globals['_MODEL_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_STAGE']._serialized_start=1729
-  _globals['_STAGE']._serialized_end=1820
-  _globals['_ARTIFACTFORMAT']._serialized_start=1822
-  _globals['_ARTIFACTFORMAT']._serialized_end=1921
+  _globals['_STAGE']._serialized_start=2822
+  _globals['_STAGE']._serialized_end=2913
+  _globals['_ARTIFACTFORMAT']._serialized_start=2915
+  _globals['_ARTIFACTFORMAT']._serialized_end=3014
+  _globals['_ROLLOUTSTATE']._serialized_start=3017
+  _globals['_ROLLOUTSTATE']._serialized_end=3233
+  _globals['_ROLLOUTACTION']._serialized_start=3236
+  _globals['_ROLLOUTACTION']._serialized_end=3473
   _globals['_ARTIFACT']._serialized_start=102
   _globals['_ARTIFACT']._serialized_end=207
-  _globals['_CAPABILITIES']._serialized_start=209
-  _globals['_CAPABILITIES']._serialized_end=295
-  _globals['_PRICING']._serialized_start=297
-  _globals['_PRICING']._serialized_end=373
-  _globals['_RESOURCES']._serialized_start=375
-  _globals['_RESOURCES']._serialized_end=408
-  _globals['_LOADOPTIONS']._serialized_start=411
-  _globals['_LOADOPTIONS']._serialized_end=642
-  _globals['_LOADOPTIONS_EXTRAENTRY']._serialized_start=598
-  _globals['_LOADOPTIONS_EXTRAENTRY']._serialized_end=642
-  _globals['_MODEL']._serialized_start=645
-  _globals['_MODEL']._serialized_end=1196
-  _globals['_MODEL_LABELSENTRY']._serialized_start=1151
-  _globals['_MODEL_LABELSENTRY']._serialized_end=1196
-  _globals['_ROUTEARM']._serialized_start=1198
-  _globals['_ROUTEARM']._serialized_end=1253
-  _globals['_ROUTE']._serialized_start=1256
-  _globals['_ROUTE']._serialized_end=1645
-  _globals['_RESPONSECACHEPOLICY']._serialized_start=1647
-  _globals['_RESPONSECACHEPOLICY']._serialized_end=1727
+  _globals['_CAPABILITIES']._serialized_start=210
+  _globals['_CAPABILITIES']._serialized_end=360
+  _globals['_PRICING']._serialized_start=362
+  _globals['_PRICING']._serialized_end=438
+  _globals['_RESOURCES']._serialized_start=440
+  _globals['_RESOURCES']._serialized_end=473
+  _globals['_LOADOPTIONS']._serialized_start=476
+  _globals['_LOADOPTIONS']._serialized_end=707
+  _globals['_LOADOPTIONS_EXTRAENTRY']._serialized_start=663
+  _globals['_LOADOPTIONS_EXTRAENTRY']._serialized_end=707
+  _globals['_MODEL']._serialized_start=710
+  _globals['_MODEL']._serialized_end=1261
+  _globals['_MODEL_LABELSENTRY']._serialized_start=1216
+  _globals['_MODEL_LABELSENTRY']._serialized_end=1261
+  _globals['_ROUTEARM']._serialized_start=1263
+  _globals['_ROUTEARM']._serialized_end=1318
+  _globals['_ROUTE']._serialized_start=1321
+  _globals['_ROUTE']._serialized_end=1809
+  _globals['_ROLLOUTPOLICY']._serialized_start=1812
+  _globals['_ROLLOUTPOLICY']._serialized_end=2264
+  _globals['_EVALUATIONGATE']._serialized_start=2266
+  _globals['_EVALUATIONGATE']._serialized_end=2342
+  _globals['_ROLLOUTDECISION']._serialized_start=2345
+  _globals['_ROLLOUTDECISION']._serialized_end=2538
+  _globals['_ROLLOUTSTATUS']._serialized_start=2541
+  _globals['_ROLLOUTSTATUS']._serialized_end=2738
+  _globals['_RESPONSECACHEPOLICY']._serialized_start=2740
+  _globals['_RESPONSECACHEPOLICY']._serialized_end=2820
 # @@protoc_insertion_point(module_scope)

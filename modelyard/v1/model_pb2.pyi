@@ -71,6 +71,74 @@ ARTIFACT_FORMAT_HF: ArtifactFormat.ValueType  # 2
 """A Hugging Face checkpoint directory (config.json, safetensors, tokenizer)."""
 Global___ArtifactFormat: _TypeAlias = ArtifactFormat  # noqa: Y015
 
+class _RolloutState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RolloutStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RolloutState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ROLLOUT_STATE_UNSPECIFIED: _RolloutState.ValueType  # 0
+    """The route has no rollout."""
+    ROLLOUT_STATE_PENDING: _RolloutState.ValueType  # 1
+    """Waiting for its evaluation gate."""
+    ROLLOUT_STATE_PROGRESSING: _RolloutState.ValueType  # 2
+    """Stepping: the canary serves RolloutStatus.canary_percent of the traffic."""
+    ROLLOUT_STATE_PAUSED: _RolloutState.ValueType  # 3
+    """Held at the current step by an operator (ControlRollout)."""
+    ROLLOUT_STATE_SUCCEEDED: _RolloutState.ValueType  # 4
+    """The last step passed; the canary serves 100%."""
+    ROLLOUT_STATE_ROLLED_BACK: _RolloutState.ValueType  # 5
+    """A guard failed: the canary's share is back at 0%."""
+    ROLLOUT_STATE_ABORTED: _RolloutState.ValueType  # 6
+    """Stopped by an operator: the canary's share is back at 0%."""
+
+class RolloutState(_RolloutState, metaclass=_RolloutStateEnumTypeWrapper):
+    """RolloutState is where a rollout stands."""
+
+ROLLOUT_STATE_UNSPECIFIED: RolloutState.ValueType  # 0
+"""The route has no rollout."""
+ROLLOUT_STATE_PENDING: RolloutState.ValueType  # 1
+"""Waiting for its evaluation gate."""
+ROLLOUT_STATE_PROGRESSING: RolloutState.ValueType  # 2
+"""Stepping: the canary serves RolloutStatus.canary_percent of the traffic."""
+ROLLOUT_STATE_PAUSED: RolloutState.ValueType  # 3
+"""Held at the current step by an operator (ControlRollout)."""
+ROLLOUT_STATE_SUCCEEDED: RolloutState.ValueType  # 4
+"""The last step passed; the canary serves 100%."""
+ROLLOUT_STATE_ROLLED_BACK: RolloutState.ValueType  # 5
+"""A guard failed: the canary's share is back at 0%."""
+ROLLOUT_STATE_ABORTED: RolloutState.ValueType  # 6
+"""Stopped by an operator: the canary's share is back at 0%."""
+Global___RolloutState: _TypeAlias = RolloutState  # noqa: Y015
+
+class _RolloutAction:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RolloutActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RolloutAction.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ROLLOUT_ACTION_UNSPECIFIED: _RolloutAction.ValueType  # 0
+    ROLLOUT_ACTION_START: _RolloutAction.ValueType  # 1
+    ROLLOUT_ACTION_ADVANCE: _RolloutAction.ValueType  # 2
+    ROLLOUT_ACTION_ROLLBACK: _RolloutAction.ValueType  # 3
+    ROLLOUT_ACTION_PROMOTE: _RolloutAction.ValueType  # 4
+    ROLLOUT_ACTION_PAUSE: _RolloutAction.ValueType  # 5
+    ROLLOUT_ACTION_RESUME: _RolloutAction.ValueType  # 6
+    ROLLOUT_ACTION_ABORT: _RolloutAction.ValueType  # 7
+
+class RolloutAction(_RolloutAction, metaclass=_RolloutActionEnumTypeWrapper):
+    """RolloutAction is what one rollout decision did."""
+
+ROLLOUT_ACTION_UNSPECIFIED: RolloutAction.ValueType  # 0
+ROLLOUT_ACTION_START: RolloutAction.ValueType  # 1
+ROLLOUT_ACTION_ADVANCE: RolloutAction.ValueType  # 2
+ROLLOUT_ACTION_ROLLBACK: RolloutAction.ValueType  # 3
+ROLLOUT_ACTION_PROMOTE: RolloutAction.ValueType  # 4
+ROLLOUT_ACTION_PAUSE: RolloutAction.ValueType  # 5
+ROLLOUT_ACTION_RESUME: RolloutAction.ValueType  # 6
+ROLLOUT_ACTION_ABORT: RolloutAction.ValueType  # 7
+Global___RolloutAction: _TypeAlias = RolloutAction  # noqa: Y015
+
 @_typing.final
 class Artifact(_message.Message):
     """Artifact says where a model's weights live and how to verify them."""
@@ -121,12 +189,26 @@ class Capabilities(_message.Message):
     COMPLETION_FIELD_NUMBER: _builtins.int
     CONTEXT_LENGTH_FIELD_NUMBER: _builtins.int
     TAGS_FIELD_NUMBER: _builtins.int
+    EMBEDDING_FIELD_NUMBER: _builtins.int
+    EMBEDDING_DIMENSIONS_FIELD_NUMBER: _builtins.int
+    TOOLS_FIELD_NUMBER: _builtins.int
     chat: _builtins.bool
     """Accepts chat messages (has a chat template)."""
     completion: _builtins.bool
     """Accepts a raw prompt for plain completion."""
     context_length: _builtins.int
     """Context window in tokens."""
+    embedding: _builtins.bool
+    """Produces embeddings (RouterService.Embed). A model with neither chat nor
+    completion is never chosen for a generation.
+    """
+    embedding_dimensions: _builtins.int
+    """Length of the model's embedding vectors (0: unknown until loaded)."""
+    tools: _builtins.bool
+    """Can call tools: a request that offers tools is routed only to models
+    with this set. The worker renders the tools with the
+    model's chat template when it supports them, else in a system turn.
+    """
     @_builtins.property
     def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Free-form tags, e.g. "code", "multilingual", "small"."""
@@ -138,10 +220,13 @@ class Capabilities(_message.Message):
         completion: _builtins.bool = ...,
         context_length: _builtins.int = ...,
         tags: _abc.Iterable[_builtins.str] | None = ...,
+        embedding: _builtins.bool = ...,
+        embedding_dimensions: _builtins.int = ...,
+        tools: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chat", b"chat", "completion", b"completion", "context_length", b"context_length", "tags", b"tags"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chat", b"chat", "completion", b"completion", "context_length", b"context_length", "embedding", b"embedding", "embedding_dimensions", b"embedding_dimensions", "tags", b"tags", "tools", b"tools"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -412,6 +497,8 @@ class Route(_message.Message):
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     RESPONSE_CACHE_FIELD_NUMBER: _builtins.int
+    ROLLOUT_FIELD_NUMBER: _builtins.int
+    ROLLOUT_STATUS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Same character set as model names; must not clash with a model name."""
     default_objective: _common_pb2.Objective.ValueType
@@ -439,6 +526,19 @@ class Route(_message.Message):
     def response_cache(self) -> Global___ResponseCachePolicy:
         """Opt-in cache of complete responses for deterministic requests on this route."""
 
+    @_builtins.property
+    def rollout(self) -> Global___RolloutPolicy:
+        """A staged rollout of one arm (the canary) against another (the baseline):
+        the registry's rollout controller sets the two arms' weights step by step,
+        guarded by live statistics. Such a route has exactly these two arms.
+        """
+
+    @_builtins.property
+    def rollout_status(self) -> Global___RolloutStatus:
+        """Set by the registry (ignored in PutRoute): where the rollout stands and
+        every decision taken, with its reason.
+        """
+
     def __init__(
         self,
         *,
@@ -452,10 +552,12 @@ class Route(_message.Message):
         description: _builtins.str = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
         response_cache: Global___ResponseCachePolicy | None = ...,
+        rollout: Global___RolloutPolicy | None = ...,
+        rollout_status: Global___RolloutStatus | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_cost_per_1k_tokens", b"_max_cost_per_1k_tokens", "_max_ttft_ms", b"_max_ttft_ms", "max_cost_per_1k_tokens", b"max_cost_per_1k_tokens", "max_ttft_ms", b"max_ttft_ms", "response_cache", b"response_cache", "updated_at", b"updated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_cost_per_1k_tokens", b"_max_cost_per_1k_tokens", "_max_ttft_ms", b"_max_ttft_ms", "max_cost_per_1k_tokens", b"max_cost_per_1k_tokens", "max_ttft_ms", b"max_ttft_ms", "response_cache", b"response_cache", "rollout", b"rollout", "rollout_status", b"rollout_status", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_cost_per_1k_tokens", b"_max_cost_per_1k_tokens", "_max_ttft_ms", b"_max_ttft_ms", "arms", b"arms", "default_objective", b"default_objective", "description", b"description", "fallbacks", b"fallbacks", "max_cost_per_1k_tokens", b"max_cost_per_1k_tokens", "max_ttft_ms", b"max_ttft_ms", "name", b"name", "response_cache", b"response_cache", "sticky_sessions", b"sticky_sessions", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_cost_per_1k_tokens", b"_max_cost_per_1k_tokens", "_max_ttft_ms", b"_max_ttft_ms", "arms", b"arms", "default_objective", b"default_objective", "description", b"description", "fallbacks", b"fallbacks", "max_cost_per_1k_tokens", b"max_cost_per_1k_tokens", "max_ttft_ms", b"max_ttft_ms", "name", b"name", "response_cache", b"response_cache", "rollout", b"rollout", "rollout_status", b"rollout_status", "sticky_sessions", b"sticky_sessions", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_cost_per_1k_tokens: _TypeAlias = _typing.Literal["max_cost_per_1k_tokens"]  # noqa: Y015
     _WhichOneofArgType__max_cost_per_1k_tokens: _TypeAlias = _typing.Literal["_max_cost_per_1k_tokens", b"_max_cost_per_1k_tokens"]  # noqa: Y015
@@ -467,6 +569,217 @@ class Route(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__max_ttft_ms) -> _WhichOneofReturnType__max_ttft_ms | None: ...
 
 Global___Route: _TypeAlias = Route  # noqa: Y015
+
+@_typing.final
+class RolloutPolicy(_message.Message):
+    """RolloutPolicy is a canary rollout: traffic steps, how long each step must
+    run, and the guards that decide whether it may go on.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CANARY_ARM_FIELD_NUMBER: _builtins.int
+    BASELINE_ARM_FIELD_NUMBER: _builtins.int
+    STEPS_PERCENT_FIELD_NUMBER: _builtins.int
+    MIN_STEP_SECONDS_FIELD_NUMBER: _builtins.int
+    MIN_REQUESTS_FIELD_NUMBER: _builtins.int
+    MAX_ERROR_RATE_INCREASE_FIELD_NUMBER: _builtins.int
+    MAX_TTFT_P95_RATIO_FIELD_NUMBER: _builtins.int
+    MAX_COST_RATIO_FIELD_NUMBER: _builtins.int
+    MIN_FEEDBACK_DELTA_FIELD_NUMBER: _builtins.int
+    ALPHA_FIELD_NUMBER: _builtins.int
+    PROMOTE_ON_SUCCESS_FIELD_NUMBER: _builtins.int
+    EVALUATION_GATE_FIELD_NUMBER: _builtins.int
+    canary_arm: _builtins.str
+    """RouteArm names of the canary (whose share grows) and of the baseline."""
+    baseline_arm: _builtins.str
+    min_step_seconds: _builtins.int
+    """A step lasts at least min_step_seconds (1..86400) and until each arm has
+    served min_requests requests in it (cache hits do not count).
+    """
+    min_requests: _builtins.int
+    max_error_rate_increase: _builtins.float
+    """Guards, canary against baseline over the step's window; an unset guard is
+    not checked. The canary's error rate may exceed the baseline's by at most
+    this much (absolute, 0..1), judged by a one-sided two-proportion test at
+    level alpha.
+    """
+    max_ttft_p95_ratio: _builtins.float
+    """Canary TTFT p95 / baseline TTFT p95 at most this (> 0)."""
+    max_cost_ratio: _builtins.float
+    """Canary mean cost per request / baseline's at most this (> 0)."""
+    min_feedback_delta: _builtins.float
+    """Canary mean feedback score minus the baseline's at least this (on the
+    callers' own scale; judged on the steps' scored requests).
+    """
+    alpha: _builtins.float
+    """Significance level of the statistical tests, in (0, 0.5). 0: 0.05."""
+    promote_on_success: _builtins.bool
+    """When the last step passes, set the canary's model version to
+    STAGE_PRODUCTION.
+    """
+    @_builtins.property
+    def steps_percent(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """The canary's traffic share at each step, in percent: increasing, each in
+        (0, 100], the last 100. At most 20 steps. E.g. 1, 5, 25, 50, 100.
+        """
+
+    @_builtins.property
+    def evaluation_gate(self) -> Global___EvaluationGate:
+        """An offline evaluation the canary must have passed before the first step."""
+
+    def __init__(
+        self,
+        *,
+        canary_arm: _builtins.str = ...,
+        baseline_arm: _builtins.str = ...,
+        steps_percent: _abc.Iterable[_builtins.float] | None = ...,
+        min_step_seconds: _builtins.int = ...,
+        min_requests: _builtins.int = ...,
+        max_error_rate_increase: _builtins.float | None = ...,
+        max_ttft_p95_ratio: _builtins.float | None = ...,
+        max_cost_ratio: _builtins.float | None = ...,
+        min_feedback_delta: _builtins.float | None = ...,
+        alpha: _builtins.float = ...,
+        promote_on_success: _builtins.bool = ...,
+        evaluation_gate: Global___EvaluationGate | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_cost_ratio", b"_max_cost_ratio", "_max_error_rate_increase", b"_max_error_rate_increase", "_max_ttft_p95_ratio", b"_max_ttft_p95_ratio", "_min_feedback_delta", b"_min_feedback_delta", "evaluation_gate", b"evaluation_gate", "max_cost_ratio", b"max_cost_ratio", "max_error_rate_increase", b"max_error_rate_increase", "max_ttft_p95_ratio", b"max_ttft_p95_ratio", "min_feedback_delta", b"min_feedback_delta"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_cost_ratio", b"_max_cost_ratio", "_max_error_rate_increase", b"_max_error_rate_increase", "_max_ttft_p95_ratio", b"_max_ttft_p95_ratio", "_min_feedback_delta", b"_min_feedback_delta", "alpha", b"alpha", "baseline_arm", b"baseline_arm", "canary_arm", b"canary_arm", "evaluation_gate", b"evaluation_gate", "max_cost_ratio", b"max_cost_ratio", "max_error_rate_increase", b"max_error_rate_increase", "max_ttft_p95_ratio", b"max_ttft_p95_ratio", "min_feedback_delta", b"min_feedback_delta", "min_requests", b"min_requests", "min_step_seconds", b"min_step_seconds", "promote_on_success", b"promote_on_success", "steps_percent", b"steps_percent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__max_cost_ratio: _TypeAlias = _typing.Literal["max_cost_ratio"]  # noqa: Y015
+    _WhichOneofArgType__max_cost_ratio: _TypeAlias = _typing.Literal["_max_cost_ratio", b"_max_cost_ratio"]  # noqa: Y015
+    _WhichOneofReturnType__max_error_rate_increase: _TypeAlias = _typing.Literal["max_error_rate_increase"]  # noqa: Y015
+    _WhichOneofArgType__max_error_rate_increase: _TypeAlias = _typing.Literal["_max_error_rate_increase", b"_max_error_rate_increase"]  # noqa: Y015
+    _WhichOneofReturnType__max_ttft_p95_ratio: _TypeAlias = _typing.Literal["max_ttft_p95_ratio"]  # noqa: Y015
+    _WhichOneofArgType__max_ttft_p95_ratio: _TypeAlias = _typing.Literal["_max_ttft_p95_ratio", b"_max_ttft_p95_ratio"]  # noqa: Y015
+    _WhichOneofReturnType__min_feedback_delta: _TypeAlias = _typing.Literal["min_feedback_delta"]  # noqa: Y015
+    _WhichOneofArgType__min_feedback_delta: _TypeAlias = _typing.Literal["_min_feedback_delta", b"_min_feedback_delta"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_cost_ratio) -> _WhichOneofReturnType__max_cost_ratio | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_error_rate_increase) -> _WhichOneofReturnType__max_error_rate_increase | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_ttft_p95_ratio) -> _WhichOneofReturnType__max_ttft_p95_ratio | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__min_feedback_delta) -> _WhichOneofReturnType__min_feedback_delta | None: ...
+
+Global___RolloutPolicy: _TypeAlias = RolloutPolicy  # noqa: Y015
+
+@_typing.final
+class EvaluationGate(_message.Message):
+    """EvaluationGate requires a recorded offline evaluation (modelyard eval
+    --record) of the canary's and the baseline's model versions.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    METRIC_FIELD_NUMBER: _builtins.int
+    MIN_DELTA_FIELD_NUMBER: _builtins.int
+    MAX_AGE_SECONDS_FIELD_NUMBER: _builtins.int
+    metric: _builtins.str
+    """The metric to compare, e.g. "exact_match". Empty: no gate."""
+    min_delta: _builtins.float
+    """The canary's mean minus the baseline's must be at least this."""
+    max_age_seconds: _builtins.int
+    """The evaluation must be at most this old when the rollout starts. 0: any."""
+    def __init__(
+        self,
+        *,
+        metric: _builtins.str = ...,
+        min_delta: _builtins.float = ...,
+        max_age_seconds: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_age_seconds", b"max_age_seconds", "metric", b"metric", "min_delta", b"min_delta"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EvaluationGate: _TypeAlias = EvaluationGate  # noqa: Y015
+
+@_typing.final
+class RolloutDecision(_message.Message):
+    """RolloutDecision is one step of a rollout's history."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AT_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    FROM_STEP_FIELD_NUMBER: _builtins.int
+    TO_STEP_FIELD_NUMBER: _builtins.int
+    CANARY_PERCENT_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    action: Global___RolloutAction.ValueType
+    from_step: _builtins.int
+    """Step indexes before and after (into RolloutPolicy.steps_percent)."""
+    to_step: _builtins.int
+    canary_percent: _builtins.float
+    """The canary's share after the decision."""
+    reason: _builtins.str
+    """Why, with the figures compared, e.g. "ttft p95 812 ms > 1.5 x 402 ms"."""
+    actor: _builtins.str
+    """"controller", or the identity of the operator who asked."""
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        at: _timestamp_pb2.Timestamp | None = ...,
+        action: Global___RolloutAction.ValueType = ...,
+        from_step: _builtins.int = ...,
+        to_step: _builtins.int = ...,
+        canary_percent: _builtins.float = ...,
+        reason: _builtins.str = ...,
+        actor: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "actor", b"actor", "at", b"at", "canary_percent", b"canary_percent", "from_step", b"from_step", "reason", b"reason", "to_step", b"to_step"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RolloutDecision: _TypeAlias = RolloutDecision  # noqa: Y015
+
+@_typing.final
+class RolloutStatus(_message.Message):
+    """RolloutStatus is a rollout's state, kept by the registry."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATE_FIELD_NUMBER: _builtins.int
+    STEP_FIELD_NUMBER: _builtins.int
+    CANARY_PERCENT_FIELD_NUMBER: _builtins.int
+    STEP_STARTED_AT_FIELD_NUMBER: _builtins.int
+    HISTORY_FIELD_NUMBER: _builtins.int
+    state: Global___RolloutState.ValueType
+    step: _builtins.int
+    """Index of the current step into RolloutPolicy.steps_percent."""
+    canary_percent: _builtins.float
+    @_builtins.property
+    def step_started_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def history(self) -> _containers.RepeatedCompositeFieldContainer[Global___RolloutDecision]:
+        """Oldest first; at most the last 100 decisions."""
+
+    def __init__(
+        self,
+        *,
+        state: Global___RolloutState.ValueType = ...,
+        step: _builtins.int = ...,
+        canary_percent: _builtins.float = ...,
+        step_started_at: _timestamp_pb2.Timestamp | None = ...,
+        history: _abc.Iterable[Global___RolloutDecision] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["step_started_at", b"step_started_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["canary_percent", b"canary_percent", "history", b"history", "state", b"state", "step", b"step", "step_started_at", b"step_started_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RolloutStatus: _TypeAlias = RolloutStatus  # noqa: Y015
 
 @_typing.final
 class ResponseCachePolicy(_message.Message):

@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from modelyard.v1 import router_pb2 as modelyard_dot_v1_dot_router__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bmodelyard/v1/outcomes.proto\x12\x0cmodelyard.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19modelyard/v1/router.proto\"\xf5\x02\n\x07Outcome\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\trouter_id\x18\x02 \x01(\t\x12/\n\x0b\x66inished_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05model\x18\x04 \x01(\t\x12\x0f\n\x07version\x18\x05 \x01(\t\x12\r\n\x05route\x18\x06 \x01(\t\x12\x0b\n\x03\x61rm\x18\x07 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x08 \x01(\r\x12\x11\n\tworker_id\x18\t \x01(\t\x12\x0e\n\x06\x63lient\x18\n \x01(\t\x12\x13\n\x0bstatus_code\x18\x0b \x01(\x05\x12\x14\n\x0cinput_tokens\x18\x0c \x01(\x04\x12\x15\n\routput_tokens\x18\r \x01(\x04\x12\x1b\n\x13\x63\x61\x63hed_input_tokens\x18\x0e \x01(\x04\x12\x10\n\x08\x63ost_usd\x18\x0f \x01(\x01\x12\x0f\n\x07ttft_ms\x18\x10 \x01(\x01\x12\x10\n\x08total_ms\x18\x11 \x01(\x01\x12\x0e\n\x06\x63\x61\x63hed\x18\x12 \x01(\x08\"@\n\x15RecordOutcomesRequest\x12\'\n\x08outcomes\x18\x01 \x03(\x0b\x32\x15.modelyard.v1.Outcome\"(\n\x16RecordOutcomesResponse\x12\x0e\n\x06stored\x18\x01 \x01(\r\"K\n\x15\x41ttachFeedbackRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\x12\x0f\n\x07\x63omment\x18\x03 \x01(\t\"\x18\n\x16\x41ttachFeedbackResponse\"P\n\x18QueryOutcomeStatsRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05route\x18\x02 \x01(\t\x12\x16\n\x0ewindow_seconds\x18\x03 \x01(\r\"k\n\x19QueryOutcomeStatsResponse\x12(\n\x06models\x18\x01 \x03(\x0b\x32\x18.modelyard.v1.ModelStats\x12$\n\x04\x61rms\x18\x02 \x03(\x0b\x32\x16.modelyard.v1.ArmStats2\xb0\x02\n\x0eOutcomeService\x12[\n\x0eRecordOutcomes\x12#.modelyard.v1.RecordOutcomesRequest\x1a$.modelyard.v1.RecordOutcomesResponse\x12[\n\x0e\x41ttachFeedback\x12#.modelyard.v1.AttachFeedbackRequest\x1a$.modelyard.v1.AttachFeedbackResponse\x12\x64\n\x11QueryOutcomeStats\x12&.modelyard.v1.QueryOutcomeStatsRequest\x1a\'.modelyard.v1.QueryOutcomeStatsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bmodelyard/v1/outcomes.proto\x12\x0cmodelyard.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19modelyard/v1/router.proto\"\xf5\x02\n\x07Outcome\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\trouter_id\x18\x02 \x01(\t\x12/\n\x0b\x66inished_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05model\x18\x04 \x01(\t\x12\x0f\n\x07version\x18\x05 \x01(\t\x12\r\n\x05route\x18\x06 \x01(\t\x12\x0b\n\x03\x61rm\x18\x07 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x08 \x01(\r\x12\x11\n\tworker_id\x18\t \x01(\t\x12\x0e\n\x06\x63lient\x18\n \x01(\t\x12\x13\n\x0bstatus_code\x18\x0b \x01(\x05\x12\x14\n\x0cinput_tokens\x18\x0c \x01(\x04\x12\x15\n\routput_tokens\x18\r \x01(\x04\x12\x1b\n\x13\x63\x61\x63hed_input_tokens\x18\x0e \x01(\x04\x12\x10\n\x08\x63ost_usd\x18\x0f \x01(\x01\x12\x0f\n\x07ttft_ms\x18\x10 \x01(\x01\x12\x10\n\x08total_ms\x18\x11 \x01(\x01\x12\x0e\n\x06\x63\x61\x63hed\x18\x12 \x01(\x08\"@\n\x15RecordOutcomesRequest\x12\'\n\x08outcomes\x18\x01 \x03(\x0b\x32\x15.modelyard.v1.Outcome\"(\n\x16RecordOutcomesResponse\x12\x0e\n\x06stored\x18\x01 \x01(\r\"[\n\x15\x41ttachFeedbackRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\x12\x0f\n\x07\x63omment\x18\x03 \x01(\t\x12\x0e\n\x06\x63lient\x18\x04 \x01(\t\"\x18\n\x16\x41ttachFeedbackResponse\"P\n\x18QueryOutcomeStatsRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05route\x18\x02 \x01(\t\x12\x16\n\x0ewindow_seconds\x18\x03 \x01(\r\"k\n\x19QueryOutcomeStatsResponse\x12(\n\x06models\x18\x01 \x03(\x0b\x32\x18.modelyard.v1.ModelStats\x12$\n\x04\x61rms\x18\x02 \x03(\x0b\x32\x16.modelyard.v1.ArmStats\"]\n\rMetricSummary\x12\x0e\n\x06metric\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\r\x12\x0c\n\x04mean\x18\x03 \x01(\x01\x12\x0e\n\x06\x63i_low\x18\x04 \x01(\x01\x12\x0f\n\x07\x63i_high\x18\x05 \x01(\x01\"\xcf\x01\n\x10\x45valuationTarget\x12\x0e\n\x06target\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x0b\n\x03\x61rm\x18\x04 \x01(\t\x12,\n\x07metrics\x18\x05 \x03(\x0b\x32\x1b.modelyard.v1.MetricSummary\x12\x0e\n\x06\x65rrors\x18\x06 \x01(\r\x12\x10\n\x08\x63ost_usd\x18\x07 \x01(\x01\x12\x16\n\x0elatency_p50_ms\x18\x08 \x01(\x01\x12\x16\n\x0elatency_p95_ms\x18\t \x01(\x01\"\xb6\x01\n\rEvaluationRun\x12\n\n\x02id\x18\x01 \x01(\t\x12.\n\ncreated_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x64\x61taset\x18\x03 \x01(\t\x12\x16\n\x0e\x64\x61taset_sha256\x18\x04 \x01(\t\x12\x0f\n\x07prompts\x18\x05 \x01(\r\x12/\n\x07targets\x18\x06 \x03(\x0b\x32\x1e.modelyard.v1.EvaluationTarget\"C\n\x17RecordEvaluationRequest\x12(\n\x03run\x18\x01 \x01(\x0b\x32\x1b.modelyard.v1.EvaluationRun\"\x1a\n\x18RecordEvaluationResponse\"6\n\x16ListEvaluationsRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\r\"D\n\x17ListEvaluationsResponse\x12)\n\x04runs\x18\x01 \x03(\x0b\x32\x1b.modelyard.v1.EvaluationRun2\xf3\x03\n\x0eOutcomeService\x12[\n\x0eRecordOutcomes\x12#.modelyard.v1.RecordOutcomesRequest\x1a$.modelyard.v1.RecordOutcomesResponse\x12[\n\x0e\x41ttachFeedback\x12#.modelyard.v1.AttachFeedbackRequest\x1a$.modelyard.v1.AttachFeedbackResponse\x12\x64\n\x11QueryOutcomeStats\x12&.modelyard.v1.QueryOutcomeStatsRequest\x1a\'.modelyard.v1.QueryOutcomeStatsResponse\x12\x61\n\x10RecordEvaluation\x12%.modelyard.v1.RecordEvaluationRequest\x1a&.modelyard.v1.RecordEvaluationResponse\x12^\n\x0fListEvaluations\x12$.modelyard.v1.ListEvaluationsRequest\x1a%.modelyard.v1.ListEvaluationsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,13 +40,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RECORDOUTCOMESRESPONSE']._serialized_start=547
   _globals['_RECORDOUTCOMESRESPONSE']._serialized_end=587
   _globals['_ATTACHFEEDBACKREQUEST']._serialized_start=589
-  _globals['_ATTACHFEEDBACKREQUEST']._serialized_end=664
-  _globals['_ATTACHFEEDBACKRESPONSE']._serialized_start=666
-  _globals['_ATTACHFEEDBACKRESPONSE']._serialized_end=690
-  _globals['_QUERYOUTCOMESTATSREQUEST']._serialized_start=692
-  _globals['_QUERYOUTCOMESTATSREQUEST']._serialized_end=772
-  _globals['_QUERYOUTCOMESTATSRESPONSE']._serialized_start=774
-  _globals['_QUERYOUTCOMESTATSRESPONSE']._serialized_end=881
-  _globals['_OUTCOMESERVICE']._serialized_start=884
-  _globals['_OUTCOMESERVICE']._serialized_end=1188
+  _globals['_ATTACHFEEDBACKREQUEST']._serialized_end=680
+  _globals['_ATTACHFEEDBACKRESPONSE']._serialized_start=682
+  _globals['_ATTACHFEEDBACKRESPONSE']._serialized_end=706
+  _globals['_QUERYOUTCOMESTATSREQUEST']._serialized_start=708
+  _globals['_QUERYOUTCOMESTATSREQUEST']._serialized_end=788
+  _globals['_QUERYOUTCOMESTATSRESPONSE']._serialized_start=790
+  _globals['_QUERYOUTCOMESTATSRESPONSE']._serialized_end=897
+  _globals['_METRICSUMMARY']._serialized_start=899
+  _globals['_METRICSUMMARY']._serialized_end=992
+  _globals['_EVALUATIONTARGET']._serialized_start=995
+  _globals['_EVALUATIONTARGET']._serialized_end=1202
+  _globals['_EVALUATIONRUN']._serialized_start=1205
+  _globals['_EVALUATIONRUN']._serialized_end=1387
+  _globals['_RECORDEVALUATIONREQUEST']._serialized_start=1389
+  _globals['_RECORDEVALUATIONREQUEST']._serialized_end=1456
+  _globals['_RECORDEVALUATIONRESPONSE']._serialized_start=1458
+  _globals['_RECORDEVALUATIONRESPONSE']._serialized_end=1484
+  _globals['_LISTEVALUATIONSREQUEST']._serialized_start=1486
+  _globals['_LISTEVALUATIONSREQUEST']._serialized_end=1540
+  _globals['_LISTEVALUATIONSRESPONSE']._serialized_start=1542
+  _globals['_LISTEVALUATIONSRESPONSE']._serialized_end=1610
+  _globals['_OUTCOMESERVICE']._serialized_start=1613
+  _globals['_OUTCOMESERVICE']._serialized_end=2112
 # @@protoc_insertion_point(module_scope)

@@ -153,21 +153,29 @@ class AttachFeedbackRequest(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     SCORE_FIELD_NUMBER: _builtins.int
     COMMENT_FIELD_NUMBER: _builtins.int
+    CLIENT_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     score: _builtins.float
     """Any scale the caller keeps consistent, finite, within +-1e6."""
     comment: _builtins.str
     """At most 2048 bytes of UTF-8."""
+    client: _builtins.str
+    """The name of the API key the feedback comes through (set by the router,
+    never by the end user). When the outcome was made under a key, only the
+    same key may score it: PERMISSION_DENIED otherwise. Empty: the caller is
+    an operator (admin) or the router runs without API keys.
+    """
     def __init__(
         self,
         *,
         request_id: _builtins.str = ...,
         score: _builtins.float = ...,
         comment: _builtins.str = ...,
+        client: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["comment", b"comment", "request_id", b"request_id", "score", b"score"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client", b"client", "comment", b"comment", "request_id", b"request_id", "score", b"score"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -247,3 +255,220 @@ class QueryOutcomeStatsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___QueryOutcomeStatsResponse: _TypeAlias = QueryOutcomeStatsResponse  # noqa: Y015
+
+@_typing.final
+class MetricSummary(_message.Message):
+    """MetricSummary is one metric over one evaluated target."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    METRIC_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    MEAN_FIELD_NUMBER: _builtins.int
+    CI_LOW_FIELD_NUMBER: _builtins.int
+    CI_HIGH_FIELD_NUMBER: _builtins.int
+    metric: _builtins.str
+    """e.g. "exact_match", "regex", "json_schema", "rouge_l", "embedding_similarity", "judge"."""
+    count: _builtins.int
+    """Prompts scored (failed generations count as score 0)."""
+    mean: _builtins.float
+    ci_low: _builtins.float
+    """Two-sided 95% confidence interval of the mean (Wilson for 0/1 metrics,
+    bootstrap percentile otherwise).
+    """
+    ci_high: _builtins.float
+    def __init__(
+        self,
+        *,
+        metric: _builtins.str = ...,
+        count: _builtins.int = ...,
+        mean: _builtins.float = ...,
+        ci_low: _builtins.float = ...,
+        ci_high: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ci_high", b"ci_high", "ci_low", b"ci_low", "count", b"count", "mean", b"mean", "metric", b"metric"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MetricSummary: _TypeAlias = MetricSummary  # noqa: Y015
+
+@_typing.final
+class EvaluationTarget(_message.Message):
+    """EvaluationTarget is one model or route arm an evaluation ran against."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TARGET_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    ARM_FIELD_NUMBER: _builtins.int
+    METRICS_FIELD_NUMBER: _builtins.int
+    ERRORS_FIELD_NUMBER: _builtins.int
+    COST_USD_FIELD_NUMBER: _builtins.int
+    LATENCY_P50_MS_FIELD_NUMBER: _builtins.int
+    LATENCY_P95_MS_FIELD_NUMBER: _builtins.int
+    target: _builtins.str
+    """What was called: "name", "name@version" or "route" (with arm below)."""
+    model: _builtins.str
+    """The model version that answered (one version per target; a target that
+    resolved to several is reported per version).
+    """
+    version: _builtins.str
+    arm: _builtins.str
+    errors: _builtins.int
+    cost_usd: _builtins.float
+    latency_p50_ms: _builtins.float
+    latency_p95_ms: _builtins.float
+    @_builtins.property
+    def metrics(self) -> _containers.RepeatedCompositeFieldContainer[Global___MetricSummary]: ...
+    def __init__(
+        self,
+        *,
+        target: _builtins.str = ...,
+        model: _builtins.str = ...,
+        version: _builtins.str = ...,
+        arm: _builtins.str = ...,
+        metrics: _abc.Iterable[Global___MetricSummary] | None = ...,
+        errors: _builtins.int = ...,
+        cost_usd: _builtins.float = ...,
+        latency_p50_ms: _builtins.float = ...,
+        latency_p95_ms: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arm", b"arm", "cost_usd", b"cost_usd", "errors", b"errors", "latency_p50_ms", b"latency_p50_ms", "latency_p95_ms", b"latency_p95_ms", "metrics", b"metrics", "model", b"model", "target", b"target", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EvaluationTarget: _TypeAlias = EvaluationTarget  # noqa: Y015
+
+@_typing.final
+class EvaluationRun(_message.Message):
+    """EvaluationRun is one offline evaluation of a prompt set."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    DATASET_FIELD_NUMBER: _builtins.int
+    DATASET_SHA256_FIELD_NUMBER: _builtins.int
+    PROMPTS_FIELD_NUMBER: _builtins.int
+    TARGETS_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """Client-chosen (or a UUID), at most 128 characters."""
+    dataset: _builtins.str
+    """The prompt set: a name and the sha256 of its file."""
+    dataset_sha256: _builtins.str
+    prompts: _builtins.int
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def targets(self) -> _containers.RepeatedCompositeFieldContainer[Global___EvaluationTarget]:
+        """At most 16 targets."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        dataset: _builtins.str = ...,
+        dataset_sha256: _builtins.str = ...,
+        prompts: _builtins.int = ...,
+        targets: _abc.Iterable[Global___EvaluationTarget] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "dataset", b"dataset", "dataset_sha256", b"dataset_sha256", "id", b"id", "prompts", b"prompts", "targets", b"targets"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EvaluationRun: _TypeAlias = EvaluationRun  # noqa: Y015
+
+@_typing.final
+class RecordEvaluationRequest(_message.Message):
+    """RecordEvaluationRequest stores one run."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def run(self) -> Global___EvaluationRun: ...
+    def __init__(
+        self,
+        *,
+        run: Global___EvaluationRun | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["run", b"run"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["run", b"run"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordEvaluationRequest: _TypeAlias = RecordEvaluationRequest  # noqa: Y015
+
+@_typing.final
+class RecordEvaluationResponse(_message.Message):
+    """RecordEvaluationResponse confirms the run."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordEvaluationResponse: _TypeAlias = RecordEvaluationResponse  # noqa: Y015
+
+@_typing.final
+class ListEvaluationsRequest(_message.Message):
+    """ListEvaluationsRequest filters the runs. Empty fields match all."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """Runs with a target of this model ("name" or "name@version")."""
+    limit: _builtins.int
+    """At most this many (1..100; 0: 20)."""
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "model", b"model"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListEvaluationsRequest: _TypeAlias = ListEvaluationsRequest  # noqa: Y015
+
+@_typing.final
+class ListEvaluationsResponse(_message.Message):
+    """ListEvaluationsResponse holds the runs, newest first."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUNS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def runs(self) -> _containers.RepeatedCompositeFieldContainer[Global___EvaluationRun]: ...
+    def __init__(
+        self,
+        *,
+        runs: _abc.Iterable[Global___EvaluationRun] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["runs", b"runs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListEvaluationsResponse: _TypeAlias = ListEvaluationsResponse  # noqa: Y015

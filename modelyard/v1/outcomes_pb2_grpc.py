@@ -57,6 +57,16 @@ class OutcomeServiceStub:
                 request_serializer=modelyard_dot_v1_dot_outcomes__pb2.QueryOutcomeStatsRequest.SerializeToString,
                 response_deserializer=modelyard_dot_v1_dot_outcomes__pb2.QueryOutcomeStatsResponse.FromString,
                 _registered_method=True)
+        self.RecordEvaluation = channel.unary_unary(
+                '/modelyard.v1.OutcomeService/RecordEvaluation',
+                request_serializer=modelyard_dot_v1_dot_outcomes__pb2.RecordEvaluationRequest.SerializeToString,
+                response_deserializer=modelyard_dot_v1_dot_outcomes__pb2.RecordEvaluationResponse.FromString,
+                _registered_method=True)
+        self.ListEvaluations = channel.unary_unary(
+                '/modelyard.v1.OutcomeService/ListEvaluations',
+                request_serializer=modelyard_dot_v1_dot_outcomes__pb2.ListEvaluationsRequest.SerializeToString,
+                response_deserializer=modelyard_dot_v1_dot_outcomes__pb2.ListEvaluationsResponse.FromString,
+                _registered_method=True)
 
 
 class OutcomeServiceServicer:
@@ -97,6 +107,23 @@ class OutcomeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RecordEvaluation(self, request, context):
+        """RecordEvaluation stores an offline evaluation run (modelyard eval
+        --record); rollouts with an EvaluationGate read it. Admin or
+        outcome-writer role. ALREADY_EXISTS when the run id was stored with other
+        content.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListEvaluations(self, request, context):
+        """ListEvaluations lists stored runs, newest first (reader role).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OutcomeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -114,6 +141,16 @@ def add_OutcomeServiceServicer_to_server(servicer, server):
                     servicer.QueryOutcomeStats,
                     request_deserializer=modelyard_dot_v1_dot_outcomes__pb2.QueryOutcomeStatsRequest.FromString,
                     response_serializer=modelyard_dot_v1_dot_outcomes__pb2.QueryOutcomeStatsResponse.SerializeToString,
+            ),
+            'RecordEvaluation': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordEvaluation,
+                    request_deserializer=modelyard_dot_v1_dot_outcomes__pb2.RecordEvaluationRequest.FromString,
+                    response_serializer=modelyard_dot_v1_dot_outcomes__pb2.RecordEvaluationResponse.SerializeToString,
+            ),
+            'ListEvaluations': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListEvaluations,
+                    request_deserializer=modelyard_dot_v1_dot_outcomes__pb2.ListEvaluationsRequest.FromString,
+                    response_serializer=modelyard_dot_v1_dot_outcomes__pb2.ListEvaluationsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -205,6 +242,60 @@ class OutcomeService:
             '/modelyard.v1.OutcomeService/QueryOutcomeStats',
             modelyard_dot_v1_dot_outcomes__pb2.QueryOutcomeStatsRequest.SerializeToString,
             modelyard_dot_v1_dot_outcomes__pb2.QueryOutcomeStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordEvaluation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modelyard.v1.OutcomeService/RecordEvaluation',
+            modelyard_dot_v1_dot_outcomes__pb2.RecordEvaluationRequest.SerializeToString,
+            modelyard_dot_v1_dot_outcomes__pb2.RecordEvaluationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListEvaluations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modelyard.v1.OutcomeService/ListEvaluations',
+            modelyard_dot_v1_dot_outcomes__pb2.ListEvaluationsRequest.SerializeToString,
+            modelyard_dot_v1_dot_outcomes__pb2.ListEvaluationsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -56,6 +56,14 @@ class OutcomeServiceStub:
     arm, with the semantics of RouterService.GetRoutingStats (savings_usd is
     left at 0: the reference price is the router's).
     """
+    RecordEvaluation: _grpc.UnaryUnaryMultiCallable[_outcomes_pb2.RecordEvaluationRequest, _outcomes_pb2.RecordEvaluationResponse]
+    """RecordEvaluation stores an offline evaluation run (modelyard eval
+    --record); rollouts with an EvaluationGate read it. Admin or
+    outcome-writer role. ALREADY_EXISTS when the run id was stored with other
+    content.
+    """
+    ListEvaluations: _grpc.UnaryUnaryMultiCallable[_outcomes_pb2.ListEvaluationsRequest, _outcomes_pb2.ListEvaluationsResponse]
+    """ListEvaluations lists stored runs, newest first (reader role)."""
 
 @_typing.type_check_only
 class OutcomeServiceAsyncStub(OutcomeServiceStub):
@@ -85,6 +93,14 @@ class OutcomeServiceAsyncStub(OutcomeServiceStub):
     arm, with the semantics of RouterService.GetRoutingStats (savings_usd is
     left at 0: the reference price is the router's).
     """
+    RecordEvaluation: _aio.UnaryUnaryMultiCallable[_outcomes_pb2.RecordEvaluationRequest, _outcomes_pb2.RecordEvaluationResponse]  # type: ignore[assignment]
+    """RecordEvaluation stores an offline evaluation run (modelyard eval
+    --record); rollouts with an EvaluationGate read it. Admin or
+    outcome-writer role. ALREADY_EXISTS when the run id was stored with other
+    content.
+    """
+    ListEvaluations: _aio.UnaryUnaryMultiCallable[_outcomes_pb2.ListEvaluationsRequest, _outcomes_pb2.ListEvaluationsResponse]  # type: ignore[assignment]
+    """ListEvaluations lists stored runs, newest first (reader role)."""
 
 class OutcomeServiceServicer(metaclass=_abc_1.ABCMeta):
     """OutcomeService keeps every router replica's request outcomes and the
@@ -129,5 +145,25 @@ class OutcomeServiceServicer(metaclass=_abc_1.ABCMeta):
         arm, with the semantics of RouterService.GetRoutingStats (savings_usd is
         left at 0: the reference price is the router's).
         """
+
+    @_abc_1.abstractmethod
+    def RecordEvaluation(
+        self,
+        request: _outcomes_pb2.RecordEvaluationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_outcomes_pb2.RecordEvaluationResponse, _abc.Awaitable[_outcomes_pb2.RecordEvaluationResponse]]:
+        """RecordEvaluation stores an offline evaluation run (modelyard eval
+        --record); rollouts with an EvaluationGate read it. Admin or
+        outcome-writer role. ALREADY_EXISTS when the run id was stored with other
+        content.
+        """
+
+    @_abc_1.abstractmethod
+    def ListEvaluations(
+        self,
+        request: _outcomes_pb2.ListEvaluationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_outcomes_pb2.ListEvaluationsResponse, _abc.Awaitable[_outcomes_pb2.ListEvaluationsResponse]]:
+        """ListEvaluations lists stored runs, newest first (reader role)."""
 
 def add_OutcomeServiceServicer_to_server(servicer: OutcomeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

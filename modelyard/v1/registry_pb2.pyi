@@ -50,6 +50,36 @@ CHANGE_KIND_ROUTE_DELETED: ChangeKind.ValueType  # 4
 """A route was deleted: `route` holds its name."""
 Global___ChangeKind: _TypeAlias = ChangeKind  # noqa: Y015
 
+class _RolloutControl:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RolloutControlEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RolloutControl.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ROLLOUT_CONTROL_UNSPECIFIED: _RolloutControl.ValueType  # 0
+    ROLLOUT_CONTROL_PAUSE: _RolloutControl.ValueType  # 1
+    """Hold at the current step; the guards are not evaluated."""
+    ROLLOUT_CONTROL_RESUME: _RolloutControl.ValueType  # 2
+    """Go on from the current step (its window restarts)."""
+    ROLLOUT_CONTROL_ABORT: _RolloutControl.ValueType  # 3
+    """Send all traffic back to the baseline and stop."""
+    ROLLOUT_CONTROL_RESTART: _RolloutControl.ValueType  # 4
+    """Start again from the first step (after a rollback or an abort)."""
+
+class RolloutControl(_RolloutControl, metaclass=_RolloutControlEnumTypeWrapper):
+    """RolloutControl is an operator's action on a rollout."""
+
+ROLLOUT_CONTROL_UNSPECIFIED: RolloutControl.ValueType  # 0
+ROLLOUT_CONTROL_PAUSE: RolloutControl.ValueType  # 1
+"""Hold at the current step; the guards are not evaluated."""
+ROLLOUT_CONTROL_RESUME: RolloutControl.ValueType  # 2
+"""Go on from the current step (its window restarts)."""
+ROLLOUT_CONTROL_ABORT: RolloutControl.ValueType  # 3
+"""Send all traffic back to the baseline and stop."""
+ROLLOUT_CONTROL_RESTART: RolloutControl.ValueType  # 4
+"""Start again from the first step (after a rollback or an abort)."""
+Global___RolloutControl: _TypeAlias = RolloutControl  # noqa: Y015
+
 @_typing.final
 class RegisterModelRequest(_message.Message):
     """RegisterModelRequest carries the model version to register."""
@@ -624,3 +654,56 @@ class CatalogChange(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CatalogChange: _TypeAlias = CatalogChange  # noqa: Y015
+
+@_typing.final
+class ControlRolloutRequest(_message.Message):
+    """ControlRolloutRequest names the route and the action."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROUTE_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    route: _builtins.str
+    action: Global___RolloutControl.ValueType
+    reason: _builtins.str
+    """Recorded in the decision; at most 512 bytes."""
+    def __init__(
+        self,
+        *,
+        route: _builtins.str = ...,
+        action: Global___RolloutControl.ValueType = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "reason", b"reason", "route", b"route"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ControlRolloutRequest: _TypeAlias = ControlRolloutRequest  # noqa: Y015
+
+@_typing.final
+class ControlRolloutResponse(_message.Message):
+    """ControlRolloutResponse returns the route as stored after the action."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROUTE_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    revision: _builtins.int
+    @_builtins.property
+    def route(self) -> _model_pb2.Route: ...
+    def __init__(
+        self,
+        *,
+        route: _model_pb2.Route | None = ...,
+        revision: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["route", b"route"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["revision", b"revision", "route", b"route"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ControlRolloutResponse: _TypeAlias = ControlRolloutResponse  # noqa: Y015

@@ -89,6 +89,11 @@ class RegistryServiceStub:
                 request_serializer=modelyard_dot_v1_dot_registry__pb2.WatchRequest.SerializeToString,
                 response_deserializer=modelyard_dot_v1_dot_registry__pb2.WatchResponse.FromString,
                 _registered_method=True)
+        self.ControlRollout = channel.unary_unary(
+                '/modelyard.v1.RegistryService/ControlRollout',
+                request_serializer=modelyard_dot_v1_dot_registry__pb2.ControlRolloutRequest.SerializeToString,
+                response_deserializer=modelyard_dot_v1_dot_registry__pb2.ControlRolloutResponse.FromString,
+                _registered_method=True)
 
 
 class RegistryServiceServicer:
@@ -179,6 +184,16 @@ class RegistryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ControlRollout(self, request, context):
+        """ControlRollout pauses, resumes or aborts a route's rollout (admin). The
+        decision lands in the route's RolloutStatus history like the
+        controller's own. NOT_FOUND without the route; FAILED_PRECONDITION when
+        the route has no rollout or it is in a state the action cannot leave.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RegistryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -231,6 +246,11 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     servicer.Watch,
                     request_deserializer=modelyard_dot_v1_dot_registry__pb2.WatchRequest.FromString,
                     response_serializer=modelyard_dot_v1_dot_registry__pb2.WatchResponse.SerializeToString,
+            ),
+            'ControlRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.ControlRollout,
+                    request_deserializer=modelyard_dot_v1_dot_registry__pb2.ControlRolloutRequest.FromString,
+                    response_serializer=modelyard_dot_v1_dot_registry__pb2.ControlRolloutResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -508,6 +528,33 @@ class RegistryService:
             '/modelyard.v1.RegistryService/Watch',
             modelyard_dot_v1_dot_registry__pb2.WatchRequest.SerializeToString,
             modelyard_dot_v1_dot_registry__pb2.WatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ControlRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modelyard.v1.RegistryService/ControlRollout',
+            modelyard_dot_v1_dot_registry__pb2.ControlRolloutRequest.SerializeToString,
+            modelyard_dot_v1_dot_registry__pb2.ControlRolloutResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -73,6 +73,12 @@ class RegistryServiceStub:
     exactly the changes after it, none twice; if that revision is older than
     the registry retains, it gets a fresh snapshot instead.
     """
+    ControlRollout: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ControlRolloutRequest, _registry_pb2.ControlRolloutResponse]
+    """ControlRollout pauses, resumes or aborts a route's rollout (admin). The
+    decision lands in the route's RolloutStatus history like the
+    controller's own. NOT_FOUND without the route; FAILED_PRECONDITION when
+    the route has no rollout or it is in a state the action cannot leave.
+    """
 
 @_typing.type_check_only
 class RegistryServiceAsyncStub(RegistryServiceStub):
@@ -118,6 +124,12 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     that reconnects with since_revision set to the last revision it saw gets
     exactly the changes after it, none twice; if that revision is older than
     the registry retains, it gets a fresh snapshot instead.
+    """
+    ControlRollout: _aio.UnaryUnaryMultiCallable[_registry_pb2.ControlRolloutRequest, _registry_pb2.ControlRolloutResponse]  # type: ignore[assignment]
+    """ControlRollout pauses, resumes or aborts a route's rollout (admin). The
+    decision lands in the route's RolloutStatus history like the
+    controller's own. NOT_FOUND without the route; FAILED_PRECONDITION when
+    the route has no rollout or it is in a state the action cannot leave.
     """
 
 class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -221,6 +233,18 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         that reconnects with since_revision set to the last revision it saw gets
         exactly the changes after it, none twice; if that revision is older than
         the registry retains, it gets a fresh snapshot instead.
+        """
+
+    @_abc_1.abstractmethod
+    def ControlRollout(
+        self,
+        request: _registry_pb2.ControlRolloutRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.ControlRolloutResponse, _abc.Awaitable[_registry_pb2.ControlRolloutResponse]]:
+        """ControlRollout pauses, resumes or aborts a route's rollout (admin). The
+        decision lands in the route's RolloutStatus history like the
+        controller's own. NOT_FOUND without the route; FAILED_PRECONDITION when
+        the route has no rollout or it is in a state the action cannot leave.
         """
 
 def add_RegistryServiceServicer_to_server(servicer: RegistryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

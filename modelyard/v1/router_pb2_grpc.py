@@ -73,6 +73,11 @@ class RouterServiceStub:
                 request_serializer=modelyard_dot_v1_dot_router__pb2.RecordFeedbackRequest.SerializeToString,
                 response_deserializer=modelyard_dot_v1_dot_router__pb2.RecordFeedbackResponse.FromString,
                 _registered_method=True)
+        self.Embed = channel.unary_unary(
+                '/modelyard.v1.RouterService/Embed',
+                request_serializer=modelyard_dot_v1_dot_router__pb2.EmbedRequest.SerializeToString,
+                response_deserializer=modelyard_dot_v1_dot_router__pb2.EmbedResponse.FromString,
+                _registered_method=True)
 
 
 class RouterServiceServicer:
@@ -140,6 +145,16 @@ class RouterServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Embed(self, request, context):
+        """Embed turns a batch of texts into vectors with an embedding model (one
+        whose capabilities include embedding), routed like a generation: the
+        model, route or "auto" picks the model, the scheduler picks the worker,
+        and a failure before the answer retries elsewhere.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RouterServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -172,6 +187,11 @@ def add_RouterServiceServicer_to_server(servicer, server):
                     servicer.RecordFeedback,
                     request_deserializer=modelyard_dot_v1_dot_router__pb2.RecordFeedbackRequest.FromString,
                     response_serializer=modelyard_dot_v1_dot_router__pb2.RecordFeedbackResponse.SerializeToString,
+            ),
+            'Embed': grpc.unary_unary_rpc_method_handler(
+                    servicer.Embed,
+                    request_deserializer=modelyard_dot_v1_dot_router__pb2.EmbedRequest.FromString,
+                    response_serializer=modelyard_dot_v1_dot_router__pb2.EmbedResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -345,6 +365,33 @@ class RouterService:
             '/modelyard.v1.RouterService/RecordFeedback',
             modelyard_dot_v1_dot_router__pb2.RecordFeedbackRequest.SerializeToString,
             modelyard_dot_v1_dot_router__pb2.RecordFeedbackResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Embed(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modelyard.v1.RouterService/Embed',
+            modelyard_dot_v1_dot_router__pb2.EmbedRequest.SerializeToString,
+            modelyard_dot_v1_dot_router__pb2.EmbedResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -69,6 +69,12 @@ class RouterServiceStub:
     tests. NOT_FOUND for unknown, failed or expired request ids;
     ALREADY_EXISTS when the request was scored before (one score a request).
     """
+    Embed: _grpc.UnaryUnaryMultiCallable[_router_pb2.EmbedRequest, _router_pb2.EmbedResponse]
+    """Embed turns a batch of texts into vectors with an embedding model (one
+    whose capabilities include embedding), routed like a generation: the
+    model, route or "auto" picks the model, the scheduler picks the worker,
+    and a failure before the answer retries elsewhere.
+    """
 
 @_typing.type_check_only
 class RouterServiceAsyncStub(RouterServiceStub):
@@ -110,6 +116,12 @@ class RouterServiceAsyncStub(RouterServiceStub):
     on any router replica; it feeds the per-arm mean feedback score of A/B
     tests. NOT_FOUND for unknown, failed or expired request ids;
     ALREADY_EXISTS when the request was scored before (one score a request).
+    """
+    Embed: _aio.UnaryUnaryMultiCallable[_router_pb2.EmbedRequest, _router_pb2.EmbedResponse]  # type: ignore[assignment]
+    """Embed turns a batch of texts into vectors with an embedding model (one
+    whose capabilities include embedding), routed like a generation: the
+    model, route or "auto" picks the model, the scheduler picks the worker,
+    and a failure before the answer retries elsewhere.
     """
 
 class RouterServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -185,6 +197,18 @@ class RouterServiceServicer(metaclass=_abc_1.ABCMeta):
         on any router replica; it feeds the per-arm mean feedback score of A/B
         tests. NOT_FOUND for unknown, failed or expired request ids;
         ALREADY_EXISTS when the request was scored before (one score a request).
+        """
+
+    @_abc_1.abstractmethod
+    def Embed(
+        self,
+        request: _router_pb2.EmbedRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_router_pb2.EmbedResponse, _abc.Awaitable[_router_pb2.EmbedResponse]]:
+        """Embed turns a batch of texts into vectors with an embedding model (one
+        whose capabilities include embedding), routed like a generation: the
+        model, route or "auto" picks the model, the scheduler picks the worker,
+        and a failure before the answer retries elsewhere.
         """
 
 def add_RouterServiceServicer_to_server(servicer: RouterServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

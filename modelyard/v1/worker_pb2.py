@@ -28,47 +28,51 @@ from modelyard.v1 import common_pb2 as modelyard_dot_v1_dot_common__pb2
 from modelyard.v1 import model_pb2 as modelyard_dot_v1_dot_model__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19modelyard/v1/worker.proto\x12\x0cmodelyard.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19modelyard/v1/common.proto\x1a\x18modelyard/v1/model.proto\"\xb0\x02\n\x1cWorkerServiceGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\"\n\x05model\x18\x02 \x01(\x0b\x32\x13.modelyard.v1.Model\x12\x0e\n\x06prompt\x18\x03 \x01(\t\x12+\n\x08messages\x18\x04 \x03(\x0b\x32\x19.modelyard.v1.ChatMessage\x12.\n\x08sampling\x18\x05 \x01(\x0b\x32\x1c.modelyard.v1.SamplingParams\x12(\n\x08priority\x18\x06 \x01(\x0e\x32\x16.modelyard.v1.Priority\x12\x14\n\x0cload_if_cold\x18\x07 \x01(\x08\x12\r\n\x05route\x18\x08 \x01(\t\x12\x0b\n\x03\x61rm\x18\t \x01(\t\x12\x0f\n\x07\x61ttempt\x18\n \x01(\r\"\xab\x02\n\x1dWorkerServiceGenerateResponse\x12\x32\n\x07started\x18\x01 \x01(\x0b\x32\x1f.modelyard.v1.GenerationStartedH\x00\x12)\n\x05\x64\x65lta\x18\x02 \x01(\x0b\x32\x18.modelyard.v1.TokenDeltaH\x00\x12\x34\n\x08\x66inished\x18\x03 \x01(\x0b\x32 .modelyard.v1.GenerationFinishedH\x00\x12\x34\n\x08\x61\x63\x63\x65pted\x18\x04 \x01(\x0b\x32 .modelyard.v1.GenerationAcceptedH\x00\x12\x36\n\tkeepalive\x18\x05 \x01(\x0b\x32!.modelyard.v1.GenerationKeepaliveH\x00\x42\x07\n\x05\x65vent\"K\n\x12GenerationAccepted\x12\x35\n\x12keepalive_interval\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\"C\n\x13GenerationKeepalive\x12,\n\x05phase\x18\x01 \x01(\x0e\x32\x1d.modelyard.v1.GenerationPhase\"\x98\x01\n\x10LoadModelRequest\x12\"\n\x05model\x18\x01 \x01(\x0b\x32\x13.modelyard.v1.Model\x12$\n\x06\x65ngine\x18\x02 \x01(\x0e\x32\x14.modelyard.v1.Engine\x12\x0b\n\x03pin\x18\x03 \x01(\x08\x12-\n\nkeep_alive\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"^\n\x11LoadModelResponse\x12(\n\x05model\x18\x01 \x01(\x0b\x32\x19.modelyard.v1.ModelStatus\x12\x0e\n\x06loaded\x18\x02 \x01(\x08\x12\x0f\n\x07load_ms\x18\x03 \x01(\x01\"d\n\x12UnloadModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12/\n\x0cgrace_period\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"F\n\x13UnloadModelResponse\x12\x1a\n\x12\x63\x61ncelled_requests\x18\x01 \x01(\r\x12\x13\n\x0b\x66reed_bytes\x18\x02 \x01(\x04\"\x12\n\x10GetStatusRequest\"?\n\x11GetStatusResponse\x12*\n\x06status\x18\x01 \x01(\x0b\x32\x1a.modelyard.v1.WorkerStatus\"K\n\x12WatchStatusRequest\x12\x35\n\x12heartbeat_interval\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\"A\n\x13WatchStatusResponse\x12*\n\x06status\x18\x01 \x01(\x0b\x32\x1a.modelyard.v1.WorkerStatus\"\x83\x04\n\x0bModelStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12+\n\x05state\x18\x03 \x01(\x0e\x32\x1c.modelyard.v1.ResidencyState\x12$\n\x06\x65ngine\x18\x04 \x01(\x0e\x32\x14.modelyard.v1.Engine\x12\x14\n\x0cmemory_bytes\x18\x05 \x01(\x04\x12\x0e\n\x06pinned\x18\x06 \x01(\x08\x12\x11\n\tin_flight\x18\x07 \x01(\r\x12\x17\n\x0fqueued_requests\x18\x08 \x01(\r\x12\x15\n\rqueued_tokens\x18\t \x01(\x04\x12\x19\n\x11running_sequences\x18\n \x01(\r\x12\x19\n\x11tokens_per_second\x18\x0b \x01(\x01\x12-\n\tlast_used\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x65rror\x18\r \x01(\t\x12\x1e\n\x16generated_tokens_total\x18\x0e \x01(\x04\x12\x1b\n\x13\x64ownload_bytes_done\x18\x0f \x01(\x04\x12\x1c\n\x14\x64ownload_bytes_total\x18\x10 \x01(\x04\x12\x12\n\nload_phase\x18\x11 \x01(\t\x12\x36\n\x0cprefix_cache\x18\x12 \x01(\x0b\x32 .modelyard.v1.PrefixCacheSummary\"\xae\x01\n\x12PrefixCacheSummary\x12\x0e\n\x06scheme\x18\x01 \x01(\t\x12\x13\n\x0blink_hashes\x18\x02 \x03(\x06\x12\x1b\n\x13prompt_tokens_total\x18\x03 \x01(\x04\x12\"\n\x1a\x63\x61\x63hed_prompt_tokens_total\x18\x04 \x01(\x04\x12\x15\n\rcached_tokens\x18\x05 \x01(\x04\x12\x1b\n\x13\x63\x61\x63hed_tokens_limit\x18\x06 \x01(\x04\"\xda\x03\n\x0cWorkerStatus\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12%\n\x07\x65ngines\x18\x03 \x03(\x0e\x32\x14.modelyard.v1.Engine\x12\x0e\n\x06\x64\x65vice\x18\x04 \x01(\t\x12\x13\n\x0b\x64\x65vice_name\x18\x05 \x01(\t\x12\x1b\n\x13memory_budget_bytes\x18\x06 \x01(\x04\x12\x19\n\x11memory_used_bytes\x18\x07 \x01(\x04\x12)\n\x06models\x18\x08 \x03(\x0b\x32\x19.modelyard.v1.ModelStatus\x12\x19\n\x11running_sequences\x18\t \x01(\r\x12\x17\n\x0fqueued_requests\x18\n \x01(\r\x12\x15\n\rqueued_tokens\x18\x0b \x01(\x04\x12\x19\n\x11tokens_per_second\x18\x0c \x01(\x01\x12\x10\n\x08sequence\x18\r \x01(\x04\x12.\n\nupdated_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07version\x18\x0f \x01(\t\x12>\n\x1bgenerate_keepalive_interval\x18\x10 \x01(\x0b\x32\x19.google.protobuf.Duration*\xbc\x01\n\x0eResidencyState\x12\x1f\n\x1bRESIDENCY_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14RESIDENCY_STATE_COLD\x10\x01\x12\x1b\n\x17RESIDENCY_STATE_LOADING\x10\x02\x12\x18\n\x14RESIDENCY_STATE_WARM\x10\x03\x12\x1c\n\x18RESIDENCY_STATE_DRAINING\x10\x04\x12\x1a\n\x16RESIDENCY_STATE_FAILED\x10\x05*\xab\x01\n\x0fGenerationPhase\x12 \n\x1cGENERATION_PHASE_UNSPECIFIED\x10\x00\x12\x1b\n\x17GENERATION_PHASE_QUEUED\x10\x01\x12\x1c\n\x18GENERATION_PHASE_LOADING\x10\x02\x12\x1c\n\x18GENERATION_PHASE_PREFILL\x10\x03\x12\x1d\n\x19GENERATION_PHASE_DECODING\x10\x04\x32\xbc\x03\n\rWorkerService\x12\x65\n\x08Generate\x12*.modelyard.v1.WorkerServiceGenerateRequest\x1a+.modelyard.v1.WorkerServiceGenerateResponse0\x01\x12L\n\tLoadModel\x12\x1e.modelyard.v1.LoadModelRequest\x1a\x1f.modelyard.v1.LoadModelResponse\x12R\n\x0bUnloadModel\x12 .modelyard.v1.UnloadModelRequest\x1a!.modelyard.v1.UnloadModelResponse\x12L\n\tGetStatus\x12\x1e.modelyard.v1.GetStatusRequest\x1a\x1f.modelyard.v1.GetStatusResponse\x12T\n\x0bWatchStatus\x12 .modelyard.v1.WatchStatusRequest\x1a!.modelyard.v1.WatchStatusResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19modelyard/v1/worker.proto\x12\x0cmodelyard.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19modelyard/v1/common.proto\x1a\x18modelyard/v1/model.proto\"\x8c\x03\n\x1cWorkerServiceGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\"\n\x05model\x18\x02 \x01(\x0b\x32\x13.modelyard.v1.Model\x12\x0e\n\x06prompt\x18\x03 \x01(\t\x12+\n\x08messages\x18\x04 \x03(\x0b\x32\x19.modelyard.v1.ChatMessage\x12.\n\x08sampling\x18\x05 \x01(\x0b\x32\x1c.modelyard.v1.SamplingParams\x12(\n\x08priority\x18\x06 \x01(\x0e\x32\x16.modelyard.v1.Priority\x12\x14\n\x0cload_if_cold\x18\x07 \x01(\x08\x12\r\n\x05route\x18\x08 \x01(\t\x12\x0b\n\x03\x61rm\x18\t \x01(\t\x12\x0f\n\x07\x61ttempt\x18\n \x01(\r\x12+\n\x05tools\x18\x0b \x03(\x0b\x32\x1c.modelyard.v1.ToolDefinition\x12-\n\x0btool_choice\x18\x0c \x01(\x0b\x32\x18.modelyard.v1.ToolChoice\"\xff\x01\n\x19WorkerServiceEmbedRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\"\n\x05model\x18\x02 \x01(\x0b\x32\x13.modelyard.v1.Model\x12\x0e\n\x06inputs\x18\x03 \x03(\t\x12-\n\x06params\x18\x04 \x01(\x0b\x32\x1d.modelyard.v1.EmbeddingParams\x12(\n\x08priority\x18\x05 \x01(\x0e\x32\x16.modelyard.v1.Priority\x12\x14\n\x0cload_if_cold\x18\x06 \x01(\x08\x12\r\n\x05route\x18\x07 \x01(\t\x12\x0b\n\x03\x61rm\x18\x08 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\t \x01(\r\"\xc7\x01\n\x1aWorkerServiceEmbedResponse\x12\x30\n\x07started\x18\x01 \x01(\x0b\x32\x1f.modelyard.v1.GenerationStarted\x12+\n\nembeddings\x18\x02 \x03(\x0b\x32\x17.modelyard.v1.Embedding\x12\"\n\x05usage\x18\x03 \x01(\x0b\x32\x13.modelyard.v1.Usage\x12&\n\x07timings\x18\x04 \x01(\x0b\x32\x15.modelyard.v1.Timings\"\xab\x02\n\x1dWorkerServiceGenerateResponse\x12\x32\n\x07started\x18\x01 \x01(\x0b\x32\x1f.modelyard.v1.GenerationStartedH\x00\x12)\n\x05\x64\x65lta\x18\x02 \x01(\x0b\x32\x18.modelyard.v1.TokenDeltaH\x00\x12\x34\n\x08\x66inished\x18\x03 \x01(\x0b\x32 .modelyard.v1.GenerationFinishedH\x00\x12\x34\n\x08\x61\x63\x63\x65pted\x18\x04 \x01(\x0b\x32 .modelyard.v1.GenerationAcceptedH\x00\x12\x36\n\tkeepalive\x18\x05 \x01(\x0b\x32!.modelyard.v1.GenerationKeepaliveH\x00\x42\x07\n\x05\x65vent\"K\n\x12GenerationAccepted\x12\x35\n\x12keepalive_interval\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\"C\n\x13GenerationKeepalive\x12,\n\x05phase\x18\x01 \x01(\x0e\x32\x1d.modelyard.v1.GenerationPhase\"\x98\x01\n\x10LoadModelRequest\x12\"\n\x05model\x18\x01 \x01(\x0b\x32\x13.modelyard.v1.Model\x12$\n\x06\x65ngine\x18\x02 \x01(\x0e\x32\x14.modelyard.v1.Engine\x12\x0b\n\x03pin\x18\x03 \x01(\x08\x12-\n\nkeep_alive\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"^\n\x11LoadModelResponse\x12(\n\x05model\x18\x01 \x01(\x0b\x32\x19.modelyard.v1.ModelStatus\x12\x0e\n\x06loaded\x18\x02 \x01(\x08\x12\x0f\n\x07load_ms\x18\x03 \x01(\x01\"d\n\x12UnloadModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12/\n\x0cgrace_period\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"F\n\x13UnloadModelResponse\x12\x1a\n\x12\x63\x61ncelled_requests\x18\x01 \x01(\r\x12\x13\n\x0b\x66reed_bytes\x18\x02 \x01(\x04\"\x12\n\x10GetStatusRequest\"?\n\x11GetStatusResponse\x12*\n\x06status\x18\x01 \x01(\x0b\x32\x1a.modelyard.v1.WorkerStatus\"K\n\x12WatchStatusRequest\x12\x35\n\x12heartbeat_interval\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\"A\n\x13WatchStatusResponse\x12*\n\x06status\x18\x01 \x01(\x0b\x32\x1a.modelyard.v1.WorkerStatus\"\x83\x04\n\x0bModelStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12+\n\x05state\x18\x03 \x01(\x0e\x32\x1c.modelyard.v1.ResidencyState\x12$\n\x06\x65ngine\x18\x04 \x01(\x0e\x32\x14.modelyard.v1.Engine\x12\x14\n\x0cmemory_bytes\x18\x05 \x01(\x04\x12\x0e\n\x06pinned\x18\x06 \x01(\x08\x12\x11\n\tin_flight\x18\x07 \x01(\r\x12\x17\n\x0fqueued_requests\x18\x08 \x01(\r\x12\x15\n\rqueued_tokens\x18\t \x01(\x04\x12\x19\n\x11running_sequences\x18\n \x01(\r\x12\x19\n\x11tokens_per_second\x18\x0b \x01(\x01\x12-\n\tlast_used\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x65rror\x18\r \x01(\t\x12\x1e\n\x16generated_tokens_total\x18\x0e \x01(\x04\x12\x1b\n\x13\x64ownload_bytes_done\x18\x0f \x01(\x04\x12\x1c\n\x14\x64ownload_bytes_total\x18\x10 \x01(\x04\x12\x12\n\nload_phase\x18\x11 \x01(\t\x12\x36\n\x0cprefix_cache\x18\x12 \x01(\x0b\x32 .modelyard.v1.PrefixCacheSummary\"\xae\x01\n\x12PrefixCacheSummary\x12\x0e\n\x06scheme\x18\x01 \x01(\t\x12\x13\n\x0blink_hashes\x18\x02 \x03(\x06\x12\x1b\n\x13prompt_tokens_total\x18\x03 \x01(\x04\x12\"\n\x1a\x63\x61\x63hed_prompt_tokens_total\x18\x04 \x01(\x04\x12\x15\n\rcached_tokens\x18\x05 \x01(\x04\x12\x1b\n\x13\x63\x61\x63hed_tokens_limit\x18\x06 \x01(\x04\"\xda\x03\n\x0cWorkerStatus\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12%\n\x07\x65ngines\x18\x03 \x03(\x0e\x32\x14.modelyard.v1.Engine\x12\x0e\n\x06\x64\x65vice\x18\x04 \x01(\t\x12\x13\n\x0b\x64\x65vice_name\x18\x05 \x01(\t\x12\x1b\n\x13memory_budget_bytes\x18\x06 \x01(\x04\x12\x19\n\x11memory_used_bytes\x18\x07 \x01(\x04\x12)\n\x06models\x18\x08 \x03(\x0b\x32\x19.modelyard.v1.ModelStatus\x12\x19\n\x11running_sequences\x18\t \x01(\r\x12\x17\n\x0fqueued_requests\x18\n \x01(\r\x12\x15\n\rqueued_tokens\x18\x0b \x01(\x04\x12\x19\n\x11tokens_per_second\x18\x0c \x01(\x01\x12\x10\n\x08sequence\x18\r \x01(\x04\x12.\n\nupdated_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07version\x18\x0f \x01(\t\x12>\n\x1bgenerate_keepalive_interval\x18\x10 \x01(\x0b\x32\x19.google.protobuf.Duration*\xbc\x01\n\x0eResidencyState\x12\x1f\n\x1bRESIDENCY_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14RESIDENCY_STATE_COLD\x10\x01\x12\x1b\n\x17RESIDENCY_STATE_LOADING\x10\x02\x12\x18\n\x14RESIDENCY_STATE_WARM\x10\x03\x12\x1c\n\x18RESIDENCY_STATE_DRAINING\x10\x04\x12\x1a\n\x16RESIDENCY_STATE_FAILED\x10\x05*\xab\x01\n\x0fGenerationPhase\x12 \n\x1cGENERATION_PHASE_UNSPECIFIED\x10\x00\x12\x1b\n\x17GENERATION_PHASE_QUEUED\x10\x01\x12\x1c\n\x18GENERATION_PHASE_LOADING\x10\x02\x12\x1c\n\x18GENERATION_PHASE_PREFILL\x10\x03\x12\x1d\n\x19GENERATION_PHASE_DECODING\x10\x04\x32\x98\x04\n\rWorkerService\x12\x65\n\x08Generate\x12*.modelyard.v1.WorkerServiceGenerateRequest\x1a+.modelyard.v1.WorkerServiceGenerateResponse0\x01\x12Z\n\x05\x45mbed\x12\'.modelyard.v1.WorkerServiceEmbedRequest\x1a(.modelyard.v1.WorkerServiceEmbedResponse\x12L\n\tLoadModel\x12\x1e.modelyard.v1.LoadModelRequest\x1a\x1f.modelyard.v1.LoadModelResponse\x12R\n\x0bUnloadModel\x12 .modelyard.v1.UnloadModelRequest\x1a!.modelyard.v1.UnloadModelResponse\x12L\n\tGetStatus\x12\x1e.modelyard.v1.GetStatusRequest\x1a\x1f.modelyard.v1.GetStatusResponse\x12T\n\x0bWatchStatus\x12 .modelyard.v1.WatchStatusRequest\x1a!.modelyard.v1.WatchStatusResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'modelyard.v1.worker_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RESIDENCYSTATE']._serialized_start=2743
-  _globals['_RESIDENCYSTATE']._serialized_end=2931
-  _globals['_GENERATIONPHASE']._serialized_start=2934
-  _globals['_GENERATIONPHASE']._serialized_end=3105
+  _globals['_RESIDENCYSTATE']._serialized_start=3295
+  _globals['_RESIDENCYSTATE']._serialized_end=3483
+  _globals['_GENERATIONPHASE']._serialized_start=3486
+  _globals['_GENERATIONPHASE']._serialized_end=3657
   _globals['_WORKERSERVICEGENERATEREQUEST']._serialized_start=162
-  _globals['_WORKERSERVICEGENERATEREQUEST']._serialized_end=466
-  _globals['_WORKERSERVICEGENERATERESPONSE']._serialized_start=469
-  _globals['_WORKERSERVICEGENERATERESPONSE']._serialized_end=768
-  _globals['_GENERATIONACCEPTED']._serialized_start=770
-  _globals['_GENERATIONACCEPTED']._serialized_end=845
-  _globals['_GENERATIONKEEPALIVE']._serialized_start=847
-  _globals['_GENERATIONKEEPALIVE']._serialized_end=914
-  _globals['_LOADMODELREQUEST']._serialized_start=917
-  _globals['_LOADMODELREQUEST']._serialized_end=1069
-  _globals['_LOADMODELRESPONSE']._serialized_start=1071
-  _globals['_LOADMODELRESPONSE']._serialized_end=1165
-  _globals['_UNLOADMODELREQUEST']._serialized_start=1167
-  _globals['_UNLOADMODELREQUEST']._serialized_end=1267
-  _globals['_UNLOADMODELRESPONSE']._serialized_start=1269
-  _globals['_UNLOADMODELRESPONSE']._serialized_end=1339
-  _globals['_GETSTATUSREQUEST']._serialized_start=1341
-  _globals['_GETSTATUSREQUEST']._serialized_end=1359
-  _globals['_GETSTATUSRESPONSE']._serialized_start=1361
-  _globals['_GETSTATUSRESPONSE']._serialized_end=1424
-  _globals['_WATCHSTATUSREQUEST']._serialized_start=1426
-  _globals['_WATCHSTATUSREQUEST']._serialized_end=1501
-  _globals['_WATCHSTATUSRESPONSE']._serialized_start=1503
-  _globals['_WATCHSTATUSRESPONSE']._serialized_end=1568
-  _globals['_MODELSTATUS']._serialized_start=1571
-  _globals['_MODELSTATUS']._serialized_end=2086
-  _globals['_PREFIXCACHESUMMARY']._serialized_start=2089
-  _globals['_PREFIXCACHESUMMARY']._serialized_end=2263
-  _globals['_WORKERSTATUS']._serialized_start=2266
-  _globals['_WORKERSTATUS']._serialized_end=2740
-  _globals['_WORKERSERVICE']._serialized_start=3108
-  _globals['_WORKERSERVICE']._serialized_end=3552
+  _globals['_WORKERSERVICEGENERATEREQUEST']._serialized_end=558
+  _globals['_WORKERSERVICEEMBEDREQUEST']._serialized_start=561
+  _globals['_WORKERSERVICEEMBEDREQUEST']._serialized_end=816
+  _globals['_WORKERSERVICEEMBEDRESPONSE']._serialized_start=819
+  _globals['_WORKERSERVICEEMBEDRESPONSE']._serialized_end=1018
+  _globals['_WORKERSERVICEGENERATERESPONSE']._serialized_start=1021
+  _globals['_WORKERSERVICEGENERATERESPONSE']._serialized_end=1320
+  _globals['_GENERATIONACCEPTED']._serialized_start=1322
+  _globals['_GENERATIONACCEPTED']._serialized_end=1397
+  _globals['_GENERATIONKEEPALIVE']._serialized_start=1399
+  _globals['_GENERATIONKEEPALIVE']._serialized_end=1466
+  _globals['_LOADMODELREQUEST']._serialized_start=1469
+  _globals['_LOADMODELREQUEST']._serialized_end=1621
+  _globals['_LOADMODELRESPONSE']._serialized_start=1623
+  _globals['_LOADMODELRESPONSE']._serialized_end=1717
+  _globals['_UNLOADMODELREQUEST']._serialized_start=1719
+  _globals['_UNLOADMODELREQUEST']._serialized_end=1819
+  _globals['_UNLOADMODELRESPONSE']._serialized_start=1821
+  _globals['_UNLOADMODELRESPONSE']._serialized_end=1891
+  _globals['_GETSTATUSREQUEST']._serialized_start=1893
+  _globals['_GETSTATUSREQUEST']._serialized_end=1911
+  _globals['_GETSTATUSRESPONSE']._serialized_start=1913
+  _globals['_GETSTATUSRESPONSE']._serialized_end=1976
+  _globals['_WATCHSTATUSREQUEST']._serialized_start=1978
+  _globals['_WATCHSTATUSREQUEST']._serialized_end=2053
+  _globals['_WATCHSTATUSRESPONSE']._serialized_start=2055
+  _globals['_WATCHSTATUSRESPONSE']._serialized_end=2120
+  _globals['_MODELSTATUS']._serialized_start=2123
+  _globals['_MODELSTATUS']._serialized_end=2638
+  _globals['_PREFIXCACHESUMMARY']._serialized_start=2641
+  _globals['_PREFIXCACHESUMMARY']._serialized_end=2815
+  _globals['_WORKERSTATUS']._serialized_start=2818
+  _globals['_WORKERSTATUS']._serialized_end=3292
+  _globals['_WORKERSERVICE']._serialized_start=3660
+  _globals['_WORKERSERVICE']._serialized_end=4196
 # @@protoc_insertion_point(module_scope)

@@ -103,6 +103,8 @@ class WorkerServiceGenerateRequest(_message.Message):
     ROUTE_FIELD_NUMBER: _builtins.int
     ARM_FIELD_NUMBER: _builtins.int
     ATTEMPT_FIELD_NUMBER: _builtins.int
+    TOOLS_FIELD_NUMBER: _builtins.int
+    TOOL_CHOICE_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Unique id, used for logs, traces, abort and stats."""
     prompt: _builtins.str
@@ -126,6 +128,12 @@ class WorkerServiceGenerateRequest(_message.Message):
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.ChatMessage]: ...
     @_builtins.property
     def sampling(self) -> _common_pb2.SamplingParams: ...
+    @_builtins.property
+    def tools(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.ToolDefinition]:
+        """As in GenerateRequest: functions the model may call, and how."""
+
+    @_builtins.property
+    def tool_choice(self) -> _common_pb2.ToolChoice: ...
     def __init__(
         self,
         *,
@@ -139,14 +147,102 @@ class WorkerServiceGenerateRequest(_message.Message):
         route: _builtins.str = ...,
         arm: _builtins.str = ...,
         attempt: _builtins.int = ...,
+        tools: _abc.Iterable[_common_pb2.ToolDefinition] | None = ...,
+        tool_choice: _common_pb2.ToolChoice | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "sampling", b"sampling"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "sampling", b"sampling", "tool_choice", b"tool_choice"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["arm", b"arm", "attempt", b"attempt", "load_if_cold", b"load_if_cold", "messages", b"messages", "model", b"model", "priority", b"priority", "prompt", b"prompt", "request_id", b"request_id", "route", b"route", "sampling", b"sampling"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arm", b"arm", "attempt", b"attempt", "load_if_cold", b"load_if_cold", "messages", b"messages", "model", b"model", "priority", b"priority", "prompt", b"prompt", "request_id", b"request_id", "route", b"route", "sampling", b"sampling", "tool_choice", b"tool_choice", "tools", b"tools"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WorkerServiceGenerateRequest: _TypeAlias = WorkerServiceGenerateRequest  # noqa: Y015
+
+@_typing.final
+class WorkerServiceEmbedRequest(_message.Message):
+    """WorkerServiceEmbedRequest is one embedding batch on a worker."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    INPUTS_FIELD_NUMBER: _builtins.int
+    PARAMS_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
+    LOAD_IF_COLD_FIELD_NUMBER: _builtins.int
+    ROUTE_FIELD_NUMBER: _builtins.int
+    ARM_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    priority: _common_pb2.Priority.ValueType
+    load_if_cold: _builtins.bool
+    route: _builtins.str
+    arm: _builtins.str
+    attempt: _builtins.int
+    @_builtins.property
+    def model(self) -> _model_pb2.Model:
+        """Only name and version are read, as in WorkerServiceGenerateRequest."""
+
+    @_builtins.property
+    def inputs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Limits as in EmbedRequest."""
+
+    @_builtins.property
+    def params(self) -> _common_pb2.EmbeddingParams: ...
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        model: _model_pb2.Model | None = ...,
+        inputs: _abc.Iterable[_builtins.str] | None = ...,
+        params: _common_pb2.EmbeddingParams | None = ...,
+        priority: _common_pb2.Priority.ValueType = ...,
+        load_if_cold: _builtins.bool = ...,
+        route: _builtins.str = ...,
+        arm: _builtins.str = ...,
+        attempt: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "params", b"params"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arm", b"arm", "attempt", b"attempt", "inputs", b"inputs", "load_if_cold", b"load_if_cold", "model", b"model", "params", b"params", "priority", b"priority", "request_id", b"request_id", "route", b"route"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WorkerServiceEmbedRequest: _TypeAlias = WorkerServiceEmbedRequest  # noqa: Y015
+
+@_typing.final
+class WorkerServiceEmbedResponse(_message.Message):
+    """WorkerServiceEmbedResponse holds one vector per input, in input order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STARTED_FIELD_NUMBER: _builtins.int
+    EMBEDDINGS_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
+    TIMINGS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def started(self) -> _common_pb2.GenerationStarted: ...
+    @_builtins.property
+    def embeddings(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Embedding]: ...
+    @_builtins.property
+    def usage(self) -> _common_pb2.Usage: ...
+    @_builtins.property
+    def timings(self) -> _common_pb2.Timings: ...
+    def __init__(
+        self,
+        *,
+        started: _common_pb2.GenerationStarted | None = ...,
+        embeddings: _abc.Iterable[_common_pb2.Embedding] | None = ...,
+        usage: _common_pb2.Usage | None = ...,
+        timings: _common_pb2.Timings | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["started", b"started", "timings", b"timings", "usage", b"usage"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["embeddings", b"embeddings", "started", b"started", "timings", b"timings", "usage", b"usage"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WorkerServiceEmbedResponse: _TypeAlias = WorkerServiceEmbedResponse  # noqa: Y015
 
 @_typing.final
 class WorkerServiceGenerateResponse(_message.Message):

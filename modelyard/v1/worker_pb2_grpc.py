@@ -42,6 +42,11 @@ class WorkerServiceStub:
                 request_serializer=modelyard_dot_v1_dot_worker__pb2.WorkerServiceGenerateRequest.SerializeToString,
                 response_deserializer=modelyard_dot_v1_dot_worker__pb2.WorkerServiceGenerateResponse.FromString,
                 _registered_method=True)
+        self.Embed = channel.unary_unary(
+                '/modelyard.v1.WorkerService/Embed',
+                request_serializer=modelyard_dot_v1_dot_worker__pb2.WorkerServiceEmbedRequest.SerializeToString,
+                response_deserializer=modelyard_dot_v1_dot_worker__pb2.WorkerServiceEmbedResponse.FromString,
+                _registered_method=True)
         self.LoadModel = channel.unary_unary(
                 '/modelyard.v1.WorkerService/LoadModel',
                 request_serializer=modelyard_dot_v1_dot_worker__pb2.LoadModelRequest.SerializeToString,
@@ -78,6 +83,14 @@ class WorkerServiceServicer:
         loaded first when load_if_cold is set (FAILED_PRECONDITION otherwise).
         A full queue is RESOURCE_EXHAUSTED at once. Cancelling the call aborts
         decoding and frees the sequence.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Embed(self, request, context):
+        """Embed runs one batch of texts through an embedding model, queued and
+        admitted like a generation (same priorities, same memory budget).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -124,6 +137,11 @@ def add_WorkerServiceServicer_to_server(servicer, server):
                     servicer.Generate,
                     request_deserializer=modelyard_dot_v1_dot_worker__pb2.WorkerServiceGenerateRequest.FromString,
                     response_serializer=modelyard_dot_v1_dot_worker__pb2.WorkerServiceGenerateResponse.SerializeToString,
+            ),
+            'Embed': grpc.unary_unary_rpc_method_handler(
+                    servicer.Embed,
+                    request_deserializer=modelyard_dot_v1_dot_worker__pb2.WorkerServiceEmbedRequest.FromString,
+                    response_serializer=modelyard_dot_v1_dot_worker__pb2.WorkerServiceEmbedResponse.SerializeToString,
             ),
             'LoadModel': grpc.unary_unary_rpc_method_handler(
                     servicer.LoadModel,
@@ -176,6 +194,33 @@ class WorkerService:
             '/modelyard.v1.WorkerService/Generate',
             modelyard_dot_v1_dot_worker__pb2.WorkerServiceGenerateRequest.SerializeToString,
             modelyard_dot_v1_dot_worker__pb2.WorkerServiceGenerateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Embed(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modelyard.v1.WorkerService/Embed',
+            modelyard_dot_v1_dot_worker__pb2.WorkerServiceEmbedRequest.SerializeToString,
+            modelyard_dot_v1_dot_worker__pb2.WorkerServiceEmbedResponse.FromString,
             options,
             channel_credentials,
             insecure,

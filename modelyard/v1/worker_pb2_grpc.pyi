@@ -45,6 +45,10 @@ class WorkerServiceStub:
     A full queue is RESOURCE_EXHAUSTED at once. Cancelling the call aborts
     decoding and frees the sequence.
     """
+    Embed: _grpc.UnaryUnaryMultiCallable[_worker_pb2.WorkerServiceEmbedRequest, _worker_pb2.WorkerServiceEmbedResponse]
+    """Embed runs one batch of texts through an embedding model, queued and
+    admitted like a generation (same priorities, same memory budget).
+    """
     LoadModel: _grpc.UnaryUnaryMultiCallable[_worker_pb2.LoadModelRequest, _worker_pb2.LoadModelResponse]
     """LoadModel makes a model warm. Idempotent: loading a warm model returns at
     once, and concurrent loads of one model share one load. Idle models are
@@ -79,6 +83,10 @@ class WorkerServiceAsyncStub(WorkerServiceStub):
     loaded first when load_if_cold is set (FAILED_PRECONDITION otherwise).
     A full queue is RESOURCE_EXHAUSTED at once. Cancelling the call aborts
     decoding and frees the sequence.
+    """
+    Embed: _aio.UnaryUnaryMultiCallable[_worker_pb2.WorkerServiceEmbedRequest, _worker_pb2.WorkerServiceEmbedResponse]  # type: ignore[assignment]
+    """Embed runs one batch of texts through an embedding model, queued and
+    admitted like a generation (same priorities, same memory budget).
     """
     LoadModel: _aio.UnaryUnaryMultiCallable[_worker_pb2.LoadModelRequest, _worker_pb2.LoadModelResponse]  # type: ignore[assignment]
     """LoadModel makes a model warm. Idempotent: loading a warm model returns at
@@ -117,6 +125,16 @@ class WorkerServiceServicer(metaclass=_abc_1.ABCMeta):
         loaded first when load_if_cold is set (FAILED_PRECONDITION otherwise).
         A full queue is RESOURCE_EXHAUSTED at once. Cancelling the call aborts
         decoding and frees the sequence.
+        """
+
+    @_abc_1.abstractmethod
+    def Embed(
+        self,
+        request: _worker_pb2.WorkerServiceEmbedRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_worker_pb2.WorkerServiceEmbedResponse, _abc.Awaitable[_worker_pb2.WorkerServiceEmbedResponse]]:
+        """Embed runs one batch of texts through an embedding model, queued and
+        admitted like a generation (same priorities, same memory budget).
         """
 
     @_abc_1.abstractmethod

@@ -103,7 +103,7 @@ class FakeRegistry(registry_pb2_grpc.RegistryServiceServicer):
         self.watch_calls: list[int] = []  # since_revision of each Watch
 
     RegisterModel = SetStage = DeleteModel = _unimplemented
-    PutRoute = GetRoute = ListRoutes = DeleteRoute = _unimplemented
+    PutRoute = GetRoute = ListRoutes = DeleteRoute = ControlRollout = _unimplemented
 
     async def Watch(
         self, request: registry_pb2.WatchRequest, context: Context
@@ -222,7 +222,7 @@ class FakeWorker(worker_pb2_grpc.WorkerServiceServicer):
         self.status = worker_pb2.WorkerStatus(worker_id=worker_id)
         self._changed = asyncio.Event()
 
-    LoadModel = UnloadModel = GetStatus = _unimplemented
+    LoadModel = UnloadModel = GetStatus = Embed = _unimplemented
 
     def set_models(self, *models: worker_pb2.ModelStatus, queued_tokens: int = 0) -> None:
         self.status = worker_pb2.WorkerStatus(
