@@ -72,6 +72,9 @@ class Role:
     identities: frozenset[str] = frozenset()
     hint: str = ""  # how a caller sends the secret, e.g. "CLI: --admin-token"
     secret: str = "a bearer secret"  # what the secret is called: "the admin token"
+    # Closed though it has no credentials: nobody proves it, so its methods are refused
+    # rather than open (an operator role left unset on a router that has client keys).
+    sealed: bool = False
 
     @classmethod
     def of(
@@ -87,7 +90,7 @@ class Role:
 
     @property
     def configured(self) -> bool:
-        return bool(self.keys or self.identities)
+        return self.sealed or bool(self.keys or self.identities)
 
     def key_name(self, token: str | None) -> str | None:
         """The name of `token` if it is one of this role's secrets."""
@@ -104,7 +107,7 @@ class Role:
         return next((p for p in peer if p in self.identities), None)
 
     def proves(self, token: str | None, peer: Sequence[str]) -> Caller | None:
-        if not self.configured:
+        if not (self.keys or self.identities):
             return None
         key = self.key_name(token) if self.keys else ""
         ident = self.identity(peer) if self.identities else ""
@@ -172,6 +175,11 @@ class Rule:
 
 def _refusal(action: str, role: Role, token: str | None, peer: Sequence[str]) -> ModelyardError:
     """What is missing, said so that the caller can fix it (never which secret was close)."""
+    if not (role.keys or role.identities):
+        return PermissionDenied(
+            f"{action} is for {role.name}, and this server has none configured ({role.hint})",
+            reason="ROLE_NOT_CONFIGURED",
+        )
     needs: list[str] = []
     if role.keys:
         needs.append(f"{role.secret} ('authorization: Bearer <secret>'; {role.hint})")

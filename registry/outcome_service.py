@@ -44,7 +44,9 @@ class OutcomeServicer(outcomes_pb2_grpc.OutcomeServiceServicer):
     async def AttachFeedback(
         self, request: outcomes_pb2.AttachFeedbackRequest, context: Context
     ) -> outcomes_pb2.AttachFeedbackResponse:
-        await self._store.attach_feedback(request.request_id, request.score, request.comment)
+        await self._store.attach_feedback(
+            request.request_id, request.score, request.comment, request.client
+        )
         return outcomes_pb2.AttachFeedbackResponse()
 
     @grpc_errors

@@ -87,25 +87,27 @@ class OutcomeStore:
             await session.commit()
         return len(new)
 
-    async def attach_feedback(self, request_id: str, score: float, comment: str) -> None:
+    async def attach_feedback(
+        self, request_id: str, score: float, comment: str, client: str = ""
+    ) -> None:
+        """Score a request once. With `client` (the API key name the feedback came
+        through) only a request that key made, or one made without a key, is found:
+        another key's request looks unknown."""
         _check_feedback(request_id, score, comment)
+        mine = [OutcomeRow.request_id == request_id]
+        if client:
+            mine.append(OutcomeRow.client.in_(("", client)))
         async with self.sessions() as session:
             result = await session.execute(
                 update(OutcomeRow)
-                .where(
-                    OutcomeRow.request_id == request_id,
-                    OutcomeRow.status_code == 0,
-                    OutcomeRow.feedback_score.is_(None),
-                )
+                .where(*mine, OutcomeRow.status_code == 0, OutcomeRow.feedback_score.is_(None))
                 .values(feedback_score=score, feedback_comment=comment)
                 .execution_options(synchronize_session=False)
             )
             await session.commit()
             if getattr(result, "rowcount", 0) == 1:
                 return
-            status = await session.scalar(
-                select(OutcomeRow.status_code).where(OutcomeRow.request_id == request_id)
-            )
+            status = await session.scalar(select(OutcomeRow.status_code).where(*mine))
         if status == 0:
             raise AlreadyExists(
                 f"request {request_id} was already scored: a request takes one score",

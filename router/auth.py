@@ -9,28 +9,70 @@ the HTTP front before it reads a request body (router/openai/app.py).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import dataclasses
+from collections.abc import Iterable, Sequence
 
-from modelyard.auth import AccessGate, Role, Rule, service_prefix
+from modelyard.auth import AccessGate, Role, Rule, method_name, service_prefix
 from modelyard.v1 import router_pb2
 
 SERVICE_NAME = router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name
+# The mesh's traffic and its workers' addresses are the operators' view, not a client's.
+OPERATOR_METHODS = tuple(method_name(SERVICE_NAME, m) for m in ("GetRoutingStats", "ListWorkers"))
+OPERATOR_PATHS = ("/v1/stats",)
+OPERATOR_ROLE_NAME = "an operator"
+_CLIENT_HINT = (
+    "SDK: Client(api_key=...); CLI: --api-key or MODELYARD_API_KEY; OpenAI clients: their api_key"
+)
 
 
-def client_rule(api_keys: Iterable[str], identities: Iterable[str] = ()) -> Rule:
-    """Every RouterService method is for clients holding one of `api_keys` (and, when
-    `identities` are given, an mTLS certificate naming one of them)."""
-    client = Role.of(
-        "a client",
-        api_keys,
-        identities,
-        "SDK: Client(api_key=...); CLI: --api-key or MODELYARD_API_KEY; "
-        "OpenAI clients: their api_key",
-        "an API key",
+def client_role(api_keys: Iterable[str], identities: Iterable[str] = ()) -> Role:
+    return Role.of("a client", api_keys, identities, _CLIENT_HINT, "an API key")
+
+
+def operator_role(operator_keys: Iterable[str], client: Role) -> Role:
+    """Holders of `operator_keys`; with none set it is open only where clients are, and
+    closed (sealed) on a router whose clients need keys."""
+    role = Role.of(
+        OPERATOR_ROLE_NAME,
+        operator_keys,
+        (),
+        "set MODELYARD_ROUTER_OPERATOR_KEYS and send one like an API key",
+        "an operator key",
     )
-    return Rule((service_prefix(SERVICE_NAME),), client)
+    return dataclasses.replace(role, sealed=client.configured and not role.configured)
 
 
-def router_gate(api_keys: Iterable[str], identities: Iterable[str] = ()) -> AccessGate:
+def client_rule(
+    api_keys: Iterable[str], identities: Iterable[str] = (), operator_keys: Iterable[str] = ()
+) -> Rule:
+    """Every RouterService method is for clients holding one of `api_keys` (and, when
+    `identities` are given, an mTLS certificate naming one of them), and for operators."""
+    client = client_role(api_keys, identities)
+    operator = operator_role(operator_keys, client)
+    also = (operator,) if operator.keys else ()
+    return Rule((service_prefix(SERVICE_NAME),), client, also)
+
+
+def operator_rule(
+    api_keys: Iterable[str], identities: Iterable[str] = (), operator_keys: Iterable[str] = ()
+) -> Rule:
+    """OPERATOR_METHODS (and OPERATOR_PATHS on the HTTP front) are for operators only."""
+    operator = operator_role(operator_keys, client_role(api_keys, identities))
+    return Rule(OPERATOR_METHODS + OPERATOR_PATHS, operator)
+
+
+def router_rules(
+    api_keys: Sequence[str], identities: Sequence[str] = (), operator_keys: Sequence[str] = ()
+) -> list[Rule]:
+    """The rules both fronts check, the narrower (operator) one first."""
+    return [
+        operator_rule(api_keys, identities, operator_keys),
+        client_rule(api_keys, identities, operator_keys),
+    ]
+
+
+def router_gate(
+    api_keys: Sequence[str], identities: Sequence[str] = (), operator_keys: Sequence[str] = ()
+) -> AccessGate:
     """The router's server interceptor."""
-    return AccessGate([client_rule(api_keys, identities)])
+    return AccessGate(router_rules(api_keys, identities, operator_keys))

@@ -199,6 +199,15 @@ class RouterSettings(ServiceSettings):
             "present, in addition to an API key when keys are set. Empty: any certificate."
         ),
     )
+    operator_keys: CommaList = Field(
+        default_factory=list,
+        description=(
+            "Operator API keys, 'name:key' entries: GetRoutingStats, ListWorkers, /v1/stats "
+            "(the whole mesh's traffic and its workers) need one once the router has client "
+            "keys or identities; client keys are refused there. Operator keys may call "
+            "everything clients can. Empty on a router with client keys: nobody reads them."
+        ),
+    )
     max_in_flight: int = Field(
         default=1024,
         ge=1,

@@ -67,7 +67,9 @@ async def start_router(settings: RouterSettings) -> RunningRouter:
             [SERVICE_NAME],
             tls=settings.tls,
             limits=settings.limits,
-            interceptors=[router_gate(settings.api_keys, settings.client_identities)],
+            interceptors=[
+                router_gate(settings.api_keys, settings.client_identities, settings.operator_keys)
+            ],
         )
         stack.push_async_callback(running.stop, STOP_GRACE_S)
         # /health on the HTTP front: serving from here until a stop begins.
@@ -78,6 +80,7 @@ async def start_router(settings: RouterSettings) -> RunningRouter:
                 settings.http_address,
                 parts.api,
                 api_keys=settings.api_keys,
+                operator_keys=settings.operator_keys,
                 limits=FrontLimits(settings.http_max_body_bytes, settings.http_max_concurrency),
                 tls=settings.tls,
                 ignore_unknown=settings.http_ignore_unknown_params,

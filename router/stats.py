@@ -114,6 +114,19 @@ class _Series(OrderedDict[tuple[str, ...], Traffic]):
         return traffic
 
 
+def may_score(scorer: str, maker: str) -> bool:
+    """Feedback through key `scorer` on a request key `maker` made ("": no key)."""
+    return not scorer or not maker or scorer == maker
+
+
+@dataclass(frozen=True)
+class _Scorable:
+    at: float
+    model: ModelSeriesKey
+    arm: ArmKey | None
+    client: str
+
+
 class FeedbackBook:
     """Recent request ids -> the stats keys they counted under, bounded in size and age."""
 
@@ -126,26 +139,34 @@ class FeedbackBook:
         self._max = max_entries
         self._ttl_s = ttl_s
         self._clock = clock
-        self._entries: OrderedDict[str, tuple[float, ModelSeriesKey, ArmKey | None]] = OrderedDict()
+        self._entries: OrderedDict[str, _Scorable] = OrderedDict()
 
-    def remember(self, request_id: str, model: ModelSeriesKey, arm: ArmKey | None) -> None:
+    def remember(
+        self, request_id: str, model: ModelSeriesKey, arm: ArmKey | None, client: str = ""
+    ) -> None:
         self._entries.pop(request_id, None)
-        self._entries[request_id] = (self._clock(), model, arm)
+        self._entries[request_id] = _Scorable(self._clock(), model, arm, client)
         self._expire()
         while len(self._entries) > self._max:
             self._entries.popitem(last=False)
 
-    def take(self, request_id: str) -> tuple[ModelSeriesKey, ArmKey | None] | None:
-        """The request's stats keys, once: a request is scored at most one time."""
+    def take(
+        self, request_id: str, client: str = ""
+    ) -> tuple[ModelSeriesKey, ArmKey | None] | None:
+        """The request's stats keys, once: a request is scored at most one time, and only
+        through the key that made it (`client` "": an operator, or an open router)."""
         self._expire()
-        entry = self._entries.pop(request_id, None)
-        return None if entry is None else (entry[1], entry[2])
+        entry = self._entries.get(request_id)
+        if entry is None or not may_score(client, entry.client):
+            return None  # another key's request looks unknown: ids tell nothing
+        del self._entries[request_id]
+        return entry.model, entry.arm
 
     def _expire(self) -> None:
         cutoff = self._clock() - self._ttl_s
         while self._entries:
             oldest = next(iter(self._entries.values()))
-            if oldest[0] >= cutoff:
+            if oldest.at >= cutoff:
                 return
             self._entries.popitem(last=False)
 
@@ -173,11 +194,12 @@ class RoutingStats:
         for traffic in series:
             _add(traffic, outcome)
         if outcome.ok:
-            self.feedback.remember(request_id, series_key, arm_key)
+            self.feedback.remember(request_id, series_key, arm_key, outcome.client)
 
-    def record_feedback(self, request_id: str, score: float) -> bool:
-        """False when the request id is unknown, expired or already scored."""
-        found = self.feedback.take(request_id)
+    def record_feedback(self, request_id: str, score: float, client: str = "") -> bool:
+        """False when the request id is unknown, expired, already scored, or made by
+        another key than `client`."""
+        found = self.feedback.take(request_id, client)
         if found is None:
             return False
         series_key, arm_key = found

@@ -162,8 +162,8 @@ class AttachFeedbackRequest(_message.Message):
     client: _builtins.str
     """The name of the API key the feedback comes through (set by the router,
     never by the end user). When the outcome was made under a key, only the
-    same key may score it: PERMISSION_DENIED otherwise. Empty: the caller is
-    an operator (admin) or the router runs without API keys.
+    same key may score it: another key's request is NOT_FOUND, as if unknown.
+    Empty: the caller is an operator or the router runs without API keys.
     """
     def __init__(
         self,

@@ -35,11 +35,11 @@ from modelyard.bearer import bearer_token
 from modelyard.errors import ModelyardError, Unauthenticated
 from modelyard.refs import key_of
 from modelyard.v1 import router_pb2
-from router.auth import client_rule
+from router.auth import client_rule, operator_rule
 from router.cache import cache_header
 from router.openai.admission import Admission, FrontLimits
 from router.openai.choices import chunks, collect
-from router.openai.errors import OpenAIError, from_error, invalid, unauthorized
+from router.openai.errors import OpenAIError, forbidden, from_error, invalid, unauthorized
 from router.openai.outcomes import StatsOperations, outcome_routes
 from router.openai.probes import OPEN_PATHS, probe_routes
 from router.openai.responses import Shape
@@ -71,6 +71,7 @@ def build_app(
     router: RouterOperations,
     *,
     api_keys: Sequence[str] = (),
+    operator_keys: Sequence[str] = (),
     timeout_s: float = 600.0,
     limits: FrontLimits | None = None,
     ignore_unknown: bool = False,
@@ -79,12 +80,13 @@ def build_app(
     outcomes: StatsOperations | None = None,
 ) -> Starlette:
     """The HTTP front over `router`; `api_keys` (none: open) guard every endpoint but
-    /health and /metrics (router/openai/probes.py says why), `limits` bound the body size
+    /health and /metrics (router/openai/probes.py says why), and /v1/stats takes an
+    `operator_keys` key (router/auth.py), `limits` bound the body size
     and requests in flight, and `timeout_s` caps each request. `ignore_unknown` ignores
     unknown body parameters (listed in a header) rather than refusing them; /health
     follows `serving` and /metrics exposes `metrics`; with `outcomes`, /v1/feedback and
     /v1/stats (router/openai/outcomes.py) are served too."""
-    front = _Front(router, api_keys, timeout_s, ignore_unknown)
+    front = _Front(router, api_keys, operator_keys, timeout_s, ignore_unknown)
     admission = Middleware(
         Admission,
         authorize=front._authorize,
@@ -121,11 +123,13 @@ class _Front:
         self,
         router: RouterOperations,
         api_keys: Sequence[str],
+        operator_keys: Sequence[str],
         timeout_s: float,
         ignore_unknown: bool,
     ) -> None:
         self._router = router
-        self._rule = client_rule(api_keys)
+        self._rule = client_rule(api_keys, (), operator_keys)
+        self._operator_rule = operator_rule(api_keys, (), operator_keys)
         self._timeout_s = timeout_s
         self._ignore_unknown = ignore_unknown
 
@@ -160,20 +164,20 @@ class _Front:
 
     def _authorize(self, request: Request) -> None:
         """401 unless the request carries one of the API keys (when any are configured)."""
-        if not self._rule.enabled:
+        path = request.url.path
+        rule = self._operator_rule if self._operator_rule.covers(path) else self._rule
+        if not rule.enabled:
             return
         sent = bearer_token(request.headers.items())
-        outcome = self._rule.decide(f"{request.method} {request.url.path}", sent, ())
+        outcome = rule.decide(f"{request.method} {path}", sent, ())
         if isinstance(outcome, Caller):
             enter_caller(outcome)
-        else:
-            missing = isinstance(outcome, Unauthenticated)
-            message = (
-                "no API key: send 'Authorization: Bearer <key>'"
-                if missing
-                else "the API key is not valid"
-            )
-            raise unauthorized(message, missing=missing)
+            return
+        if isinstance(outcome, Unauthenticated):
+            raise unauthorized("no API key: send 'Authorization: Bearer <key>'", missing=True)
+        if rule is self._operator_rule and isinstance(self._rule.decide("", sent, ()), Caller):
+            raise forbidden(f"{path} needs an operator key (MODELYARD_ROUTER_OPERATOR_KEYS)")
+        raise unauthorized("the API key is not valid", missing=False)
 
     async def _generate(
         self,

@@ -92,6 +92,11 @@ def unauthorized(message: str, *, missing: bool) -> OpenAIError:
     )
 
 
+def forbidden(message: str) -> OpenAIError:
+    """403: a valid key that may not call this endpoint."""
+    return OpenAIError(403, message, code="permission_denied")
+
+
 def too_large(limit: int) -> OpenAIError:
     """413: the request body is over the front's limit."""
     return OpenAIError(

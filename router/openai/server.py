@@ -52,6 +52,7 @@ async def start_http_front(
     router: RouterOperations,
     *,
     api_keys: Sequence[str] = (),
+    operator_keys: Sequence[str] = (),
     limits: FrontLimits | None = None,
     tls: TlsSettings | None = None,
     ignore_unknown: bool = False,
@@ -70,6 +71,7 @@ async def start_http_front(
         build_app(
             router,
             api_keys=api_keys,
+            operator_keys=operator_keys,
             limits=limits,
             ignore_unknown=ignore_unknown,
             serving=serving,

@@ -88,13 +88,21 @@ class MeshOutcomes:
         return reply
 
     async def feedback(
-        self, request: router_pb2.RecordFeedbackRequest, *, time_left_s: float | None = None
+        self,
+        request: router_pb2.RecordFeedbackRequest,
+        client: str = "",
+        *,
+        time_left_s: float | None = None,
     ) -> None:
-        """Attach the score and comment in the registry, whichever replica served it;
-        `time_left_s`: the caller's deadline, which the NOT_FOUND retries respect."""
+        """Attach the score and comment in the registry, whichever replica served it, as
+        key `client` (router/outcomes/ops.py); `time_left_s`: the caller's deadline, which
+        the NOT_FOUND retries respect."""
         await self.shipper.flush(request.request_id, timeout_s=self._timeout_s)
         attach = outcomes_pb2.AttachFeedbackRequest(
-            request_id=request.request_id, score=request.score, comment=request.comment
+            request_id=request.request_id,
+            score=request.score,
+            comment=request.comment,
+            client=client,
         )
         # Another replica may still buffer the outcome (it ships every interval): a
         # NOT_FOUND is retried until the wait is over.

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import math
 
+from modelyard.auth import current_caller
 from modelyard.errors import FieldViolation, InvalidArgument, NotFound
 from modelyard.v1 import router_pb2
+from router.auth import OPERATOR_ROLE_NAME
 from router.outcomes.mesh import MeshOutcomes
 from router.relay.requests import MAX_REQUEST_ID_LENGTH
 from router.stats import RoutingStats
@@ -32,17 +34,28 @@ class OutcomeOps:
         self, request: router_pb2.RecordFeedbackRequest, *, time_left_s: float | None = None
     ) -> None:
         check_feedback(request)  # arguments first: a bad score is never NOT_FOUND
+        client = scoring_client()
         if self.mesh is not None:
-            await self.mesh.feedback(request, time_left_s=time_left_s)
+            await self.mesh.feedback(request, client, time_left_s=time_left_s)
             # This replica's own figures (its answer while the registry is away) too.
-            self.stats.record_feedback(request.request_id, request.score)
+            self.stats.record_feedback(request.request_id, request.score, client)
             return
-        if not self.stats.record_feedback(request.request_id, request.score):
+        if not self.stats.record_feedback(request.request_id, request.score, client):
             raise NotFound(
                 f"request {request.request_id} is unknown, did not finish, is too old for "
                 "feedback, or was already scored",
                 reason="REQUEST_NOT_FOUND",
             )
+
+
+def scoring_client() -> str:
+    """Whose feedback this is: the caller's key (or certificate) name, as outcomes name
+    the key that made a request; "" for an operator or an open router, who may score any
+    request."""
+    caller = current_caller()
+    if caller is None or caller.role == OPERATOR_ROLE_NAME:
+        return ""
+    return caller.key_name or caller.identity
 
 
 def check_feedback(request: router_pb2.RecordFeedbackRequest) -> None:

@@ -303,6 +303,7 @@ CREDENTIAL_SECRETS = {
     "workerOperator": "modelyard-worker-operator-token",
     "workerApiKey": "modelyard-worker-api-key",
     "routerApiKeys": "modelyard-router-api-keys",
+    "routerOperator": "modelyard-router-operator-key",
 }
 # Which credentials each role's pods may read: the ones they present and the ones they check.
 ROLE_CREDENTIALS = {
@@ -312,7 +313,13 @@ ROLE_CREDENTIALS = {
         "outcomeWriterRouter",
         "registryReaderWorker",
     },
-    "router": {"routerApiKeys", "registryReaderRouter", "outcomeWriterRouter", "workerApiKey"},
+    "router": {
+        "routerApiKeys",
+        "routerOperator",
+        "registryReaderRouter",
+        "outcomeWriterRouter",
+        "workerApiKey",
+    },
     "worker": {"workerOperator", "workerApiKey", "registryReaderWorker"},
     "test": {"routerApiKeys:test"},
     "consul": set(),

@@ -94,6 +94,7 @@ registryReaderWorker: registry-reader-worker
 workerOperator: worker-operator-token
 workerApiKey: worker-api-key
 routerApiKeys: router-api-keys
+routerOperator: router-operator-key
 {{- end -}}
 
 {{- define "modelyard.authSecretName" -}}

@@ -104,6 +104,22 @@ async def test_feedback_once_with_its_comment(outcomes: OutcomeStore) -> None:
     assert traffic.feedback_count == 1 and traffic.mean_feedback_score == 0.5
 
 
+async def test_feedback_only_through_the_key_that_made_the_request(
+    outcomes: OutcomeStore,
+) -> None:
+    await outcomes.record([outcome("bobs", client="bob"), outcome("open")])
+    # Another key's request looks unknown (NOT_FOUND, not ALREADY_EXISTS or DENIED).
+    with pytest.raises(NotFound):
+        await outcomes.attach_feedback("bobs", 1.0, "", client="alice")
+    await outcomes.attach_feedback("bobs", 1.0, "mine", client="bob")
+    with pytest.raises(AlreadyExists):
+        await outcomes.attach_feedback("bobs", 1.0, "", client="bob")
+    # A request made without a key may be scored through one; "" (operator) scores any.
+    await outcomes.attach_feedback("open", 0.0, "", client="alice")
+    traffic = only_model(await outcomes.query())
+    assert traffic.feedback_count == 2
+
+
 async def test_stats_follow_the_routers_semantics(outcomes: OutcomeStore) -> None:
     await outcomes.record(
         [

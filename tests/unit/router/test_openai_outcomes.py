@@ -14,7 +14,9 @@ from router.openai.app import build_app
 from router.outcomes.ops import OutcomeOps
 from router.stats import Outcome, RoutingStats
 
-KEY = {"authorization": "Bearer key-1"}
+KEY = {"authorization": "Bearer key-1"}  # alice's
+BOB = {"authorization": "Bearer key-2"}
+OPERATOR = {"authorization": "Bearer ops-1"}
 
 
 class _NoGeneration:
@@ -34,7 +36,13 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
     stats = RoutingStats()
     usage = common_pb2.Usage(input_tokens=3, output_tokens=2)
     stats.record("req-1", Outcome(model="m", version="1", usage=usage, ttft_ms=5, total_ms=9))
-    app = build_app(_NoGeneration(), api_keys=["key-1"], outcomes=OutcomeOps(stats))
+    stats.record("req-bob", Outcome(model="m", version="1", usage=usage, client="bob"))
+    app = build_app(
+        _NoGeneration(),
+        api_keys=["alice:key-1", "bob:key-2"],
+        operator_keys=["ops:ops-1"],
+        outcomes=OutcomeOps(stats),
+    )
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://front") as c:
         yield c
@@ -62,12 +70,34 @@ async def test_feedback_then_stats_over_http(client: httpx.AsyncClient) -> None:
         refused = await client.post("/v1/feedback", json=bad, headers=KEY)
         assert refused.status_code == 400, bad
         assert set(refused.json()["error"]) == {"message", "type", "param", "code"}
-    stats = await client.get("/v1/stats", params={"model": "m", "since": "1h"}, headers=KEY)
+    stats = await client.get("/v1/stats", params={"model": "m", "since": "1h"}, headers=OPERATOR)
     assert stats.status_code == 200
     reply = stats.json()
     assert reply["mesh_wide"] is False  # no registry behind this front
     traffic = reply["models"][0]["traffic"]
-    assert traffic["requests"] == "1" and traffic["feedback_count"] == "1"
+    assert traffic["requests"] == "2" and traffic["feedback_count"] == "1"
     for params in ({"since": "soon"}, {"since": "0s"}, {"window": "1h"}):
-        refused = await client.get("/v1/stats", params=params, headers=KEY)
+        refused = await client.get("/v1/stats", params=params, headers=OPERATOR)
         assert refused.status_code == 400, params
+
+
+async def test_stats_are_for_operators_and_feedback_for_the_key_that_asked(
+    client: httpx.AsyncClient,
+) -> None:
+    # A client key is valid but not an operator's: 403, not 401.
+    refused = await client.get("/v1/stats", headers=KEY)
+    assert refused.status_code == 403
+    assert "MODELYARD_ROUTER_OPERATOR_KEYS" in refused.json()["error"]["message"]
+    assert (
+        await client.get("/v1/stats", headers={"authorization": "Bearer nope"})
+    ).status_code == 401
+    # Bob's request: alice cannot score it (it looks unknown to her), bob can, once.
+    body = {"request_id": "req-bob", "score": -1}
+    assert (await client.post("/v1/feedback", json=body, headers=KEY)).status_code == 404
+    assert (await client.post("/v1/feedback", json=body, headers=BOB)).status_code == 200
+    assert (await client.post("/v1/feedback", json=body, headers=BOB)).status_code == 404
+    # An operator may score any request, and call what clients call.
+    ok = await client.post(
+        "/v1/feedback", json={"request_id": "req-1", "score": 1}, headers=OPERATOR
+    )
+    assert ok.status_code == 200

@@ -49,3 +49,60 @@ async def test_router_api_keys(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_router_without_keys_lets_everything_through() -> None:
     assert not router_gate(RouterSettings().api_keys).enabled
+
+
+class StatsRouter(Router):
+    async def GetRoutingStats(self, request: Any, context: Any) -> Any:
+        return router_pb2.GetRoutingStatsResponse()
+
+    async def ListWorkers(self, request: Any, context: Any) -> Any:
+        return router_pb2.ListWorkersResponse()
+
+
+async def _codes(gate: Any, key: str) -> dict[str, grpc.StatusCode]:
+    """The status each of ListModels, GetRoutingStats and ListWorkers answers `key` with."""
+    running, address = await serve_with(
+        lambda s: router_pb2_grpc.add_RouterServiceServicer_to_server(StatsRouter(), s),  # type: ignore[abstract]
+        gate,
+        "modelyard.v1.RouterService",
+    )
+    calls = {
+        "ListModels": router_pb2.RouterServiceListModelsRequest(),
+        "GetRoutingStats": router_pb2.GetRoutingStatsRequest(),
+        "ListWorkers": router_pb2.ListWorkersRequest(),
+    }
+    codes: dict[str, grpc.StatusCode] = {}
+    try:
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub: Any = router_pb2_grpc.RouterServiceStub(channel)
+            for name, request in calls.items():
+                try:
+                    await getattr(stub, name)(request, timeout=5, metadata=bearer_metadata(key))
+                    codes[name] = grpc.StatusCode.OK
+                except grpc.aio.AioRpcError as err:
+                    codes[name] = err.code()
+                    assert err.code() != grpc.StatusCode.PERMISSION_DENIED or (
+                        "MODELYARD_ROUTER_OPERATOR_KEYS" in (err.details() or "")
+                    )
+    finally:
+        await running.stop(0)
+    return codes
+
+
+async def test_stats_and_workers_are_for_operators() -> None:
+    ok, denied = grpc.StatusCode.OK, grpc.StatusCode.PERMISSION_DENIED
+    gate = router_gate(["app:client-key"], (), ["ops:operator-key"])
+    assert await _codes(gate, "client-key") == {
+        "ListModels": ok,
+        "GetRoutingStats": denied,
+        "ListWorkers": denied,
+    }
+    assert set((await _codes(gate, "operator-key")).values()) == {ok}
+    # Client keys but no operator key configured: nobody reads the mesh's traffic (closed,
+    # not open), and the refusal says which setting opens it.
+    sealed = router_gate(["app:client-key"])
+    assert await _codes(sealed, "client-key") == {
+        "ListModels": ok,
+        "GetRoutingStats": denied,
+        "ListWorkers": denied,
+    }
