@@ -86,6 +86,11 @@ class Accounting:
             self.outcomes.record(request_id, outcome)  # mesh-wide stats count hits too
         if self.metrics is not None:
             self.metrics.requests.labels(model=outcome.label, arm=outcome.arm, code="OK").inc()
+            replayed = outcome.usage.output_tokens if outcome.usage is not None else 0
+            self.metrics.tokens.labels(model=outcome.label, kind="replayed").inc(replayed)
+            if outcome.client:
+                tokens = self.metrics.client_tokens
+                tokens.labels(api_key=outcome.client, kind="replayed").inc(replayed)
 
     def failed(self, request_id: str, outcome: Outcome, code: str) -> None:
         self.stats.record(request_id, outcome)

@@ -41,9 +41,10 @@ BREAKER_STATES = {
     router_pb2.BREAKER_STATE_HALF_OPEN: "half_open",
     router_pb2.BREAKER_STATE_OPEN: "open",
 }
-# Kinds of the token counters: prompt, generated, and prompt tokens served from the
-# worker's prefix cache (part of input, not in addition to it).
-TOKEN_KINDS = ("input", "output", "cached")
+# Kinds of the token counters: prompt, generated, prompt tokens served from the worker's
+# prefix cache (part of input, not in addition to it), and output tokens the router
+# replayed from its response cache (no worker generated them: not in output).
+TOKEN_KINDS = ("input", "output", "cached", "replayed")
 
 
 class _HealthyWorkers(Collector):
@@ -106,14 +107,15 @@ class RouterMetrics:
         self.tokens = Counter(
             "modelyard_router_tokens",
             "Tokens of the requests the router finished, by model and kind (input, output, "
-            "cached: input tokens the worker's prefix cache served).",
+            "cached: input tokens the worker's prefix cache served; replayed: output tokens "
+            "answered from the router's response cache, not in output).",
             ["model", "kind"],
             registry=r,
         )
         self.client_tokens = Counter(
             "modelyard_router_client_tokens",
             "Tokens served per client API key (by its configured name) and kind "
-            "(input, output): usage per key.",
+            "(input, output; replayed: output answered from the response cache): usage per key.",
             ["api_key", "kind"],
             registry=r,
         )
@@ -169,7 +171,8 @@ class ResponseCacheMetrics:
     def __init__(self, r: CollectorRegistry) -> None:
         self.lookups = Counter(
             "modelyard_router_response_cache_lookups",
-            "Lookups of cacheable requests, by result (hit, miss; a failed backend is a miss).",
+            "Lookups of cacheable requests, by result (hit, miss; a failed backend is a miss; "
+            "shared: a miss an identical request in flight answered, counted as a miss too).",
             ["result"],
             registry=r,
         )

@@ -88,6 +88,11 @@ class ResponseCache:
     def _paused(self) -> bool:
         return self._clock() < self._paused_until
 
+    def count_shared(self) -> None:
+        """A miss answered by an identical request in flight (router/cache/flight.py)."""
+        if self._metrics is not None:
+            self._metrics.lookups.labels(result="shared").inc()
+
     def _counted(self, entry: Entry | None) -> Entry | None:
         if self._metrics is not None:
             self._metrics.lookups.labels(result="miss" if entry is None else "hit").inc()

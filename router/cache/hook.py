@@ -22,6 +22,7 @@ from modelyard.v1 import common_pb2, model_pb2, router_pb2
 from router.accounting import Accounting
 from router.cache.cache import ResponseCache, ttl_of
 from router.cache.entry import Entry, Recorder
+from router.cache.flight import Flights
 from router.cache.key import cache_key, cacheable
 from router.catalog import Target
 from router.stats import Outcome
@@ -45,6 +46,8 @@ class Lookup:
     ttl_s: float = 0.0
     entry: Entry | None = None
     recorder: Recorder = field(default_factory=Recorder)
+    leads: bool = False  # this miss leads the key's flight (router/cache/flight.py)
+    stored: Entry | None = None  # what this miss stored, shared with its flight
 
     @property
     def hit(self) -> bool:
@@ -66,6 +69,7 @@ class CacheHook:
         self._cache = cache
         self._acct = accounting
         self._clock = clock
+        self._flights = Flights()
 
     async def lookup(
         self,
@@ -74,9 +78,12 @@ class CacheHook:
         target: Target,
         client: str,
         span: trace.Span,
+        wait_s: float | None = None,
     ) -> Lookup:
         """The cached answer, if the route caches, the request is deterministic and one
-        is stored. Only a route's single resolved model version is looked up."""
+        is stored (or an identical request in flight shares its answer within `wait_s`).
+        Only a route's single resolved model version is looked up. A lookup that leads a
+        flight must be `release`d."""
         policy = target.response_cache
         if (
             self._cache is None
@@ -89,12 +96,22 @@ class CacheHook:
         model = target.models[0]
         key = cache_key(request, model, client=client if policy.per_api_key else "")
         entry = await self._cache.get(key)
+        leads = False
+        if entry is None:
+            leads, entry = await self._flights.join(key, wait_s)
+            if entry is not None:
+                self._cache.count_shared()
         span.set_attribute(HIT_ATTRIBUTE, entry is not None)
         if entry is not None:  # what the relay states for a worker's answer, from the entry
             span.set_attributes(response_attributes(key_of(model), request_id))
             span.set_attributes(usage_attributes(entry.finished.usage))
         recorder = Recorder(self._cache.backend.max_entry_bytes)
-        return Lookup(key, model, float(ttl_of(policy.ttl_seconds)), entry, recorder)
+        return Lookup(key, model, float(ttl_of(policy.ttl_seconds)), entry, recorder, leads)
+
+    def release(self, look: Lookup) -> None:
+        """The request is over: a flight it led shares what it stored (or nothing)."""
+        if look.leads:
+            self._flights.land(look.key, look.stored)
 
     async def replay(
         self,
@@ -146,6 +163,7 @@ class CacheHook:
             return
         entry = look.recorder.entry()
         if entry is not None:
+            look.stored = entry
             await self._cache.put(look.key, entry, look.ttl_s)
 
     async def close(self) -> None:

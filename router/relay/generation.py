@@ -146,8 +146,9 @@ class Relay:
                 with trace.use_span(span, record_exception=False, set_status_on_exception=False):
                     run = await self._prepare(request, request_id, started_at, deadline, span)
                     look = await self._cache.lookup(
-                        request, request_id, run.target, run.client, span
+                        request, request_id, run.target, run.client, span, self._left(deadline)
                     )
+                    cleanup.callback(self._cache.release, look)
                     leg = None if look.hit else await self._commit(run, cleanup)
                 if leg is None:  # answered from the response cache: no worker call
                     hit = self._cache.replay(

@@ -181,7 +181,14 @@ class Pause:
     seconds: float
 
 
-Step: TypeAlias = worker_pb2.WorkerServiceGenerateResponse | Fail | Pause
+@dataclass(frozen=True)
+class Gate:
+    """Script step: wait until the test opens the gate (sets the event)."""
+
+    opened: asyncio.Event
+
+
+Step: TypeAlias = worker_pb2.WorkerServiceGenerateResponse | Fail | Pause | Gate
 
 
 def started() -> worker_pb2.WorkerServiceGenerateResponse:
@@ -244,6 +251,8 @@ class FakeWorker(worker_pb2_grpc.WorkerServiceServicer):
             for step in self.script:
                 if isinstance(step, Pause):
                     await asyncio.sleep(step.seconds)
+                elif isinstance(step, Gate):
+                    await step.opened.wait()
                 elif isinstance(step, Fail):
                     await context.abort(step.code, step.message)
                 elif step.WhichOneof("event") == "started":

@@ -4,6 +4,7 @@ hit or a miss."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 
 import openai
@@ -18,9 +19,11 @@ from router.cache.hook import HIT_ATTRIBUTE
 from router.openai.server import start_http_front
 from tests.unit.router.doubles import (
     LOOP_SCOPE,
+    Gate,
     RegistryUnderTest,
     RouterUnderTest,
     WorkerFactory,
+    happy_script,
     running_router,
     wait_until,
 )
@@ -94,6 +97,33 @@ async def test_a_repeated_greedy_request_is_answered_by_the_router_alone(
     for a in routed:  # a hit's span says what a worker's answer would
         assert a["gen_ai.response.model"] == "tiny@1"
         assert a["gen_ai.usage.output_tokens"] == 2
+
+
+async def test_identical_requests_in_flight_share_one_worker_call(
+    registry: RegistryUnderTest, start_worker: WorkerFactory
+) -> None:
+    registry.fake.routes = [cached_route()]
+    worker = await start_worker("w1")
+    opened = asyncio.Event()
+    worker.fake.script = [Gate(opened), *happy_script()]
+    async with running_router(registry.address, [worker.address], watch=True) as router:
+        await synced(router)
+        metrics = router.parts.metrics
+        lookups = metrics.response_cache.lookups
+        first = asyncio.create_task(generate(router, request()))
+        await wait_until(lambda: len(worker.fake.requests) == 1)
+        second = asyncio.create_task(generate(router, request()))
+        # Both looked up and missed; the second now waits on the first's flight.
+        await wait_until(lambda: lookups.labels(result="miss")._value.get() == 2)
+        opened.set()
+        answers = [await first, await second]
+        replayed = metrics.tokens.labels(model="tiny@1", kind="replayed")._value.get()
+        shared = lookups.labels(result="shared")._value.get()
+
+    assert len(worker.fake.requests) == 1  # one worker call for both
+    assert text(answers[0]) == text(answers[1]) == "Hello"
+    assert [a[-1].finished.cached for a in answers] == [False, True]
+    assert shared == 1 and replayed == 2
 
 
 async def test_sampled_requests_are_never_cached(
