@@ -42,7 +42,10 @@ def set_server_fields(route: model_pb2.Route, old: model_pb2.Route | None, now: 
     if not has_rollout(route):
         route.ClearField("rollout_status")
         return
+    route.ClearField("rollout_status")  # a client's copy is never read
     if needs_restart(old, route):
+        if old is not None and has_rollout(old):
+            route.rollout_status.history.extend(old.rollout_status.history)  # kept across
         start(route, now, actor=CONTROLLER)
     else:
         assert old is not None
