@@ -17,6 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from modelyard.errors import AlreadyExists, FieldViolation, InvalidArgument
+from modelyard.refs import NAME_PATTERN, VERSION_PATTERN, parse_ref
 from modelyard.v1 import outcomes_pb2
 from registry.tables import EvaluationRunRow, EvaluationTargetRow
 
@@ -36,7 +37,7 @@ def check_run(run: outcomes_pb2.EvaluationRun) -> None:
     bad: list[FieldViolation] = []
     if not 1 <= len(run.id) <= MAX_ID_CHARS or not run.id.isprintable():
         bad.append(FieldViolation("run.id", f"1 to {MAX_ID_CHARS} printable characters"))
-    if len(run.dataset) > MAX_TEXT_CHARS:
+    if len(run.dataset) > MAX_TEXT_CHARS or "\x00" in run.dataset:
         bad.append(FieldViolation("run.dataset", f"at most {MAX_TEXT_CHARS} characters"))
     if run.dataset_sha256 and not SHA256.fullmatch(run.dataset_sha256):
         bad.append(FieldViolation("run.dataset_sha256", "64 lowercase hex digits, or empty"))
@@ -53,11 +54,12 @@ def _check_target(
 ) -> None:
     if len(target.target) > MAX_TEXT_CHARS:
         bad.append(FieldViolation(f"{where}.target", f"at most {MAX_TEXT_CHARS} characters"))
-    for field in ("model", "version", "arm"):
-        if len(getattr(target, field)) > MAX_NAME_CHARS:
-            bad.append(FieldViolation(f"{where}.{field}", f"at most {MAX_NAME_CHARS} characters"))
-    if not target.model:
-        bad.append(FieldViolation(f"{where}.model", "required: the model that answered"))
+    if len(target.arm) > MAX_NAME_CHARS or "\x00" in target.target + target.arm:
+        bad.append(FieldViolation(f"{where}.arm", f"at most {MAX_NAME_CHARS} characters"))
+    if not NAME_PATTERN.match(target.model):
+        bad.append(FieldViolation(f"{where}.model", "the model name that answered (required)"))
+    if target.version and not VERSION_PATTERN.match(target.version):
+        bad.append(FieldViolation(f"{where}.version", "not a valid version"))
     if len(target.metrics) > MAX_METRICS:
         bad.append(FieldViolation(f"{where}.metrics", f"at most {MAX_METRICS} metrics"))
     numbers = (target.cost_usd, target.latency_p50_ms, target.latency_p95_ms)
@@ -109,8 +111,8 @@ class EvaluationStore:
     async def list(self, model: str = "", limit: int = 0) -> list[outcomes_pb2.EvaluationRun]:
         if limit > MAX_LIMIT:
             raise InvalidArgument.for_field("limit", f"1 to {MAX_LIMIT}, or 0 for {DEFAULT_LIMIT}")
-        if len(model) > 2 * MAX_NAME_CHARS + 1:
-            raise InvalidArgument.for_field("model", "a model name or name@version")
+        if model:
+            parse_ref(model, "model")
         async with self._sessions() as session:
             return await runs_with(session, [model] if model else [], limit or DEFAULT_LIMIT)
 
