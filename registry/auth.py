@@ -3,9 +3,10 @@ read it, outcome writers (routers) record outcomes and feedback.
 
 Writes need the admin role: the admin token and/or, with mTLS, a certificate naming an
 admin identity. Reads need the reader role (a reader token and/or identity) or the admin
-role. RecordOutcomes and AttachFeedback need the outcome-writer role (or the admin): a
-router never holds the admin token, and a reader cannot write outcomes; QueryOutcomeStats
-is a read. A role with no credentials configured leaves its methods open (the local
+role (ControlRollout is a write). RecordOutcomes, AttachFeedback and RecordEvaluation
+(`modelyard eval --record`) need the outcome-writer role (or the admin): a router never
+holds the admin token, and a reader cannot write outcomes; QueryOutcomeStats and
+ListEvaluations are reads. A role with no credentials configured leaves its methods open (the local
 default).
 """
 
@@ -21,10 +22,18 @@ OUTCOME_SERVICE_NAME = outcomes_pb2.DESCRIPTOR.services_by_name["OutcomeService"
 
 WRITE_METHODS = tuple(
     method_name(SERVICE_NAME, m)
-    for m in ("RegisterModel", "SetStage", "DeleteModel", "PutRoute", "DeleteRoute")
+    for m in (
+        "RegisterModel",
+        "SetStage",
+        "DeleteModel",
+        "PutRoute",
+        "DeleteRoute",
+        "ControlRollout",
+    )
 )
 OUTCOME_WRITE_METHODS = tuple(
-    method_name(OUTCOME_SERVICE_NAME, m) for m in ("RecordOutcomes", "AttachFeedback")
+    method_name(OUTCOME_SERVICE_NAME, m)
+    for m in ("RecordOutcomes", "AttachFeedback", "RecordEvaluation")
 )
 
 

@@ -93,6 +93,15 @@ class RegistrySettings(ServiceSettings):
     outcome_fold_interval_s: float = Field(
         default=60.0, gt=0, description="How often the registry folds and expires outcomes."
     )
+    rollout_interval_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        le=3600,
+        description=(
+            "How often the rollout controller judges each running rollout's step "
+            "(on PostgreSQL only the replica holding the controller lock does)."
+        ),
+    )
     change_retention: int = Field(
         default=10_000,
         ge=1,

@@ -20,6 +20,7 @@ from registry.metrics import serve_metrics
 from registry.outcome_fold import start_folding, stop_folding
 from registry.outcome_service import add_to_server as add_outcome_service
 from registry.outcomes import OutcomeStore, Retention
+from registry.rollout.controller import RolloutController, start_controller, stop_controller
 from registry.service import add_to_server
 from registry.store import RegistryStore, open_store
 
@@ -42,6 +43,7 @@ async def serve(
         gate = _gate(settings)
         outcomes = _outcome_store(settings, store)
         folding = start_folding(outcomes, settings.outcome_fold_interval_s)
+        rollouts = start_controller(RolloutController(store), settings.rollout_interval_seconds)
         running = await start_server(
             settings.address,
             functools.partial(_add_services, store, outcomes),
@@ -81,6 +83,7 @@ async def serve(
         finally:
             await running.stop(STOP_GRACE_S)
             await stop_folding(folding)
+            await stop_controller(rollouts)
     finally:
         await store.close()
 

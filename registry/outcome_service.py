@@ -11,6 +11,7 @@ import grpc
 
 from modelyard.errors import grpc_errors
 from modelyard.v1 import outcomes_pb2, outcomes_pb2_grpc
+from registry.evaluations import EvaluationStore
 from registry.outcomes import OutcomeStore
 
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
@@ -21,16 +22,21 @@ SERVICE_NAME = outcomes_pb2.DESCRIPTOR.services_by_name["OutcomeService"].full_n
 class OutcomeServicer(outcomes_pb2_grpc.OutcomeServiceServicer):
     def __init__(self, store: OutcomeStore) -> None:
         self._store = store
+        self._evaluations = EvaluationStore(store.engine)
 
-    async def RecordEvaluation(self, request: Any, context: Context) -> Any:
-        # Placeholder while the feature is built; the contract already names it.
-        await context.abort(
-            grpc.StatusCode.UNIMPLEMENTED, "RecordEvaluation is not implemented yet"
-        )
+    @grpc_errors
+    async def RecordEvaluation(
+        self, request: outcomes_pb2.RecordEvaluationRequest, context: Context
+    ) -> outcomes_pb2.RecordEvaluationResponse:
+        await self._evaluations.record(request.run)
+        return outcomes_pb2.RecordEvaluationResponse()
 
-    async def ListEvaluations(self, request: Any, context: Context) -> Any:
-        # Placeholder while the feature is built; the contract already names it.
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "ListEvaluations is not implemented yet")
+    @grpc_errors
+    async def ListEvaluations(
+        self, request: outcomes_pb2.ListEvaluationsRequest, context: Context
+    ) -> outcomes_pb2.ListEvaluationsResponse:
+        runs = await self._evaluations.list(request.model, request.limit)
+        return outcomes_pb2.ListEvaluationsResponse(runs=runs)
 
     @grpc_errors
     async def RecordOutcomes(

@@ -95,6 +95,22 @@ async def save(session: AsyncSession, valid: ValidRoute, now: datetime) -> model
     return stored
 
 
+async def save_spec(
+    session: AsyncSession, route: model_pb2.Route, now: datetime
+) -> model_pb2.Route:
+    """Replace a stored route's message whose references did not change (a rollout's
+    weights and status): its reference rows stay as they are."""
+    stored = model_pb2.Route()
+    stored.CopyFrom(route)
+    stored.ClearField("updated_at")
+    row = await find(session, route.name)
+    if row is None:
+        raise NotFound(f"route {route.name!r} not found", reason="ROUTE_NOT_FOUND")
+    row.spec, row.updated_at = stored.SerializeToString(deterministic=True), now
+    stored.updated_at.CopyFrom(to_timestamp(now))
+    return stored
+
+
 async def check_model_unused(
     session: AsyncSession, name: str, version: str, *, action: str
 ) -> None:

@@ -6,12 +6,17 @@ Who may write is checked before any handler runs, by `registry.auth.registry_gat
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import datetime
 from typing import Any, TypeAlias
 
 import grpc
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from modelyard.auth import current_caller
 from modelyard.errors import InvalidArgument, grpc_errors
-from modelyard.v1 import registry_pb2, registry_pb2_grpc
+from modelyard.v1 import model_pb2, registry_pb2, registry_pb2_grpc
+from registry.rollout.control import check_request, control
+from registry.rollout.edit import RouteEdited
 from registry.store import ModelFilter, RegistryStore
 
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
@@ -21,9 +26,23 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     def __init__(self, store: RegistryStore) -> None:
         self._store = store
 
-    async def ControlRollout(self, request: Any, context: Context) -> Any:
-        # Placeholder while the feature is built; the contract already names it.
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "ControlRollout is not implemented yet")
+    @grpc_errors
+    async def ControlRollout(
+        self, request: registry_pb2.ControlRolloutRequest, context: Context
+    ) -> registry_pb2.ControlRolloutResponse:
+        check_request(request.action, request.reason)
+        caller = current_caller()
+        actor = (caller.identity or caller.key_name) if caller is not None else ""
+
+        async def edit(session: AsyncSession, route: model_pb2.Route, now: datetime) -> RouteEdited:
+            changed = control(
+                route, request.action, now, actor=actor or "admin", reason=request.reason
+            )
+            return RouteEdited(changed)
+
+        done = await self._store.edit_route(request.route, edit)
+        assert done is not None  # the edit never declines: it changes or raises
+        return registry_pb2.ControlRolloutResponse(route=done[0], revision=done[1])
 
     @grpc_errors
     async def RegisterModel(

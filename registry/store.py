@@ -27,6 +27,8 @@ from registry.database import create_engine, is_sqlite
 from registry.migrate import upgrade
 from registry.models import ModelFilter
 from registry.paging import PageKey, decode_token, encode_token, page_size_of
+from registry.rollout import status as rollout_status
+from registry.rollout.edit import RouteEdit
 from registry.tables import ModelRow, RouteRow
 from registry.validation import validate_route
 from registry.watch import BATCH, WatchHub, watch
@@ -60,11 +62,16 @@ class RouteList(NamedTuple):
 
 @dataclass
 class _Write:
-    """One write transaction; `change` stays None when the write changed nothing."""
+    """One write transaction; `change` stays None when the write changed nothing.
+
+    A write may record more changes (`also`, e.g. a rollout's promotion: the route and
+    the model's stage); each takes the next revision, all commit together.
+    """
 
     session: AsyncSession
     revision: int
     change: registry_pb2.CatalogChange | None = field(default=None)
+    more: list[registry_pb2.CatalogChange] = field(default_factory=list)
 
     def record(
         self,
@@ -76,6 +83,13 @@ class _Write:
         self.change = registry_pb2.CatalogChange(
             revision=self.revision, kind=kind, model=model, route=route
         )
+
+    async def also(
+        self, kind: registry_pb2.ChangeKind.ValueType, *, model: model_pb2.Model
+    ) -> None:
+        """One more change after `record`'s, at the next revision."""
+        self.revision = await changes.bump_revision(self.session)
+        self.more.append(registry_pb2.CatalogChange(revision=self.revision, kind=kind, model=model))
 
 
 async def open_store(
@@ -224,13 +238,35 @@ class RegistryStore:
         async with self._write() as write:
             valid = validate_route(route, await routes.facts_for(write.session, route))
             existing = await routes.find(write.session, valid.route.name)
+            now = datetime.now(UTC)
+            old = None if existing is None else routes.row_to_route(existing)
+            rollout_status.set_server_fields(valid.route, old, now)
             if existing is not None and existing.spec == valid.route.SerializeToString(
                 deterministic=True
             ):
                 return routes.row_to_route(existing), write.revision - 1
-            stored = await routes.save(write.session, valid, datetime.now(UTC))
+            stored = await routes.save(write.session, valid, now)
             write.record(registry_pb2.CHANGE_KIND_ROUTE_PUT, route=stored)
         log.info("put route %s at revision %d", stored.name, write.revision)
+        return stored, write.revision
+
+    async def edit_route(self, name: str, edit: RouteEdit) -> tuple[model_pb2.Route, int] | None:
+        """Apply `edit` (a rollout decision) to the stored route in one write: the route
+        and a promoted version's stage change together. None when the edit declined."""
+        async with self._write() as write:
+            now = datetime.now(UTC)
+            edited = await edit(write.session, await routes.get(write.session, name), now)
+            if edited is None:
+                return None
+            stored = await routes.save_spec(write.session, edited.route, now)
+            write.record(registry_pb2.CHANGE_KIND_ROUTE_PUT, route=stored)
+            if edited.promote is not None:
+                row = await models.find_exact(write.session, *edited.promote)
+                if row.stage != model_pb2.STAGE_PRODUCTION:
+                    row.stage, row.updated_at = model_pb2.STAGE_PRODUCTION, now
+                    model = convert.row_to_model(row)
+                    await write.also(registry_pb2.CHANGE_KIND_MODEL_PUT, model=model)
+        log.info("rollout of route %s changed at revision %d", name, write.revision)
         return stored, write.revision
 
     async def get_route(self, name: str) -> model_pb2.Route:
@@ -297,8 +333,10 @@ class RegistryStore:
             if write.change is None:
                 await session.rollback()  # nothing changed: the revision stays
                 return
-            changes.record(session, write.change)
+            for change in (write.change, *write.more):
+                changes.record(session, change)
             await changes.prune(session, write.revision, self.change_retention)
             await session.commit()
-        metrics.count_write(write.change.kind, write.revision)
+        for change in (write.change, *write.more):
+            metrics.count_write(change.kind, change.revision)
         self.hub.advance(write.revision)

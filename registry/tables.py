@@ -212,3 +212,31 @@ class OutcomeWindowLatencyRow(Base):
     kind: Mapped[str] = mapped_column(String(8), primary_key=True)
     bucket: Mapped[int] = mapped_column(Integer, primary_key=True)
     count: Mapped[int] = mapped_column(BigInteger)
+
+
+# -- offline evaluations: not catalogue either; see registry.evaluations -------------------
+
+
+class EvaluationRunRow(Base):
+    """One offline evaluation run: the whole EvaluationRun message plus its time."""
+
+    __tablename__ = "evaluation_runs"
+    __table_args__ = (Index("ix_evaluation_runs_created", "created_at_ms"),)
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    created_at_ms: Mapped[int] = mapped_column(BigInteger)
+    spec: Mapped[bytes] = mapped_column(LargeBinary)  # EvaluationRun, deterministic
+
+
+class EvaluationTargetRow(Base):
+    """A model version one run evaluated, so runs are found by model as an indexed query."""
+
+    __tablename__ = "evaluation_targets"
+    __table_args__ = (Index("ix_evaluation_targets_model", "model", "version"),)
+
+    run_id: Mapped[str] = mapped_column(
+        ForeignKey("evaluation_runs.id", ondelete="CASCADE"), primary_key=True
+    )
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model: Mapped[str] = mapped_column(String(128))
+    version: Mapped[str] = mapped_column(String(128))

@@ -15,7 +15,9 @@ The rules, each reported on the field that breaks it:
 - route.arms[i].model names a model version that exists and is not archived
   (a bare name needs at least one version that is not archived);
 - route.fallbacks[i] is such a model, or an existing route; no duplicates; no cycle;
-- route.default_objective is a known Objective; ceilings are finite, ttft > 0, cost >= 0.
+- route.default_objective is a known Objective; ceilings are finite, ttft > 0, cost >= 0;
+- route.rollout follows `registry.rollout.validate`; on such a route the two arms' weights
+  are the registry's (a weight of 0 is accepted: the store sets them from the status).
 
 The store keeps these true afterwards too: deleting or archiving what a route
 uses, or deleting a route another route falls back to, is FAILED_PRECONDITION.
@@ -30,6 +32,7 @@ from dataclasses import dataclass, field
 from modelyard.errors import AlreadyExists, FieldViolation, InvalidArgument
 from modelyard.refs import AUTO, ModelRef, check_name, check_version
 from modelyard.v1 import common_pb2, model_pb2
+from registry.rollout.validate import check_rollout
 
 MAX_ARMS = 64
 MAX_FALLBACKS = 16
@@ -107,6 +110,7 @@ def validate_route(route: model_pb2.Route, facts: RouteFacts) -> ValidRoute:
     _check_fallbacks(clean, facts, violations, targets, check_cycles=name_ok)
     _check_settings(clean, violations)
     _check_response_cache(clean, violations)
+    check_rollout(clean, violations)
     if violations:
         raise InvalidArgument.for_violations(violations)
     return ValidRoute(clean, tuple(targets))
@@ -133,7 +137,9 @@ def _check_arms(
                 targets.append(Target(f"arms[{i}].model", "model", ref.name, ref.version))
             else:
                 violations.append(FieldViolation(f"{where}.model", problem))
-        if not math.isfinite(arm.weight) or arm.weight <= 0:
+        # A rollout's weights are the registry's: 0 (a canary not started) is fine there.
+        floor_ok = arm.weight >= 0 if route.HasField("rollout") else arm.weight > 0
+        if not math.isfinite(arm.weight) or not floor_ok:
             violations.append(
                 FieldViolation(f"{where}.weight", f"must be a number > 0, got {arm.weight}")
             )

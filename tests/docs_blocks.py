@@ -54,6 +54,10 @@ SKIP = {
         "the two commands themselves: the first is tests/e2e/test_up.py, the second runs this test"
     ),
     "grpcurl -plaintext": "grpcurl is not installed here (no Debian or PyPI package)",
+    "--rollout-canary new --rollout-baseline old": (
+        "needs two versions of a model in a running registry; "
+        "tests/unit/registry/test_registry_cli.py runs the same commands"
+    ),
     "registry serve --address 0.0.0.0:50051": (
         "long-running services on public addresses and /var/lib; `up` runs the same commands"
     ),

@@ -2,8 +2,9 @@
 
 A route comes from flags, a YAML/JSON file (`-f route.yaml`: name, arms:
 [{name, model, weight}], fallbacks, stickySessions, defaultObjective, maxTtftMs,
-maxCostPer1kTokens, responseCache: {enabled, ttlSeconds, perApiKey}), or both: flags
-override the file.
+maxCostPer1kTokens, responseCache: {enabled, ttlSeconds, perApiKey}, rollout: {canaryArm,
+baselineArm, stepsPercent, ...}), or both: flags override the file. The rollout flags and
+`routes rollout` live in `routes_rollout.py`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from modelyard.cli import routes_rollout as rollout
 from modelyard.cli.connect import (
     PLAINTEXT,
     AdminTokenOpt,
@@ -120,38 +122,64 @@ def put(
     cache: CacheOpt = None,
     cache_ttl: CacheTtlOpt = None,
     cache_per_key: CachePerKeyOpt = None,
+    rollout_canary: rollout.CanaryOpt = None,
+    rollout_baseline: rollout.BaselineOpt = None,
+    rollout_steps: rollout.StepsOpt = None,
+    rollout_min_seconds: rollout.MinSecondsOpt = None,
+    rollout_min_requests: rollout.MinRequestsOpt = None,
+    max_error_rate_increase: rollout.ErrorRateOpt = None,
+    max_ttft_p95_ratio: rollout.TtftRatioOpt = None,
+    max_cost_ratio: rollout.CostRatioOpt = None,
+    min_feedback_delta: rollout.FeedbackOpt = None,
+    promote: rollout.PromoteOpt = None,
     registry: RegistryOpt = "127.0.0.1:50051",
     admin_token: AdminTokenOpt = "",
     json_out: JsonOpt = False,
     tls: TlsSettings = PLAINTEXT,
 ) -> None:
-    """Create or replace a route."""
+    """Create or replace a route (with --rollout-*: a staged canary rollout)."""
     with cli_errors(), registry_stub(registry, tls) as stub:
         route = load_message(file, model_pb2.Route())
-        if name is not None:
-            route.name = name
-        if arm:
-            route.ClearField("arms")
-            route.arms.extend(parse_arm(a) for a in arm)
-        if fallback:
-            route.fallbacks[:] = fallback
-        if sticky is not None:
-            route.sticky_sessions = sticky
-        if objective is not None:
-            route.default_objective = common_pb2.Objective.ValueType(
-                enum_value(common_pb2.Objective, "OBJECTIVE_", objective, "--objective")
-            )
+        _apply_flags(route, name, arm, fallback, sticky, objective, description)
         if max_ttft_ms is not None:
             route.max_ttft_ms = max_ttft_ms
         if max_cost is not None:
             route.max_cost_per_1k_tokens = max_cost
-        if description is not None:
-            route.description = description
         set_response_cache(route.response_cache, cache, cache_ttl, cache_per_key)
+        rollout.RolloutFlags.of(locals()).apply(route)
         reply = call(stub.PutRoute, registry_pb2.PutRouteRequest(route=route), admin_token)
     if not json_out:
         console.print(f"route {reply.route.name} stored (revision {reply.revision})")
     print_route(reply.route, json_out)
+
+
+def _apply_flags(
+    route: model_pb2.Route,
+    name: str | None,
+    arm: list[str] | None,
+    fallback: list[str] | None,
+    sticky: bool | None,
+    objective: str | None,
+    description: str | None,
+) -> None:
+    if name is not None:
+        route.name = name
+    if arm:
+        route.ClearField("arms")
+        route.arms.extend(parse_arm(a) for a in arm)
+    if fallback:
+        route.fallbacks[:] = fallback
+    if sticky is not None:
+        route.sticky_sessions = sticky
+    if objective is not None:
+        route.default_objective = common_pb2.Objective.ValueType(
+            enum_value(common_pb2.Objective, "OBJECTIVE_", objective, "--objective")
+        )
+    if description is not None:
+        route.description = description
+
+
+app.command("rollout")(rollout.control_rollout)
 
 
 @app.command("list")
@@ -245,3 +273,4 @@ def print_route(route: model_pb2.Route, json_out: bool) -> None:
     ]
     for key, value in details:
         console.print(f"{key}: {value}", highlight=False)
+    rollout.print_rollout(route)

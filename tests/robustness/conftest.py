@@ -27,7 +27,9 @@ FIGURES: dict[str, str] = {}  # what other robustness tests measured, for the su
 def fuzz_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimMesh]:
     # The overload test shares this mesh (a second one costs another ~40 s): its router
     # admission is set here. The fuzz sends one request at a time, far under it.
-    mesh = start_sim_mesh(tmp_path_factory.mktemp("fuzz-mesh"), http=True, env=ROUTER_ENV)
+    # The rollout test (test_rollout_mesh.py) shares it too: its controller ticks fast.
+    env = {**ROUTER_ENV, "MODELYARD_REGISTRY_ROLLOUT_INTERVAL_SECONDS": "0.2"}
+    mesh = start_sim_mesh(tmp_path_factory.mktemp("fuzz-mesh"), http=True, env=env)
     try:
         yield mesh
         rss = ", ".join(f"{name} {v / (1 << 20):.0f} MB" for name, v in mesh.rss().items())

@@ -65,6 +65,8 @@ TOKENS = {
     "OutcomeService": ROUTER_READS,
     "OutcomeService.RecordOutcomes": OUTCOME_WRITER,
     "OutcomeService.AttachFeedback": OUTCOME_WRITER,
+    "OutcomeService.RecordEvaluation": OUTCOME_WRITER,
+    "RegistryService.ControlRollout": ADMIN_TOKEN,
     "RegistryService.RegisterModel": ADMIN_TOKEN,
     "RegistryService.SetStage": ADMIN_TOKEN,
     "RegistryService.DeleteModel": ADMIN_TOKEN,
@@ -171,6 +173,25 @@ def seeds(mesh: SimMesh) -> dict[str, Message]:
         "RegistryService.PutRoute": registry_pb2.PutRouteRequest(route=route),
         "RegistryService.GetRoute": registry_pb2.GetRouteRequest(name="fuzz-route"),
         "RegistryService.DeleteRoute": registry_pb2.DeleteRouteRequest(name="fuzz-route"),
+        "RegistryService.ControlRollout": registry_pb2.ControlRolloutRequest(
+            route="fuzz-route", action=registry_pb2.ROLLOUT_CONTROL_PAUSE
+        ),
+        "OutcomeService.RecordEvaluation": outcomes_pb2.RecordEvaluationRequest(
+            run=outcomes_pb2.EvaluationRun(
+                id="fuzz-eval",
+                dataset="fuzz",
+                prompts=1,
+                targets=[
+                    outcomes_pb2.EvaluationTarget(
+                        target="sim-a",
+                        model="sim-a",
+                        version="1",
+                        metrics=[outcomes_pb2.MetricSummary(metric="exact_match", mean=1)],
+                    )
+                ],
+            )
+        ),
+        "OutcomeService.ListEvaluations": outcomes_pb2.ListEvaluationsRequest(model="sim-a"),
         "RouterService.Generate": router_pb2.GenerateRequest(
             model="sim-a", prompt=prompt, sampling=sampling
         ),

@@ -108,8 +108,8 @@ def test_registry_migrate(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["registry", "migrate", "--database-url", url])
     again = CliRunner().invoke(app, ["registry", "migrate", "--database-url", url])
     assert result.exit_code == 0, result.output
-    assert "empty -> 0003" in result.output
-    assert "0003 -> 0003" in again.output
+    assert "empty -> 0004" in result.output
+    assert "0004 -> 0004" in again.output
 
 
 def test_a_route_s_response_cache_is_set_shown_and_bounded(registry: str, tmp_path: Path) -> None:
@@ -138,3 +138,37 @@ def test_a_route_s_response_cache_is_set_shown_and_bounded(registry: str, tmp_pa
     code, out = run(registry, "routes", "put", "-f", str(spec), "--no-cache")
     assert code == 0 and "response cache: off" in out
     assert run(registry, "routes", "delete", "faq")[0] == 0
+
+
+def test_a_rollout_is_put_shown_and_controlled(registry: str, tmp_path: Path) -> None:
+    for version in ("1", "2"):
+        code, out = run(
+            registry, "models", "register", "--name", "canaried", "--version", version,
+            "--uri", "file:///c.gguf", "--sha256", "ab" * 32, "--format", "gguf", "--chat",
+        )  # fmt: skip
+        assert code == 0, out
+    rollout = [
+        "--rollout-canary", "new", "--rollout-baseline", "old",
+        "--rollout-steps", "5,50,100", "--rollout-min-seconds", "60",
+        "--rollout-min-requests", "100", "--max-error-rate-increase", "0.01",
+        "--max-ttft-p95-ratio", "1.5", "--promote",
+    ]  # fmt: skip
+    arms = ["--arm", "old:canaried@1=1", "--arm", "new:canaried@2=1"]
+    code, out = run(registry, "routes", "put", "--name", "canary", *arms, *rollout, "--json")
+    assert code == 0, out
+    stored = json.loads(out)
+    assert stored["rollout"]["steps_percent"] == [5, 50, 100]
+    assert stored["rollout"]["promote_on_success"] is True
+    assert [a["weight"] for a in stored["arms"]] == [95, 5]
+    code, out = run(registry, "routes", "show", "canary")
+    assert "progressing at step 0, canary 5%" in out and "rollout started at 5%" in out
+
+    code, out = run(registry, "routes", "rollout", "canary", "pause", "--reason", "holiday")
+    assert code == 0 and "paused at step 0" in out and "holiday" in out, out
+    code, out = run(registry, "routes", "rollout", "canary", "pause")
+    assert code == 1 and "cannot pause" in out, out
+    code, out = run(registry, "routes", "rollout", "canary", "abort")
+    assert code == 0 and "aborted at step 0, canary 0%" in out, out
+    code, out = run(registry, "routes", "put", "--name", "canary", *arms, "--rollout-steps", "50")
+    assert code == 1 and "route.rollout.steps_percent" in out, out
+    assert run(registry, "routes", "delete", "canary")[0] == 0
