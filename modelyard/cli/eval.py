@@ -7,13 +7,15 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
 import grpc
 import typer
+from rich.progress import Progress
 
 from modelyard.cli.connect import PLAINTEXT, AdminTokenOpt, ApiKeyOpt, open_channel, tls_options
 from modelyard.cli.output import cli_errors, console, err_console, print_table
@@ -163,13 +165,27 @@ async def _evaluate(plan: Plan, connection: Connection) -> list[report.GroupFigu
     try:
         targets = await resolve_targets(plan.targets, mesh)
         cases = plan.dataset.cases
-        answers = await run(cases, targets, mesh, plan.sampling, concurrency=plan.concurrency)
+        with _progress(len(cases) * len(targets)) as tick:
+            answers = await run(
+                cases, targets, mesh, plan.sampling, concurrency=plan.concurrency, progress=tick
+            )
         ctx = _with_mesh(plan, mesh)
         scores = await score_all(answers, cases, plan.metrics, ctx, concurrency=plan.concurrency)
     finally:
         await mesh.close()
     groups = group_answers(answers, targets, scores, plan.metrics)
     return report.figures(groups, plan.metrics, plan.seed)
+
+
+@contextmanager
+def _progress(total: int) -> Iterator[Callable[[], None] | None]:
+    """A transient progress bar on stderr when it is a terminal (nothing in pipes, CI)."""
+    if not err_console.is_terminal:
+        yield None
+        return
+    with Progress(console=err_console, transient=True) as bar:
+        task = bar.add_task("generating", total=total)
+        yield lambda: bar.advance(task)
 
 
 def _with_mesh(plan: Plan, mesh: RouterMesh) -> MetricContext:
