@@ -88,7 +88,7 @@ def evaluate(
     target: TargetOpt,
     metric: MetricOpt = None,
     router: RouterOpt = DEFAULT_ADDRESS,
-    max_tokens: Annotated[int, typer.Option(help="Most tokens per answer.")] = 256,
+    max_tokens: Annotated[int, typer.Option(help="Most tokens per answer.", min=1)] = 256,
     temperature: Annotated[float, typer.Option(help="Sampling temperature; 0 is greedy.")] = 0.0,
     chat_mode: Annotated[
         bool, typer.Option("--chat/--completion", help="A `prompt` as a user message or raw.")
@@ -133,12 +133,14 @@ def evaluate(
             concurrency=concurrency,
             seed=seed,
         )
-        connection = _connection(router, tls, api_key)
-        rows = asyncio.run(_evaluate(plan, connection))
+        if len(run_id) > 128:
+            raise InvalidArgument.for_field("--run-id", "at most 128 characters")
+        rows = asyncio.run(_evaluate(plan, _connection(router, tls, api_key)))
         run_id = run_id or str(uuid.uuid4())
-        if record:
+        _show(run_id, data, rows, metrics, json_out)
+        if record:  # after the figures, so a refused write does not lose them
             _record(report.to_run(run_id, data, rows), registry, tls, outcome_token or admin_token)
-    _show(run_id, data, rows, metrics, json_out, record)
+            err_console.print(f"[dim]recorded as run {run_id}[/dim]", highlight=False)
 
 
 def _check_mesh_models(metrics: list[Metric], embedding_model: str, judge_model: str) -> None:
@@ -223,7 +225,6 @@ def _show(
     rows: list[report.GroupFigures],
     metrics: list[Metric],
     json_out: bool,
-    recorded: bool,
 ) -> None:
     if json_out:
         typer.echo(json.dumps(report.to_json(run_id, data, rows)))
@@ -235,5 +236,3 @@ def _show(
     )
     for table in report.tables(rows, metrics):
         print_table(table)
-    if recorded:
-        err_console.print(f"[dim]recorded as run {run_id}[/dim]", highlight=False)

@@ -76,8 +76,8 @@ async def resolve_targets(specs: Sequence[str], mesh: Generator) -> list[Target]
     targets = [parse_target(s) for s in specs]
     if len({t.spec for t in targets}) != len(targets):
         raise InvalidArgument.for_field("--target", "a target is named twice")
-    if not any(t.arm for t in targets):
-        return targets
+    # Asked even without a pinned arm: an unreachable router or a refused key fails here,
+    # once, instead of as an error on every case.
     routes = {r.name: r for r in await mesh.routes(timeout_s=30)}
     return [_pin(t, routes) if t.arm else t for t in targets]
 

@@ -214,3 +214,6 @@ def test_mistakes_are_usage_errors_that_say_what_to_fix(
     assert code == 1 and "unknown metric(s) bleu" in out
     code, out, _ = _eval(address, tmp_path, [{"prompt": "q1"}], "-t", "m@1", "-m", "judge")
     assert code == 1 and "--judge-model" in out
+    # Nothing listens on port 1: one clear error, not a table of failures.
+    code, out, _ = _eval("127.0.0.1:1", tmp_path, [{"prompt": "q1"}], "-t", "m@1")
+    assert code == 1 and "nothing answers at 127.0.0.1:1" in out
