@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
+from modelyard.cli import eval as eval_cmd
 from modelyard.cli import generate, load, models, routes, serve, stats, up
 from modelyard.cli.profile import CONTEXT_ENV, config_path, default_map, load_context
 
@@ -47,6 +48,7 @@ app.command("chat")(generate.chat)
 app.command("stats")(stats.stats)
 app.command("feedback")(stats.feedback)
 app.command("workers")(stats.workers)
+app.command("eval")(eval_cmd.evaluate)
 load.register(models.app)
 app.add_typer(models.app, name="models")
 app.add_typer(routes.app, name="routes")
