@@ -17,7 +17,7 @@ def unfit_reason(req: Request, cand: Candidate) -> str | None:
             return "not an embedding model"
     elif req.chat and not caps.chat:
         return "no chat template"
-    if not req.chat and not caps.completion:
+    elif not req.chat and not caps.completion:
         return "no plain completion"
     missing = set(req.required_tags) - set(caps.tags)
     if missing:
