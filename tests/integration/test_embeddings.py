@@ -11,6 +11,7 @@ import grpc
 import openai
 import pytest
 
+from modelyard.client import Client
 from modelyard.local_mesh import LocalMesh
 from modelyard.minilm import MINILM_DIMENSIONS, MINILM_NAME, ensure_minilm, minilm_model
 from modelyard.v1 import common_pb2, model_pb2, router_pb2, router_pb2_grpc
@@ -101,6 +102,9 @@ def test_generation_never_picks_the_embedding_model(
         embedded = stub.Embed(router_pb2.EmbedRequest(inputs=["auto picks"]), timeout=120)
         assert embedded.started.model == MINILM_NAME
         assert embedded.started.attempt == 1
+    with Client(embed_mesh.router_address) as sdk:
+        batch = sdk.embed([UNRELATED, PARAPHRASES[0]], model=MINILM_NAME, dimensions=8)
+        assert [len(e.values) for e in batch.embeddings] == [8, 8]
     with pytest.raises(openai.BadRequestError) as named:
         client.chat.completions.create(
             model=MINILM_NAME, messages=[{"role": "user", "content": "hi"}], max_tokens=1
