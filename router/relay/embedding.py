@@ -235,7 +235,7 @@ class EmbedRelay:
                 arm=run.target.arm,
                 usage=usage,
                 cost_usd=cost.total_usd,
-                ttft_ms=total_ms,
+                ttft_ms=None,  # no tokens stream: TTFT histograms stay generations'
                 total_ms=total_ms,
                 client=run.client,
                 attempt=attempt.number,
