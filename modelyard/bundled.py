@@ -16,6 +16,7 @@ import importlib.util
 from pathlib import Path
 
 from modelyard.digest import sha256_file
+from modelyard.minilm import MINILM_URI, MiniLMMissing, minilm_gguf_path
 from modelyard.v1 import common_pb2, model_pb2
 
 SMOLLM2_NAME = "smollm2-135m-instruct"
@@ -47,6 +48,11 @@ def smollm2_path() -> Path:
 def bundled_path(uri: str) -> Path:
     """The installed file a bundled:// URI names. Only the files listed here resolve, so
     a URI cannot reach anything else on the worker's disk."""
+    if uri == MINILM_URI:
+        try:
+            return minilm_gguf_path()
+        except MiniLMMissing as err:
+            raise BundledModelMissing(str(err)) from None
     if uri != SMOLLM2_URI:
         raise BundledModelMissing(f"{uri!r} is not a model bundled with modelyard")
     return smollm2_path()

@@ -173,6 +173,22 @@ def _complete_request(kwargs: dict[str, Any]) -> router_pb2.CompleteRequest:
     return router_pb2.CompleteRequest.FromString(build_request(**kwargs).SerializeToString())
 
 
+def embed_request(
+    inputs: str | Sequence[str],
+    *,
+    model: str = "",
+    dimensions: int = 0,
+    normalize: bool | None = None,
+    truncate: bool = False,
+) -> router_pb2.EmbedRequest:
+    """An EmbedRequest: one text or several; the model's own pooling."""
+    texts = [inputs] if isinstance(inputs, str) else list(inputs)
+    params = common_pb2.EmbeddingParams(dimensions=dimensions, truncate=truncate)
+    if normalize is not None:
+        params.normalize = normalize
+    return router_pb2.EmbedRequest(model=model, inputs=texts, params=params)
+
+
 class _Base:
     """What both clients share: the connection, the call metadata, the default deadline."""
 
@@ -225,6 +241,16 @@ class Client(_Base):
         """Run a generation and return it whole."""
         reply: router_pb2.CompleteResponse = self._unary(
             self._stub.Complete, _complete_request(kwargs), timeout_s
+        )
+        return reply
+
+    def embed(
+        self, inputs: str | Sequence[str], *, timeout_s: float | None = None, **kwargs: Any
+    ) -> router_pb2.EmbedResponse:
+        """Vectors for `inputs` (one per input, in order); kwargs: model, dimensions,
+        normalize, truncate (see `embed_request`)."""
+        reply: router_pb2.EmbedResponse = self._unary(
+            self._stub.Embed, embed_request(inputs, **kwargs), timeout_s
         )
         return reply
 
@@ -307,6 +333,14 @@ class AsyncClient(_Base):
     ) -> router_pb2.CompleteResponse:
         reply: router_pb2.CompleteResponse = await self._unary(
             self._stub.Complete, _complete_request(kwargs), timeout_s
+        )
+        return reply
+
+    async def embed(
+        self, inputs: str | Sequence[str], *, timeout_s: float | None = None, **kwargs: Any
+    ) -> router_pb2.EmbedResponse:
+        reply: router_pb2.EmbedResponse = await self._unary(
+            self._stub.Embed, embed_request(inputs, **kwargs), timeout_s
         )
         return reply
 

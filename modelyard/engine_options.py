@@ -59,6 +59,7 @@ ALLOWED: Mapping[EngineKind, frozenset[str]] = {
             "sim_vocab_size",
             "sim_context_length",
             "sim_memory_bytes",
+            "sim_embedding_dimensions",
             "sim_eos_probability",
         }
     ),

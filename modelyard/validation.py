@@ -161,3 +161,50 @@ def check_generation(
     violations = input_violations(prompt, messages) + sampling_violations(sampling)
     if violations:
         raise InvalidArgument.for_violations(violations[:MAX_VIOLATIONS])
+
+
+MAX_EMBED_INPUTS = 256
+MAX_EMBED_INPUT_BYTES = 64 * 1024
+MAX_EMBED_TOTAL_BYTES = 1024 * 1024
+MAX_EMBED_DIMENSIONS = 65536
+
+
+def embed_violations(
+    inputs: Sequence[str], params: common_pb2.EmbeddingParams
+) -> list[FieldViolation]:
+    """Every bad field of an embedding batch (inputs counted in UTF-8 bytes)."""
+    out: list[FieldViolation] = []
+    if not 1 <= len(inputs) <= MAX_EMBED_INPUTS:
+        out.append(FieldViolation("inputs", f"1 to {MAX_EMBED_INPUTS} texts, got {len(inputs)}"))
+        if len(inputs) > MAX_EMBED_INPUTS:
+            return out  # decided on the count alone: nothing walks a list this long
+    total = 0
+    for i, text in enumerate(inputs):
+        size = len(text.encode("utf-8"))
+        total += size
+        if not text:
+            out.append(FieldViolation(f"inputs[{i}]", "must not be empty"))
+        elif size > MAX_EMBED_INPUT_BYTES:
+            out.append(
+                FieldViolation(f"inputs[{i}]", f"at most {MAX_EMBED_INPUT_BYTES} bytes, got {size}")
+            )
+        if len(out) >= MAX_VIOLATIONS:
+            return out
+    if total > MAX_EMBED_TOTAL_BYTES:
+        out.append(
+            FieldViolation("inputs", f"at most {MAX_EMBED_TOTAL_BYTES} bytes together, got {total}")
+        )
+    if params.dimensions > MAX_EMBED_DIMENSIONS:
+        out.append(
+            FieldViolation(
+                "params.dimensions", f"at most {MAX_EMBED_DIMENSIONS}, got {params.dimensions}"
+            )
+        )
+    return out
+
+
+def check_embed(inputs: Sequence[str], params: common_pb2.EmbeddingParams) -> None:
+    """Raise INVALID_ARGUMENT listing every bad field of an embedding request."""
+    violations = embed_violations(inputs, params)
+    if violations:
+        raise InvalidArgument.for_violations(violations[:MAX_VIOLATIONS])

@@ -23,6 +23,7 @@ from router.metrics import RouterMetrics
 from router.outcomes import MeshOutcomes
 from router.outcomes.ops import OutcomeOps
 from router.relay import Relay
+from router.relay.embedding import EmbedRelay
 from router.scheduling.profiles import build_profiles
 from router.service import RouterServicer
 from router.state.latency import LatencyEstimates
@@ -85,7 +86,18 @@ def build(
     metrics.watch_breakers(
         loop_caller(lambda: {h.address: breakers.state(h.address) for h in pool.workers})
     )
-    api = RouterApi(relay, catalog, pool)
+    embed_relay = EmbedRelay(
+        catalog,
+        pool,
+        profiles=build_profiles(settings.profile_weights, settings.profile_pickers),
+        accounting=accounting,
+        max_attempts=settings.max_attempts,
+        max_total_attempts=settings.max_total_attempts,
+        connect_timeout_s=settings.connect_timeout_s,
+        client_policy=settings.client_policy(),
+        admission=relay.admission,
+    )
+    api = RouterApi(relay, catalog, pool, embed_relay)
     outcomes = OutcomeOps(accounting.stats, mesh)
     servicer = RouterServicer(api, pool, accounting, settings.limits, outcomes=outcomes)
     return RouterParts(

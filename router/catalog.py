@@ -72,13 +72,18 @@ class AutoQuery:
     chat: bool
     tags: tuple[str, ...] = ()
     min_context_length: int = 0
+    embedding: bool = False  # an Embed request: embedding models only
 
     @classmethod
-    def of(cls, chat: bool, hints: common_pb2.RoutingHints) -> AutoQuery:
-        return cls(chat, tuple(sorted(hints.required_tags)), hints.min_context_length)
+    def of(
+        cls, chat: bool, hints: common_pb2.RoutingHints, *, embedding: bool = False
+    ) -> AutoQuery:
+        tags = tuple(sorted(hints.required_tags))
+        return cls(chat, tags, hints.min_context_length, embedding)
 
     def describe(self) -> str:
-        parts = ["chat" if self.chat else "plain completion"]
+        kind = "embedding" if self.embedding else "chat" if self.chat else "plain completion"
+        parts = [kind]
         if self.tags:
             parts.append("tags " + ", ".join(self.tags))
         if self.min_context_length:
@@ -130,19 +135,20 @@ Wanted: TypeAlias = AutoPick | ModelRef | model_pb2.Route
 
 
 def parse_model_field(
-    text: str, *, chat: bool, hints: common_pb2.RoutingHints
+    text: str, *, chat: bool, hints: common_pb2.RoutingHints, embedding: bool = False
 ) -> AutoPick | ModelRef:
     """ "auto" (or nothing) or a model reference; INVALID_ARGUMENT for a malformed name."""
     text = text.strip()
     if not text or text == AUTO:
-        return AutoPick(AutoQuery.of(chat, hints))
+        return AutoPick(AutoQuery.of(chat, hints, embedding=embedding))
     return parse_ref(text, "model")
 
 
 def _fits(model: model_pb2.Model, query: AutoQuery) -> bool:
     caps = model.capabilities
+    wanted = caps.embedding if query.embedding else caps.chat if query.chat else caps.completion
     return (
-        (caps.chat if query.chat else caps.completion)
+        wanted
         and set(query.tags) <= set(caps.tags)
         and (not query.min_context_length or caps.context_length >= query.min_context_length)
     )
@@ -191,10 +197,11 @@ class Catalog:
         chat: bool,
         hints: common_pb2.RoutingHints,
         timeout_s: float | None = None,
+        embedding: bool = False,
     ) -> Target:
         """Resolve for scheduling: "auto" gives every fitting model (production ones when
         there are any), a route gives its A/B arm's model plus its fallbacks."""
-        wanted = self._parse(model_field, chat=chat, hints=hints)
+        wanted = self._parse(model_field, hints, chat=chat, embedding=embedding)
         if isinstance(wanted, AutoPick):
             return Target(await self._fitting(wanted.query, timeout_s))
         if isinstance(wanted, ModelRef):
@@ -229,8 +236,9 @@ class Catalog:
             self._listing, "all", lambda: self._list_all(timeout_s), "the model list"
         )
 
-    def _parse(self, model_field: str, *, chat: bool, hints: common_pb2.RoutingHints) -> Wanted:
-        wanted = parse_model_field(model_field, chat=chat, hints=hints)
+    def _parse(self, model_field: str, hints: common_pb2.RoutingHints, **kind: bool) -> Wanted:
+        # kind: chat, embedding (as parse_model_field takes them)
+        wanted = parse_model_field(model_field, hints=hints, **kind)
         cache = self.cache
         if isinstance(wanted, ModelRef) and not wanted.version and cache is not None:
             route = cache.route(wanted.name)

@@ -43,9 +43,11 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         self._limits = limits or ServerLimits()
         self.outcomes = outcomes or OutcomeOps(accounting.stats)
 
-    async def Embed(self, request: Any, context: Context) -> Any:
-        # Placeholder while the feature is built; the contract already names it.
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Embed is not implemented yet")
+    @grpc_errors
+    async def Embed(
+        self, request: router_pb2.EmbedRequest, context: Context
+    ) -> router_pb2.EmbedResponse:
+        return await self._api.embed(request, timeout_s=context.time_remaining())
 
     @grpc_errors
     async def Generate(

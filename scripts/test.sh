@@ -48,6 +48,7 @@ export MODELYARD_TEST_POSTGRES_URL="$postgres_url"
 VLLM_TESTS=(
   tests/unit/worker/test_engine_vllm_args.py
   tests/unit/worker/test_engine_transformers.py
+  tests/unit/worker/test_engine_transformers_embed.py
   tests/integration/test_vllm_engine.py
   tests/integration/test_vllm_worker.py
 )

@@ -1,7 +1,7 @@
 """Who may call a worker: operators load and unload, routers generate and watch.
 
 LoadModel and UnloadModel are for the worker operator (the admin token and/or, with
-mTLS, an operator identity); Generate, GetStatus and WatchStatus for routers (the API key
+mTLS, an operator identity); Generate, Embed, GetStatus and WatchStatus for routers (the API key
 the routers send and/or a router identity). Neither role stands in for the other. A role
 with no credentials configured leaves its methods open (the local default).
 """
@@ -19,8 +19,9 @@ SERVICE_NAME = worker_pb2.DESCRIPTOR.services_by_name["WorkerService"].full_name
 
 ADMIN_METHODS = tuple(method_name(SERVICE_NAME, m) for m in ("LoadModel", "UnloadModel"))
 GENERATE = method_name(SERVICE_NAME, "Generate")
+EMBED = method_name(SERVICE_NAME, "Embed")
 STATUS_METHODS = tuple(method_name(SERVICE_NAME, m) for m in ("GetStatus", "WatchStatus"))
-ROUTER_METHODS = (GENERATE, *STATUS_METHODS)
+ROUTER_METHODS = (GENERATE, EMBED, *STATUS_METHODS)
 
 
 def _ticket_binding(request: worker_pb2.WorkerServiceGenerateRequest) -> tuple[str, str]:
@@ -57,6 +58,6 @@ def worker_gate(
         [
             Rule(ADMIN_METHODS, operator),
             Rule((GENERATE,), router, tickets=admission),
-            Rule(STATUS_METHODS, router),
+            Rule((EMBED, *STATUS_METHODS), router),
         ]
     )

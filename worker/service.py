@@ -37,6 +37,7 @@ from modelyard.v1 import common_pb2, model_pb2, worker_pb2, worker_pb2_grpc
 from modelyard.validation import check_generation
 from worker.admission import within
 from worker.catalogue import Catalogue
+from worker.embedding import EmbedHandler
 from worker.engines.base import (
     ChatTurn,
     EngineEvent,
@@ -171,10 +172,18 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         self._catalogue = catalogue
         self._limits = limits or ServerLimits()
         self._keepalive_s = keepalive_s
+        self._embedder = EmbedHandler(manager, catalogue, identity.worker_id)
 
-    async def Embed(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        # Placeholder while the feature is built; the contract already names it.
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Embed is not implemented yet")
+    @grpc_errors
+    async def Embed(
+        self,
+        request: worker_pb2.WorkerServiceEmbedRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> worker_pb2.WorkerServiceEmbedResponse:
+        key = checked_key(request.model)
+        remaining = context.time_remaining()
+        deadline = time.monotonic() + remaining if remaining is not None else None
+        return await self._embedder.embed(key, request, deadline)
 
     @grpc_errors
     async def Generate(

@@ -1,4 +1,4 @@
-"""The Starlette app: three endpoints that translate to the router's own operations.
+"""The Starlette app: four endpoints that translate to the router's own operations.
 
 The front runs in the router's process and calls the router in process (no gRPC hop):
 the same validation, resolution, scheduling, retries, stats and deadlines as a gRPC
@@ -19,7 +19,7 @@ import logging
 import math
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import aclosing
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, runtime_checkable
 from urllib.parse import quote
 
 from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
@@ -39,6 +39,7 @@ from router.auth import client_rule, operator_rule
 from router.cache import cache_header
 from router.openai.admission import Admission, FrontLimits
 from router.openai.choices import chunks, collect
+from router.openai.embeddings import embedding_request, embedding_response
 from router.openai.errors import OpenAIError, forbidden, from_error, invalid, unauthorized
 from router.openai.outcomes import StatsOperations, outcome_routes
 from router.openai.probes import OPEN_PATHS, probe_routes
@@ -65,6 +66,16 @@ class RouterOperations(Protocol):
     async def list_models(
         self, *, timeout_s: float | None
     ) -> router_pb2.RouterServiceListModelsResponse: ...
+
+
+@runtime_checkable
+class EmbedOperations(Protocol):
+    """The router's embeddings (RouterApi has them; a front over a router without them
+    answers /v1/embeddings with 501)."""
+
+    async def embed(
+        self, request: router_pb2.EmbedRequest, *, timeout_s: float | None
+    ) -> router_pb2.EmbedResponse: ...
 
 
 def build_app(
@@ -107,6 +118,7 @@ def build_app(
             Route("/v1/chat/completions", front.chat, methods=["POST"]),
             Route("/v1/completions", front.completions, methods=["POST"]),
             Route("/v1/models", front.models, methods=["GET"]),
+            Route("/v1/embeddings", front.embeddings, methods=["POST"]),
             *(outcome_routes(outcomes, timeout_s) if outcomes is not None else ()),
             *probe_routes(serving, metrics),
         ],
@@ -142,6 +154,15 @@ class _Front:
         body = await _json_body(request)
         translated = completion_request(body, ignore_unknown=self._ignore_unknown)
         return await self._generate(request, translated, chat=False)
+
+    async def embeddings(self, request: Request) -> Response:
+        if not isinstance(self._router, EmbedOperations):
+            raise OpenAIError(501, "this router serves no embeddings", type_="server_error")
+        call = embedding_request(await _json_body(request), ignore_unknown=self._ignore_unknown)
+        work = self._router.embed(call.request, timeout_s=self._deadline(request))
+        reply = await _until_disconnect(request, work)
+        body = embedding_response(reply, as_base64=call.base64)
+        return JSONResponse(body, headers=_ignored_header(call.ignored))
 
     async def models(self, request: Request) -> Response:
         reply = await _until_disconnect(

@@ -104,7 +104,7 @@ class Relay:
     ) -> None:
         self._catalog = catalog
         self._client_policy = client_policy or ClientPolicy()
-        self._admission = admission or RouterAdmission(max_in_flight=1024)
+        self.admission = admission or RouterAdmission(max_in_flight=1024)
         self._pool = pool
         self._profiles = profiles
         self._acct = accounting
@@ -138,7 +138,7 @@ class Relay:
         started_at = self._clock()
         deadline = None if timeout_s is None else started_at + timeout_s
         key = caller.key_name if caller is not None else ""
-        with self._admission.admit(key), route_span(request, request_id) as span:
+        with self.admission.admit(key), route_span(request, request_id) as span:
             async with AsyncExitStack() as cleanup:
                 # Current only while the relay resolves and connects (the worker call
                 # joins this trace), never across a yield: a front may resume this

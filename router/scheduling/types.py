@@ -31,6 +31,7 @@ class Request:
     session_key: str = ""
     # The request's prefix chain (modelyard/prefix.py), computed once per request.
     prefix: PrefixChain = NO_PREFIX
+    embedding: bool = False  # an Embed request: only embedding models fit
 
     @property
     def context_needed(self) -> int:

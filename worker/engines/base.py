@@ -36,6 +36,9 @@ class ModelSpec:
     cache_dir: Path | None = None
     # Share of the context's KV cells finished requests' prefixes may keep (0: no reuse).
     prefix_cache_share: float = 0.0
+    # The model's capabilities say it embeds: engines open it for Embed (llama.cpp then
+    # opens an embedding context, which cannot generate).
+    embedding: bool = False
 
 
 @dataclass(frozen=True)
@@ -150,6 +153,33 @@ class Finished:
 EngineEvent = Scheduled | Piece | Finished
 
 
+class Pooling(enum.Enum):
+    """How per-token states become one vector; MODEL: the model's own (its config or GGUF)."""
+
+    MODEL = "model"
+    MEAN = "mean"
+    CLS = "cls"
+    LAST = "last"
+
+
+@dataclass(frozen=True)
+class EmbedRequest:
+    """One batch of texts to embed; the worker has already checked the limits."""
+
+    inputs: Sequence[str]
+    pooling: Pooling = Pooling.MODEL
+    # Cut an input longer than the context; else INVALID_ARGUMENT naming its index.
+    truncate: bool = False
+
+
+@dataclass(frozen=True)
+class EmbedResult:
+    """One raw (not normalized) vector per input, in input order, and the tokens read."""
+
+    vectors: Sequence[Sequence[float]]
+    input_tokens: int
+
+
 class Engine(Protocol):
     name: str
 
@@ -157,6 +187,10 @@ class Engine(Protocol):
 
     def generate(self, req: EngineRequest) -> AsyncGenerator[EngineEvent, None]:
         """Stream Scheduled, then Pieces, then exactly one Finished; abort by closing the stream."""
+        ...
+
+    async def embed(self, req: EmbedRequest) -> EmbedResult:
+        """Embed a batch, or FAILED_PRECONDITION when this engine or model cannot."""
         ...
 
     def abort(self, request_id: str) -> None:

@@ -28,6 +28,8 @@ from typing import Any
 
 from worker.counters import CounterSnapshot, SequenceCounters
 from worker.engines.base import (
+    EmbedRequest,
+    EmbedResult,
     EngineEvent,
     EngineRequest,
     LoadedInfo,
@@ -36,7 +38,9 @@ from worker.engines.base import (
 from worker.engines.channel import EventChannel, engine_events
 from worker.engines.chat_template import ChatTemplate
 from worker.engines.common import EngineNotLoaded, check_prompt
+from worker.engines.embed_common import embedding_only, not_embedding_model
 from worker.engines.llama_batch import BatchDecoder, Job
+from worker.engines.llama_embed import LlamaEmbedder
 from worker.engines.llama_prefix import MAX_SEQUENCE_IDS, KvPrefixCache, cache_sequences
 from worker.engines.llama_sampling import check_request
 from worker.engines.prefix_summary import PrefixSummary
@@ -63,10 +67,21 @@ class LlamaCppEngine:
         self._key = ""
         self._n_ctx = 0
         self._jobs: set[Job] = set()
+        # An embedding model gets an embedding context instead of the decoder.
+        self._embedder: LlamaEmbedder | None = None
 
     async def load(self, spec: ModelSpec) -> LoadedInfo:
-        if self._decoder is not None:
+        if self._decoder is not None or self._embedder is not None:
             raise RuntimeError(f"engine already holds {self._key}")
+        if spec.embedding:
+            self._embedder = await LlamaEmbedder.open(spec)
+            self._key, self._n_ctx = spec.key, self._embedder.context_length
+            return LoadedInfo(
+                engine=ENGINE_NAME,
+                context_length=self._n_ctx,
+                vocab_size=self._embedder.vocab_size(),
+                has_chat_template=False,
+            )
         model, ctx = await asyncio.to_thread(_open, spec)
         n_ctx = int(ctx.n_ctx())
         self._decoder = BatchDecoder(
@@ -98,6 +113,8 @@ class LlamaCppEngine:
 
     async def generate(self, req: EngineRequest) -> AsyncGenerator[EngineEvent, None]:
         decoder = self._decoder
+        if self._embedder is not None:
+            raise embedding_only(self._key)
         if decoder is None:
             raise EngineNotLoaded(ENGINE_NAME)
         prompt_tokens = self._prompt_tokens(req)
@@ -117,6 +134,13 @@ class LlamaCppEngine:
             job.channel.close()
             self._jobs.discard(job)
 
+    async def embed(self, req: EmbedRequest) -> EmbedResult:
+        if self._embedder is None:
+            if self._decoder is None:
+                raise EngineNotLoaded(ENGINE_NAME)
+            raise not_embedding_model(self._key)
+        return await self._embedder.embed(req)
+
     def abort(self, request_id: str) -> None:
         # Only sets flags: safe from gRPC done-callbacks while the stream is mid-await.
         for job in list(self._jobs):
@@ -125,6 +149,9 @@ class LlamaCppEngine:
 
     async def unload(self) -> None:
         decoder, model, ctx = self._decoder, self._model, self._ctx
+        if self._embedder is not None:
+            embedder, self._embedder = self._embedder, None
+            await asyncio.to_thread(embedder.close)
         if decoder is None:
             return
         self._decoder = None

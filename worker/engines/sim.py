@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 from modelyard.errors import Internal, InvalidArgument
 from worker.counters import CounterSnapshot, SequenceCounters
 from worker.engines.base import (
+    EmbedRequest,
+    EmbedResult,
     EngineEvent,
     EngineRequest,
     Finished,
@@ -45,7 +47,9 @@ from worker.engines.base import (
     Scheduled,
 )
 from worker.engines.common import EngineNotLoaded, check_prompt, refuse_unsupported
+from worker.engines.embed_common import not_embedding_model
 from worker.engines.prefix_summary import PrefixSummary, finished_chains, request_chain
+from worker.engines.sim_embed import sim_embed
 from worker.engines.sim_options import SIM_OPTIONS, SimOptions, parse_options
 from worker.engines.sim_prefix import SimPrefixCache
 from worker.engines.sim_vocab import EOS_ID, SimSampler, SimVocabulary
@@ -110,6 +114,7 @@ class _Loaded:
     max_sequences: int
     step_delay_s: float  # the worker's token_delay_ms, added to every step as elsewhere
     prefix: SimPrefixCache | None  # None: the worker turned reuse off
+    embedding: bool = False
 
 
 class SimEngine:
@@ -145,6 +150,7 @@ class SimEngine:
             max_sequences,
             spec.token_delay_s,
             SimPrefixCache(limit) if limit > 0 else None,
+            spec.embedding,
         )
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"sim-{spec.key}")
         return LoadedInfo(
@@ -185,6 +191,17 @@ class SimEngine:
                     return
         finally:
             self._cancel(seq)  # a no-op once finished
+
+    async def embed(self, req: EmbedRequest) -> EmbedResult:
+        loaded = self._loaded
+        if loaded is None:
+            raise EngineNotLoaded(ENGINE_NAME)
+        if not loaded.embedding:
+            raise not_embedding_model(loaded.key)
+        result = sim_embed(req, loaded.vocab, loaded.context, loaded.options.embedding_dimensions)
+        # Prefill time as a generation's, so load and latency tests see embeddings cost.
+        await self._clock.sleep(result.input_tokens * loaded.options.prefill_ms_per_token / 1000)
+        return result
 
     def abort(self, request_id: str) -> None:
         for seq in [*self._running, *self._waiting]:

@@ -38,6 +38,8 @@ class SimOptions:
     memory_bytes: int = 0
     # Chance, per token, of the end-of-sequence token (drawn from the sequence's seeded RNG).
     eos_probability: float = 0.01
+    # Length of the vectors Embed returns (a model whose capabilities say embedding).
+    embedding_dimensions: int = 32
 
 
 # The `load_options.extra` keys and their defaults, as the registry holds them (strings).
@@ -45,8 +47,12 @@ SIM_OPTIONS: Mapping[str, str] = {
     PREFIX + f.name: str(f.default) for f in dataclasses.fields(SimOptions)
 }
 
-_MINIMUM: Mapping[str, float] = {"vocab_size": 16}
-_MAXIMUM: Mapping[str, float] = {"vocab_size": MAX_VOCAB, "eos_probability": 1.0}
+_MINIMUM: Mapping[str, float] = {"vocab_size": 16, "embedding_dimensions": 1}
+_MAXIMUM: Mapping[str, float] = {
+    "vocab_size": MAX_VOCAB,
+    "eos_probability": 1.0,
+    "embedding_dimensions": 8192,
+}
 
 
 def parse_options(extra: Mapping[str, str]) -> SimOptions:

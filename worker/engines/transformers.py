@@ -25,6 +25,8 @@ from typing import Any
 
 from worker.counters import CounterSnapshot, SequenceCounters
 from worker.engines.base import (
+    EmbedRequest,
+    EmbedResult,
     EngineEvent,
     EngineRequest,
     Finished,
@@ -42,6 +44,8 @@ from worker.engines.common import (
     check_prompt,
     refuse_unsupported,
 )
+from worker.engines.embed_common import embedding_only, not_embedding_model
+from worker.engines.hf_embed import HfEmbedder, open_embedder
 from worker.engines.hf_prompt import HfPrompter
 from worker.engines.text import StopMatcher
 from worker.engines.transformers_sampling import next_token, token_logprob
@@ -78,12 +82,15 @@ class TransformersEngine:
         self._loaded: _Loaded | None = None
         self._prompter: HfPrompter | None = None
         self._key = ""
+        self._embedder: HfEmbedder | None = None  # an embedding model: no decoding
         self._jobs: dict[_Job, Future[None]] = {}
 
     async def load(self, spec: ModelSpec) -> LoadedInfo:
         if self._loaded is not None:
             raise RuntimeError(f"engine already holds {self._key}")
         executor = ThreadPoolExecutor(1, thread_name_prefix=f"hf-{spec.key}")
+        if spec.embedding:
+            return await self._load_embedder(spec, executor)
         try:
             loaded = await asyncio.get_running_loop().run_in_executor(executor, _open, spec)
         except BaseException:
@@ -98,8 +105,29 @@ class TransformersEngine:
             has_chat_template=self._prompter.has_chat_template,
         )
 
+    async def _load_embedder(self, spec: ModelSpec, executor: ThreadPoolExecutor) -> LoadedInfo:
+        try:
+            embedder = await asyncio.get_running_loop().run_in_executor(
+                executor, open_embedder, spec
+            )
+        except BaseException:
+            executor.shutdown(wait=False)
+            raise
+        self._executor, self._embedder, self._key = executor, embedder, spec.key
+        return LoadedInfo(ENGINE_NAME, embedder.context, len(embedder.tokenizer), False)
+
+    async def embed(self, req: EmbedRequest) -> EmbedResult:
+        embedder, executor = self._embedder, self._executor
+        if executor is None:
+            raise EngineNotLoaded(ENGINE_NAME)
+        if embedder is None:
+            raise not_embedding_model(self._key)
+        return await asyncio.get_running_loop().run_in_executor(executor, embedder.embed, req)
+
     async def generate(self, req: EngineRequest) -> AsyncGenerator[EngineEvent, None]:
         loaded, prompter, executor = self._loaded, self._prompter, self._executor
+        if self._embedder is not None:
+            raise embedding_only(self._key)
         if loaded is None or prompter is None or executor is None:
             raise EngineNotLoaded(ENGINE_NAME)
         prompt = prompter.token_ids(req)
@@ -128,6 +156,10 @@ class TransformersEngine:
 
     async def unload(self) -> None:
         loaded, executor = self._loaded, self._executor
+        if self._embedder is not None and executor is not None:
+            self._embedder = self._executor = None
+            executor.shutdown(wait=True, cancel_futures=True)
+            return
         if loaded is None or executor is None:
             return
         self._loaded, self._prompter = None, None

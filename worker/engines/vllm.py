@@ -28,6 +28,8 @@ from typing import Any
 from modelyard.errors import FailedPrecondition, Internal, InvalidArgument
 from worker.counters import CounterSnapshot, SequenceCounters
 from worker.engines.base import (
+    EmbedRequest,
+    EmbedResult,
     EngineEvent,
     EngineRequest,
     Finished,
@@ -77,6 +79,8 @@ class VllmEngine:
     async def load(self, spec: ModelSpec) -> LoadedInfo:
         if self._llm is not None:
             raise RuntimeError(f"engine already holds {self._key}")
+        if spec.embedding:
+            raise _cannot_embed(spec.key)
         model_dir = await _checkpoint_dir(spec)
         spec = await _with_draft_checkpoint(spec)
         from transformers import AutoTokenizer
@@ -153,6 +157,9 @@ class VllmEngine:
                 # Closing vLLM's generator aborts the request inside the engine.
                 await stream.aclose()
 
+    async def embed(self, req: EmbedRequest) -> EmbedResult:
+        raise _cannot_embed(self._key)
+
     def abort(self, request_id: str) -> None:
         llm = self._llm
         if llm is None:
@@ -186,6 +193,16 @@ class VllmEngine:
 
     def stats(self) -> CounterSnapshot:
         return self._counters.snapshot()
+
+
+def _cannot_embed(key: str) -> FailedPrecondition:
+    # vLLM embeds only with an engine opened for pooling (another runner than this
+    # generation engine); not wired here: llama.cpp and transformers serve embeddings.
+    return FailedPrecondition(
+        f"the vllm engine does not serve embeddings ({key or 'no model'}); "
+        "register the embedding model with engine llama_cpp or transformers",
+        reason="ENGINE_CANNOT_EMBED",
+    )
 
 
 def engine_args(spec: ModelSpec, model_dir: Path) -> Any:

@@ -23,7 +23,14 @@ from worker.artifacts import ArtifactStore, check_gguf_magic, parse_uri
 from worker.config import MAX_PARALLEL_SEQUENCES
 from worker.counters import SequenceCounters
 from worker.engines import EngineFactory
-from worker.engines.base import Engine, EngineRequest, LoadedInfo, ModelSpec, SamplingConfig
+from worker.engines.base import (
+    EmbedRequest,
+    Engine,
+    EngineRequest,
+    LoadedInfo,
+    ModelSpec,
+    SamplingConfig,
+)
 from worker.engines.sim_options import sim_memory_bytes
 from worker.residency.load_options import engine_extra, is_artifact_uri
 from worker.residency.memory import estimate, rss_bytes
@@ -166,6 +173,7 @@ class ModelLoader:
             extra=options.extra,
             cache_dir=s.artifacts.cache_dir,
             prefix_cache_share=s.prefix_cache_share,
+            embedding=model.capabilities.embedding,
         )
 
     async def open(
@@ -185,7 +193,7 @@ class ModelLoader:
             # first would only delay its first token (LoadModel and preload warm up).
             if not counters.snapshot().queued_requests:
                 progress.phase(LoadPhase.WARM_UP)
-                await warm_up(engine)
+                await warm_up(engine, embedding=spec.embedding)
         except BaseException as err:
             with contextlib.suppress(Exception):
                 await engine.unload()
@@ -207,8 +215,12 @@ def engine_name(kind: EngineKind) -> str:
     return common_pb2.Engine.Name(kind).removeprefix("ENGINE_").lower()
 
 
-async def warm_up(engine: Engine) -> None:
-    """One greedy token before the model is marked warm: first requests pay no first-use cost."""
+async def warm_up(engine: Engine, *, embedding: bool = False) -> None:
+    """One greedy token (one embedding) before the model is marked warm: first requests
+    pay no first-use cost."""
+    if embedding:
+        await engine.embed(EmbedRequest([WARM_UP_PROMPT]))
+        return
     request = EngineRequest(
         "warm-up", prompt=WARM_UP_PROMPT, sampling=SamplingConfig(temperature=0.0), max_tokens=1
     )

@@ -1,4 +1,5 @@
-"""Drop models that cannot take the request: chat vs plain completion, required tags,
+"""Drop models that cannot take the request: chat vs plain completion vs embedding (an
+embedding-only model has neither chat nor completion, so no generation reaches it), required tags,
 and a context window that holds the prompt plus max_tokens."""
 
 from __future__ import annotations
@@ -11,9 +12,12 @@ from router.scheduling.types import Candidate, CycleState, Request
 
 def unfit_reason(req: Request, cand: Candidate) -> str | None:
     caps = cand.model.capabilities
-    if req.chat and not caps.chat:
+    if req.embedding:
+        if not caps.embedding:
+            return "not an embedding model"
+    elif req.chat and not caps.chat:
         return "no chat template"
-    if not req.chat and not caps.completion:
+    elif not req.chat and not caps.completion:
         return "no plain completion"
     missing = set(req.required_tags) - set(caps.tags)
     if missing:

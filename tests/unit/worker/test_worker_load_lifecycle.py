@@ -25,6 +25,8 @@ from worker.artifacts import ArtifactSettings, ArtifactStore
 from worker.config import WorkerSettings
 from worker.counters import ChangeNotifier, CounterSnapshot, SequenceCounters
 from worker.engines.base import (
+    EmbedRequest,
+    EmbedResult,
     Engine,
     EngineEvent,
     EngineRequest,
@@ -160,6 +162,9 @@ class RecordingEngine:
 
     async def generate(self, req: EngineRequest) -> AsyncGenerator[EngineEvent, None]:
         yield Finished(FinishReason.STOP, 1, 0)
+
+    async def embed(self, req: EmbedRequest) -> EmbedResult:
+        return EmbedResult([[1.0] for _ in req.inputs], len(req.inputs))
 
     def abort(self, request_id: str) -> None:
         pass
