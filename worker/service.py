@@ -186,7 +186,9 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         # time a client that stopped reading); the generator form stays for interceptors.
         clock = Clock()
         key = checked_key(request.model)
-        check_generation(request.prompt, request.messages, request.sampling)
+        check_generation(
+            request.prompt, request.messages, request.sampling, request.tools, request.tool_choice
+        )
         remaining = context.time_remaining()
         deadline = clock.received + remaining if remaining is not None else None
         req = engine_request(request)
