@@ -1,4 +1,4 @@
-"""Drop models that cannot take the request: chat vs plain completion, required tags,
+"""Drop models that cannot take the request: chat vs plain completion, tools, required tags,
 and a context window that holds the prompt plus max_tokens."""
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ def unfit_reason(req: Request, cand: Candidate) -> str | None:
         return "no chat template"
     if not req.chat and not caps.completion:
         return "no plain completion"
+    if req.tools and not caps.tools:
+        return "cannot call tools (capabilities.tools is off)"
     missing = set(req.required_tags) - set(caps.tags)
     if missing:
         return "missing tags " + ",".join(sorted(missing))
