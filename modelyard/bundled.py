@@ -77,6 +77,9 @@ def smollm2_model() -> model_pb2.Model:
             completion=True,
             context_length=SMOLLM2_CONTEXT,
             tags=["small", "instruct", "english"],
+            # Tools in a system turn (its template has none); required and named calls
+            # are constrained to valid calls (worker/tools).
+            tools=True,
         ),
         pricing=model_pb2.Pricing(input_usd_per_1k_tokens=0.0, output_usd_per_1k_tokens=0.0),
         load_options=model_pb2.LoadOptions(context_length=2048),

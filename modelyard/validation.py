@@ -7,6 +7,7 @@ import math
 from collections.abc import Sequence
 
 from modelyard.errors import FieldViolation, InvalidArgument
+from modelyard.tool_validation import tool_call_chars, tool_violations, turn_violations
 from modelyard.v1 import common_pb2
 
 MAX_STOP_SEQUENCES = 16
@@ -134,6 +135,7 @@ def input_violations(
         )
         return out
     chars = len(prompt) + sum(len(m.content) + len(m.name) for m in messages)
+    chars += tool_call_chars(messages)
     if chars > MAX_PROMPT_CHARS:
         field = "prompt" if prompt else "messages"
         out.append(
@@ -149,16 +151,23 @@ def input_violations(
             )
             if len(out) >= MAX_VIOLATIONS:
                 break
-    return out
+    return out + turn_violations(messages)
 
 
 def check_generation(
     prompt: str,
     messages: Sequence[common_pb2.ChatMessage],
     sampling: common_pb2.SamplingParams,
+    tools: Sequence[common_pb2.ToolDefinition] = (),
+    tool_choice: common_pb2.ToolChoice | None = None,
 ) -> None:
     """Raise INVALID_ARGUMENT listing every bad field of a generation request."""
-    violations = input_violations(prompt, messages) + sampling_violations(sampling)
+    choice = tool_choice if tool_choice is not None else common_pb2.ToolChoice()
+    violations = (
+        input_violations(prompt, messages)
+        + sampling_violations(sampling)
+        + tool_violations(tools, choice, prompt)
+    )
     if violations:
         raise InvalidArgument.for_violations(violations[:MAX_VIOLATIONS])
 

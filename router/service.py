@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 from contextlib import aclosing
 from typing import Any, TypeAlias
 
 import grpc
+from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 from grpc_status import rpc_status
 
 from modelyard.errors import grpc_errors
 from modelyard.limits import ServerLimits
 from modelyard.streaming import BoundedStream
-from modelyard.v1 import router_pb2, router_pb2_grpc
+from modelyard.tool_validation import MAX_TOOL_CALLS
+from modelyard.v1 import common_pb2, router_pb2, router_pb2_grpc
 from router.accounting import Accounting
 from router.api import RouterApi
 from router.auth import SERVICE_NAME
@@ -127,10 +129,27 @@ async def _whole(
         elif kind == "delta":
             chunks.append(event.delta.text)
             reply.token_ids.extend(event.delta.token_ids)
+            _gather_calls(reply.tool_calls, event.delta.tool_calls)
         elif kind == "finished":
             reply.finished.CopyFrom(event.finished)
     reply.text = "".join(chunks)
     return reply
+
+
+def _gather_calls(
+    calls: RepeatedCompositeFieldContainer[common_pb2.ToolCall],
+    deltas: Iterable[common_pb2.ToolCallDelta],
+) -> None:
+    """Tool-call deltas into whole calls: a new index starts a call, the same appends."""
+    for d in deltas:
+        if d.index >= MAX_TOOL_CALLS:  # the contract's bound: never grow on a worker's word
+            continue
+        while len(calls) <= d.index:
+            calls.add()
+        call = calls[d.index]
+        call.id = call.id or d.id
+        call.name = call.name or d.name
+        call.arguments += d.arguments
 
 
 async def _abort_with_usage(context: Context, err: StreamBroken) -> None:

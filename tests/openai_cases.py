@@ -111,6 +111,8 @@ def _schema_of(t: Translated) -> Any:
     return json.loads(f.json_schema) if f.type == schema_type else None
 
 
+_TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+
 CHAT_HONOURED = [
     Honoured("model", {}, lambda t: bool(t.request.model)),
     Honoured(
@@ -130,7 +132,24 @@ CHAT_HONOURED = [
     ),
     Honoured("safety_identifier", {"safety_identifier": "s-1"}, _session("s-1")),
     Honoured("prompt_cache_key", {"prompt_cache_key": "conv-9"}, _session("conv-9")),
-    Honoured("parallel_tool_calls", {"parallel_tool_calls": False}, None),
+    Honoured(
+        "parallel_tool_calls",
+        {"parallel_tool_calls": False},
+        lambda t: not t.parallel_tool_calls,
+    ),
+    Honoured(
+        "tools",
+        {"tools": [_TOOL]},
+        lambda t: (
+            [x.name for x in t.request.tools] == ["f"]
+            and t.request.tool_choice.mode == common_pb2.TOOL_CHOICE_MODE_AUTO
+        ),
+    ),
+    Honoured(
+        "tool_choice",
+        {"tools": [_TOOL], "tool_choice": {"type": "function", "function": {"name": "f"}}},
+        lambda t: t.request.tool_choice.function_name == "f",
+    ),
     Honoured("logprobs", {"logprobs": True}, lambda t: t.request.sampling.logprobs),
     Honoured(
         "top_logprobs",
@@ -164,13 +183,10 @@ COMPLETION_HONOURED = [
     *_SHARED_HONOURED,
 ]
 
-_TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
 _SHARED_REFUSED: list[Refused] = []
 
 CHAT_REFUSED = [
     *_SHARED_REFUSED,
-    Refused("tools", [_TOOL], []),
-    Refused("tool_choice", "auto", "none"),
     Refused("functions", [{"name": "f"}], []),
     Refused("function_call", "auto", "none"),
     Refused("audio", {"voice": "alloy", "format": "wav"}),

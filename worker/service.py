@@ -39,7 +39,6 @@ from worker.admission import within
 from worker.catalogue import Catalogue
 from worker.embedding import EmbedHandler
 from worker.engines.base import (
-    ChatTurn,
     EngineEvent,
     EngineRequest,
     Finished,
@@ -62,6 +61,8 @@ from worker.milestones import Clock, Spans
 from worker.residency import Lease, ModelManager, ResidencyState
 from worker.sampling_fields import logprobs_of, output_format_of, token_logprobs_pb
 from worker.status import WorkerIdentity, build_worker_status, model_status
+from worker.tools.plan import chat_turns, with_tools
+from worker.tools.stream import with_tool_calls
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("modelyard.worker")
@@ -76,6 +77,7 @@ FINISH_REASONS = {
     FinishReason.STOP_SEQUENCE: common_pb2.FINISH_REASON_STOP_SEQUENCE,
     FinishReason.CONTEXT_LENGTH: common_pb2.FINISH_REASON_CONTEXT_LENGTH,
     FinishReason.CANCELLED: common_pb2.FINISH_REASON_CANCELLED,
+    FinishReason.TOOL_CALLS: common_pb2.FINISH_REASON_TOOL_CALLS,
 }
 
 
@@ -97,7 +99,7 @@ def engine_request(request: worker_pb2.WorkerServiceGenerateRequest) -> EngineRe
         # Our own handle: a client reusing request ids must never abort another call.
         request_id=uuid.uuid4().hex,
         prompt=request.prompt,
-        messages=tuple(ChatTurn(m.role, m.content, m.name) for m in request.messages),
+        messages=chat_turns(request.messages),
         sampling=SamplingConfig(
             temperature=s.temperature if s.HasField("temperature") else 1.0,
             top_p=s.top_p if s.HasField("top_p") else 1.0,
@@ -114,6 +116,15 @@ def engine_request(request: worker_pb2.WorkerServiceGenerateRequest) -> EngineRe
         logit_bias=dict(s.logit_bias),
         logprobs=logprobs_of(s),
     )
+
+
+def delta_of(piece: Piece) -> common_pb2.TokenDelta:
+    delta = common_pb2.TokenDelta(text=piece.text, token_ids=piece.token_ids)
+    if piece.logprobs:  # per token: build nothing unless they were asked for
+        delta.logprobs.extend(token_logprobs_pb(piece.logprobs))
+    for c in piece.tool_calls:
+        delta.tool_calls.add(index=c.index, id=c.id, name=c.name, arguments=c.arguments)
+    return delta
 
 
 def queued_tokens(request: worker_pb2.WorkerServiceGenerateRequest, max_tokens: int) -> int:
@@ -195,10 +206,12 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         # time a client that stopped reading); the generator form stays for interceptors.
         clock = Clock()
         key = checked_key(request.model)
-        check_generation(request.prompt, request.messages, request.sampling)
+        check_generation(
+            request.prompt, request.messages, request.sampling, request.tools, request.tool_choice
+        )
         remaining = context.time_remaining()
         deadline = clock.received + remaining if remaining is not None else None
-        req = engine_request(request)
+        req, tool_parser = with_tools(engine_request(request), request.tools, request.tool_choice)
         request_id = request.request_id or req.request_id
         operation = operation_name(bool(request.messages))
         spans = Spans(span_name(operation, key), _span_attributes(request, key, request_id))
@@ -225,6 +238,8 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                 context.add_done_callback(lambda _: lease.engine.abort(req.request_id))
                 await out.write(self._started(request, request_id, lease))
                 stream = lease.engine.generate(req)
+                if tool_parser is not None:
+                    stream = with_tool_calls(stream, tool_parser)
                 stack.push_async_callback(stream.aclose)
                 relay = self._relay(stream, lease, request, clock, spans, deadline, live)
                 async for message in relay:
@@ -270,11 +285,8 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                     spans.first_token()
                     live.set_phase(DECODING)
                 streamed += len(event.token_ids)
-                if event.text or event.token_ids:
-                    delta = common_pb2.TokenDelta(text=event.text, token_ids=event.token_ids)
-                    if event.logprobs:  # per token: build nothing unless they were asked for
-                        delta.logprobs.extend(token_logprobs_pb(event.logprobs))
-                    yield worker_pb2.WorkerServiceGenerateResponse(delta=delta)
+                if event.text or event.token_ids or event.tool_calls:
+                    yield worker_pb2.WorkerServiceGenerateResponse(delta=delta_of(event))
             else:
                 spans.finished(event)
                 finished = self._finished(event, streamed, lease, clock)

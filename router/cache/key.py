@@ -2,7 +2,8 @@
 
 The key is the sha256 of a canonical encoding of everything that decides the output: the
 resolved model version (`name@version`, never a bare name, so a new version never meets
-an old entry), the prompt or messages, every sampling field with its default filled in
+an old entry), the prompt or messages (tool calls and results included), the tools and
+the tool choice, every sampling field with its default filled in
 (an unset field and its default are one key), and the API key's name when the route keeps
 each key's entries apart.
 """
@@ -19,7 +20,7 @@ from modelyard.v1 import common_pb2, model_pb2, router_pb2
 
 # Bumped whenever the encoding below or the stored entry's shape changes: old entries
 # (in a shared store, written by older routers) then simply stop matching.
-KEY_SCHEME = "modelyard.response-cache.v1"
+KEY_SCHEME = "modelyard.response-cache.v2"
 
 
 def cacheable(sampling: common_pb2.SamplingParams) -> bool:
@@ -50,6 +51,21 @@ def normalized_sampling(s: common_pb2.SamplingParams) -> dict[str, Any]:
     }
 
 
+def _message(m: common_pb2.ChatMessage) -> list[Any]:
+    calls = [[c.id, c.name, c.arguments] for c in m.tool_calls]
+    return [m.role, m.content, m.name, calls, m.tool_call_id]
+
+
+def _choice(request: router_pb2.GenerateRequest) -> list[Any]:
+    """Unspecified is AUTO with tools, NONE without (see ToolChoiceMode): one key each."""
+    mode = request.tool_choice.mode
+    if mode == common_pb2.TOOL_CHOICE_MODE_UNSPECIFIED:
+        mode = (
+            common_pb2.TOOL_CHOICE_MODE_AUTO if request.tools else common_pb2.TOOL_CHOICE_MODE_NONE
+        )
+    return [mode, request.tool_choice.function_name]
+
+
 def cache_key(
     request: router_pb2.GenerateRequest, model: model_pb2.Model, *, client: str = ""
 ) -> str:
@@ -59,7 +75,11 @@ def cache_key(
         "scheme": KEY_SCHEME,
         "model": key_of(model),
         "prompt": request.prompt,
-        "messages": [[m.role, m.content, m.name] for m in request.messages],
+        "messages": [_message(m) for m in request.messages],
+        "tools": [
+            [t.name, t.description, t.parameters_json_schema, t.strict] for t in request.tools
+        ],
+        "tool_choice": _choice(request),
         "sampling": normalized_sampling(request.sampling),
         "client": client,
     }

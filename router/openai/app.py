@@ -221,6 +221,7 @@ class _Front:
         shape = Shape(
             chat, firsts[0].started, logprobs=sampling.logprobs,
             prompt_chars=len(translated.request.prompt),
+            parallel_tool_calls=translated.parallel_tool_calls,
         )  # fmt: skip
         headers = {**_ignored_header(translated.ignored), **cache_header(firsts[0].started)}
         if translated.stream:

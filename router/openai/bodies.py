@@ -83,10 +83,44 @@ class ContentPart(_Strict):
     text: Text
 
 
+class CalledFunction(_Strict):
+    name: Text
+    arguments: Text  # the text of a JSON object
+
+
+class MessageToolCall(_Strict):
+    id: Text
+    type: Literal["function"]
+    function: CalledFunction
+
+
 class Message(_Strict):
     role: Literal["system", "user", "assistant", "tool", "developer", "function"]
     content: Annotated[list[ContentPart], BeforeValidator(_text_parts)] | None = None
     name: Text | None = None
+    tool_calls: list[MessageToolCall] | None = None  # role assistant
+    tool_call_id: Text | None = None  # role tool
+
+
+class FunctionDefinition(_Strict):
+    name: Text
+    description: Text | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ToolDefinition(_Strict):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class ChosenFunction(_Strict):
+    name: Text
+
+
+class NamedToolChoice(_Strict):
+    type: Literal["function"]
+    function: ChosenFunction
 
 
 class StreamOptions(_Strict):
@@ -136,7 +170,7 @@ class ChatBody(_Body):
     parallel_tool_calls: bool | None = None
     logprobs: bool | None = None
     top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
-    tools: list[Any] | None = None
+    tools: list[ToolDefinition] | None = None
     tool_choice: Annotated[Any, AfterValidator(_tool_choice)] = None
     functions: list[Any] | None = None
     function_call: Any = None

@@ -14,6 +14,7 @@ from modelyard.errors import ModelyardError
 from modelyard.v1 import common_pb2, router_pb2
 from router.openai.errors import OpenAIError, from_error
 from router.openai.responses import Choice, Shape, finish_reason, sse
+from router.openai.tools import chunk_calls, gather, kept
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,7 @@ async def _collect(streams: Sequence[Events], shape: Shape) -> dict[str, Any]:
     texts: list[list[str]] = [[] for _ in streams]
     logprobs: list[list[common_pb2.TokenLogprob]] = [[] for _ in streams]
     finishes: list[common_pb2.GenerationFinished | None] = [None for _ in streams]
+    calls: list[list[dict[str, Any]]] = [[] for _ in streams]
     # Read to the streams' ends, past the finish (as the gRPC servicer does): closing one
     # early cancels the worker call, whose client span then never ends nor reaches the trace.
     async for index, event in merged(streams):
@@ -76,15 +78,16 @@ async def _collect(streams: Sequence[Events], shape: Shape) -> dict[str, Any]:
         if kind == "delta":
             texts[index].append(event.delta.text)
             logprobs[index].extend(event.delta.logprobs)
+            gather(calls[index], kept(event.delta.tool_calls, shape.parallel_tool_calls))
         elif kind == "finished":
             finishes[index] = event.finished
     choices = []
-    for text, lps, finished in zip(texts, logprobs, finishes, strict=True):
+    for text, lps, finished, made in zip(texts, logprobs, finishes, calls, strict=True):
         if finished is None:
             raise OpenAIError(
                 502, "the router's stream ended without a finish", type_="server_error"
             )
-        choices.append(Choice("".join(text), finished, lps))
+        choices.append(Choice("".join(text), finished, lps, made))
     return shape.whole(choices)
 
 
@@ -115,10 +118,13 @@ async def _chunks(
                 finishes.append(event.finished)
                 reason = finish_reason(event.finished)
                 yield sse(shape.chunk(None if shape.chat else "", reason, index))
-            if kind == "delta" and (event.delta.text or event.delta.logprobs):
+            if kind != "delta":
+                continue
+            calls = chunk_calls(kept(event.delta.tool_calls, shape.parallel_tool_calls))
+            if event.delta.text or event.delta.logprobs or calls:
                 logprobs = shape.logprobs_of(event.delta.logprobs, offsets[index])
                 offsets[index] += len(event.delta.text)
-                yield sse(shape.chunk(event.delta.text, index=index, logprobs=logprobs))
+                yield sse(shape.chunk(event.delta.text, None, index, logprobs, calls))
         if with_usage:
             yield sse(shape.usage_chunk(finishes))
         yield sse("[DONE]")

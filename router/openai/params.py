@@ -64,21 +64,21 @@ CHAT_HONOURED = _SHARED_HONOURED | {
     "max_completion_tokens",  # the newer name of max_tokens; wins when both are sent
     "safety_identifier",  # OpenAI's successor of `user`: the session key when user is absent
     "prompt_cache_key",  # a cache-routing key: the session key when neither is sent
-    "parallel_tool_calls",  # meaningless without tools, which are refused while unsupported
+    "tools",  # functions the model may call (router/openai/tools.py)
+    "tool_choice",  # "auto", "none", "required" or {"type": "function", ...}
+    "parallel_tool_calls",  # false: at most one call per turn
     "top_logprobs",
     "response_format",  # text, json_object, json_schema: constrained decoding in the engine
 }
 COMPLETION_HONOURED = _SHARED_HONOURED | {"prompt"}
 
-_NO_TOOLS = "tool calling is not implemented"
+_FUNCTIONS = "deprecated by OpenAI: use 'tools' and 'tool_choice'"
 _SHARED_UNSUPPORTED: Mapping[str, Unsupported] = {}
 
 CHAT_UNSUPPORTED: Mapping[str, Unsupported] = {
     **_SHARED_UNSUPPORTED,
-    "tools": Unsupported(_empty, _NO_TOOLS),
-    "tool_choice": Unsupported(_one_of("none"), _NO_TOOLS),
-    "functions": Unsupported(_empty, _NO_TOOLS),
-    "function_call": Unsupported(_one_of("none"), _NO_TOOLS),
+    "functions": Unsupported(_empty, _FUNCTIONS),
+    "function_call": Unsupported(_one_of("none"), _FUNCTIONS),
     "audio": Unsupported(_never, "text output only"),
     "modalities": Unsupported(_one_of(["text"]), "text output only"),
     "prediction": Unsupported(_never),

@@ -17,6 +17,7 @@ _FINISH = {
     common_pb2.FINISH_REASON_STOP_SEQUENCE: "stop",
     common_pb2.FINISH_REASON_LENGTH: "length",
     common_pb2.FINISH_REASON_CONTEXT_LENGTH: "length",
+    common_pb2.FINISH_REASON_TOOL_CALLS: "tool_calls",
 }
 
 
@@ -56,6 +57,7 @@ class Choice:
     text: str
     finished: common_pb2.GenerationFinished
     logprobs: list[common_pb2.TokenLogprob] = field(default_factory=list)
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)  # OpenAI's shape
 
 
 @dataclass
@@ -68,6 +70,7 @@ class Shape:
     created: int = field(default_factory=lambda: int(time.time()))
     logprobs: bool = False
     prompt_chars: int = 0
+    parallel_tool_calls: bool = True  # false: each choice's first tool call only
 
     @property
     def id(self) -> str:
@@ -105,6 +108,12 @@ class Shape:
             }
             if self.chat:
                 choice["message"] = {"role": "assistant", "content": c.text}
+                if c.tool_calls:  # OpenAI sends no content beside calls unless there was some
+                    choice["message"] = {
+                        "role": "assistant",
+                        "content": c.text or None,
+                        "tool_calls": c.tool_calls,
+                    }
             else:
                 choice["text"] = c.text
             out.append(choice)
@@ -118,12 +127,15 @@ class Shape:
         reason: str | None = None,
         index: int = 0,
         logprobs: dict[str, Any] | None = None,
+        tool_calls: list[dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
         choice: dict[str, Any] = {"index": index, "finish_reason": reason, "logprobs": logprobs}
         if self.chat:
             delta: dict[str, Any] = {} if text is None else {"content": text}
-            if text == "" and reason is None:
+            if text == "" and reason is None and not tool_calls:
                 delta = {"role": "assistant", "content": ""}
+            if tool_calls:
+                delta = {"tool_calls": tool_calls, **({"content": text} if text else {})}
             choice["delta"] = delta
             return {**self._head("chat.completion.chunk"), "choices": [choice]}
         choice["text"] = text or ""

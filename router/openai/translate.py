@@ -26,6 +26,7 @@ from router.openai.bodies import (
 )
 from router.openai.errors import invalid
 from router.openai.params import CHAT_UNSUPPORTED, COMPLETION_UNSUPPORTED, check_unsupported
+from router.openai.tools import add_tools, message_calls
 
 # OpenAI's legacy completions default to 16 tokens.
 COMPLETION_MAX_TOKENS = 16
@@ -38,6 +39,7 @@ class Translated:
     include_usage: bool
     ignored: tuple[str, ...] = ()  # unknown parameters, ignored by the router's setting
     n: int = 1  # choices: n generations of the one request, run concurrently
+    parallel_tool_calls: bool = True  # false: each choice keeps its first tool call only
 
     def requests(self) -> list[router_pb2.GenerateRequest]:
         """One request per choice; with a seed, choice i samples with seed + i (the same
@@ -58,6 +60,10 @@ def chat_request(body: dict[str, Any], *, ignore_unknown: bool = False) -> Trans
     check_unsupported(parsed.model_dump(exclude_unset=True), CHAT_UNSUPPORTED)
     request = _common_request(parsed)
     request.messages.extend(_message(m, i) for i, m in enumerate(parsed.messages))
+    for i, tool in enumerate(parsed.tools or ()):
+        _refuse_extras(tool, f"tools[{i}]")
+        _refuse_extras(tool.function, f"tools[{i}].function")
+    add_tools(request, parsed)
     if parsed.top_logprobs and not parsed.logprobs:
         raise invalid("'top_logprobs' needs 'logprobs': true", "top_logprobs")
     request.sampling.logprobs = bool(parsed.logprobs)
@@ -72,7 +78,8 @@ def chat_request(body: dict[str, Any], *, ignore_unknown: bool = False) -> Trans
     session = parsed.user or parsed.safety_identifier or parsed.prompt_cache_key
     if session:
         request.hints.session_key = session
-    return _translated(request, parsed, ignored)
+    translated = _translated(request, parsed, ignored)
+    return replace(translated, parallel_tool_calls=parsed.parallel_tool_calls is not False)
 
 
 def completion_request(body: dict[str, Any], *, ignore_unknown: bool = False) -> Translated:
@@ -167,11 +174,16 @@ def _message(message: Message, i: int) -> common_pb2.ChatMessage:
     for j, part in enumerate(message.content or ()):
         _refuse_extras(part, f"{where}.content[{j}]")
         texts.append(part.text)
+    for j, call in enumerate(message.tool_calls or ()):
+        _refuse_extras(call, f"{where}.tool_calls[{j}]")
+        _refuse_extras(call.function, f"{where}.tool_calls[{j}].function")
     return common_pb2.ChatMessage(
         # Newer OpenAI clients send "developer" where older ones send "system".
         role="system" if message.role == "developer" else message.role,
         content="".join(texts),
         name=message.name or "",
+        tool_calls=message_calls(message),
+        tool_call_id=message.tool_call_id or "",
     )
 
 

@@ -131,7 +131,9 @@ class Relay:
     ) -> AsyncGenerator[router_pb2.GenerateResponse, None]:
         """Stream the generation; `timeout_s` is what is left of the caller's deadline."""
         # Bad input is INVALID_ARGUMENT before any registry or worker call.
-        check_generation(request.prompt, request.messages, request.sampling)
+        check_generation(
+            request.prompt, request.messages, request.sampling, request.tools, request.tool_choice
+        )
         caller = current_caller()
         self._client_policy.check(request, caller)
         request_id = request_id_of(request.request_id)

@@ -51,6 +51,8 @@ def worker_request(
         route=assignment.route,
         arm=assignment.arm,
         attempt=assignment.attempt,
+        tools=request.tools,
+        tool_choice=request.tool_choice,
     )
 
 
@@ -74,6 +76,7 @@ def scheduling_request(
         required_tags=tuple(hints.required_tags),
         min_context_length=hints.min_context_length,
         session_key=hints.session_key,
+        tools=bool(request.tools),
         prefix=chain_of_request(request.prompt, request.messages),
     )
 

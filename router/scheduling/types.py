@@ -29,6 +29,7 @@ class Request:
     required_tags: tuple[str, ...] = ()
     min_context_length: int = 0
     session_key: str = ""
+    tools: bool = False  # offers tools: only models with capabilities.tools take it
     # The request's prefix chain (modelyard/prefix.py), computed once per request.
     prefix: PrefixChain = NO_PREFIX
     embedding: bool = False  # an Embed request: only embedding models fit

@@ -66,10 +66,39 @@ class SamplingConfig:
 
 
 @dataclass(frozen=True)
+class ToolCallTurn:
+    """A tool call an assistant turn made (arguments: the text of a JSON object)."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True)
 class ChatTurn:
     role: str
     content: str
     name: str = ""
+    tool_calls: tuple[ToolCallTurn, ...] = ()  # role "assistant"
+    tool_call_id: str = ""  # role "tool": the call this turn answers
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    """A function the model may call; parameters is JSON Schema text ("" for any object)."""
+
+    name: str
+    description: str = ""
+    parameters: str = ""
+
+
+@dataclass(frozen=True)
+class ToolPrompt:
+    """The tools a chat prompt shows the model (see worker.engines.tool_prompt); `may_call` is
+    False for tool choice NONE: the tools are shown, the model is told to answer in text."""
+
+    tools: tuple[ToolSpec, ...]
+    may_call: bool = True
 
 
 @dataclass(frozen=True)
@@ -95,6 +124,7 @@ class EngineRequest:
     output_format: OutputFormat | None = None  # None: free text
     logit_bias: Mapping[int, float] = field(default_factory=dict)  # token id -> added logit
     logprobs: int | None = None  # None: none; else how many alternatives per token (0..20)
+    tools: ToolPrompt | None = None  # chat only: the tools rendered into the prompt
 
 
 class FinishReason(enum.Enum):
@@ -103,6 +133,7 @@ class FinishReason(enum.Enum):
     STOP_SEQUENCE = "stop_sequence"
     CONTEXT_LENGTH = "context_length"
     CANCELLED = "cancelled"
+    TOOL_CALLS = "tool_calls"  # set by worker.tools.stream, never by an engine
 
 
 @dataclass(frozen=True)
@@ -131,6 +162,17 @@ class TokenLogprob:
 
 
 @dataclass(frozen=True)
+class ToolCallPiece:
+    """A streamed tool call: the first piece of a call has its index, id and name; later
+    pieces with the same index append to its arguments."""
+
+    index: int
+    id: str = ""
+    name: str = ""
+    arguments: str = ""
+
+
+@dataclass(frozen=True)
 class Piece:
     """Newly decoded tokens and the text they complete (may be empty mid-character)."""
 
@@ -138,6 +180,8 @@ class Piece:
     token_ids: tuple[int, ...]
     # With EngineRequest.logprobs: one per token id, same order.
     logprobs: tuple[TokenLogprob, ...] = ()
+    # Text decoded as tool calls (worker.tools.stream), instead of `text`.
+    tool_calls: tuple[ToolCallPiece, ...] = ()
 
 
 @dataclass(frozen=True)

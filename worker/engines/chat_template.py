@@ -3,6 +3,8 @@
 Templates come from GGUF metadata (`tokenizer.chat_template`) and run in
 Jinja's immutable sandbox with the variables Hugging Face templates expect.
 A model without a template falls back to ChatML, with a warning at load time.
+Tools and tool turns are rendered by the template itself when it takes `tools`, else as
+plain turns (worker.engines.tool_prompt).
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ import jinja2.ext
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from modelyard.errors import InvalidArgument
-from worker.engines.base import ChatTurn
+from worker.engines.base import ChatTurn, ToolPrompt
+from worker.engines.tool_prompt import hf_tools, hf_turn, plain_turns, takes_tools
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +72,7 @@ class ChatTemplate:
         self.bos_token = bos_token
         self.eos_token = eos_token
         self.is_fallback = is_fallback
+        self.takes_tools = takes_tools(source)
 
     @classmethod
     def from_metadata(
@@ -85,17 +89,23 @@ class ChatTemplate:
             log.warning("model %s has no chat template; chat requests use ChatML", model or "?")
         return cls(CHATML_TEMPLATE, bos_token=bos_token, eos_token=eos_token, is_fallback=True)
 
-    def render(self, messages: Sequence[ChatTurn]) -> RenderedPrompt:
-        turns = [
-            {"role": m.role, "content": m.content, **({"name": m.name} if m.name else {})}
-            for m in messages
-        ]
+    def render(
+        self, messages: Sequence[ChatTurn], tools: ToolPrompt | None = None
+    ) -> RenderedPrompt:
+        extra: dict[str, Any] = {}
+        if self.takes_tools:
+            turns = [hf_turn(m) for m in messages]
+            if tools is not None and tools.tools:
+                extra["tools"] = hf_tools(tools)
+        else:
+            turns = [hf_turn(m) for m in plain_turns(messages, tools)]
         try:
             text = self._template.render(
                 messages=turns,
                 add_generation_prompt=True,
                 bos_token=self.bos_token,
                 eos_token=self.eos_token,
+                **extra,
             )
         except jinja2.TemplateError as err:
             raise InvalidArgument.for_field(

@@ -45,9 +45,21 @@ def check_logit_bias(req: EngineRequest, n_vocab: int) -> None:
 
 
 def refuse_unsupported(
-    req: EngineRequest, engine_name: str, *, formats: bool = False, logit_bias: bool = False
+    req: EngineRequest,
+    engine_name: str,
+    *,
+    formats: bool = False,
+    logit_bias: bool = False,
+    tools: bool = False,
 ) -> None:
     """INVALID_ARGUMENT for what this engine cannot do: a field is never ignored silently."""
+    if (req.tools is not None or any(m.tool_calls for m in req.messages)) and not tools:
+        raise InvalidArgument.for_field("tools", f"engine {engine_name} does not support tools")
+    if req.tools is not None and req.output_format is not None and not formats:
+        raise InvalidArgument.for_field(
+            "tool_choice",
+            f"engine {engine_name} cannot force a tool call (constrained decoding); use auto",
+        )
     if req.output_format is not None and not formats:
         raise InvalidArgument.for_field(
             "sampling.response_format", f"engine {engine_name} cannot constrain output to JSON"

@@ -10,6 +10,7 @@ from typing import Any
 
 from worker.engines.base import EngineRequest
 from worker.engines.chat_template import ChatTemplate
+from worker.engines.tool_prompt import hf_tools, hf_turn, plain_turns, takes_tools
 
 
 class HfPrompter:
@@ -39,10 +40,15 @@ class HfPrompter:
 
     def render_chat(self, req: EngineRequest) -> str:
         if self._fallback is not None:
-            return self._fallback.render(req.messages).text
-        turns = [
-            {"role": m.role, "content": m.content, **({"name": m.name} if m.name else {})}
-            for m in req.messages
-        ]
-        text = self.tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=False)
+            return self._fallback.render(req.messages, req.tools).text
+        extra: dict[str, Any] = {}
+        if takes_tools(str(self.tokenizer.chat_template)):
+            turns = [hf_turn(m) for m in req.messages]
+            if req.tools is not None and req.tools.tools:
+                extra["tools"] = hf_tools(req.tools)
+        else:  # tools and tool turns as plain text turns
+            turns = [hf_turn(m) for m in plain_turns(req.messages, req.tools)]
+        text = self.tokenizer.apply_chat_template(
+            turns, add_generation_prompt=True, tokenize=False, **extra
+        )
         return str(text)

@@ -181,7 +181,7 @@ class LlamaCppEngine:
             return list(req.prompt_token_ids)
         if req.messages:
             assert self._template is not None
-            rendered = self._template.render(req.messages)
+            rendered = self._template.render(req.messages, req.tools)
             return list(
                 self._model.tokenize(
                     rendered.text.encode("utf-8"),

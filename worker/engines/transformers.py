@@ -132,7 +132,7 @@ class TransformersEngine:
             raise EngineNotLoaded(ENGINE_NAME)
         prompt = prompter.token_ids(req)
         check_prompt(prompt, loaded.context, self._key)
-        refuse_unsupported(req, ENGINE_NAME, logit_bias=True)
+        refuse_unsupported(req, ENGINE_NAME, logit_bias=True, tools=True)
         check_logit_bias(req, len(loaded.tokenizer))
         job = _Job(req, prompt, EventChannel(asyncio.get_running_loop()))
         cost = len(prompt) + req.max_tokens

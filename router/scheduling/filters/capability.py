@@ -1,6 +1,6 @@
 """Drop models that cannot take the request: chat vs plain completion vs embedding (an
-embedding-only model has neither chat nor completion, so no generation reaches it), required tags,
-and a context window that holds the prompt plus max_tokens."""
+embedding-only model has neither chat nor completion, so no generation reaches it), tools,
+required tags, and a context window that holds the prompt plus max_tokens."""
 
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ def unfit_reason(req: Request, cand: Candidate) -> str | None:
         return "no chat template"
     elif not req.chat and not caps.completion:
         return "no plain completion"
+    if req.tools and not caps.tools:
+        return "cannot call tools (capabilities.tools is off)"
     missing = set(req.required_tags) - set(caps.tags)
     if missing:
         return "missing tags " + ",".join(sorted(missing))

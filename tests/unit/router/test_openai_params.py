@@ -96,8 +96,11 @@ def test_unknown_parameters_are_a_400_unless_ignored(chat: bool) -> None:
 def test_nested_keys_that_ask_for_something_are_refused() -> None:
     tool_call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
     cases = [
-        ({"role": "assistant", "content": None, "tool_calls": [tool_call]}, "tool_calls"),
-        ({"role": "tool", "content": "42", "tool_call_id": "c1"}, "tool_call_id"),
+        ({"role": "user", "content": "hi", "cache_control": {"type": "x"}}, "cache_control"),
+        (
+            {"role": "assistant", "tool_calls": [{**tool_call, "extra": 1}]},
+            "tool_calls[0].extra",
+        ),
     ]
     for message, key in cases:
         with pytest.raises(OpenAIError) as caught:
