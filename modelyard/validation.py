@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Sequence
 
 from modelyard.errors import FieldViolation, InvalidArgument
@@ -22,6 +23,8 @@ MAX_TOP_LOGPROBS = 20
 MAX_LOGIT_BIAS = 300
 LOGIT_BIAS_RANGE = 100.0
 MAX_JSON_SCHEMA_BYTES = 64 * 1024
+MAX_REGEX_BYTES = 16 * 1024
+MAX_GRAMMAR_BYTES = 16 * 1024
 
 
 def sampling_violations(
@@ -85,23 +88,90 @@ def _logprob_violations(s: common_pb2.SamplingParams, prefix: str) -> list[Field
 
 
 def _format_violations(f: common_pb2.ResponseFormat, prefix: str) -> list[FieldViolation]:
-    schema_field = f"{prefix}.json_schema"
+    """The field the format's type needs is set and within its limit; the others are empty.
+    Whether an engine can enforce the schema, pattern or grammar is the engine's check."""
     if f.type not in common_pb2.ResponseFormatType.values():
         return [FieldViolation(f"{prefix}.type", f"unknown response format type {f.type}")]
-    if f.type != common_pb2.RESPONSE_FORMAT_TYPE_JSON_SCHEMA:
-        if f.json_schema:
-            return [FieldViolation(schema_field, "a schema needs type JSON_SCHEMA")]
-        return []
-    size = len(f.json_schema.encode("utf-8"))
-    if size > MAX_JSON_SCHEMA_BYTES:
-        return [FieldViolation(schema_field, f"at most {MAX_JSON_SCHEMA_BYTES} bytes, got {size}")]
-    try:
-        schema = json.loads(f.json_schema)
-    except ValueError as err:  # no library text beyond json's own position message
-        return [FieldViolation(schema_field, f"is not JSON: {err}")]
-    if not isinstance(schema, dict):
-        return [FieldViolation(schema_field, "must be a JSON object (a JSON Schema)")]
+    out: list[FieldViolation] = []
+    # Each field belongs to one type: sent with another it would be ignored, so refuse it.
+    for name, owner, needs in (
+        ("json_schema", common_pb2.RESPONSE_FORMAT_TYPE_JSON_SCHEMA, "JSON_SCHEMA"),
+        ("regex", common_pb2.RESPONSE_FORMAT_TYPE_REGEX, "REGEX"),
+        ("grammar", common_pb2.RESPONSE_FORMAT_TYPE_GRAMMAR, "GRAMMAR"),
+        ("grammar_syntax", common_pb2.RESPONSE_FORMAT_TYPE_GRAMMAR, "GRAMMAR"),
+    ):
+        if f.type != owner and getattr(f, name):
+            out.append(FieldViolation(f"{prefix}.{name}", f"needs type {needs}"))
+    if out:
+        return out
+    if f.type == common_pb2.RESPONSE_FORMAT_TYPE_JSON_SCHEMA:
+        return _schema_violations(f.json_schema, f"{prefix}.json_schema")
+    if f.type == common_pb2.RESPONSE_FORMAT_TYPE_REGEX:
+        return _regex_violations(f.regex, f"{prefix}.regex")
+    if f.type == common_pb2.RESPONSE_FORMAT_TYPE_GRAMMAR:
+        return _grammar_violations(f, prefix)
     return []
+
+
+def _text_violation(text: str, field: str, limit: int, what: str) -> FieldViolation | None:
+    if not text:
+        return FieldViolation(field, f"{what} is required with this type")
+    size = len(text.encode("utf-8"))
+    if size > limit:
+        return FieldViolation(field, f"at most {limit} bytes, got {size}")
+    return None
+
+
+def _schema_violations(text: str, field: str) -> list[FieldViolation]:
+    size = len(text.encode("utf-8"))
+    if size > MAX_JSON_SCHEMA_BYTES:
+        return [FieldViolation(field, f"at most {MAX_JSON_SCHEMA_BYTES} bytes, got {size}")]
+    try:
+        schema = json.loads(text)
+    except ValueError as err:  # no library text beyond json's own position message
+        return [FieldViolation(field, f"is not JSON: {err}")]
+    if not isinstance(schema, dict):
+        return [FieldViolation(field, "must be a JSON object (a JSON Schema)")]
+    return []
+
+
+def _regex_violations(text: str, field: str) -> list[FieldViolation]:
+    bad = _text_violation(text, field, MAX_REGEX_BYTES, "a regular expression")
+    if bad is not None:
+        return [bad]
+    # A first check in Python's dialect; the engine's matcher has the last word.
+    try:
+        re.compile(text)
+    except (re.error, RecursionError, OverflowError) as err:
+        where = f" at position {err.pos}" if isinstance(err, re.error) and err.pos else ""
+        reason = err.msg if isinstance(err, re.error) else "is too deeply nested"
+        return [FieldViolation(field, f"is not a valid regular expression: {reason}{where}")]
+    return []
+
+
+_COMMENT = re.compile(r"(#|//).*$")
+
+
+def looks_like_gbnf(grammar: str) -> bool:
+    """vLLM's rule for telling GBNF from Lark (it is not told which): a line that, without
+    its `#` or `//` comment, defines a rule with `::=` makes the grammar GBNF."""
+    return any("::=" in _COMMENT.sub("", line) for line in grammar.split("\n"))
+
+
+def _grammar_violations(f: common_pb2.ResponseFormat, prefix: str) -> list[FieldViolation]:
+    out: list[FieldViolation] = []
+    bad = _text_violation(f.grammar, f"{prefix}.grammar", MAX_GRAMMAR_BYTES, "a grammar")
+    if bad is not None:
+        out.append(bad)
+    known = set(common_pb2.GrammarSyntax.values()) - {common_pb2.GRAMMAR_SYNTAX_UNSPECIFIED}
+    if f.grammar_syntax not in known:
+        out.append(
+            FieldViolation(
+                f"{prefix}.grammar_syntax",
+                f"must be GBNF or LARK, got {f.grammar_syntax}",
+            )
+        )
+    return out
 
 
 def _stop_violations(stop: Sequence[str], prefix: str) -> list[FieldViolation]:

@@ -75,6 +75,14 @@ def _session(key: str) -> Check:
     return lambda t: t.request.hints.session_key == key
 
 
+_GBNF = common_pb2.GRAMMAR_SYNTAX_GBNF
+
+
+def _format(t: Translated) -> tuple[int, str, str, int]:
+    f = t.request.sampling.response_format
+    return (f.type, f.regex, f.grammar, f.grammar_syntax)
+
+
 _SHARED_HONOURED = [
     Honoured("max_tokens", {"max_tokens": 3}, lambda t: t.request.sampling.max_tokens == 3),
     Honoured("temperature", {"temperature": 0.0}, _sampling("temperature", 0.0)),
@@ -94,6 +102,23 @@ _SHARED_HONOURED = [
     Honoured("min_p", {"min_p": 0.25}, _near("min_p", 0.25)),
     Honoured("repetition_penalty", {"repetition_penalty": 1.5}, _near("repetition_penalty", 1.5)),
     Honoured("n", {"n": 2}, lambda t: t.n == 2 and len(t.requests()) == 2),
+    Honoured(
+        "structured_outputs",
+        {"structured_outputs": {"regex": "[0-9]+"}},
+        lambda t: _format(t) == (common_pb2.RESPONSE_FORMAT_TYPE_REGEX, "[0-9]+", "", 0),
+    ),
+    Honoured(
+        "guided_regex",
+        {"guided_regex": "a|b"},
+        lambda t: _format(t) == (common_pb2.RESPONSE_FORMAT_TYPE_REGEX, "a|b", "", 0),
+    ),
+    Honoured(
+        "guided_grammar",
+        {"guided_grammar": 'root ::= "x"'},
+        lambda t: (
+            _format(t) == (common_pb2.RESPONSE_FORMAT_TYPE_GRAMMAR, "", 'root ::= "x"', _GBNF)
+        ),
+    ),
     Honoured(
         "logit_bias",
         {"logit_bias": {"50": -100}},
@@ -210,4 +235,11 @@ COMPLETION_REFUSED = [
     Refused("suffix", " end.", ""),
 ]
 
-EXTRA = {"top_k", "min_p", "repetition_penalty"}
+EXTRA = {
+    "top_k",
+    "min_p",
+    "repetition_penalty",
+    "structured_outputs",
+    "guided_regex",
+    "guided_grammar",
+}

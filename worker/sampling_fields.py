@@ -14,6 +14,11 @@ def output_format_of(f: common_pb2.ResponseFormat) -> OutputFormat | None:
         return OutputFormat()
     if f.type == common_pb2.RESPONSE_FORMAT_TYPE_JSON_SCHEMA:
         return OutputFormat(json_schema=f.json_schema)
+    if f.type == common_pb2.RESPONSE_FORMAT_TYPE_REGEX:
+        return OutputFormat(regex=f.regex)
+    if f.type == common_pb2.RESPONSE_FORMAT_TYPE_GRAMMAR:
+        lark = f.grammar_syntax == common_pb2.GRAMMAR_SYNTAX_LARK
+        return OutputFormat(grammar=f.grammar, grammar_syntax="lark" if lark else "gbnf")
     return None
 
 

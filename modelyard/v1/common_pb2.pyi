@@ -234,6 +234,12 @@ class _ResponseFormatTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Re
     """Any syntactically valid JSON object."""
     RESPONSE_FORMAT_TYPE_JSON_SCHEMA: _ResponseFormatType.ValueType  # 3
     """A JSON value valid against ResponseFormat.json_schema."""
+    RESPONSE_FORMAT_TYPE_REGEX: _ResponseFormatType.ValueType  # 4
+    """Text that ResponseFormat.regex matches in full."""
+    RESPONSE_FORMAT_TYPE_GRAMMAR: _ResponseFormatType.ValueType  # 5
+    """Text that ResponseFormat.grammar (in ResponseFormat.grammar_syntax)
+    derives from its start rule.
+    """
 
 class ResponseFormatType(_ResponseFormatType, metaclass=_ResponseFormatTypeEnumTypeWrapper):
     """ResponseFormatType says which shape a generation must take."""
@@ -246,7 +252,37 @@ RESPONSE_FORMAT_TYPE_JSON_OBJECT: ResponseFormatType.ValueType  # 2
 """Any syntactically valid JSON object."""
 RESPONSE_FORMAT_TYPE_JSON_SCHEMA: ResponseFormatType.ValueType  # 3
 """A JSON value valid against ResponseFormat.json_schema."""
+RESPONSE_FORMAT_TYPE_REGEX: ResponseFormatType.ValueType  # 4
+"""Text that ResponseFormat.regex matches in full."""
+RESPONSE_FORMAT_TYPE_GRAMMAR: ResponseFormatType.ValueType  # 5
+"""Text that ResponseFormat.grammar (in ResponseFormat.grammar_syntax)
+derives from its start rule.
+"""
 Global___ResponseFormatType: _TypeAlias = ResponseFormatType  # noqa: Y015
+
+class _GrammarSyntax:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _GrammarSyntaxEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_GrammarSyntax.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    GRAMMAR_SYNTAX_UNSPECIFIED: _GrammarSyntax.ValueType  # 0
+    """Not set: INVALID_ARGUMENT with RESPONSE_FORMAT_TYPE_GRAMMAR."""
+    GRAMMAR_SYNTAX_GBNF: _GrammarSyntax.ValueType  # 1
+    """llama.cpp's GBNF; the start rule is `root`. Engines: llama_cpp, vllm."""
+    GRAMMAR_SYNTAX_LARK: _GrammarSyntax.ValueType  # 2
+    """Lark (as llguidance reads it); the start rule is `start`. Engines: vllm."""
+
+class GrammarSyntax(_GrammarSyntax, metaclass=_GrammarSyntaxEnumTypeWrapper):
+    """GrammarSyntax names the notation of ResponseFormat.grammar."""
+
+GRAMMAR_SYNTAX_UNSPECIFIED: GrammarSyntax.ValueType  # 0
+"""Not set: INVALID_ARGUMENT with RESPONSE_FORMAT_TYPE_GRAMMAR."""
+GRAMMAR_SYNTAX_GBNF: GrammarSyntax.ValueType  # 1
+"""llama.cpp's GBNF; the start rule is `root`. Engines: llama_cpp, vllm."""
+GRAMMAR_SYNTAX_LARK: GrammarSyntax.ValueType  # 2
+"""Lark (as llguidance reads it); the start rule is `start`. Engines: vllm."""
+Global___GrammarSyntax: _TypeAlias = GrammarSyntax  # noqa: Y015
 
 class _Pooling:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -528,9 +564,9 @@ class SamplingParams(_message.Message):
 
     @_builtins.property
     def response_format(self) -> Global___ResponseFormat:
-        """Constrains the output's shape (JSON). Unset: free text. An engine that
-        cannot constrain decoding refuses the request with INVALID_ARGUMENT rather
-        than ignore it.
+        """Constrains the output's shape (JSON, a regular expression or a grammar).
+        Unset: free text. An engine that cannot enforce the format refuses the
+        request with INVALID_ARGUMENT rather than ignore it.
         """
 
     @_builtins.property
@@ -589,20 +625,41 @@ class ResponseFormat(_message.Message):
 
     TYPE_FIELD_NUMBER: _builtins.int
     JSON_SCHEMA_FIELD_NUMBER: _builtins.int
+    REGEX_FIELD_NUMBER: _builtins.int
+    GRAMMAR_FIELD_NUMBER: _builtins.int
+    GRAMMAR_SYNTAX_FIELD_NUMBER: _builtins.int
     type: Global___ResponseFormatType.ValueType
     json_schema: _builtins.str
     """For RESPONSE_FORMAT_TYPE_JSON_SCHEMA: the JSON Schema as JSON text, at most
     64 KiB. Schema features an engine cannot enforce are INVALID_ARGUMENT.
     """
+    regex: _builtins.str
+    """For RESPONSE_FORMAT_TYPE_REGEX: the regular expression the whole output
+    must match, at most 16 KiB. Anchored at both ends (no ^ or $ needed).
+    Use the dialect common to the engines' matchers: literals, classes,
+    groups, alternation, quantifiers; no backreferences or lookaround. A
+    pattern that does not compile, or that the engine cannot enforce, is
+    INVALID_ARGUMENT naming sampling.response_format.regex.
+    """
+    grammar: _builtins.str
+    """For RESPONSE_FORMAT_TYPE_GRAMMAR: the grammar's text, at most 16 KiB,
+    written in grammar_syntax. A grammar the engine cannot compile is
+    INVALID_ARGUMENT naming sampling.response_format.grammar.
+    """
+    grammar_syntax: Global___GrammarSyntax.ValueType
+    """For RESPONSE_FORMAT_TYPE_GRAMMAR: the notation of grammar (required)."""
     def __init__(
         self,
         *,
         type: Global___ResponseFormatType.ValueType = ...,
         json_schema: _builtins.str = ...,
+        regex: _builtins.str = ...,
+        grammar: _builtins.str = ...,
+        grammar_syntax: Global___GrammarSyntax.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["json_schema", b"json_schema", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["grammar", b"grammar", "grammar_syntax", b"grammar_syntax", "json_schema", b"json_schema", "regex", b"regex", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -44,7 +44,13 @@ def normalized_sampling(s: common_pb2.SamplingParams) -> dict[str, Any]:
         "repetition_penalty": s.repetition_penalty if s.HasField("repetition_penalty") else 1.0,
         "stop": sorted(set(s.stop)),  # a set: order and repeats change nothing
         "seed": s.seed if s.HasField("seed") else None,
-        "response_format": [fmt, s.response_format.json_schema],
+        "response_format": [
+            fmt,
+            s.response_format.json_schema,
+            s.response_format.regex,
+            s.response_format.grammar,
+            s.response_format.grammar_syntax,
+        ],
         "logprobs": s.logprobs,
         "top_logprobs": s.top_logprobs if s.logprobs else 0,
         "logit_bias": sorted(s.logit_bias.items()),

@@ -213,9 +213,16 @@ class _Front:
             # The relay holds GenerationStarted until the first token: errors up to
             # there (unknown model, no worker, bad input) still get their HTTP status.
             firsts = await _until_disconnect(request, _first_events(streams))
-        except BaseException:
+        except BaseException as err:
             for events in streams:
                 await events.aclose()
+            # The engine names the contract's field; the client sent the extra's name.
+            if (
+                isinstance(err, OpenAIError)
+                and translated.format_param
+                and (err.param or "").startswith("response_format.")
+            ):
+                err.param = translated.format_param
             raise
         sampling = translated.request.sampling
         shape = Shape(

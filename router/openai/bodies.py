@@ -140,6 +140,14 @@ class ResponseFormat(_Strict):
     json_schema: JsonSchema | None = None
 
 
+class StructuredOutputs(_Strict):
+    """vLLM's `structured_outputs` extra: the keys modelyard honours (the others, such as
+    `choice` or `json`, are kept as extras and refused by name)."""
+
+    regex: Text | None = None
+    grammar: Text | None = None
+
+
 class _Body(_Strict):
     """The parameters of both endpoints."""
 
@@ -160,6 +168,10 @@ class _Body(_Strict):
     top_k: Annotated[int, Field(ge=-1, le=INT32_MAX)] | None = None
     min_p: Number | None = None
     repetition_penalty: Number | None = None
+    # vLLM's structured outputs, and its older names of the same constraints.
+    structured_outputs: StructuredOutputs | None = None
+    guided_regex: Text | None = None
+    guided_grammar: Text | None = None
 
 
 class ChatBody(_Body):

@@ -103,7 +103,18 @@ COMPLETION_UNSUPPORTED: Mapping[str, Unsupported] = {
 
 # Not OpenAI's: vLLM-style extra body parameters the router's SamplingParams hold
 # (`extra_body={"top_k": 40}` in the SDK).
-EXTRA = frozenset({"top_k", "min_p", "repetition_penalty"})
+# Constrained decoding the vLLM way: `structured_outputs` ({"regex": ...} or
+# {"grammar": ...}), or its older names `guided_regex` and `guided_grammar`.
+EXTRA = frozenset(
+    {
+        "top_k",
+        "min_p",
+        "repetition_penalty",
+        "structured_outputs",
+        "guided_regex",
+        "guided_grammar",
+    }
+)
 
 
 def check_unsupported(values: Mapping[str, Any], table: Mapping[str, Unsupported]) -> None:

@@ -26,6 +26,7 @@ from router.openai.bodies import (
 )
 from router.openai.errors import invalid
 from router.openai.params import CHAT_UNSUPPORTED, COMPLETION_UNSUPPORTED, check_unsupported
+from router.openai.structured import extra_format, format_param
 from router.openai.tools import add_tools, message_calls
 
 # OpenAI's legacy completions default to 16 tokens.
@@ -40,6 +41,10 @@ class Translated:
     ignored: tuple[str, ...] = ()  # unknown parameters, ignored by the router's setting
     n: int = 1  # choices: n generations of the one request, run concurrently
     parallel_tool_calls: bool = True  # false: each choice keeps its first tool call only
+    # The client's parameter the response format came from when it was not
+    # `response_format` ("structured_outputs.regex", "guided_grammar"): the engine's
+    # refusal of a pattern or grammar points there.
+    format_param: str | None = None
 
     def requests(self) -> list[router_pb2.GenerateRequest]:
         """One request per choice; with a seed, choice i samples with seed + i (the same
@@ -69,6 +74,12 @@ def chat_request(body: dict[str, Any], *, ignore_unknown: bool = False) -> Trans
     request.sampling.logprobs = bool(parsed.logprobs)
     request.sampling.top_logprobs = parsed.top_logprobs or 0
     if parsed.response_format is not None and parsed.response_format.type != "text":
+        if request.sampling.HasField("response_format"):
+            raise invalid(
+                "'response_format' cannot be combined with a regex or grammar constraint: "
+                "one constraint per request",
+                "response_format",
+            )
         request.sampling.response_format.CopyFrom(_response_format(parsed.response_format))
     max_tokens = parsed.max_completion_tokens or parsed.max_tokens
     # Omitted: the server's default (running to the end of the context is pending).
@@ -115,6 +126,7 @@ def _translated(
         stream=bool(parsed.stream),
         include_usage=bool(options and options.include_usage),
         ignored=tuple(ignored),
+        format_param=format_param(parsed),
     )
     return replace(translated, n=parsed.n) if parsed.n else translated
 
@@ -150,6 +162,9 @@ def _common_request(parsed: ChatBody | CompletionBody) -> router_pb2.GenerateReq
         if not key.isdigit() or int(key) >= 2**32:  # the router checks the bias itself
             raise invalid(f"'logit_bias' keys must be token ids, got {key[:32]!r}", "logit_bias")
         sampling.logit_bias[int(key)] = bias
+    constraint = extra_format(parsed)
+    if constraint is not None:
+        sampling.response_format.CopyFrom(constraint)
     return request
 
 

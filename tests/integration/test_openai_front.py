@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.client
 import inspect
 import json
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -397,6 +398,30 @@ def test_a_json_schema_response_validates(client: openai.OpenAI, smollm2: model_
     choice = reply.choices[0]
     assert choice.finish_reason == "stop"
     jsonschema.validate(json.loads(choice.message.content or ""), CAT_SCHEMA)
+
+
+def test_regex_and_grammar_extras_reach_the_engine(
+    client: openai.OpenAI, smollm2: model_pb2.Model
+) -> None:
+    reply = client.completions.create(
+        model=smollm2.name,
+        prompt="A licence plate:",
+        max_tokens=12,
+        temperature=1.0,
+        extra_body={"structured_outputs": {"regex": "[A-Z]{3}-[0-9]{4}"}},
+    )
+    assert reply.choices[0].finish_reason == "stop"
+    assert re.fullmatch("[A-Z]{3}-[0-9]{4}", reply.choices[0].text)
+    # The engine's refusal names the parameter the client sent, not the contract's field.
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(
+            model=smollm2.name,
+            messages=MESSAGES,
+            max_tokens=4,
+            extra_body={"guided_grammar": "root ::= nowhere"},
+        )
+    assert isinstance(caught.value.body, dict)
+    assert caught.value.body["param"] == "guided_grammar"
 
 
 def test_greedy_logprobs_are_the_top_alternative(

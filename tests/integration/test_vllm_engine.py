@@ -229,3 +229,25 @@ async def test_a_json_schema_and_logprobs_reach_vllm(engine: VllmEngine) -> None
     # An id outside the vocabulary is the client's error, before vLLM sees it.
     with pytest.raises(InvalidArgument):
         await _collect(engine, EngineRequest("bias", prompt="Hi", logit_bias={10**7: 1.0}))
+
+
+async def test_a_regex_and_a_grammar_reach_vllm(engine: VllmEngine) -> None:
+    import re
+
+    plate = "[A-Z]{3}-[0-9]{4}"
+    sampled = SamplingConfig(temperature=1.0, seed=3)
+    req = EngineRequest(
+        "regex", prompt="A licence plate:", sampling=sampled, max_tokens=12,
+        output_format=OutputFormat(regex=plate),
+    )  # fmt: skip
+    pieces = [e async for e in engine.generate(req) if isinstance(e, Piece)]
+    assert re.fullmatch(plate, "".join(p.text for p in pieces))
+    lark = OutputFormat(grammar='start: "Yes." | "No."', grammar_syntax="lark")
+    req = EngineRequest("lark", prompt="Is the sky green?", max_tokens=8, output_format=lark)
+    pieces = [e async for e in engine.generate(req) if isinstance(e, Piece)]
+    assert "".join(p.text for p in pieces) in {"Yes.", "No."}
+    # A grammar vLLM cannot compile is the client's error, naming the field.
+    broken = OutputFormat(grammar="root ::= nowhere")
+    with pytest.raises(InvalidArgument) as caught:
+        await _collect(engine, EngineRequest("bad", prompt="Hi", output_format=broken))
+    assert caught.value.violations[0].field == "sampling.response_format.grammar"

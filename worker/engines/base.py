@@ -11,7 +11,7 @@ import enum
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 if TYPE_CHECKING:
     from worker.counters import CounterSnapshot
@@ -103,10 +103,29 @@ class ToolPrompt:
 
 @dataclass(frozen=True)
 class OutputFormat:
-    """Constrained decoding: JSON valid against `json_schema` (JSON text), or any JSON
-    object when it is None."""
+    """Constrained decoding: text matching `regex` in full, or derived from `grammar` (in
+    `grammar_syntax`: "gbnf" or "lark"), or else JSON valid against `json_schema` (JSON
+    text), or any JSON object when that is None too. At most one of the three is set."""
 
     json_schema: str | None = None
+    regex: str | None = None
+    grammar: str | None = None
+    grammar_syntax: Literal["gbnf", "lark"] = "gbnf"
+
+    @property
+    def field(self) -> str:
+        """The request field an engine's refusal of this format names."""
+        if self.regex is not None:
+            return "sampling.response_format.regex"
+        if self.grammar is not None:
+            return "sampling.response_format.grammar"
+        if self.json_schema is not None:
+            return "sampling.response_format.json_schema"
+        return "sampling.response_format"
+
+    @property
+    def is_json(self) -> bool:
+        return self.regex is None and self.grammar is None
 
 
 @dataclass(frozen=True)

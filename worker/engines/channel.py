@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from modelyard.errors import internal_error
+from modelyard.errors import InvalidArgument, internal_error
 from worker.engines.base import EngineEvent, Finished
 
 T = TypeVar("T")
@@ -75,6 +75,8 @@ async def engine_events(
     while True:
         event = await channel.get()
         if isinstance(event, DecodeFailed):
+            if isinstance(event.error, InvalidArgument):  # the request's fault, told as such
+                raise event.error
             raise internal_error(f"the {engine_name} engine", event.error) from event.error
         yield event
         if isinstance(event, Finished):

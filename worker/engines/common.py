@@ -62,7 +62,9 @@ def refuse_unsupported(
         )
     if req.output_format is not None and not formats:
         raise InvalidArgument.for_field(
-            "sampling.response_format", f"engine {engine_name} cannot constrain output to JSON"
+            "sampling.response_format",
+            f"engine {engine_name} cannot constrain its output (constrained decoding: "
+            "engines llama_cpp and vllm)",
         )
     if req.logit_bias and not logit_bias:
         raise InvalidArgument.for_field(

@@ -29,6 +29,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from modelyard.errors import InvalidArgument
 from worker.counters import SequenceCounters
 from worker.engines.base import (
     EngineEvent,
@@ -41,7 +42,12 @@ from worker.engines.base import (
 )
 from worker.engines.channel import DecodeFailed, EventChannel
 from worker.engines.llama_prefix import CachedPrefix, KvPrefixCache
-from worker.engines.llama_sampling import sampler_chain, token_logprob
+from worker.engines.llama_sampling import (
+    GrammarDeadEnd,
+    SequenceSampler,
+    sampler_chain,
+    token_logprob,
+)
 from worker.engines.prefix_summary import finished_chains
 from worker.engines.text import TextStream
 
@@ -74,7 +80,7 @@ class Job:
 class _Slot:
     job: Job
     seq_id: int
-    sampler: Any  # llama_cpp._internals.LlamaSampler
+    sampler: SequenceSampler
     reserve: int
     text: TextStream
     room: int  # tokens this sequence may generate before the context is full
@@ -255,7 +261,11 @@ class BatchDecoder:
             raise RuntimeError(f"llama_decode returned {rc} for a batch of {n} tokens")
         for index, slot in rows:
             if slot in self._slots:
-                token = int(slot.sampler.sample(self._ctx, index))
+                try:
+                    token = slot.sampler.sample(self._ctx, index)
+                except GrammarDeadEnd:
+                    self._end(slot, DecodeFailed(_dead_end(slot.job.request)))
+                    continue
                 top = slot.job.request.logprobs  # only when asked: it reads the whole row
                 logprob = (
                     None
@@ -380,3 +390,10 @@ class BatchDecoder:
     def _memory_seq_rm(self, seq_id: int) -> None:
         memory = self._llama_cpp.llama_get_memory(self._ctx.ctx)
         self._llama_cpp.llama_memory_seq_rm(memory, seq_id, -1, -1)
+
+
+def _dead_end(req: EngineRequest) -> InvalidArgument:
+    field = req.output_format.field if req.output_format else "sampling.response_format"
+    return InvalidArgument.for_field(
+        field, "no token can continue the output here: the format admits no next character"
+    )

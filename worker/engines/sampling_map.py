@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from modelyard.errors import InvalidArgument
+from modelyard.validation import looks_like_gbnf
 from worker.engines.base import EngineRequest, TokenLogprob, TopLogprob
 
 
@@ -41,9 +43,22 @@ def _structured(req: EngineRequest) -> Any:
         return None
     from vllm.sampling_params import StructuredOutputsParams
 
-    if req.output_format.json_schema is None:
+    fmt = req.output_format
+    if fmt.regex is not None:
+        return StructuredOutputsParams(regex=fmt.regex)
+    if fmt.grammar is not None:
+        # vLLM is not told the syntax: it reads a grammar defining a rule with `::=` as
+        # GBNF (EBNF), any other as Lark. Refuse where that would misread ours.
+        if (fmt.grammar_syntax == "gbnf") != looks_like_gbnf(fmt.grammar):
+            raise InvalidArgument.for_field(
+                "sampling.response_format.grammar",
+                f"vLLM reads a grammar with '::=' as GBNF and one without as Lark; this "
+                f"{fmt.grammar_syntax.upper()} grammar would be misread",
+            )
+        return StructuredOutputsParams(grammar=fmt.grammar)
+    if fmt.json_schema is None:
         return StructuredOutputsParams(json_object=True)
-    return StructuredOutputsParams(json=req.output_format.json_schema)
+    return StructuredOutputsParams(json=fmt.json_schema)
 
 
 def vllm_logprobs(

@@ -321,8 +321,12 @@ async def _formats_checked(stream: Any, req: EngineRequest) -> AsyncGenerator[An
         if req.output_format is None:
             raise
         log.info("vLLM refused a response format", exc_info=True)
-        raise InvalidArgument.for_field(
-            "sampling.response_format.json_schema", "vLLM cannot enforce this JSON Schema"
-        ) from None
+        fmt = req.output_format
+        what = "JSON Schema"
+        if fmt.regex is not None:
+            what = "regular expression"
+        elif fmt.grammar is not None:
+            what = "grammar"
+        raise InvalidArgument.for_field(fmt.field, f"vLLM cannot enforce this {what}") from None
     finally:
         await stream.aclose()

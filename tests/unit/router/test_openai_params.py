@@ -149,3 +149,33 @@ def test_structured_parameters_translate_and_bad_values_are_400() -> None:
     with pytest.raises(OpenAIError) as legacy:
         completion_request({**COMPLETION_BASE, "logprobs": 21})
     assert legacy.value.param == "logprobs"
+
+
+def test_regex_and_grammar_extras_translate_and_conflicts_are_400() -> None:
+    lark = chat_request({**CHAT_BASE, "structured_outputs": {"grammar": 'start: "a" | "b"'}})
+    fmt = lark.request.sampling.response_format
+    assert (fmt.type, fmt.grammar_syntax) == (5, 2)  # GRAMMAR, LARK: no "::=" rule
+    assert lark.format_param == "structured_outputs.grammar"
+    legacy = completion_request({**COMPLETION_BASE, "guided_regex": "[0-9]{2}"})
+    assert legacy.request.sampling.response_format.regex == "[0-9]{2}"
+    assert legacy.format_param == "guided_regex"
+    assert chat_request(CHAT_BASE).format_param is None
+    bad: list[tuple[dict[str, Any], str]] = [
+        ({"structured_outputs": {"regex": "a", "grammar": "b"}}, "structured_outputs.grammar"),
+        ({"structured_outputs": {"choice": ["a", "b"]}}, "structured_outputs.choice"),
+        ({"structured_outputs": {"regex": ""}}, "structured_outputs.regex"),
+        ({"structured_outputs": {"regex": 5}}, "structured_outputs.regex"),
+        ({"guided_regex": "a", "guided_grammar": "b"}, "guided_grammar"),
+        ({"structured_outputs": {"regex": "a"}, "guided_regex": "a"}, "guided_regex"),
+        (
+            {"guided_regex": "a", "response_format": {"type": "json_object"}},
+            "response_format",
+        ),
+    ]
+    for patch, param in bad:
+        with pytest.raises(OpenAIError) as caught:
+            chat_request({**CHAT_BASE, **patch})
+        assert (caught.value.status, caught.value.param) == (400, param), patch
+    # response_format "text" asks for nothing, so it combines with a regex.
+    both = chat_request({**CHAT_BASE, "guided_regex": "a", "response_format": {"type": "text"}})
+    assert both.request.sampling.response_format.regex == "a"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,9 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 PROMPT = "The three primary colors are"
 COLOR_ASK = "Name three primary colors."  # free text without the grammar
 JSON_ASK = "Describe a cat named Tom as a JSON object with his name, age and favourite toys."
+PLATE = "[A-Z]{3}-[0-9]{4}"
+PLATE_ASK = "Make up a licence plate."
+YES_NO = 'root ::= ("Yes" | "No") "."'
 SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
@@ -154,6 +158,41 @@ async def test_a_json_schema_format_gives_valid_json_when_sampling(
         jsonschema.validate(json.loads("".join(d.text for d in deltas)), SCHEMA)
 
 
+async def test_a_regex_format_is_matched_in_full_when_sampling(
+    stub: worker_pb2_grpc.WorkerServiceStub, smollm2: model_pb2.Model
+) -> None:
+    fmt = common_pb2.ResponseFormat(type=common_pb2.RESPONSE_FORMAT_TYPE_REGEX, regex=PLATE)
+    texts = []
+    for seed in range(5):  # temperature 1: free text would wander off at once
+        req = request(
+            smollm2, PLATE_ASK, chat=True, max_tokens=16, response_format=fmt,
+            temperature=1.0, seed=seed,
+        )  # fmt: skip
+        deltas, finished = await generate(stub, req)
+        texts.append("".join(d.text for d in deltas))
+        assert finished.finish_reason == common_pb2.FINISH_REASON_STOP, texts[-1]
+        assert re.fullmatch(PLATE, texts[-1]), texts[-1]
+    assert len(set(texts)) > 1  # sampled, not one forced string
+
+
+async def test_a_gbnf_grammar_is_obeyed(
+    stub: worker_pb2_grpc.WorkerServiceStub, smollm2: model_pb2.Model
+) -> None:
+    fmt = common_pb2.ResponseFormat(
+        type=common_pb2.RESPONSE_FORMAT_TYPE_GRAMMAR,
+        grammar=YES_NO,
+        grammar_syntax=common_pb2.GRAMMAR_SYNTAX_GBNF,
+    )
+    for seed in (1, 2):
+        req = request(
+            smollm2, "Is the sky green?", chat=True, max_tokens=8, response_format=fmt,
+            temperature=1.0, seed=seed,
+        )  # fmt: skip
+        deltas, finished = await generate(stub, req)
+        assert finished.finish_reason == common_pb2.FINISH_REASON_STOP
+        assert "".join(d.text for d in deltas) in {"Yes.", "No."}
+
+
 async def test_a_logit_bias_of_minus_100_bans_the_greedy_token(
     stub: worker_pb2_grpc.WorkerServiceStub, smollm2: model_pb2.Model
 ) -> None:
@@ -187,6 +226,34 @@ async def test_a_logit_bias_of_minus_100_bans_the_greedy_token(
             "sampling.response_format.json_schema",
         ),
         ({"response_format": {"type": 9}}, "sampling.response_format.type"),
+        # Compiles in Python, but a grammar cannot say it (a backreference).
+        ({"response_format": {"type": 4, "regex": r"(a)\1"}}, "sampling.response_format.regex"),
+        # Over llama.cpp's repetition limit: its grammar parser refuses it.
+        ({"response_format": {"type": 4, "regex": "a{5000}"}}, "sampling.response_format.regex"),
+        (
+            {"response_format": {"type": 5, "grammar": "root ::= nowhere", "grammar_syntax": 1}},
+            "sampling.response_format.grammar",
+        ),
+        (
+            {"response_format": {"type": 5, "grammar": 'root ::= "a" (', "grammar_syntax": 1}},
+            "sampling.response_format.grammar",
+        ),
+        (
+            {"response_format": {"type": 5, "grammar": 'start: "a"', "grammar_syntax": 2}},
+            "sampling.response_format.grammar_syntax",
+        ),
+        # Compiles, but no token can ever match (llama.cpp alone would abort the process).
+        (
+            {
+                "response_format": {
+                    "type": 5,
+                    "grammar": r"root ::= [^\x00-\U0010FFFF]",
+                    "grammar_syntax": 1,
+                }
+            },
+            "sampling.response_format.grammar",
+        ),
+        ({"response_format": {"type": 4, "regex": "\x00"}}, "sampling.response_format.regex"),
     ],
 )
 async def test_bad_structured_fields_are_invalid_argument_naming_the_field(
