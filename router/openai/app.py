@@ -220,7 +220,7 @@ class _Front:
             if (
                 isinstance(err, OpenAIError)
                 and translated.format_param
-                and (err.param or "").startswith("response_format.")
+                and (err.param or "").partition(".")[0] == "response_format"
             ):
                 err.param = translated.format_param
             raise

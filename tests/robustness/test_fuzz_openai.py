@@ -36,7 +36,8 @@ PARAMETERS = [
     "model", "messages", "prompt", "max_tokens", "max_completion_tokens", "temperature",
     "top_p", "n", "stream", "stream_options", "stop", "seed", "user", "logprobs",
     "top_logprobs", "response_format", "tools", "tool_choice", "presence_penalty",
-    "frequency_penalty", "echo", "suffix",
+    "frequency_penalty", "echo", "suffix", "structured_outputs", "guided_regex",
+    "guided_grammar",
 ]  # fmt: skip
 # Values OpenAI clients send to enum-like parameters, known and not.
 ENUMISH = st.sampled_from(
@@ -226,6 +227,9 @@ EDGE_CASES = [
     # Honoured by the front; the sim engine cannot constrain output, so the worker refuses.
     (_chat(response_format={"type": "json_object"}), "response_format"),
     (_chat(response_format="text"), "response_format"),
+    # The router's check, then the sim engine's refusal, named as the client sent them.
+    (_chat(guided_regex="(x"), "guided_regex"),
+    (_chat(structured_outputs={"grammar": 'root ::= "x"'}), "structured_outputs.grammar"),
     (_chat(tool_choice="sometimes"), "tool_choice"),
     (_chat(tool_choice="required"), "tool_choice"),
     (_chat(tools=[{"type": "function", "function": {"name": "f"}}]), "tools"),

@@ -83,15 +83,24 @@ def _regex_grammar(pattern: str) -> str:
     return gbnf
 
 
+_NOT_COMPILED = {
+    "sampling.response_format.grammar": (
+        "llama.cpp cannot compile this grammar (GBNF with start rule root, no left "
+        "recursion, repetition counts at most 2000)"
+    ),
+    "sampling.response_format.regex": (
+        "llama.cpp cannot compile this pattern (repetition counts are at most 2000)"
+    ),
+    "": "llama.cpp cannot compile this schema",
+}
+
+
 def _grammar_sampler(vocab: Any, gbnf: str, field: str) -> Any:
     import llama_cpp
 
     sampler = llama_cpp.llama_sampler_init_grammar(vocab, gbnf.encode("utf-8"), b"root")
     if not sampler:  # llama.cpp logs the parse error and returns NULL
-        what = "grammar" if field.endswith(".grammar") else "format"
-        raise InvalidArgument.for_field(
-            field, f"llama.cpp cannot compile this {what} (GBNF, start rule root)"
-        )
+        raise InvalidArgument.for_field(field, _NOT_COMPILED.get(field, _NOT_COMPILED[""]))
     return sampler
 
 

@@ -69,6 +69,22 @@ def test_every_sampling_field_is_part_of_the_key(changed: Sampling) -> None:
     assert cache_key(req(changed), MODEL_1) != cache_key(req(Sampling(temperature=0)), MODEL_1)
 
 
+def test_each_response_format_field_is_part_of_the_key() -> None:
+    def key(**fmt: object) -> str:
+        f = common_pb2.ResponseFormat(**fmt)  # type: ignore[arg-type]
+        return cache_key(req(Sampling(temperature=0, response_format=f)), MODEL_1)
+
+    grammar = common_pb2.RESPONSE_FORMAT_TYPE_GRAMMAR
+    keys = {
+        key(type=common_pb2.RESPONSE_FORMAT_TYPE_REGEX, regex="a"),
+        key(type=common_pb2.RESPONSE_FORMAT_TYPE_REGEX, regex="b"),
+        key(type=grammar, grammar='root ::= "a"', grammar_syntax=1),
+        key(type=grammar, grammar='root ::= "b"', grammar_syntax=1),
+        key(type=grammar, grammar='root ::= "b"', grammar_syntax=2),
+    }
+    assert len(keys) == 5
+
+
 def test_model_version_prompt_messages_and_client_are_part_of_the_key() -> None:
     greedy = Sampling(temperature=0)
     base = cache_key(req(greedy), MODEL_1)
