@@ -311,14 +311,25 @@ def _finish_reason(completion: Any, active: _Active, capped: bool) -> tuple[Fini
     raise Internal(f"{ENGINE_NAME} finished a request with {reason!r}")
 
 
+def _is_validation_error(err: Exception) -> bool:
+    if isinstance(err, ValueError):
+        return True
+    try:
+        from vllm.exceptions import VLLMValidationError
+    except ImportError:  # older vLLM raises ValueError only
+        return False
+    return isinstance(err, VLLMValidationError)
+
+
 async def _formats_checked(stream: Any, req: EngineRequest) -> AsyncGenerator[Any, None]:
-    """vLLM checks a structured-output schema when the request is added: its ValueError
-    then is the client's INVALID_ARGUMENT, not an engine failure."""
+    """vLLM checks a structured-output schema, pattern or grammar when the request is
+    added: its ValueError (VLLMValidationError in newer vLLM, not a ValueError) then is the
+    client's INVALID_ARGUMENT, not an engine failure."""
     try:
         async for out in stream:
             yield out
-    except ValueError:
-        if req.output_format is None:
+    except Exception as err:
+        if req.output_format is None or not _is_validation_error(err):
             raise
         log.info("vLLM refused a response format", exc_info=True)
         fmt = req.output_format
