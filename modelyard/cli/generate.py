@@ -24,7 +24,12 @@ ModelOpt = Annotated[
     str,
     typer.Option("--model", "-m", help='Model "name", "name@version", a route name, or "auto".'),
 ]
-MaxTokensOpt = Annotated[int, typer.Option(help="Most tokens to generate (0: server default).")]
+MaxTokensOpt = Annotated[
+    int,
+    typer.Option(
+        help="Most tokens to generate (0: to the end of the context or the route's ceiling)."
+    ),
+]
 TemperatureOpt = Annotated[
     float | None, typer.Option(help="Sampling temperature; 0 is greedy. Default 1.0.")
 ]
