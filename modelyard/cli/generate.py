@@ -27,7 +27,8 @@ ModelOpt = Annotated[
 MaxTokensOpt = Annotated[
     int,
     typer.Option(
-        help="Most tokens to generate (0: to the end of the context or the route's ceiling)."
+        help="Most tokens to generate (0: to the end of the context or the route's ceiling;"
+        " a terminal's default stays short)."
     ),
 ]
 TemperatureOpt = Annotated[
@@ -53,7 +54,7 @@ def generate(
         ),
     ] = True,
     system: Annotated[str, typer.Option(help="System message (chat mode).")] = "",
-    max_tokens: MaxTokensOpt = 0,
+    max_tokens: MaxTokensOpt = 256,
     temperature: TemperatureOpt = None,
     top_p: TopPOpt = None,
     stop: StopOpt = None,
