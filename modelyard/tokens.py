@@ -6,7 +6,6 @@ from collections.abc import Sequence
 
 from modelyard.v1 import common_pb2
 
-DEFAULT_MAX_TOKENS = 256  # the contract's server default for SamplingParams.max_tokens = 0
 CHARS_PER_TOKEN = 4
 CHAT_MESSAGE_OVERHEAD_CHARS = 8  # role markers a chat template adds per message
 
@@ -20,7 +19,3 @@ def estimate_prompt_tokens(prompt: str, messages: Sequence[common_pb2.ChatMessag
     """The one estimate of a request's prompt length, for the router and the worker alike."""
     chars = len(prompt) + sum(len(m.content) + CHAT_MESSAGE_OVERHEAD_CHARS for m in messages)
     return estimate_tokens(chars)
-
-
-def max_tokens_of(sampling: common_pb2.SamplingParams) -> int:
-    return sampling.max_tokens or DEFAULT_MAX_TOKENS

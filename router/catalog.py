@@ -112,6 +112,7 @@ class Target:
     max_ttft_ms: float | None = None
     max_cost_per_1k: float | None = None
     response_cache: model_pb2.ResponseCachePolicy | None = None  # the route's, if any
+    max_output_tokens_ceiling: int = 0  # the route's, for requests without max_tokens
 
     @property
     def name(self) -> str:
@@ -289,6 +290,7 @@ class Catalog:
                 route.max_cost_per_1k_tokens if route.HasField("max_cost_per_1k_tokens") else None
             ),
             response_cache=route.response_cache if route.response_cache.enabled else None,
+            max_output_tokens_ceiling=route.max_output_tokens_ceiling,
         )
 
     async def _model(self, ref: ModelRef, timeout_s: float | None) -> model_pb2.Model:

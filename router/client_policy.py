@@ -2,7 +2,8 @@
 
 Enum fields must hold values this router knows (proto3 enums are open: an unknown number
 would otherwise reach a lookup as a KeyError). Priority is capped per API key: shedding
-other clients' requests (PRIORITY_CRITICAL) needs a key allowed to. Internal hops
+other clients' requests (PRIORITY_CRITICAL) needs a key allowed to. The output of a request
+that leaves max_tokens unset is capped per API key as well (`output_ceiling`). Internal hops
 (router -> worker) do not apply this: a mixed-version mesh keeps working mid-upgrade.
 """
 
@@ -36,9 +37,19 @@ class ClientPolicy:
         self,
         ceiling: Priority = common_pb2.PRIORITY_HIGH,
         key_ceilings: Mapping[str, Priority] | None = None,
+        *,
+        output_ceiling: int = 0,
+        key_output_ceilings: Mapping[str, int] | None = None,
     ) -> None:
         self._ceiling = ceiling
         self._key_ceilings = dict(key_ceilings or {})
+        self._output_ceiling = output_ceiling
+        self._key_output_ceilings = dict(key_output_ceilings or {})
+
+    def output_ceiling(self, caller: Caller | None) -> int:
+        """The most tokens a request of `caller` without max_tokens may generate; 0: none."""
+        key = caller.key_name if caller is not None else ""
+        return self._key_output_ceilings.get(key, self._output_ceiling)
 
     def check(self, request: router_pb2.GenerateRequest, caller: Caller | None) -> None:
         bad: list[FieldViolation] = []

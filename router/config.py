@@ -234,6 +234,22 @@ class RouterSettings(ServiceSettings):
             'Per API key name, JSON, e.g. {"ops": "PRIORITY_CRITICAL", "batch": "PRIORITY_LOW"}.'
         ),
     )
+    max_output_tokens_ceiling: int = Field(
+        default=0,
+        ge=0,
+        description=(
+            "The most tokens a request that leaves max_tokens unset may generate (it otherwise "
+            "runs to the end of the model's context); a route's ceiling may lower it. 0: none "
+            "here. Requests that set max_tokens are not capped."
+        ),
+    )
+    key_max_output_tokens_ceilings: dict[str, int] = Field(
+        default_factory=dict,
+        description=(
+            'Per API key name, JSON, e.g. {"batch": 512}: replaces max_output_tokens_ceiling '
+            "for that key (0: none)."
+        ),
+    )
     registry_token: str = Field(
         default="",
         description="Sent to the registry as its reader token (MODELYARD_REGISTRY_READER_TOKENS).",
@@ -286,6 +302,14 @@ class RouterSettings(ServiceSettings):
         priority_of(value)
         return value
 
+    @field_validator("key_max_output_tokens_ceilings")
+    @classmethod
+    def _check_key_output_ceilings(cls, value: dict[str, int]) -> dict[str, int]:
+        bad = sorted(key for key, tokens in value.items() if tokens < 0)
+        if bad:
+            raise ValueError(f"ceilings must be >= 0 tokens; negative for {', '.join(bad)}")
+        return value
+
     @field_validator("key_priority_ceilings")
     @classmethod
     def _check_key_ceilings(cls, value: dict[str, str]) -> dict[str, str]:
@@ -297,6 +321,8 @@ class RouterSettings(ServiceSettings):
         return ClientPolicy(
             priority_of(self.priority_ceiling),
             {key: priority_of(name) for key, name in self.key_priority_ceilings.items()},
+            output_ceiling=self.max_output_tokens_ceiling,
+            key_output_ceilings=self.key_max_output_tokens_ceilings,
         )
 
     @field_validator("workers")

@@ -106,8 +106,8 @@ class RequestQueue:
         if tokens > self.max_tokens:
             self.rejected["too_large"] += 1
             raise self._exhausted(
-                f"the request needs {tokens} tokens (prompt + max_tokens) but {self.key}'s "
-                f"queue holds at most {self.max_tokens}"
+                f"the request needs {tokens} tokens (prompt + max_tokens, or its expected "
+                f"output without max_tokens) but {self.key}'s queue holds at most {self.max_tokens}"
             )
         victims = self._victims_for(ticket)
         if victims is None:

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
+from modelyard.output_length import DEFAULT_EXPECTED_OUTPUT
 from modelyard.settings import CommaList, ServiceSettings
 from worker.artifacts.settings import ArtifactSettings
 
@@ -79,7 +80,28 @@ class WorkerSettings(ServiceSettings):
     max_queued_tokens: int = Field(
         default=262_144,
         ge=1,
-        description="Prompt + max_tokens of the requests that may wait per model.",
+        description=(
+            "Prompt + max_tokens of the requests that may wait per model (prompt + the "
+            "expected output for a request that leaves max_tokens unset)."
+        ),
+    )
+    max_output_tokens_ceiling: int = Field(
+        default=0,
+        ge=0,
+        description=(
+            "The most tokens a request that leaves max_tokens unset may generate here, below "
+            "the route's and API key's ceilings the router sends; 0: to the end of the "
+            "model's context."
+        ),
+    )
+    expected_output_tokens: int = Field(
+        default=DEFAULT_EXPECTED_OUTPUT,
+        ge=1,
+        description=(
+            "Output length a request without max_tokens is planned at (queue budget, queued "
+            "tokens, KV cells reserved) until the model has finished such requests: then a "
+            "running mean of their lengths, capped at the context."
+        ),
     )
     token_delay_ms: float = Field(
         default=0.0,

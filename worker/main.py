@@ -20,6 +20,7 @@ from grpc_health.v1 import health, health_pb2
 from modelyard.discovery import WORKER_SERVICE
 from modelyard.discovery.consul import register_service
 from modelyard.discovery.settings import DiscoverySettings
+from modelyard.output_length import OutputEstimate
 from modelyard.server import RunningServer, host_of, start_server, wait_for_signal
 from modelyard.telemetry import setup_logging, setup_tracing, shutdown_tracing
 from modelyard.tickets import TicketVerifier
@@ -32,6 +33,7 @@ from worker.config import WorkerSettings
 from worker.counters import ChangeNotifier
 from worker.engines import EngineFactory, available_engines
 from worker.metrics import serve_metrics
+from worker.output_plan import OutputPlanner
 from worker.residency import ModelLoader, ModelManager
 from worker.residency.preload import preload, read_preload
 from worker.residency.state import PreloadEntry
@@ -67,6 +69,8 @@ class RunningWorker:
     # Loads the preload list in the background: the worker serves meanwhile.
     preloading: asyncio.Future[None] | None = None
     _stop_metrics: Callable[[], None] | None = field(default=None, repr=False)
+    # What requests without max_tokens are planned at (per-model expected output).
+    outputs: OutputPlanner = field(default_factory=OutputPlanner)
 
     @property
     def port(self) -> int:
@@ -121,7 +125,13 @@ async def start_worker(
     # The id and address may depend on the port bound below: placeholders until then.
     identity = WorkerIdentity(settings.worker_id, settings.address, device, device_name)
     limits, keepalive_s = settings.limits, settings.generate_keepalive_s
-    servicer = WorkerServicer(manager, identity, catalogue, limits=limits, keepalive_s=keepalive_s)
+    outputs = OutputPlanner(
+        ceiling=settings.max_output_tokens_ceiling,
+        estimate=OutputEstimate(settings.expected_output_tokens),
+    )
+    servicer = WorkerServicer(
+        manager, identity, catalogue, limits=limits, keepalive_s=keepalive_s, outputs=outputs
+    )
 
     def register(server: grpc.aio.Server) -> None:
         worker_pb2_grpc.add_WorkerServiceServicer_to_server(servicer, server)
@@ -156,7 +166,9 @@ async def start_worker(
         host = settings.metrics_host or host_of(settings.address)
         stop_metrics = serve_metrics(manager, host, settings.metrics_port)
     preloading = await _start_preloading(manager, catalogue, entries, running.health)
-    return RunningWorker(running, manager, servicer.identity, catalogue, preloading, stop_metrics)
+    return RunningWorker(
+        running, manager, servicer.identity, catalogue, preloading, stop_metrics, outputs
+    )
 
 
 async def _start_preloading(

@@ -87,7 +87,7 @@ class WorkerCollector(Collector):
         )
         queued_tokens = GaugeMetricFamily(
             "modelyard_worker_queued_tokens",
-            "Prompt plus max_tokens of the queued requests.",
+            "Prompt plus max_tokens (or the expected output) of the queued requests.",
             labels=labels,
         )
         generated = CounterMetricFamily(

@@ -32,7 +32,7 @@ from modelyard.limits import ServerLimits
 from modelyard.pricing import cost_of
 from modelyard.refs import ModelKey, key_of, model_key
 from modelyard.streaming import BoundedStream
-from modelyard.tokens import estimate_prompt_tokens, max_tokens_of
+from modelyard.tokens import estimate_prompt_tokens
 from modelyard.v1 import common_pb2, model_pb2, worker_pb2, worker_pb2_grpc
 from modelyard.validation import check_generation
 from worker.admission import within
@@ -58,6 +58,7 @@ from worker.liveness import (
     interval_of,
 )
 from worker.milestones import Clock, Spans
+from worker.output_plan import OutputPlanner
 from worker.residency import Lease, ModelManager, ResidencyState
 from worker.sampling_fields import logprobs_of, output_format_of, token_logprobs_pb
 from worker.status import WorkerIdentity, build_worker_status, model_status
@@ -93,7 +94,8 @@ def checked_key(model: model_pb2.Model) -> ModelKey:
 
 
 def engine_request(request: worker_pb2.WorkerServiceGenerateRequest) -> EngineRequest:
-    """The engine's view of a request, with the contract's defaults filled in."""
+    """The engine's view of a request, with the contract's defaults filled in; an unset
+    max_tokens is left to `OutputPlanner.plan`, once the model's context is known."""
     s = request.sampling
     return EngineRequest(
         # Our own handle: a client reusing request ids must never abort another call.
@@ -110,7 +112,7 @@ def engine_request(request: worker_pb2.WorkerServiceGenerateRequest) -> EngineRe
             repetition_penalty=s.repetition_penalty if s.HasField("repetition_penalty") else 1.0,
             seed=s.seed if s.HasField("seed") else None,
         ),
-        max_tokens=max_tokens_of(s),
+        max_tokens=s.max_tokens,
         stop=tuple(s.stop),
         output_format=output_format_of(s.response_format),
         logit_bias=dict(s.logit_bias),
@@ -127,9 +129,10 @@ def delta_of(piece: Piece) -> common_pb2.TokenDelta:
     return delta
 
 
-def queued_tokens(request: worker_pb2.WorkerServiceGenerateRequest, max_tokens: int) -> int:
-    """What the request costs the queue: estimated prompt tokens + max_tokens."""
-    return estimate_prompt_tokens(request.prompt, request.messages) + max_tokens
+def queued_tokens(request: worker_pb2.WorkerServiceGenerateRequest, output_tokens: int) -> int:
+    """What the request costs the queue: estimated prompt tokens + max_tokens (the expected
+    output when max_tokens is unset: `EngineRequest.planned_tokens`)."""
+    return estimate_prompt_tokens(request.prompt, request.messages) + output_tokens
 
 
 def seconds_of(duration: duration_pb2.Duration) -> float:
@@ -177,8 +180,10 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         *,
         limits: ServerLimits | None = None,
         keepalive_s: float = DEFAULT_KEEPALIVE_S,
+        outputs: OutputPlanner | None = None,
     ) -> None:
         self._manager = manager
+        self.outputs = outputs if outputs is not None else OutputPlanner()
         self.identity = identity
         self._catalogue = catalogue
         self._limits = limits or ServerLimits()
@@ -224,12 +229,14 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                 with trace.use_span(spans.queue or trace.INVALID_SPAN, end_on_exit=False):
                     # Before anything is fetched: NOT_FOUND, archived, registry unreachable.
                     model = await within(deadline, self._catalogue.resolve(key), f"resolving {key}")
+                    context_length = self._manager.loader.context_length(model)
+                    req = self.outputs.plan(req, request, key, context_length)
                     lease = await stack.enter_async_context(
                         self._manager.acquire(
                             model,
                             load_if_cold=request.load_if_cold,
                             priority=request.priority,
-                            tokens=queued_tokens(request, req.max_tokens),
+                            tokens=queued_tokens(request, req.planned_tokens),
                             deadline=deadline,
                         )
                     )
@@ -289,6 +296,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                     yield worker_pb2.WorkerServiceGenerateResponse(delta=delta_of(event))
             else:
                 spans.finished(event)
+                self.outputs.finished(request, lease.resident.key, event)
                 finished = self._finished(event, streamed, lease, clock)
                 _log_finished(request.request_id, lease, event, finished)
                 yield worker_pb2.WorkerServiceGenerateResponse(finished=finished)

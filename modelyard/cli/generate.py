@@ -24,7 +24,13 @@ ModelOpt = Annotated[
     str,
     typer.Option("--model", "-m", help='Model "name", "name@version", a route name, or "auto".'),
 ]
-MaxTokensOpt = Annotated[int, typer.Option(help="Most tokens to generate (0: server default).")]
+MaxTokensOpt = Annotated[
+    int,
+    typer.Option(
+        help="Most tokens to generate (0: to the end of the context or the route's ceiling;"
+        " a terminal's default stays short)."
+    ),
+]
 TemperatureOpt = Annotated[
     float | None, typer.Option(help="Sampling temperature; 0 is greedy. Default 1.0.")
 ]
@@ -48,7 +54,7 @@ def generate(
         ),
     ] = True,
     system: Annotated[str, typer.Option(help="System message (chat mode).")] = "",
-    max_tokens: MaxTokensOpt = 0,
+    max_tokens: MaxTokensOpt = 256,
     temperature: TemperatureOpt = None,
     top_p: TopPOpt = None,
     stop: StopOpt = None,

@@ -118,6 +118,14 @@ def put(
     max_cost: Annotated[
         float | None, typer.Option("--max-cost", help="Ceiling in USD per 1k tokens.")
     ] = None,
+    max_output_tokens: Annotated[
+        int | None,
+        typer.Option(
+            "--max-output-tokens",
+            min=0,
+            help="Ceiling on the output of requests without max_tokens; 0: none.",
+        ),
+    ] = None,
     description: Annotated[str | None, typer.Option(help="Free text.")] = None,
     cache: CacheOpt = None,
     cache_ttl: CacheTtlOpt = None,
@@ -145,6 +153,8 @@ def put(
             route.max_ttft_ms = max_ttft_ms
         if max_cost is not None:
             route.max_cost_per_1k_tokens = max_cost
+        if max_output_tokens is not None:
+            route.max_output_tokens_ceiling = max_output_tokens
         set_response_cache(route.response_cache, cache, cache_ttl, cache_per_key)
         rollout.RolloutFlags.of(locals()).apply(route)
         reply = call(stub.PutRoute, registry_pb2.PutRouteRequest(route=route), admin_token)
@@ -266,6 +276,12 @@ def print_route(route: model_pb2.Route, json_out: bool) -> None:
             "max cost",
             f"{route.max_cost_per_1k_tokens:g} USD/1k"
             if route.HasField("max_cost_per_1k_tokens")
+            else "-",
+        ),
+        (
+            "max output",
+            f"{route.max_output_tokens_ceiling} tokens without max_tokens"
+            if route.max_output_tokens_ceiling
             else "-",
         ),
         ("response cache", describe_cache(route.response_cache)),

@@ -528,7 +528,13 @@ class SamplingParams(_message.Message):
     TOP_LOGPROBS_FIELD_NUMBER: _builtins.int
     LOGIT_BIAS_FIELD_NUMBER: _builtins.int
     max_tokens: _builtins.int
-    """Maximum number of tokens to generate. 0 means the server default (256).
+    """Maximum number of tokens to generate. 0 (unset) means until the model's
+    context window is full (FINISH_REASON_CONTEXT_LENGTH), bounded by the
+    ceilings that apply, the lowest first (FINISH_REASON_LENGTH at one): the
+    route's Route.max_output_tokens_ceiling, the API key's ceiling in the
+    router's settings, and the worker's own setting. Such a request is planned
+    for (queue budgets, reported queued tokens, KV cells reserved) at a
+    per-model running estimate of the output length, not at the context.
     Negative values are INVALID_ARGUMENT.
     """
     temperature: _builtins.float
@@ -691,7 +697,8 @@ class RoutingHints(_message.Message):
     """
     min_context_length: _builtins.int
     """The model's context window must hold at least this many tokens. The
-    router also requires room for prompt + max_tokens.
+    router also requires room for prompt + max_tokens (prompt + 1 token when
+    max_tokens is unset: such a request runs to the end of the context).
     """
     session_key: _builtins.str
     """Stable key (user, conversation) that keeps a caller on one A/B arm and

@@ -499,6 +499,7 @@ class Route(_message.Message):
     RESPONSE_CACHE_FIELD_NUMBER: _builtins.int
     ROLLOUT_FIELD_NUMBER: _builtins.int
     ROLLOUT_STATUS_FIELD_NUMBER: _builtins.int
+    MAX_OUTPUT_TOKENS_CEILING_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Same character set as model names; must not clash with a model name."""
     default_objective: _common_pb2.Objective.ValueType
@@ -512,6 +513,12 @@ class Route(_message.Message):
     route without stickiness, get a weighted random arm.
     """
     description: _builtins.str
+    max_output_tokens_ceiling: _builtins.int
+    """The most tokens a request on this route that leaves
+    SamplingParams.max_tokens unset may generate; 0: no route ceiling (the API
+    key's, the worker's and the model's context still bound it). A request
+    that sets max_tokens is not capped by it.
+    """
     @_builtins.property
     def arms(self) -> _containers.RepeatedCompositeFieldContainer[Global___RouteArm]: ...
     @_builtins.property
@@ -554,10 +561,11 @@ class Route(_message.Message):
         response_cache: Global___ResponseCachePolicy | None = ...,
         rollout: Global___RolloutPolicy | None = ...,
         rollout_status: Global___RolloutStatus | None = ...,
+        max_output_tokens_ceiling: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_max_cost_per_1k_tokens", b"_max_cost_per_1k_tokens", "_max_ttft_ms", b"_max_ttft_ms", "max_cost_per_1k_tokens", b"max_cost_per_1k_tokens", "max_ttft_ms", b"max_ttft_ms", "response_cache", b"response_cache", "rollout", b"rollout", "rollout_status", b"rollout_status", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_cost_per_1k_tokens", b"_max_cost_per_1k_tokens", "_max_ttft_ms", b"_max_ttft_ms", "arms", b"arms", "default_objective", b"default_objective", "description", b"description", "fallbacks", b"fallbacks", "max_cost_per_1k_tokens", b"max_cost_per_1k_tokens", "max_ttft_ms", b"max_ttft_ms", "name", b"name", "response_cache", b"response_cache", "rollout", b"rollout", "rollout_status", b"rollout_status", "sticky_sessions", b"sticky_sessions", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_cost_per_1k_tokens", b"_max_cost_per_1k_tokens", "_max_ttft_ms", b"_max_ttft_ms", "arms", b"arms", "default_objective", b"default_objective", "description", b"description", "fallbacks", b"fallbacks", "max_cost_per_1k_tokens", b"max_cost_per_1k_tokens", "max_output_tokens_ceiling", b"max_output_tokens_ceiling", "max_ttft_ms", b"max_ttft_ms", "name", b"name", "response_cache", b"response_cache", "rollout", b"rollout", "rollout_status", b"rollout_status", "sticky_sessions", b"sticky_sessions", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_cost_per_1k_tokens: _TypeAlias = _typing.Literal["max_cost_per_1k_tokens"]  # noqa: Y015
     _WhichOneofArgType__max_cost_per_1k_tokens: _TypeAlias = _typing.Literal["_max_cost_per_1k_tokens", b"_max_cost_per_1k_tokens"]  # noqa: Y015

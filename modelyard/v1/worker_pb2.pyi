@@ -105,6 +105,7 @@ class WorkerServiceGenerateRequest(_message.Message):
     ATTEMPT_FIELD_NUMBER: _builtins.int
     TOOLS_FIELD_NUMBER: _builtins.int
     TOOL_CHOICE_FIELD_NUMBER: _builtins.int
+    MAX_OUTPUT_TOKENS_CEILING_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Unique id, used for logs, traces, abort and stats."""
     prompt: _builtins.str
@@ -117,6 +118,12 @@ class WorkerServiceGenerateRequest(_message.Message):
     arm: _builtins.str
     attempt: _builtins.int
     """Attempt number set by the router (1 for the first try)."""
+    max_output_tokens_ceiling: _builtins.int
+    """When sampling.max_tokens is 0: the most tokens to generate, the lowest of
+    the route's and the API key's ceilings as the router resolved them; 0:
+    none from the router (the worker's own ceiling and the context still
+    bound the output). Ignored when sampling.max_tokens is set.
+    """
     @_builtins.property
     def model(self) -> _model_pb2.Model:
         """The model version to run. Only name and version are read: the worker
@@ -149,10 +156,11 @@ class WorkerServiceGenerateRequest(_message.Message):
         attempt: _builtins.int = ...,
         tools: _abc.Iterable[_common_pb2.ToolDefinition] | None = ...,
         tool_choice: _common_pb2.ToolChoice | None = ...,
+        max_output_tokens_ceiling: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "sampling", b"sampling", "tool_choice", b"tool_choice"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["arm", b"arm", "attempt", b"attempt", "load_if_cold", b"load_if_cold", "messages", b"messages", "model", b"model", "priority", b"priority", "prompt", b"prompt", "request_id", b"request_id", "route", b"route", "sampling", b"sampling", "tool_choice", b"tool_choice", "tools", b"tools"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arm", b"arm", "attempt", b"attempt", "load_if_cold", b"load_if_cold", "max_output_tokens_ceiling", b"max_output_tokens_ceiling", "messages", b"messages", "model", b"model", "priority", b"priority", "prompt", b"prompt", "request_id", b"request_id", "route", b"route", "sampling", b"sampling", "tool_choice", b"tool_choice", "tools", b"tools"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -589,7 +597,9 @@ class ModelStatus(_message.Message):
     in_flight: _builtins.int
     """Requests holding the model (queued or decoding)."""
     queued_requests: _builtins.int
-    """Requests waiting in this model's queue and their prompt + max_tokens."""
+    """Requests waiting in this model's queue and their prompt + max_tokens (for
+    a request that leaves max_tokens unset: prompt + the expected output).
+    """
     queued_tokens: _builtins.int
     running_sequences: _builtins.int
     """Sequences decoding now."""

@@ -79,6 +79,7 @@ class CacheHook:
         client: str,
         span: trace.Span,
         wait_s: float | None = None,
+        output_ceiling: int = 0,
     ) -> Lookup:
         """The cached answer, if the route caches, the request is deterministic and one
         is stored (or an identical request in flight shares its answer within `wait_s`).
@@ -94,7 +95,12 @@ class CacheHook:
         ):
             return Lookup()
         model = target.models[0]
-        key = cache_key(request, model, client=client if policy.per_api_key else "")
+        key = cache_key(
+            request,
+            model,
+            client=client if policy.per_api_key else "",
+            output_ceiling=output_ceiling,
+        )
         entry = await self._cache.get(key)
         leads = False
         if entry is None:

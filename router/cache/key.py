@@ -15,12 +15,11 @@ import json
 from typing import Any
 
 from modelyard.refs import key_of
-from modelyard.tokens import max_tokens_of
 from modelyard.v1 import common_pb2, model_pb2, router_pb2
 
 # Bumped whenever the encoding below or the stored entry's shape changes: old entries
 # (in a shared store, written by older routers) then simply stop matching.
-KEY_SCHEME = "modelyard.response-cache.v2"
+KEY_SCHEME = "modelyard.response-cache.v3"
 
 
 def cacheable(sampling: common_pb2.SamplingParams) -> bool:
@@ -30,11 +29,14 @@ def cacheable(sampling: common_pb2.SamplingParams) -> bool:
     return greedy or sampling.HasField("seed")
 
 
-def normalized_sampling(s: common_pb2.SamplingParams) -> dict[str, Any]:
-    """Every field, defaults made explicit (see SamplingParams in common.proto)."""
+def normalized_sampling(s: common_pb2.SamplingParams, output_ceiling: int = 0) -> dict[str, Any]:
+    """Every field, defaults made explicit (see SamplingParams in common.proto). An unset
+    max_tokens runs to the context or to the ceiling the router resolved (`output_ceiling`):
+    the ceiling is part of the key then, and only then."""
     fmt = s.response_format.type or common_pb2.RESPONSE_FORMAT_TYPE_TEXT
     return {
-        "max_tokens": max_tokens_of(s),
+        "max_tokens": s.max_tokens,
+        "output_ceiling": 0 if s.max_tokens else output_ceiling,
         "temperature": s.temperature if s.HasField("temperature") else 1.0,
         "top_p": s.top_p if s.HasField("top_p") else 1.0,
         "top_k": s.top_k,
@@ -73,10 +75,15 @@ def _choice(request: router_pb2.GenerateRequest) -> list[Any]:
 
 
 def cache_key(
-    request: router_pb2.GenerateRequest, model: model_pb2.Model, *, client: str = ""
+    request: router_pb2.GenerateRequest,
+    model: model_pb2.Model,
+    *,
+    client: str = "",
+    output_ceiling: int = 0,
 ) -> str:
     """The hex sha256 naming this request's answer from `model`. `client` is the API
-    key's name when the route keeps keys apart, else ""."""
+    key's name when the route keeps keys apart, else ""; `output_ceiling` the route's and
+    key's ceiling on an output without max_tokens."""
     canonical = {
         "scheme": KEY_SCHEME,
         "model": key_of(model),
@@ -86,7 +93,7 @@ def cache_key(
             [t.name, t.description, t.parameters_json_schema, t.strict] for t in request.tools
         ],
         "tool_choice": _choice(request),
-        "sampling": normalized_sampling(request.sampling),
+        "sampling": normalized_sampling(request.sampling, output_ceiling),
         "client": client,
     }
     encoded = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=False)

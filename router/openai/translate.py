@@ -82,7 +82,7 @@ def chat_request(body: dict[str, Any], *, ignore_unknown: bool = False) -> Trans
             )
         request.sampling.response_format.CopyFrom(_response_format(parsed.response_format))
     max_tokens = parsed.max_completion_tokens or parsed.max_tokens
-    # Omitted: the server's default (running to the end of the context is pending).
+    # Omitted: 0, to the end of the context or the route's / API key's ceiling (as OpenAI).
     if max_tokens is not None:
         request.sampling.max_tokens = max_tokens
     # `user`, then OpenAI's newer per-user keys: one A/B arm and one prefix per caller.

@@ -16,6 +16,7 @@ from opentelemetry import trace
 from modelyard.auth import current_caller
 from modelyard.errors import ModelyardError, Unavailable
 from modelyard.genai import operation_name, response_attributes, usage_attributes
+from modelyard.output_length import lowest_ceiling
 from modelyard.refs import key_of
 from modelyard.v1 import common_pb2, model_pb2, router_pb2
 from modelyard.validation import check_generation
@@ -74,10 +75,13 @@ class _Run:
     log: AttemptLog = field(default_factory=AttemptLog)
     first_token_at: float = 0.0
     client: str = ""  # the API key's name, for usage and logs
+    output_ceiling: int = 0  # route's and key's, the lower: for a request without max_tokens
 
     def assignment(self, attempt: Attempt) -> Assignment:
         t = self.target
-        return Assignment(self.request_id, attempt.number, attempt.cand.model, t.route, t.arm)
+        return Assignment(
+            self.request_id, attempt.number, attempt.cand.model, t.route, t.arm, self.output_ceiling
+        )
 
 
 class Relay:
@@ -148,7 +152,13 @@ class Relay:
                 with trace.use_span(span, record_exception=False, set_status_on_exception=False):
                     run = await self._prepare(request, request_id, started_at, deadline, span)
                     look = await self._cache.lookup(
-                        request, request_id, run.target, run.client, span, self._left(deadline)
+                        request,
+                        request_id,
+                        run.target,
+                        run.client,
+                        span,
+                        self._left(deadline),
+                        output_ceiling=run.output_ceiling,
                     )
                     cleanup.callback(self._cache.release, look)
                     leg = None if look.hit else await self._commit(run, cleanup)
@@ -208,8 +218,19 @@ class Relay:
         client = caller.key_name or caller.identity if caller is not None else ""
         if client:
             span.set_attribute("modelyard.client", client)
-        run = _Run(request, request_id, target, req, started_at, deadline, client=client)
-        return run
+        ceiling = lowest_ceiling(
+            target.max_output_tokens_ceiling, self._client_policy.output_ceiling(caller)
+        )
+        return _Run(
+            request,
+            request_id,
+            target,
+            req,
+            started_at,
+            deadline,
+            client=client,
+            output_ceiling=ceiling,
+        )
 
     async def _commit(self, run: _Run, cleanup: AsyncExitStack) -> Committed:
         """Try candidates in order until one sends its first token; else the final error."""

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from modelyard.errors import InvalidArgument
 from modelyard.prefix import chain_of_request
-from modelyard.tokens import estimate_prompt_tokens, max_tokens_of
+from modelyard.tokens import estimate_prompt_tokens
 from modelyard.v1 import common_pb2, model_pb2, router_pb2, worker_pb2
 from router.catalog import Target
 from router.scheduling.types import Request
@@ -35,6 +35,7 @@ class Assignment:
     model: model_pb2.Model
     route: str = ""
     arm: str = ""
+    output_ceiling: int = 0  # the route's and the API key's, for a request without max_tokens
 
 
 def worker_request(
@@ -53,6 +54,7 @@ def worker_request(
         attempt=assignment.attempt,
         tools=request.tools,
         tool_choice=request.tool_choice,
+        max_output_tokens_ceiling=assignment.output_ceiling,
     )
 
 
@@ -65,7 +67,7 @@ def scheduling_request(
         request_id=request_id,
         chat=bool(request.messages),
         prompt_tokens=estimate_prompt_tokens(request.prompt, request.messages),
-        max_tokens=max_tokens_of(request.sampling),
+        max_tokens=request.sampling.max_tokens,
         objective=hints.objective or target.objective or common_pb2.OBJECTIVE_BALANCED,
         max_ttft_ms=hints.max_ttft_ms if hints.HasField("max_ttft_ms") else target.max_ttft_ms,
         max_cost_per_1k=(
@@ -94,9 +96,10 @@ def check_context(req: Request, target: Target) -> None:
         need = f"asks for a context of {req.min_context_length} tokens"
     else:
         field = "sampling.max_tokens" if req.max_tokens >= largest else "prompt"
+        output = f"max_tokens {req.max_tokens}" if req.max_tokens else "at least 1 output token"
         need = (
             f"needs about {req.context_needed} tokens of context (prompt about "
-            f"{req.prompt_tokens} + max_tokens {req.max_tokens})"
+            f"{req.prompt_tokens} + {output})"
         )
     raise InvalidArgument.for_field(
         field,

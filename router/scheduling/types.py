@@ -22,7 +22,7 @@ class Request:
     request_id: str
     chat: bool
     prompt_tokens: int
-    max_tokens: int
+    max_tokens: int  # 0: unset, the output runs to the end of the context (or a ceiling)
     objective: common_pb2.Objective.ValueType = common_pb2.OBJECTIVE_BALANCED
     max_ttft_ms: float | None = None
     max_cost_per_1k: float | None = None
@@ -36,7 +36,11 @@ class Request:
 
     @property
     def context_needed(self) -> int:
-        return max(self.min_context_length, self.prompt_tokens + self.max_tokens)
+        """The prompt plus max_tokens; with max_tokens unset, the prompt plus one token: such
+        a request runs to the end of whatever context its model has (as OpenAI's does).
+        An embedding generates nothing: its input alone."""
+        output = 0 if self.embedding else self.max_tokens or 1
+        return max(self.min_context_length, self.prompt_tokens + output)
 
 
 @dataclass(frozen=True, eq=False)

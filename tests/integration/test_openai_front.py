@@ -21,15 +21,18 @@ from openai.types.chat import ChatCompletionMessageParam
 
 from modelyard.bearer import bearer_metadata
 from modelyard.local_mesh import LocalMesh
+from modelyard.refs import key_of
 from modelyard.v1 import (
     common_pb2,
     model_pb2,
+    registry_pb2,
+    registry_pb2_grpc,
     router_pb2,
     router_pb2_grpc,
     worker_pb2,
     worker_pb2_grpc,
 )
-from tests.integration.conftest import register
+from tests.integration.conftest import register, until
 from tests.openai_cases import (
     CHAT_HONOURED,
     CHAT_REFUSED,
@@ -495,3 +498,41 @@ def test_bad_structured_values_are_400(
     body = caught.value.body
     assert isinstance(body, dict)
     assert body["param"] == (param or "response_format.json_schema.schema")
+
+
+def test_a_chat_without_max_tokens_stops_at_its_routes_ceiling(
+    http_mesh: tuple[LocalMesh, str], client: openai.OpenAI, smollm2: model_pb2.Model
+) -> None:
+    mesh = http_mesh[0]
+    route = model_pb2.Route(
+        name="capped",
+        arms=[model_pb2.RouteArm(name="only", model=key_of(smollm2), weight=1)],
+        max_output_tokens_ceiling=12,
+    )
+    with grpc.insecure_channel(mesh.registry_address) as channel:
+        registry_pb2_grpc.RegistryServiceStub(channel).PutRoute(
+            registry_pb2.PutRouteRequest(route=route), timeout=30
+        )
+    listing = router_pb2.RouterServiceListModelsRequest()
+    with grpc.insecure_channel(mesh.router_address) as channel:
+        stub = router_pb2_grpc.RouterServiceStub(channel)
+        until(
+            lambda: (
+                "capped"
+                in [
+                    r.name
+                    for r in stub.ListModels(
+                        listing, timeout=10, metadata=bearer_metadata(API_KEY)
+                    ).routes
+                ]
+            ),
+            "the router follows the new route",
+        )
+    story = [{"role": "user", "content": "Tell me a long story about a lighthouse."}]
+    reply = client.chat.completions.create(model="capped", messages=story, temperature=0)  # type: ignore[arg-type]
+    assert reply.usage is not None
+    choice = reply.choices[0]
+    if choice.finish_reason == "length":
+        assert reply.usage.completion_tokens == 12
+    else:  # the model may end first
+        assert choice.finish_reason == "stop" and reply.usage.completion_tokens < 12

@@ -18,6 +18,11 @@ from openai.types.chat import (
     ChatCompletionMessageParam,
     ChatCompletionToolParam,
 )
+from pydantic_ai import Agent, RunContext
+from pydantic_ai.capabilities import AbstractCapability
+from pydantic_ai.models.openai import OpenAIChatModel
+from pydantic_ai.providers.openai import OpenAIProvider
+from pydantic_ai.settings import ModelSettings
 
 from modelyard.bearer import bearer_metadata
 from modelyard.local_mesh import LocalMesh
@@ -249,3 +254,47 @@ def test_a_model_without_tools_is_never_picked_for_a_tool_request(
         )
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "tools" in (caught.value.details() or "")
+
+
+class _CallWeatherFirst(AbstractCapability[None]):
+    """Step 1 must call get_weather (the 135M model would not choose to); step 2 answers in
+    text from the tool's result: the agent's loop, with the tool choice per step."""
+
+    def get_model_settings(self) -> Any:
+        def per_step(ctx: RunContext[None]) -> ModelSettings:
+            first = ctx.run_step <= 1
+            return ModelSettings(tool_choice=["get_weather"] if first else "none")
+
+        return per_step
+
+
+def test_an_agent_framework_runs_its_tool_loop_against_the_front(
+    tools_mesh: LocalMesh, smollm2: model_pb2.Model
+) -> None:
+    """pydantic-ai (its own OpenAI client and message handling) calls the tool, runs it,
+    sends the result back and gets the final answer."""
+    cities: list[str] = []
+    model = OpenAIChatModel(
+        smollm2.name,
+        provider=OpenAIProvider(
+            base_url=f"http://{tools_mesh.router_http_address}/v1", api_key=API_KEY
+        ),
+    )
+    agent = Agent(
+        model,
+        capabilities=[_CallWeatherFirst()],
+        model_settings=ModelSettings(temperature=0, max_tokens=CALL_TOKENS, timeout=TIMEOUT_S),
+    )
+
+    @agent.tool_plain
+    def get_weather(city: str) -> str:
+        """Current weather in a city."""
+        cities.append(city)
+        return f"Sunny and 21 C in {city}."
+
+    result = agent.run_sync("What is the weather in Paris?")
+    assert len(cities) == 1 and cities[0].strip()
+    kinds = [type(p).__name__ for m in result.all_messages() for p in m.parts]
+    assert kinds.index("ToolCallPart") < kinds.index("ToolReturnPart") < len(kinds) - 1
+    assert isinstance(result.output, str) and result.output.strip()
+    assert result.usage.requests == 2

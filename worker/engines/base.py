@@ -137,13 +137,23 @@ class EngineRequest:
     messages: Sequence[ChatTurn] = ()
     prompt_token_ids: Sequence[int] | None = None
     sampling: SamplingConfig = SamplingConfig()
+    # The most tokens to generate; the worker resolves an unset SamplingParams.max_tokens
+    # to its ceiling (worker.output_plan), at most the model's context.
     max_tokens: int = 256
+    # > 0: max_tokens was unset, and this is the output length to plan for (KV cells
+    # reserved up front, queued tokens) rather than max_tokens; engines may grow past it.
+    expected_tokens: int = 0
     stop: Sequence[str] = ()
     # Kept out of SamplingConfig, whose repr seeds the sim engine's RNG.
     output_format: OutputFormat | None = None  # None: free text
     logit_bias: Mapping[int, float] = field(default_factory=dict)  # token id -> added logit
     logprobs: int | None = None  # None: none; else how many alternatives per token (0..20)
     tools: ToolPrompt | None = None  # chat only: the tools rendered into the prompt
+
+    @property
+    def planned_tokens(self) -> int:
+        """The output length queues and reservations count for this request."""
+        return min(self.expected_tokens, self.max_tokens) or self.max_tokens
 
 
 class FinishReason(enum.Enum):

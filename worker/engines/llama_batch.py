@@ -12,9 +12,19 @@ prompt delays the running streams by one chunk, not by the whole prompt.
 
 A request reserves prompt + max_tokens cells (capped at the context) on
 admission; it waits for a later step while the reservations would overflow the
-shared cache, so `llama_decode` never runs out of cells mid-stream. Finished
-sequences' KV stays behind as cached prefixes (`llama_prefix`) that a request
-sharing their first tokens starts from; they are evicted before a request waits.
+shared cache, so `llama_decode` never runs out of cells mid-stream. A request
+that left max_tokens unset reserves prompt + its expected output instead
+(`EngineRequest.expected_tokens`): reserving the whole context would let one
+such request hold every cell. When it has used its cells it grows its
+reservation by its expected output again, from free cells (evicting cached
+prefixes first); while none are free it skips steps (stalls) and no new request
+is admitted, so the next freed cells are its. Reservations never sum past the
+context, so no sequence ever writes into cells another holds. Should every
+running sequence stall at once, the one holding the most cells ends with
+CONTEXT_LENGTH (the shared context is full), freeing its cells for the others.
+Finished sequences' KV stays behind as cached prefixes (`llama_prefix`) that a
+request sharing their first tokens starts from; they are evicted before a
+request waits.
 
 Everything here runs on the loop thread except `submit`, `cancel_all` and
 `stop`, which only touch the pending list under the lock.
@@ -58,6 +68,7 @@ log = logging.getLogger(__name__)
 PREFILL_CHUNK = 64
 IDLE_WAIT_S = 0.5
 KEPT_EVALUATED = 256  # recent requests whose evaluated prompt tokens `evaluated` remembers
+MIN_GROWTH = 16  # cells a sequence without max_tokens grows by at least, once out of cells
 
 
 @dataclass(eq=False)  # identity, so jobs can key a dict
@@ -70,6 +81,12 @@ class Job:
 
     @property
     def reserve(self) -> int:
+        """Cells reserved on admission: the prompt and the output planned for."""
+        return len(self.prompt_tokens) + self.request.planned_tokens
+
+    @property
+    def bound(self) -> int:
+        """Cells the sequence may ever need: the prompt and max_tokens."""
         return len(self.prompt_tokens) + self.request.max_tokens
 
     def emit(self, event: EngineEvent | DecodeFailed) -> bool:
@@ -81,12 +98,13 @@ class _Slot:
     job: Job
     seq_id: int
     sampler: SequenceSampler
-    reserve: int
+    reserve: int  # cells reserved; grows for a request without max_tokens (see above)
     text: TextStream
     room: int  # tokens this sequence may generate before the context is full
     fed: int = 0  # prompt tokens in the KV cache
     n_past: int = 0
     next_token: int | None = None  # sampled, not yet fed
+    stalled: bool = False  # used its reserved cells, and none were free to grow into
     produced: int = 0
     cached: int = 0  # prompt tokens shared from a cached prefix
     source: CachedPrefix | None = None  # the cached prefix they came from
@@ -199,6 +217,8 @@ class BatchDecoder:
         """Under the lock: move pending jobs into free sequences while their cells fit."""
         reserved = sum(s.reserve for s in self._slots)
         admitted: list[_Slot] = []
+        if any(s.stalled for s in self._slots):
+            return admitted  # the next free cells are the stalled sequence's
         while self._pending and self._free_ids:
             job = self._pending[0]
             reserve = min(job.reserve, self.n_ctx)
@@ -253,6 +273,10 @@ class BatchDecoder:
             return
         n, rows = self._fill_batch()
         if n == 0:
+            # Every sequence stalled, waiting for cells that only one of them ending frees.
+            stalled = [s for s in self._slots if s.stalled]
+            if stalled:
+                self._end_tail(max(stalled, key=lambda s: s.reserve), FinishReason.CONTEXT_LENGTH)
             return
         batch = self._batch.batch
         batch.n_tokens = n
@@ -293,7 +317,11 @@ class BatchDecoder:
             slot.n_past += 1
             n += 1
 
-        decoding = [s for s in self._slots if not s.prefilling and s.next_token is not None]
+        decoding = [
+            s
+            for s in self._slots
+            if not s.prefilling and s.next_token is not None and self._has_cell(s)
+        ]
         for slot in decoding:
             assert slot.next_token is not None
             add(slot.next_token, slot, True)
@@ -314,6 +342,36 @@ class BatchDecoder:
             slot.evaluated += take
             budget -= take
         return n, rows
+
+    def _has_cell(self, slot: _Slot) -> bool:
+        """Whether the sequence's next token has a reserved cell, growing its reservation
+        if it ran out (only a request without max_tokens does); False: stalled."""
+        if slot.n_past < slot.reserve:
+            return True
+        others = sum(s.reserve for s in self._slots if s is not slot)
+        step = max(slot.job.request.expected_tokens, MIN_GROWTH)
+        want = min(slot.reserve + step, slot.job.bound, self.n_ctx)
+        cached = 0
+        if self.prefix is not None:
+            self.prefix.reclaim(others + want, self.n_ctx)  # cached prefixes yield first
+            cached = self.prefix.cells
+        grown = min(want, self.n_ctx - others - cached)
+        slot.stalled = grown <= slot.n_past
+        if not slot.stalled:
+            slot.reserve = grown
+        return not slot.stalled
+
+    def _end_tail(self, slot: _Slot, reason: FinishReason) -> None:
+        """End a sequence between steps (its tokens all streamed): stream what its text
+        held back (a partial character, a possible stop sequence's start), then finish."""
+        out = slot.text.finish()
+        slot.reply.append(out.text)
+        if out.text and not slot.job.emit(Piece(out.text, ())):
+            reason = FinishReason.CANCELLED
+        elif out.stop is not None:
+            self._end(slot, FinishReason.STOP_SEQUENCE, out.stop)
+            return
+        self._end(slot, reason)
 
     def _accept(self, slot: _Slot, token: int, logprob: TokenLogprob | None) -> None:
         """One sampled token: stream it, or end the sequence."""

@@ -135,7 +135,7 @@ class TransformersEngine:
         refuse_unsupported(req, ENGINE_NAME, logit_bias=True, tools=True)
         check_logit_bias(req, len(loaded.tokenizer))
         job = _Job(req, prompt, EventChannel(asyncio.get_running_loop()))
-        cost = len(prompt) + req.max_tokens
+        cost = len(prompt) + req.planned_tokens
         self._counters.enqueued(cost)
         future = executor.submit(_decode, loaded, job, self._counters, cost)
         self._jobs[job] = future

@@ -1,6 +1,7 @@
 """Drop models that cannot take the request: chat vs plain completion vs embedding (an
 embedding-only model has neither chat nor completion, so no generation reaches it), tools,
-required tags, and a context window that holds the prompt plus max_tokens."""
+required tags, and a context window that holds the prompt plus max_tokens (plus one token
+when max_tokens is unset: the output then runs to the end of the context)."""
 
 from __future__ import annotations
 

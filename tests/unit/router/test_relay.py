@@ -444,3 +444,25 @@ async def test_a_router_without_workers_refuses_and_counts_the_request(
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
     assert from_rpc_error(caught.value).reason == "NO_WORKERS"
     assert counted == 1
+
+
+async def test_the_output_ceiling_reaches_the_worker_per_api_key(
+    registry: RegistryUnderTest, start_worker: WorkerFactory
+) -> None:
+    worker = await start_worker("w1")
+    async with running_router(
+        registry.address,
+        [worker.address],
+        api_keys=["alice:k-alice", "batch:k-batch"],
+        max_output_tokens_ceiling=300,
+        key_max_output_tokens_ceilings={"batch": 40},
+    ) as router:
+        unset = request(sampling=common_pb2.SamplingParams())
+        for key in ("k-alice", "k-batch"):
+            auth = (("authorization", f"Bearer {key}"),)
+            events = [e async for e in router.stub.Generate(unset, timeout=10, metadata=auth)]
+            assert kinds(events)[-1] == "finished"
+
+    alice, batch = worker.fake.requests
+    assert alice.sampling.max_tokens == batch.sampling.max_tokens == 0  # left to the worker
+    assert (alice.max_output_tokens_ceiling, batch.max_output_tokens_ceiling) == (300, 40)

@@ -35,7 +35,6 @@ def test_defaults_written_out_or_left_unset_give_one_key() -> None:
     implicit = Sampling(temperature=0, stop=["b", "a"])
     explicit = Sampling(
         temperature=0,
-        max_tokens=256,
         top_p=1.0,
         repetition_penalty=1.0,
         stop=["a", "b", "a"],

@@ -21,6 +21,7 @@ import pytest
 import pytest_asyncio
 
 from modelyard.bundled import smollm2_model
+from modelyard.refs import model_key
 from modelyard.v1 import common_pb2, model_pb2, worker_pb2, worker_pb2_grpc
 from tests.sim_models import sim_model
 from worker.artifacts.settings import ArtifactSettings
@@ -248,4 +249,52 @@ async def test_a_request_waiting_in_llama_cpp_for_kv_cells_counts_as_queued(mesh
     finally:
         for call in calls:
             call.cancel()
+    await until_status(mesh, name, lambda s: s.running_sequences + s.queued_requests == 0)
+
+
+def unbounded_chat(mesh: Mesh, ceiling: int = 0) -> worker_pb2.WorkerServiceGenerateRequest:
+    """A chat without max_tokens, as the router sends it with the route's or key's ceiling."""
+    return worker_pb2.WorkerServiceGenerateRequest(
+        model=mesh.smollm2,
+        messages=[common_pb2.ChatMessage(role="user", content="Tell me a long story.")],
+        sampling=common_pb2.SamplingParams(temperature=0.0),
+        max_output_tokens_ceiling=ceiling,
+    )
+
+
+async def test_a_chat_without_max_tokens_runs_to_its_ceiling(mesh: Mesh) -> None:
+    tokens: list[int] = []
+    done = common_pb2.GenerationFinished()
+    async for event in mesh.stub.Generate(unbounded_chat(mesh, ceiling=40), timeout=120):
+        tokens.extend(event.delta.token_ids)
+        if event.HasField("finished"):
+            done = event.finished
+    assert done.usage.output_tokens == len(tokens)
+    if done.finish_reason == common_pb2.FINISH_REASON_LENGTH:
+        assert len(tokens) == 40
+    else:  # the model may end its story early
+        assert done.finish_reason == common_pb2.FINISH_REASON_STOP and len(tokens) < 40
+
+
+async def test_a_request_without_max_tokens_queues_its_expected_output_not_the_context(
+    mesh: Mesh,
+) -> None:
+    # The first holds prompt + 1,900 of the 2,048 cells; the unbounded chat would need
+    # prompt + the whole context were it planned at its bound; it is planned at the
+    # model's expected output (256 at first), which does not fit either: it waits inside
+    # the engine, counted as queued with that figure.
+    name = mesh.smollm2.name
+    big = mesh.stub.Generate(request(mesh.smollm2, PROMPTS[0], 1900), timeout=120)
+    unbounded = None
+    try:
+        await until_status(mesh, name, lambda s: s.running_sequences == 1)
+        unbounded = mesh.stub.Generate(unbounded_chat(mesh), timeout=120)
+        waiting = await until_status(mesh, name, lambda s: s.queued_requests == 1)
+        expected = mesh.worker.outputs.estimate.expected(model_key(name, mesh.smollm2.version))
+        prompt = waiting.queued_tokens - expected  # the chat's prompt, template included
+        assert 10 < prompt < 64, (waiting.queued_tokens, expected)
+    finally:
+        big.cancel()
+        if unbounded is not None:
+            unbounded.cancel()
     await until_status(mesh, name, lambda s: s.running_sequences + s.queued_requests == 0)
