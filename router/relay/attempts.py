@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from modelyard.errors import (
     DeadlineExceeded,
     FailedPrecondition,
+    FieldViolation,
     ModelyardError,
     ResourceExhausted,
     Unavailable,
@@ -113,10 +114,12 @@ class AttemptLog:
     rejections: list[str] = field(default_factory=list)
     request_only: bool = True  # every rejection so far was about the request itself
     exhausted: list[ModelyardError] = field(default_factory=list)
+    blamed: set[str] = field(default_factory=set)  # request fields the rejections name
 
     def rejected(self, cycle: CycleState) -> None:
         self.rejections.append(cycle.describe_rejections())
         self.request_only &= set(cycle.rejected) <= REQUEST_FILTERS
+        self.blamed |= cycle.blamed
 
     def retryable(self, outcome: Retryable) -> None:
         self.failures.append(outcome.failure)
@@ -132,10 +135,13 @@ class AttemptLog:
     def final_error(self, target: Target, workers: Sequence[str]) -> ModelyardError:
         """Why no candidate served the request, once every attempt is spent."""
         if not self.failures and self.rejections and self.request_only:
-            return FailedPrecondition(
-                f"no candidate for {target.name} meets the request: " + "; ".join(self.rejections),
-                reason="NO_CANDIDATE",
+            message = f"no candidate for {target.name} meets the request: " + "; ".join(
+                self.rejections
             )
+            # One field to blame for every rejection: name it, as a bad argument would be.
+            (blamed,) = self.blamed if len(self.blamed) == 1 else ("",)
+            violations = [FieldViolation(blamed, message)] if blamed else []
+            return FailedPrecondition(message, reason="NO_CANDIDATE", violations=violations)
         if self.exhausted and len(self.exhausted) == len(self.failures):
             # Every worker tried was full: tell the client to back off, not that the
             # model is down. The last worker's details (retry delay) go along.

@@ -100,8 +100,12 @@ class CycleState:
 
     data: dict[str, object] = field(default_factory=dict)
     rejected: dict[str, list[str]] = field(default_factory=dict)
+    # The request fields the rejections blame ("" for a reason that is no field's), so
+    # that a request nothing can take names the parameter to change.
+    blamed: set[str] = field(default_factory=set)
 
-    def reject(self, plugin: str, cand: Candidate, why: str) -> None:
+    def reject(self, plugin: str, cand: Candidate, why: str, *, blame: str = "") -> None:
+        self.blamed.add(blame)
         reasons = self.rejected.setdefault(plugin, [])
         if len(reasons) < 8:  # bounded: enough for an error message
             reasons.append(f"{cand.worker_id or cand.worker}/{cand.model_key}: {why}")

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 from router.scheduling.types import Candidate, CycleState, Request
 
+TOOLS_UNFIT = "cannot call tools (capabilities.tools is off)"
+
 
 def unfit_reason(req: Request, cand: Candidate) -> str | None:
     caps = cand.model.capabilities
@@ -21,7 +23,7 @@ def unfit_reason(req: Request, cand: Candidate) -> str | None:
     elif not req.chat and not caps.completion:
         return "no plain completion"
     if req.tools and not caps.tools:
-        return "cannot call tools (capabilities.tools is off)"
+        return TOOLS_UNFIT
     missing = set(req.required_tags) - set(caps.tags)
     if missing:
         return "missing tags " + ",".join(sorted(missing))
@@ -44,5 +46,5 @@ class CapabilityFilter:
             if why is None:
                 kept.append(c)
             else:
-                cycle.reject(self.name, c, why)
+                cycle.reject(self.name, c, why, blame="tools" if why == TOOLS_UNFIT else "")
         return kept
