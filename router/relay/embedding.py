@@ -34,7 +34,7 @@ from router.client_policy import ClientPolicy
 from router.relay.attempts import Attempt, AttemptLog, Fatal, Retryable, Scheduled, attempts
 from router.relay.candidates import candidates
 from router.relay.refusals import left_pool, refused
-from router.relay.requests import request_id_of
+from router.relay.requests import hinted, request_id_of
 from router.scheduling.framework import Profile, run_cycle
 from router.scheduling.types import Request
 from router.state.prefix_history import PrefixHistory
@@ -282,7 +282,6 @@ def _check_embedding_models(target: Target) -> None:
 def _scheduling_request(
     request: router_pb2.EmbedRequest, request_id: str, target: Target
 ) -> Request:
-    hints = request.hints
     longest = 0 if request.params.truncate else max(len(t) for t in request.inputs)
     return Request(
         request_id=request_id,
@@ -290,14 +289,5 @@ def _scheduling_request(
         embedding=True,
         prompt_tokens=estimate_tokens(longest),
         max_tokens=0,
-        objective=hints.objective or target.objective or common_pb2.OBJECTIVE_BALANCED,
-        max_ttft_ms=hints.max_ttft_ms if hints.HasField("max_ttft_ms") else target.max_ttft_ms,
-        max_cost_per_1k=(
-            hints.max_cost_per_1k_tokens
-            if hints.HasField("max_cost_per_1k_tokens")
-            else target.max_cost_per_1k
-        ),
-        required_tags=tuple(hints.required_tags),
-        min_context_length=hints.min_context_length,
-        session_key=hints.session_key,
+        **hinted(request.hints, target),
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from typing import TypedDict
 
 from modelyard.errors import InvalidArgument
 from modelyard.prefix import chain_of_request
@@ -58,16 +59,19 @@ def worker_request(
     )
 
 
-def scheduling_request(
-    request: router_pb2.GenerateRequest, request_id: str, target: Target
-) -> Request:
-    """The scheduler's view of a request: its hints, over the route's defaults."""
-    hints = request.hints
-    return Request(
-        request_id=request_id,
-        chat=bool(request.messages),
-        prompt_tokens=estimate_prompt_tokens(request.prompt, request.messages),
-        max_tokens=request.sampling.max_tokens,
+class Hinted(TypedDict):
+    """The scheduler's fields that come from a request's hints over the route's defaults."""
+
+    objective: common_pb2.Objective.ValueType
+    max_ttft_ms: float | None
+    max_cost_per_1k: float | None
+    required_tags: tuple[str, ...]
+    min_context_length: int
+    session_key: str
+
+
+def hinted(hints: common_pb2.RoutingHints, target: Target) -> Hinted:
+    return Hinted(
         objective=hints.objective or target.objective or common_pb2.OBJECTIVE_BALANCED,
         max_ttft_ms=hints.max_ttft_ms if hints.HasField("max_ttft_ms") else target.max_ttft_ms,
         max_cost_per_1k=(
@@ -78,6 +82,19 @@ def scheduling_request(
         required_tags=tuple(hints.required_tags),
         min_context_length=hints.min_context_length,
         session_key=hints.session_key,
+    )
+
+
+def scheduling_request(
+    request: router_pb2.GenerateRequest, request_id: str, target: Target
+) -> Request:
+    """The scheduler's view of a request: its hints, over the route's defaults."""
+    return Request(
+        request_id=request_id,
+        chat=bool(request.messages),
+        prompt_tokens=estimate_prompt_tokens(request.prompt, request.messages),
+        max_tokens=request.sampling.max_tokens,
+        **hinted(request.hints, target),
         tools=bool(request.tools),
         prefix=chain_of_request(request.prompt, request.messages),
     )
