@@ -10,6 +10,9 @@ transformers >= 4.56): it needs the paged-attention kernels ("sdpa_paged"), is m
 experimental, and on CPU it brought no measured gain for this engine's role, which
 is correctness and portability (MPS) rather than throughput: vLLM is the batching
 engine. The loop is small enough to swap for it once it settles.
+
+Output formats (JSON, regex, grammars, forced tool calls) are xgrammar's token bitmask
+applied to each step's logits (worker.engines.transformers_grammar).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from modelyard.errors import InvalidArgument
 from worker.counters import CounterSnapshot, SequenceCounters
 from worker.engines.base import (
     EmbedRequest,
@@ -243,7 +247,10 @@ def _decode(loaded: _Loaded, job: _Job, counters: SequenceCounters, cost: int) -
         job.channel.put(Scheduled(n_prompt))
         reason, produced, stop = _sample(loaded, job, counters)
     except Exception as err:
-        log.exception("decoding %s failed", job.request.request_id)
+        if isinstance(err, InvalidArgument):  # the request's fault (a format's dead end)
+            log.info("decoding %s refused: %s", job.request.request_id, err)
+        else:
+            log.exception("decoding %s failed", job.request.request_id)
         counters.finished()
         job.channel.put(DecodeFailed(err))
         return

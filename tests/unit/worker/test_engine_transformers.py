@@ -284,3 +284,16 @@ async def test_forced_tool_call_is_one_valid_call(engine: TransformersEngine) ->
     call = json.loads(text)
     jsonschema.validate(call, call_schema(weather))
     assert call["name"] == "get_weather"
+
+
+async def test_a_format_with_no_next_token_ends_in_invalid_argument(
+    engine: TransformersEngine,
+) -> None:
+    from modelyard.errors import InvalidArgument
+    from worker.engines.base import OutputFormat
+
+    # Compiles, but after "a" no character (so no token) can follow.
+    empty = OutputFormat(grammar=r'root ::= "a" [^\x00-\U0010FFFF]')
+    with pytest.raises(InvalidArgument) as caught:
+        await _collect(engine, EngineRequest("dead", prompt=PROMPT, output_format=empty))
+    assert [v.field for v in caught.value.violations] == ["sampling.response_format.grammar"]
