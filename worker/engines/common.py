@@ -64,7 +64,7 @@ def refuse_unsupported(
         raise InvalidArgument.for_field(
             "sampling.response_format",
             f"engine {engine_name} cannot constrain its output (constrained decoding: "
-            "engines llama_cpp and vllm)",
+            "engines llama_cpp, vllm and transformers)",
         )
     if req.logit_bias and not logit_bias:
         raise InvalidArgument.for_field(

@@ -43,7 +43,7 @@ def grammar_of(fmt: OutputFormat) -> str:
         if fmt.grammar_syntax != "gbnf":
             raise InvalidArgument.for_field(
                 "sampling.response_format.grammar_syntax",
-                "engine llama_cpp reads GBNF grammars only; Lark needs engine vllm",
+                "engine llama_cpp reads GBNF grammars only; Lark needs engine vllm or transformers",
             )
         return fmt.grammar
     if fmt.regex is not None:

@@ -10,6 +10,9 @@ transformers >= 4.56): it needs the paged-attention kernels ("sdpa_paged"), is m
 experimental, and on CPU it brought no measured gain for this engine's role, which
 is correctness and portability (MPS) rather than throughput: vLLM is the batching
 engine. The loop is small enough to swap for it once it settles.
+
+Output formats (JSON, regex, grammars, forced tool calls) are xgrammar's token bitmask
+applied to each step's logits (worker.engines.transformers_grammar).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from modelyard.errors import InvalidArgument
 from worker.counters import CounterSnapshot, SequenceCounters
 from worker.engines.base import (
     EmbedRequest,
@@ -48,6 +52,7 @@ from worker.engines.embed_common import embedding_only, not_embedding_model
 from worker.engines.hf_embed import HfEmbedder, open_embedder
 from worker.engines.hf_prompt import HfPrompter
 from worker.engines.text import StopMatcher
+from worker.engines.transformers_grammar import FormatCompiler, SequenceGrammar
 from worker.engines.transformers_sampling import next_token, token_logprob
 
 log = logging.getLogger(__name__)
@@ -62,6 +67,7 @@ class _Job:
     channel: EventChannel[EngineEvent | DecodeFailed]
     cancel: threading.Event = field(default_factory=threading.Event)
     started: bool = False
+    grammar: Any = None  # xgrammar's CompiledGrammar for the output format, if any
 
 
 @dataclass
@@ -71,6 +77,7 @@ class _Loaded:
     device: Any
     eos: frozenset[int]
     context: int
+    formats: FormatCompiler
 
 
 class TransformersEngine:
@@ -132,9 +139,11 @@ class TransformersEngine:
             raise EngineNotLoaded(ENGINE_NAME)
         prompt = prompter.token_ids(req)
         check_prompt(prompt, loaded.context, self._key)
-        refuse_unsupported(req, ENGINE_NAME, logit_bias=True, tools=True)
+        refuse_unsupported(req, ENGINE_NAME, formats=True, logit_bias=True, tools=True)
         check_logit_bias(req, len(loaded.tokenizer))
         job = _Job(req, prompt, EventChannel(asyncio.get_running_loop()))
+        if req.output_format is not None:  # compiled before queueing: a bad one is refused
+            job.grammar = await asyncio.to_thread(loaded.formats.compile, req.output_format)
         cost = len(prompt) + req.planned_tokens
         self._counters.enqueued(cost)
         future = executor.submit(_decode, loaded, job, self._counters, cost)
@@ -206,7 +215,10 @@ def _open(spec: ModelSpec) -> _Loaded:
         eos = tokenizer.eos_token_id
     eos_ids = frozenset(eos if isinstance(eos, list) else [eos] if eos is not None else [])
     trained = int(getattr(model.config, "max_position_embeddings", 0) or spec.context_length)
-    return _Loaded(model, tokenizer, device, eos_ids, min(spec.context_length, trained))
+    # The logits' width: the config's vocabulary may be padded past the tokenizer's.
+    width = max(int(getattr(model.config, "vocab_size", 0) or 0), len(tokenizer))
+    formats = FormatCompiler(tokenizer, width, eos_ids)
+    return _Loaded(model, tokenizer, device, eos_ids, min(spec.context_length, trained), formats)
 
 
 def _close(loaded: _Loaded) -> None:
@@ -235,7 +247,10 @@ def _decode(loaded: _Loaded, job: _Job, counters: SequenceCounters, cost: int) -
         job.channel.put(Scheduled(n_prompt))
         reason, produced, stop = _sample(loaded, job, counters)
     except Exception as err:
-        log.exception("decoding %s failed", job.request.request_id)
+        if isinstance(err, InvalidArgument):  # the request's fault (a format's dead end)
+            log.info("decoding %s refused: %s", job.request.request_id, err)
+        else:
+            log.exception("decoding %s failed", job.request.request_id)
         counters.finished()
         job.channel.put(DecodeFailed(err))
         return
@@ -244,10 +259,14 @@ def _decode(loaded: _Loaded, job: _Job, counters: SequenceCounters, cost: int) -
     job.channel.put(Finished(reason, n_prompt, produced, stop))
 
 
-def _reason(stop: str | None, produced: int, max_tokens: int, room: int) -> FinishReason | None:
+def _reason(
+    stop: str | None, produced: int, max_tokens: int, room: int, complete: bool
+) -> FinishReason | None:
     """Why decoding ends after this token, or None to go on."""
     if stop is not None:
         return FinishReason.STOP_SEQUENCE
+    if complete:
+        return FinishReason.STOP
     if produced >= max_tokens:
         return FinishReason.LENGTH
     if produced >= room:
@@ -278,6 +297,12 @@ def _sample(
     )
     room = loaded.context - len(job.prompt)
     stops = StopMatcher(req.stop)
+    grammar = (
+        None
+        if job.grammar is None
+        else SequenceGrammar(job.grammar, loaded.formats.vocab_size, loaded.eos, _field(req))
+    )
+    constrain = None if grammar is None else grammar.mask
     produced: list[int] = []
     shown = ""  # decoded text of `produced` already passed to the stop matcher
     past: Any = None
@@ -290,11 +315,13 @@ def _sample(
             past = out.past_key_values
             logits = out.logits[0, -1]
             token = next_token(
-                logits, job.prompt + produced, req.sampling, generator, req.logit_bias
+                logits, job.prompt + produced, req.sampling, generator, req.logit_bias, constrain
             )
             if token in loaded.eos:
                 eos_reason, eos_stop = _end_at_eos(stops, job)
                 return eos_reason, len(produced), eos_stop
+            # Complete: only end-of-text may follow, so end here rather than decode it.
+            complete = grammar is not None and grammar.accept(token)
             produced.append(token)
             counters.generated(1)
             # Decode the whole tail: byte-level BPE needs context for spaces and UTF-8.
@@ -303,7 +330,7 @@ def _sample(
             if new:
                 shown = full
             text, stop = stops.push(new)
-            reason = _reason(stop, len(produced), req.max_tokens, room)
+            reason = _reason(stop, len(produced), req.max_tokens, room, complete)
             if reason is not None and stop is None:
                 text += stops.flush()
             if not job.channel.put(Piece(text, (token,), _logprobs(tok, logits, token, req))):
@@ -311,6 +338,10 @@ def _sample(
             if reason is not None:
                 return reason, len(produced), stop or ""
             step = torch.tensor([[token]], device=loaded.device)
+
+
+def _field(req: EngineRequest) -> str:
+    return req.output_format.field if req.output_format is not None else ""
 
 
 def _logprobs(tok: Any, logits: Any, token: int, req: EngineRequest) -> tuple[TokenLogprob, ...]:

@@ -2,7 +2,8 @@
 
 Mirrors the contract's sampling: penalties first (repetition as in CTRL/HF,
 presence and frequency as in OpenAI), then temperature, top-k, top-p, min-p.
-Temperature 0 is greedy. The request's logit bias comes first, as in llama.cpp's chain;
+Temperature 0 is greedy. The request's logit bias comes first, as in llama.cpp's chain,
+and the output format's mask (`constrain`) after the penalties, as llama.cpp's grammar;
 logprobs are the log-softmax of the raw logits, as OpenAI reports them.
 """
 
@@ -20,6 +21,7 @@ def next_token(
     s: SamplingConfig,
     generator: Any,
     bias: Mapping[int, float] | None = None,
+    constrain: Callable[[Any], None] | None = None,
 ) -> int:
     import torch
 
@@ -37,6 +39,8 @@ def next_token(
                 seen > 0, seen / s.repetition_penalty, seen * s.repetition_penalty
             )
         logits[ids] -= s.presence_penalty + s.frequency_penalty * counts.to(logits.dtype)
+    if constrain is not None:
+        constrain(logits)  # in place: disallowed tokens to -inf
     if s.temperature <= 0.0:
         return int(torch.argmax(logits).item())
     logits = logits / s.temperature

@@ -6,6 +6,8 @@ Needs torch + transformers: runs under .venv-vllm (see scripts/setup-vllm.sh).
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -163,10 +165,7 @@ async def test_prompt_longer_than_the_context_is_refused(engine: TransformersEng
             pass
 
 
-async def test_logit_bias_and_logprobs_and_no_json(engine: TransformersEngine) -> None:
-    from modelyard.errors import InvalidArgument
-    from worker.engines.base import OutputFormat
-
+async def test_logit_bias_and_logprobs(engine: TransformersEngine) -> None:
     forced = EngineRequest(
         "bias", prompt=PROMPT, sampling=GREEDY, max_tokens=2, logit_bias={42: 100.0}, logprobs=3
     )
@@ -176,5 +175,125 @@ async def test_logit_bias_and_logprobs_and_no_json(engine: TransformersEngine) -
     assert [lp.token_id for lp in logprobs] == [42, 42] and all(len(lp.top) == 3 for lp in logprobs)
     # Raw logits' logprobs: the bias made 42 the choice, not the likeliest token.
     assert all(lp.top[0].logprob >= lp.logprob and lp.logprob <= 0 for lp in logprobs)
-    with pytest.raises(InvalidArgument):
-        await _collect(engine, EngineRequest("json", prompt=PROMPT, output_format=OutputFormat()))
+
+
+# Nested object, enum and array, short enough that 3 sampled outputs stay cheap on CPU.
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "kind": {"enum": ["capital", "port", "village"]},
+        "where": {
+            "type": "object",
+            "properties": {"country": {"type": "string", "maxLength": 12}},
+            "required": ["country"],
+        },
+        "tags": {"type": "array", "items": {"enum": ["old", "big"]}, "maxItems": 2},
+    },
+    "required": ["kind", "where", "tags"],
+}
+
+
+async def test_json_schema_at_temperature_one_always_validates(
+    engine: TransformersEngine,
+) -> None:
+    import jsonschema
+
+    from worker.engines.base import OutputFormat
+
+    fmt = OutputFormat(json_schema=json.dumps(SCHEMA))
+    ask = [ChatTurn("user", "Describe Paris as JSON.")]
+    for seed in range(3):
+        req = EngineRequest(
+            f"schema{seed}",
+            messages=ask,
+            sampling=SamplingConfig(temperature=1.0, seed=seed),
+            max_tokens=60,
+            output_format=fmt,
+        )
+        text, _, fin = await _collect(engine, req)
+        assert fin.reason is FinishReason.STOP, text
+        jsonschema.validate(json.loads(text), SCHEMA)
+
+
+async def test_regex_and_json_object_and_gbnf(engine: TransformersEngine) -> None:
+    from worker.engines.base import OutputFormat
+
+    def req(rid: str, fmt: OutputFormat) -> EngineRequest:
+        sampling = SamplingConfig(temperature=1.0, seed=3)
+        return EngineRequest(
+            rid, prompt=PROMPT, sampling=sampling, max_tokens=40, output_format=fmt
+        )
+
+    code, _, fin = await _collect(engine, req("re", OutputFormat(regex="[A-Z]{3}-[0-9]{4}")))
+    assert re.fullmatch("[A-Z]{3}-[0-9]{4}", code) and fin.reason is FinishReason.STOP
+    obj, _, fin = await _collect(engine, req("obj", OutputFormat()))
+    assert fin.reason is FinishReason.STOP and isinstance(json.loads(obj), dict)
+    yes_no = OutputFormat(grammar='root ::= "yes" | "no"')
+    answer, _, fin = await _collect(engine, req("gbnf", yes_no))
+    assert answer in {"yes", "no"} and fin.reason is FinishReason.STOP
+
+
+@pytest.mark.parametrize(
+    ("fmt", "field"),
+    [
+        ({"json_schema": '{"type": "wat"}'}, "sampling.response_format.json_schema"),
+        ({"regex": "(("}, "sampling.response_format.regex"),
+        ({"grammar": "root ::= undefined_rule"}, "sampling.response_format.grammar"),
+        (
+            {"grammar": "start: nowhere", "grammar_syntax": "lark"},
+            "sampling.response_format.grammar",
+        ),
+    ],
+)
+async def test_a_format_xgrammar_cannot_compile_is_invalid_argument(
+    engine: TransformersEngine, fmt: dict[str, str], field: str
+) -> None:
+    from modelyard.errors import InvalidArgument
+    from worker.engines.base import OutputFormat
+
+    bad = EngineRequest("bad", prompt=PROMPT, output_format=OutputFormat(**fmt))  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgument) as caught:
+        await _collect(engine, bad)
+    err = caught.value
+    assert [v.field for v in err.violations] == [field]
+    assert ".cc" not in err.message and "/" not in err.message  # no source paths
+
+
+async def test_forced_tool_call_is_one_valid_call(engine: TransformersEngine) -> None:
+    import jsonschema
+
+    from worker.engines.base import ToolPrompt, ToolSpec
+    from worker.tools.constraint import call_schema, forced_call_format
+
+    params = {
+        "type": "object",
+        "properties": {"city": {"type": "string", "maxLength": 20}, "unit": {"enum": ["C", "F"]}},
+        "required": ["city", "unit"],
+    }
+    weather = ToolSpec("get_weather", "Current weather in a city", json.dumps(params))
+    req = EngineRequest(
+        "tool",
+        messages=[ChatTurn("user", "What is the weather in Paris?")],
+        sampling=SamplingConfig(temperature=1.0, seed=1),
+        max_tokens=60,
+        tools=ToolPrompt((weather,)),
+        output_format=forced_call_format([weather]),
+    )
+    text, _, fin = await _collect(engine, req)
+    assert fin.reason is FinishReason.STOP, text
+    call = json.loads(text)
+    jsonschema.validate(call, call_schema(weather))
+    assert call["name"] == "get_weather"
+
+
+async def test_a_format_with_no_next_token_ends_in_invalid_argument(
+    engine: TransformersEngine,
+) -> None:
+    from modelyard.errors import InvalidArgument
+    from worker.engines.base import OutputFormat
+
+    # Compiles, but after "a" no character (so no token) can follow.
+    empty = OutputFormat(grammar=r'root ::= "a" [^\x00-\U0010FFFF]')
+    with pytest.raises(InvalidArgument) as caught:
+        await _collect(engine, EngineRequest("dead", prompt=PROMPT, output_format=empty))
+    assert [v.field for v in caught.value.violations] == ["sampling.response_format.grammar"]
