@@ -10,6 +10,7 @@ import json
 import re
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -386,21 +387,31 @@ CAT_SCHEMA: dict[str, Any] = {
 
 
 def test_a_json_schema_response_validates(client: openai.OpenAI, smollm2: model_pb2.Model) -> None:
+    """20 sampled generations (temperature 1, seeds 0..19, batched on the worker): each ends
+    with stop, not length, and validates. Constrained decoding, not luck."""
     import jsonschema
 
-    reply = client.chat.completions.create(
-        model=smollm2.name,
-        messages=[{"role": "user", "content": "Describe a cat named Tom."}],
-        response_format={
-            "type": "json_schema",
-            "json_schema": {"name": "cat", "schema": CAT_SCHEMA, "strict": True},
-        },
-        temperature=0,
-        max_tokens=120,
-    )
-    choice = reply.choices[0]
-    assert choice.finish_reason == "stop"
-    jsonschema.validate(json.loads(choice.message.content or ""), CAT_SCHEMA)
+    def one(seed: int) -> tuple[str | None, str]:
+        reply = client.chat.completions.create(
+            model=smollm2.name,
+            messages=[{"role": "user", "content": "Describe a cat named Tom."}],
+            response_format={
+                "type": "json_schema",
+                "json_schema": {"name": "cat", "schema": CAT_SCHEMA, "strict": True},
+            },
+            temperature=1.0,
+            seed=seed,
+            max_tokens=200,
+        )
+        choice = reply.choices[0]
+        return choice.finish_reason, choice.message.content or ""
+
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        replies = list(pool.map(one, range(20)))
+    for finish, content in replies:
+        assert finish == "stop", content
+        jsonschema.validate(json.loads(content), CAT_SCHEMA)
+    assert len({content for _, content in replies}) > 1  # sampled, not one greedy answer
 
 
 def test_regex_and_grammar_extras_reach_the_engine(

@@ -57,7 +57,7 @@ def _json_grammar(fmt: OutputFormat) -> str:
     if fmt.json_schema is None:
         return JSON_GBNF
     try:
-        return str(json_schema_to_gbnf(fmt.json_schema))
+        gbnf = str(json_schema_to_gbnf(fmt.json_schema))
     except Exception as err:  # the converter raises bare asserts and ValueErrors
         log.info("JSON Schema not convertible to a grammar: %s", err)
         raise InvalidArgument.for_field(
@@ -66,6 +66,14 @@ def _json_grammar(fmt: OutputFormat) -> str:
             "required, items, enum, const, anyOf/oneOf/allOf, local $ref, pattern, "
             "min/max lengths and items)",
         ) from None
+    # llama-cpp-python's converter lets raw control characters into strings, which JSON
+    # forbids (a sampled newline made invalid JSON); llama.cpp's own JSON grammar and
+    # converter exclude them, as this does.
+    return _LAX_CHAR.sub(lambda m: m[1] + _STRICT_CHAR, gbnf)
+
+
+_LAX_CHAR = re.compile(r'^(char ::= )\[\^"\\\\\] \|', re.MULTILINE)
+_STRICT_CHAR = r'[^"\\\x7F\x00-\x1F] |'  # GBNF text, as in llama.cpp's json-schema-to-grammar
 
 
 def _regex_grammar(pattern: str) -> str:
