@@ -231,6 +231,48 @@ async def test_a_json_schema_and_logprobs_reach_vllm(engine: VllmEngine) -> None
         await _collect(engine, EngineRequest("bias", prompt="Hi", logit_bias={10**7: 1.0}))
 
 
+async def test_twenty_sampled_json_schema_answers_all_stop_and_validate(
+    engine: VllmEngine,
+) -> None:
+    """Temperature 1, seeds 0..19, one batch: nested object, enum and array, each answer
+    ends with stop (not length) and validates. vLLM's structured outputs, not luck."""
+    import json
+
+    import jsonschema
+
+    schema = {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string", "maxLength": 12},
+            "mood": {"enum": ["happy", "sleepy", "grumpy"]},
+            "toys": {"type": "array", "items": {"type": "string", "maxLength": 12}, "maxItems": 2},
+            "owner": {
+                "type": "object",
+                "properties": {"age": {"type": "integer", "minimum": 0, "maximum": 120}},
+                "required": ["age"],
+                "additionalProperties": False,
+            },
+        },
+        "required": ["name", "mood", "toys", "owner"],
+        "additionalProperties": False,
+    }
+    requests = [
+        EngineRequest(
+            f"cat{seed}",
+            messages=[ChatTurn("user", "Describe a cat named Tom.")],
+            sampling=SamplingConfig(temperature=1.0, seed=seed),
+            max_tokens=200,
+            output_format=OutputFormat(json.dumps(schema)),
+        )
+        for seed in range(20)
+    ]
+    answers = await asyncio.gather(*(_collect(engine, r) for r in requests))
+    for text, _, finished, _ in answers:
+        assert finished.reason is FinishReason.STOP, text
+        jsonschema.validate(json.loads(text), schema)
+    assert len({text for text, *_ in answers}) > 1  # sampled, not one greedy answer
+
+
 async def test_a_regex_and_a_grammar_reach_vllm(engine: VllmEngine) -> None:
     import re
 
