@@ -23,13 +23,13 @@ from tests.integration.conftest import register, until
 pytestmark = pytest.mark.integration
 
 
-def _mesh(tmp_path: Path, smollm2: model_pb2.Model, workers: int) -> Iterator[LocalMesh]:
-    local = LocalMesh(
-        data_dir=tmp_path,
-        worker_ports=(0,) * workers,
-        worker_threads=1,
-        env={"MODELYARD_ROUTER_BREAKER_FAILURES": "1", "MODELYARD_ROUTER_BREAKER_OPEN_S": "120"},
-    )
+BREAK_AT_ONCE = {"MODELYARD_ROUTER_BREAKER_FAILURES": "1", "MODELYARD_ROUTER_BREAKER_OPEN_S": "120"}
+
+
+def _mesh(
+    tmp_path: Path, smollm2: model_pb2.Model, workers: int, env: dict[str, str] = BREAK_AT_ONCE
+) -> Iterator[LocalMesh]:
+    local = LocalMesh(data_dir=tmp_path, worker_ports=(0,) * workers, worker_threads=1, env=env)
     local.start()
     try:
         register(local.registry_address, smollm2)
@@ -46,8 +46,16 @@ def mesh2(tmp_path: Path, smollm2: model_pb2.Model) -> Iterator[LocalMesh]:
 
 @pytest.fixture
 def mesh1(tmp_path: Path, smollm2: model_pb2.Model) -> Iterator[LocalMesh]:
-    """The same with one worker: every request goes to it."""
-    yield from _mesh(tmp_path, smollm2, workers=1)
+    """The same with one worker: every request goes to it. Its silence bound is long: a
+    worker just resumed from SIGSTOP on a loaded 2-core machine has taken over the default
+    2 s to answer, and the test is about the deadline (tests/robustness/test_frozen_worker.py
+    is about silence)."""
+    env = {
+        **BREAK_AT_ONCE,
+        "MODELYARD_ROUTER_SILENCE_TIMEOUT_S": "15",
+        "MODELYARD_ROUTER_STREAM_SILENCE_TIMEOUT_S": "20",
+    }
+    yield from _mesh(tmp_path, smollm2, workers=1, env=env)
 
 
 def _stub(mesh: LocalMesh) -> Iterator[router_pb2_grpc.RouterServiceStub]:

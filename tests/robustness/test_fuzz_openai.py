@@ -184,7 +184,7 @@ def front(fuzz_mesh: SimMesh) -> Iterator[Front]:
 
 def _until_served(client: Front, timeout_s: float = 60.0) -> None:
     """Wait out what the tests before left on the shared mesh (the gRPC fuzz unloads
-    sim-a, and a draining model is rightly a 503) before judging the front's answers."""
+    sim-a) before judging the front's answers, so a reload's wait is not one of them."""
     body = json.dumps({"model": "sim-a", "prompt": "hi", "max_tokens": 1}).encode()
     deadline = time.monotonic() + timeout_s
     status, data = client.send(ENDPOINTS[1], body, CLIENT_KEY)

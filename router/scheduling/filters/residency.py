@@ -1,6 +1,11 @@
-"""Drop (worker, model) pairs the worker cannot serve: the model is draining or failed
-to load there, or it is cold and larger than the worker's whole memory budget (the
-worker may evict idle models, so the budget, not the free part, is the limit)."""
+"""Drop (worker, model) pairs the worker cannot serve: the model failed to load there, or
+it is cold and larger than the worker's whole memory budget (the worker may evict idle
+models, so the budget, not the free part, is the limit).
+
+A draining model stays a candidate, as a cold one: the router always asks for a load if
+cold, and the worker then waits for the unload (its keep-alive ran out, or it was evicted
+or unloaded a moment ago) and loads it again. Dropping it made a model whose keep-alive
+expired answer 503 to the requests that arrived while it drained."""
 
 from __future__ import annotations
 
@@ -10,10 +15,7 @@ from dataclasses import dataclass
 from modelyard.v1 import worker_pb2
 from router.scheduling.types import Candidate, CycleState, Request
 
-_UNSERVABLE = {
-    worker_pb2.RESIDENCY_STATE_DRAINING: "model draining",
-    worker_pb2.RESIDENCY_STATE_FAILED: "model failed to load",
-}
+_UNSERVABLE = {worker_pb2.RESIDENCY_STATE_FAILED: "model failed to load"}
 
 
 def unservable_reason(cand: Candidate) -> str | None:
