@@ -17,6 +17,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health, health_pb2
 
+from modelyard.auth import AccessGate
 from modelyard.discovery import WORKER_SERVICE
 from modelyard.discovery.consul import register_service
 from modelyard.discovery.settings import DiscoverySettings
@@ -143,15 +144,7 @@ async def start_worker(
             [SERVICE_NAME],
             tls=settings.tls,
             limits=settings.limits,
-            interceptors=[
-                worker_gate(
-                    settings.admin_token,
-                    settings.api_key,
-                    operator_identities=settings.operator_identities,
-                    router_identities=settings.router_identities,
-                    tickets=TicketVerifier.from_files(settings.ticket_keys),
-                )
-            ],
+            interceptors=[_gate(settings)],
         )
     except BaseException:
         await catalogue.close()
@@ -168,6 +161,17 @@ async def start_worker(
     preloading = await _start_preloading(manager, catalogue, entries, running.health)
     return RunningWorker(
         running, manager, servicer.identity, catalogue, preloading, stop_metrics, outputs
+    )
+
+
+def _gate(settings: WorkerSettings) -> AccessGate:
+    """Who may call which RPC: operators, the routers, tickets (worker/auth.py)."""
+    return worker_gate(
+        settings.admin_token,
+        settings.api_key,
+        operator_identities=settings.operator_identities,
+        router_identities=settings.router_identities,
+        tickets=TicketVerifier.from_files(settings.ticket_keys),
     )
 
 

@@ -94,6 +94,16 @@ def describe_cache(policy: model_pb2.ResponseCachePolicy) -> str:
     return f"on, ttl {policy.ttl_seconds or 300} s, {scope}"
 
 
+MaxOutputTokensOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--max-output-tokens",
+        min=0,
+        help="Ceiling on the output of requests without max_tokens; 0: none.",
+    ),
+]
+
+
 @app.command("put")
 @tls_options
 def put(
@@ -118,14 +128,7 @@ def put(
     max_cost: Annotated[
         float | None, typer.Option("--max-cost", help="Ceiling in USD per 1k tokens.")
     ] = None,
-    max_output_tokens: Annotated[
-        int | None,
-        typer.Option(
-            "--max-output-tokens",
-            min=0,
-            help="Ceiling on the output of requests without max_tokens; 0: none.",
-        ),
-    ] = None,
+    max_output_tokens: MaxOutputTokensOpt = None,
     description: Annotated[str | None, typer.Option(help="Free text.")] = None,
     cache: CacheOpt = None,
     cache_ttl: CacheTtlOpt = None,

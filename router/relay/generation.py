@@ -8,7 +8,6 @@ import time
 from collections import Counter
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack, aclosing
-from dataclasses import dataclass, field
 
 import grpc
 from opentelemetry import trace
@@ -23,11 +22,10 @@ from modelyard.validation import check_generation
 from router.accounting import Accounting
 from router.admission import RouterAdmission
 from router.cache import CacheHook, ResponseCache
-from router.catalog import Catalog, Target
+from router.catalog import Catalog
 from router.client_policy import ClientPolicy
 from router.relay.attempts import (
     Attempt,
-    AttemptLog,
     Committed,
     Fatal,
     Outcome,
@@ -39,12 +37,12 @@ from router.relay.calls import OpenCall, route_span
 from router.relay.candidates import candidates
 from router.relay.refusals import left_pool, refused
 from router.relay.requests import (
-    Assignment,
     check_context,
     request_id_of,
     scheduling_request,
     worker_request,
 )
+from router.relay.run import GenerationRun
 from router.relay.silence import SilenceWatch, Silent
 from router.relay.stream import (
     NoFinish,
@@ -60,28 +58,6 @@ from router.stats import Outcome as StatsOutcome
 from router.workers import WorkerHandle, WorkerPool
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class _Run:
-    """One request on its way through the relay."""
-
-    request: router_pb2.GenerateRequest
-    request_id: str
-    target: Target
-    req: Request
-    started_at: float
-    deadline: float | None
-    log: AttemptLog = field(default_factory=AttemptLog)
-    first_token_at: float = 0.0
-    client: str = ""  # the API key's name, for usage and logs
-    output_ceiling: int = 0  # route's and key's, the lower: for a request without max_tokens
-
-    def assignment(self, attempt: Attempt) -> Assignment:
-        t = self.target
-        return Assignment(
-            self.request_id, attempt.number, attempt.cand.model, t.route, t.arm, self.output_ceiling
-        )
 
 
 class Relay:
@@ -182,11 +158,7 @@ class Relay:
                         look.see(event)
                         yield event
                 except ModelyardError as err:
-                    if isinstance(err, StreamBroken):
-                        self._acct.attempt_failed(leg.attempt.cand.worker)
-                    if isinstance(err, StreamSilent):
-                        self._acct.breakers.eject(leg.attempt.cand.worker)
-                    self._failed(run, leg.attempt.cand.model, err.code.name, stream.usage)
+                    self._broken(run, leg, stream, err)
                     raise
                 span.set_attributes(usage_attributes(stream.finished.usage))
                 self._finished(run, leg, stream)
@@ -199,7 +171,7 @@ class Relay:
         started_at: float,
         deadline: float | None,
         span: trace.Span,
-    ) -> _Run:
+    ) -> GenerationRun:
         """Resolve the model field and check that there is a worker to try."""
         target = await self._catalog.target(
             request.model,
@@ -221,7 +193,7 @@ class Relay:
         ceiling = lowest_ceiling(
             target.max_output_tokens_ceiling, self._client_policy.output_ceiling(caller)
         )
-        return _Run(
+        return GenerationRun(
             request,
             request_id,
             target,
@@ -232,7 +204,7 @@ class Relay:
             output_ceiling=ceiling,
         )
 
-    async def _commit(self, run: _Run, cleanup: AsyncExitStack) -> Committed:
+    async def _commit(self, run: GenerationRun, cleanup: AsyncExitStack) -> Committed:
         """Try candidates in order until one sends its first token; else the final error."""
         target = run.target
         if not self._pool.workers:  # checked here, not before: a cached answer needs none
@@ -273,7 +245,9 @@ class Relay:
         decision = run_cycle(profile, req, cands)
         return Scheduled(decision.ordered, decision.cycle, handles)
 
-    async def try_candidate(self, run: _Run, attempt: Attempt, cleanup: AsyncExitStack) -> Outcome:
+    async def try_candidate(
+        self, run: GenerationRun, attempt: Attempt, cleanup: AsyncExitStack
+    ) -> Outcome:
         """Open the call to one candidate and read up to its first token. A committed
         call stays open (closed by `cleanup`); any other is closed before returning."""
         handle = attempt.handle
@@ -325,7 +299,7 @@ class Relay:
             return Retryable(f"{handle.address} ({err} before the first token)", silent=True)
         return Committed(attempt, head, events, opened_at, route_ms, watch)
 
-    def _first_token(self, run: _Run, leg: Committed, span: trace.Span) -> StreamRelay:
+    def _first_token(self, run: GenerationRun, leg: Committed, span: trace.Span) -> StreamRelay:
         cand, handle = leg.attempt.cand, leg.attempt.handle
         now = self._clock()
         self._acct.first_token(
@@ -348,7 +322,7 @@ class Relay:
             route_ms=leg.route_ms,
         )
 
-    def _finished(self, run: _Run, leg: Committed, stream: StreamRelay) -> None:
+    def _finished(self, run: GenerationRun, leg: Committed, stream: StreamRelay) -> None:
         done = stream.finished
         model = leg.attempt.cand.model
         self._acct.finished(
@@ -370,9 +344,20 @@ class Relay:
             operation=operation_name(bool(run.request.messages)),
         )
 
+    def _broken(
+        self, run: GenerationRun, leg: Committed, stream: StreamRelay, err: ModelyardError
+    ) -> None:
+        """A stream that failed after its first event: the worker's health, the outcome."""
+        worker = leg.attempt.cand.worker
+        if isinstance(err, StreamBroken):
+            self._acct.attempt_failed(worker)
+        if isinstance(err, StreamSilent):
+            self._acct.breakers.eject(worker)
+        self._failed(run, leg.attempt.cand.model, err.code.name, stream.usage)
+
     def _failed(
         self,
-        run: _Run,
+        run: GenerationRun,
         model: model_pb2.Model | None,
         code: str,
         usage: common_pb2.Usage | None = None,
@@ -392,7 +377,7 @@ class Relay:
             code,
         )
 
-    def _check_deadline(self, run: _Run) -> float | None:
+    def _check_deadline(self, run: GenerationRun) -> float | None:
         """The seconds left, or DEADLINE_EXCEEDED once there are none."""
         left = self._left(run.deadline)
         if left is not None and left <= 0:
