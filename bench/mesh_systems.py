@@ -5,6 +5,7 @@ LiteLLM proxy, each installed from PyPI into its own venv under bench/.venvs).""
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -132,10 +133,12 @@ def start_litellm(stack: ExitStack, work: Path, backend: System) -> System:
         "--port", str(port),
         "--num_workers", "1",
     ]  # fmt: skip
-    env = {"LITELLM_LOG": "ERROR", "LITELLM_TELEMETRY": "False"}
+    # The proxy refuses to start without a master key (every request must carry it).
+    key = f"sk-bench-{secrets.token_hex(16)}"
+    env = {"LITELLM_LOG": "ERROR", "LITELLM_TELEMETRY": "False", "LITELLM_MASTER_KEY": key}
     pid = spawn(stack, args, work / "litellm.log", env)
     wait_http(f"http://127.0.0.1:{port}/health/liveliness", timeout_s=240)
-    return System("LiteLLM proxy", "http", f"127.0.0.1:{port}", "instant", pid)
+    return System("LiteLLM proxy", "http", f"127.0.0.1:{port}", "instant", pid, key)
 
 
 def start_modelyard(stack: ExitStack, work: Path) -> tuple[System, System, SimMesh]:
