@@ -79,8 +79,9 @@ def report(results: Results, levels: list[int], args: argparse.Namespace) -> str
         f"Machine: {machine()}. Load generator, routers and instant backends share the cores.",
         f"{args.requests} requests of 16 streamed tokens per system, level and repetition; "
         f"{args.repeats} interleaved repetitions; `python -m bench.mesh_bench "
-        f"--requests {args.requests} --repeats {args.repeats}`. Figures: min / median / max "
-        "over repetitions.",
+        f"--requests {args.requests} --repeats {args.repeats} "
+        f"--levels {','.join(map(str, args.levels))}{' --no-peers' if args.no_peers else ''}`. "
+        "Figures: min / median / max over repetitions.",
         "",
         "| system | c | added TTFT p50 ms | added TTFT p99 ms | req/s | router CPU ms/request "
         "| errors |",
