@@ -10,18 +10,11 @@ chain (penalties, top-k, top-p, min-p, temperature, seeded dist; greedy at
 temperature 0, as `Llama` does). New requests join between steps, so a long
 prompt delays the running streams by one chunk, not by the whole prompt.
 
-A request reserves prompt + max_tokens cells (capped at the context) on
-admission; it waits for a later step while the reservations would overflow the
-shared cache, so `llama_decode` never runs out of cells mid-stream. A request
-that left max_tokens unset reserves prompt + its expected output instead
-(`EngineRequest.expected_tokens`): reserving the whole context would let one
-such request hold every cell. When it has used its cells it grows its
-reservation by its expected output again, from free cells (evicting cached
-prefixes first); while none are free it skips steps (stalls) and no new request
-is admitted, so the next freed cells are its. Reservations never sum past the
-context, so no sequence ever writes into cells another holds. Should every
-running sequence stall at once, the one holding the most cells ends with
-CONTEXT_LENGTH (the shared context is full), freeing its cells for the others.
+Each request reserves KV cells on admission and may grow them
+(`llama_slots`: the reservation rules); it waits for a later step while the
+reservations would overflow the shared cache, so `llama_decode` never runs out
+of cells mid-stream. Should every running sequence stall at once, the one
+holding the most cells ends with CONTEXT_LENGTH, freeing its cells for the others.
 Finished sequences' KV stays behind as cached prefixes (`llama_prefix`) that a
 request sharing their first tokens starts from; they are evicted before a
 request waits.
@@ -36,13 +29,11 @@ import collections
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 from modelyard.errors import InvalidArgument
 from worker.counters import SequenceCounters
 from worker.engines.base import (
-    EngineEvent,
     EngineRequest,
     Finished,
     FinishReason,
@@ -50,14 +41,14 @@ from worker.engines.base import (
     Scheduled,
     TokenLogprob,
 )
-from worker.engines.channel import DecodeFailed, EventChannel
-from worker.engines.llama_prefix import CachedPrefix, KvPrefixCache
+from worker.engines.channel import DecodeFailed
+from worker.engines.llama_prefix import KvPrefixCache
 from worker.engines.llama_sampling import (
     GrammarDeadEnd,
-    SequenceSampler,
     sampler_chain,
     token_logprob,
 )
+from worker.engines.llama_slots import Job, Slot
 from worker.engines.prefix_summary import finished_chains
 from worker.engines.text import TextStream
 
@@ -68,53 +59,6 @@ log = logging.getLogger(__name__)
 PREFILL_CHUNK = 64
 IDLE_WAIT_S = 0.5
 KEPT_EVALUATED = 256  # recent requests whose evaluated prompt tokens `evaluated` remembers
-MIN_GROWTH = 16  # cells a sequence without max_tokens grows by at least, once out of cells
-
-
-@dataclass(eq=False)  # identity, so jobs can key a dict
-class Job:
-    request: EngineRequest
-    prompt_tokens: list[int]
-    channel: EventChannel[EngineEvent | DecodeFailed]
-    cancel: threading.Event = field(default_factory=threading.Event)
-    gbnf: str | None = None  # the output's grammar, compiled once before queueing
-
-    @property
-    def reserve(self) -> int:
-        """Cells reserved on admission: the prompt and the output planned for."""
-        return len(self.prompt_tokens) + self.request.planned_tokens
-
-    @property
-    def bound(self) -> int:
-        """Cells the sequence may ever need: the prompt and max_tokens."""
-        return len(self.prompt_tokens) + self.request.max_tokens
-
-    def emit(self, event: EngineEvent | DecodeFailed) -> bool:
-        return self.channel.put(event)
-
-
-@dataclass(eq=False)
-class _Slot:
-    job: Job
-    seq_id: int
-    sampler: SequenceSampler
-    reserve: int  # cells reserved; grows for a request without max_tokens (see above)
-    text: TextStream
-    room: int  # tokens this sequence may generate before the context is full
-    fed: int = 0  # prompt tokens in the KV cache
-    n_past: int = 0
-    next_token: int | None = None  # sampled, not yet fed
-    stalled: bool = False  # used its reserved cells, and none were free to grow into
-    produced: int = 0
-    cached: int = 0  # prompt tokens shared from a cached prefix
-    source: CachedPrefix | None = None  # the cached prefix they came from
-    evaluated: int = 0  # prompt tokens this sequence ran through the model
-    kv: list[int] = field(default_factory=list)  # the tokens of its KV, position by position
-    reply: list[str] = field(default_factory=list)  # the text it streamed
-
-    @property
-    def prefilling(self) -> bool:
-        return self.fed < len(self.job.prompt_tokens)
 
 
 class BatchDecoder:
@@ -148,7 +92,7 @@ class BatchDecoder:
         self.evaluated: collections.OrderedDict[str, int] = collections.OrderedDict()
         self._batch: Any = LlamaBatch(n_tokens=n_batch, embd=0, n_seq_max=1, verbose=False)
         self._pending: collections.deque[Job] = collections.deque()
-        self._slots: list[_Slot] = []
+        self._slots: list[Slot] = []
         self._free_ids = list(range(n_seq - 1, -1, -1))
         self._cond = threading.Condition()
         self._stopping = False
@@ -213,10 +157,10 @@ class BatchDecoder:
         if self.prefix is not None:
             self.prefix.clear()
 
-    def _admit(self) -> list[_Slot]:
+    def _admit(self) -> list[Slot]:
         """Under the lock: move pending jobs into free sequences while their cells fit."""
         reserved = sum(s.reserve for s in self._slots)
-        admitted: list[_Slot] = []
+        admitted: list[Slot] = []
         if any(s.stalled for s in self._slots):
             return admitted  # the next free cells are the stalled sequence's
         while self._pending and self._free_ids:
@@ -233,7 +177,7 @@ class BatchDecoder:
             admitted.append(slot)
         return admitted
 
-    def _reuse(self, slot: _Slot, reserved: int) -> None:
+    def _reuse(self, slot: Slot, reserved: int) -> None:
         """Start the sequence from the longest cached prefix of its prompt, then evict
         cached prefixes (least recently used first) until the reservations fit."""
         cache = self.prefix
@@ -247,9 +191,9 @@ class BatchDecoder:
             slot.kv = slot.job.prompt_tokens[:n]
         cache.reclaim(reserved, self.n_ctx, keep=entry)
 
-    def _new_slot(self, job: Job, seq_id: int, reserve: int) -> _Slot:
+    def _new_slot(self, job: Job, seq_id: int, reserve: int) -> Slot:
         sampler = sampler_chain(self._vocab, self._n_vocab, job.request, job.gbnf)
-        return _Slot(
+        return Slot(
             job,
             seq_id,
             sampler,
@@ -258,7 +202,7 @@ class BatchDecoder:
             room=self.n_ctx - len(job.prompt_tokens),
         )
 
-    def _start(self, slot: _Slot) -> None:
+    def _start(self, slot: Slot) -> None:
         if not slot.cached:
             self._memory_seq_rm(slot.seq_id)
         self._counters.started()
@@ -298,13 +242,13 @@ class BatchDecoder:
                 )
                 self._accept(slot, token, logprob)
 
-    def _fill_batch(self) -> tuple[int, list[tuple[int, _Slot]]]:
+    def _fill_batch(self) -> tuple[int, list[tuple[int, Slot]]]:
         """Each decoding sequence's next token, then prompt chunks: (tokens, logits rows)."""
         batch = self._batch.batch
         n = 0
-        rows: list[tuple[int, _Slot]] = []
+        rows: list[tuple[int, Slot]] = []
 
-        def add(token: int, slot: _Slot, logits: bool) -> None:
+        def add(token: int, slot: Slot, logits: bool) -> None:
             nonlocal n
             batch.token[n] = token
             batch.pos[n] = slot.n_past
@@ -343,14 +287,13 @@ class BatchDecoder:
             budget -= take
         return n, rows
 
-    def _has_cell(self, slot: _Slot) -> bool:
+    def _has_cell(self, slot: Slot) -> bool:
         """Whether the sequence's next token has a reserved cell, growing its reservation
         if it ran out (only a request without max_tokens does); False: stalled."""
         if slot.n_past < slot.reserve:
             return True
         others = sum(s.reserve for s in self._slots if s is not slot)
-        step = max(slot.job.request.expected_tokens, MIN_GROWTH)
-        want = min(slot.reserve + step, slot.job.bound, self.n_ctx)
+        want = slot.wanted(self.n_ctx)
         cached = 0
         if self.prefix is not None:
             self.prefix.reclaim(others + want, self.n_ctx)  # cached prefixes yield first
@@ -361,7 +304,7 @@ class BatchDecoder:
             slot.reserve = grown
         return not slot.stalled
 
-    def _end_tail(self, slot: _Slot, reason: FinishReason) -> None:
+    def _end_tail(self, slot: Slot, reason: FinishReason) -> None:
         """End a sequence between steps (its tokens all streamed): stream what its text
         held back (a partial character, a possible stop sequence's start), then finish."""
         out = slot.text.finish()
@@ -373,7 +316,7 @@ class BatchDecoder:
             return
         self._end(slot, reason)
 
-    def _accept(self, slot: _Slot, token: int, logprob: TokenLogprob | None) -> None:
+    def _accept(self, slot: Slot, token: int, logprob: TokenLogprob | None) -> None:
         """One sampled token: stream it, or end the sequence."""
         job, req = slot.job, slot.job.request
         if self._llama_cpp.llama_vocab_is_eog(self._vocab, token):
@@ -410,9 +353,7 @@ class BatchDecoder:
         else:
             slot.next_token = token
 
-    def _end(
-        self, slot: _Slot, outcome: FinishReason | DecodeFailed | None, stop: str = ""
-    ) -> None:
+    def _end(self, slot: Slot, outcome: FinishReason | DecodeFailed | None, stop: str = "") -> None:
         """Free the sequence, then tell the consumer (None: the loop is stopping)."""
         self._slots.remove(slot)
         if isinstance(outcome, FinishReason):
@@ -435,7 +376,7 @@ class BatchDecoder:
             finished = Finished(reason, n_prompt, slot.produced, stop, slot.cached)
             slot.job.emit(finished)
 
-    def _keep_prefix(self, slot: _Slot, reason: FinishReason) -> None:
+    def _keep_prefix(self, slot: Slot, reason: FinishReason) -> None:
         """The sequence's KV becomes a cached prefix (a decode failure's is never kept)."""
         if self.prefix is None:
             return

@@ -39,10 +39,11 @@ from worker.engines.channel import EventChannel, engine_events
 from worker.engines.chat_template import ChatTemplate
 from worker.engines.common import EngineNotLoaded, check_prompt
 from worker.engines.embed_common import embedding_only, not_embedding_model
-from worker.engines.llama_batch import BatchDecoder, Job
+from worker.engines.llama_batch import BatchDecoder
 from worker.engines.llama_embed import LlamaEmbedder
 from worker.engines.llama_prefix import MAX_SEQUENCE_IDS, KvPrefixCache, cache_sequences
 from worker.engines.llama_sampling import check_request
+from worker.engines.llama_slots import Job
 from worker.engines.prefix_summary import PrefixSummary
 
 log = logging.getLogger(__name__)
