@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import enum
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from statistics import NormalDist
 
@@ -84,23 +85,32 @@ def check_error_rate(canary: ArmWindow, baseline: ArmWindow, margin: float, alph
 
 
 def check_ttft(canary: ArmWindow, baseline: ArmWindow, max_ratio: float) -> Check:
-    if min(canary.requests, baseline.requests) < MIN_SAMPLES:
-        return Check(Verdict.WAIT, _too_few(canary.requests, baseline.requests, MIN_SAMPLES))
-    limit = max_ratio * baseline.ttft_p95_ms
-    figures = f"ttft p95 {canary.ttft_p95_ms:.0f} ms"
-    if canary.ttft_p95_ms > limit:
-        return Check(Verdict.FAIL, f"{figures} > {max_ratio:g} x {baseline.ttft_p95_ms:.0f} ms")
-    return Check(Verdict.PASS, f"{figures} <= {max_ratio:g} x {baseline.ttft_p95_ms:.0f} ms")
+    ms = canary.ttft_p95_ms, baseline.ttft_p95_ms
+    return _ratio(canary, baseline, max_ratio, "ttft p95", ms, lambda v: f"{v:.0f} ms")
 
 
 def check_cost(canary: ArmWindow, baseline: ArmWindow, max_ratio: float) -> Check:
+    usd = canary.mean_cost, baseline.mean_cost
+    return _ratio(canary, baseline, max_ratio, "cost/request", usd, lambda v: f"${v:.6f}")
+
+
+def _ratio(
+    canary: ArmWindow,
+    baseline: ArmWindow,
+    max_ratio: float,
+    label: str,
+    figures: tuple[float, float],
+    show: Callable[[float], str],
+) -> Check:
+    """The canary's figure against max_ratio times the baseline's, once both have data."""
     if min(canary.requests, baseline.requests) < MIN_SAMPLES:
         return Check(Verdict.WAIT, _too_few(canary.requests, baseline.requests, MIN_SAMPLES))
-    limit = max_ratio * baseline.mean_cost
-    figures = f"cost/request ${canary.mean_cost:.6f}"
-    if canary.mean_cost > limit:
-        return Check(Verdict.FAIL, f"{figures} > {max_ratio:g} x ${baseline.mean_cost:.6f}")
-    return Check(Verdict.PASS, f"{figures} <= {max_ratio:g} x ${baseline.mean_cost:.6f}")
+    ours, theirs = figures
+    said = f"{label} {show(ours)}"
+    bound = f"{max_ratio:g} x {show(theirs)}"
+    if ours > max_ratio * theirs:
+        return Check(Verdict.FAIL, f"{said} > {bound}")
+    return Check(Verdict.PASS, f"{said} <= {bound}")
 
 
 def check_feedback(canary: ArmWindow, baseline: ArmWindow, min_delta: float) -> Check:
