@@ -120,6 +120,16 @@ _SHARED_HONOURED = [
         ),
     ),
     Honoured(
+        "guided_choice",
+        {"guided_choice": ["yes", "no"]},
+        lambda t: _format(t) == (common_pb2.RESPONSE_FORMAT_TYPE_REGEX, "yes|no", "", 0),
+    ),
+    Honoured(
+        "guided_json",
+        {"guided_json": {"type": "object"}},
+        lambda t: t.request.sampling.response_format.json_schema == '{"type": "object"}',
+    ),
+    Honoured(
         "logit_bias",
         {"logit_bias": {"50": -100}},
         lambda t: dict(t.request.sampling.logit_bias) == {50: -100},
@@ -242,4 +252,6 @@ EXTRA = {
     "structured_outputs",
     "guided_regex",
     "guided_grammar",
+    "guided_choice",
+    "guided_json",
 }

@@ -157,7 +157,7 @@ async def start_worker(
     stop_metrics = None
     if settings.metrics_port:
         host = settings.metrics_host or host_of(settings.address)
-        stop_metrics = serve_metrics(manager, host, settings.metrics_port)
+        stop_metrics = serve_metrics(manager, host, settings.metrics_port, outputs.estimate)
     preloading = await _start_preloading(manager, catalogue, entries, running.health)
     return RunningWorker(
         running, manager, servicer.identity, catalogue, preloading, stop_metrics, outputs

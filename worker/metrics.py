@@ -15,6 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from modelyard.loop_call import loop_caller
+from modelyard.output_length import OutputEstimate
 from worker.residency import ModelManager
 from worker.status import model_status
 
@@ -22,8 +23,9 @@ log = logging.getLogger(__name__)
 
 
 class WorkerCollector(Collector):
-    def __init__(self, manager: ModelManager) -> None:
+    def __init__(self, manager: ModelManager, estimate: OutputEstimate | None = None) -> None:
         self._manager = manager
+        self._estimate = estimate
         # Scrapes run on prometheus_client's thread; the manager changes on the loop.
         self._families = loop_caller(lambda: [*self._worker_metrics(), *self._model_metrics()])
 
@@ -117,6 +119,13 @@ class WorkerCollector(Collector):
             "KV cells (tokens) finished requests' prefixes hold now.",
             labels=labels,
         )
+        expected = GaugeMetricFamily(
+            "modelyard_worker_expected_output_tokens",
+            "Output tokens admission and queued tokens plan for a request that left "
+            "max_tokens unset: the running mean of such outputs (seeded by "
+            "MODELYARD_WORKER_EXPECTED_OUTPUT_TOKENS).",
+            labels=labels,
+        )
         for r in self._manager.residents():
             m = model_status(r)
             key = [r.key]
@@ -129,19 +138,28 @@ class WorkerCollector(Collector):
             prompt.add_metric(key, m.prefix_cache.prompt_tokens_total)
             cached.add_metric(key, m.prefix_cache.cached_prompt_tokens_total)
             cache_tokens.add_metric(key, m.prefix_cache.cached_tokens)
+            if self._estimate is not None:
+                expected.add_metric(key, self._estimate.expected(r.key))
         # Throughput is rate(generated_tokens_total): no rate gauge (ModelStatus keeps one).
         yield from (running, queued, queued_tokens, generated, memory, in_flight)
         yield from (prompt, cached, cache_tokens)
+        if self._estimate is not None:
+            yield expected
 
 
-def metrics_registry(manager: ModelManager) -> CollectorRegistry:
+def metrics_registry(
+    manager: ModelManager, estimate: OutputEstimate | None = None
+) -> CollectorRegistry:
     registry = CollectorRegistry()
-    registry.register(WorkerCollector(manager))
+    registry.register(WorkerCollector(manager, estimate))
     return registry
 
 
-def serve_metrics(manager: ModelManager, host: str, port: int) -> Callable[[], None]:
+def serve_metrics(
+    manager: ModelManager, host: str, port: int, estimate: OutputEstimate | None = None
+) -> Callable[[], None]:
     """Expose /metrics on host:port from a background thread; returns the stop function."""
-    server, _thread = start_http_server(port, addr=host, registry=metrics_registry(manager))
+    registry = metrics_registry(manager, estimate)
+    server, _thread = start_http_server(port, addr=host, registry=registry)
     log.info("worker metrics on http://%s:%d/metrics", host, server.server_port)
     return server.shutdown

@@ -269,9 +269,11 @@ class _GrammarSyntaxEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Grammar
     GRAMMAR_SYNTAX_UNSPECIFIED: _GrammarSyntax.ValueType  # 0
     """Not set: INVALID_ARGUMENT with RESPONSE_FORMAT_TYPE_GRAMMAR."""
     GRAMMAR_SYNTAX_GBNF: _GrammarSyntax.ValueType  # 1
-    """llama.cpp's GBNF; the start rule is `root`. Engines: llama_cpp, vllm."""
+    """llama.cpp's GBNF; the start rule is `root`. Engines: llama_cpp, vllm, transformers."""
     GRAMMAR_SYNTAX_LARK: _GrammarSyntax.ValueType  # 2
-    """Lark (as llguidance reads it); the start rule is `start`. Engines: vllm."""
+    """Lark (as llguidance reads it); the start rule is `start`. Engines: llama_cpp
+    (llguidance), vllm, transformers (xgrammar).
+    """
 
 class GrammarSyntax(_GrammarSyntax, metaclass=_GrammarSyntaxEnumTypeWrapper):
     """GrammarSyntax names the notation of ResponseFormat.grammar."""
@@ -279,9 +281,11 @@ class GrammarSyntax(_GrammarSyntax, metaclass=_GrammarSyntaxEnumTypeWrapper):
 GRAMMAR_SYNTAX_UNSPECIFIED: GrammarSyntax.ValueType  # 0
 """Not set: INVALID_ARGUMENT with RESPONSE_FORMAT_TYPE_GRAMMAR."""
 GRAMMAR_SYNTAX_GBNF: GrammarSyntax.ValueType  # 1
-"""llama.cpp's GBNF; the start rule is `root`. Engines: llama_cpp, vllm."""
+"""llama.cpp's GBNF; the start rule is `root`. Engines: llama_cpp, vllm, transformers."""
 GRAMMAR_SYNTAX_LARK: GrammarSyntax.ValueType  # 2
-"""Lark (as llguidance reads it); the start rule is `start`. Engines: vllm."""
+"""Lark (as llguidance reads it); the start rule is `start`. Engines: llama_cpp
+(llguidance), vllm, transformers (xgrammar).
+"""
 Global___GrammarSyntax: _TypeAlias = GrammarSyntax  # noqa: Y015
 
 class _Pooling:

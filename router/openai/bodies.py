@@ -140,12 +140,30 @@ class ResponseFormat(_Strict):
     json_schema: JsonSchema | None = None
 
 
+# A choice list becomes one regex of escaped alternatives (16 KiB at most in all).
+MAX_CHOICES = 256
+Choice = Annotated[Text, Field(min_length=1)]
+Choices = Annotated[list[Choice], Field(min_length=1, max_length=MAX_CHOICES)]
+
+
+def _schema_value(value: Any) -> Any:
+    if isinstance(value, dict) or (isinstance(value, str) and _unicode(value) is not None):
+        return value
+    raise ValueError("must be a JSON Schema: an object, or its JSON text")
+
+
+# One type rather than a union, so an error's location is the parameter's own name.
+SchemaValue = Annotated[Any, AfterValidator(_schema_value)]
+
+
 class StructuredOutputs(_Strict):
     """vLLM's `structured_outputs` extra: the keys modelyard honours (the others, such as
-    `choice` or `json`, are kept as extras and refused by name)."""
+    `structural_tag`, are kept as extras and refused by name)."""
 
     regex: Text | None = None
     grammar: Text | None = None
+    choice: Choices | None = None
+    json_: SchemaValue | None = Field(default=None, alias="json")
 
 
 class _Body(_Strict):
@@ -172,6 +190,8 @@ class _Body(_Strict):
     structured_outputs: StructuredOutputs | None = None
     guided_regex: Text | None = None
     guided_grammar: Text | None = None
+    guided_choice: Choices | None = None
+    guided_json: SchemaValue | None = None
 
 
 class ChatBody(_Body):

@@ -103,8 +103,8 @@ COMPLETION_UNSUPPORTED: Mapping[str, Unsupported] = {
 
 # Not OpenAI's: vLLM-style extra body parameters the router's SamplingParams hold
 # (`extra_body={"top_k": 40}` in the SDK).
-# Constrained decoding the vLLM way: `structured_outputs` ({"regex": ...} or
-# {"grammar": ...}), or its older names `guided_regex` and `guided_grammar`.
+# Constrained decoding the vLLM way: `structured_outputs` ({"regex": ...}, {"grammar": ...},
+# {"choice": [...]} or {"json": schema}), or its older names `guided_*`.
 EXTRA = frozenset(
     {
         "top_k",
@@ -113,6 +113,8 @@ EXTRA = frozenset(
         "structured_outputs",
         "guided_regex",
         "guided_grammar",
+        "guided_choice",
+        "guided_json",
     }
 )
 

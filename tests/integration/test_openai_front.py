@@ -331,9 +331,9 @@ def test_an_unknown_parameter_is_a_400_naming_it(
 ) -> None:
     for chat in (True, False):
         with pytest.raises(openai.BadRequestError) as caught:
-            _create(client, chat, smollm2.name, {"guided_choice": ["a", "b"]})
+            _create(client, chat, smollm2.name, {"guided_decoding_backend": "xgrammar"})
         assert isinstance(caught.value.body, dict)
-        assert caught.value.body["param"] == "guided_choice"
+        assert caught.value.body["param"] == "guided_decoding_backend"
 
 
 def test_health_and_metrics_on_the_http_port_need_no_key(
@@ -436,6 +436,32 @@ def test_regex_and_grammar_extras_reach_the_engine(
         )
     assert isinstance(caught.value.body, dict)
     assert caught.value.body["param"] == "guided_grammar"
+    # A Lark grammar (llguidance on llama.cpp) and a choice list, sampled.
+    choices = ["Yes, sir.", "No (never)"]
+    for extra, allowed in (
+        ({"guided_grammar": 'start: ("red" | "blue") " sky"'}, {"red sky", "blue sky"}),
+        ({"structured_outputs": {"choice": choices}}, set(choices)),
+    ):
+        for seed in (1, 2):
+            chat = client.chat.completions.create(
+                model=smollm2.name,
+                messages=MESSAGES,
+                max_tokens=12,
+                temperature=1.0,
+                seed=seed,
+                extra_body=extra,
+            )
+            assert chat.choices[0].finish_reason == "stop"
+            assert chat.choices[0].message.content in allowed, extra
+    with pytest.raises(openai.BadRequestError) as lark:
+        client.chat.completions.create(
+            model=smollm2.name,
+            messages=MESSAGES,
+            max_tokens=4,
+            extra_body={"structured_outputs": {"grammar": "start: nowhere"}},
+        )
+    assert isinstance(lark.value.body, dict)
+    assert lark.value.body["param"] == "structured_outputs.grammar"
 
 
 def test_greedy_logprobs_are_the_top_alternative(

@@ -241,3 +241,18 @@ def test_cancelling_a_stream_stops_the_request_in_the_engine(
 def _running(stub: worker_pb2_grpc.WorkerServiceStub) -> int:
     status = stub.GetStatus(worker_pb2.GetStatusRequest(), timeout=10).status
     return int(status.running_sequences)
+
+
+def test_a_request_without_max_tokens_runs_to_the_end_of_the_context(
+    stub: worker_pb2_grpc.WorkerServiceStub, smollm2_vllm: model_pb2.Model
+) -> None:
+    """max_tokens unset (0): vLLM decodes until the 2048-token context is full, far past
+    any default length (16, 256), and says it stopped on the context. The long counting
+    prompt (~1,800 tokens) keeps the decode short on CPU; the count never ends on its own."""
+    prompt = ", ".join(str(i) for i in range(1, 380)) + ","
+    request = _request(smollm2_vllm, "unbounded", prompt, 0)
+    _, tokens, finished, _ = _generate(stub, request)
+    assert finished.usage.output_tokens > 256
+    assert finished.finish_reason == common_pb2.FINISH_REASON_CONTEXT_LENGTH
+    assert finished.usage.output_tokens == len(tokens)
+    assert finished.usage.input_tokens + finished.usage.output_tokens == 2048

@@ -34,7 +34,6 @@ from typing import Any
 from modelyard.errors import InvalidArgument
 from worker.counters import SequenceCounters
 from worker.engines.base import (
-    EngineRequest,
     Finished,
     FinishReason,
     Piece,
@@ -42,12 +41,9 @@ from worker.engines.base import (
     TokenLogprob,
 )
 from worker.engines.channel import DecodeFailed
+from worker.engines.llama_grammar import GrammarDeadEnd, dead_end
 from worker.engines.llama_prefix import KvPrefixCache
-from worker.engines.llama_sampling import (
-    GrammarDeadEnd,
-    sampler_chain,
-    token_logprob,
-)
+from worker.engines.llama_sampling import sampler_chain, token_logprob
 from worker.engines.llama_slots import Job, Slot
 from worker.engines.prefix_summary import finished_chains
 from worker.engines.text import TextStream
@@ -170,8 +166,14 @@ class BatchDecoder:
                 break  # waits for a sequence to finish; FIFO, so no starvation
             self._pending.popleft()
             self._counters.dequeued(job.reserve)
+            seq_id = self._free_ids.pop()
+            try:
+                slot = self._new_slot(job, seq_id, reserve)
+            except InvalidArgument as err:  # a checked grammar over a matcher's limits
+                self._free_ids.append(seq_id)
+                job.emit(DecodeFailed(err))
+                continue
             reserved += reserve
-            slot = self._new_slot(job, self._free_ids.pop(), reserve)
             self._reuse(slot, reserved)
             self._slots.append(slot)
             admitted.append(slot)
@@ -192,7 +194,7 @@ class BatchDecoder:
         cache.reclaim(reserved, self.n_ctx, keep=entry)
 
     def _new_slot(self, job: Job, seq_id: int, reserve: int) -> Slot:
-        sampler = sampler_chain(self._vocab, self._n_vocab, job.request, job.gbnf)
+        sampler = sampler_chain(self._n_vocab, job.request, job.grammar)
         return Slot(
             job,
             seq_id,
@@ -232,7 +234,7 @@ class BatchDecoder:
                 try:
                     token = slot.sampler.sample(self._ctx, index)
                 except GrammarDeadEnd:
-                    self._end(slot, DecodeFailed(_dead_end(slot.job.request)))
+                    self._end(slot, DecodeFailed(dead_end(slot.job.request)))
                     continue
                 top = slot.job.request.logprobs  # only when asked: it reads the whole row
                 logprob = (
@@ -389,10 +391,3 @@ class BatchDecoder:
     def _memory_seq_rm(self, seq_id: int) -> None:
         memory = self._llama_cpp.llama_get_memory(self._ctx.ctx)
         self._llama_cpp.llama_memory_seq_rm(memory, seq_id, -1, -1)
-
-
-def _dead_end(req: EngineRequest) -> InvalidArgument:
-    field = req.output_format.field if req.output_format else "sampling.response_format"
-    return InvalidArgument.for_field(
-        field, "no token can continue the output here: the format admits no next character"
-    )

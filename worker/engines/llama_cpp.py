@@ -37,12 +37,12 @@ from worker.engines.base import (
 )
 from worker.engines.channel import EventChannel, engine_events
 from worker.engines.chat_template import ChatTemplate
-from worker.engines.common import EngineNotLoaded, check_prompt
+from worker.engines.common import EngineNotLoaded, check_logit_bias, check_prompt
 from worker.engines.embed_common import embedding_only, not_embedding_model
 from worker.engines.llama_batch import BatchDecoder
 from worker.engines.llama_embed import LlamaEmbedder
+from worker.engines.llama_grammar import GrammarCompiler, GrammarPlan
 from worker.engines.llama_prefix import MAX_SEQUENCE_IDS, KvPrefixCache, cache_sequences
-from worker.engines.llama_sampling import check_request
 from worker.engines.llama_slots import Job
 from worker.engines.prefix_summary import PrefixSummary
 
@@ -65,6 +65,7 @@ class LlamaCppEngine:
         self._ctx: Any = None
         self._decoder: BatchDecoder | None = None
         self._template: ChatTemplate | None = None
+        self._grammars: GrammarCompiler | None = None
         self._key = ""
         self._n_ctx = 0
         self._jobs: set[Job] = set()
@@ -98,6 +99,7 @@ class LlamaCppEngine:
         )
         self._decoder.start()
         self._model, self._ctx, self._key, self._n_ctx = model, ctx, spec.key, n_ctx
+        self._grammars = GrammarCompiler(model.vocab, int(model.n_vocab()))
         self._template = ChatTemplate.from_metadata(
             model.metadata(),
             bos_token=_token_text(model, model.token_bos()),
@@ -120,10 +122,13 @@ class LlamaCppEngine:
             raise EngineNotLoaded(ENGINE_NAME)
         prompt_tokens = self._prompt_tokens(req)
         check_prompt(prompt_tokens, self._n_ctx, self._key)
-        gbnf = check_request(self._model.vocab, int(self._model.n_vocab()), req)
+        check_logit_bias(req, int(self._model.n_vocab()))
+        grammar: GrammarPlan | None = None
+        if req.output_format is not None and self._grammars is not None:
+            grammar = await asyncio.to_thread(self._grammars.compile, req.output_format)
         capacity = req.max_tokens + CHANNEL_SLACK
         channel: EventChannel[Any] = EventChannel(asyncio.get_running_loop(), capacity)
-        job = Job(req, prompt_tokens, channel, gbnf=gbnf)
+        job = Job(req, prompt_tokens, channel, grammar=grammar)
         self._jobs.add(job)
         try:
             decoder.submit(job)
@@ -160,7 +165,7 @@ class LlamaCppEngine:
             job.cancel.set()  # running and waiting jobs finish with CANCELLED
         await asyncio.to_thread(decoder.stop)
         await asyncio.to_thread(_close, model, ctx)
-        self._model = self._ctx = self._template = None
+        self._model = self._ctx = self._template = self._grammars = None
 
     def stats(self) -> CounterSnapshot:
         return self._counters.snapshot()

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from worker.engines.base import EngineEvent, EngineRequest
 from worker.engines.channel import DecodeFailed, EventChannel
+from worker.engines.llama_grammar import GrammarPlan
 from worker.engines.llama_prefix import CachedPrefix
 from worker.engines.llama_sampling import SequenceSampler
 from worker.engines.text import TextStream
@@ -31,7 +32,7 @@ class Job:
     prompt_tokens: list[int]
     channel: EventChannel[EngineEvent | DecodeFailed]
     cancel: threading.Event = field(default_factory=threading.Event)
-    gbnf: str | None = None  # the output's grammar, compiled once before queueing
+    grammar: GrammarPlan | None = None  # the output's format, compiled before queueing
 
     @property
     def reserve(self) -> int:

@@ -4,6 +4,7 @@ nothing). A new SDK key without a decision fails here."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -86,11 +87,12 @@ def test_an_unsupported_parameter_is_a_400_naming_it(chat: bool, case: Refused) 
 
 @pytest.mark.parametrize("chat", [True, False], ids=["chat", "completion"])
 def test_unknown_parameters_are_a_400_unless_ignored(chat: bool) -> None:
-    body = {**(CHAT_BASE if chat else COMPLETION_BASE), "guided_json": {}, "mirostat": 2}
+    body = {**(CHAT_BASE if chat else COMPLETION_BASE), "guided_whitespace": "x", "mirostat": 2}
     with pytest.raises(OpenAIError) as caught:
         _translate(chat, body)
-    assert (caught.value.status, caught.value.param) == (400, "guided_json")
-    assert _translate(chat, body, ignore_unknown=True).ignored == ("guided_json", "mirostat")
+    assert (caught.value.status, caught.value.param) == (400, "guided_whitespace")
+    ignored = _translate(chat, body, ignore_unknown=True).ignored
+    assert ignored == ("guided_whitespace", "mirostat")
 
 
 def test_nested_keys_that_ask_for_something_are_refused() -> None:
@@ -162,7 +164,12 @@ def test_regex_and_grammar_extras_translate_and_conflicts_are_400() -> None:
     assert chat_request(CHAT_BASE).format_param is None
     bad: list[tuple[dict[str, Any], str]] = [
         ({"structured_outputs": {"regex": "a", "grammar": "b"}}, "structured_outputs.grammar"),
-        ({"structured_outputs": {"choice": ["a", "b"]}}, "structured_outputs.choice"),
+        ({"structured_outputs": {"structural_tag": "x"}}, "structured_outputs.structural_tag"),
+        ({"structured_outputs": {"choice": []}}, "structured_outputs.choice"),
+        ({"structured_outputs": {"choice": ["a", ""]}}, "structured_outputs.choice[1]"),
+        ({"guided_choice": ["a"] * 257}, "guided_choice"),
+        ({"structured_outputs": {"json": 5}}, "structured_outputs.json"),
+        ({"guided_choice": ["a"], "guided_json": {}}, "guided_json"),
         ({"structured_outputs": {"regex": ""}}, "structured_outputs.regex"),
         ({"structured_outputs": {"regex": 5}}, "structured_outputs.regex"),
         ({"guided_regex": "a", "guided_grammar": "b"}, "guided_grammar"),
@@ -176,6 +183,14 @@ def test_regex_and_grammar_extras_translate_and_conflicts_are_400() -> None:
         with pytest.raises(OpenAIError) as caught:
             chat_request({**CHAT_BASE, **patch})
         assert (caught.value.status, caught.value.param) == (400, param), patch
+    # A choice list is a regex of its escaped alternatives; json is a JSON schema.
+    choice = chat_request({**CHAT_BASE, "structured_outputs": {"choice": ["a.b", "(c)"]}})
+    assert choice.request.sampling.response_format.regex == r"a\.b|\(c\)"
+    assert choice.format_param == "structured_outputs.choice"
+    schema = {"type": "object", "properties": {"x": {"type": "integer"}}}
+    for patch in ({"guided_json": schema}, {"structured_outputs": {"json": json.dumps(schema)}}):
+        fmt = chat_request({**CHAT_BASE, **patch}).request.sampling.response_format
+        assert (fmt.type, json.loads(fmt.json_schema)) == (3, schema)  # JSON_SCHEMA
     # response_format "text" asks for nothing, so it combines with a regex.
     both = chat_request({**CHAT_BASE, "guided_regex": "a", "response_format": {"type": "text"}})
     assert both.request.sampling.response_format.regex == "a"

@@ -115,20 +115,22 @@ async def _asgi(
 async def test_ignored_parameters_are_listed_in_a_header() -> None:
     client, _ = await _asgi(ignore_unknown=True)
     async with client:
-        body = {**CHAT, "guided_json": {}, "odd key\n": 1}
+        body = {**CHAT, "guided_whitespace": {}, "odd key\n": 1}
         whole = await client.post("/v1/chat/completions", json=body, headers=AUTH)
         assert whole.status_code == 200, whole.text
-        assert whole.headers[IGNORED_HEADER] == "guided_json,odd%20key%0A"
+        assert whole.headers[IGNORED_HEADER] == "guided_whitespace,odd%20key%0A"
         streamed = await client.post(
             "/v1/chat/completions", json={**body, "stream": True}, headers=AUTH
         )
-        assert streamed.headers[IGNORED_HEADER] == "guided_json,odd%20key%0A"
+        assert streamed.headers[IGNORED_HEADER] == "guided_whitespace,odd%20key%0A"
         known = await client.post("/v1/chat/completions", json=CHAT, headers=AUTH)
         assert IGNORED_HEADER not in known.headers
     strict, _ = await _asgi(ignore_unknown=False)
     async with strict:
         refused = await strict.post("/v1/chat/completions", json=body, headers=AUTH)
-        assert refused.status_code == 400 and refused.json()["error"]["param"] == "guided_json"
+        assert (
+            refused.status_code == 400 and refused.json()["error"]["param"] == "guided_whitespace"
+        )
 
 
 async def test_health_and_metrics_need_no_key_and_say_what_they_should() -> None:

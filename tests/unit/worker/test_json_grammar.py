@@ -9,7 +9,7 @@ import json
 import pytest
 
 from worker.engines.base import OutputFormat
-from worker.engines.llama_sampling import grammar_of
+from worker.engines.llama_grammar import grammar_of
 
 SCHEMA = {
     "type": "object",

@@ -9,6 +9,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from modelyard.errors import FailedPrecondition, ResourceExhausted
+from modelyard.output_length import OutputEstimate
 from modelyard.refs import model_key
 from modelyard.v1 import common_pb2
 from tests.fixtures.tiny_gguf import gguf_model
@@ -20,8 +21,10 @@ from worker.residency import ModelManager
 MiB = 1 << 20
 
 
-def scrape(manager: ModelManager) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    text = generate_latest(metrics_registry(manager)).decode()
+def scrape(
+    manager: ModelManager, estimate: OutputEstimate | None = None
+) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    text = generate_latest(metrics_registry(manager, estimate)).decode()
     return {
         (s.name, tuple(sorted(s.labels.items()))): s.value
         for family in text_string_to_metric_families(text)
@@ -69,4 +72,22 @@ async def test_memory_loads_durations_evictions_and_refusals_are_exported(
     # Throughput comes from rate() of the counter: no rate gauge beside it.
     assert ("modelyard_worker_generated_tokens_total", (("model", "other@1"),)) in m
     assert not [name for name, _ in m if name == "modelyard_worker_tokens_per_second"]
+    await manager.close()
+
+
+async def test_the_expected_output_of_unbounded_requests_is_exported(
+    settings: WorkerSettings, tiny_gguf: Path
+) -> None:
+    """The running mean that plans requests without max_tokens, per loaded model."""
+    manager = build_manager(settings.model_copy(update={"memory_budget_bytes": 100 * MiB}))
+    model = gguf_model(tiny_gguf, name="small")
+    model.resources.memory_bytes = 60 * MiB
+    await manager.load(model)
+    estimate = OutputEstimate(seed=100, weight=0.5)
+    key = "modelyard_worker_expected_output_tokens", (("model", "small@1"),)
+    text = generate_latest(metrics_registry(manager, estimate)).decode()
+    assert f'{key[0]}{{model="small@1"}} 100.0' in text  # the seed, before any output
+    estimate.observe(model_key("small", "1"), 300)
+    assert scrape(manager, estimate)[key] == 200  # halfway to 300 at weight 0.5
+    assert key not in scrape(manager)  # a registry without the estimate has none
     await manager.close()

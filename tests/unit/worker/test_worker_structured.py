@@ -31,6 +31,11 @@ JSON_ASK = "Describe a cat named Tom as a JSON object with his name, age and fav
 PLATE = "[A-Z]{3}-[0-9]{4}"
 PLATE_ASK = "Make up a licence plate."
 YES_NO = 'root ::= ("Yes" | "No") "."'
+LARK_ANSWER = """
+start: answer " legs."
+answer: "Yes" | "No" | NUMBER
+NUMBER: /[0-9]{1,3}/
+"""
 SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
@@ -193,6 +198,31 @@ async def test_a_gbnf_grammar_is_obeyed(
         assert "".join(d.text for d in deltas) in {"Yes.", "No."}
 
 
+async def test_a_lark_grammar_is_obeyed(
+    stub: worker_pb2_grpc.WorkerServiceStub, smollm2: model_pb2.Model
+) -> None:
+    """Lark runs in llguidance over llama.cpp's vocabulary: rules, a regex terminal, and
+    the end of generation allowed once the grammar is complete."""
+    fmt = common_pb2.ResponseFormat(
+        type=common_pb2.RESPONSE_FORMAT_TYPE_GRAMMAR,
+        grammar=LARK_ANSWER,
+        grammar_syntax=common_pb2.GRAMMAR_SYNTAX_LARK,
+    )
+    texts = set()
+    for seed in (1, 2, 3, 4):
+        req = request(
+            smollm2, "How many legs has a cat?", chat=True, max_tokens=12,
+            response_format=fmt, temperature=1.0, seed=seed,
+        )  # fmt: skip
+        deltas, finished = await generate(stub, req)
+        text = "".join(d.text for d in deltas)
+        assert finished.finish_reason == common_pb2.FINISH_REASON_STOP, text
+        assert re.fullmatch(r"(Yes|No|[0-9]{1,3}) legs\.", text), text
+        texts.add(text)
+    free, _ = await generate(stub, request(smollm2, "How many legs has a cat?", chat=True))
+    assert not re.fullmatch(r"(Yes|No|[0-9]{1,3}) legs\.", "".join(d.text for d in free))
+
+
 async def test_a_logit_bias_of_minus_100_bans_the_greedy_token(
     stub: worker_pb2_grpc.WorkerServiceStub, smollm2: model_pb2.Model
 ) -> None:
@@ -238,9 +268,14 @@ async def test_a_logit_bias_of_minus_100_bans_the_greedy_token(
             {"response_format": {"type": 5, "grammar": 'root ::= "a" (', "grammar_syntax": 1}},
             "sampling.response_format.grammar",
         ),
+        # Lark, through llguidance: an undefined rule, a syntax error.
         (
-            {"response_format": {"type": 5, "grammar": 'start: "a"', "grammar_syntax": 2}},
-            "sampling.response_format.grammar_syntax",
+            {"response_format": {"type": 5, "grammar": "start: nowhere", "grammar_syntax": 2}},
+            "sampling.response_format.grammar",
+        ),
+        (
+            {"response_format": {"type": 5, "grammar": 'start: "a" (', "grammar_syntax": 2}},
+            "sampling.response_format.grammar",
         ),
         # Compiles, but no token can ever match (llama.cpp alone would abort the process).
         (
