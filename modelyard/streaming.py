@@ -14,14 +14,16 @@ policies, which would only start the same slow stream again.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterable, AsyncIterator
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
 import grpc
 
 from modelyard.errors import DeadlineExceeded
 from modelyard.limits import ServerLimits
+from modelyard.v1 import common_pb2
 
 
 class BoundedStream:
@@ -68,3 +70,110 @@ class BoundedStream:
                 f"({self._env}MAX_STREAM_S); it was ended",
                 reason="MAX_STREAM_DURATION",
             ) from None
+
+
+class Event(Protocol):
+    """A generation stream's event: router and worker events share this shape."""
+
+    @property
+    def delta(self) -> common_pb2.TokenDelta: ...
+
+    def WhichOneof(self, name: Literal["event"]) -> str | None: ...
+
+    def CopyFrom(self, other: Any) -> None: ...
+
+
+E = TypeVar("E", bound=Event)
+
+
+def joinable(a: Event, b: Event) -> bool:
+    """Both plain deltas (tool-call deltas keep their own message: clients index them)."""
+    return (
+        a.WhichOneof("event") == "delta"
+        and b.WhichOneof("event") == "delta"
+        and not a.delta.tool_calls
+        and not b.delta.tool_calls
+    )
+
+
+def join(into: Event, new: Event) -> None:
+    """Append `new`'s tokens to the delta `into`."""
+    a, b = into.delta, new.delta
+    a.text += b.text
+    a.token_ids.extend(b.token_ids)
+    a.logprobs.extend(b.logprobs)
+
+
+class CoalescingWriter(Generic[E]):
+    """Writes a generation stream's events from a task of its own, so the producer never
+    waits on the client, and joins the deltas that queue up meanwhile: when the client
+    reads slower than tokens come, the tokens waiting go out as one delta. An idle writer
+    sends at once, so the first token (and every token of a paced stream) is never
+    delayed. A joined delta is the writer's own copy: the producer's events (which a
+    response cache may hold) are never changed.
+
+    `put` raises the write's error (DeadlineExceeded for a client that stopped reading);
+    `flush` waits until everything is written; `cancel` drops what is left."""
+
+    def __init__(self, out: BoundedStream) -> None:
+        self._out = out
+        self._queue: collections.deque[E] = collections.deque()
+        self._last_owned = False  # the queue's last event is a copy joins may change
+        self._ready = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+
+    def put(self, event: E) -> None:
+        task = self._task
+        if task is None:
+            self._task = asyncio.create_task(self._run())
+        elif task.done():
+            task.result()  # the write failed: its error, here
+            raise RuntimeError("put after the writer finished")
+        queue = self._queue
+        if queue and joinable(queue[-1], event):
+            if not self._last_owned:
+                last = type(event)()
+                last.CopyFrom(queue[-1])
+                queue[-1] = last
+                self._last_owned = True
+            join(queue[-1], event)
+            return
+        queue.append(event)
+        self._last_owned = False
+        self._ready.set()
+
+    async def write_all(self, events: AsyncIterable[E]) -> None:
+        """Every event of `events`, then flush; what is left is dropped on an error."""
+        try:
+            async for event in events:
+                self.put(event)
+            await self.flush()
+        finally:
+            self.cancel()
+
+    async def flush(self) -> None:
+        self._closing = True
+        self._ready.set()
+        if self._task is not None:
+            await self._task
+
+    def cancel(self) -> None:
+        task = self._task
+        if task is None:
+            return
+        if not task.done():
+            task.cancel()
+        elif not task.cancelled():
+            task.exception()  # retrieved: the producer's own error is the one reported
+
+    async def _run(self) -> None:
+        queue = self._queue
+        while True:
+            if not queue:
+                if self._closing:
+                    return
+                self._ready.clear()
+                await self._ready.wait()
+                continue
+            await self._out.write(queue.popleft())

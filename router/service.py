@@ -12,7 +12,7 @@ from grpc_status import rpc_status
 
 from modelyard.errors import grpc_errors
 from modelyard.limits import ServerLimits
-from modelyard.streaming import BoundedStream
+from modelyard.streaming import BoundedStream, CoalescingWriter
 from modelyard.tool_validation import MAX_TOOL_CALLS
 from modelyard.v1 import common_pb2, router_pb2, router_pb2_grpc
 from router.accounting import Accounting
@@ -58,10 +58,20 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         # Written through `out` (modelyard.streaming: a yield cannot time a client that
         # stopped reading); its error closes the relay, which cancels the worker's call
         # and so frees the decode slot. The generator form stays for interceptors.
+        # Deltas that wait on a slow client go out merged (CoalescingWriter).
         out = BoundedStream(context, self._limits, "router")
-        async with out.bounded(), aclosing(self._events(request, context)) as events:
-            async for event in events:
-                await out.write(event)
+        writer: CoalescingWriter[router_pb2.GenerateResponse] = CoalescingWriter(out)
+        try:
+            async with out.bounded(), aclosing(self._events(request, context)) as events:
+                try:
+                    async for event in events:
+                        writer.put(event)
+                except StreamBroken as err:
+                    await writer.flush()  # the tokens its usage counts reach the client first
+                    await _abort_with_usage(context, err)
+                await writer.flush()
+        finally:
+            writer.cancel()
         nothing: tuple[router_pb2.GenerateResponse, ...] = ()
         for event in nothing:
             yield event
@@ -72,8 +82,12 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     ) -> router_pb2.CompleteResponse:
         # Same field numbers and meaning (see router.proto), so the bytes convert.
         generate = router_pb2.GenerateRequest.FromString(request.SerializeToString())
-        async with aclosing(self._events(generate, context)) as events:
-            return await _whole(events)
+        try:
+            async with aclosing(self._events(generate, context)) as events:
+                return await _whole(events)
+        except StreamBroken as err:
+            await _abort_with_usage(context, err)
+            raise  # abort raised already; this line is for the type checker
 
     @grpc_errors
     async def ListModels(
@@ -106,14 +120,11 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     async def _events(
         self, request: router_pb2.GenerateRequest, context: Context
     ) -> AsyncGenerator[router_pb2.GenerateResponse, None]:
-        try:
-            async with aclosing(
-                self._api.generate(request, timeout_s=context.time_remaining())
-            ) as events:
-                async for event in events:
-                    yield event
-        except StreamBroken as err:
-            await _abort_with_usage(context, err)
+        async with aclosing(
+            self._api.generate(request, timeout_s=context.time_remaining())
+        ) as events:
+            async for event in events:
+                yield event
 
 
 async def _whole(

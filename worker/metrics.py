@@ -16,6 +16,7 @@ from prometheus_client.registry import Collector
 
 from modelyard.loop_call import loop_caller
 from modelyard.output_length import OutputEstimate
+from modelyard.v1 import worker_pb2
 from worker.residency import ModelManager
 from worker.status import model_status
 
@@ -80,71 +81,94 @@ class WorkerCollector(Collector):
         yield rejected
 
     def _model_metrics(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
-        labels = ["model"]
-        running = GaugeMetricFamily(
-            "modelyard_worker_running_sequences", "Sequences decoding now.", labels=labels
-        )
-        queued = GaugeMetricFamily(
-            "modelyard_worker_queued_requests", "Requests waiting in the queue.", labels=labels
-        )
-        queued_tokens = GaugeMetricFamily(
-            "modelyard_worker_queued_tokens",
-            "Prompt plus max_tokens (or the expected output) of the queued requests.",
-            labels=labels,
-        )
-        generated = CounterMetricFamily(
-            "modelyard_worker_generated_tokens",
-            "Tokens generated since the worker started.",
-            labels=labels,
-        )
-        memory = GaugeMetricFamily(
-            "modelyard_worker_model_memory_bytes", "Memory a model holds.", labels=labels
-        )
-        in_flight = GaugeMetricFamily(
-            "modelyard_worker_in_flight_requests", "Requests holding a model.", labels=labels
-        )
-        prompt = CounterMetricFamily(
-            "modelyard_worker_prompt_tokens",
-            "Prompt tokens of finished requests since the worker started.",
-            labels=labels,
-        )
-        cached = CounterMetricFamily(
-            "modelyard_worker_cached_prompt_tokens",
-            "Prompt tokens the prefix cache served instead of evaluating (the hit rate: "
-            "their rate over that of modelyard_worker_prompt_tokens).",
-            labels=labels,
-        )
-        cache_tokens = GaugeMetricFamily(
-            "modelyard_worker_prefix_cache_tokens",
-            "KV cells (tokens) finished requests' prefixes hold now.",
-            labels=labels,
-        )
+        families = [
+            (kind(name, doc, labels=["model"]), value) for kind, name, doc, value in MODEL_FAMILIES
+        ]
         expected = GaugeMetricFamily(
             "modelyard_worker_expected_output_tokens",
             "Output tokens admission and queued tokens plan for a request that left "
             "max_tokens unset: the running mean of such outputs (seeded by "
             "MODELYARD_WORKER_EXPECTED_OUTPUT_TOKENS).",
-            labels=labels,
+            labels=["model"],
         )
         for r in self._manager.residents():
             m = model_status(r)
-            key = [r.key]
-            running.add_metric(key, m.running_sequences)
-            queued.add_metric(key, m.queued_requests)
-            queued_tokens.add_metric(key, m.queued_tokens)
-            generated.add_metric(key, m.generated_tokens_total)
-            memory.add_metric(key, m.memory_bytes)
-            in_flight.add_metric(key, m.in_flight)
-            prompt.add_metric(key, m.prefix_cache.prompt_tokens_total)
-            cached.add_metric(key, m.prefix_cache.cached_prompt_tokens_total)
-            cache_tokens.add_metric(key, m.prefix_cache.cached_tokens)
+            for family, value in families:
+                family.add_metric([r.key], value(m))
             if self._estimate is not None:
-                expected.add_metric(key, self._estimate.expected(r.key))
-        # Throughput is rate(generated_tokens_total): no rate gauge (ModelStatus keeps one).
-        yield from (running, queued, queued_tokens, generated, memory, in_flight)
-        yield from (prompt, cached, cache_tokens)
+                expected.add_metric([r.key], self._estimate.expected(r.key))
+        yield from (family for family, _ in families)
         if self._estimate is not None:
             yield expected
+
+
+# Per-model families read from ModelStatus: (family type, name, help, value). Throughput is
+# rate(generated_tokens_total): no rate gauge (ModelStatus keeps one).
+MODEL_FAMILIES: tuple[
+    tuple[
+        type[GaugeMetricFamily] | type[CounterMetricFamily],
+        str,
+        str,
+        Callable[[worker_pb2.ModelStatus], float],
+    ],
+    ...,
+] = (
+    (
+        GaugeMetricFamily,
+        "modelyard_worker_running_sequences",
+        "Sequences decoding now.",
+        lambda m: m.running_sequences,
+    ),
+    (
+        GaugeMetricFamily,
+        "modelyard_worker_queued_requests",
+        "Requests waiting in the queue.",
+        lambda m: m.queued_requests,
+    ),
+    (
+        GaugeMetricFamily,
+        "modelyard_worker_queued_tokens",
+        "Prompt plus max_tokens (or the expected output) of the queued requests.",
+        lambda m: m.queued_tokens,
+    ),
+    (
+        CounterMetricFamily,
+        "modelyard_worker_generated_tokens",
+        "Tokens generated since the worker started.",
+        lambda m: m.generated_tokens_total,
+    ),
+    (
+        GaugeMetricFamily,
+        "modelyard_worker_model_memory_bytes",
+        "Memory a model holds.",
+        lambda m: m.memory_bytes,
+    ),
+    (
+        GaugeMetricFamily,
+        "modelyard_worker_in_flight_requests",
+        "Requests holding a model.",
+        lambda m: m.in_flight,
+    ),
+    (
+        CounterMetricFamily,
+        "modelyard_worker_prompt_tokens",
+        "Prompt tokens of finished requests since the worker started.",
+        lambda m: m.prefix_cache.prompt_tokens_total,
+    ),
+    (
+        CounterMetricFamily,
+        "modelyard_worker_cached_prompt_tokens",
+        "Prompt tokens the prefix cache served instead of evaluating (the hit rate: "
+        "their rate over that of modelyard_worker_prompt_tokens).",
+        lambda m: m.prefix_cache.cached_prompt_tokens_total,
+    ),
+    (
+        GaugeMetricFamily,
+        "modelyard_worker_prefix_cache_tokens",
+        "KV cells (tokens) finished requests' prefixes hold now.",
+        lambda m: m.prefix_cache.cached_tokens,
+    ),
+)
 
 
 def metrics_registry(

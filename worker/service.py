@@ -8,6 +8,7 @@ the engine's stream as events, and measures timings, spans and cost on the way.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -31,7 +32,7 @@ from modelyard.genai import (
 from modelyard.limits import ServerLimits
 from modelyard.pricing import cost_of
 from modelyard.refs import ModelKey, key_of, model_key
-from modelyard.streaming import BoundedStream
+from modelyard.streaming import BoundedStream, CoalescingWriter
 from modelyard.tokens import estimate_prompt_tokens
 from modelyard.v1 import common_pb2, model_pb2, worker_pb2, worker_pb2_grpc
 from modelyard.validation import check_generation
@@ -66,10 +67,12 @@ from worker.tools.plan import chat_turns, with_tools
 from worker.tools.stream import with_tool_calls
 
 log = logging.getLogger(__name__)
+WorkerEvent = worker_pb2.WorkerServiceGenerateResponse
 tracer = trace.get_tracer("modelyard.worker")
 
 DEFAULT_HEARTBEAT_S = 5.0
 MIN_HEARTBEAT_S = 0.05
+STATUS_COALESCE_S = 0.05  # a watcher gets at most ~20 pushed statuses a second
 
 
 FINISH_REASONS = {
@@ -249,8 +252,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                     stream = with_tool_calls(stream, tool_parser)
                 stack.push_async_callback(stream.aclose)
                 relay = self._relay(stream, lease, request, clock, spans, deadline, live)
-                async for message in relay:
-                    await out.write(message)
+                await CoalescingWriter[WorkerEvent](out).write_all(relay)
         except BaseException as err:
             error = err
             raise
@@ -385,6 +387,10 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         while not notifier.closed:
             version = await notifier.wait(version, heartbeat)
             yield worker_pb2.WatchStatusResponse(status=self._status())
+            # Changes within the next moment go out together: at hundreds of requests a
+            # second each start and finish would otherwise cost every watcher a whole
+            # status. Routers count their own open streams, so the lag costs no balance.
+            await asyncio.sleep(STATUS_COALESCE_S)
 
     def _status(self) -> worker_pb2.WorkerStatus:
         status = build_worker_status(self.identity, self._manager)
