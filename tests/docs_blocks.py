@@ -82,6 +82,7 @@ RUN = (
     "GGUF=$(.venv/bin/python -c",
     "current-context: prod",
     'client = OpenAI(base_url="http://127.0.0.1:50080/v1"',
+    "from modelyard.registry_client import AsyncRegistryClient, RegistryClient",
 )
 
 

@@ -132,3 +132,9 @@ def test_readme_contexts_file(mesh: dict[str, str], tmp_path: Path) -> None:
 
 def test_readme_openai_sdk(mesh: dict[str, str]) -> None:
     assert _run(find(RUN[5]), mesh).strip()
+
+
+def test_readme_registry_sdk(mesh: dict[str, str]) -> None:
+    out = _run(find(RUN[6]), mesh)
+    assert "smollm2-sdk 1 STAGE_STAGING" in out
+    assert "sdk-chat" in out  # the watch saw the route's write
