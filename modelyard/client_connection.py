@@ -42,7 +42,7 @@ REGISTRY = Service(
 DEFAULT_ADDRESS = ROUTER.default_address
 
 # Four attempts in all, 0.25 s then 0.5 s then 1 s apart (jittered by gRPC), on the two
-# codes the router uses for "not now, maybe elsewhere or later".
+# codes the services use for "not now, maybe elsewhere or later".
 RETRY_POLICY = {
     "maxAttempts": 4,
     "initialBackoff": "0.25s",
@@ -63,8 +63,8 @@ def service_config(retries: bool, service: str = ROUTER.name) -> str:
 class Connection:
     """Where and how to dial; unset arguments come from the service's variables
     (the router's: MODELYARD_ROUTER, MODELYARD_API_KEY) and MODELYARD_TLS_{CA,CERT,KEY}_FILE /
-    MODELYARD_TLS_SERVER_NAME. `api_key` is the bearer token every call sends: the router's
-    client key, or the registry's admin token."""
+    MODELYARD_TLS_SERVER_NAME. `api_key` is the service's bearer token: the router's client
+    key, or the registry's admin token (its reads may send a reader token instead)."""
 
     address: str
     api_key: str = ""
