@@ -63,14 +63,20 @@ SKIP = {
     ),
     "helm install my charts/modelyard --namespace": "needs a Kubernetes cluster",
     "helm repo add hashicorp": "needs a Kubernetes cluster and the internet",
-    "seriesQuery:": "prometheus-adapter configuration for a cluster",
     "docker build": "no Docker engine here",
     "--router router:50050 --tls-ca ca.crt": (
-        "a secured cluster's names and certificates; tests/integration/test_cli_secure.py runs "
-        "the same commands against a TLS mesh"
+        "a secured cluster's host names, certificates and request id; "
+        "tests/integration/test_cli_secure.py runs generate with a key and a CA against a "
+        "TLS mesh, and stats and feedback take the same options (modelyard/cli/connect.py)"
     ),
-    "--registry registry:50051 --admin-token": "as above: a secured cluster's names",
-    'Client("router:50050", api_key="k1"': "as above: a secured cluster's names",
+    "--registry registry:50051 --admin-token": (
+        "a secured cluster's host names and certificates; tests/integration/test_cli_secure.py "
+        "runs the same two commands against an mTLS mesh"
+    ),
+    'Client("router:50050", api_key="k1"': (
+        "a secured cluster's host name and CA; tests/integration/test_tls_mesh.py runs Client "
+        "with the same arguments against a TLS mesh"
+    ),
     "export MODELYARD_WORKER_TLS_CERT_FILE": "a pod's mounted certificates",
 }
 
@@ -82,6 +88,9 @@ RUN = (
     "GGUF=$(.venv/bin/python -c",
     "current-context: prod",
     'client = OpenAI(base_url="http://127.0.0.1:50080/v1"',
+    "from modelyard.registry_client import AsyncRegistryClient, RegistryClient",
+    "curl -sf http://127.0.0.1:50080/metrics",
+    "seriesQuery: 'modelyard_worker_queued_tokens",
 )
 
 

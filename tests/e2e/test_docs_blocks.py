@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.docs_blocks import ROOT, RUN, SKIP, Block, all_blocks, find
 
@@ -132,3 +133,52 @@ def test_readme_contexts_file(mesh: dict[str, str], tmp_path: Path) -> None:
 
 def test_readme_openai_sdk(mesh: dict[str, str]) -> None:
     assert _run(find(RUN[5]), mesh).strip()
+
+
+def test_readme_registry_sdk(mesh: dict[str, str]) -> None:
+    out = _run(find(RUN[6]), mesh)
+    assert "smollm2-sdk 1 STAGE_STAGING" in out
+    assert "sdk-chat" in out  # the watch saw the route's write
+
+
+def test_operations_local_metrics(mesh: dict[str, str]) -> None:
+    out = _run(find(RUN[7]), mesh)
+    assert "modelyard_router_requests_total{" in out and 'code="OK"' in out
+    assert "smollm2-135m-instruct" in out  # the stats table after the metrics
+
+
+def test_operations_adapter_rule_is_what_the_chart_asks_for(tmp_path: Path) -> None:
+    """The prometheus-adapter rule names the metric the chart's HPA reads, maps the label
+    the ServiceMonitor adds, and both its queries are PromQL (promtool parses them)."""
+    rule = yaml.safe_load(find(RUN[8]).text)["rules"]["external"][0]
+    metric = rule["name"]["as"]
+    hpa = (ROOT / "charts" / "modelyard" / "templates" / "workers.yaml").read_text()
+    assert f"name: {metric}" in hpa and "modelyard_io_pool:" in hpa
+    assert rule["seriesQuery"].startswith(metric + "{")
+    assert set(rule["resources"]["overrides"]) <= {"namespace", "modelyard_io_pool"}
+    rendered = (
+        rule["metricsQuery"]
+        .replace("<<.Series>>", metric)
+        .replace("<<.LabelMatchers>>", 'namespace="ml",modelyard_io_pool="cpu"')
+        .replace("<<.GroupBy>>", "namespace")
+    )
+    rules = tmp_path / "adapter-queries.yaml"
+    rules.write_text(
+        yaml.safe_dump(
+            {
+                "groups": [
+                    {
+                        "name": "adapter",
+                        "rules": [
+                            {"record": "adapter:series", "expr": rule["seriesQuery"]},
+                            {"record": "adapter:metrics", "expr": rendered},
+                        ],
+                    }
+                ]
+            }
+        )
+    )
+    done = subprocess.run(
+        ["promtool", "check", "rules", str(rules)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
