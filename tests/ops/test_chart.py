@@ -746,3 +746,73 @@ def test_the_shared_response_cache_url_reaches_routers_only(helm: Path) -> None:
     }
     assert router_env["MODELYARD_ROUTER_RESPONSE_CACHE_MAX_BYTES"] == "1024"
     assert "MODELYARD_ROUTER_RESPONSE_CACHE_REDIS_URL" in router_env
+
+
+CACHE_POOL = {
+    "image": "cpu",
+    "engine": "llama_cpp",
+    "device": "cpu",
+    "resources": {"requests": {"cpu": "1", "memory": "1Gi"}},
+}
+
+
+@pytest.mark.parametrize(
+    ("pool", "volume"),
+    [
+        ({}, {"emptyDir": {"sizeLimit": "20Gi"}}),
+        ({"cacheSize": "7Gi"}, {"emptyDir": {"sizeLimit": "7Gi"}}),  # the older spelling
+        ({"cache": {"type": "emptyDir", "size": "9Gi"}}, {"emptyDir": {"sizeLimit": "9Gi"}}),
+        (
+            {"cache": {"type": "hostPath"}},
+            {"hostPath": {"path": "/var/lib/modelyard/cache", "type": "DirectoryOrCreate"}},
+        ),
+        (
+            {"cache": {"type": "hostPath", "hostPath": "/mnt/models"}},
+            {"hostPath": {"path": "/mnt/models", "type": "DirectoryOrCreate"}},
+        ),
+        (
+            {"cache": {"type": "pvc", "claimName": "weights"}},
+            {"persistentVolumeClaim": {"claimName": "weights"}},
+        ),
+    ],
+)
+def test_worker_cache_volume_types(
+    helm: Path, tmp_path: Path, pool: dict[str, Any], volume: dict[str, Any]
+) -> None:
+    values = tmp_path / "values.yaml"
+    values.write_text(yaml.safe_dump({"workerPools": [{**CACHE_POOL, "name": "p", **pool}]}))
+    result = helm_template(helm, "-f", str(values))
+    assert result.returncode == 0, result.stderr
+    [worker] = [spec for where, spec in pod_specs(parse(result.stdout)) if "worker-p" in where]
+    [cache] = [v for v in worker["volumes"] if v["name"] == "cache"]
+    assert cache == {"name": "cache", **volume}
+    [mount] = [m for m in worker["containers"][0]["volumeMounts"] if m["name"] == "cache"]
+    assert mount["mountPath"] == "/var/cache/modelyard"  # MODELYARD_ARTIFACTS_CACHE_DIR's parent
+    rendered = tmp_path / "rendered.yaml"
+    rendered.write_text(result.stdout)
+    check = subprocess.run(
+        [sys.executable, "-m", "kubernetes_validate", "--strict", "-k", K8S_VERSION, str(rendered)],
+        capture_output=True,
+        text=True,
+    )
+    assert check.returncode == 0, check.stdout[-2000:]
+
+
+@pytest.mark.parametrize(
+    ("cache", "message"),
+    [
+        ({"type": "pvc"}, "claimName"),
+        ({"type": "nfs"}, "type"),
+        ({"type": "hostPath", "hostPath": "relative/dir"}, "hostPath"),
+    ],
+)
+def test_worker_cache_values_are_checked(
+    helm: Path, tmp_path: Path, cache: dict[str, Any], message: str
+) -> None:
+    values = tmp_path / "values.yaml"
+    values.write_text(
+        yaml.safe_dump({"workerPools": [{**CACHE_POOL, "name": "p", "cache": cache}]})
+    )
+    result = helm_template(helm, "-f", str(values))
+    assert result.returncode != 0
+    assert message in result.stderr

@@ -21,6 +21,7 @@ class Candidate:
     key: str  # cache key, or quarantine.PREFIX + name
     size: int
     label: str  # for the log
+    in_use: bool = False  # held by another process sharing the cache: never a victim
 
 
 class CacheBudget:
@@ -59,21 +60,30 @@ class CacheBudget:
     # -- room ----------------------------------------------------------------------
 
     def reserve(
-        self, token: str, size: int, candidates: list[Candidate], *, replacing: str = ""
+        self,
+        token: str,
+        size: int,
+        candidates: list[Candidate],
+        *,
+        replacing: str = "",
+        elsewhere: int = 0,
     ) -> list[Candidate]:
         """Promise `size` bytes to download `token`; the candidates to delete for it (marked
         as being evicted: delete them, then call `evicted`). RESOURCE_EXHAUSTED when even
         deleting every unused candidate leaves too little. `replacing`: the entry the
-        download will replace (its bytes do not count)."""
+        download will replace (its bytes do not count); `elsewhere`: bytes that downloads
+        of other processes sharing the cache reserved."""
         with self.lock:
-            used = sum(
-                c.size for c in candidates if c.key != replacing and c.key not in self._evicting
-            ) + sum(self._reserved.values())
+            counted = (c for c in candidates if c.key != replacing)
+            used = sum(c.size for c in counted if c.key not in self._evicting) + elsewhere
+            used += sum(self._reserved.values())
             victims: list[Candidate] = []
             for c in candidates:  # quarantine first, then least recently used
                 if used + size <= self.limit:
                     break
-                if c.key == replacing or self._refs.get(c.key, 0) > 0 or c.key in self._evicting:
+                if c.key == replacing or c.in_use or self._refs.get(c.key, 0) > 0:
+                    continue
+                if c.key in self._evicting:
                     continue
                 victims.append(c)
                 used -= c.size

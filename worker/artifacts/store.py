@@ -6,6 +6,7 @@ Layout under `cache_dir`::
     objects/<key>.json     its record (uri, sha256, size); written last, so it marks completion
     tmp/                   downloads in progress (same filesystem: placing one is a rename)
     quarantine/            payloads whose sha256 did not match (bounded: quarantine.py)
+    locks/                 flock files: the cache, each entry's download and lease (locks.py)
 
 An entry's key is its URI and its expected sha256 (`ArtifactUri.entry_key`): a fetch of
 the same URI at another digest is another entry, so it never replaces or quarantines a
@@ -26,6 +27,14 @@ they are and never copied.
 Locks: `CacheBudget` holds the in-memory bookkeeping under one lock, never over file
 I/O. An eviction picks its victims under the lock, marks them, and deletes them after;
 a fetch of a marked entry waits (in its thread) until the deletion is done, then misses.
+
+Several processes (the worker pods of one node) may share `cache_dir`; locks.py has the
+file locks, room.py the eviction across processes. A fetch holds the entry's lease
+(shared) until it, or the model that keeps the path (`retain`), lets go; it looks up and
+downloads under the entry's download lock: one process downloads, the others wait and
+find the record. A dead process's locks die with it; its work directory in tmp/ is then
+ownerless and deleted by the next store that starts or reserves room. Two processes may
+overwrite each other's `verified.json`: a second hash of a file, never a wrong answer.
 """
 
 from __future__ import annotations
@@ -44,11 +53,13 @@ from typing import TypeVar
 
 from modelyard.errors import FailedPrecondition, ModelyardError
 from modelyard.v1 import model_pb2
-from worker.artifacts.budget import CacheBudget, Candidate
+from worker.artifacts.budget import CacheBudget
 from worker.artifacts.files import check_file, fsync_dir, local_path, sha256_path, write_atomic
 from worker.artifacts.guard import DownloadGuard
+from worker.artifacts.locks import Leases, WorkLock, abandoned, exclusive, exclusive_async
 from worker.artifacts.quarantine import PREFIX, Quarantine
 from worker.artifacts.records import CacheEntry, read_entries
+from worker.artifacts.room import Room
 from worker.artifacts.settings import ArtifactSettings
 from worker.artifacts.sources import cache_write_error
 from worker.artifacts.transfer import Transfer
@@ -60,20 +71,25 @@ log = logging.getLogger(__name__)
 Progress = Callable[[int, int | None], None]
 T = TypeVar("T")
 
-_STALE_TMP_S = 3600.0  # older leftovers in tmp/ come from a crashed download
+_STALE_TMP_S = 3600.0  # older leftovers without an owner file come from a crashed download
 
 
 class ArtifactStore:
     def __init__(self, settings: ArtifactSettings) -> None:
         self.settings = settings
         root = self.settings.cache_dir.expanduser()
-        self.objects, self.tmp, self.quarantine = (
+        self.objects, self.tmp, self.quarantine, self.locks = (
             root / "objects",
             root / "tmp",
             root / "quarantine",
+            root / "locks",
         )
+        self._leases = Leases(self.locks)  # this process's holds, seen by the others
         self.budget = CacheBudget(settings.max_cache_bytes)
         self._quarantine = Quarantine(self.quarantine, settings.quarantine_max_files)
+        self._room = Room(  # drop: looked up at each call, so a test may wrap it
+            root, self.budget, self._quarantine, self._leases, self.entries, lambda k: self._drop(k)
+        )
         n = settings.max_concurrent_downloads
         self._downloads = ThreadPoolExecutor(n, thread_name_prefix="artifact-download")
         self._hashing = ThreadPoolExecutor(n, thread_name_prefix="artifact-verify")
@@ -103,7 +119,10 @@ class ArtifactStore:
         key = src.entry_key(artifact.sha256)
         self.budget.acquire(key)  # before the await: eviction never takes what we will get
         self.budget.wait_start(key)
+        leased = False
         try:
+            await self._leases.hold(key)  # nor does another process's, from now on
+            leased = True
             task = self._inflight.get(key)
             if task is None:
                 task = asyncio.get_running_loop().create_task(self._materialize(src, artifact, key))
@@ -116,21 +135,29 @@ class ArtifactStore:
             path = await asyncio.shield(task)
         except BaseException:
             self.budget.release(key)
+            if leased:
+                self._leases.drop(key)
             raise
         finally:
             self.budget.wait_end(key)
         if not retain:
-            self.budget.release(key)
+            self._unhold(key)
         return path
 
     def retain(self, path: Path) -> None:
         """Mark a fetched path as in use (never evicted) until `release`."""
         if (key := self._key_of(path)) is not None:
             self.budget.acquire(key)
+            while not self._leases.try_hold(key):  # another process is evicting it: brief
+                time.sleep(0.01)
 
     def release(self, path: Path) -> None:
         if (key := self._key_of(path)) is not None:
-            self.budget.release(key)
+            self._unhold(key)
+
+    def _unhold(self, key: str) -> None:
+        self.budget.release(key)
+        self._leases.drop(key)
 
     def downloads(self) -> tuple[int, int]:
         """Downloads now (running, waiting for a free thread of the download executor)."""
@@ -171,29 +198,41 @@ class ArtifactStore:
     async def _materialize(self, src: ArtifactUri, artifact: model_pb2.Artifact, key: str) -> Path:
         loop = asyncio.get_running_loop()
         try:
-            hit = await self._run(self._hashing, self._cached, src, artifact, key)
-            if hit is not None:
-                return hit
-
-            def report(done: int, total: int | None) -> None:
-                loop.call_soon_threadsafe(self._report, key, done, total)
-
-            guard = DownloadGuard(
-                shown(src.uri),
-                max_bytes=self.settings.max_artifact_bytes,
-                max_s=self.settings.max_download_s,
-                report=report,
-            )
-            self._guards.add(guard)
-            self._count(waiting=1)
-            try:
-                return await self._run(self._downloads, self._download, src, artifact, key, guard)
-            finally:
-                self._guards.discard(guard)
+            # One process at a time looks the entry up and downloads it; the others wait
+            # here (without a thread) and then find what it placed.
+            async with exclusive_async(self.locks / f"{key}.lock"):
+                return await self._cached_or_downloaded(src, artifact, key, loop)
         except ModelyardError:
             raise
         except OSError as err:  # the cache's own disk: never a path or errno text to clients
             raise cache_write_error(src.uri, err) from err
+
+    async def _cached_or_downloaded(
+        self,
+        src: ArtifactUri,
+        artifact: model_pb2.Artifact,
+        key: str,
+        loop: asyncio.AbstractEventLoop,
+    ) -> Path:
+        hit = await self._run(self._hashing, self._cached, src, artifact, key)
+        if hit is not None:
+            return hit
+
+        def report(done: int, total: int | None) -> None:
+            loop.call_soon_threadsafe(self._report, key, done, total)
+
+        guard = DownloadGuard(
+            shown(src.uri),
+            max_bytes=self.settings.max_artifact_bytes,
+            max_s=self.settings.max_download_s,
+            report=report,
+        )
+        self._guards.add(guard)
+        self._count(waiting=1)
+        try:
+            return await self._run(self._downloads, self._download, src, artifact, key, guard)
+        finally:
+            self._guards.discard(guard)
 
     def _cached(self, src: ArtifactUri, artifact: model_pb2.Artifact, key: str) -> Path | None:
         self._prepare()
@@ -213,12 +252,15 @@ class ArtifactStore:
             try:
                 self._check_sha(payload, artifact.sha256, src.uri)
             except FailedPrecondition:
-                if self.budget.held_by_others(key):
+                # In use here, or (the lease not ours alone) in another process: leave it.
+                if self.budget.held_by_others(key) or not self._leases.upgrade(key):
                     raise _in_use_and_changed(src) from None
-                # A cached copy gone bad: keep the evidence (bounded), fetch it again.
-                log.warning("cached %s failed its checksum; downloading it again", src.uri)
-                self._quarantine.put(payload, key)
-                self._drop(key)
+                try:  # A cached copy gone bad: keep the evidence (bounded), fetch it again.
+                    log.warning("cached %s failed its checksum; downloading it again", src.uri)
+                    self._quarantine.put(payload, key)
+                    self._drop(key)
+                finally:
+                    self._leases.downgrade(key)
                 return None
         os.utime(record)  # LRU: last used now
         return payload
@@ -231,24 +273,29 @@ class ArtifactStore:
         try:
             self._prepare()
             work = Path(tempfile.mkdtemp(prefix=f"{key}-", dir=self.tmp))
+            self._room.works.add(work.name)
+            owner = WorkLock(work)  # until it is gone: other processes see it alive
             try:
-                return self._download_into(work, src, artifact, key, guard)
+                return self._download_into(work, owner, src, artifact, key, guard)
             finally:
                 self.budget.unreserve(work.name)
                 shutil.rmtree(work, ignore_errors=True)
+                owner.close()
+                self._room.works.discard(work.name)
         finally:
             self._count(running=-1)
 
     def _download_into(
         self,
         work: Path,
+        owner: WorkLock,
         src: ArtifactUri,
         artifact: model_pb2.Artifact,
         key: str,
         guard: DownloadGuard,
     ) -> Path:
         transfer = Transfer(src, artifact, guard, self.settings, work)
-        payload, digest = transfer.run(lambda size: self._make_room(work.name, key, size))
+        payload, digest = transfer.run(lambda size: self._room.make(owner, work.name, key, size))
         expected = artifact.sha256.strip().lower()
         if expected and digest != expected:
             kept = "quarantined on the worker" if self._quarantine.put(payload, key) else "deleted"
@@ -258,7 +305,8 @@ class ArtifactStore:
                 reason="CHECKSUM_MISMATCH",
                 metadata={"expected": expected, "actual": digest},
             )
-        return self._place(src, key, work, payload, digest, transfer.size)
+        with exclusive(self.locks / "cache.lock"):
+            return self._place(src, key, work, payload, digest, transfer.size)
 
     def _place(
         self, src: ArtifactUri, key: str, work: Path, payload: Path, digest: str, size: int
@@ -278,21 +326,6 @@ class ArtifactStore:
         return placed
 
     # -- eviction ------------------------------------------------------------------
-
-    def _make_room(self, token: str, key: str, size: int) -> None:
-        """Reserve `size` bytes for download `token` (of entry `key`): the quarantine first,
-        then unused entries (LRU) are deleted to make room, or RESOURCE_EXHAUSTED."""
-        candidates = [Candidate(k, n, str(p)) for k, n, p in self._quarantine.items()]
-        candidates += [Candidate(e.key, e.size, without_query(e.uri)) for e in self.entries()]
-        victims = self.budget.reserve(token, size, candidates, replacing=key)
-        for victim in victims:  # the files go outside the lock
-            log.info(
-                "evicting %s (%d bytes, unused) from the artifact cache", victim.label, victim.size
-            )
-            try:
-                self._drop(victim.key)
-            finally:
-                self.budget.evicted(victim.key)
 
     def _drop(self, key: str) -> None:
         if key.startswith(PREFIX):
@@ -323,11 +356,11 @@ class ArtifactStore:
     def _prepare(self) -> None:
         if self._prepared:
             return
-        for d in (self.objects, self.tmp):
+        for d in (self.objects, self.tmp, self.locks):
             d.mkdir(parents=True, exist_ok=True)
         cutoff = time.time() - _STALE_TMP_S
         for leftover in self.tmp.iterdir():
-            if leftover.stat().st_mtime < cutoff:
+            if abandoned(leftover, cutoff):  # never another live process's download
                 shutil.rmtree(leftover, ignore_errors=True)
         self._prepared = True
 
