@@ -21,7 +21,7 @@ LLAMA_CMAKE_ARGS="${CMAKE_ARGS:-$LLAMA_CMAKE_ARGS}"
 LLAMA_KEY="$LLAMA_CMAKE_ARGS $CPU_FLAGS"
 LLAMA_HASH="$("$VENV/bin/python" -c 'import hashlib, sys; print(hashlib.sha256(sys.argv[1].encode()).hexdigest()[:12])' "$LLAMA_KEY")"
 LLAMA_CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/modelyard/llama-cpp-$LLAMA_HASH"
-LLAMA_PIN="$(sed -n 's/^llamacpp = \["\(llama-cpp-python==[^"]*\)"\]/\1/p' pyproject.toml)"
+LLAMA_PIN="$(sed -n 's/^llamacpp = \["\(llama-cpp-python==[^"]*\)".*/\1/p' pyproject.toml)"
 if [ -z "$LLAMA_PIN" ]; then
   echo "install-llama.sh: no llama-cpp-python pin found in pyproject.toml" >&2
   exit 1
