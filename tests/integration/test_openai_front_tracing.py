@@ -113,9 +113,9 @@ def test_ignored_parameters_are_served_and_listed(
         model=smollm2.name,
         messages=[{"role": "user", "content": "Hello"}],
         max_tokens=2,
-        extra_body={"guided_choice": ["yes", "no"], "mirostat": 2},
+        extra_body={"guided_decoding_backend": "xgrammar", "mirostat": 2},
     )
-    assert raw.headers[IGNORED_HEADER] == "guided_choice,mirostat"
+    assert raw.headers[IGNORED_HEADER] == "guided_decoding_backend,mirostat"
     assert raw.parse().choices[0].finish_reason in ("stop", "length")
     # Still refused, ignored or not: a known parameter modelyard cannot honour.
     with pytest.raises(openai.BadRequestError) as caught:
