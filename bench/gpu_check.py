@@ -102,18 +102,18 @@ def _checkpoint(run: Run, root: Path) -> tuple[Path, int] | None:
 
 
 def _worker_checks(run: Run, tiny: tuple[Path, int], device: str, args: argparse.Namespace) -> None:
-    from bench.gpu_worker import Plan, run_worker_checks
-
-    plan = Plan(
-        tiny[0],
-        tiny[1],
-        device,
-        tiny[0].parent,
-        tokens=args.tokens,
-        streams=args.streams,
-        threads=args.threads,
-    )
     try:
+        from bench.gpu_worker import Plan, run_worker_checks
+
+        plan = Plan(
+            tiny[0],
+            tiny[1],
+            device,
+            tiny[0].parent,
+            tokens=args.tokens,
+            streams=args.streams,
+            threads=args.threads,
+        )
         for check in asyncio.run(run_worker_checks(plan)):
             run.add(check)
     except Exception as err:
@@ -134,7 +134,9 @@ def check(args: argparse.Namespace) -> int:
         if not can_build:
             run.add(skipped("tiny checkpoint", "needs torch and transformers"))
         _vllm_checks(run, tiny[0] if tiny else None, args)
-        if missing or tiny is None or device == "none":
+        if gpu_env.python_too_old():
+            run.add(skipped("transformers engine through a worker", "modelyard needs Python 3.11"))
+        elif missing or tiny is None or device == "none":
             reason = f"missing {', '.join(missing)}" if missing else f"device {device}"
             run.add(skipped("transformers engine through a worker", reason))
         else:

@@ -33,6 +33,7 @@ PACKAGES = (
 # What the worker checks import (the service's own dependencies and the engine's).
 NEEDED = ("torch", "transformers", "tokenizers", "grpc", "grpc_health", "google.protobuf")
 NEEDED_ALSO = ("pydantic", "pydantic_settings")
+MIN_PYTHON = (3, 11)  # pyproject's requires-python: the worker's code needs it
 
 _PROBE_VLLM = """
 import json, sys
@@ -87,6 +88,10 @@ def missing_modules() -> list[str]:
         except (ImportError, ValueError):
             gone.append(name)
     return gone
+
+
+def python_too_old() -> bool:
+    return sys.version_info[:2] < MIN_PYTHON
 
 
 def torch_device() -> str:

@@ -72,6 +72,10 @@ SKIP = {
     "--registry registry:50051 --admin-token": "as above: a secured cluster's names",
     'Client("router:50050", api_key="k1"': "as above: a secured cluster's names",
     "export MODELYARD_WORKER_TLS_CERT_FILE": "a pod's mounted certificates",
+    "bash bench/gpu_check.sh  ": (
+        "the first line needs a GPU machine; tests/integration/test_gpu_check_dry_run.py "
+        "runs the CPU dry run of the second"
+    ),
 }
 
 # Phrases of the blocks the test runs (each test below names its own).
