@@ -51,6 +51,7 @@ VLLM_TESTS=(
   tests/unit/worker/test_engine_transformers_embed.py
   tests/integration/test_vllm_engine.py
   tests/integration/test_vllm_worker.py
+  tests/integration/test_gpu_check_dry_run.py
 )
 
 # --strict-markers: a mistyped marker is an error, not a silent no-op; -rsxX lists every

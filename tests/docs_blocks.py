@@ -78,6 +78,10 @@ SKIP = {
         "with the same arguments against a TLS mesh"
     ),
     "export MODELYARD_WORKER_TLS_CERT_FILE": "a pod's mounted certificates",
+    "bash bench/gpu_check.sh  ": (
+        "the first line needs a GPU machine; tests/integration/test_gpu_check_dry_run.py "
+        "runs the CPU dry run of the second"
+    ),
 }
 
 # Phrases of the blocks the test runs (each test below names its own).
