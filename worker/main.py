@@ -134,23 +134,8 @@ async def start_worker(
     device, device_name = detect_device(manager.engines)
     # The id and address may depend on the port bound below: placeholders until then.
     identity = WorkerIdentity(settings.worker_id, settings.address, device, device_name)
-    limits, keepalive_s = settings.limits, settings.generate_keepalive_s
-    outputs = OutputPlanner(
-        ceiling=settings.max_output_tokens_ceiling,
-        estimate=OutputEstimate(settings.expected_output_tokens),
-    )
-    reports = OutcomeReporter(
-        settings.outcome_routers, token=settings.outcome_token, tls=settings.tls
-    )
-    servicer = WorkerServicer(
-        manager,
-        identity,
-        catalogue,
-        limits=limits,
-        keepalive_s=keepalive_s,
-        outputs=outputs,
-        reports=reports,
-    )
+    servicer = _servicer(settings, manager, identity, catalogue)
+    outputs = servicer.outputs
 
     def register(server: grpc.aio.Server) -> None:
         worker_pb2_grpc.add_WorkerServiceServicer_to_server(servicer, server)
@@ -178,7 +163,37 @@ async def start_worker(
         stop_metrics = serve_metrics(manager, host, settings.metrics_port, outputs.estimate)
     preloading = await _start_preloading(manager, catalogue, entries, running.health)
     return RunningWorker(
-        running, manager, servicer.identity, catalogue, preloading, stop_metrics, outputs, reports
+        running,
+        manager,
+        servicer.identity,
+        catalogue,
+        preloading,
+        stop_metrics,
+        outputs,
+        servicer.reports,
+    )
+
+
+def _servicer(
+    settings: WorkerSettings, manager: ModelManager, identity: WorkerIdentity, catalogue: Catalogue
+) -> WorkerServicer:
+    outputs = OutputPlanner(
+        ceiling=settings.max_output_tokens_ceiling,
+        estimate=OutputEstimate(settings.expected_output_tokens),
+    )
+    # Direct streams' outcomes go to the routers the settings name, never to one a ticket
+    # or a client names.
+    reports = OutcomeReporter(
+        settings.outcome_routers, token=settings.outcome_token, tls=settings.tls
+    )
+    return WorkerServicer(
+        manager,
+        identity,
+        catalogue,
+        limits=settings.limits,
+        keepalive_s=settings.generate_keepalive_s,
+        outputs=outputs,
+        reports=reports,
     )
 
 

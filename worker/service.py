@@ -220,8 +220,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                     stream = with_tool_calls(stream, tool_parser)
                 stack.push_async_callback(stream.aclose)
                 relay = self._relay(stream, lease, request, clock, spans, deadline, live)
-                if report is not None:
-                    relay = report.watch(relay)
+                relay = report.watch(relay) if report is not None else relay
                 await CoalescingWriter[WorkerEvent](out).write_all(relay)
         except BaseException as err:
             error = err
