@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Mapping
-from typing import cast
+from typing import TYPE_CHECKING, TypeAlias, cast
 
 import grpc
 
@@ -28,7 +28,8 @@ from modelyard.v1 import router_pb2, router_pb2_grpc, worker_pb2
 log = logging.getLogger(__name__)
 
 WorkerEvent = worker_pb2.WorkerServiceGenerateResponse
-RouterStub = router_pb2_grpc.RouterServiceAsyncStub
+if TYPE_CHECKING:  # the async stub type exists only in the .pyi
+    RouterStub: TypeAlias = router_pb2_grpc.RouterServiceAsyncStub
 # Worth another try: the router is away or busy, not refusing the report.
 _TRANSIENT = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 
