@@ -69,7 +69,6 @@ class PendingPicks:
 
     def add(self, pick: Pick) -> None:
         """Record a pick whose slot `hold` took; it counts on its worker from now on."""
-        self.forget_request(pick.key, pick.request_id)
         self._picks[pick.nonce] = pick
         self._by_request[(pick.key, pick.request_id)] = pick.nonce
         self._in_flight[pick.worker] += 1
