@@ -14,6 +14,7 @@ import pytest
 from modelyard.bearer import bearer_metadata
 from modelyard.client import AsyncClient, Client
 from modelyard.errors import from_rpc_error
+from modelyard.refs import model_key
 from modelyard.server import start_server
 from modelyard.tickets import TICKET_METADATA
 from modelyard.v1 import common_pb2, router_pb2, worker_pb2, worker_pb2_grpc
@@ -133,7 +134,7 @@ async def test_a_direct_request_counts_until_the_worker_reports_it(tmp_path: Pat
         assert after.requests == before.requests + 1
         assert after.output_tokens == before.output_tokens + 6
         assert after.ttft.p50_ms > 0 and after.errors == before.errors
-        latency = mesh.router.parts.accounting.latency.get(worker, "sim-a@1")
+        latency = mesh.router.parts.accounting.latency.get(worker, model_key("sim-a", "1"))
         assert latency.ttft_ms is not None
 
 
