@@ -119,10 +119,12 @@ class Role:
 @dataclass(frozen=True)
 class TicketAdmission:
     """Router-signed tickets admit a caller too; `binding` says which (request id, model)
-    a parsed request is for, so a ticket is redeemed only for the request it names."""
+    a parsed request is for, so a ticket is redeemed only for the request it names;
+    `limits` raises when the request asks for more than the ticket grants."""
 
     verifier: TicketVerifier
     binding: Callable[[Any], tuple[str, str]]
+    limits: Callable[[Claims, Any], None] | None = None
 
     def admit(self, action: str, ticket: str) -> Caller | ModelyardError:
         try:
@@ -132,6 +134,8 @@ class TicketAdmission:
         return Caller(f"a ticket holder for {action}", f"ticket:{claims.key_id}", ticket=claims)
 
     def redeem(self, claims: Claims, request: Any) -> None:
+        if self.limits is not None:
+            self.limits(claims, request)
         self.verifier.redeem(claims, *self.binding(request))
 
 

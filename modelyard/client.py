@@ -16,8 +16,7 @@ RESOURCE_EXHAUSTED are retried before the first event arrives, never after
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self
 
@@ -25,41 +24,28 @@ import grpc
 
 from modelyard.bearer import bearer_metadata
 from modelyard.client_connection import DEFAULT_ADDRESS, Connection
+from modelyard.client_streams import (
+    AsyncGenerationStream,
+    Delta,
+    GenerationStream,
+)
+from modelyard.direct import AsyncDirectCall, DirectCall, Picks, WorkerChannels
 from modelyard.errors import from_rpc_error
 from modelyard.v1 import common_pb2, router_pb2, router_pb2_grpc
 
-__all__ = ["DEFAULT_ADDRESS", "AsyncClient", "Client", "Connection", "Delta", "build_request"]
+__all__ = [
+    "DEFAULT_ADDRESS",
+    "AsyncClient",
+    "AsyncGenerationStream",
+    "Client",
+    "Connection",
+    "Delta",
+    "GenerationStream",
+    "build_request",
+]
 DEFAULT_TIMEOUT_S = 300.0
 
 Message = common_pb2.ChatMessage | Mapping[str, str]
-
-
-@dataclass(frozen=True)
-class Delta:
-    """Newly generated text and the ids of the tokens behind it."""
-
-    text: str
-    token_ids: tuple[int, ...]
-
-
-@dataclass
-class _StreamState:
-    started: common_pb2.GenerationStarted | None = None
-    finished: common_pb2.GenerationFinished | None = None
-    chunks: list[str] = field(default_factory=list)
-
-    def absorb(self, event: router_pb2.GenerateResponse) -> None:
-        kind = event.WhichOneof("event")
-        if kind == "started":
-            self.started = event.started
-        elif kind == "finished":
-            self.finished = event.finished
-        elif kind == "delta":
-            self.chunks.append(event.delta.text)
-
-    @property
-    def text(self) -> str:
-        return "".join(self.chunks)
 
 
 def build_request(
@@ -101,72 +87,6 @@ def _message(m: Message) -> common_pb2.ChatMessage:
     if isinstance(m, common_pb2.ChatMessage):
         return m
     return common_pb2.ChatMessage(role=m["role"], content=m["content"], name=m.get("name", ""))
-
-
-class _Stream:
-    """What both stream flavours share: the call, and what arrived so far."""
-
-    def __init__(self, call: Any) -> None:
-        self._call = call
-        self._state = _StreamState()
-
-    def cancel(self) -> None:
-        """Stop the generation; the worker stops decoding."""
-        self._call.cancel()
-
-    @property
-    def started(self) -> common_pb2.GenerationStarted | None:
-        return self._state.started
-
-    @property
-    def finished(self) -> common_pb2.GenerationFinished | None:
-        return self._state.finished
-
-    @property
-    def text(self) -> str:
-        """The text received so far."""
-        return self._state.text
-
-
-def _delta(event: router_pb2.GenerateResponse) -> Delta | None:
-    if event.WhichOneof("event") != "delta":
-        return None
-    return Delta(event.delta.text, tuple(event.delta.token_ids))
-
-
-class GenerationStream(_Stream):
-    """A streamed generation: iterate for deltas; `started`/`finished` bracket them."""
-
-    def __iter__(self) -> Iterator[Delta]:
-        for event in self.events():
-            if (delta := _delta(event)) is not None:
-                yield delta
-
-    def events(self) -> Iterator[router_pb2.GenerateResponse]:
-        """Iterate the raw protocol events (started, deltas, finished) instead of deltas."""
-        try:
-            for event in self._call:
-                self._state.absorb(event)
-                yield event
-        except grpc.RpcError as err:
-            raise from_rpc_error(err) from err
-
-
-class AsyncGenerationStream(_Stream):
-    """The asyncio twin of GenerationStream: `async for delta in stream`."""
-
-    async def __aiter__(self) -> AsyncIterator[Delta]:
-        async for event in self.events():
-            if (delta := _delta(event)) is not None:
-                yield delta
-
-    async def events(self) -> AsyncIterator[router_pb2.GenerateResponse]:
-        try:
-            async for event in self._call:
-                self._state.absorb(event)
-                yield event
-        except grpc.RpcError as err:
-            raise from_rpc_error(err) from err
 
 
 def _complete_request(kwargs: dict[str, Any]) -> router_pb2.CompleteRequest:
@@ -222,6 +142,7 @@ class Client(_Base):
         super().__init__(address, timeout_s, metadata, **connection)
         self._channel = self.connection.channel()
         self._stub = router_pb2_grpc.RouterServiceStub(self._channel)
+        self._workers = WorkerChannels(self.connection, aio=False)  # direct streams
 
     def _unary(self, method: Any, request: Any, timeout_s: float | None = None) -> Any:
         try:
@@ -229,8 +150,15 @@ class Client(_Base):
         except grpc.RpcError as err:
             raise from_rpc_error(err) from err
 
-    def generate(self, *, timeout_s: float | None = None, **kwargs: Any) -> GenerationStream:
-        """Start a streamed generation; see `build_request` for the arguments."""
+    def generate(
+        self, *, timeout_s: float | None = None, direct: bool = False, **kwargs: Any
+    ) -> GenerationStream:
+        """Start a streamed generation; see `build_request` for the arguments. `direct`:
+        stream from the worker the router picks, the router off the token path
+        (modelyard/direct.py; the router needs a ticket key)."""
+        if direct:
+            picks = Picks(build_request(**kwargs), timeout_s or self._timeout_s)
+            return GenerationStream(DirectCall(self._stub, self._workers, picks, self._metadata))
         return GenerationStream(
             self._stub.Generate(build_request(**kwargs), **self._call_args(timeout_s))
         )
@@ -288,6 +216,7 @@ class Client(_Base):
         )
 
     def close(self) -> None:
+        self._workers.close()
         self._channel.close()
 
     def __enter__(self) -> Self:
@@ -316,6 +245,7 @@ class AsyncClient(_Base):
         super().__init__(address, timeout_s, metadata, **connection)
         self._channel = self.connection.aio_channel()
         self._stub = router_pb2_grpc.RouterServiceStub(self._channel)
+        self._workers = WorkerChannels(self.connection, aio=True)
 
     async def _unary(self, method: Any, request: Any, timeout_s: float | None = None) -> Any:
         try:
@@ -323,7 +253,13 @@ class AsyncClient(_Base):
         except grpc.RpcError as err:
             raise from_rpc_error(err) from err
 
-    def generate(self, *, timeout_s: float | None = None, **kwargs: Any) -> AsyncGenerationStream:
+    def generate(
+        self, *, timeout_s: float | None = None, direct: bool = False, **kwargs: Any
+    ) -> AsyncGenerationStream:
+        if direct:
+            picks = Picks(build_request(**kwargs), timeout_s or self._timeout_s)
+            call = AsyncDirectCall(self._stub, self._workers, picks, self._metadata)
+            return AsyncGenerationStream(call)
         return AsyncGenerationStream(
             self._stub.Generate(build_request(**kwargs), **self._call_args(timeout_s))
         )
@@ -374,6 +310,8 @@ class AsyncClient(_Base):
         )
 
     async def close(self) -> None:
+        for closing in self._workers.close():
+            await closing
         await self._channel.close()
 
     async def __aenter__(self) -> Self:

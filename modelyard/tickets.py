@@ -9,7 +9,9 @@ workers accept every configured key: rotate by adding the new public key to work
 then switching routers to the new private key, then removing the old public key.
 
 Wire form: base64url(JSON claims) "." base64url(signature over the first part), sent as
-call metadata `x-modelyard-ticket`.
+call metadata `x-modelyard-ticket`. Claims beyond the six a verifier needs (`Grant`: the
+route, arm, attempt, API key, output bound and issuing router of a direct stream) are
+optional: verifiers ignore claims they do not know, so old workers accept new tickets.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
@@ -32,10 +34,33 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from modelyard.errors import ModelyardError, PermissionDenied, Unavailable
 
 TICKET_METADATA = "x-modelyard-ticket"
-MAX_TICKET_CHARS = 1024  # claims are a few short strings: anything longer is not ours
+MAX_TICKET_CHARS = 2048  # claims are a few short strings: anything longer is not ours
 DEFAULT_TTL_S = 30.0
 MAX_TTL_S = 300.0  # a verifier refuses tickets that claim to live longer than this
 DEFAULT_MAX_OUTSTANDING = 100_000  # remembered nonces; bounded memory under any load
+
+
+@dataclass(frozen=True)
+class Grant:
+    """What the router decided for a direct stream, carried in its ticket."""
+
+    route: str = ""
+    arm: str = ""
+    attempt: int = 0
+    client: str = ""  # the API key's name (per-key accounting), "" when none
+    max_tokens: int = 0  # the most output tokens the ticket admits; 0: no bound
+    router: str = ""  # the issuing router's id: where the worker reports the outcome
+
+
+# Wire names of Grant's fields (short: a ticket travels in every direct call's metadata).
+_GRANT_CLAIMS = {
+    "route": "route",
+    "arm": "arm",
+    "attempt": "att",
+    "client": "key",
+    "max_tokens": "maxt",
+    "router": "rtr",
+}
 
 
 @dataclass(frozen=True)
@@ -46,6 +71,8 @@ class Claims:
     expires_at: float  # unix seconds
     issued_at: float
     nonce: str
+    grant: Grant = Grant()
+    raw: str = field(default="", repr=False, compare=False)  # the ticket, as proof onwards
 
 
 def _b64(data: bytes) -> str:
@@ -71,8 +98,9 @@ class TicketSigner:
             raise ValueError(f"ticket ttl must be in (0, {MAX_TTL_S:g}] seconds")
         self._key = key
         self.key_id = key_id
-        self._ttl_s = ttl_s
+        self.ttl_s = ttl_s
         self._clock = clock
+        self._own = TicketVerifier({key_id: key.public_key()}, clock=clock)
 
     @classmethod
     def from_pem_file(cls, path: str, key_id: str, *, ttl_s: float = DEFAULT_TTL_S) -> TicketSigner:
@@ -81,18 +109,44 @@ class TicketSigner:
             raise ValueError(f"{path}: the ticket key must be an Ed25519 private key")
         return cls(key, key_id, ttl_s=ttl_s)
 
-    def issue(self, request_id: str, model: str) -> str:
+    @classmethod
+    def from_setting(cls, entry: str, *, ttl_s: float = DEFAULT_TTL_S) -> TicketSigner:
+        """From a "key_id:/path/private.pem" entry (MODELYARD_ROUTER_TICKET_KEY)."""
+        key_id, sep, path = entry.partition(":")
+        if not sep or not key_id or not path:
+            raise ValueError(f"ticket key {entry!r} is not 'key_id:/path/private.pem'")
+        return cls.from_pem_file(path, key_id, ttl_s=ttl_s)
+
+    def issue(self, request_id: str, model: str, grant: Grant | None = None) -> str:
+        return self.mint(request_id, model, grant).raw
+
+    def mint(self, request_id: str, model: str, grant: Grant | None = None) -> Claims:
+        """A new ticket's claims; the ticket itself is their `raw`."""
         now = self._clock()
-        claims = {
+        extra = asdict(grant) if grant is not None else {}
+        claims: dict[str, object] = {
+            _GRANT_CLAIMS[k]: v for k, v in extra.items() if v not in ("", 0)
+        }
+        issued, expires = round(now, 3), round(now + self.ttl_s, 3)
+        nonce = secrets.token_urlsafe(12)
+        claims |= {
             "kid": self.key_id,
             "rid": request_id,
             "model": model,
-            "iat": round(now, 3),
-            "exp": round(now + self._ttl_s, 3),
-            "nonce": secrets.token_urlsafe(12),
+            "iat": issued,
+            "exp": expires,
+            "nonce": nonce,
         }
         body = _b64(json.dumps(claims, separators=(",", ":"), sort_keys=True).encode())
-        return f"{body}.{_b64(self._key.sign(body.encode()))}"
+        ticket = f"{body}.{_b64(self._key.sign(body.encode()))}"
+        return Claims(
+            self.key_id, request_id, model, expires, issued, nonce, grant or Grant(), ticket
+        )
+
+    def read(self, ticket: str) -> Claims:
+        """The claims of a ticket this signer issued (its signature checked), expired or
+        not: how long a ticket's outcome may still be reported is the router's to judge."""
+        return self._own.read(ticket)
 
 
 class TicketVerifier:
@@ -138,7 +192,7 @@ class TicketVerifier:
         """The claims of a well-formed, correctly signed, unexpired ticket; else raises.
 
         Costs one signature check and no state: safe before the request body is read."""
-        claims = self._parse(ticket)
+        claims = self.read(ticket)
         now = self._clock()
         if not (math.isfinite(claims.expires_at) and math.isfinite(claims.issued_at)):
             raise _refused("the ticket's times are not numbers", "TICKET_INVALID")
@@ -168,7 +222,8 @@ class TicketVerifier:
             )
         self._redeemed[claims.nonce] = claims.expires_at
 
-    def _parse(self, ticket: str) -> Claims:
+    def read(self, ticket: str) -> Claims:
+        """The claims of a well-formed ticket signed by a trusted key; times unchecked."""
         if len(ticket) > MAX_TICKET_CHARS or ticket.count(".") != 1:
             raise _refused("the ticket is malformed", "TICKET_INVALID")
         body, signature = ticket.split(".")
@@ -185,6 +240,8 @@ class TicketVerifier:
                 expires_at=float(fields["exp"]),
                 issued_at=float(fields["iat"]),
                 nonce=str(fields["nonce"]),
+                grant=_grant_of(fields),
+                raw=ticket,
             )
         except ModelyardError:
             raise
@@ -192,6 +249,26 @@ class TicketVerifier:
             raise _refused(
                 "the ticket is malformed or its signature is wrong", "TICKET_INVALID"
             ) from err
+
+
+def _grant_of(fields: Mapping[str, object]) -> Grant:
+    def text(name: str) -> str:
+        return str(fields.get(_GRANT_CLAIMS[name], ""))
+
+    def number(name: str) -> int:
+        value = fields.get(_GRANT_CLAIMS[name], 0)
+        if not isinstance(value, int) or value < 0:
+            raise ValueError(f"claim {name} is not a count")
+        return value
+
+    return Grant(
+        route=text("route"),
+        arm=text("arm"),
+        attempt=number("attempt"),
+        client=text("client"),
+        max_tokens=number("max_tokens"),
+        router=text("router"),
+    )
 
 
 def _refused(message: str, reason: str) -> PermissionDenied:

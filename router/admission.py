@@ -26,6 +26,15 @@ class RouterAdmission:
     @contextmanager
     def admit(self, key: str = "") -> Iterator[None]:
         """Hold one slot (and one of `key`'s) for the body; refuse at once when full."""
+        self.acquire(key)
+        try:
+            yield
+        finally:
+            self.release(key)
+
+    def acquire(self, key: str = "") -> None:
+        """Take one slot (and one of `key`'s) until `release`: a direct stream's pick holds
+        its slot until the worker reports the outcome."""
         if self.in_flight >= self.max_in_flight:
             raise ResourceExhausted(
                 f"this router is running {self.in_flight} generations, its limit "
@@ -43,11 +52,10 @@ class RouterAdmission:
         self.in_flight += 1
         if key:
             self._per_key[key] += 1
-        try:
-            yield
-        finally:
-            self.in_flight -= 1
-            if key:
-                self._per_key[key] -= 1
-                if not self._per_key[key]:
-                    del self._per_key[key]
+
+    def release(self, key: str = "") -> None:
+        self.in_flight -= 1
+        if key:
+            self._per_key[key] -= 1
+            if not self._per_key[key]:
+                del self._per_key[key]

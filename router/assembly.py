@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from dataclasses import dataclass
 
 from modelyard.catalogue_cache import RegistryCache, follow
 from modelyard.loop_call import loop_caller
 from modelyard.refs import key_of
+from modelyard.tickets import TicketSigner
 from modelyard.v1 import registry_pb2_grpc, worker_pb2
 from router.accounting import Accounting
 from router.admission import RouterAdmission
@@ -19,6 +21,7 @@ from router.cache import ResponseCache
 from router.cache.build import build_response_cache
 from router.catalog import Catalog
 from router.config import RouterSettings
+from router.direct.desk import TicketDesk
 from router.metrics import RouterMetrics
 from router.outcomes import MeshOutcomes
 from router.outcomes.ops import OutcomeOps
@@ -42,6 +45,7 @@ class RouterParts:
     servicer: RouterServicer
     outcomes: OutcomeOps
     response_cache: ResponseCache | None = None
+    desk: TicketDesk | None = None
 
 
 def build(
@@ -99,10 +103,22 @@ def build(
     )
     api = RouterApi(relay, catalog, pool, embed_relay)
     outcomes = OutcomeOps(accounting.stats, mesh)
-    servicer = RouterServicer(api, pool, accounting, settings.limits, outcomes=outcomes)
+    desk = _ticket_desk(settings, relay, accounting)
+    servicer = RouterServicer(api, pool, accounting, settings.limits, outcomes=outcomes, desk=desk)
     return RouterParts(
-        catalog, cache, relay, api, accounting, metrics, servicer, outcomes, response_cache
+        catalog, cache, relay, api, accounting, metrics, servicer, outcomes, response_cache, desk
     )
+
+
+def _ticket_desk(settings: RouterSettings, relay: Relay, accounting: Accounting) -> TicketDesk:
+    """Direct streams (PickWorker, ReportOutcome); without a ticket key PickWorker says how
+    to configure one."""
+    signer = (
+        TicketSigner.from_setting(settings.ticket_key, ttl_s=settings.ticket_ttl_s)
+        if settings.ticket_key
+        else None
+    )
+    return TicketDesk(relay, accounting, signer, settings.router_id or socket.gethostname())
 
 
 def _accounting(

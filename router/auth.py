@@ -19,6 +19,8 @@ SERVICE_NAME = router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name
 # The mesh's traffic and its workers' addresses are the operators' view, not a client's.
 OPERATOR_METHODS = tuple(method_name(SERVICE_NAME, m) for m in ("GetRoutingStats", "ListWorkers"))
 OPERATOR_PATHS = ("/v1/stats",)
+# Workers report direct streams' outcomes; a client must never report its own.
+REPORTER_METHODS = (method_name(SERVICE_NAME, "ReportOutcome"),)
 OPERATOR_ROLE_NAME = "an operator"
 _CLIENT_HINT = (
     "SDK: Client(api_key=...); CLI: --api-key or MODELYARD_API_KEY; OpenAI clients: their api_key"
@@ -61,18 +63,54 @@ def operator_rule(
     return Rule(OPERATOR_METHODS + OPERATOR_PATHS, operator)
 
 
+def reporter_rule(
+    client: Role, reporter_tokens: Iterable[str] = (), reporter_identities: Iterable[str] = ()
+) -> Rule:
+    """REPORTER_METHODS are for workers holding a reporter token (and/or identity); with
+    none set they are open only where clients are (the local default), else closed."""
+    role = Role.of(
+        "a worker reporting outcomes",
+        reporter_tokens,
+        reporter_identities,
+        "set MODELYARD_ROUTER_OUTCOME_REPORTER_TOKENS and the worker's "
+        "MODELYARD_WORKER_OUTCOME_TOKEN",
+        "a reporter token",
+    )
+    sealed = client.configured and not role.configured
+    return Rule(REPORTER_METHODS, dataclasses.replace(role, sealed=sealed))
+
+
 def router_rules(
-    api_keys: Sequence[str], identities: Sequence[str] = (), operator_keys: Sequence[str] = ()
+    api_keys: Sequence[str],
+    identities: Sequence[str] = (),
+    operator_keys: Sequence[str] = (),
+    *,
+    reporter_tokens: Sequence[str] = (),
+    reporter_identities: Sequence[str] = (),
 ) -> list[Rule]:
-    """The rules both fronts check, the narrower (operator) one first."""
+    """The rules both fronts check, the narrower (reporter, operator) ones first."""
     return [
+        reporter_rule(client_role(api_keys, identities), reporter_tokens, reporter_identities),
         operator_rule(api_keys, identities, operator_keys),
         client_rule(api_keys, identities, operator_keys),
     ]
 
 
 def router_gate(
-    api_keys: Sequence[str], identities: Sequence[str] = (), operator_keys: Sequence[str] = ()
+    api_keys: Sequence[str],
+    identities: Sequence[str] = (),
+    operator_keys: Sequence[str] = (),
+    *,
+    reporter_tokens: Sequence[str] = (),
+    reporter_identities: Sequence[str] = (),
 ) -> AccessGate:
     """The router's server interceptor."""
-    return AccessGate(router_rules(api_keys, identities, operator_keys))
+    return AccessGate(
+        router_rules(
+            api_keys,
+            identities,
+            operator_keys,
+            reporter_tokens=reporter_tokens,
+            reporter_identities=reporter_identities,
+        )
+    )

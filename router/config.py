@@ -289,6 +289,32 @@ class RouterSettings(ServiceSettings):
         default="",
         description="This replica's name in stored outcomes; empty: the host name.",
     )
+    ticket_key: str = Field(
+        default="",
+        description=(
+            "'key_id:/path/private.pem' (Ed25519): signs the tickets PickWorker issues for "
+            "direct streams; workers verify them with the public key in "
+            "MODELYARD_WORKER_TICKET_KEYS. Empty: PickWorker is FAILED_PRECONDITION."
+        ),
+    )
+    ticket_ttl_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=300,
+        description="Seconds a ticket admits its worker call (redeemed when the call starts).",
+    )
+    outcome_reporter_tokens: CommaList = Field(
+        default_factory=list,
+        description=(
+            "Tokens of workers reporting direct streams' outcomes (ReportOutcome), 'name:token' "
+            "entries; workers send MODELYARD_WORKER_OUTCOME_TOKEN. Clients may not report. "
+            "Empty on a router with client keys: nobody may report."
+        ),
+    )
+    outcome_reporter_identities: CommaList = Field(
+        default_factory=list,
+        description="With mTLS: certificate SAN values of workers that may call ReportOutcome.",
+    )
     worker_api_key: str = Field(
         default="",
         description=(

@@ -68,7 +68,13 @@ async def start_router(settings: RouterSettings) -> RunningRouter:
             tls=settings.tls,
             limits=settings.limits,
             interceptors=[
-                router_gate(settings.api_keys, settings.client_identities, settings.operator_keys)
+                router_gate(
+                    settings.api_keys,
+                    settings.client_identities,
+                    settings.operator_keys,
+                    reporter_tokens=settings.outcome_reporter_tokens,
+                    reporter_identities=settings.outcome_reporter_identities,
+                )
             ],
         )
         stack.push_async_callback(running.stop, STOP_GRACE_S)

@@ -10,7 +10,7 @@ import grpc
 from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 from grpc_status import rpc_status
 
-from modelyard.errors import grpc_errors
+from modelyard.errors import Unimplemented, grpc_errors
 from modelyard.limits import ServerLimits
 from modelyard.streaming import BoundedStream, CoalescingWriter
 from modelyard.tool_validation import MAX_TOOL_CALLS
@@ -18,6 +18,7 @@ from modelyard.v1 import common_pb2, router_pb2, router_pb2_grpc
 from router.accounting import Accounting
 from router.api import RouterApi
 from router.auth import SERVICE_NAME
+from router.direct.desk import TicketDesk
 from router.outcomes.ops import OutcomeOps
 from router.relay import StreamBroken
 from router.workers import WorkerPool
@@ -38,8 +39,10 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         accounting: Accounting,
         limits: ServerLimits | None = None,
         outcomes: OutcomeOps | None = None,
+        desk: TicketDesk | None = None,
     ) -> None:
         self._api = api
+        self._desk = desk
         self._pool = pool
         self._acct = accounting
         self._limits = limits or ServerLimits()
@@ -116,6 +119,23 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     ) -> router_pb2.RecordFeedbackResponse:
         await self.outcomes.record_feedback(request, time_left_s=context.time_remaining())
         return router_pb2.RecordFeedbackResponse()
+
+    @grpc_errors
+    async def PickWorker(
+        self, request: router_pb2.PickWorkerRequest, context: Context
+    ) -> router_pb2.PickWorkerResponse:
+        if self._desk is None:
+            raise Unimplemented("this router issues no tickets")
+        return await self._desk.pick(request, timeout_s=context.time_remaining())
+
+    @grpc_errors
+    async def ReportOutcome(
+        self, request: router_pb2.ReportOutcomeRequest, context: Context
+    ) -> router_pb2.ReportOutcomeResponse:
+        if self._desk is None:
+            raise Unimplemented("this router issues no tickets")
+        self._desk.report(request)
+        return router_pb2.ReportOutcomeResponse()
 
     async def _events(
         self, request: router_pb2.GenerateRequest, context: Context

@@ -11,8 +11,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from modelyard.auth import AccessGate, Role, Rule, TicketAdmission, method_name
+from modelyard.errors import PermissionDenied
 from modelyard.refs import key_of
-from modelyard.tickets import TicketVerifier
+from modelyard.tickets import Claims, TicketVerifier
 from modelyard.v1 import worker_pb2
 
 SERVICE_NAME = worker_pb2.DESCRIPTOR.services_by_name["WorkerService"].full_name
@@ -26,6 +27,19 @@ ROUTER_METHODS = (GENERATE, EMBED, *STATUS_METHODS)
 
 def _ticket_binding(request: worker_pb2.WorkerServiceGenerateRequest) -> tuple[str, str]:
     return request.request_id, key_of(request.model)
+
+
+def _ticket_limits(claims: Claims, request: worker_pb2.WorkerServiceGenerateRequest) -> None:
+    """A ticket that bounds the output admits no request that asks for more (or for no
+    bound at all: the output ceiling the router prepared is part of what it granted)."""
+    bound = claims.grant.max_tokens
+    asked = request.sampling.max_tokens or request.max_output_tokens_ceiling
+    if bound and not 0 < asked <= bound:
+        raise PermissionDenied(
+            f"the ticket admits at most {bound} output tokens; the request asks for "
+            f"{asked or 'no bound'}: send the worker_request PickWorker returned",
+            reason="TICKET_LIMIT",
+        )
 
 
 def worker_gate(
@@ -53,7 +67,11 @@ def worker_gate(
         "routers: MODELYARD_ROUTER_WORKER_API_KEY",
         "the worker's API key",
     )
-    admission = TicketAdmission(tickets, _ticket_binding) if tickets and tickets.enabled else None
+    admission = (
+        TicketAdmission(tickets, _ticket_binding, _ticket_limits)
+        if tickets and tickets.enabled
+        else None
+    )
     return AccessGate(
         [
             Rule(ADMIN_METHODS, operator),

@@ -240,6 +240,21 @@ class WorkerSettings(ServiceSettings):
             "keys while rotating. Empty: no tickets."
         ),
     )
+    outcome_routers: dict[str, str] = Field(
+        default_factory=dict,
+        description=(
+            'Router id -> host:port, JSON, e.g. {"router-0": "router-0.routers:50050"}: where '
+            "the outcome of a ticketed (direct) Generate is reported, by the router id its "
+            "ticket names. Only these addresses are ever dialled; a ticket naming another "
+            "router is served, its outcome not reported."
+        ),
+    )
+    outcome_token: str = Field(
+        default="",
+        description=(
+            "Sent to routers on ReportOutcome (their MODELYARD_ROUTER_OUTCOME_REPORTER_TOKENS)."
+        ),
+    )
     router_identities: CommaList = Field(
         default_factory=list,
         description=(

@@ -8,6 +8,7 @@ one gRPC server.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 from collections.abc import Callable, Mapping
@@ -34,6 +35,7 @@ from worker.config import WorkerSettings
 from worker.counters import ChangeNotifier
 from worker.engines import EngineFactory, available_engines
 from worker.metrics import serve_metrics
+from worker.outcome_reports import OutcomeReporter
 from worker.output_plan import OutputPlanner
 from worker.residency import ModelLoader, ModelManager
 from worker.residency.preload import preload, read_preload
@@ -44,6 +46,7 @@ from worker.status import WorkerIdentity, detect_device
 log = logging.getLogger(__name__)
 
 STOP_GRACE_S = 5.0
+REPORT_FLUSH_S = 2.0
 # Health service name that turns SERVING once every preloaded model is warm (a pod's
 # readiness probe asks for it; liveness asks for the server as a whole).
 PRELOADED = "modelyard.worker.preloaded"
@@ -72,6 +75,8 @@ class RunningWorker:
     _stop_metrics: Callable[[], None] | None = field(default=None, repr=False)
     # What requests without max_tokens are planned at (per-model expected output).
     outputs: OutputPlanner = field(default_factory=OutputPlanner)
+    # Outcomes of direct (ticketed) generations, on their way to the routers.
+    reports: OutcomeReporter | None = None
 
     @property
     def port(self) -> int:
@@ -83,6 +88,10 @@ class RunningWorker:
         if self.preloading is not None:
             self.preloading.cancel()
         await self.server.stop(grace_s)
+        if self.reports is not None:  # the last direct streams' outcomes, briefly
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.reports.flush(), REPORT_FLUSH_S)
+            await self.reports.close()
         self.manager.loader.store.close()  # downloads in progress end at their next block
         await self.manager.close()
         await self.catalogue.close()
@@ -125,14 +134,8 @@ async def start_worker(
     device, device_name = detect_device(manager.engines)
     # The id and address may depend on the port bound below: placeholders until then.
     identity = WorkerIdentity(settings.worker_id, settings.address, device, device_name)
-    limits, keepalive_s = settings.limits, settings.generate_keepalive_s
-    outputs = OutputPlanner(
-        ceiling=settings.max_output_tokens_ceiling,
-        estimate=OutputEstimate(settings.expected_output_tokens),
-    )
-    servicer = WorkerServicer(
-        manager, identity, catalogue, limits=limits, keepalive_s=keepalive_s, outputs=outputs
-    )
+    servicer = _servicer(settings, manager, identity, catalogue)
+    outputs = servicer.outputs
 
     def register(server: grpc.aio.Server) -> None:
         worker_pb2_grpc.add_WorkerServiceServicer_to_server(servicer, server)
@@ -160,7 +163,37 @@ async def start_worker(
         stop_metrics = serve_metrics(manager, host, settings.metrics_port, outputs.estimate)
     preloading = await _start_preloading(manager, catalogue, entries, running.health)
     return RunningWorker(
-        running, manager, servicer.identity, catalogue, preloading, stop_metrics, outputs
+        running,
+        manager,
+        servicer.identity,
+        catalogue,
+        preloading,
+        stop_metrics,
+        outputs,
+        servicer.reports,
+    )
+
+
+def _servicer(
+    settings: WorkerSettings, manager: ModelManager, identity: WorkerIdentity, catalogue: Catalogue
+) -> WorkerServicer:
+    outputs = OutputPlanner(
+        ceiling=settings.max_output_tokens_ceiling,
+        estimate=OutputEstimate(settings.expected_output_tokens),
+    )
+    # Direct streams' outcomes go to the routers the settings name, never to one a ticket
+    # or a client names.
+    reports = OutcomeReporter(
+        settings.outcome_routers, token=settings.outcome_token, tls=settings.tls
+    )
+    return WorkerServicer(
+        manager,
+        identity,
+        catalogue,
+        limits=settings.limits,
+        keepalive_s=settings.generate_keepalive_s,
+        outputs=outputs,
+        reports=reports,
     )
 
 

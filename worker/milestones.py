@@ -4,16 +4,26 @@ its spans (worker.queue -> engine.prefill -> engine.decode)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.util.types import AttributeValue
 
-from modelyard.v1 import common_pb2
+from modelyard.genai import (
+    operation_name,
+    request_attributes,
+    response_attributes,
+    sampling_attributes,
+)
+from modelyard.refs import ModelKey
+from modelyard.v1 import common_pb2, worker_pb2
 from worker.engines.base import Finished
+from worker.residency import Lease
 
 tracer = trace.get_tracer("modelyard.worker")
+log = logging.getLogger("worker.service")
 
 
 class Clock:
@@ -105,3 +115,35 @@ class Spans:
         if span is not None:
             span.end()
             setattr(self, name, None)
+
+
+def log_finished(
+    request_id: str, lease: Lease, event: Finished, finished: common_pb2.GenerationFinished
+) -> None:
+    log.debug(
+        "%s on %s: %d prompt + %d output tokens, %s, ttft %.0f ms, %.1f tok/s",
+        request_id or "-",
+        lease.resident.key,
+        finished.usage.input_tokens,
+        finished.usage.output_tokens,
+        event.reason.value,
+        finished.timings.ttft_ms,
+        finished.timings.decode_tokens_per_second,
+    )
+
+
+def span_attributes(
+    request: worker_pb2.WorkerServiceGenerateRequest, key: ModelKey, request_id: str
+) -> dict[str, AttributeValue]:
+    """The request's span attributes; route and arm as the router sent them, for tracing only."""
+    attributes: dict[str, AttributeValue] = {
+        **request_attributes(operation_name(bool(request.messages)), key),
+        **sampling_attributes(request.sampling),
+        **response_attributes(key, request_id),
+        "modelyard.request_id": request_id,
+    }
+    if request.route:
+        attributes["modelyard.route"] = request.route
+    if request.arm:
+        attributes["modelyard.arm"] = request.arm
+    return attributes

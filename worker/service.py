@@ -19,14 +19,10 @@ from typing import Any
 import grpc
 from google.protobuf import duration_pb2
 from opentelemetry import trace
-from opentelemetry.util.types import AttributeValue
 
 from modelyard.errors import InvalidArgument, grpc_errors
 from modelyard.genai import (
     operation_name,
-    request_attributes,
-    response_attributes,
-    sampling_attributes,
     span_name,
 )
 from modelyard.limits import ServerLimits
@@ -58,7 +54,8 @@ from worker.liveness import (
     Phase,
     interval_of,
 )
-from worker.milestones import Clock, Spans
+from worker.milestones import Clock, Spans, log_finished, span_attributes
+from worker.outcome_reports import OutcomeReporter
 from worker.output_plan import OutputPlanner
 from worker.residency import Lease, ModelManager, ResidencyState
 from worker.sampling_fields import logprobs_of, output_format_of, token_logprobs_pb
@@ -142,38 +139,6 @@ def seconds_of(duration: duration_pb2.Duration) -> float:
     return duration.seconds + duration.nanos / 1e9
 
 
-def _log_finished(
-    request_id: str, lease: Lease, event: Finished, finished: common_pb2.GenerationFinished
-) -> None:
-    log.debug(
-        "%s on %s: %d prompt + %d output tokens, %s, ttft %.0f ms, %.1f tok/s",
-        request_id or "-",
-        lease.resident.key,
-        finished.usage.input_tokens,
-        finished.usage.output_tokens,
-        event.reason.value,
-        finished.timings.ttft_ms,
-        finished.timings.decode_tokens_per_second,
-    )
-
-
-def _span_attributes(
-    request: worker_pb2.WorkerServiceGenerateRequest, key: ModelKey, request_id: str
-) -> dict[str, AttributeValue]:
-    """The request's span attributes; route and arm as the router sent them, for tracing only."""
-    attributes: dict[str, AttributeValue] = {
-        **request_attributes(operation_name(bool(request.messages)), key),
-        **sampling_attributes(request.sampling),
-        **response_attributes(key, request_id),
-        "modelyard.request_id": request_id,
-    }
-    if request.route:
-        attributes["modelyard.route"] = request.route
-    if request.arm:
-        attributes["modelyard.arm"] = request.arm
-    return attributes
-
-
 class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
     def __init__(
         self,
@@ -184,8 +149,10 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         limits: ServerLimits | None = None,
         keepalive_s: float = DEFAULT_KEEPALIVE_S,
         outputs: OutputPlanner | None = None,
+        reports: OutcomeReporter | None = None,
     ) -> None:
         self._manager = manager
+        self.reports = reports  # outcomes of ticketed (direct) requests, to their router
         self.outputs = outputs if outputs is not None else OutputPlanner()
         self.identity = identity
         self._catalogue = catalogue
@@ -222,9 +189,10 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         req, tool_parser = with_tools(engine_request(request), request.tools, request.tool_choice)
         request_id = request.request_id or req.request_id
         operation = operation_name(bool(request.messages))
-        spans = Spans(span_name(operation, key), _span_attributes(request, key, request_id))
+        spans = Spans(span_name(operation, key), span_attributes(request, key, request_id))
         out = BoundedStream(context, self._limits, "worker")
         live = Liveness(out, self._keepalive_s)
+        report = self.reports.begin() if self.reports is not None else None
         error: BaseException | None = None
         try:
             async with out.bounded(), live.running(), contextlib.AsyncExitStack() as stack:
@@ -252,12 +220,15 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                     stream = with_tool_calls(stream, tool_parser)
                 stack.push_async_callback(stream.aclose)
                 relay = self._relay(stream, lease, request, clock, spans, deadline, live)
+                relay = report.watch(relay) if report is not None else relay
                 await CoalescingWriter[WorkerEvent](out).write_all(relay)
         except BaseException as err:
             error = err
             raise
         finally:
             spans.close(error)
+            if report is not None:
+                report.end(error)
         nothing: tuple[worker_pb2.WorkerServiceGenerateResponse, ...] = ()
         for event in nothing:  # an async generator that yields nothing (see above)
             yield event
@@ -300,7 +271,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                 spans.finished(event)
                 self.outputs.finished(request, lease.resident.key, event)
                 finished = self._finished(event, streamed, lease, clock)
-                _log_finished(request.request_id, lease, event, finished)
+                log_finished(request.request_id, lease, event, finished)
                 yield worker_pb2.WorkerServiceGenerateResponse(finished=finished)
                 return
 

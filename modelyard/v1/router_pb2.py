@@ -22,60 +22,69 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from modelyard.v1 import common_pb2 as modelyard_dot_v1_dot_common__pb2
 from modelyard.v1 import model_pb2 as modelyard_dot_v1_dot_model__pb2
 from modelyard.v1 import worker_pb2 as modelyard_dot_v1_dot_worker__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19modelyard/v1/router.proto\x12\x0cmodelyard.v1\x1a\x19modelyard/v1/common.proto\x1a\x18modelyard/v1/model.proto\x1a\x19modelyard/v1/worker.proto\"\xd2\x02\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12+\n\x08messages\x18\x03 \x03(\x0b\x32\x19.modelyard.v1.ChatMessage\x12.\n\x08sampling\x18\x04 \x01(\x0b\x32\x1c.modelyard.v1.SamplingParams\x12(\n\x08priority\x18\x05 \x01(\x0e\x32\x16.modelyard.v1.Priority\x12)\n\x05hints\x18\x06 \x01(\x0b\x32\x1a.modelyard.v1.RoutingHints\x12\x12\n\nrequest_id\x18\x07 \x01(\t\x12+\n\x05tools\x18\x08 \x03(\x0b\x32\x1c.modelyard.v1.ToolDefinition\x12-\n\x0btool_choice\x18\t \x01(\x0b\x32\x18.modelyard.v1.ToolChoice\"\xb0\x01\n\x10GenerateResponse\x12\x32\n\x07started\x18\x01 \x01(\x0b\x32\x1f.modelyard.v1.GenerationStartedH\x00\x12)\n\x05\x64\x65lta\x18\x02 \x01(\x0b\x32\x18.modelyard.v1.TokenDeltaH\x00\x12\x34\n\x08\x66inished\x18\x03 \x01(\x0b\x32 .modelyard.v1.GenerationFinishedH\x00\x42\x07\n\x05\x65vent\"\xd2\x02\n\x0f\x43ompleteRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12+\n\x08messages\x18\x03 \x03(\x0b\x32\x19.modelyard.v1.ChatMessage\x12.\n\x08sampling\x18\x04 \x01(\x0b\x32\x1c.modelyard.v1.SamplingParams\x12(\n\x08priority\x18\x05 \x01(\x0e\x32\x16.modelyard.v1.Priority\x12)\n\x05hints\x18\x06 \x01(\x0b\x32\x1a.modelyard.v1.RoutingHints\x12\x12\n\nrequest_id\x18\x07 \x01(\t\x12+\n\x05tools\x18\x08 \x03(\x0b\x32\x1c.modelyard.v1.ToolDefinition\x12-\n\x0btool_choice\x18\t \x01(\x0b\x32\x18.modelyard.v1.ToolChoice\"\xc5\x01\n\x10\x43ompleteResponse\x12\x30\n\x07started\x18\x01 \x01(\x0b\x32\x1f.modelyard.v1.GenerationStarted\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x11\n\ttoken_ids\x18\x03 \x03(\r\x12\x32\n\x08\x66inished\x18\x04 \x01(\x0b\x32 .modelyard.v1.GenerationFinished\x12*\n\ntool_calls\x18\x05 \x03(\x0b\x32\x16.modelyard.v1.ToolCall\" \n\x1eRouterServiceListModelsRequest\"I\n\rServableModel\x12\"\n\x05model\x18\x01 \x01(\x0b\x32\x13.modelyard.v1.Model\x12\x14\n\x0cwarm_workers\x18\x02 \x03(\t\"\x8d\x01\n\x1fRouterServiceListModelsResponse\x12+\n\x06models\x18\x01 \x03(\x0b\x32\x1b.modelyard.v1.ServableModel\x12#\n\x06routes\x18\x02 \x03(\x0b\x32\x13.modelyard.v1.Route\x12\x18\n\x10\x63\x61talog_revision\x18\x03 \x01(\x04\"\x9a\x01\n\nWorkerInfo\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0f\n\x07healthy\x18\x03 \x01(\x08\x12+\n\x07\x62reaker\x18\x04 \x01(\x0e\x32\x1a.modelyard.v1.BreakerState\x12*\n\x06status\x18\x05 \x01(\x0b\x32\x1a.modelyard.v1.WorkerStatus\"\x14\n\x12ListWorkersRequest\"@\n\x13ListWorkersResponse\x12)\n\x07workers\x18\x01 \x03(\x0b\x32\x18.modelyard.v1.WorkerInfo\"N\n\x16GetRoutingStatsRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05route\x18\x02 \x01(\t\x12\x16\n\x0ewindow_seconds\x18\x03 \x01(\r\"@\n\x0eLatencySummary\x12\x0e\n\x06p50_ms\x18\x01 \x01(\x01\x12\x0e\n\x06p95_ms\x18\x02 \x01(\x01\x12\x0e\n\x06p99_ms\x18\x03 \x01(\x01\"\xd0\x02\n\x0cTrafficStats\x12\x10\n\x08requests\x18\x01 \x01(\x04\x12\x0e\n\x06\x65rrors\x18\x02 \x01(\x04\x12\x14\n\x0cinput_tokens\x18\x03 \x01(\x04\x12\x15\n\routput_tokens\x18\x04 \x01(\x04\x12\x10\n\x08\x63ost_usd\x18\x05 \x01(\x01\x12*\n\x04ttft\x18\x06 \x01(\x0b\x32\x1c.modelyard.v1.LatencySummary\x12\x33\n\rtotal_latency\x18\x07 \x01(\x0b\x32\x1c.modelyard.v1.LatencySummary\x12\x1b\n\x13mean_feedback_score\x18\x08 \x01(\x01\x12\x16\n\x0e\x66\x65\x65\x64\x62\x61\x63k_count\x18\t \x01(\x04\x12\x13\n\x0bsavings_usd\x18\n \x01(\x01\x12\x17\n\x0f\x63\x61\x63hed_requests\x18\x0b \x01(\x04\x12\x1b\n\x13\x63\x61\x63hed_input_tokens\x18\x0c \x01(\x04\"Y\n\nModelStats\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12+\n\x07traffic\x18\x03 \x01(\x0b\x32\x1a.modelyard.v1.TrafficStats\"b\n\x08\x41rmStats\x12\r\n\x05route\x18\x01 \x01(\t\x12\x0b\n\x03\x61rm\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12+\n\x07traffic\x18\x04 \x01(\x0b\x32\x1a.modelyard.v1.TrafficStats\"\x96\x01\n\x17GetRoutingStatsResponse\x12(\n\x06models\x18\x01 \x03(\x0b\x32\x18.modelyard.v1.ModelStats\x12$\n\x04\x61rms\x18\x02 \x03(\x0b\x32\x16.modelyard.v1.ArmStats\x12\x11\n\tmesh_wide\x18\x03 \x01(\x08\x12\x18\n\x10outcomes_dropped\x18\x04 \x01(\x04\"K\n\x15RecordFeedbackRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\x12\x0f\n\x07\x63omment\x18\x03 \x01(\t\"\x18\n\x16RecordFeedbackResponse\"\xc5\x01\n\x0c\x45mbedRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06inputs\x18\x02 \x03(\t\x12-\n\x06params\x18\x03 \x01(\x0b\x32\x1d.modelyard.v1.EmbeddingParams\x12(\n\x08priority\x18\x04 \x01(\x0e\x32\x16.modelyard.v1.Priority\x12)\n\x05hints\x18\x05 \x01(\x0b\x32\x1a.modelyard.v1.RoutingHints\x12\x12\n\nrequest_id\x18\x06 \x01(\t\"\xdc\x01\n\rEmbedResponse\x12\x30\n\x07started\x18\x01 \x01(\x0b\x32\x1f.modelyard.v1.GenerationStarted\x12+\n\nembeddings\x18\x02 \x03(\x0b\x32\x17.modelyard.v1.Embedding\x12\"\n\x05usage\x18\x03 \x01(\x0b\x32\x13.modelyard.v1.Usage\x12&\n\x07timings\x18\x04 \x01(\x0b\x32\x15.modelyard.v1.Timings\x12 \n\x04\x63ost\x18\x05 \x01(\x0b\x32\x12.modelyard.v1.Cost*|\n\x0c\x42reakerState\x12\x1d\n\x19\x42REAKER_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x42REAKER_STATE_CLOSED\x10\x01\x12\x16\n\x12\x42REAKER_STATE_OPEN\x10\x02\x12\x1b\n\x17\x42REAKER_STATE_HALF_OPEN\x10\x03\x32\xe5\x04\n\rRouterService\x12K\n\x08Generate\x12\x1d.modelyard.v1.GenerateRequest\x1a\x1e.modelyard.v1.GenerateResponse0\x01\x12I\n\x08\x43omplete\x12\x1d.modelyard.v1.CompleteRequest\x1a\x1e.modelyard.v1.CompleteResponse\x12i\n\nListModels\x12,.modelyard.v1.RouterServiceListModelsRequest\x1a-.modelyard.v1.RouterServiceListModelsResponse\x12R\n\x0bListWorkers\x12 .modelyard.v1.ListWorkersRequest\x1a!.modelyard.v1.ListWorkersResponse\x12^\n\x0fGetRoutingStats\x12$.modelyard.v1.GetRoutingStatsRequest\x1a%.modelyard.v1.GetRoutingStatsResponse\x12[\n\x0eRecordFeedback\x12#.modelyard.v1.RecordFeedbackRequest\x1a$.modelyard.v1.RecordFeedbackResponse\x12@\n\x05\x45mbed\x12\x1a.modelyard.v1.EmbedRequest\x1a\x1b.modelyard.v1.EmbedResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19modelyard/v1/router.proto\x12\x0cmodelyard.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19modelyard/v1/common.proto\x1a\x18modelyard/v1/model.proto\x1a\x19modelyard/v1/worker.proto\"\xd2\x02\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12+\n\x08messages\x18\x03 \x03(\x0b\x32\x19.modelyard.v1.ChatMessage\x12.\n\x08sampling\x18\x04 \x01(\x0b\x32\x1c.modelyard.v1.SamplingParams\x12(\n\x08priority\x18\x05 \x01(\x0e\x32\x16.modelyard.v1.Priority\x12)\n\x05hints\x18\x06 \x01(\x0b\x32\x1a.modelyard.v1.RoutingHints\x12\x12\n\nrequest_id\x18\x07 \x01(\t\x12+\n\x05tools\x18\x08 \x03(\x0b\x32\x1c.modelyard.v1.ToolDefinition\x12-\n\x0btool_choice\x18\t \x01(\x0b\x32\x18.modelyard.v1.ToolChoice\"\xb0\x01\n\x10GenerateResponse\x12\x32\n\x07started\x18\x01 \x01(\x0b\x32\x1f.modelyard.v1.GenerationStartedH\x00\x12)\n\x05\x64\x65lta\x18\x02 \x01(\x0b\x32\x18.modelyard.v1.TokenDeltaH\x00\x12\x34\n\x08\x66inished\x18\x03 \x01(\x0b\x32 .modelyard.v1.GenerationFinishedH\x00\x42\x07\n\x05\x65vent\"\xd2\x02\n\x0f\x43ompleteRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12+\n\x08messages\x18\x03 \x03(\x0b\x32\x19.modelyard.v1.ChatMessage\x12.\n\x08sampling\x18\x04 \x01(\x0b\x32\x1c.modelyard.v1.SamplingParams\x12(\n\x08priority\x18\x05 \x01(\x0e\x32\x16.modelyard.v1.Priority\x12)\n\x05hints\x18\x06 \x01(\x0b\x32\x1a.modelyard.v1.RoutingHints\x12\x12\n\nrequest_id\x18\x07 \x01(\t\x12+\n\x05tools\x18\x08 \x03(\x0b\x32\x1c.modelyard.v1.ToolDefinition\x12-\n\x0btool_choice\x18\t \x01(\x0b\x32\x18.modelyard.v1.ToolChoice\"\xc5\x01\n\x10\x43ompleteResponse\x12\x30\n\x07started\x18\x01 \x01(\x0b\x32\x1f.modelyard.v1.GenerationStarted\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x11\n\ttoken_ids\x18\x03 \x03(\r\x12\x32\n\x08\x66inished\x18\x04 \x01(\x0b\x32 .modelyard.v1.GenerationFinished\x12*\n\ntool_calls\x18\x05 \x03(\x0b\x32\x16.modelyard.v1.ToolCall\" \n\x1eRouterServiceListModelsRequest\"I\n\rServableModel\x12\"\n\x05model\x18\x01 \x01(\x0b\x32\x13.modelyard.v1.Model\x12\x14\n\x0cwarm_workers\x18\x02 \x03(\t\"\x8d\x01\n\x1fRouterServiceListModelsResponse\x12+\n\x06models\x18\x01 \x03(\x0b\x32\x1b.modelyard.v1.ServableModel\x12#\n\x06routes\x18\x02 \x03(\x0b\x32\x13.modelyard.v1.Route\x12\x18\n\x10\x63\x61talog_revision\x18\x03 \x01(\x04\"\x9a\x01\n\nWorkerInfo\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0f\n\x07healthy\x18\x03 \x01(\x08\x12+\n\x07\x62reaker\x18\x04 \x01(\x0e\x32\x1a.modelyard.v1.BreakerState\x12*\n\x06status\x18\x05 \x01(\x0b\x32\x1a.modelyard.v1.WorkerStatus\"\x14\n\x12ListWorkersRequest\"@\n\x13ListWorkersResponse\x12)\n\x07workers\x18\x01 \x03(\x0b\x32\x18.modelyard.v1.WorkerInfo\"N\n\x16GetRoutingStatsRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05route\x18\x02 \x01(\t\x12\x16\n\x0ewindow_seconds\x18\x03 \x01(\r\"@\n\x0eLatencySummary\x12\x0e\n\x06p50_ms\x18\x01 \x01(\x01\x12\x0e\n\x06p95_ms\x18\x02 \x01(\x01\x12\x0e\n\x06p99_ms\x18\x03 \x01(\x01\"\xd0\x02\n\x0cTrafficStats\x12\x10\n\x08requests\x18\x01 \x01(\x04\x12\x0e\n\x06\x65rrors\x18\x02 \x01(\x04\x12\x14\n\x0cinput_tokens\x18\x03 \x01(\x04\x12\x15\n\routput_tokens\x18\x04 \x01(\x04\x12\x10\n\x08\x63ost_usd\x18\x05 \x01(\x01\x12*\n\x04ttft\x18\x06 \x01(\x0b\x32\x1c.modelyard.v1.LatencySummary\x12\x33\n\rtotal_latency\x18\x07 \x01(\x0b\x32\x1c.modelyard.v1.LatencySummary\x12\x1b\n\x13mean_feedback_score\x18\x08 \x01(\x01\x12\x16\n\x0e\x66\x65\x65\x64\x62\x61\x63k_count\x18\t \x01(\x04\x12\x13\n\x0bsavings_usd\x18\n \x01(\x01\x12\x17\n\x0f\x63\x61\x63hed_requests\x18\x0b \x01(\x04\x12\x1b\n\x13\x63\x61\x63hed_input_tokens\x18\x0c \x01(\x04\"Y\n\nModelStats\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12+\n\x07traffic\x18\x03 \x01(\x0b\x32\x1a.modelyard.v1.TrafficStats\"b\n\x08\x41rmStats\x12\r\n\x05route\x18\x01 \x01(\t\x12\x0b\n\x03\x61rm\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12+\n\x07traffic\x18\x04 \x01(\x0b\x32\x1a.modelyard.v1.TrafficStats\"\x96\x01\n\x17GetRoutingStatsResponse\x12(\n\x06models\x18\x01 \x03(\x0b\x32\x18.modelyard.v1.ModelStats\x12$\n\x04\x61rms\x18\x02 \x03(\x0b\x32\x16.modelyard.v1.ArmStats\x12\x11\n\tmesh_wide\x18\x03 \x01(\x08\x12\x18\n\x10outcomes_dropped\x18\x04 \x01(\x04\"K\n\x15RecordFeedbackRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\x12\x0f\n\x07\x63omment\x18\x03 \x01(\t\"\x18\n\x16RecordFeedbackResponse\"\xc5\x01\n\x0c\x45mbedRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06inputs\x18\x02 \x03(\t\x12-\n\x06params\x18\x03 \x01(\x0b\x32\x1d.modelyard.v1.EmbeddingParams\x12(\n\x08priority\x18\x04 \x01(\x0e\x32\x16.modelyard.v1.Priority\x12)\n\x05hints\x18\x05 \x01(\x0b\x32\x1a.modelyard.v1.RoutingHints\x12\x12\n\nrequest_id\x18\x06 \x01(\t\"\xdc\x01\n\rEmbedResponse\x12\x30\n\x07started\x18\x01 \x01(\x0b\x32\x1f.modelyard.v1.GenerationStarted\x12+\n\nembeddings\x18\x02 \x03(\x0b\x32\x17.modelyard.v1.Embedding\x12\"\n\x05usage\x18\x03 \x01(\x0b\x32\x13.modelyard.v1.Usage\x12&\n\x07timings\x18\x04 \x01(\x0b\x32\x15.modelyard.v1.Timings\x12 \n\x04\x63ost\x18\x05 \x01(\x0b\x32\x12.modelyard.v1.Cost\"\\\n\x11PickWorkerRequest\x12.\n\x07request\x18\x01 \x01(\x0b\x32\x1d.modelyard.v1.GenerateRequest\x12\x17\n\x0f\x65xclude_workers\x18\x02 \x03(\t\"\xf3\x01\n\x12PickWorkerResponse\x12\x16\n\x0eworker_address\x18\x01 \x01(\t\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12\x0e\n\x06ticket\x18\x03 \x01(\t\x12\x42\n\x0eworker_request\x18\x04 \x01(\x0b\x32*.modelyard.v1.WorkerServiceGenerateRequest\x12\x30\n\x07started\x18\x05 \x01(\x0b\x32\x1f.modelyard.v1.GenerationStarted\x12,\n\x08\x64\x65\x61\x64line\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xd0\x01\n\x14ReportOutcomeRequest\x12\x0e\n\x06ticket\x18\x01 \x01(\t\x12\"\n\x05usage\x18\x02 \x01(\x0b\x32\x13.modelyard.v1.Usage\x12&\n\x07timings\x18\x03 \x01(\x0b\x32\x15.modelyard.v1.Timings\x12\x31\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x1a.modelyard.v1.FinishReason\x12\x13\n\x0bstatus_code\x18\x05 \x01(\x05\x12\x14\n\x0c\x65rror_reason\x18\x06 \x01(\t\"\x17\n\x15ReportOutcomeResponse*|\n\x0c\x42reakerState\x12\x1d\n\x19\x42REAKER_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x42REAKER_STATE_CLOSED\x10\x01\x12\x16\n\x12\x42REAKER_STATE_OPEN\x10\x02\x12\x1b\n\x17\x42REAKER_STATE_HALF_OPEN\x10\x03\x32\x90\x06\n\rRouterService\x12K\n\x08Generate\x12\x1d.modelyard.v1.GenerateRequest\x1a\x1e.modelyard.v1.GenerateResponse0\x01\x12I\n\x08\x43omplete\x12\x1d.modelyard.v1.CompleteRequest\x1a\x1e.modelyard.v1.CompleteResponse\x12i\n\nListModels\x12,.modelyard.v1.RouterServiceListModelsRequest\x1a-.modelyard.v1.RouterServiceListModelsResponse\x12R\n\x0bListWorkers\x12 .modelyard.v1.ListWorkersRequest\x1a!.modelyard.v1.ListWorkersResponse\x12^\n\x0fGetRoutingStats\x12$.modelyard.v1.GetRoutingStatsRequest\x1a%.modelyard.v1.GetRoutingStatsResponse\x12[\n\x0eRecordFeedback\x12#.modelyard.v1.RecordFeedbackRequest\x1a$.modelyard.v1.RecordFeedbackResponse\x12@\n\x05\x45mbed\x12\x1a.modelyard.v1.EmbedRequest\x1a\x1b.modelyard.v1.EmbedResponse\x12O\n\nPickWorker\x12\x1f.modelyard.v1.PickWorkerRequest\x1a .modelyard.v1.PickWorkerResponse\x12X\n\rReportOutcome\x12\".modelyard.v1.ReportOutcomeRequest\x1a#.modelyard.v1.ReportOutcomeResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'modelyard.v1.router_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_BREAKERSTATE']._serialized_start=3037
-  _globals['_BREAKERSTATE']._serialized_end=3161
-  _globals['_GENERATEREQUEST']._serialized_start=124
-  _globals['_GENERATEREQUEST']._serialized_end=462
-  _globals['_GENERATERESPONSE']._serialized_start=465
-  _globals['_GENERATERESPONSE']._serialized_end=641
-  _globals['_COMPLETEREQUEST']._serialized_start=644
-  _globals['_COMPLETEREQUEST']._serialized_end=982
-  _globals['_COMPLETERESPONSE']._serialized_start=985
-  _globals['_COMPLETERESPONSE']._serialized_end=1182
-  _globals['_ROUTERSERVICELISTMODELSREQUEST']._serialized_start=1184
-  _globals['_ROUTERSERVICELISTMODELSREQUEST']._serialized_end=1216
-  _globals['_SERVABLEMODEL']._serialized_start=1218
-  _globals['_SERVABLEMODEL']._serialized_end=1291
-  _globals['_ROUTERSERVICELISTMODELSRESPONSE']._serialized_start=1294
-  _globals['_ROUTERSERVICELISTMODELSRESPONSE']._serialized_end=1435
-  _globals['_WORKERINFO']._serialized_start=1438
-  _globals['_WORKERINFO']._serialized_end=1592
-  _globals['_LISTWORKERSREQUEST']._serialized_start=1594
-  _globals['_LISTWORKERSREQUEST']._serialized_end=1614
-  _globals['_LISTWORKERSRESPONSE']._serialized_start=1616
-  _globals['_LISTWORKERSRESPONSE']._serialized_end=1680
-  _globals['_GETROUTINGSTATSREQUEST']._serialized_start=1682
-  _globals['_GETROUTINGSTATSREQUEST']._serialized_end=1760
-  _globals['_LATENCYSUMMARY']._serialized_start=1762
-  _globals['_LATENCYSUMMARY']._serialized_end=1826
-  _globals['_TRAFFICSTATS']._serialized_start=1829
-  _globals['_TRAFFICSTATS']._serialized_end=2165
-  _globals['_MODELSTATS']._serialized_start=2167
-  _globals['_MODELSTATS']._serialized_end=2256
-  _globals['_ARMSTATS']._serialized_start=2258
-  _globals['_ARMSTATS']._serialized_end=2356
-  _globals['_GETROUTINGSTATSRESPONSE']._serialized_start=2359
-  _globals['_GETROUTINGSTATSRESPONSE']._serialized_end=2509
-  _globals['_RECORDFEEDBACKREQUEST']._serialized_start=2511
-  _globals['_RECORDFEEDBACKREQUEST']._serialized_end=2586
-  _globals['_RECORDFEEDBACKRESPONSE']._serialized_start=2588
-  _globals['_RECORDFEEDBACKRESPONSE']._serialized_end=2612
-  _globals['_EMBEDREQUEST']._serialized_start=2615
-  _globals['_EMBEDREQUEST']._serialized_end=2812
-  _globals['_EMBEDRESPONSE']._serialized_start=2815
-  _globals['_EMBEDRESPONSE']._serialized_end=3035
-  _globals['_ROUTERSERVICE']._serialized_start=3164
-  _globals['_ROUTERSERVICE']._serialized_end=3777
+  _globals['_BREAKERSTATE']._serialized_start=3646
+  _globals['_BREAKERSTATE']._serialized_end=3770
+  _globals['_GENERATEREQUEST']._serialized_start=157
+  _globals['_GENERATEREQUEST']._serialized_end=495
+  _globals['_GENERATERESPONSE']._serialized_start=498
+  _globals['_GENERATERESPONSE']._serialized_end=674
+  _globals['_COMPLETEREQUEST']._serialized_start=677
+  _globals['_COMPLETEREQUEST']._serialized_end=1015
+  _globals['_COMPLETERESPONSE']._serialized_start=1018
+  _globals['_COMPLETERESPONSE']._serialized_end=1215
+  _globals['_ROUTERSERVICELISTMODELSREQUEST']._serialized_start=1217
+  _globals['_ROUTERSERVICELISTMODELSREQUEST']._serialized_end=1249
+  _globals['_SERVABLEMODEL']._serialized_start=1251
+  _globals['_SERVABLEMODEL']._serialized_end=1324
+  _globals['_ROUTERSERVICELISTMODELSRESPONSE']._serialized_start=1327
+  _globals['_ROUTERSERVICELISTMODELSRESPONSE']._serialized_end=1468
+  _globals['_WORKERINFO']._serialized_start=1471
+  _globals['_WORKERINFO']._serialized_end=1625
+  _globals['_LISTWORKERSREQUEST']._serialized_start=1627
+  _globals['_LISTWORKERSREQUEST']._serialized_end=1647
+  _globals['_LISTWORKERSRESPONSE']._serialized_start=1649
+  _globals['_LISTWORKERSRESPONSE']._serialized_end=1713
+  _globals['_GETROUTINGSTATSREQUEST']._serialized_start=1715
+  _globals['_GETROUTINGSTATSREQUEST']._serialized_end=1793
+  _globals['_LATENCYSUMMARY']._serialized_start=1795
+  _globals['_LATENCYSUMMARY']._serialized_end=1859
+  _globals['_TRAFFICSTATS']._serialized_start=1862
+  _globals['_TRAFFICSTATS']._serialized_end=2198
+  _globals['_MODELSTATS']._serialized_start=2200
+  _globals['_MODELSTATS']._serialized_end=2289
+  _globals['_ARMSTATS']._serialized_start=2291
+  _globals['_ARMSTATS']._serialized_end=2389
+  _globals['_GETROUTINGSTATSRESPONSE']._serialized_start=2392
+  _globals['_GETROUTINGSTATSRESPONSE']._serialized_end=2542
+  _globals['_RECORDFEEDBACKREQUEST']._serialized_start=2544
+  _globals['_RECORDFEEDBACKREQUEST']._serialized_end=2619
+  _globals['_RECORDFEEDBACKRESPONSE']._serialized_start=2621
+  _globals['_RECORDFEEDBACKRESPONSE']._serialized_end=2645
+  _globals['_EMBEDREQUEST']._serialized_start=2648
+  _globals['_EMBEDREQUEST']._serialized_end=2845
+  _globals['_EMBEDRESPONSE']._serialized_start=2848
+  _globals['_EMBEDRESPONSE']._serialized_end=3068
+  _globals['_PICKWORKERREQUEST']._serialized_start=3070
+  _globals['_PICKWORKERREQUEST']._serialized_end=3162
+  _globals['_PICKWORKERRESPONSE']._serialized_start=3165
+  _globals['_PICKWORKERRESPONSE']._serialized_end=3408
+  _globals['_REPORTOUTCOMEREQUEST']._serialized_start=3411
+  _globals['_REPORTOUTCOMEREQUEST']._serialized_end=3619
+  _globals['_REPORTOUTCOMERESPONSE']._serialized_start=3621
+  _globals['_REPORTOUTCOMERESPONSE']._serialized_end=3644
+  _globals['_ROUTERSERVICE']._serialized_start=3773
+  _globals['_ROUTERSERVICE']._serialized_end=4557
 # @@protoc_insertion_point(module_scope)

@@ -6,6 +6,7 @@ isort:skip_file
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from modelyard.v1 import common_pb2 as _common_pb2
@@ -733,3 +734,146 @@ class EmbedResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___EmbedResponse: _TypeAlias = EmbedResponse  # noqa: Y015
+
+@_typing.final
+class PickWorkerRequest(_message.Message):
+    """PickWorkerRequest asks where to send a generation directly."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_FIELD_NUMBER: _builtins.int
+    EXCLUDE_WORKERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def request(self) -> Global___GenerateRequest:
+        """The generation, as it would be sent to Generate."""
+
+    @_builtins.property
+    def exclude_workers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Worker addresses (PickWorkerResponse.worker_address) this client could
+        not use for this request: scheduled as if they were down.
+        """
+
+    def __init__(
+        self,
+        *,
+        request: Global___GenerateRequest | None = ...,
+        exclude_workers: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["exclude_workers", b"exclude_workers", "request", b"request"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PickWorkerRequest: _TypeAlias = PickWorkerRequest  # noqa: Y015
+
+@_typing.final
+class PickWorkerResponse(_message.Message):
+    """PickWorkerResponse is where and how to stream a generation directly."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORKER_ADDRESS_FIELD_NUMBER: _builtins.int
+    WORKER_ID_FIELD_NUMBER: _builtins.int
+    TICKET_FIELD_NUMBER: _builtins.int
+    WORKER_REQUEST_FIELD_NUMBER: _builtins.int
+    STARTED_FIELD_NUMBER: _builtins.int
+    DEADLINE_FIELD_NUMBER: _builtins.int
+    worker_address: _builtins.str
+    """host:port of the chosen worker."""
+    worker_id: _builtins.str
+    ticket: _builtins.str
+    """Send as call metadata "x-modelyard-ticket" on WorkerService.Generate:
+    admits worker_request once, until it expires.
+    """
+    @_builtins.property
+    def worker_request(self) -> _worker_pb2.WorkerServiceGenerateRequest:
+        """What to send the worker, prepared by the router as its relay would: the
+        model resolved, route, arm, attempt and output ceiling set.
+        """
+
+    @_builtins.property
+    def started(self) -> _common_pb2.GenerationStarted:
+        """The router-owned fields of the stream's GenerationStarted (request id,
+        model, version, route, arm, attempt).
+        """
+
+    @_builtins.property
+    def deadline(self) -> _timestamp_pb2.Timestamp:
+        """When the generation's deadline passes; the ticket expires sooner."""
+
+    def __init__(
+        self,
+        *,
+        worker_address: _builtins.str = ...,
+        worker_id: _builtins.str = ...,
+        ticket: _builtins.str = ...,
+        worker_request: _worker_pb2.WorkerServiceGenerateRequest | None = ...,
+        started: _common_pb2.GenerationStarted | None = ...,
+        deadline: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "started", b"started", "worker_request", b"worker_request"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "started", b"started", "ticket", b"ticket", "worker_address", b"worker_address", "worker_id", b"worker_id", "worker_request", b"worker_request"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PickWorkerResponse: _TypeAlias = PickWorkerResponse  # noqa: Y015
+
+@_typing.final
+class ReportOutcomeRequest(_message.Message):
+    """ReportOutcomeRequest is how one ticketed generation ended on a worker."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TICKET_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
+    TIMINGS_FIELD_NUMBER: _builtins.int
+    FINISH_REASON_FIELD_NUMBER: _builtins.int
+    STATUS_CODE_FIELD_NUMBER: _builtins.int
+    ERROR_REASON_FIELD_NUMBER: _builtins.int
+    ticket: _builtins.str
+    """The ticket the request was admitted with (proof of the pick)."""
+    finish_reason: _common_pb2.FinishReason.ValueType
+    status_code: _builtins.int
+    """The call's status code (google.rpc.Code; 0 for OK)."""
+    error_reason: _builtins.str
+    """Its error reason (ErrorInfo.reason), when it failed."""
+    @_builtins.property
+    def usage(self) -> _common_pb2.Usage: ...
+    @_builtins.property
+    def timings(self) -> _common_pb2.Timings: ...
+    def __init__(
+        self,
+        *,
+        ticket: _builtins.str = ...,
+        usage: _common_pb2.Usage | None = ...,
+        timings: _common_pb2.Timings | None = ...,
+        finish_reason: _common_pb2.FinishReason.ValueType = ...,
+        status_code: _builtins.int = ...,
+        error_reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["timings", b"timings", "usage", b"usage"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error_reason", b"error_reason", "finish_reason", b"finish_reason", "status_code", b"status_code", "ticket", b"ticket", "timings", b"timings", "usage", b"usage"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportOutcomeRequest: _TypeAlias = ReportOutcomeRequest  # noqa: Y015
+
+@_typing.final
+class ReportOutcomeResponse(_message.Message):
+    """ReportOutcomeResponse acknowledges a report."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportOutcomeResponse: _TypeAlias = ReportOutcomeResponse  # noqa: Y015

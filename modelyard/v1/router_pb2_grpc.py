@@ -78,6 +78,16 @@ class RouterServiceStub:
                 request_serializer=modelyard_dot_v1_dot_router__pb2.EmbedRequest.SerializeToString,
                 response_deserializer=modelyard_dot_v1_dot_router__pb2.EmbedResponse.FromString,
                 _registered_method=True)
+        self.PickWorker = channel.unary_unary(
+                '/modelyard.v1.RouterService/PickWorker',
+                request_serializer=modelyard_dot_v1_dot_router__pb2.PickWorkerRequest.SerializeToString,
+                response_deserializer=modelyard_dot_v1_dot_router__pb2.PickWorkerResponse.FromString,
+                _registered_method=True)
+        self.ReportOutcome = channel.unary_unary(
+                '/modelyard.v1.RouterService/ReportOutcome',
+                request_serializer=modelyard_dot_v1_dot_router__pb2.ReportOutcomeRequest.SerializeToString,
+                response_deserializer=modelyard_dot_v1_dot_router__pb2.ReportOutcomeResponse.FromString,
+                _registered_method=True)
 
 
 class RouterServiceServicer:
@@ -155,6 +165,29 @@ class RouterServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PickWorker(self, request, context):
+        """PickWorker is the first half of a direct stream (the router off the token
+        path): the same admission and scheduling as Generate, answered with the
+        chosen worker, the request to send it and a router-signed ticket that
+        admits that one WorkerService.Generate (metadata "x-modelyard-ticket").
+        The pick counts as in flight on the worker until the worker reports its
+        outcome or the deadline passes. Before the first token, a client that
+        cannot use the worker asks again, naming it in exclude_workers.
+        FAILED_PRECONDITION when the router has no ticket key.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReportOutcome(self, request, context):
+        """ReportOutcome is called by workers, not clients: how a ticketed request
+        ended, with its ticket as proof, so that stats, breakers, latency
+        estimates and per-key admission see direct traffic as proxied traffic.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RouterServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -192,6 +225,16 @@ def add_RouterServiceServicer_to_server(servicer, server):
                     servicer.Embed,
                     request_deserializer=modelyard_dot_v1_dot_router__pb2.EmbedRequest.FromString,
                     response_serializer=modelyard_dot_v1_dot_router__pb2.EmbedResponse.SerializeToString,
+            ),
+            'PickWorker': grpc.unary_unary_rpc_method_handler(
+                    servicer.PickWorker,
+                    request_deserializer=modelyard_dot_v1_dot_router__pb2.PickWorkerRequest.FromString,
+                    response_serializer=modelyard_dot_v1_dot_router__pb2.PickWorkerResponse.SerializeToString,
+            ),
+            'ReportOutcome': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportOutcome,
+                    request_deserializer=modelyard_dot_v1_dot_router__pb2.ReportOutcomeRequest.FromString,
+                    response_serializer=modelyard_dot_v1_dot_router__pb2.ReportOutcomeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -392,6 +435,60 @@ class RouterService:
             '/modelyard.v1.RouterService/Embed',
             modelyard_dot_v1_dot_router__pb2.EmbedRequest.SerializeToString,
             modelyard_dot_v1_dot_router__pb2.EmbedResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PickWorker(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modelyard.v1.RouterService/PickWorker',
+            modelyard_dot_v1_dot_router__pb2.PickWorkerRequest.SerializeToString,
+            modelyard_dot_v1_dot_router__pb2.PickWorkerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportOutcome(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modelyard.v1.RouterService/ReportOutcome',
+            modelyard_dot_v1_dot_router__pb2.ReportOutcomeRequest.SerializeToString,
+            modelyard_dot_v1_dot_router__pb2.ReportOutcomeResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -75,6 +75,21 @@ class RouterServiceStub:
     model, route or "auto" picks the model, the scheduler picks the worker,
     and a failure before the answer retries elsewhere.
     """
+    PickWorker: _grpc.UnaryUnaryMultiCallable[_router_pb2.PickWorkerRequest, _router_pb2.PickWorkerResponse]
+    """PickWorker is the first half of a direct stream (the router off the token
+    path): the same admission and scheduling as Generate, answered with the
+    chosen worker, the request to send it and a router-signed ticket that
+    admits that one WorkerService.Generate (metadata "x-modelyard-ticket").
+    The pick counts as in flight on the worker until the worker reports its
+    outcome or the deadline passes. Before the first token, a client that
+    cannot use the worker asks again, naming it in exclude_workers.
+    FAILED_PRECONDITION when the router has no ticket key.
+    """
+    ReportOutcome: _grpc.UnaryUnaryMultiCallable[_router_pb2.ReportOutcomeRequest, _router_pb2.ReportOutcomeResponse]
+    """ReportOutcome is called by workers, not clients: how a ticketed request
+    ended, with its ticket as proof, so that stats, breakers, latency
+    estimates and per-key admission see direct traffic as proxied traffic.
+    """
 
 @_typing.type_check_only
 class RouterServiceAsyncStub(RouterServiceStub):
@@ -122,6 +137,21 @@ class RouterServiceAsyncStub(RouterServiceStub):
     whose capabilities include embedding), routed like a generation: the
     model, route or "auto" picks the model, the scheduler picks the worker,
     and a failure before the answer retries elsewhere.
+    """
+    PickWorker: _aio.UnaryUnaryMultiCallable[_router_pb2.PickWorkerRequest, _router_pb2.PickWorkerResponse]  # type: ignore[assignment]
+    """PickWorker is the first half of a direct stream (the router off the token
+    path): the same admission and scheduling as Generate, answered with the
+    chosen worker, the request to send it and a router-signed ticket that
+    admits that one WorkerService.Generate (metadata "x-modelyard-ticket").
+    The pick counts as in flight on the worker until the worker reports its
+    outcome or the deadline passes. Before the first token, a client that
+    cannot use the worker asks again, naming it in exclude_workers.
+    FAILED_PRECONDITION when the router has no ticket key.
+    """
+    ReportOutcome: _aio.UnaryUnaryMultiCallable[_router_pb2.ReportOutcomeRequest, _router_pb2.ReportOutcomeResponse]  # type: ignore[assignment]
+    """ReportOutcome is called by workers, not clients: how a ticketed request
+    ended, with its ticket as proof, so that stats, breakers, latency
+    estimates and per-key admission see direct traffic as proxied traffic.
     """
 
 class RouterServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -209,6 +239,33 @@ class RouterServiceServicer(metaclass=_abc_1.ABCMeta):
         whose capabilities include embedding), routed like a generation: the
         model, route or "auto" picks the model, the scheduler picks the worker,
         and a failure before the answer retries elsewhere.
+        """
+
+    @_abc_1.abstractmethod
+    def PickWorker(
+        self,
+        request: _router_pb2.PickWorkerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_router_pb2.PickWorkerResponse, _abc.Awaitable[_router_pb2.PickWorkerResponse]]:
+        """PickWorker is the first half of a direct stream (the router off the token
+        path): the same admission and scheduling as Generate, answered with the
+        chosen worker, the request to send it and a router-signed ticket that
+        admits that one WorkerService.Generate (metadata "x-modelyard-ticket").
+        The pick counts as in flight on the worker until the worker reports its
+        outcome or the deadline passes. Before the first token, a client that
+        cannot use the worker asks again, naming it in exclude_workers.
+        FAILED_PRECONDITION when the router has no ticket key.
+        """
+
+    @_abc_1.abstractmethod
+    def ReportOutcome(
+        self,
+        request: _router_pb2.ReportOutcomeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_router_pb2.ReportOutcomeResponse, _abc.Awaitable[_router_pb2.ReportOutcomeResponse]]:
+        """ReportOutcome is called by workers, not clients: how a ticketed request
+        ended, with its ticket as proof, so that stats, breakers, latency
+        estimates and per-key admission see direct traffic as proxied traffic.
         """
 
 def add_RouterServiceServicer_to_server(servicer: RouterServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

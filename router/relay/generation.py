@@ -6,7 +6,7 @@ import logging
 import math
 import time
 from collections import Counter
-from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterator, Mapping, Sequence
 from contextlib import AsyncExitStack, aclosing
 
 import grpc
@@ -18,7 +18,6 @@ from modelyard.genai import operation_name, response_attributes, usage_attribute
 from modelyard.output_length import lowest_ceiling
 from modelyard.refs import key_of
 from modelyard.v1 import common_pb2, model_pb2, router_pb2
-from modelyard.validation import check_generation
 from router.accounting import Accounting
 from router.admission import RouterAdmission
 from router.cache import CacheHook, ResponseCache
@@ -38,7 +37,7 @@ from router.relay.candidates import candidates
 from router.relay.refusals import left_pool, refused
 from router.relay.requests import (
     check_context,
-    request_id_of,
+    intake,
     scheduling_request,
     worker_request,
 )
@@ -93,8 +92,9 @@ class Relay:
         self._connect_timeout_s = connect_timeout_s
         self._silence_s = (silence_timeout_s, stream_silence_timeout_s)
         self._clock = clock
-        # This router's open streams per worker: the pushed status lags behind them.
-        self._in_flight: Counter[str] = Counter()
+        # This router's open streams (and direct picks) per worker: the pushed status lags
+        # behind them.
+        self.in_flight: Counter[str] = Counter()
         # Where this router sent each prefix, for workers that publish no prefix summary.
         self.prefix_history = prefix_history or PrefixHistory()
         self._cache = CacheHook(response_cache, accounting, clock)
@@ -103,30 +103,23 @@ class Relay:
         self, models: Sequence[model_pb2.Model]
     ) -> tuple[list[Candidate], dict[str, WorkerHandle]]:
         return candidates(
-            models, self._pool.workers, self._acct, self._in_flight, self.prefix_history
+            models, self._pool.workers, self._acct, self.in_flight, self.prefix_history
         )
 
     async def generate(
         self, request: router_pb2.GenerateRequest, *, timeout_s: float | None
     ) -> AsyncGenerator[router_pb2.GenerateResponse, None]:
         """Stream the generation; `timeout_s` is what is left of the caller's deadline."""
-        # Bad input is INVALID_ARGUMENT before any registry or worker call.
-        check_generation(
-            request.prompt, request.messages, request.sampling, request.tools, request.tool_choice
-        )
-        caller = current_caller()
-        self._client_policy.check(request, caller)
-        request_id = request_id_of(request.request_id)
+        request_id, key = self.intake(request)
         started_at = self._clock()
         deadline = None if timeout_s is None else started_at + timeout_s
-        key = caller.key_name if caller is not None else ""
         with self.admission.admit(key), route_span(request, request_id) as span:
             async with AsyncExitStack() as cleanup:
                 # Current only while the relay resolves and connects (the worker call
                 # joins this trace), never across a yield: a front may resume this
                 # generator from another task.
                 with trace.use_span(span, record_exception=False, set_status_on_exception=False):
-                    run = await self._prepare(request, request_id, started_at, deadline, span)
+                    run = await self.prepare(request, request_id, started_at, deadline, span)
                     look = await self._cache.lookup(
                         request,
                         request_id,
@@ -164,7 +157,12 @@ class Relay:
                 self._finished(run, leg, stream)
                 await self._cache.store(look, leg.attempt.cand.model)
 
-    async def _prepare(
+    def intake(self, request: router_pb2.GenerateRequest) -> tuple[str, str]:
+        """(request id, admission key) of a request fit to work on; else raises."""
+        accepted = intake(request, self._client_policy)
+        return accepted.request_id, accepted.key
+
+    async def prepare(
         self,
         request: router_pb2.GenerateRequest,
         request_id: str,
@@ -206,19 +204,7 @@ class Relay:
 
     async def _commit(self, run: GenerationRun, cleanup: AsyncExitStack) -> Committed:
         """Try candidates in order until one sends its first token; else the final error."""
-        target = run.target
-        if not self._pool.workers:  # checked here, not before: a cached answer needs none
-            # Counted like any failed request: with every pool scaled to zero, these are
-            # what an autoscaler's wake query sees.
-            self._failed(run, target.models[0] if len(target.models) == 1 else None, "UNAVAILABLE")
-            raise Unavailable(
-                "the router has no workers; start it with --worker host:port",
-                reason="NO_WORKERS",
-            )
-        profile = self._profiles[run.req.objective]
-        groups = (self._schedule(profile, run.req, models) for models in run.target.groups)
-        budget = {"per_model": self._max_attempts, "total": self._max_total_attempts}
-        for attempt in attempts(groups, run.log, **budget):
+        for attempt in self.plan(run):
             if attempt.number > 1:
                 self._acct.retried()
             outcome = await self.try_candidate(run, attempt, cleanup)
@@ -232,11 +218,32 @@ class Relay:
                 self._acct.attempt_failed(attempt.cand.worker)
             if outcome.silent:  # frozen, not failing: out of scheduling at once
                 self._acct.breakers.eject(attempt.cand.worker)
+        raise self.exhausted(run)
+
+    def plan(self, run: GenerationRun) -> Iterator[Attempt]:
+        """The candidates to try, best first: the target's models, then its fallbacks."""
+        if not self._pool.workers:  # checked here, not before: a cached answer needs none
+            # Counted like any failed request: with every pool scaled to zero, these are
+            # what an autoscaler's wake query sees.
+            target = run.target
+            self._failed(run, target.models[0] if len(target.models) == 1 else None, "UNAVAILABLE")
+            raise Unavailable(
+                "the router has no workers; start it with --worker host:port",
+                reason="NO_WORKERS",
+            )
+        profile = self._profiles[run.req.objective]
+        groups = (self._schedule(profile, run.req, models) for models in run.target.groups)
+        budget = {"per_model": self._max_attempts, "total": self._max_total_attempts}
+        return attempts(groups, run.log, **budget)
+
+    def exhausted(self, run: GenerationRun) -> ModelyardError:
+        """Every candidate was tried (or none fit): the error to answer with, counted."""
+        target = run.target
         # A connect wait cut short by the caller's deadline is a deadline, not an outage.
         self._check_deadline(run)
         error = run.log.final_error(target, [h.address for h in self._pool.workers])
         self._failed(run, target.models[0] if len(target.models) == 1 else None, error.code.name)
-        raise error
+        return error
 
     def _schedule(
         self, profile: Profile, req: Request, models: Sequence[model_pb2.Model]
@@ -271,7 +278,7 @@ class Relay:
                     wait_for_ready=False,
                 ),
                 handle.address,
-                self._in_flight,
+                self.in_flight,
             )
         except grpc.aio.UsageError:
             return left_pool(handle)

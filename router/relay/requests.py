@@ -7,11 +7,14 @@ import uuid
 from dataclasses import dataclass
 from typing import TypedDict
 
+from modelyard.auth import current_caller
 from modelyard.errors import InvalidArgument
 from modelyard.prefix import chain_of_request
 from modelyard.tokens import estimate_prompt_tokens
 from modelyard.v1 import common_pb2, model_pb2, router_pb2, worker_pb2
+from modelyard.validation import check_generation
 from router.catalog import Target
+from router.client_policy import ClientPolicy
 from router.scheduling.types import Request
 
 MAX_REQUEST_ID_LENGTH = 128
@@ -24,6 +27,26 @@ def request_id_of(given: str) -> str:
             "request_id", f"at most {MAX_REQUEST_ID_LENGTH} characters, got {len(given)}"
         )
     return given or uuid.uuid4().hex
+
+
+@dataclass(frozen=True)
+class Intake:
+    """A generation the router accepted to work on: its id and whose slot it takes."""
+
+    request_id: str
+    key: str  # the API key's name, for per-key admission; "" when none
+
+
+def intake(request: router_pb2.GenerateRequest, policy: ClientPolicy) -> Intake:
+    """Bad input is INVALID_ARGUMENT, a priority above the key's ceiling PERMISSION_DENIED,
+    before any registry or worker call (Generate and PickWorker alike)."""
+    check_generation(
+        request.prompt, request.messages, request.sampling, request.tools, request.tool_choice
+    )
+    caller = current_caller()
+    policy.check(request, caller)
+    key = caller.key_name if caller is not None else ""
+    return Intake(request_id_of(request.request_id), key)
 
 
 @dataclass(frozen=True)

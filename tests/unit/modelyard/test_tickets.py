@@ -19,7 +19,7 @@ from modelyard.auth import current_caller
 from modelyard.bearer import bearer_metadata
 from modelyard.errors import ModelyardError, from_rpc_error
 from modelyard.server import start_server
-from modelyard.tickets import TICKET_METADATA, TicketSigner, TicketVerifier
+from modelyard.tickets import TICKET_METADATA, Grant, TicketSigner, TicketVerifier
 from modelyard.v1 import model_pb2, worker_pb2
 from worker.auth import GENERATE, SERVICE_NAME, worker_gate
 
@@ -195,3 +195,20 @@ def test_tickets_alone_guard_generate(tmp_path: Path) -> None:
     error = gate.error_for(GENERATE, ())
     assert error is not None and error.reason == "CREDENTIALS_MISSING"
     assert TICKET_METADATA in error.message
+
+
+def test_a_grant_travels_in_the_ticket_and_plain_tickets_still_verify(tmp_path: Path) -> None:
+    clock = Clock()
+    key, entry = keypair(tmp_path, "k1")
+    signer = TicketSigner(key, "k1", ttl_s=30, clock=clock)
+    verifier = TicketVerifier.from_files([entry], clock=clock)
+    grant = Grant(route="chat", arm="b", attempt=2, client="app", max_tokens=64, router="r0")
+    claims = verifier.verify(signer.issue("req-1", "smollm2@1", grant))
+    assert claims.grant == grant and claims.raw
+    plain = verifier.verify(signer.issue("req-2", "smollm2@1"))  # what older routers issue
+    assert plain.grant == Grant()
+    # The router reads its own tickets, expired too: the report may come after expiry.
+    ticket = signer.issue("req-3", "smollm2@1", grant)
+    clock.now += 3600
+    assert signer.read(ticket).grant == grant
+    assert reason(verifier.verify, ticket) == "TICKET_EXPIRED"
