@@ -144,10 +144,17 @@ class CoalescingWriter(Generic[E]):
         self._ready.set()
 
     async def write_all(self, events: AsyncIterable[E]) -> None:
-        """Every event of `events`, then flush; what is left is dropped on an error."""
+        """Every event of `events`, then flush. When `events` fails, what it produced
+        before still goes out first (a client told "failed after N tokens" has them);
+        on cancellation what is left is dropped."""
         try:
-            async for event in events:
-                self.put(event)
+            try:
+                async for event in events:
+                    self.put(event)
+            except Exception:
+                with contextlib.suppress(Exception):
+                    await self.flush()
+                raise
             await self.flush()
         finally:
             self.cancel()

@@ -15,7 +15,7 @@ from modelyard.v1 import common_pb2, worker_pb2
 from worker.counters import CounterSnapshot
 from worker.engines.prefix_summary import PrefixCacheHolder
 from worker.residency import ModelManager, ResidencyState, Resident
-from worker.residency.memory import cuda_memory, gpu_name
+from worker.residency.memory import GPU_ENGINES, cuda_memory, gpu_name
 
 RESIDENCY = {
     ResidencyState.COLD: worker_pb2.RESIDENCY_STATE_COLD,
@@ -38,9 +38,10 @@ def cpu_name() -> str:
 
 
 def detect_device(engines: Collection[common_pb2.Engine.ValueType]) -> tuple[str, str]:
-    """(device, its name) the models run on: "cuda" when vLLM has a CUDA device, "metal" on
-    Apple silicon (llama.cpp's Metal build), else "cpu"."""
-    if common_pb2.ENGINE_VLLM in engines and cuda_memory() is not None:
+    """(device, its name) the models run on: "cuda" when a CUDA engine (vLLM, or
+    transformers, which takes a CUDA device when torch sees one) has a CUDA device,
+    "metal" on Apple silicon (llama.cpp's Metal build), else "cpu"."""
+    if not GPU_ENGINES.isdisjoint(engines) and cuda_memory() is not None:
         return "cuda", gpu_name() or "CUDA device"
     if sys.platform == "darwin" and platform.machine() == "arm64":
         return "metal", cpu_name()

@@ -45,7 +45,7 @@ from worker.residency.engine_choice import EngineKind, pick_engine
 from worker.residency.eviction import Evict, Holder, plan_eviction, refusal
 from worker.residency.keep_alive import KeepAlive
 from worker.residency.loader import ModelLoader, Opened
-from worker.residency.memory import default_budget_bytes, rss_bytes, trim_heap
+from worker.residency.memory import GPU_ENGINES, default_budget_bytes, rss_bytes, trim_heap
 from worker.residency.progress import LoadPhase, ProgressPublisher
 from worker.residency.state import (
     Lease,
@@ -77,7 +77,7 @@ class ModelManager:
         self.notifier = notifier if notifier is not None else ChangeNotifier()
         self.budget_bytes = settings.memory_budget_bytes or default_budget_bytes(
             settings.memory_budget_fraction,
-            gpu=common_pb2.ENGINE_VLLM in self.engines,  # vLLM's CUDA build holds models there
+            gpu=not GPU_ENGINES.isdisjoint(self.engines),  # CUDA engines hold models there
         )
         self.stats = LoadStats()
         self._residents: dict[ModelKey, Resident] = {}

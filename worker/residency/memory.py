@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from modelyard.v1 import common_pb2
+
 log = logging.getLogger(__name__)
 
 KV_BYTES_PER_VALUE = 2  # f16 K and V caches, llama.cpp's default
@@ -95,8 +97,14 @@ def physical_memory_bytes() -> int:
         return 0
 
 
+# Engines that hold their models on a CUDA device when there is one (transformers takes
+# one whenever torch sees it).
+GPU_ENGINES = frozenset({common_pb2.ENGINE_VLLM, common_pb2.ENGINE_TRANSFORMERS})
+
+
 def default_budget_bytes(fraction: float = DEFAULT_BUDGET_FRACTION, *, gpu: bool = False) -> int:
-    """A share of physical memory; with `gpu` (vLLM configured) of the CUDA device's, if any.
+    """A share of physical memory; with `gpu` (a CUDA engine configured) of the CUDA
+    device's, if any.
 
     On a GPU the share is of the device's total memory, capped by what is free at start
     (another process may hold part of it). No CUDA device found: physical memory.

@@ -4,6 +4,7 @@ writer sends at once; the producer's events are never changed; write errors surf
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from typing import Any, cast
 
 import pytest
@@ -119,3 +120,20 @@ async def test_cancel_drops_what_is_left() -> None:
     client.gate.set()
     await settle()
     assert client.sent == []
+
+
+async def test_what_a_failing_producer_made_goes_out_before_its_error() -> None:
+    client = SlowClient()
+    client.gate.clear()
+
+    async def events() -> AsyncIterator[Event]:
+        yield delta("a", 1)
+        yield delta("b", 2)
+        raise DeadlineExceeded("decoding took too long")
+
+    writer = writer_for(client)
+    release = asyncio.get_running_loop().call_later(0.05, client.gate.set)
+    with pytest.raises(DeadlineExceeded, match="decoding"):
+        await writer.write_all(events())
+    release.cancel()
+    assert "".join(e.delta.text for e in client.sent) == "ab"
