@@ -3,7 +3,9 @@ goes to one replica, stays with it while it lives, and passes on when its connec
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 from sqlalchemy import text
@@ -42,11 +44,21 @@ async def test_one_replica_leads_until_its_connection_dies(
             {"high": LOCK_ID >> 32, "low": LOCK_ID & 0xFFFFFFFF},
         )
     assert killed == 1
-    assert await second.hold()
+    # pg_terminate_backend only signals the backend: the lock goes when it has exited.
+    assert await _eventually(second.hold)
     assert not await first.hold()  # notices its lost connection, and the lock is taken
     await second.release()
     assert await first.hold()  # a released lock is free at the next tick
     await first.release()
+
+
+async def _eventually(hold: Callable[[], Awaitable[bool]], within_s: float = 10.0) -> bool:
+    deadline = time.monotonic() + within_s
+    while not await hold():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True
 
 
 async def test_sqlite_always_leads() -> None:
