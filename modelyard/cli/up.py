@@ -92,7 +92,7 @@ def up(
         with cli_errors():
             _register_and_load(mesh, model)
             if prompt:
-                _demo(mesh.router_address, model.name, prompt, max_tokens)
+                _demo(mesh.router_address, model.name, prompt, max_tokens, direct=direct_streams)
         if not once:
             console.print(
                 f"\nServing. Try: [bold]modelyard generate --router {mesh.router_address} "
@@ -178,7 +178,8 @@ def _register_and_load(mesh: LocalMesh, model: model_pb2.Model) -> None:
     console.print(f"loaded {model.name} in {time.monotonic() - started:.1f} s")
 
 
-def _demo(router: str, model: str, prompt: str, max_tokens: int) -> None:
+def _demo(router: str, model: str, prompt: str, max_tokens: int, *, direct: bool = False) -> None:
+    """Stream one answer through the router (direct: from the worker it picks)."""
     console.print(f"\n[bold cyan]you>[/bold cyan] {prompt}")
     console.print(f"[bold green]{model}>[/bold green] ", end="")
     with Client(router, timeout_s=120) as client:
@@ -190,6 +191,7 @@ def _demo(router: str, model: str, prompt: str, max_tokens: int) -> None:
             ],
             max_tokens=max_tokens,
             temperature=0.0,
+            direct=direct,
         )
         print_stream(stream)
 
