@@ -109,11 +109,11 @@ def test_direct_streams_wire_tickets_and_reports(helm: Path, tmp_path: Path) -> 
     worker = r.get("Deployment", "modelyard-worker-cpu")
     wenv = env_of(worker)
     assert wenv["MODELYARD_WORKER_TICKET_KEYS"] == (
-        "k2:/etc/modelyard/tickets/public.pem,k1:/etc/modelyard/tickets/k1.pem"
+        "k2:/etc/modelyard/tickets/public.pem,k1:/etc/modelyard/tickets/extra-k1.pem"
     )
     assert volume(worker, "ticket-keys")["items"] == [
         {"key": "public.pem", "path": "public.pem"},
-        {"key": "public-k1.pem", "path": "k1.pem"},
+        {"key": "public-k1.pem", "path": "extra-k1.pem"},
     ]
     assert ref(wenv["MODELYARD_WORKER_OUTCOME_TOKEN"]) == REPORTER
     secret = r.get("Secret", REPORTER[0])
@@ -148,7 +148,7 @@ def test_workers_read_the_rendered_router_map(
     assert settings.outcome_routers["modelyard-router-9"].startswith("modelyard-router-9.")
     assert settings.ticket_keys == [
         "k2:/etc/modelyard/tickets/public.pem",
-        "k1:/etc/modelyard/tickets/k1.pem",
+        "k1:/etc/modelyard/tickets/extra-k1.pem",
     ]
     hpa = r.get("HorizontalPodAutoscaler", "modelyard-router")["spec"]["scaleTargetRef"]
     assert hpa["kind"] == "StatefulSet"

@@ -460,7 +460,7 @@ router.autoscaling.maxReplicas, or router.replicas without autoscaling.
 {{- $ds := .Values.directStreams -}}
 {{- $out := list (printf "%s:/etc/modelyard/tickets/public.pem" $ds.keyId) -}}
 {{- range $ds.extraPublicKeys -}}
-{{- $out = append $out (printf "%s:/etc/modelyard/tickets/%s.pem" .keyId .keyId) -}}
+{{- $out = append $out (printf "%s:/etc/modelyard/tickets/extra-%s.pem" .keyId .keyId) -}}
 {{- end -}}
 {{- join "," $out -}}
 {{- end -}}
