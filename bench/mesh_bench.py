@@ -7,7 +7,9 @@ routers a user would pick instead, in one run on one machine.
 Instant backends, so the routers' own cost shows: an OpenAI backend that streams 16
 chunks at once (bench/instant_backend.py) behind vllm-router 0.1.17 (Rust) and the LiteLLM
 proxy (both from PyPI, in bench/.venvs, installed on first use), and for modelyard one sim
-worker that streams 16 tokens at once behind the router's gRPC port and its OpenAI front.
+worker that streams 16 tokens at once behind the router's gRPC port, its OpenAI front,
+and in direct-stream mode (one PickWorker call to the router, then the worker's Generate
+with the router-signed ticket; the worker reports the outcome back to the router).
 Closed loop at each concurrency; load generator, routers and backends share the cores.
 
 - Router-added TTFT: the system's TTFT percentile minus its backend's, called directly
@@ -29,7 +31,15 @@ from collections.abc import Awaitable, Callable
 from contextlib import ExitStack
 from pathlib import Path
 
-from bench.mesh_load import GrpcClient, HttpClient, Level, WorkerClient, percentile, run_level
+from bench.mesh_load import (
+    DirectClient,
+    GrpcClient,
+    HttpClient,
+    Level,
+    WorkerClient,
+    percentile,
+    run_level,
+)
 from bench.mesh_systems import (
     System,
     start_backend,
@@ -119,17 +129,18 @@ def report(results: Results, levels: list[int], args: argparse.Namespace) -> str
 
 async def run(args: argparse.Namespace, work: Path, stack: ExitStack) -> Results:
     backend = start_backend(stack, work)
-    grpc_path, front, mesh = start_modelyard(stack, work)
-    systems: list[System] = [backend, grpc_path, front]
+    modelyard, mesh = start_modelyard(stack, work)
+    systems: list[System] = [backend, *modelyard]
     if not args.no_peers:
         systems += [start_vllm_router(stack, work, backend), start_litellm(stack, work, backend)]
     calls: dict[str, tuple[Callable[[], Awaitable[float]], int]] = {}
     closers: list[Callable[[], object]] = []
     for system in systems:
+        client: GrpcClient | DirectClient | HttpClient
         if system.kind == "grpc":
-            client: GrpcClient | HttpClient = GrpcClient(
-                system.address, system.model, system.api_key
-            )
+            client = GrpcClient(system.address, system.model, system.api_key)
+        elif system.kind == "direct":
+            client = DirectClient(system.address, system.model, system.api_key)
         else:
             client = HttpClient(system.address, system.model, system.api_key)
         calls[system.name] = (client.one, system.pid)

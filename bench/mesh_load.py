@@ -16,6 +16,7 @@ from typing import Any
 
 import grpc
 
+from modelyard.tickets import TICKET_METADATA
 from modelyard.v1 import (
     common_pb2,
     model_pb2,
@@ -203,6 +204,50 @@ class GrpcClient:
 
     async def close(self) -> None:
         await self._channel.close()
+
+
+class DirectClient:
+    """Direct streams, as Client.generate(..., direct=True) does them but lean: one
+    RouterService.PickWorker call, then the picked worker's Generate with the ticket (one
+    kept channel per worker). TTFT counts from the pick: the router's part is in it."""
+
+    def __init__(self, router: str, model: str, api_key: str = "") -> None:
+        self._router = grpc.aio.insecure_channel(router)
+        self._stub: Any = router_pb2_grpc.RouterServiceStub(self._router)
+        self._workers: dict[str, tuple[grpc.aio.Channel, Any]] = {}
+        self._request = router_pb2.PickWorkerRequest(
+            request=router_pb2.GenerateRequest(
+                model=model,
+                messages=[common_pb2.ChatMessage(role="user", content=PROMPT)],
+                sampling=common_pb2.SamplingParams(max_tokens=MAX_TOKENS, temperature=0),
+            )
+        )
+        self._metadata = (("authorization", f"Bearer {api_key}"),) if api_key else None
+
+    def _worker(self, address: str) -> Any:
+        if address not in self._workers:
+            channel = grpc.aio.insecure_channel(address)
+            self._workers[address] = (channel, worker_pb2_grpc.WorkerServiceStub(channel))
+        return self._workers[address][1]
+
+    async def one(self) -> float:
+        began = time.perf_counter()
+        pick = await self._stub.PickWorker(self._request, timeout=30, metadata=self._metadata)
+        call = self._worker(pick.worker_address).Generate(
+            pick.worker_request, timeout=30, metadata=((TICKET_METADATA, pick.ticket),)
+        )
+        first = None
+        async for event in call:
+            if first is None and event.WhichOneof("event") == "delta":
+                first = (time.perf_counter() - began) * 1000
+        if first is None:
+            raise RuntimeError("a stream without a delta")
+        return first
+
+    async def close(self) -> None:
+        for channel, _ in self._workers.values():
+            await channel.close()
+        await self._router.close()
 
 
 class WorkerClient:

@@ -36,7 +36,7 @@ class System:
     """One thing under test: where clients call it and whose CPU it costs."""
 
     name: str
-    kind: str  # "http" or "grpc"
+    kind: str  # "http", "grpc" (RouterService.Generate) or "direct" (PickWorker, then the worker)
     address: str
     model: str
     pid: int  # the root of the router's process tree (0: nothing to account)
@@ -141,10 +141,11 @@ def start_litellm(stack: ExitStack, work: Path, backend: System) -> System:
     return System("LiteLLM proxy", "http", f"127.0.0.1:{port}", "instant", pid, key)
 
 
-def start_modelyard(stack: ExitStack, work: Path) -> tuple[System, System, SimMesh]:
-    """The gRPC path and the OpenAI front of one router over one instant sim worker."""
+def start_modelyard(stack: ExitStack, work: Path) -> tuple[list[System], SimMesh]:
+    """The gRPC path, the OpenAI front and direct streams of one router over one instant
+    sim worker (the mesh has a ticket key and reporter token for the direct streams)."""
     (work / "mesh").mkdir()
-    mesh = start_sim_mesh(work / "mesh", ("instant",), extra=INSTANT, http=True)
+    mesh = start_sim_mesh(work / "mesh", ("instant",), extra=INSTANT, http=True, direct=True)
     stack.callback(mesh.stop)
     router_pid = mesh.local.service("router").process.pid
     http = mesh.local.router_http_address
@@ -153,4 +154,9 @@ def start_modelyard(stack: ExitStack, work: Path) -> tuple[System, System, SimMe
         "modelyard gRPC", "grpc", mesh.local.router_address, "instant", router_pid, CLIENT_KEY
     )
     front = System("modelyard OpenAI front", "http", http, "instant", router_pid, CLIENT_KEY)
-    return grpc_path, front, mesh
+    # The router picks and signs a ticket; tokens come from the worker; its outcome report
+    # goes back to the router: all of the router's part is in its process tree's CPU.
+    direct = System(
+        "modelyard direct", "direct", mesh.local.router_address, "instant", router_pid, CLIENT_KEY
+    )
+    return [grpc_path, front, direct], mesh

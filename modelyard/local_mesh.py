@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -23,9 +25,11 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from modelyard.tickets import write_key_pair
 from modelyard.tls import tls_from_env
 
 _PR_SET_PDEATHSIG = 1
+LOCAL_ROUTER_ID = "local-router"  # the router id its tickets name, with direct streams
 
 
 class ServiceFailed(RuntimeError):
@@ -202,6 +206,9 @@ class LocalMesh:
     # One /metrics port per worker (its --metrics-port), where workers should serve them:
     # the environment's MODELYARD_WORKER_METRICS_PORT would give every worker the same.
     worker_metrics_ports: Sequence[int] = ()
+    # Direct streams (PickWorker, generate(..., direct=True)): a fresh Ed25519 ticket key
+    # pair in data_dir/tickets (0600) and a reporter token for the workers' outcome reports.
+    direct_streams: bool = False
     env: Mapping[str, str] = field(default_factory=dict)
     services: list[ServiceProcess] = field(default_factory=list)
 
@@ -240,6 +247,7 @@ class LocalMesh:
         with "registry ... is unreachable and the model list is not cached".
         """
         logs = self.data_dir / "logs"
+        router_env, worker_env = self._service_envs()
         try:
             self.services.append(
                 spawn_service(
@@ -266,13 +274,15 @@ class LocalMesh:
                 if self.worker_metrics_ports:
                     args += ["--metrics-port", str(self.worker_metrics_ports[i])]
                 self.services.append(
-                    spawn_service(f"worker-{i}", args, address, logs / f"worker-{i}.log", self.env)
+                    spawn_service(
+                        f"worker-{i}", args, address, logs / f"worker-{i}.log", worker_env
+                    )
                 )
             for service in self.services:
                 service.wait_healthy(timeout_s)
             router_args = self._router_args()
             router = spawn_service(
-                "router", router_args, self.router_address, logs / "router.log", self.env
+                "router", router_args, self.router_address, logs / "router.log", router_env
             )
             self.services.append(router)
             router.wait_healthy(timeout_s)
@@ -282,6 +292,28 @@ class LocalMesh:
         except BaseException:
             self.stop()
             raise
+
+    def _service_envs(self) -> tuple[dict[str, str], dict[str, str]]:
+        """The router's and the workers' environments: `env`, and with direct streams the
+        ticket key (private for the router, public for workers) and the reporter token."""
+        router, worker = dict(self.env), dict(self.env)
+        if not self.direct_streams:
+            return router, worker
+        keys = self.data_dir / "tickets"
+        private, public = keys / "ticket.pem", keys / "ticket.pub.pem"
+        write_key_pair(private, public)
+        token = secrets.token_urlsafe(32)
+        router |= {
+            "MODELYARD_ROUTER_TICKET_KEY": f"local:{private}",
+            "MODELYARD_ROUTER_ROUTER_ID": LOCAL_ROUTER_ID,
+            "MODELYARD_ROUTER_OUTCOME_REPORTER_TOKENS": f"workers:{token}",
+        }
+        worker |= {
+            "MODELYARD_WORKER_TICKET_KEYS": f"local:{public}",
+            "MODELYARD_WORKER_OUTCOME_ROUTERS": json.dumps({LOCAL_ROUTER_ID: self.router_address}),
+            "MODELYARD_WORKER_OUTCOME_TOKEN": token,
+        }
+        return router, worker
 
     def _router_args(self) -> list[str]:
         args = ["router", "serve", "--address", self.router_address]

@@ -20,6 +20,7 @@ import base64
 import binascii
 import json
 import math
+import os
 import secrets
 import time
 from collections import OrderedDict
@@ -273,3 +274,25 @@ def _grant_of(fields: Mapping[str, object]) -> Grant:
 
 def _refused(message: str, reason: str) -> PermissionDenied:
     return PermissionDenied(message, reason=reason)
+
+
+def write_key_pair(private: Path, public: Path) -> None:
+    """A fresh Ed25519 ticket key: the private key (PKCS8 PEM) and its public key (PEM),
+    both readable by their owner only (0600), replacing what was there."""
+    key = Ed25519PrivateKey.generate()
+    pems = {
+        private: key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+        public: key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        ),
+    }
+    for path, pem in pems.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            os.fchmod(out.fileno(), 0o600)  # a file that existed keeps its mode otherwise
+            out.write(pem)

@@ -63,6 +63,10 @@ SKIP = {
     ),
     "helm install my charts/modelyard --namespace": "needs a Kubernetes cluster",
     "helm repo add hashicorp": "needs a Kubernetes cluster and the internet",
+    "openssl genpkey -algorithm ed25519": (
+        "needs a Kubernetes cluster; tests/ops/test_chart_direct.py renders the chart with "
+        "these values"
+    ),
     "docker build": "no Docker engine here",
     "--router router:50050 --tls-ca ca.crt": (
         "a secured cluster's host names, certificates and request id; "

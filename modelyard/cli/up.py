@@ -41,6 +41,16 @@ _BasePortOpt = Annotated[
     ),
 ]
 
+_DirectOpt = Annotated[
+    bool,
+    typer.Option(
+        "--direct-streams",
+        help="Let clients stream from the worker the router picks (the SDK's "
+        "Client.generate(..., direct=True)): a fresh ticket key pair in --data-dir/tickets "
+        "and a reporter token for the worker's outcome reports.",
+    ),
+]
+
 
 def up(
     prompt: Annotated[
@@ -57,6 +67,7 @@ def up(
         int | None, typer.Option(help="CPU threads for the worker's llama.cpp engine.")
     ] = None,
     max_tokens: Annotated[int, typer.Option(help="Most tokens for the demo answer.")] = 128,
+    direct_streams: _DirectOpt = False,
 ) -> None:
     """Start registry (SQLite) + one worker serving SmolLM2 + router on loopback.
 
@@ -69,7 +80,7 @@ def up(
     except BundledModelMissing as err:
         err_console.print(f"[red]{err}[/red]")
         raise typer.Exit(1) from err
-    mesh = _local_mesh(data_dir.expanduser(), base_port, threads)
+    mesh = _local_mesh(data_dir.expanduser(), base_port, threads, direct_streams)
     # SIGTERM ends `up` like Ctrl-C does, so the children are always stopped. SIGINT is
     # set too: a shell starts background jobs with it ignored, and Python keeps that.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
@@ -81,7 +92,7 @@ def up(
         with cli_errors():
             _register_and_load(mesh, model)
             if prompt:
-                _demo(mesh.router_address, model.name, prompt, max_tokens)
+                _demo(mesh.router_address, model.name, prompt, max_tokens, direct=direct_streams)
         if not once:
             console.print(
                 f"\nServing. Try: [bold]modelyard generate --router {mesh.router_address} "
@@ -98,7 +109,9 @@ def up(
     console.print("[dim]all services stopped[/dim]")
 
 
-def _local_mesh(data_dir: Path, base_port: int, threads: int | None) -> LocalMesh:
+def _local_mesh(
+    data_dir: Path, base_port: int, threads: int | None, direct_streams: bool = False
+) -> LocalMesh:
     """The mesh on base_port's neighbours, or a clear exit when one of them is taken."""
     offsets = (0, 1, 2, HTTP_PORT_OFFSET)  # router, registry, worker, OpenAI front
     ports = [base_port + o for o in offsets] if base_port else [0] * len(offsets)
@@ -116,6 +129,7 @@ def _local_mesh(data_dir: Path, base_port: int, threads: int | None) -> LocalMes
         worker_ports=[ports[2]],
         worker_threads=threads,
         router_http_port=ports[3],
+        direct_streams=direct_streams,
     )
 
 
@@ -164,7 +178,8 @@ def _register_and_load(mesh: LocalMesh, model: model_pb2.Model) -> None:
     console.print(f"loaded {model.name} in {time.monotonic() - started:.1f} s")
 
 
-def _demo(router: str, model: str, prompt: str, max_tokens: int) -> None:
+def _demo(router: str, model: str, prompt: str, max_tokens: int, *, direct: bool = False) -> None:
+    """Stream one answer through the router (direct: from the worker it picks)."""
     console.print(f"\n[bold cyan]you>[/bold cyan] {prompt}")
     console.print(f"[bold green]{model}>[/bold green] ", end="")
     with Client(router, timeout_s=120) as client:
@@ -176,6 +191,7 @@ def _demo(router: str, model: str, prompt: str, max_tokens: int) -> None:
             ],
             max_tokens=max_tokens,
             temperature=0.0,
+            direct=direct,
         )
         print_stream(stream)
 

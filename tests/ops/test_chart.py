@@ -654,8 +654,10 @@ def test_network_policies_admit_only_the_callers(
         (peers,) = peers_for(ingress_rules(dev, f"worker-{pool}"), "grpc")
         assert release_pods("consul") in peers
     assert ingress_rules(dev, "consul") and ingress_rules(dev, "jaeger")
-    # Direct streams (reserved): clients reach the workers' gRPC port.
-    result = helm_template(helm, "--set", "directStreams.enabled=true")
+    # Direct streams: clients reach the workers' gRPC port.
+    result = helm_template(
+        helm, "--set", "directStreams.enabled=true", "--set", "directStreams.ticketKeySecret=tk"
+    )
     assert result.returncode == 0, result.stderr
     direct = Rendered("direct", parse(result.stdout))
     assert peers_for(ingress_rules(direct, "worker-cpu"), "grpc") == [None]

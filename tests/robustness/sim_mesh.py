@@ -118,12 +118,18 @@ def start_sim_mesh(
     env: Mapping[str, str] | None = None,
     extra: Mapping[str, str] = FAST,
     http: bool = False,
+    direct: bool = False,
 ) -> SimMesh:
     """Start the mesh, register `names` as sim models and wait until the router serves
-    the first of them end to end."""
+    the first of them end to end. `direct`: with direct streams (LocalMesh.direct_streams)."""
     artifact = data_dir / "sim.bin"
     artifact.write_bytes(b"a simulated model: any small file will do\n")
-    local = LocalMesh(data_dir=data_dir, env=mesh_env(env), router_http_port=0 if http else None)
+    local = LocalMesh(
+        data_dir=data_dir,
+        env=mesh_env(env),
+        router_http_port=0 if http else None,
+        direct_streams=direct,
+    )
     local.start()
     mesh = SimMesh(local, [sim_model(artifact, name, extra) for name in names])
     try:

@@ -95,6 +95,7 @@ workerOperator: worker-operator-token
 workerApiKey: worker-api-key
 routerApiKeys: router-api-keys
 routerOperator: router-operator-key
+outcomeReporterWorker: outcome-reporter-worker
 {{- end -}}
 
 {{- define "modelyard.authSecretName" -}}
@@ -183,6 +184,9 @@ what Consul agents verify in their TLS health checks.
 {{- with .cert.service -}}
 {{- $ns := $.root.Release.Namespace -}}
 {{- $names = list . (printf "%s.%s" . $ns) (printf "%s.%s.svc" . $ns) (printf "%s.%s.svc.%s" . $ns $.root.Values.clusterDomain) "localhost" (include "modelyard.meshServerName" $.root) -}}
+{{- end -}}
+{{- if and (eq .cert.role "router") .root.Values.directStreams.enabled -}}
+{{- $names = concat $names (include "modelyard.routerPodHosts" .root | fromJsonArray) -}}
 {{- end -}}
 {{- if not .root.Values.tls.certManager.enabled -}}
 {{- $names = append $names (include "modelyard.identity" (dict "root" .root "role" .cert.role)) -}}
@@ -416,4 +420,52 @@ securityContext:
 {{- end -}}
 {{- end -}}
 [{{ join ", " $t }}]
+{{- end -}}
+
+{{/*
+Direct streams: a worker reports a stream's outcome to the router replica that issued its ticket
+(its picks are held there), so routers run as a StatefulSet behind the headless Service
+<fullname>-router-pods and each replica's router id is its pod name. The replicas there can be:
+router.autoscaling.maxReplicas, or router.replicas without autoscaling.
+*/}}
+{{- define "modelyard.routerPodCount" -}}
+{{- if .Values.router.autoscaling.enabled -}}
+{{- .Values.router.autoscaling.maxReplicas -}}
+{{- else -}}
+{{- .Values.router.replicas -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The DNS names of the router replicas, as JSON: <fullname>-router-<i>.<headless>.<ns>.svc.<domain> */}}
+{{- define "modelyard.routerPodHosts" -}}
+{{- $fullname := include "modelyard.fullname" . -}}
+{{- $out := list -}}
+{{- range $i := until (int (include "modelyard.routerPodCount" .)) -}}
+{{- $out = append $out (printf "%s-router-%d.%s-router-pods.%s.svc.%s" $fullname $i $fullname $.Release.Namespace $.Values.clusterDomain) -}}
+{{- end -}}
+{{- toJson $out -}}
+{{- end -}}
+
+{{/* MODELYARD_WORKER_OUTCOME_ROUTERS: router id (pod name) -> that replica's gRPC address, JSON. */}}
+{{- define "modelyard.outcomeRouters" -}}
+{{- $out := dict -}}
+{{- range (include "modelyard.routerPodHosts" . | fromJsonArray) -}}
+{{- $_ := set $out (splitList "." . | first) (printf "%s:%d" . (int $.Values.router.port)) -}}
+{{- end -}}
+{{- toJson $out -}}
+{{- end -}}
+
+{{/* MODELYARD_WORKER_TICKET_KEYS: key_id:/path entries of the mounted public keys. */}}
+{{- define "modelyard.workerTicketKeys" -}}
+{{- $ds := .Values.directStreams -}}
+{{- $out := list (printf "%s:/etc/modelyard/tickets/public.pem" $ds.keyId) -}}
+{{- range $ds.extraPublicKeys -}}
+{{- $out = append $out (printf "%s:/etc/modelyard/tickets/extra-%s.pem" .keyId .keyId) -}}
+{{- end -}}
+{{- join "," $out -}}
+{{- end -}}
+
+{{/* The ticket key Secret's name; required with direct streams. */}}
+{{- define "modelyard.ticketKeySecret" -}}
+{{- required "directStreams.ticketKeySecret: an existing Secret with the Ed25519 ticket key pair, for directStreams.enabled" .Values.directStreams.ticketKeySecret -}}
 {{- end -}}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -123,3 +124,28 @@ def _alive(pid: int) -> bool:
     with contextlib.suppress(FileNotFoundError):
         return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
     return False
+
+
+def test_direct_streams_give_router_and_workers_a_ticket_key_and_reporter_token(
+    tmp_path: Path,
+) -> None:
+    from modelyard.tickets import TicketSigner, TicketVerifier
+
+    plain = LocalMesh(data_dir=tmp_path, env={"A": "1"})
+    assert plain._service_envs() == ({"A": "1"}, {"A": "1"})  # off by default: nothing added
+    assert not (tmp_path / "tickets").exists()
+
+    mesh = LocalMesh(data_dir=tmp_path, env={"A": "1"}, direct_streams=True)
+    router, worker = mesh._service_envs()
+    assert router["A"] == worker["A"] == "1"
+    for path in (tmp_path / "tickets").iterdir():
+        assert path.stat().st_mode & 0o777 == 0o600, path
+    signer = TicketSigner.from_setting(router["MODELYARD_ROUTER_TICKET_KEY"])
+    verifier = TicketVerifier.from_files([worker["MODELYARD_WORKER_TICKET_KEYS"]])
+    assert verifier.read(signer.issue("r1", "m@1")).request_id == "r1"
+    assert "MODELYARD_ROUTER_TICKET_KEY" not in worker  # the private key is the router's
+    routers = json.loads(worker["MODELYARD_WORKER_OUTCOME_ROUTERS"])
+    assert routers == {router["MODELYARD_ROUTER_ROUTER_ID"]: mesh.router_address}
+    token = worker["MODELYARD_WORKER_OUTCOME_TOKEN"]
+    assert router["MODELYARD_ROUTER_OUTCOME_REPORTER_TOKENS"] == f"workers:{token}"
+    assert len(token) >= 32
