@@ -34,6 +34,7 @@ from tests.ops.chart import (
     values_of,
 )
 from worker.main import PRELOADED
+from worker.residency.preload import read_preload
 
 K8S_VERSION = "1.35.0"
 VALUE_SETS = ("minimal-cpu", "gpu-keda", "external-tls")
@@ -592,7 +593,9 @@ def test_every_service_has_its_own_certificate_and_identity(
         ]
 
 
-def test_worker_preload_entries_are_references(rendered: dict[str, Rendered]) -> None:
+def test_worker_preload_entries_are_references(
+    rendered: dict[str, Rendered], tmp_path: Path
+) -> None:
     r = rendered["gpu-keda"]
     preloads = [cm for cm in r.of_kind("ConfigMap") if cm["metadata"]["name"].endswith("-preload")]
     assert len(preloads) == 2
@@ -602,6 +605,13 @@ def test_worker_preload_entries_are_references(rendered: dict[str, Rendered]) ->
             assert isinstance(ref, str) and REFERENCE.match(ref), entry
             if isinstance(entry, dict):
                 assert set(entry) <= {"model", "pin", "keep_alive_s"}, entry
+    # Every value set's every pool: the worker's own parser reads its preload file.
+    for name, rset in rendered.items():
+        for cm in rset.of_kind("ConfigMap"):
+            if cm["metadata"]["name"].endswith("-preload"):
+                path = tmp_path / f"{name}-{cm['metadata']['name']}.yaml"
+                path.write_text(cm["data"]["preload.yaml"])
+                read_preload(path)  # INVALID_ARGUMENT naming the item if malformed
     for where, c in modelyard_containers(r):
         if c["name"] == "worker":
             env = env_of(c)
