@@ -162,7 +162,8 @@ async def _read_body(reader: asyncio.StreamReader, head: bytes, began: float) ->
     """Read the whole response body; the time (ms) the first text arrived."""
     lower = head.lower()
     seen, first = b"", None
-    length = re.search(rb"content-length:\s*(\d+)", lower)
+    # At a line start: LiteLLM also sends its upstream's as llm_provider-content-length.
+    length = re.search(rb"\r\ncontent-length:\s*(\d+)", lower)
     while True:
         if length is not None:
             seen = await reader.readexactly(int(length.group(1)))
