@@ -134,8 +134,9 @@ class WorkerChannels:
         return closing
 
 
-class DirectCall:
-    """A direct generation's events, as a proxied call's (`for event in call`, `cancel`)."""
+class _Call:
+    """What both flavours share: the router stub, the worker channels, the picks so far,
+    and the worker call in progress (to cancel)."""
 
     def __init__(self, router: Any, channels: WorkerChannels, picks: Picks, metadata: Any) -> None:
         self._router, self._channels, self._picks = router, channels, picks
@@ -145,6 +146,10 @@ class DirectCall:
     def cancel(self) -> None:
         if self._call is not None:
             self._call.cancel()
+
+
+class DirectCall(_Call):
+    """A direct generation's events, as a proxied call's (`for event in call`, `cancel`)."""
 
     def __iter__(self) -> Iterator[RouterEvent]:
         picks = self._picks
@@ -176,17 +181,8 @@ def _head(events: Iterator[RouterEvent | None]) -> list[RouterEvent]:
     raise NoToken()
 
 
-class AsyncDirectCall:
+class AsyncDirectCall(_Call):
     """The asyncio twin of DirectCall (`async for event in call`)."""
-
-    def __init__(self, router: Any, channels: WorkerChannels, picks: Picks, metadata: Any) -> None:
-        self._router, self._channels, self._picks = router, channels, picks
-        self._metadata = metadata
-        self._call: Any = None
-
-    def cancel(self) -> None:
-        if self._call is not None:
-            self._call.cancel()
 
     async def __aiter__(self) -> AsyncIterator[RouterEvent]:
         picks = self._picks

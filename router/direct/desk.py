@@ -70,7 +70,8 @@ class TicketDesk:
         """The worker for `request.request` and its ticket; a slot is held from here."""
         signer = self._need_signer()
         gen = request.request
-        request_id, key = self._relay.intake(gen)
+        accepted = self._relay.intake(gen)
+        request_id, key = accepted.request_id, accepted.key
         started_at = self._clock()
         deadline = None if timeout_s is None else started_at + timeout_s
         self.pending.forget_request(key, request_id)  # asked again: the last pick failed

@@ -36,6 +36,7 @@ from router.relay.calls import OpenCall, route_span
 from router.relay.candidates import candidates
 from router.relay.refusals import left_pool, refused
 from router.relay.requests import (
+    Intake,
     check_context,
     intake,
     scheduling_request,
@@ -110,7 +111,8 @@ class Relay:
         self, request: router_pb2.GenerateRequest, *, timeout_s: float | None
     ) -> AsyncGenerator[router_pb2.GenerateResponse, None]:
         """Stream the generation; `timeout_s` is what is left of the caller's deadline."""
-        request_id, key = self.intake(request)
+        accepted = self.intake(request)
+        request_id, key = accepted.request_id, accepted.key
         started_at = self._clock()
         deadline = None if timeout_s is None else started_at + timeout_s
         with self.admission.admit(key), route_span(request, request_id) as span:
@@ -157,10 +159,9 @@ class Relay:
                 self._finished(run, leg, stream)
                 await self._cache.store(look, leg.attempt.cand.model)
 
-    def intake(self, request: router_pb2.GenerateRequest) -> tuple[str, str]:
-        """(request id, admission key) of a request fit to work on; else raises."""
-        accepted = intake(request, self._client_policy)
-        return accepted.request_id, accepted.key
+    def intake(self, request: router_pb2.GenerateRequest) -> Intake:
+        """The request's id and admission key, once it is fit to work on; else raises."""
+        return intake(request, self._client_policy)
 
     async def prepare(
         self,
