@@ -62,14 +62,15 @@ class WorkerSettings(ServiceSettings):
     prefix_cache_share: float = Field(
         default=0.0,
         ge=0.0,
-        le=0.9,
+        le=4.0,
         description=(
-            "Share of a model's context (KV cells) that finished requests' prompt and reply "
-            "may keep for reuse by later requests with the same prefix (next chat turns, "
-            "shared system prompts); live requests evict them first. 0 (the default): no "
-            "reuse, and vLLM's automatic prefix caching off. Opt-in because llama.cpp's "
-            "greedy output with a reused prefix can differ from a cold run after a few "
-            "tokens (its float sums depend on the batch shape); 0.5 is a good value."
+            "How much finished requests' KV (prompt and reply) each model may keep for "
+            "reuse by later requests with the same prefix (next chat turns, shared system "
+            "prompts), as a multiple of its context in tokens: llama.cpp keeps it in host "
+            "memory (counted in the model's memory estimate), vLLM's automatic prefix "
+            "caching is on when it is above 0. 0 (the default): no reuse. Opt-in because "
+            "llama.cpp's greedy output with a reused prefix can differ from a cold run after "
+            "a few tokens (its float sums depend on the batch shape); 0.5 is a good value."
         ),
     )
     max_queued_requests: int = Field(

@@ -15,9 +15,8 @@ Each request reserves KV cells on admission and may grow them
 reservations would overflow the shared cache, so `llama_decode` never runs out
 of cells mid-stream. Should every running sequence stall at once, the one
 holding the most cells ends with CONTEXT_LENGTH, freeing its cells for the others.
-Finished sequences' KV stays behind as cached prefixes (`llama_prefix`) that a
-request sharing their first tokens starts from; they are evicted before a
-request waits.
+Finished sequences' KV is saved to host memory as cached prefixes (`llama_prefix`)
+that a request sharing their first tokens starts from; they hold no cells.
 
 Everything here runs on the loop thread except `submit`, `cancel_all` and
 `stop`, which only touch the pending list under the lock.
@@ -174,24 +173,20 @@ class BatchDecoder:
                 job.emit(DecodeFailed(err))
                 continue
             reserved += reserve
-            self._reuse(slot, reserved)
+            self._reuse(slot)
             self._slots.append(slot)
             admitted.append(slot)
         return admitted
 
-    def _reuse(self, slot: Slot, reserved: int) -> None:
-        """Start the sequence from the longest cached prefix of its prompt, then evict
-        cached prefixes (least recently used first) until the reservations fit."""
+    def _reuse(self, slot: Slot) -> None:
+        """Start the sequence from the longest cached prefix of its prompt."""
         cache = self.prefix
         if cache is None:
             return
         entry, n = cache.match(slot.job.prompt_tokens)
-        if entry is not None:
-            cache.copy_into(entry, slot.seq_id, n)  # before any eviction: the cells stay
+        if entry is not None and cache.restore_into(entry, slot.seq_id, n):
             slot.fed = slot.n_past = slot.cached = n
-            slot.source = entry
             slot.kv = slot.job.prompt_tokens[:n]
-        cache.reclaim(reserved, self.n_ctx, keep=entry)
 
     def _new_slot(self, job: Job, seq_id: int, reserve: int) -> Slot:
         sampler = sampler_chain(self._n_vocab, job.request, job.grammar)
@@ -296,11 +291,7 @@ class BatchDecoder:
             return True
         others = sum(s.reserve for s in self._slots if s is not slot)
         want = slot.wanted(self.n_ctx)
-        cached = 0
-        if self.prefix is not None:
-            self.prefix.reclaim(others + want, self.n_ctx)  # cached prefixes yield first
-            cached = self.prefix.cells
-        grown = min(want, self.n_ctx - others - cached)
+        grown = min(want, self.n_ctx - others)
         slot.stalled = grown <= slot.n_past
         if not slot.stalled:
             slot.reserve = grown
@@ -386,7 +377,7 @@ class BatchDecoder:
         # Its chains only once the whole prompt is in: a prefix cut mid-prompt holds none.
         whole = slot.fed == len(slot.job.prompt_tokens)
         chains = finished_chains(req, "".join(slot.reply), reason) if whole else []
-        self.prefix.keep(slot.seq_id, slot.kv, chains, source=slot.source, shared=slot.cached)
+        self.prefix.keep(slot.seq_id, slot.kv, chains)
 
     def _memory_seq_rm(self, seq_id: int) -> None:
         memory = self._llama_cpp.llama_get_memory(self._ctx.ctx)

@@ -14,9 +14,9 @@ request's max_tokens, so a slow consumer never stalls the other sequences.
 Closing the consumer's stream (or `abort`) sets the job's cancel flag, which the
 loop checks before every step: an abandoned request costs at most one more step.
 
-Finished sequences' KV stays in the context as cached prefixes (`llama_prefix`),
-within `prefix_cache_share` of its cells: the context's cells are all allocated at
-load, so reuse never grows the model's memory, and unloading frees them with it.
+Finished sequences' KV is kept in host memory as cached prefixes (`llama_prefix`),
+at most `prefix_cache_share` x the context in tokens (the worker's memory estimate
+counts it); unloading frees them with the context.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from worker.engines.embed_common import embedding_only, not_embedding_model
 from worker.engines.llama_batch import BatchDecoder
 from worker.engines.llama_embed import LlamaEmbedder
 from worker.engines.llama_grammar import GrammarCompiler, GrammarPlan
-from worker.engines.llama_prefix import MAX_SEQUENCE_IDS, KvPrefixCache, cache_sequences
+from worker.engines.llama_prefix import KvPrefixCache, prefix_cache_tokens
 from worker.engines.llama_slots import Job
 from worker.engines.prefix_summary import PrefixSummary
 
@@ -199,6 +199,10 @@ class LlamaCppEngine:
         return list(self._model.tokenize(req.prompt.encode("utf-8"), add_bos=True, special=True))
 
 
+# llama.cpp caps sequence ids at 64 in some builds.
+MAX_SEQUENCE_IDS = 64
+
+
 def live_sequences(spec: ModelSpec) -> int:
     """Sequence ids for requests: the spec's, else the default, within llama.cpp's ids."""
     return min(spec.max_parallel_sequences or DEFAULT_SEQUENCES, MAX_SEQUENCE_IDS)
@@ -216,8 +220,7 @@ def _open(spec: ModelSpec) -> tuple[Any, Any]:
         params = llama_cpp.llama_context_default_params()
         params.n_ctx = spec.context_length
         params.n_batch = params.n_ubatch = min(spec.batch_size, spec.context_length)
-        n_live = live_sequences(spec)
-        params.n_seq_max = n_live + cache_sequences(n_live, spec.prefix_cache_share)
+        params.n_seq_max = live_sequences(spec)
         params.kv_unified = True  # sequences share the cells: one long prompt may use them all
         params.n_threads = params.n_threads_batch = spec.threads
         # Off, as llama-cpp-python's Llama has it: greedy output then matches Llama's token
@@ -244,13 +247,8 @@ def _open(spec: ModelSpec) -> tuple[Any, Any]:
 def _prefix_cache(spec: ModelSpec, ctx: Any, n_ctx: int) -> KvPrefixCache | None:
     import llama_cpp
 
-    n_live = live_sequences(spec)
-    n_cached = cache_sequences(n_live, spec.prefix_cache_share)
-    limit = int(n_ctx * spec.prefix_cache_share)
-    if not n_cached or limit <= 0:
-        return None
-    ids = range(n_live, n_live + n_cached)
-    return KvPrefixCache(llama_cpp, ctx, limit=limit, seq_ids=ids)
+    limit = prefix_cache_tokens(n_ctx, spec.prefix_cache_share)
+    return KvPrefixCache(llama_cpp, ctx, limit=limit) if limit > 0 else None
 
 
 def _close(model: Any, ctx: Any) -> None:

@@ -1,20 +1,25 @@
-"""Prefix reuse for the llama.cpp batched engine: finished sequences' KV kept as an LRU.
+"""Prefix reuse for the llama.cpp batched engine: finished sequences' KV kept in host
+memory as an LRU, restored into a new request's sequence.
 
 When a sequence finishes, its KV (the whole prompt and the reply tokens it fed) is
-copied to a sequence id of the cache's own (`llama_memory_seq_cp` shares the cells
-of a unified cache: nothing is computed or duplicated) and the live id is freed. A
-new request looks up the longest cached token prefix of its prompt (an index of
-rolling hashes of BLOCK-token blocks finds the candidates, then the tokens are
-compared exactly), shares those cells into its own sequence and prefills only the
-rest, always at least its last token (the logits come from it).
+saved out of the context (`llama_state_seq_get_data`: ~23 KB a token for SmolLM2,
+~15 ms per 1,000 tokens) and its cells are freed. A new request looks up the
+longest cached token prefix of its prompt (an index of rolling hashes of
+BLOCK-token blocks finds the candidates, then the tokens are compared exactly),
+restores that entry into its own sequence (`llama_state_seq_set_data`: ~3 ms per
+1,000 tokens, logits bit-identical to a cold prefill), drops the positions past the
+common prefix and prefills only the rest, always at least its last token.
 
-The cache holds at most `limit` cells, a share of the context. An entry started
-from another one shares that one's cells for the part it copied, so it counts only
-the cells of its own (its `parent` and `shared`); everything else is counted in
-full, even where a live sequence shares an entry's cells, so the engine's
-reservations plus `cells` never exceed the context and `llama_decode` never runs
-short. Live requests come first: the engine
-evicts least recently used entries before a request would wait for cells.
+Why not keep the cells in the context, shared with `llama_memory_seq_cp`: in a
+unified KV cache every sequence attends over every used cell (masked, but computed),
+so 8,000 cached cells made SmolLM2's prefill 3.4x and its decode 4x slower on this
+build (bench: 138 -> 41 tokens/s, 13 -> 55 ms a token); cached prefixes must cost
+nothing until they are used. This is how llama.cpp's own server keeps prompts
+(`--cache-ram`).
+
+The cache holds at most `limit` tokens of KV in host memory (a share of the context:
+the worker's memory estimate counts it) and at most MAX_CACHED_PREFIXES entries. An
+entry that a newer one extends is dropped (the newer holds all of it).
 
 Everything runs on the decode thread except `summary`, which reads an immutable
 snapshot the thread replaces on every change.
@@ -23,8 +28,9 @@ snapshot the thread replaces on every change.
 from __future__ import annotations
 
 import collections
+import ctypes
 import itertools
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,32 +38,22 @@ from modelyard.prefix import PrefixChain
 from worker.engines.prefix_summary import PrefixSummary, summary_links
 
 BLOCK = 32  # tokens per index block: a prefix shorter than one block is not worth a lookup
-# Sequence ids of cached prefixes, beyond the live ones; llama.cpp caps ids at 64 in
-# some builds, so the total stays within that.
-MAX_CACHED_PREFIXES = 16
-MAX_SEQUENCE_IDS = 64
+# Entries at most: bounds the lookup index and the summary's work.
+MAX_CACHED_PREFIXES = 64
 
 
-def cache_sequences(n_live: int, share: float) -> int:
-    """Sequence ids the context needs for cached prefixes (0: reuse off)."""
-    if share <= 0:
-        return 0
-    return max(min(MAX_CACHED_PREFIXES, MAX_SEQUENCE_IDS - n_live), 0)
+def prefix_cache_tokens(n_ctx: int, share: float) -> int:
+    """Tokens of KV the cache may hold in host memory (0: reuse off)."""
+    return max(int(n_ctx * share), 0)
 
 
 @dataclass(eq=False)
 class CachedPrefix:
-    seq_id: int
+    id: int
     tokens: list[int]  # the KV of positions 0..len-1, exactly these tokens
     chains: list[tuple[int, ...]]  # link hashes of the request chains it holds, newest last
     keys: list[int]  # rolling hashes of its full blocks: the lookup index's keys
-    # The entry whose cells its first `shared` positions are (copied from it); None: its own.
-    parent: CachedPrefix | None = None
-    shared: int = 0
-
-    @property
-    def own_cells(self) -> int:
-        return len(self.tokens) - self.shared
+    state: bytearray  # llama_state_seq_get_data of its sequence
 
 
 def block_keys(tokens: Sequence[int]) -> list[int]:
@@ -81,12 +77,13 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 
 
 class KvPrefixCache:
-    def __init__(self, llama_cpp: Any, ctx: Any, *, limit: int, seq_ids: Iterable[int]) -> None:
+    def __init__(self, llama_cpp: Any, ctx: Any, *, limit: int) -> None:
         self._llama_cpp, self._ctx = llama_cpp, ctx
         self.limit = limit
-        self._free_ids = sorted(seq_ids, reverse=True)
+        self._ids = itertools.count()
         self._entries: collections.OrderedDict[int, CachedPrefix] = collections.OrderedDict()
         self._index: dict[int, set[int]] = collections.defaultdict(set)
+        self._tokens = 0
         self._summary = PrefixSummary((), 0, limit)
 
     # -- lookups -------------------------------------------------------------------
@@ -97,8 +94,8 @@ class KvPrefixCache:
         best: CachedPrefix | None = None
         best_len = 0
         for key in reversed(block_keys(prompt)):
-            for seq_id in self._index.get(key, ()):
-                entry = self._entries[seq_id]
+            for entry_id in self._index.get(key, ()):
+                entry = self._entries[entry_id]
                 n = common_prefix(entry.tokens, prompt)
                 if n > best_len:
                     best, best_len = entry, n
@@ -107,7 +104,7 @@ class KvPrefixCache:
         best_len = min(best_len, len(prompt) - 1)
         if best is None or best_len < BLOCK:
             return None, 0
-        self._entries.move_to_end(best.seq_id)
+        self._entries.move_to_end(best.id)
         self._publish()
         return best, best_len
 
@@ -115,65 +112,59 @@ class KvPrefixCache:
         return self._summary
 
     @property
-    def cells(self) -> int:
-        """KV cells the cached prefixes hold (beyond those they share with each other)."""
-        return sum(e.own_cells for e in self._entries.values())
+    def tokens(self) -> int:
+        """Tokens of KV the cached prefixes hold in host memory."""
+        return self._tokens
 
     # -- changes -------------------------------------------------------------------
 
-    def copy_into(self, entry: CachedPrefix, seq_id: int, n: int) -> None:
-        """Share the entry's first n positions into live sequence `seq_id` (emptied first)."""
-        memory = self._memory()
+    def restore_into(self, entry: CachedPrefix, seq_id: int, n: int) -> bool:
+        """Live sequence `seq_id` (emptied first) starts as the entry's first n positions;
+        False (the sequence left empty) when the context has no room for the entry's
+        cells right now."""
+        memory = self._llama_cpp.llama_get_memory(self._ctx.ctx)
         self._llama_cpp.llama_memory_seq_rm(memory, seq_id, -1, -1)
-        self._llama_cpp.llama_memory_seq_cp(memory, entry.seq_id, seq_id, 0, n)
+        size = len(entry.state)
+        src = (ctypes.c_uint8 * size).from_buffer(entry.state)
+        restored = self._llama_cpp.llama_state_seq_set_data(self._ctx.ctx, src, size, seq_id)
+        del src
+        if restored != size:
+            self._llama_cpp.llama_memory_seq_rm(memory, seq_id, -1, -1)
+            return False
+        self._llama_cpp.llama_memory_seq_rm(memory, seq_id, n, -1)
+        return True
 
-    def reclaim(self, reserved: int, n_ctx: int, *, keep: CachedPrefix | None = None) -> None:
-        """Evict least recently used entries (`keep` last of all) until reserved + cells fit."""
-        while reserved + self.cells > n_ctx and self._entries:
-            victim = next((e for e in self._entries.values() if e is not keep), keep)
-            assert victim is not None
-            self._evict(victim)
-        self._publish()
-
-    def keep(
-        self,
-        seq_id: int,
-        tokens: list[int],
-        chains: Sequence[PrefixChain],
-        *,
-        source: CachedPrefix | None = None,
-        shared: int = 0,
-    ) -> None:
-        """A finished live sequence's KV (its first `shared` positions copied from
-        `source`): kept as the newest entry if it fits the limit, replacing entries it
-        extends; the live sequence itself is left to its owner."""
+    def keep(self, seq_id: int, tokens: list[int], chains: Sequence[PrefixChain]) -> None:
+        """A finished live sequence's KV, saved as the newest entry if it fits the limit,
+        replacing entries it extends; the live sequence itself is left to its owner."""
         if len(tokens) < BLOCK or len(tokens) > self.limit:
             return
         for old in self._entries.values():
             if common_prefix(old.tokens, tokens) == len(tokens):  # held already: name it so
                 old.chains = list(dict.fromkeys([*old.chains, *(c.hashes for c in chains)]))
-                self._entries.move_to_end(old.seq_id)
+                self._entries.move_to_end(old.id)
                 self._publish()
                 return
-        alive = source is not None and self._entries.get(source.seq_id) is source
-        entry = CachedPrefix(-1, tokens, [], block_keys(tokens))
-        if alive:
-            entry.parent, entry.shared = source, shared
+        state = self._save(seq_id)
+        if state is None:
+            return
         held: list[tuple[int, ...]] = []
         for old in list(self._entries.values()):
             if len(old.tokens) <= len(tokens) and common_prefix(old.tokens, tokens) == len(
                 old.tokens
             ):
                 held.extend(old.chains)  # everything it held, the new entry holds too
-                self._evict(old, entry)
-        while self._entries and (not self._free_ids or self.cells + entry.own_cells > self.limit):
-            self._evict(next(iter(self._entries.values())), entry)
-        entry.seq_id = self._free_ids.pop()
-        entry.chains = list(dict.fromkeys([*held, *(c.hashes for c in chains)]))
-        self._llama_cpp.llama_memory_seq_cp(self._memory(), seq_id, entry.seq_id, -1, -1)
-        self._entries[entry.seq_id] = entry
+                self._evict(old)
+        while self._entries and (
+            len(self._entries) >= MAX_CACHED_PREFIXES or self._tokens + len(tokens) > self.limit
+        ):
+            self._evict(next(iter(self._entries.values())))
+        chains_held = list(dict.fromkeys([*held, *(c.hashes for c in chains)]))
+        entry = CachedPrefix(next(self._ids), tokens, chains_held, block_keys(tokens), state)
+        self._entries[entry.id] = entry
+        self._tokens += len(tokens)
         for key in entry.keys:
-            self._index[key].add(entry.seq_id)
+            self._index[key].add(entry.id)
         self._publish()
 
     def clear(self) -> None:
@@ -183,27 +174,27 @@ class KvPrefixCache:
 
     # -- internals -----------------------------------------------------------------
 
-    def _evict(self, entry: CachedPrefix, newcomer: CachedPrefix | None = None) -> None:
-        del self._entries[entry.seq_id]
-        # Its children keep the cells they share with it: they now share with its parent
-        # only what it shared, and own the rest.
-        for child in [*self._entries.values(), *([newcomer] if newcomer else [])]:
-            if child.parent is entry:
-                child.parent = entry.parent
-                child.shared = min(child.shared, entry.shared) if entry.parent else 0
+    def _save(self, seq_id: int) -> bytearray | None:
+        size = int(self._llama_cpp.llama_state_seq_get_size(self._ctx.ctx, seq_id))
+        if size <= 0:
+            return None
+        state = bytearray(size)
+        dst = (ctypes.c_uint8 * size).from_buffer(state)
+        got = self._llama_cpp.llama_state_seq_get_data(self._ctx.ctx, dst, size, seq_id)
+        del dst  # releases the buffer export
+        return state if got == size else None
+
+    def _evict(self, entry: CachedPrefix) -> None:
+        del self._entries[entry.id]
+        self._tokens -= len(entry.tokens)
         for key in entry.keys:
             ids = self._index[key]
-            ids.discard(entry.seq_id)
+            ids.discard(entry.id)
             if not ids:
                 del self._index[key]
-        self._llama_cpp.llama_memory_seq_rm(self._memory(), entry.seq_id, -1, -1)
-        self._free_ids.append(entry.seq_id)
 
     def _publish(self) -> None:
         newest = itertools.chain.from_iterable(
             reversed(e.chains) for e in reversed(self._entries.values())
         )
-        self._summary = PrefixSummary(summary_links(newest), self.cells, self.limit)
-
-    def _memory(self) -> Any:
-        return self._llama_cpp.llama_get_memory(self._ctx.ctx)
+        self._summary = PrefixSummary(summary_links(newest), self._tokens, self.limit)

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from worker.engines.base import EngineEvent, EngineRequest
 from worker.engines.channel import DecodeFailed, EventChannel
 from worker.engines.llama_grammar import GrammarPlan
-from worker.engines.llama_prefix import CachedPrefix
 from worker.engines.llama_sampling import SequenceSampler
 from worker.engines.text import TextStream
 
@@ -62,7 +61,6 @@ class Slot:
     stalled: bool = False  # used its reserved cells, and none were free to grow into
     produced: int = 0
     cached: int = 0  # prompt tokens shared from a cached prefix
-    source: CachedPrefix | None = None  # the cached prefix they came from
     evaluated: int = 0  # prompt tokens this sequence ran through the model
     kv: list[int] = field(default_factory=list)  # the tokens of its KV, position by position
     reply: list[str] = field(default_factory=list)  # the text it streamed

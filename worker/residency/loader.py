@@ -31,6 +31,7 @@ from worker.engines.base import (
     ModelSpec,
     SamplingConfig,
 )
+from worker.engines.llama_prefix import prefix_cache_tokens
 from worker.engines.sim_options import sim_memory_bytes
 from worker.residency.load_options import engine_extra, is_artifact_uri
 from worker.residency.memory import estimate, rss_bytes
@@ -140,7 +141,9 @@ class ModelLoader:
             return simulated
         if model.resources.memory_bytes:
             return model.resources.memory_bytes
-        found = await asyncio.to_thread(estimate, path, self.context_length(model))
+        context = self.context_length(model)
+        cached = prefix_cache_tokens(context, self._settings.prefix_cache_share)
+        found = await asyncio.to_thread(estimate, path, context, cached)
         return found.total
 
     def spec(

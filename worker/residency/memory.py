@@ -243,12 +243,14 @@ def path_bytes(path: Path) -> int:
     return path.stat().st_size
 
 
-def estimate(path: Path, context_length: int) -> Estimate:
-    """Blocking (reads the header): the memory a model at `path` will take once loaded."""
+def estimate(path: Path, context_length: int, cached_tokens: int = 0) -> Estimate:
+    """Blocking (reads the header): the memory a model at `path` will take once loaded,
+    `cached_tokens` of KV kept in host memory as prefixes (llama.cpp) included."""
     weights = path_bytes(path)
     shape = read_shape(path) if path.is_file() else None
     if shape is None:
         extra = int(weights * (NON_GGUF_FACTOR - 1))
         return Estimate(weights, 0, extra)
     logits = shape.n_vocab * 4 * 8  # f32 logits for a few output rows
-    return Estimate(weights, shape.kv_cache_bytes(context_length), OVERHEAD_BYTES + logits)
+    kv = shape.kv_cache_bytes(context_length + cached_tokens)
+    return Estimate(weights, kv, OVERHEAD_BYTES + logits)

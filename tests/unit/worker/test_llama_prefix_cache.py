@@ -2,8 +2,8 @@
 
 A second request sharing a ~1,000-token prefix starts from the first one's KV: it
 reports the cached tokens, the engine evaluates only the rest (its own count), and
-greedy output equals a cold run's. Under cell pressure cached prefixes are evicted
-before a live request could fail or wait; the summary lists the chains.
+greedy output equals a cold run's. Cached prefixes live in host memory, not in the
+context's cells, within a token limit (LRU); the summary lists the chains.
 
 Prefill is the cost here (a 1,000-token prompt takes a minute and more on a busy
 2-core machine with one thread), so each test runs as few cold prompts as it can.
@@ -66,7 +66,8 @@ def spec(path: Path, *, context: int, share: float, parallel: int = 2) -> ModelS
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def warm(smollm2_gguf: Path) -> AsyncIterator[LlamaCppEngine]:
     engine = LlamaCppEngine(SequenceCounters())
-    await engine.load(spec(smollm2_gguf, context=4096, share=0.5))
+    # Room for two ~1,090-token entries in host memory (each holds its whole KV).
+    await engine.load(spec(smollm2_gguf, context=4096, share=0.75))
     yield engine
     await engine.unload()
 
@@ -113,7 +114,7 @@ async def test_a_shared_prefix_is_not_evaluated_again_and_the_output_is_unchange
         == chain_of_prompt(ask("", "Which colour is box 12?").prompt).hashes[-1]
     )
     assert chain_of_prompt(second.prompt).hashes[-1] in summary.link_hashes
-    assert 0 < summary.cached_tokens <= summary.cached_tokens_limit == 2048
+    assert 0 < summary.cached_tokens <= summary.cached_tokens_limit == 3072
     assert len(summary.link_hashes) <= MAX_SUMMARY_LINKS
     assert warm.stats().cached_prompt_tokens_total >= finished.cached_input_tokens
 
@@ -144,22 +145,25 @@ async def test_the_next_chat_turn_reuses_the_history_and_the_reply(
     assert len(tokens) > 0 and second.reason in (FinishReason.STOP, FinishReason.LENGTH)
 
 
-async def test_cached_prefixes_are_evicted_before_a_live_request_lacks_cells(
+async def test_cached_prefixes_hold_no_cells_and_stay_within_their_token_limit(
     smollm2_gguf: Path,
 ) -> None:
     engine = LlamaCppEngine(SequenceCounters())
-    await engine.load(spec(smollm2_gguf, context=512, share=0.5))  # 256 cells of cache
+    await engine.load(spec(smollm2_gguf, context=512, share=0.5))  # 256 tokens of cache
     try:
         kept = EngineRequest("kept", prompt=SHORT[:700], sampling=GREEDY, max_tokens=4)
         _, finished = await run(engine, kept)
         summary = engine.prefix_summary()
         assert summary is not None and summary.cached_tokens == finished.input_tokens + 3
-        assert summary.cached_tokens > 150
+        assert 150 < summary.cached_tokens <= summary.cached_tokens_limit == 256
         held = chain_of_prompt(kept.prompt).hashes[-1]
         assert held in summary.link_hashes
+        # The context has no cells in use: the entry lives in host memory, so the
+        # attention of later requests does not run over it.
+        assert _cells_in_use(engine) == 0
 
-        # Two live requests reserving ~210 cells each: with the cached ones the context
-        # would overflow, so the cache must give them up, and both run at once.
+        # Two live requests reserving ~210 cells each fill the context together, and
+        # both run at once while the cache keeps its entry.
         count = ", ".join(str(n) for n in range(1, 30))
         live = [
             EngineRequest(f"live{i}", prompt=f"{word}: {count}", sampling=GREEDY, max_tokens=100)
@@ -172,11 +176,29 @@ async def test_cached_prefixes_are_evicted_before_a_live_request_lacks_cells(
         assert isinstance(await anext(second), Scheduled)
         assert engine.stats().running_sequences == 2  # it did not wait for the first
         summary = engine.prefix_summary()
-        assert summary is not None and held not in summary.link_hashes
+        assert summary is not None and held in summary.link_hashes
         for stream in (first, second):
             events = [e async for e in stream]
             end = events[-1]
             assert isinstance(end, Finished) and end.reason is FinishReason.LENGTH
+        # Each finished request is kept, least recently used ones go first once the
+        # entries would pass the 256-token limit.
+        summary = engine.prefix_summary()
+        assert summary is not None and summary.cached_tokens <= 256
+        assert held not in summary.link_hashes
+        assert chain_of_prompt(live[1].prompt).hashes[-1] in summary.link_hashes
+
+        # Evicted, the first prompt is prefilled cold again.
+        _, again = await run(engine, kept)
+        assert again.cached_input_tokens == 0
     finally:
         await engine.unload()
     assert engine.prefix_summary() is None  # unloading frees the cache with the context
+
+
+def _cells_in_use(engine: LlamaCppEngine) -> int:
+    """Positions held by any sequence of the engine's context (live ids 0..n-1)."""
+    import llama_cpp
+
+    memory = llama_cpp.llama_get_memory(engine._ctx.ctx)
+    return sum(llama_cpp.llama_memory_seq_pos_max(memory, seq) + 1 for seq in range(2))
