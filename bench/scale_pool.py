@@ -7,6 +7,7 @@ import random
 from typing import Any, cast
 
 from modelyard.prefix import SCHEME, PrefixChain, chain_of_prompt
+from modelyard.refs import model_key
 from modelyard.v1 import model_pb2, worker_pb2
 from router.accounting import Accounting
 from router.breaker import BreakerBoard
@@ -93,7 +94,9 @@ def relay(pool: WorkerPool, sample_size: int) -> Relay:
     acct = Accounting(BreakerBoard(), LatencyEstimates(), RoutingStats())
     # Measured latencies on a few workers, as a router that has served a while has.
     for handle in pool.workers[::7]:
-        acct.latency.observe(handle.address, "m0@1", ttft_ms=120.0, inter_token_ms=25.0)
+        acct.latency.observe(
+            handle.address, model_key("m0", "1"), ttft_ms=120.0, inter_token_ms=25.0
+        )
     return Relay(
         cast(Any, None),  # scheduling never resolves a name
         pool,

@@ -20,7 +20,16 @@ def _weight(session_key: str, worker: str) -> int:
 def rendezvous_ranked(session_key: str, workers: Iterable[str], count: int) -> list[str]:
     """The `count` workers a session prefers most, first first: what a sampled cycle must
     score so that the scorer's choice among survivors is the one it makes over all."""
-    return heapq.nlargest(count, set(workers), key=lambda w: _weight(session_key, w))
+    # The same weights as _weight, with the session's part hashed once: this ranks a whole
+    # pool when a session is first seen.
+    prefix = hashlib.blake2b(f"{session_key}\0".encode(), digest_size=8)
+
+    def weight(worker: str) -> int:
+        h = prefix.copy()
+        h.update(worker.encode())
+        return int.from_bytes(h.digest(), "big")
+
+    return heapq.nlargest(count, set(workers), key=weight)
 
 
 @dataclass(frozen=True)

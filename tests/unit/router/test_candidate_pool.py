@@ -36,7 +36,9 @@ def _pool(n: int) -> WorkerPool:
     )
 
 
-def _status(sequence: int, state: int, links: tuple[int, ...] = ()) -> worker_pb2.WorkerStatus:
+def _status(
+    sequence: int, state: worker_pb2.ResidencyState.ValueType, links: tuple[int, ...] = ()
+) -> worker_pb2.WorkerStatus:
     summary = worker_pb2.PrefixCacheSummary(scheme=SCHEME, link_hashes=list(links))
     return worker_pb2.WorkerStatus(
         sequence=sequence,

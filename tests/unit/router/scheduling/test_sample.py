@@ -48,10 +48,8 @@ def profile(*scorers: Scorer, seed: int = 1, **sample: int) -> Profile:
     )
 
 
-def pool(n: int = POOL, **fields: object) -> list[Candidate]:
-    return [
-        cand(f"w{i:04d}", residency=WARM, queued_tokens=100 + i % 50, **fields) for i in range(n)
-    ]
+def pool(n: int = POOL) -> list[Candidate]:
+    return [cand(f"w{i:04d}", residency=WARM, queued_tokens=100 + i % 50) for i in range(n)]
 
 
 def test_a_scorer_sees_at_most_k_candidates_at_pool_1000() -> None:
