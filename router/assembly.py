@@ -73,7 +73,11 @@ def build(
     relay = Relay(
         catalog,
         pool,
-        profiles=build_profiles(settings.profile_weights, settings.profile_pickers),
+        profiles=build_profiles(
+            settings.profile_weights,
+            settings.profile_pickers,
+            sample_size=settings.scheduling_sample_size,
+        ),
         accounting=accounting,
         max_attempts=settings.max_attempts,
         max_total_attempts=settings.max_total_attempts,
@@ -93,7 +97,11 @@ def build(
     embed_relay = EmbedRelay(
         catalog,
         pool,
-        profiles=build_profiles(settings.profile_weights, settings.profile_pickers),
+        profiles=build_profiles(
+            settings.profile_weights,
+            settings.profile_pickers,
+            sample_size=settings.scheduling_sample_size,
+        ),
         accounting=accounting,
         max_attempts=settings.max_attempts,
         max_total_attempts=settings.max_total_attempts,

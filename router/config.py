@@ -118,6 +118,16 @@ class RouterSettings(ServiceSettings):
             "power_of_two or round_robin."
         ),
     )
+    scheduling_sample_size: int = Field(
+        default=16,
+        ge=0,
+        description=(
+            "Candidates a scheduling cycle filters and scores when the pool is larger: prefix "
+            "holders, the session's worker and warm copies first, then a random sample "
+            "(router/scheduling/sample.py); more are drawn only if too few pass the filters. "
+            "0 scores every candidate."
+        ),
+    )
     breaker_failures: int = Field(
         default=5, ge=1, description="Consecutive failures that open a worker's breaker."
     )

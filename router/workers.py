@@ -22,6 +22,7 @@ from modelyard.prefix import SCHEME as PREFIX_SCHEME
 from modelyard.refs import ModelKey, key_of, model_key
 from modelyard.telemetry import client_interceptors
 from modelyard.v1 import model_pb2, router_pb2, worker_pb2, worker_pb2_grpc
+from router.state.worker_index import WorkerIndex
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,13 @@ class WorkerHandle:
     # Per model, the prefix link hashes its pushed summary lists (modelyard/prefix.py);
     # a model absent here publishes none in our scheme. Built once per status change.
     prefix_sets: dict[ModelKey, frozenset[int]] = field(default_factory=dict)
+    # Per model, its residency in `status` (rebuilt when it is another object): one
+    # lookup per candidate, not a scan of the status's models.
+    _residencies: tuple[
+        worker_pb2.WorkerStatus | None, dict[ModelKey, worker_pb2.ResidencyState.ValueType]
+    ] = field(default=(None, {}), init=False, repr=False)
+    # The pool's index of resident models and published prefixes, kept current here.
+    index: WorkerIndex | None = None
 
     @property
     def worker_id(self) -> str:
@@ -74,10 +82,17 @@ class WorkerHandle:
         return f"{self.worker_id} ({self.address})" if self.worker_id else self.address
 
     def residency(self, model: model_pb2.Model) -> worker_pb2.ResidencyState.ValueType:
-        for m in self.status.models if self.status is not None else ():
-            if m.name == model.name and m.version == model.version:
-                return m.state
-        return worker_pb2.RESIDENCY_STATE_UNSPECIFIED
+        return self.residency_of(key_of(model))
+
+    def residency_of(self, key: ModelKey) -> worker_pb2.ResidencyState.ValueType:
+        return self.residencies().get(key, worker_pb2.RESIDENCY_STATE_UNSPECIFIED)
+
+    def residencies(self) -> dict[ModelKey, worker_pb2.ResidencyState.ValueType]:
+        status, table = self._residencies
+        if status is not self.status:
+            table = residencies_of(self.status) if self.status is not None else {}
+            self._residencies = (self.status, table)
+        return table
 
     def set_status(self, status: worker_pb2.WorkerStatus) -> None:
         previous = self.status
@@ -85,6 +100,9 @@ class WorkerHandle:
         # Heartbeats repeat the last sequence: the summaries are unchanged then.
         if previous is None or not status.sequence or status.sequence != previous.sequence:
             self.prefix_sets = prefix_sets_of(status)
+            if self.index is not None:
+                self.index.set_residency(self.address, self.residencies())
+                self.index.set_prefixes(self.address, self.prefix_sets)
 
     def prefix_held(self, model: model_pb2.Model) -> frozenset[int] | None:
         """The prefixes the worker says it holds for `model`; None: it does not say."""
@@ -132,9 +150,12 @@ class WorkerPool:
         self._retiring: set[asyncio.Task[None]] = set()
         # Called with the address of each removed worker (breakers and metrics forget it).
         self.on_removed: list[Callable[[str], None]] = []
+        self.index = WorkerIndex()
         self.workers: list[WorkerHandle] = []
         for address in dict.fromkeys(addresses):  # keep order, drop repeats
-            self.workers.append(_new_handle(address, self._connect))
+            self.workers.append(_new_handle(address, self._connect, self.index))
+        # Replaced, never changed, with `workers`: a cycle holds one consistent pair.
+        self.by_address: dict[str, WorkerHandle] = {h.address: h for h in self.workers}
 
     def start(self) -> None:
         self._started = True
@@ -152,12 +173,13 @@ class WorkerPool:
 
     def add(self, address: str) -> WorkerHandle:
         """Add a worker (no-op if known); its status watch starts if the pool has."""
-        for handle in self.workers:
-            if handle.address == address:
-                return handle
-        handle = _new_handle(address, self._connect)
+        known = self.by_address.get(address)
+        if known is not None:
+            return known
+        handle = _new_handle(address, self._connect, self.index)
         # A new list, so an ordering in progress keeps iterating the old one.
         self.workers = [*self.workers, handle]
+        self.by_address = {**self.by_address, address: handle}
         if self._started:
             self._follow_in_background(handle)
         log.info("worker %s added", address)
@@ -165,10 +187,13 @@ class WorkerPool:
 
     def remove(self, address: str, *, grace_s: float = REMOVE_GRACE_S) -> None:
         """Stop routing to a worker; calls already running on it get `grace_s` to finish."""
-        handle = next((h for h in self.workers if h.address == address), None)
+        handle = self.by_address.get(address)
         if handle is None:
             return
         self.workers = [h for h in self.workers if h is not handle]
+        self.by_address = {h.address: h for h in self.workers}
+        self.index.forget(address)
+        handle.index = None
         task = self._tasks.pop(handle, None)
         if task is not None:
             task.cancel()
@@ -261,14 +286,28 @@ def prefix_sets_of(status: worker_pb2.WorkerStatus) -> dict[ModelKey, frozenset[
     }
 
 
+def residencies_of(
+    status: worker_pb2.WorkerStatus,
+) -> dict[ModelKey, worker_pb2.ResidencyState.ValueType]:
+    """Each listed model's residency; the first listing wins, as the scan it replaced did."""
+    out: dict[ModelKey, worker_pb2.ResidencyState.ValueType] = {}
+    for m in status.models:
+        out.setdefault(model_key(m.name, m.version), m.state)
+    return out
+
+
 def plaintext_channel(address: str) -> grpc.aio.Channel:
     return grpc.aio.insecure_channel(
         address, options=CHANNEL_OPTIONS, interceptors=client_interceptors()
     )
 
 
-def _new_handle(address: str, connect: Callable[[str], grpc.aio.Channel]) -> WorkerHandle:
+def _new_handle(
+    address: str, connect: Callable[[str], grpc.aio.Channel], index: WorkerIndex
+) -> WorkerHandle:
     channel = connect(address)
     # The stub factory's overload cannot tell that this channel is async.
     stub = worker_pb2_grpc.WorkerServiceStub(channel)
-    return WorkerHandle(address, channel, cast("worker_pb2_grpc.WorkerServiceAsyncStub", stub))
+    return WorkerHandle(
+        address, channel, cast("worker_pb2_grpc.WorkerServiceAsyncStub", stub), index=index
+    )

@@ -32,12 +32,13 @@ from router.admission import RouterAdmission
 from router.catalog import Catalog, Target
 from router.client_policy import ClientPolicy
 from router.relay.attempts import Attempt, AttemptLog, Fatal, Retryable, Scheduled, attempts
-from router.relay.candidates import candidates
+from router.relay.candidate_pool import IndexedPool
 from router.relay.refusals import left_pool, refused
 from router.relay.requests import hinted, request_id_of
 from router.scheduling.framework import Profile, run_cycle
 from router.scheduling.types import Request
 from router.state.prefix_history import PrefixHistory
+from router.state.session_targets import SessionTargets
 from router.stats import Outcome
 from router.workers import WorkerPool
 
@@ -85,6 +86,7 @@ class EmbedRelay:
         # This relay's open calls per worker: the pushed status lags behind them.
         self._in_flight: Counter[str] = Counter()
         self._no_prefixes = PrefixHistory()  # embeddings leave no prefix in a KV cache
+        self._sessions = SessionTargets()
 
     async def embed(
         self, request: router_pb2.EmbedRequest, *, timeout_s: float | None
@@ -164,11 +166,11 @@ class EmbedRelay:
     def _schedule(
         self, profile: Profile, req: Request, models: Sequence[model_pb2.Model]
     ) -> Scheduled:
-        cands, handles = candidates(
-            models, self._pool.workers, self._acct, self._in_flight, self._no_prefixes
+        pool = IndexedPool(
+            models, self._pool, self._acct, self._in_flight, self._no_prefixes, self._sessions
         )
-        decision = run_cycle(profile, req, cands)
-        return Scheduled(decision.ordered, decision.cycle, handles)
+        decision = run_cycle(profile, req, pool)
+        return Scheduled(decision.ordered, decision.cycle, pool.handles)
 
     async def _try(
         self, run: _Run, attempt: Attempt

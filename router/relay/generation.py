@@ -33,7 +33,7 @@ from router.relay.attempts import (
     attempts,
 )
 from router.relay.calls import OpenCall, route_span
-from router.relay.candidates import candidates
+from router.relay.candidate_pool import IndexedPool
 from router.relay.refusals import left_pool, refused
 from router.relay.requests import (
     Intake,
@@ -52,10 +52,11 @@ from router.relay.stream import (
     read_head,
 )
 from router.scheduling.framework import Profile, run_cycle
-from router.scheduling.types import Candidate, Request
+from router.scheduling.types import Request
 from router.state.prefix_history import PrefixHistory
+from router.state.session_targets import SessionTargets
 from router.stats import Outcome as StatsOutcome
-from router.workers import WorkerHandle, WorkerPool
+from router.workers import WorkerPool
 
 log = logging.getLogger(__name__)
 
@@ -98,13 +99,13 @@ class Relay:
         self.in_flight: Counter[str] = Counter()
         # Where this router sent each prefix, for workers that publish no prefix summary.
         self.prefix_history = prefix_history or PrefixHistory()
+        self._sessions = SessionTargets()
         self._cache = CacheHook(response_cache, accounting, clock)
 
-    def candidates(
-        self, models: Sequence[model_pb2.Model]
-    ) -> tuple[list[Candidate], dict[str, WorkerHandle]]:
-        return candidates(
-            models, self._pool.workers, self._acct, self.in_flight, self.prefix_history
+    def candidates(self, models: Sequence[model_pb2.Model]) -> IndexedPool:
+        """The request's candidates, built as the scheduling cycle asks for them."""
+        return IndexedPool(
+            models, self._pool, self._acct, self.in_flight, self.prefix_history, self._sessions
         )
 
     async def generate(
@@ -249,9 +250,9 @@ class Relay:
     def _schedule(
         self, profile: Profile, req: Request, models: Sequence[model_pb2.Model]
     ) -> Scheduled:
-        cands, handles = self.candidates(models)
-        decision = run_cycle(profile, req, cands)
-        return Scheduled(decision.ordered, decision.cycle, handles)
+        pool = self.candidates(models)
+        decision = run_cycle(profile, req, pool)
+        return Scheduled(decision.ordered, decision.cycle, pool.handles)
 
     async def try_candidate(
         self, run: GenerationRun, attempt: Attempt, cleanup: AsyncExitStack

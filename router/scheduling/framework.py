@@ -1,4 +1,5 @@
-"""One scheduling cycle: filters, then weighted scorers, then the profile's picker."""
+"""One scheduling cycle: filters (over a bounded sample of a large pool), then weighted
+scorers, then the profile's picker."""
 
 from __future__ import annotations
 
@@ -6,7 +7,18 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from router.scheduling.types import Candidate, CycleState, Filter, Picker, Request, Scorer
+from router.scheduling.filtering import apply_filters
+from router.scheduling.sample import BoundedSample
+from router.scheduling.sequence_pool import SequencePool
+from router.scheduling.types import (
+    Candidate,
+    CandidatePool,
+    CycleState,
+    Filter,
+    Picker,
+    Request,
+    Scorer,
+)
 
 log = logging.getLogger(__name__)
 
@@ -19,6 +31,8 @@ class Profile:
     filters: Sequence[Filter]
     scorers: Sequence[tuple[Scorer, float]]
     picker: Picker
+    # None: every candidate is filtered and scored, whatever the pool's size.
+    sample: BoundedSample | None = None
 
 
 @dataclass(frozen=True)
@@ -29,13 +43,17 @@ class Decision:
     cycle: CycleState
 
 
-def run_cycle(profile: Profile, req: Request, cands: Sequence[Candidate]) -> Decision:
+def run_cycle(
+    profile: Profile, req: Request, cands: Sequence[Candidate] | CandidatePool
+) -> Decision:
     cycle = CycleState()
-    survivors: Sequence[Candidate] = list(cands)
-    for f in profile.filters:
-        if not survivors:
-            break
-        survivors = f.filter(req, survivors, cycle)
+    pool = SequencePool(cands) if isinstance(cands, Sequence) else cands
+    sample = profile.sample
+    survivors: Sequence[Candidate]
+    if sample is None or len(pool) <= sample.size:
+        survivors = apply_filters(profile.filters, req, list(pool.all()), cycle)
+    else:
+        survivors = sample.survivors(req, pool, profile.filters, cycle)
     if not survivors:
         return Decision([], cycle)
     total = {c: 0.0 for c in survivors}

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from modelyard.refs import ModelKey
 from router.scheduling.types import Candidate, CycleState, Request
 
 # Before any measurement: an optimistic prior, so unmeasured workers get tried.
@@ -21,6 +22,7 @@ LOAD_MS_PER_GB = 1000.0
 _GB = 1 << 30
 _TTFT_KEY = "predict.ttft_ms"
 _GAIN_KEY = "predict.prefix_gain"
+_MEANS_KEY = "predict.model_means"
 
 
 @dataclass(frozen=True)
@@ -54,31 +56,60 @@ def queue_wait_ms(cand: Candidate) -> float:
 def prefix_gains(
     req: Request, cands: Sequence[Candidate], cycle: CycleState
 ) -> dict[Candidate, PrefixGain]:
+    # Keyed by the list it was computed for: every candidate asks with the same list, and
+    # checking membership per call made a cycle quadratic in the pool.
     cached = cycle.data.get(_GAIN_KEY)
-    if isinstance(cached, dict) and all(c in cached for c in cands):
-        return cached
+    if isinstance(cached, tuple):
+        for_cands, gains_of = cached
+        if for_cands is cands or all(c in gains_of for c in cands):
+            cycle.data[_GAIN_KEY] = (cands, gains_of)
+            return gains_of  # type: ignore[no-any-return]
     total = req.prefix.total_bytes
     waits = {c: queue_wait_ms(c) for c in cands}
     least = min(waits.values(), default=0.0)
+    means = _means(cands, cycle)
     gains: dict[Candidate, PrefixGain] = {}
     for c in cands:
         held_bytes = req.prefix.held(c.prefix_held)[1] if total else 0
         share = held_bytes / total if total else 0.0
-        saved = share * req.prompt_tokens * _prefill_ms_per_token(c, cands)
+        saved = share * req.prompt_tokens * _prefill_ms_per_token(c, means)
         gains[c] = PrefixGain(share, saved, max(0.0, saved - (waits[c] - least)))
-    cycle.data[_GAIN_KEY] = gains
+    cycle.data[_GAIN_KEY] = (cands, gains)
     return gains
 
 
-def _prefill_ms_per_token(cand: Candidate, cands: Sequence[Candidate]) -> float:
+@dataclass(frozen=True)
+class _Means:
+    """Per model, the mean measured TTFT and prefill per token over one candidate list."""
+
+    ttft_ms: dict[ModelKey, float]
+    prefill_ms_per_token: dict[ModelKey, float]
+
+
+def _means(cands: Sequence[Candidate], cycle: CycleState) -> _Means:
+    # Once per list, not once per candidate (that was quadratic in the pool).
+    cached = cycle.data.get(_MEANS_KEY)
+    if isinstance(cached, tuple) and cached[0] is cands:
+        return cached[1]  # type: ignore[no-any-return]
+    ttft: dict[ModelKey, list[float]] = {}
+    prefill: dict[ModelKey, list[float]] = {}
+    for c in cands:
+        if c.ttft_ms is not None:
+            ttft.setdefault(c.model_key, []).append(c.ttft_ms)
+        if c.prefill_ms_per_token is not None:
+            prefill.setdefault(c.model_key, []).append(c.prefill_ms_per_token)
+    means = _Means(
+        {k: sum(v) / len(v) for k, v in ttft.items()},
+        {k: sum(v) / len(v) for k, v in prefill.items()},
+    )
+    cycle.data[_MEANS_KEY] = (cands, means)
+    return means
+
+
+def _prefill_ms_per_token(cand: Candidate, means: _Means) -> float:
     if cand.prefill_ms_per_token is not None:
         return cand.prefill_ms_per_token
-    known = [
-        c.prefill_ms_per_token
-        for c in cands
-        if c.prefill_ms_per_token is not None and c.model_key == cand.model_key
-    ]
-    return sum(known) / len(known) if known else PRIOR_PREFILL_MS_PER_TOKEN
+    return means.prefill_ms_per_token.get(cand.model_key, PRIOR_PREFILL_MS_PER_TOKEN)
 
 
 def predicted_ttft_ms(
@@ -95,10 +126,7 @@ def predicted_ttft_ms(
         return float(cache[cand])
     base = cand.ttft_ms
     if base is None:
-        known = [
-            c.ttft_ms for c in cands if c.ttft_ms is not None and c.model_key == cand.model_key
-        ]
-        base = sum(known) / len(known) if known else PRIOR_TTFT_MS
+        base = _means(cands, cycle).ttft_ms.get(cand.model_key, PRIOR_TTFT_MS)
     gain = prefix_gains(req, cands, cycle).get(cand)
     if gain is not None and gain.net_ms > 0:
         base = max(base - gain.net_ms, base * (1.0 - gain.share))

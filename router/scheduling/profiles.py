@@ -18,6 +18,7 @@ from router.scheduling.framework import Profile
 from router.scheduling.pickers.max_score import MaxScorePicker
 from router.scheduling.pickers.power_of_two import PowerOfTwoPicker
 from router.scheduling.pickers.round_robin import RoundRobinPicker
+from router.scheduling.sample import DEFAULT_SIZE, BoundedSample
 from router.scheduling.scorers.affinity import AffinityScorer
 from router.scheduling.scorers.cost import CostScorer
 from router.scheduling.scorers.latency import LatencyScorer
@@ -96,9 +97,14 @@ DEFAULT_PICKERS: Mapping[str, str] = MappingProxyType(
 def build_profiles(
     weights: Mapping[str, Mapping[str, float]] | None = None,
     pickers: Mapping[str, str] | None = None,
+    sample_size: int = DEFAULT_SIZE,
 ) -> dict[Objective, Profile]:
     """One profile per objective; `weights` and `pickers` (by objective name) replace the
-    defaults. Unknown names are a ValueError, so a typo fails at start."""
+    defaults. Unknown names are a ValueError, so a typo fails at start. Pools larger
+    than `sample_size` candidates are scored on a bounded sample (sample.py); 0 scores
+    every candidate."""
+    if sample_size < 0:
+        raise ValueError(f"sample_size must be 0 (off) or more, not {sample_size}")
     weights = weights or {}
     pickers = pickers or {}
     for key in (*weights, *pickers):
@@ -118,5 +124,6 @@ def build_profiles(
             filters=default_filters(),
             scorers=[(SCORERS[s](), w) for s, w in table.items()],
             picker=PICKERS[picker](),
+            sample=BoundedSample(sample_size) if sample_size else None,
         )
     return profiles

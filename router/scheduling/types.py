@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+import random
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Protocol, TypeAlias
 
 from modelyard.prefix import PrefixChain
@@ -71,8 +73,9 @@ class Candidate:
     prefix_held: Collection[int] = frozenset()
     prefix_precise: bool = False
 
-    @property
+    @cached_property
     def model_key(self) -> ModelKey:
+        # Cached: every plugin asks, and formatting it was a tenth of a cycle.
         return key_of(self.model)
 
     @property
@@ -103,6 +106,9 @@ class CycleState:
     # The request fields the rejections blame ("" for a reason that is no field's), so
     # that a request nothing can take names the parameter to change.
     blamed: set[str] = field(default_factory=set)
+    # Set by a filter that kept every candidate because none passed (healthy): a sampled
+    # cycle then looks further before trusting that batch.
+    failed_open: bool = False
 
     def reject(self, plugin: str, cand: Candidate, why: str, *, blame: str = "") -> None:
         self.blamed.add(blame)
@@ -112,6 +118,34 @@ class CycleState:
 
     def describe_rejections(self) -> str:
         return "; ".join(f"{p}: {', '.join(r)}" for p, r in self.rejected.items())
+
+
+class CandidatePool(Protocol):
+    """Candidates built on demand, so a sampled cycle builds only the few it scores.
+    One pool serves one cycle and hands out one object per (worker, model) pair."""
+
+    def __len__(self) -> int: ...
+
+    def all(self) -> Sequence[Candidate]:
+        """Every candidate, models in order, workers in pool order (the unsampled cycle)."""
+        ...
+
+    def prefix_holders(self, req: Request, limit: int) -> list[Candidate]:
+        """Up to `limit` candidates holding a prefix of the request, longest first."""
+        ...
+
+    def affinity_targets(self, req: Request, count: int) -> list[Candidate]:
+        """The candidates of the `count` workers ranked first for the request's session
+        (rendezvous, as scorers/affinity.py ranks them); none without a session key."""
+        ...
+
+    def resident(self, rng: random.Random) -> Iterator[Candidate]:
+        """Warm or loading candidates, each once, in random order."""
+        ...
+
+    def shuffled(self, rng: random.Random) -> Iterator[Candidate]:
+        """Every candidate once, in random order."""
+        ...
 
 
 class Filter(Protocol):

@@ -9,7 +9,7 @@ in LRU order; the table is bounded in entries, whatever the traffic.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Sequence
 
 from modelyard.prefix import PrefixChain
 from modelyard.refs import ModelKey
@@ -46,6 +46,10 @@ class PrefixHistory:
             del workers[:-MAX_WORKERS_PER_LINK]
         while len(self._links) > self._max:
             self._links.popitem(last=False)
+
+    def workers_of(self, model: ModelKey, link: int) -> Sequence[str]:
+        """The workers we guess hold `link` for `model`, most recent last."""
+        return self._links.get((model, link), ())
 
     def holds(self, model: ModelKey, worker: str, link: int) -> bool:
         return worker in self._links.get((model, link), ())

@@ -20,6 +20,7 @@ class HealthyFilter:
     ) -> Sequence[Candidate]:
         kept = [c for c in cands if c.healthy]
         if not kept:
+            cycle.failed_open = True
             return cands
         for c in cands:
             if not c.healthy:

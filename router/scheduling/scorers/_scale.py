@@ -13,13 +13,14 @@ def lower_is_better(raw: Mapping[K, float]) -> dict[K, float]:
     if not raw:
         return {}
     best = min(raw.values())
+    # Once, not per key (that was quadratic in the pool).
+    worst = max(raw.values()) if best <= 0 else 0.0
     out: dict[K, float] = {}
     for key, value in raw.items():
         if value <= 0:
             out[key] = 1.0
         elif best <= 0:
             # The best is free: rate the rest against the worst instead.
-            worst = max(raw.values())
             out[key] = 1.0 - value / worst if worst > 0 else 1.0
         else:
             out[key] = best / value

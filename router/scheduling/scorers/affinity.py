@@ -4,7 +4,8 @@ unless that worker is much busier than the least busy one."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+import heapq
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from router.scheduling.load import load_of
@@ -14,6 +15,21 @@ from router.scheduling.types import Candidate, CycleState, Request
 def _weight(session_key: str, worker: str) -> int:
     digest = hashlib.blake2b(f"{session_key}\0{worker}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big")
+
+
+def rendezvous_ranked(session_key: str, workers: Iterable[str], count: int) -> list[str]:
+    """The `count` workers a session prefers most, first first: what a sampled cycle must
+    score so that the scorer's choice among survivors is the one it makes over all."""
+    # The same weights as _weight, with the session's part hashed once: this ranks a whole
+    # pool when a session is first seen.
+    prefix = hashlib.blake2b(f"{session_key}\0".encode(), digest_size=8)
+
+    def weight(worker: str) -> int:
+        h = prefix.copy()
+        h.update(worker.encode())
+        return int.from_bytes(h.digest(), "big")
+
+    return heapq.nlargest(count, set(workers), key=weight)
 
 
 @dataclass(frozen=True)

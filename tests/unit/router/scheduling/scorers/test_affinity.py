@@ -1,4 +1,4 @@
-from router.scheduling.scorers.affinity import AffinityScorer
+from router.scheduling.scorers.affinity import AffinityScorer, rendezvous_ranked
 from tests.unit.router.scheduling.plugin_kit import cand, cycle, req
 
 
@@ -24,3 +24,11 @@ def test_a_much_busier_preferred_worker_loses_the_bonus() -> None:
     preferred = max(scores, key=lambda c: scores[c]).worker
     busy = [cand(w, queued_tokens=10_000 if w == preferred else 0) for w in ("a", "b")]
     assert set(AffinityScorer().score(r, busy, cycle()).values()) == {0.0}
+
+
+def test_the_pool_ranking_agrees_with_the_scorer() -> None:
+    workers = [cand(f"w{i}") for i in range(50)]
+    for session in ("a", "user-7", "s-123"):
+        scores = AffinityScorer().score(req(session_key=session), workers, cycle())
+        preferred = max(scores, key=lambda c: scores[c]).worker
+        assert rendezvous_ranked(session, (c.worker for c in workers), 3)[0] == preferred

@@ -1,0 +1,75 @@
+"""The bounded-sample stage: on a large pool, filter and score a sample, not everyone.
+
+In the manner of kube-scheduler's `percentageOfNodesToScore`: a cycle over more than
+`size` candidates filters them in batches of `size`, in an order that puts first the
+candidates that matter for the answer (those holding the request's prefix, the session's
+rendezvous targets, warm copies), then a random draw of the rest, and stops once a batch
+leaves `min_survivors`. Filters still judge every candidate that is scored, so a sample
+never picks a filtered-out worker; a batch that filters to too few draws another, up to
+the whole pool. A random sample of the loaded rest is power-of-d choices: the least
+loaded of d random workers is nearly as good as the least loaded of all.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+from router.scheduling.filtering import apply_filters
+from router.scheduling.types import Candidate, CandidatePool, CycleState, Filter, Request
+
+DEFAULT_SIZE = 16
+
+
+@dataclass(frozen=True)
+class BoundedSample:
+    size: int = DEFAULT_SIZE
+    # At most this share of a batch goes to prefix holders: the rest still sees load.
+    holders_share: float = 0.5
+    affinity_targets: int = 3
+    # Warm copies fill up to this share of the first batch; the rest is drawn from all,
+    # so a cold worker with an idle accelerator still gets a look.
+    resident_share: float = 0.75
+    rng: random.Random = field(default_factory=random.Random, compare=False)
+
+    @property
+    def min_survivors(self) -> int:
+        return max(1, self.size // 4)
+
+    def survivors(
+        self,
+        req: Request,
+        pool: CandidatePool,
+        filters: Sequence[Filter],
+        cycle: CycleState,
+    ) -> list[Candidate]:
+        """Filtered candidates from batches of the draw, until enough survive."""
+        draw = self.draw(req, pool)
+        kept: list[Candidate] = []
+        # Survivors of a batch a filter let through because nothing in it passed
+        # (healthy's fail-open): trusted only if the rest of the pool has nothing better.
+        provisional: list[Candidate] = []
+        while len(kept) < self.min_survivors:
+            batch = list(itertools.islice(draw, self.size))
+            if not batch:
+                break
+            cycle.failed_open = False
+            passed = apply_filters(filters, req, batch, cycle)
+            (provisional if cycle.failed_open else kept).extend(passed)
+        cycle.failed_open = not kept and bool(provisional)
+        return kept or provisional
+
+    def draw(self, req: Request, pool: CandidatePool) -> Iterator[Candidate]:
+        """Every candidate at most once: the ones that matter first, then random."""
+        seen: set[int] = set()
+        first = itertools.chain(
+            pool.prefix_holders(req, max(1, int(self.size * self.holders_share))),
+            pool.affinity_targets(req, self.affinity_targets),
+        )
+        resident = itertools.islice(pool.resident(self.rng), int(self.size * self.resident_share))
+        for cand in itertools.chain(first, resident, pool.shuffled(self.rng)):
+            if id(cand) not in seen:
+                seen.add(id(cand))
+                yield cand
