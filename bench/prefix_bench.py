@@ -3,7 +3,7 @@ llama.cpp workers: TTFT p50/p95, throughput, cached-token fraction and load imba
 
     .venv/bin/python -m bench.prefix_bench [--workers 2] [--sessions 16] [--turns 6]
         [--questions 48] [--concurrency 8] [--reps 3] [--scale 1.0] [--max-tokens 16]
-        [--quick]
+        [--think-ms 0] [--quick]
 
 One mesh (bench/prefix_pool.py: registry, SmolLM2 llama.cpp workers with one thread
 each, one router per policy over the same workers) runs both workloads
@@ -33,7 +33,7 @@ Results = dict[str, dict[str, list[Run]]]  # workload -> policy -> one Run per r
 def run_all(routers: Mapping[str, str], args: argparse.Namespace) -> Results:
     policies = list(routers)
     results: Results = {w: {p: [] for p in policies} for w in WORKLOADS}
-    sizes = Sizes(args.scale, args.max_tokens)
+    sizes = Sizes(args.scale, args.max_tokens, args.think_ms)
     for rep in range(args.reps):
         order = policies[rep % len(policies) :] + policies[: rep % len(policies)]
         for policy in order:
@@ -94,8 +94,8 @@ def command(args: argparse.Namespace) -> str:
     if args.quick:
         return "python -m bench.prefix_bench --quick"
     flags = ("workers", "sessions", "turns", "questions", "concurrency", "reps", "scale")
-    text = " ".join(f"--{f} {getattr(args, f):g}" for f in (*flags, "max_tokens"))
-    text = text.replace("max_tokens", "max-tokens")
+    text = " ".join(f"--{f} {getattr(args, f):g}" for f in (*flags, "max_tokens", "think_ms"))
+    text = text.replace("max_tokens", "max-tokens").replace("think_ms", "think-ms")
     return f"python -m bench.prefix_bench {text} --policies {args.policies}"
 
 
@@ -107,7 +107,8 @@ def report(results: Results, args: argparse.Namespace) -> str:
         f"{args.workers} llama.cpp workers (SmolLM2-135M Q4_1, 1 thread, {PARALLEL_SEQUENCES} "
         f"parallel sequences, {CONTEXT_CELLS} KV cells), {args.max_tokens} output tokens a "
         "request, "
-        f"{args.reps} interleaved repetitions, text scale {args.scale:g}; `{command(args)}`. "
+        f"{args.reps} interleaved repetitions, text scale {args.scale:g}, think time "
+        f"{args.think_ms:g} ms mean between a session's turns; `{command(args)}`. "
         "Policies: bench/prefix_pool.py says how each router is configured. Figures: "
         "min / median / max over repetitions.",
     ]
@@ -139,6 +140,12 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=16, help="Output tokens a request.")
     parser.add_argument(
         "--scale", type=float, default=1.0, help="Text lengths (a slow machine: below 1)."
+    )
+    parser.add_argument(
+        "--think-ms",
+        type=float,
+        default=0.0,
+        help="Mean pause before a session's next turn (uniform in [0, 2x]; 0: none).",
     )
     parser.add_argument("--quick", action="store_true", help="A smoke run.")
     args = parser.parse_args()

@@ -12,6 +12,7 @@ Every run's texts start with its own tag, so no run reuses a prefix another cach
 from __future__ import annotations
 
 import asyncio
+import random
 import statistics
 import time
 from collections import Counter
@@ -26,10 +27,12 @@ from modelyard.v1 import common_pb2, router_pb2, router_pb2_grpc
 
 @dataclass(frozen=True)
 class Sizes:
-    """`scale` multiplies the texts' lengths (1.0: the sizes above); output tokens a request."""
+    """`scale` multiplies the texts' lengths (1.0: the sizes above); output tokens a request;
+    `think_ms`: the mean pause before a session's next turn (uniform in [0, 2x])."""
 
     scale: float = 1.0
     max_tokens: int = 16
+    think_ms: float = 0.0
 
 
 TIMEOUT_S = 900.0
@@ -122,13 +125,26 @@ def sentences(count: int, scale: float) -> int:
 async def multi_turn(
     address: str, tag: str, sessions: int, turns: int, sizes: Sizes, keyed: bool
 ) -> Run:
-    """`keyed`: each request names its session (hints.session_key)."""
+    """`keyed`: each request names its session (hints.session_key).
+
+    Without think time a session's next turn arrives the moment its previous reply ends,
+    which frees exactly the worker that served it: a load-only router then sends it back
+    there and gets the cache for free. People read before they answer, so other sessions'
+    turns arrive in between; `sizes.think_ms` models that (seeded, the same for every
+    policy)."""
     run = Run()
+    pauses = random.Random(f"{sessions}-{turns}")
+    think = [
+        [pauses.uniform(0, 2 * sizes.think_ms) / 1000 for _ in range(turns)]
+        for _ in range(sessions)
+    ]
     system_n, user_n = sentences(20, sizes.scale), sentences(13, sizes.scale)
 
     async def session(s: int) -> None:
         history = [message("system", f"Session {tag}-{s}. " + filler(f"{tag}-{s}", system_n))]
         for t in range(turns):
+            if t:
+                await asyncio.sleep(think[s][t])
             history.append(message("user", filler(f"{tag}-{s}-{t}", user_n) + " Summarise."))
             key = f"{tag}-{s}" if keyed else ""
             reply = await ask(stub, history, key, run, sizes.max_tokens)

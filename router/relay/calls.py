@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import grpc
 from opentelemetry import trace
@@ -17,24 +18,56 @@ from modelyard.v1 import router_pb2
 tracer = trace.get_tracer("modelyard.router")
 
 
-class OpenCall:
-    """A worker call this router holds open: counted in flight until closed (once)."""
+@dataclass(frozen=True)
+class Prefill:
+    """The prompt tokens a call makes its worker evaluate, and the router's tally of them."""
 
-    def __init__(self, call: grpc.aio.UnaryStreamCall, worker: str, in_flight: Counter[str]):
+    tally: Counter[str]
+    tokens: int
+
+
+class OpenCall:
+    """A worker call this router holds open: counted in flight until closed (once), and
+    its prefill counted until its first token (`prefilled`) or its close."""
+
+    def __init__(
+        self,
+        call: grpc.aio.UnaryStreamCall,
+        worker: str,
+        in_flight: Counter[str],
+        prefill: Prefill | None = None,
+    ):
         self.call = call
         self._worker = worker
         self._in_flight = in_flight
         in_flight[worker] += 1
         self._open = True
+        self._prefill = prefill
+        if prefill is not None and prefill.tokens > 0:
+            prefill.tally[worker] += prefill.tokens
+        else:
+            self._prefill = None
+
+    def prefilled(self) -> None:
+        """The first token came: the worker is done with this call's prompt."""
+        if self._prefill is None:
+            return
+        _take(self._prefill.tally, self._worker, self._prefill.tokens)
+        self._prefill = None
 
     def close(self) -> None:
         if not self._open:
             return
         self._open = False
         self.call.cancel()
-        self._in_flight[self._worker] -= 1
-        if not self._in_flight[self._worker]:
-            del self._in_flight[self._worker]
+        self.prefilled()
+        _take(self._in_flight, self._worker, 1)
+
+
+def _take(tally: Counter[str], worker: str, n: int) -> None:
+    tally[worker] -= n
+    if tally[worker] <= 0:
+        del tally[worker]
 
 
 @contextmanager

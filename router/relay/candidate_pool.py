@@ -33,6 +33,7 @@ class IndexedPool:
         in_flight: Counter[str],
         history: PrefixHistory,
         sessions: SessionTargets,
+        prefilling: Counter[str],
         rng: random.Random | None = None,
     ) -> None:
         self._models = models
@@ -43,6 +44,7 @@ class IndexedPool:
         self._index = pool.index
         self._acct, self._in_flight, self._history = acct, in_flight, history
         self._sessions = sessions
+        self._prefilling = prefilling
         self._rng = rng or _RNG
         self._built: dict[tuple[str, int], Candidate] = {}
 
@@ -99,7 +101,13 @@ class IndexedPool:
         cand = self._built.get(slot)
         if cand is None:
             cand = self._built[slot] = candidate_of(
-                handle, self._models[m], self._keys[m], self._acct, self._in_flight, self._history
+                handle,
+                self._models[m],
+                self._keys[m],
+                self._acct,
+                self._in_flight,
+                self._history,
+                self._prefilling,
             )
         return cand
 

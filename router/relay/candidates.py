@@ -20,6 +20,7 @@ def candidate_of(
     acct: Accounting,
     in_flight: Counter[str],
     history: PrefixHistory,
+    prefilling: Counter[str],
 ) -> Candidate:
     status = h.status
     breakers = acct.breakers
@@ -36,6 +37,7 @@ def candidate_of(
         queued_tokens=h.queued_tokens(),
         running_sequences=status.running_sequences if status else 0,
         in_flight=in_flight[h.address],
+        prefilling_tokens=prefilling[h.address],
         memory_budget_bytes=status.memory_budget_bytes if status else 0,
         memory_used_bytes=status.memory_used_bytes if status else 0,
         ttft_ms=estimate.ttft_ms,

@@ -86,6 +86,7 @@ class EmbedRelay:
         # This relay's open calls per worker: the pushed status lags behind them.
         self._in_flight: Counter[str] = Counter()
         self._no_prefixes = PrefixHistory()  # embeddings leave no prefix in a KV cache
+        self._no_prefills: Counter[str] = Counter()  # embeddings are not prefill the scorers weigh
         self._sessions = SessionTargets()
 
     async def embed(
@@ -167,7 +168,13 @@ class EmbedRelay:
         self, profile: Profile, req: Request, models: Sequence[model_pb2.Model]
     ) -> Scheduled:
         pool = IndexedPool(
-            models, self._pool, self._acct, self._in_flight, self._no_prefixes, self._sessions
+            models,
+            self._pool,
+            self._acct,
+            self._in_flight,
+            self._no_prefixes,
+            self._sessions,
+            self._no_prefills,
         )
         decision = run_cycle(profile, req, pool)
         return Scheduled(decision.ordered, decision.cycle, pool.handles)

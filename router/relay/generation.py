@@ -32,7 +32,7 @@ from router.relay.attempts import (
     Scheduled,
     attempts,
 )
-from router.relay.calls import OpenCall, route_span
+from router.relay.calls import OpenCall, Prefill, route_span
 from router.relay.candidate_pool import IndexedPool
 from router.relay.refusals import left_pool, refused
 from router.relay.requests import (
@@ -52,6 +52,7 @@ from router.relay.stream import (
     read_head,
 )
 from router.scheduling.framework import Profile, run_cycle
+from router.scheduling.predict import uncached_prompt_tokens
 from router.scheduling.types import Request
 from router.state.prefix_history import PrefixHistory
 from router.state.session_targets import SessionTargets
@@ -97,6 +98,8 @@ class Relay:
         # This router's open streams (and direct picks) per worker: the pushed status lags
         # behind them.
         self.in_flight: Counter[str] = Counter()
+        # Uncached prompt tokens of those streams not yet at their first token, per worker.
+        self.prefilling: Counter[str] = Counter()
         # Where this router sent each prefix, for workers that publish no prefix summary.
         self.prefix_history = prefix_history or PrefixHistory()
         self._sessions = SessionTargets()
@@ -105,7 +108,13 @@ class Relay:
     def candidates(self, models: Sequence[model_pb2.Model]) -> IndexedPool:
         """The request's candidates, built as the scheduling cycle asks for them."""
         return IndexedPool(
-            models, self._pool, self._acct, self.in_flight, self.prefix_history, self._sessions
+            models,
+            self._pool,
+            self._acct,
+            self.in_flight,
+            self.prefix_history,
+            self._sessions,
+            self.prefilling,
         )
 
     async def generate(
@@ -281,6 +290,7 @@ class Relay:
                 ),
                 handle.address,
                 self.in_flight,
+                Prefill(self.prefilling, uncached_prompt_tokens(run.req, attempt.cand)),
             )
         except grpc.aio.UsageError:
             return left_pool(handle)
@@ -306,6 +316,7 @@ class Relay:
                 run.request_id,
             )
             return Retryable(f"{handle.address} ({err} before the first token)", silent=True)
+        call.prefilled()
         return Committed(attempt, head, events, opened_at, route_ms, watch)
 
     def _first_token(self, run: GenerationRun, leg: Committed, span: trace.Span) -> StreamRelay:

@@ -42,15 +42,29 @@ def swap_ms(cand: Candidate) -> float:
     return LOAD_BASE_MS + LOAD_MS_PER_GB * cand.model.resources.memory_bytes / _GB
 
 
-def queue_wait_ms(cand: Candidate) -> float:
+def queue_wait_ms(cand: Candidate, prefill_ms_per_token: float = 0.0) -> float:
     """What a new request waits for on this worker before its prefill: the tokens queued
     ahead of it (its pushed status) at its recent throughput, plus one token gap per
-    stream this router has open there. Running streams batch with the new one, so they
-    slow its steps rather than block it: counting each as a queue of tokens made one
-    extra open stream outweigh any held prefix."""
+    stream this router has open there, plus the prompts this router sent it that are not
+    at their first token yet (`prefill_ms_per_token` each). Running streams batch with the
+    new one, so they slow its steps rather than block it: counting each as a queue of
+    tokens made one extra open stream outweigh any held prefix. Prompts being prefilled
+    do take the compute a new prefill needs: without them, concurrent requests sharing a
+    cold prefix all went to the same worker (the shared-prompt bench: every request to
+    one of two workers, TTFT p50 34x load-only's)."""
     itl = cand.inter_token_ms if cand.inter_token_ms is not None else PRIOR_INTER_TOKEN_MS
     ms_per_token = 1000.0 / cand.tokens_per_second if cand.tokens_per_second > 0 else itl
-    return cand.queued_tokens * ms_per_token + cand.in_flight * itl
+    pending = cand.prefilling_tokens * prefill_ms_per_token
+    return cand.queued_tokens * ms_per_token + cand.in_flight * itl + pending
+
+
+def uncached_prompt_tokens(req: Request, cand: Candidate) -> int:
+    """The prompt tokens `cand` will evaluate for `req`: those its held prefix lacks."""
+    total = req.prefix.total_bytes
+    if not total or not req.prompt_tokens:
+        return req.prompt_tokens
+    held_bytes = req.prefix.held(cand.prefix_held)[1]
+    return max(1, round(req.prompt_tokens * (1.0 - held_bytes / total)))
 
 
 def prefix_gains(
@@ -65,9 +79,9 @@ def prefix_gains(
             cycle.data[_GAIN_KEY] = (cands, gains_of)
             return gains_of  # type: ignore[no-any-return]
     total = req.prefix.total_bytes
-    waits = {c: queue_wait_ms(c) for c in cands}
-    least = min(waits.values(), default=0.0)
     means = _means(cands, cycle)
+    waits = {c: queue_wait_ms(c, _prefill_ms_per_token(c, means)) for c in cands}
+    least = min(waits.values(), default=0.0)
     gains: dict[Candidate, PrefixGain] = {}
     for c in cands:
         held_bytes = req.prefix.held(c.prefix_held)[1] if total else 0
@@ -119,7 +133,8 @@ def predicted_ttft_ms(
     prefill a held prefix saves, net of its extra queue wait (but never below the
     uncached share of the EWMA), plus the load time of a cold model, plus one
     inter-token gap per stream this router already has open on the worker (their
-    decode steps share its compute)."""
+    decode steps share its compute), plus the prefill of the prompts it sent there
+    that are not at their first token yet."""
     cache = cycle.data.setdefault(_TTFT_KEY, {})
     assert isinstance(cache, dict)
     if cand in cache:
@@ -131,6 +146,7 @@ def predicted_ttft_ms(
     if gain is not None and gain.net_ms > 0:
         base = max(base - gain.net_ms, base * (1.0 - gain.share))
     itl = cand.inter_token_ms if cand.inter_token_ms is not None else PRIOR_INTER_TOKEN_MS
-    value = base + swap_ms(cand) + cand.in_flight * itl
+    pending = cand.prefilling_tokens * _prefill_ms_per_token(cand, _means(cands, cycle))
+    value = base + swap_ms(cand) + cand.in_flight * itl + pending
     cache[cand] = value
     return value

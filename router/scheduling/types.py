@@ -62,6 +62,9 @@ class Candidate:
     queued_tokens: int = 0  # all models on the worker: they share its compute
     running_sequences: int = 0
     in_flight: int = 0  # this router's own streams open on the worker
+    # Uncached prompt tokens of this router's streams on the worker that have not reached
+    # their first token: prefill work queued there that the pushed status has not shown.
+    prefilling_tokens: int = 0
     memory_budget_bytes: int = 0  # 0: unknown
     memory_used_bytes: int = 0
     ttft_ms: float | None = None  # EWMA for this (worker, model); None: never measured

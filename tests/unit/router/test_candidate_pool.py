@@ -49,7 +49,14 @@ def _status(
 def _candidates(workers: WorkerPool) -> IndexedPool:
     acct = Accounting(BreakerBoard(), LatencyEstimates(), RoutingStats())
     return IndexedPool(
-        [MODEL], workers, acct, Counter(), PrefixHistory(), SessionTargets(), random.Random(1)
+        [MODEL],
+        workers,
+        acct,
+        Counter(),
+        PrefixHistory(),
+        SessionTargets(),
+        Counter(),
+        random.Random(1),
     )
 
 

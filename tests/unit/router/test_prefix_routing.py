@@ -105,3 +105,46 @@ async def test_the_next_turn_follows_its_prefix_until_the_queue_costs_more(
             turns += [message("assistant", reply), message("user", "And fact 9?")]
             served, _ = await turn(router, turns)
             assert served != first, "a long queue on the holder did not send the turn elsewhere"
+
+
+async def test_a_prompt_counts_as_prefill_on_its_worker_until_its_first_token(
+    tmp_path: Path,
+) -> None:
+    # ~700 prompt tokens at 20 ms each: 14 s of prefill, then 500 ms a token: long
+    # enough to look at both.
+    model = robust_sim_model(
+        artifact_in(tmp_path),
+        "sim",
+        sim_prefill_ms_per_token="20",
+        sim_decode_ms_per_token="500",
+    )
+    async with (
+        sim_worker(tmp_path, [model], worker_id="a", max_parallel_sequences=1) as a,
+        sim_router([model], [f"127.0.0.1:{a.port}"]) as router,
+    ):
+        address = f"127.0.0.1:{a.port}"
+        await load(address, model)
+        await wait_until(lambda: len(router.pool.warm_workers(model)) == 1, DEADLINE_S)
+        prefilling = router.parts.relay.prefilling
+        request = router_pb2.GenerateRequest(
+            model="sim",
+            messages=[message("system", HISTORY), message("user", "What is fact 7?")],
+            sampling=common_pb2.SamplingParams(max_tokens=4, temperature=0.0),
+        )
+        call = router.stub.Generate(request, timeout=DEADLINE_S)
+        await wait_until(lambda: prefilling[address] > 500, DEADLINE_S)
+        kinds = []
+        async for event in call:
+            kinds.append(event.WhichOneof("event"))
+            if kinds[-1] == "delta":  # decoding now: the prompt is the worker's past
+                assert not prefilling
+        assert kinds[-1] == "finished" and "delta" in kinds
+
+        # A request cancelled during its prefill releases its count too. (Another
+        # history: the router guesses the worker now holds the first one's.)
+        del request.messages[:]
+        request.messages.extend([message("system", "Unrelated. " + HISTORY), message("user", "?")])
+        call = router.stub.Generate(request, timeout=DEADLINE_S)
+        await wait_until(lambda: prefilling[address] > 500, DEADLINE_S)
+        call.cancel()
+        await wait_until(lambda: not prefilling, DEADLINE_S)

@@ -11,7 +11,7 @@ from modelyard.prefix import chain_of_messages, chain_of_prompt
 from modelyard.v1 import common_pb2
 from router.scheduling.filters.latency_ceiling import LatencyCeilingFilter
 from router.scheduling.framework import run_cycle
-from router.scheduling.predict import predicted_ttft_ms, prefix_gains
+from router.scheduling.predict import predicted_ttft_ms, prefix_gains, uncached_prompt_tokens
 from router.scheduling.profiles import build_profiles
 from router.scheduling.scorers.prefix import PrefixScorer
 from router.scheduling.types import Candidate, Request
@@ -126,3 +126,35 @@ def test_a_stream_already_open_on_the_holder_slows_it_but_keeps_the_bonus() -> N
     assert gain.net_ms == pytest.approx(SAVED_MS - 20.0)
     scores = PrefixScorer().score(turn(), [holder, other], cycle())
     assert scores[holder] > 0.9 * SHARE and scores[other] == 0.0
+
+
+def test_prompts_being_prefilled_on_the_holder_count_as_queue() -> None:
+    # 400 uncached prompt tokens this router sent the holder, not yet at their first
+    # token: 800 ms of prefill ahead of this request, more than the ~780 ms it saves.
+    holder, other = worker("a", held=HELD, prefilling_tokens=400), worker("b")
+    assert PrefixScorer().score(turn(), [holder, other], cycle())[holder] == 0.0
+    state = cycle()
+    # No net gain, so the EWMA stands, plus the 800 ms of prefill queued there.
+    assert predicted_ttft_ms(turn(), holder, [holder, other], state) == pytest.approx(1800.0)
+
+
+def test_concurrent_cold_requests_do_not_pile_onto_the_fastest_worker() -> None:
+    # The shared-prompt bench's failure: a worker with the better TTFT record got every
+    # request of a burst, because the prefills already sent there were invisible. Two
+    # 400-token prompts sent there: 1,600 ms of prefill ahead, so 500 ms becomes ~2,100.
+    fast_busy = worker("a", ttft_ms=500.0, prefilling_tokens=2 * PROMPT_TOKENS, in_flight=2)
+    slow_idle = worker("b", ttft_ms=1500.0)
+    profile = build_profiles()[common_pb2.OBJECTIVE_BALANCED]
+    decision = run_cycle(profile, req(prompt_tokens=PROMPT_TOKENS), [fast_busy, slow_idle])
+    assert decision.ordered[0] is slow_idle
+    # With nothing queued there, the fast one still wins.
+    fast_idle = worker("a", ttft_ms=500.0)
+    decision = run_cycle(profile, req(prompt_tokens=PROMPT_TOKENS), [fast_idle, slow_idle])
+    assert decision.ordered[0] is fast_idle
+
+
+def test_uncached_prompt_tokens_leave_out_the_held_share() -> None:
+    holder, other = worker("a", held=HELD), worker("b")
+    assert uncached_prompt_tokens(turn(), other) == PROMPT_TOKENS
+    assert uncached_prompt_tokens(turn(), holder) == round(PROMPT_TOKENS * (1 - SHARE))
+    assert uncached_prompt_tokens(req(prompt_tokens=7), holder) == 7  # no chain: all of it
