@@ -116,7 +116,9 @@ def test_generate_reports_a_service_error_and_exits_1(mesh: LocalMesh) -> None:
 
 def test_chat_keeps_the_history_until_reset(mesh: LocalMesh, smollm2: model_pb2.Model) -> None:
     before = int(_stats(mesh, smollm2)["traffic"].get("requests", 0))
-    turns = "What is the capital of France?\nAnd of Italy?\n/reset\nHi\n/exit\n"
+    turns = (
+        "What is the capital of France? Answer in one sentence.\nAnd of Italy?\n/reset\nHi\n/exit\n"
+    )
     done = modelyard(
         "chat",
         "--system",

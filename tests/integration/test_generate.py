@@ -110,7 +110,9 @@ def test_chat_uses_the_models_template(
         model=f"{smollm2.name}@{smollm2.version}",
         messages=[
             common_pb2.ChatMessage(role="system", content="You are a helpful assistant."),
-            common_pb2.ChatMessage(role="user", content="What is the capital of France?"),
+            common_pb2.ChatMessage(
+                role="user", content="What is the capital of France? Answer in one sentence."
+            ),
         ],
         sampling=common_pb2.SamplingParams(max_tokens=40, temperature=0.0),
     )
