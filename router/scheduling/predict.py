@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from modelyard.refs import ModelKey
 from router.scheduling.types import Candidate, CycleState, Request
@@ -25,15 +26,18 @@ _GAIN_KEY = "predict.prefix_gain"
 _MEANS_KEY = "predict.model_means"
 
 
-@dataclass(frozen=True)
-class PrefixGain:
-    """What the prefix a candidate holds saves this request."""
+class PrefixGain(NamedTuple):
+    """What the prefix a candidate holds saves this request. A named tuple: one is built
+    per scored candidate, and a frozen dataclass cost a microsecond per field."""
 
     share: float  # of the request's prefix bytes, in [0, 1]
     saved_ms: float  # the prefill of that share
     # saved_ms less the queue wait the candidate costs beyond the least loaded one,
     # never below 0: a prefix is worth at most the prefill it saves.
     net_ms: float
+
+
+_NO_GAIN = PrefixGain(0.0, 0.0, 0.0)
 
 
 def swap_ms(cand: Candidate) -> float:
@@ -65,16 +69,28 @@ def prefix_gains(
             cycle.data[_GAIN_KEY] = (cands, gains_of)
             return gains_of  # type: ignore[no-any-return]
     total = req.prefix.total_bytes
-    waits = {c: queue_wait_ms(c) for c in cands}
-    least = min(waits.values(), default=0.0)
-    means = _means(cands, cycle)
-    gains: dict[Candidate, PrefixGain] = {}
-    for c in cands:
-        held_bytes = req.prefix.held(c.prefix_held)[1] if total else 0
-        share = held_bytes / total if total else 0.0
-        saved = share * req.prompt_tokens * _prefill_ms_per_token(c, means)
-        gains[c] = PrefixGain(share, saved, max(0.0, saved - (waits[c] - least)))
+    # Nothing to hold: the same zeros, without the per-candidate work.
+    gains = _held_gains(req, cands, cycle) if total else dict.fromkeys(cands, _NO_GAIN)
     cycle.data[_GAIN_KEY] = (cands, gains)
+    return gains
+
+
+def _held_gains(
+    req: Request, cands: Sequence[Candidate], cycle: CycleState
+) -> dict[Candidate, PrefixGain]:
+    total = req.prefix.total_bytes
+    waits = [queue_wait_ms(c) for c in cands]
+    least = min(waits, default=0.0)
+    means = _means(cands, cycle).prefill_ms_per_token
+    gains: dict[Candidate, PrefixGain] = {}
+    held, tokens = req.prefix.held, req.prompt_tokens
+    for c, wait in zip(cands, waits, strict=True):
+        share = held(c.prefix_held)[1] / total
+        per_token = c.prefill_ms_per_token
+        if per_token is None:
+            per_token = means.get(c.model_key, PRIOR_PREFILL_MS_PER_TOKEN)
+        saved = share * tokens * per_token
+        gains[c] = PrefixGain(share, saved, max(0.0, saved - (wait - least)))
     return gains
 
 
@@ -106,12 +122,6 @@ def _means(cands: Sequence[Candidate], cycle: CycleState) -> _Means:
     return means
 
 
-def _prefill_ms_per_token(cand: Candidate, means: _Means) -> float:
-    if cand.prefill_ms_per_token is not None:
-        return cand.prefill_ms_per_token
-    return means.prefill_ms_per_token.get(cand.model_key, PRIOR_PREFILL_MS_PER_TOKEN)
-
-
 def predicted_ttft_ms(
     req: Request, cand: Candidate, cands: Sequence[Candidate], cycle: CycleState
 ) -> float:
@@ -120,17 +130,50 @@ def predicted_ttft_ms(
     uncached share of the EWMA), plus the load time of a cold model, plus one
     inter-token gap per stream this router already has open on the worker (their
     decode steps share its compute)."""
-    cache = cycle.data.setdefault(_TTFT_KEY, {})
-    assert isinstance(cache, dict)
-    if cand in cache:
-        return float(cache[cand])
+    cache = _ttft_cache(cycle)
+    value = cache.get(cand)
+    if value is None:
+        value = cache[cand] = _predict(req, cand, cands, cycle, prefix_gains(req, cands, cycle))
+    return value
+
+
+def predicted_ttfts(
+    req: Request, cands: Sequence[Candidate], cycle: CycleState
+) -> dict[Candidate, float]:
+    """predicted_ttft_ms of each of `cands`, the shared tables looked up once."""
+    cache = _ttft_cache(cycle)
+    gains: dict[Candidate, PrefixGain] | None = None
+    out: dict[Candidate, float] = {}
+    for c in cands:
+        value = cache.get(c)
+        if value is None:
+            if gains is None:
+                gains = prefix_gains(req, cands, cycle)
+            value = cache[c] = _predict(req, c, cands, cycle, gains)
+        out[c] = value
+    return out
+
+
+def _ttft_cache(cycle: CycleState) -> dict[Candidate, float]:
+    # Per candidate, first prediction wins: a filter's and the scorers' agree.
+    cache = cycle.data.get(_TTFT_KEY)
+    if cache is None:
+        cache = cycle.data[_TTFT_KEY] = {}
+    return cache  # type: ignore[return-value]
+
+
+def _predict(
+    req: Request,
+    cand: Candidate,
+    cands: Sequence[Candidate],
+    cycle: CycleState,
+    gains: dict[Candidate, PrefixGain],
+) -> float:
     base = cand.ttft_ms
     if base is None:
         base = _means(cands, cycle).ttft_ms.get(cand.model_key, PRIOR_TTFT_MS)
-    gain = prefix_gains(req, cands, cycle).get(cand)
+    gain = gains.get(cand)
     if gain is not None and gain.net_ms > 0:
         base = max(base - gain.net_ms, base * (1.0 - gain.share))
     itl = cand.inter_token_ms if cand.inter_token_ms is not None else PRIOR_INTER_TOKEN_MS
-    value = base + swap_ms(cand) + cand.in_flight * itl
-    cache[cand] = value
-    return value
+    return base + swap_ms(cand) + cand.in_flight * itl
