@@ -44,7 +44,8 @@ class IndexedPool:
         self._acct, self._in_flight, self._history = acct, in_flight, history
         self._sessions = sessions
         self._rng = rng or _RNG
-        self._built: dict[tuple[str, int], Candidate] = {}
+        # Per model, by address: built at most once per cycle.
+        self._built: list[dict[str, Candidate]] = [{} for _ in models]
 
     def __len__(self) -> int:
         return len(self._models) * len(self._workers)
@@ -95,10 +96,10 @@ class IndexedPool:
             yield self._get(self._workers[pair % workers], pair // workers)
 
     def _get(self, handle: WorkerHandle, m: int) -> Candidate:
-        slot = (handle.address, m)
-        cand = self._built.get(slot)
+        built = self._built[m]
+        cand = built.get(handle.address)
         if cand is None:
-            cand = self._built[slot] = candidate_of(
+            cand = built[handle.address] = candidate_of(
                 handle, self._models[m], self._keys[m], self._acct, self._in_flight, self._history
             )
         return cand

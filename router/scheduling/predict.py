@@ -4,7 +4,6 @@ token, and what a prefix it already holds is worth once its queue is paid for.""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import NamedTuple
 
 from modelyard.refs import ModelKey
@@ -85,7 +84,11 @@ def _held_gains(
     gains: dict[Candidate, PrefixGain] = {}
     held, tokens = req.prefix.held, req.prompt_tokens
     for c, wait in zip(cands, waits, strict=True):
-        share = held(c.prefix_held)[1] / total
+        held_bytes = held(c.prefix_held)[1]
+        if not held_bytes:  # most candidates: nothing saved, nothing to net
+            gains[c] = _NO_GAIN
+            continue
+        share = held_bytes / total
         per_token = c.prefill_ms_per_token
         if per_token is None:
             per_token = means.get(c.model_key, PRIOR_PREFILL_MS_PER_TOKEN)
@@ -94,8 +97,7 @@ def _held_gains(
     return gains
 
 
-@dataclass(frozen=True)
-class _Means:
+class _Means(NamedTuple):
     """Per model, the mean measured TTFT and prefill per token over one candidate list."""
 
     ttft_ms: dict[ModelKey, float]
@@ -133,7 +135,8 @@ def predicted_ttft_ms(
     cache = _ttft_cache(cycle)
     value = cache.get(cand)
     if value is None:
-        value = cache[cand] = _predict(req, cand, cands, cycle, prefix_gains(req, cands, cycle))
+        gain = prefix_gains(req, cands, cycle).get(cand)
+        value = cache[cand] = _predict(cand, _means(cands, cycle).ttft_ms, gain)
     return value
 
 
@@ -142,14 +145,14 @@ def predicted_ttfts(
 ) -> dict[Candidate, float]:
     """predicted_ttft_ms of each of `cands`, the shared tables looked up once."""
     cache = _ttft_cache(cycle)
-    gains: dict[Candidate, PrefixGain] | None = None
     out: dict[Candidate, float] = {}
+    tables: tuple[dict[Candidate, PrefixGain], dict[ModelKey, float]] | None = None
     for c in cands:
         value = cache.get(c)
         if value is None:
-            if gains is None:
-                gains = prefix_gains(req, cands, cycle)
-            value = cache[c] = _predict(req, c, cands, cycle, gains)
+            if tables is None:
+                tables = prefix_gains(req, cands, cycle), _means(cands, cycle).ttft_ms
+            value = cache[c] = _predict(c, tables[1], tables[0].get(c))
         out[c] = value
     return out
 
@@ -162,17 +165,10 @@ def _ttft_cache(cycle: CycleState) -> dict[Candidate, float]:
     return cache  # type: ignore[return-value]
 
 
-def _predict(
-    req: Request,
-    cand: Candidate,
-    cands: Sequence[Candidate],
-    cycle: CycleState,
-    gains: dict[Candidate, PrefixGain],
-) -> float:
+def _predict(cand: Candidate, ttft_means: dict[ModelKey, float], gain: PrefixGain | None) -> float:
     base = cand.ttft_ms
     if base is None:
-        base = _means(cands, cycle).ttft_ms.get(cand.model_key, PRIOR_TTFT_MS)
-    gain = gains.get(cand)
+        base = ttft_means.get(cand.model_key, PRIOR_TTFT_MS)
     if gain is not None and gain.net_ms > 0:
         base = max(base - gain.net_ms, base * (1.0 - gain.share))
     itl = cand.inter_token_ms if cand.inter_token_ms is not None else PRIOR_INTER_TOKEN_MS

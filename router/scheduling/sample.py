@@ -18,6 +18,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from router.scheduling.filtering import apply_filters
+from router.scheduling.scorers.affinity import SESSION_TOP
 from router.scheduling.types import Candidate, CandidatePool, CycleState, Filter, Request
 
 DEFAULT_SIZE = 16
@@ -46,7 +47,12 @@ class BoundedSample:
         cycle: CycleState,
     ) -> list[Candidate]:
         """Filtered candidates from batches of the draw, until enough survive."""
-        draw = self.draw(req, pool)
+        targets = pool.affinity_targets(req, self.affinity_targets)
+        if targets:
+            # The session's first workers over the whole pool: the affinity scorer then
+            # weighs only those among the survivors (its answer is one of them if any is).
+            cycle.data[SESSION_TOP] = (req.session_key, frozenset(c.worker for c in targets))
+        draw = self.draw(req, pool, targets)
         kept: list[Candidate] = []
         # Survivors of a batch a filter let through because nothing in it passed
         # (healthy's fail-open): trusted only if the rest of the pool has nothing better.
@@ -61,12 +67,14 @@ class BoundedSample:
         cycle.failed_open = not kept and bool(provisional)
         return kept or provisional
 
-    def draw(self, req: Request, pool: CandidatePool) -> Iterator[Candidate]:
-        """Every candidate at most once: the ones that matter first, then random."""
+    def draw(
+        self, req: Request, pool: CandidatePool, targets: Sequence[Candidate]
+    ) -> Iterator[Candidate]:
+        """Every candidate at most once: the ones that matter first (prefix holders, then
+        the session's `targets`), then random."""
         seen: set[int] = set()
         first = itertools.chain(
-            pool.prefix_holders(req, max(1, int(self.size * self.holders_share))),
-            pool.affinity_targets(req, self.affinity_targets),
+            pool.prefix_holders(req, max(1, int(self.size * self.holders_share))), targets
         )
         resident = itertools.islice(pool.resident(self.rng), int(self.size * self.resident_share))
         for cand in itertools.chain(first, resident, pool.shuffled(self.rng)):

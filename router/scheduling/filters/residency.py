@@ -39,6 +39,10 @@ class ResidencyFilter:
     ) -> Sequence[Candidate]:
         kept: list[Candidate] = []
         for c in cands:
+            # Most candidates fit plainly: the reason is built only for the rest.
+            if c.residency not in _UNSERVABLE and not (c.memory_budget_bytes and c.needs_load):
+                kept.append(c)
+                continue
             why = unservable_reason(c)
             if why is None:
                 kept.append(c)

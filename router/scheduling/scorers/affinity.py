@@ -11,6 +11,10 @@ from dataclasses import dataclass
 from router.scheduling.load import load_of
 from router.scheduling.types import Candidate, CycleState, Request
 
+# Cycle scratch: (session key, the workers it ranks first over the whole pool), left by
+# a sampled cycle (sample.py) that looked them up.
+SESSION_TOP = "affinity.session_top"
+
 
 def session_weight(session_key: str) -> Callable[[str], int]:
     """The rendezvous weight of each worker for `session_key`: blake2b of the session key,
@@ -46,8 +50,14 @@ class AffinityScorer:
             return {c: 0.0 for c in cands}
         # Rendezvous hashing: the same worker wins while it stays in the pool, and a
         # worker leaving moves only its own sessions.
-        preferred = max({c.worker for c in cands}, key=session_weight(req.session_key))
-        least = min(load_of(c) for c in cands)
+        workers = {c.worker for c in cands}
+        # Every worker outside the session's top few weighs less than any inside: when
+        # one of those is here, the winner is among them (fewer hashes, same answer).
+        top = cycle.data.get(SESSION_TOP)
+        if isinstance(top, tuple) and top[0] == req.session_key:
+            workers = (workers & top[1]) or workers
+        preferred = max(workers, key=session_weight(req.session_key))
+        least = min(map(load_of, cands))
         out = dict.fromkeys(cands, 0.0)
         for c in cands:
             if c.worker == preferred and load_of(c) - least <= self.max_extra_load_tokens:
