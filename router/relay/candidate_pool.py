@@ -90,10 +90,20 @@ class IndexedPool:
                 if handle is not None:
                     yield self._get(handle, m)
 
+    @property
+    def model_count(self) -> int:
+        return len(self._models)
+
     def shuffled(self, rng: random.Random) -> Iterator[Candidate]:
-        workers = len(self._workers)
-        for pair in _permutation(len(self), rng):
-            yield self._get(self._workers[pair % workers], pair // workers)
+        # Stratified by model: each turn draws one random worker per model, so a draw
+        # of a request that many models can take looks at every model early.
+        models = len(self._models)
+        draws = [_permutation(len(self._workers), rng) for _ in range(models)]
+        shift = rng.randrange(models) if models > 1 else 0  # no model always first
+        order = [(m + shift) % models for m in range(models)]
+        for turn in zip(*draws, strict=True):
+            for m in order:
+                yield self._get(self._workers[turn[m]], m)
 
     def _get(self, handle: WorkerHandle, m: int) -> Candidate:
         built = self._built[m]

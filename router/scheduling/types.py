@@ -146,8 +146,14 @@ class CandidatePool(Protocol):
         """Warm or loading candidates, each once, in random order."""
         ...
 
+    @property
+    def model_count(self) -> int:
+        """How many models the candidates are of."""
+        ...
+
     def shuffled(self, rng: random.Random) -> Iterator[Candidate]:
-        """Every candidate once, in random order."""
+        """Every candidate once, in random order, models in turn: each model's first
+        draw comes before any model's second."""
         ...
 
 
