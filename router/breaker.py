@@ -18,6 +18,7 @@ State: TypeAlias = router_pb2.BreakerState.ValueType
 CLOSED = router_pb2.BREAKER_STATE_CLOSED
 OPEN = router_pb2.BREAKER_STATE_OPEN
 HALF_OPEN = router_pb2.BREAKER_STATE_HALF_OPEN
+_CLOSED_ALLOWS: tuple[State, bool] = (CLOSED, True)  # a worker that never failed
 
 
 @dataclass(frozen=True)
@@ -118,6 +119,13 @@ class BreakerBoard:
     def allows(self, worker: str) -> bool:
         breaker = self._breakers.get(worker)
         return breaker is None or breaker.allows()
+
+    def verdict(self, worker: str) -> tuple[State, bool]:
+        """state() and allows() in one lookup (the scheduler asks both per candidate)."""
+        breaker = self._breakers.get(worker)
+        if breaker is None:
+            return _CLOSED_ALLOWS
+        return self._observe(worker, breaker, breaker.state), breaker.allows()
 
     def on_attempt(self, worker: str) -> None:
         self._get(worker).on_attempt()

@@ -46,7 +46,8 @@ class IndexedPool:
         self._sessions = sessions
         self._prefilling = prefilling
         self._rng = rng or _RNG
-        self._built: dict[tuple[str, int], Candidate] = {}
+        # Per model, by address: built at most once per cycle.
+        self._built: list[dict[str, Candidate]] = [{} for _ in models]
 
     def __len__(self) -> int:
         return len(self._models) * len(self._workers)
@@ -91,16 +92,26 @@ class IndexedPool:
                 if handle is not None:
                     yield self._get(handle, m)
 
+    @property
+    def model_count(self) -> int:
+        return len(self._models)
+
     def shuffled(self, rng: random.Random) -> Iterator[Candidate]:
-        workers = len(self._workers)
-        for pair in _permutation(len(self), rng):
-            yield self._get(self._workers[pair % workers], pair // workers)
+        # Stratified by model: each turn draws one random worker per model, so a draw
+        # of a request that many models can take looks at every model early.
+        models = len(self._models)
+        draws = [_permutation(len(self._workers), rng) for _ in range(models)]
+        shift = rng.randrange(models) if models > 1 else 0  # no model always first
+        order = [(m + shift) % models for m in range(models)]
+        for turn in zip(*draws, strict=True):
+            for m in order:
+                yield self._get(self._workers[turn[m]], m)
 
     def _get(self, handle: WorkerHandle, m: int) -> Candidate:
-        slot = (handle.address, m)
-        cand = self._built.get(slot)
+        built = self._built[m]
+        cand = built.get(handle.address)
         if cand is None:
-            cand = self._built[slot] = candidate_of(
+            cand = built[handle.address] = candidate_of(
                 handle,
                 self._models[m],
                 self._keys[m],

@@ -56,16 +56,7 @@ def run_cycle(
         survivors = sample.survivors(req, pool, profile.filters, cycle)
     if not survivors:
         return Decision([], cycle)
-    total = {c: 0.0 for c in survivors}
-    weight_sum = sum(w for _, w in profile.scorers) or 1.0
-    for scorer, weight in profile.scorers:
-        if weight <= 0:
-            continue
-        scores = scorer.score(req, survivors, cycle)
-        for c in survivors:
-            # Clamp: a misbehaving scorer must not outweigh its weight.
-            total[c] += weight * min(1.0, max(0.0, scores.get(c, 0.0)))
-    scored = [(c, total[c] / weight_sum) for c in survivors]
+    scored = _weighted(profile.scorers, req, survivors, cycle)
     ordered = profile.picker.pick(req, scored, cycle)
     if log.isEnabledFor(logging.DEBUG):
         log.debug(
@@ -75,3 +66,25 @@ def run_cycle(
             ", ".join(f"{c.worker_id or c.worker}/{c.model_key}={s:.3f}" for c, s in scored),
         )
     return Decision(ordered, cycle)
+
+
+def _weighted(
+    scorers: Sequence[tuple[Scorer, float]],
+    req: Request,
+    survivors: Sequence[Candidate],
+    cycle: CycleState,
+) -> list[tuple[Candidate, float]]:
+    """Each survivor's weighted mean score, scorers of weight 0 not run."""
+    total = [0.0] * len(survivors)
+    weight_sum = sum(w for _, w in scorers) or 1.0
+    for scorer, weight in scorers:
+        if weight <= 0:
+            continue
+        scores = scorer.score(req, survivors, cycle)
+        for i, c in enumerate(survivors):
+            s = scores.get(c, 0.0)
+            # Clamp: a misbehaving scorer must not outweigh its weight (NaN counts 0).
+            if not 0.0 <= s <= 1.0:
+                s = 1.0 if s > 1.0 else 0.0
+            total[i] += weight * s
+    return [(c, t / weight_sum) for c, t in zip(survivors, total, strict=True)]

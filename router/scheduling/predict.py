@@ -4,7 +4,7 @@ token, and what a prefix it already holds is worth once its queue is paid for.""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from modelyard.refs import ModelKey
 from router.scheduling.types import Candidate, CycleState, Request
@@ -25,15 +25,18 @@ _GAIN_KEY = "predict.prefix_gain"
 _MEANS_KEY = "predict.model_means"
 
 
-@dataclass(frozen=True)
-class PrefixGain:
-    """What the prefix a candidate holds saves this request."""
+class PrefixGain(NamedTuple):
+    """What the prefix a candidate holds saves this request. A named tuple: one is built
+    per scored candidate, and a frozen dataclass cost a microsecond per field."""
 
     share: float  # of the request's prefix bytes, in [0, 1]
     saved_ms: float  # the prefill of that share
     # saved_ms less the queue wait the candidate costs beyond the least loaded one,
     # never below 0: a prefix is worth at most the prefill it saves.
     net_ms: float
+
+
+_NO_GAIN = PrefixGain(0.0, 0.0, 0.0)
 
 
 def swap_ms(cand: Candidate) -> float:
@@ -79,21 +82,40 @@ def prefix_gains(
             cycle.data[_GAIN_KEY] = (cands, gains_of)
             return gains_of  # type: ignore[no-any-return]
     total = req.prefix.total_bytes
-    means = _means(cands, cycle)
-    waits = {c: queue_wait_ms(c, _prefill_ms_per_token(c, means)) for c in cands}
-    least = min(waits.values(), default=0.0)
-    gains: dict[Candidate, PrefixGain] = {}
-    for c in cands:
-        held_bytes = req.prefix.held(c.prefix_held)[1] if total else 0
-        share = held_bytes / total if total else 0.0
-        saved = share * req.prompt_tokens * _prefill_ms_per_token(c, means)
-        gains[c] = PrefixGain(share, saved, max(0.0, saved - (waits[c] - least)))
+    # Nothing to hold: the same zeros, without the per-candidate work.
+    gains = _held_gains(req, cands, cycle) if total else dict.fromkeys(cands, _NO_GAIN)
     cycle.data[_GAIN_KEY] = (cands, gains)
     return gains
 
 
-@dataclass(frozen=True)
-class _Means:
+def _held_gains(
+    req: Request, cands: Sequence[Candidate], cycle: CycleState
+) -> dict[Candidate, PrefixGain]:
+    total = req.prefix.total_bytes
+    means = _means(cands, cycle).prefill_ms_per_token
+    waits = [queue_wait_ms(c, _per_token(c, means)) for c in cands]
+    least = min(waits, default=0.0)
+    gains: dict[Candidate, PrefixGain] = {}
+    held, tokens = req.prefix.held, req.prompt_tokens
+    for c, wait in zip(cands, waits, strict=True):
+        held_bytes = held(c.prefix_held)[1]
+        if not held_bytes:  # most candidates: nothing saved, nothing to net
+            gains[c] = _NO_GAIN
+            continue
+        share = held_bytes / total
+        saved = share * tokens * _per_token(c, means)
+        gains[c] = PrefixGain(share, saved, max(0.0, saved - (wait - least)))
+    return gains
+
+
+def _per_token(cand: Candidate, means: dict[ModelKey, float]) -> float:
+    """Prefill ms per prompt token: measured, else the model's mean, else the prior."""
+    if cand.prefill_ms_per_token is not None:
+        return cand.prefill_ms_per_token
+    return means.get(cand.model_key, PRIOR_PREFILL_MS_PER_TOKEN)
+
+
+class _Means(NamedTuple):
     """Per model, the mean measured TTFT and prefill per token over one candidate list."""
 
     ttft_ms: dict[ModelKey, float]
@@ -120,12 +142,6 @@ def _means(cands: Sequence[Candidate], cycle: CycleState) -> _Means:
     return means
 
 
-def _prefill_ms_per_token(cand: Candidate, means: _Means) -> float:
-    if cand.prefill_ms_per_token is not None:
-        return cand.prefill_ms_per_token
-    return means.prefill_ms_per_token.get(cand.model_key, PRIOR_PREFILL_MS_PER_TOKEN)
-
-
 def predicted_ttft_ms(
     req: Request, cand: Candidate, cands: Sequence[Candidate], cycle: CycleState
 ) -> float:
@@ -135,18 +151,47 @@ def predicted_ttft_ms(
     inter-token gap per stream this router already has open on the worker (their
     decode steps share its compute), plus the prefill of the prompts it sent there
     that are not at their first token yet."""
-    cache = cycle.data.setdefault(_TTFT_KEY, {})
-    assert isinstance(cache, dict)
-    if cand in cache:
-        return float(cache[cand])
+    cache = _ttft_cache(cycle)
+    value = cache.get(cand)
+    if value is None:
+        gain = prefix_gains(req, cands, cycle).get(cand)
+        value = cache[cand] = _predict(cand, _means(cands, cycle), gain)
+    return value
+
+
+def predicted_ttfts(
+    req: Request, cands: Sequence[Candidate], cycle: CycleState
+) -> dict[Candidate, float]:
+    """predicted_ttft_ms of each of `cands`, the shared tables looked up once."""
+    cache = _ttft_cache(cycle)
+    out: dict[Candidate, float] = {}
+    tables: tuple[dict[Candidate, PrefixGain], _Means] | None = None
+    for c in cands:
+        value = cache.get(c)
+        if value is None:
+            if tables is None:
+                tables = prefix_gains(req, cands, cycle), _means(cands, cycle)
+            value = cache[c] = _predict(c, tables[1], tables[0].get(c))
+        out[c] = value
+    return out
+
+
+def _ttft_cache(cycle: CycleState) -> dict[Candidate, float]:
+    # Per candidate, first prediction wins: a filter's and the scorers' agree.
+    cache = cycle.data.get(_TTFT_KEY)
+    if cache is None:
+        cache = cycle.data[_TTFT_KEY] = {}
+    return cache  # type: ignore[return-value]
+
+
+def _predict(cand: Candidate, means: _Means, gain: PrefixGain | None) -> float:
     base = cand.ttft_ms
     if base is None:
-        base = _means(cands, cycle).ttft_ms.get(cand.model_key, PRIOR_TTFT_MS)
-    gain = prefix_gains(req, cands, cycle).get(cand)
+        base = means.ttft_ms.get(cand.model_key, PRIOR_TTFT_MS)
     if gain is not None and gain.net_ms > 0:
         base = max(base - gain.net_ms, base * (1.0 - gain.share))
     itl = cand.inter_token_ms if cand.inter_token_ms is not None else PRIOR_INTER_TOKEN_MS
-    pending = cand.prefilling_tokens * _prefill_ms_per_token(cand, _means(cands, cycle))
-    value = base + swap_ms(cand) + cand.in_flight * itl + pending
-    cache[cand] = value
-    return value
+    pending = 0.0
+    if cand.prefilling_tokens:  # most candidates: nothing sent there is still prefilling
+        pending = cand.prefilling_tokens * _per_token(cand, means.prefill_ms_per_token)
+    return base + swap_ms(cand) + cand.in_flight * itl + pending

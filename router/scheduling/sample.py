@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import itertools
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from router.scheduling.filtering import apply_filters
+from router.scheduling.scorers.affinity import SESSION_TOP
 from router.scheduling.types import Candidate, CandidatePool, CycleState, Filter, Request
 
 DEFAULT_SIZE = 16
@@ -46,13 +47,22 @@ class BoundedSample:
         cycle: CycleState,
     ) -> list[Candidate]:
         """Filtered candidates from batches of the draw, until enough survive."""
-        draw = self.draw(req, pool)
+        targets = pool.affinity_targets(req, self.affinity_targets)
+        if targets:
+            # The session's first workers over the whole pool: the affinity scorer then
+            # weighs only those among the survivors (its answer is one of them if any is).
+            cycle.data[SESSION_TOP] = (req.session_key, frozenset(c.worker for c in targets))
+        draw = self.draw(req, pool, targets)
+        # A request many models can take ("pick for me") looks at each model once more:
+        # the cost grows with its models, not with the pool.
+        models = pool.model_count
+        size = self.size + models if models > 1 else self.size
         kept: list[Candidate] = []
         # Survivors of a batch a filter let through because nothing in it passed
         # (healthy's fail-open): trusted only if the rest of the pool has nothing better.
         provisional: list[Candidate] = []
         while len(kept) < self.min_survivors:
-            batch = list(itertools.islice(draw, self.size))
+            batch = list(itertools.islice(draw, size))
             if not batch:
                 break
             cycle.failed_open = False
@@ -61,13 +71,23 @@ class BoundedSample:
         cycle.failed_open = not kept and bool(provisional)
         return kept or provisional
 
-    def draw(self, req: Request, pool: CandidatePool) -> Iterator[Candidate]:
-        """Every candidate at most once: the ones that matter first, then random."""
+    def draw(
+        self, req: Request, pool: CandidatePool, targets: Sequence[Candidate]
+    ) -> Iterator[Candidate]:
+        """Every candidate at most once: the ones that matter first (prefix holders, then
+        the session's `targets`; with several models, one random candidate of each), then
+        warm copies, then random, models in turn."""
         seen: set[int] = set()
-        first = itertools.chain(
-            pool.prefix_holders(req, max(1, int(self.size * self.holders_share))),
-            pool.affinity_targets(req, self.affinity_targets),
-        )
+        holders = pool.prefix_holders(req, max(1, int(self.size * self.holders_share)))
+        first: Iterable[Candidate] = itertools.chain(holders, targets)
+        if pool.model_count > 1:
+            # The session's top workers list every model: a few of theirs are enough for
+            # affinity, and each model gets its look before the warm copies.
+            first = itertools.chain(
+                holders,
+                targets[: self.min_survivors],
+                itertools.islice(pool.shuffled(self.rng), pool.model_count),
+            )
         resident = itertools.islice(pool.resident(self.rng), int(self.size * self.resident_share))
         for cand in itertools.chain(first, resident, pool.shuffled(self.rng)):
             if id(cand) not in seen:

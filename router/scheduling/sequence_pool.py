@@ -3,6 +3,7 @@ that hold a list (tests, small pools); the relay's pool answers from indexes ins
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections.abc import Iterator, Sequence
 
@@ -37,5 +38,17 @@ class SequencePool:
         warm = [c for c in self._cands if not c.needs_load]
         return iter(rng.sample(warm, len(warm)))
 
+    @property
+    def model_count(self) -> int:
+        return len({c.model_key for c in self._cands})
+
     def shuffled(self, rng: random.Random) -> Iterator[Candidate]:
-        return iter(rng.sample(list(self._cands), len(self._cands)))
+        by_model: dict[str, list[Candidate]] = {}
+        for c in self._cands:
+            by_model.setdefault(c.model_key, []).append(c)
+        if len(by_model) <= 1:
+            return iter(rng.sample(list(self._cands), len(self._cands)))
+        # Models in turn (as the relay's pool draws): every model gets an early look.
+        draws = [rng.sample(group, len(group)) for group in by_model.values()]
+        turns = itertools.zip_longest(*draws)
+        return (c for turn in turns for c in turn if c is not None)

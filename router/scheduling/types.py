@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import Protocol, TypeAlias
 
 from modelyard.prefix import PrefixChain
@@ -15,6 +14,8 @@ from modelyard.v1 import common_pb2, model_pb2, router_pb2, worker_pb2
 Residency: TypeAlias = worker_pb2.ResidencyState.ValueType
 Breaker: TypeAlias = router_pb2.BreakerState.ValueType
 NO_PREFIX = PrefixChain((), ())
+_NO_KEY = ModelKey("")
+_IN_MEMORY = frozenset({worker_pb2.RESIDENCY_STATE_WARM, worker_pb2.RESIDENCY_STATE_LOADING})
 
 
 @dataclass(frozen=True)
@@ -45,11 +46,14 @@ class Request:
         return max(self.min_context_length, self.prompt_tokens + output)
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(eq=False, slots=True)
 class Candidate:
     """A (worker, model) pair and what the router knows of it at the start of a cycle.
 
-    Compared by identity, so plugins can key maps by candidate.
+    Compared by identity, so plugins can key maps by candidate. Read-only by contract:
+    only router/relay/candidates.py builds one, and plugins never write to it. Not a
+    frozen dataclass because its `object.__setattr__` per field was half the cost of
+    building one, and a cycle builds one per candidate it looks at.
     """
 
     worker: str  # the worker's stable key (its address)
@@ -75,11 +79,13 @@ class Candidate:
     # summary when `prefix_precise`, else this router's guess from its routing history.
     prefix_held: Collection[int] = frozenset()
     prefix_precise: bool = False
+    # key_of(model): every plugin asks, and formatting it was a tenth of a cycle. The
+    # pool passes the key it already has; left empty, it is computed once here.
+    model_key: ModelKey = _NO_KEY
 
-    @cached_property
-    def model_key(self) -> ModelKey:
-        # Cached: every plugin asks, and formatting it was a tenth of a cycle.
-        return key_of(self.model)
+    def __post_init__(self) -> None:
+        if not self.model_key:
+            self.model_key = key_of(self.model)
 
     @property
     def warm(self) -> bool:
@@ -87,10 +93,7 @@ class Candidate:
 
     @property
     def needs_load(self) -> bool:
-        return self.residency not in (
-            worker_pb2.RESIDENCY_STATE_WARM,
-            worker_pb2.RESIDENCY_STATE_LOADING,
-        )
+        return self.residency not in _IN_MEMORY
 
     @property
     def free_memory_bytes(self) -> int | None:
@@ -146,8 +149,14 @@ class CandidatePool(Protocol):
         """Warm or loading candidates, each once, in random order."""
         ...
 
+    @property
+    def model_count(self) -> int:
+        """How many models the candidates are of."""
+        ...
+
     def shuffled(self, rng: random.Random) -> Iterator[Candidate]:
-        """Every candidate once, in random order."""
+        """Every candidate once, in random order, models in turn: each model's first
+        draw comes before any model's second."""
         ...
 
 

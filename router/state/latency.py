@@ -49,6 +49,11 @@ class LatencyEstimates:
     def get(self, worker: str, model: ModelKey) -> Estimate:
         return self._pairs.get((worker, model)) or Estimate()
 
+    def find(self, worker: str, model: ModelKey) -> Estimate | None:
+        """The pair's estimate, None if never measured: no empty one built (the
+        scheduler asks once per candidate). Read it, do not keep it."""
+        return self._pairs.get((worker, model))
+
     def observe(
         self,
         worker: str,

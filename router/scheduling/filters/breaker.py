@@ -16,7 +16,10 @@ class BreakerFilter:
     def filter(
         self, req: Request, cands: Sequence[Candidate], cycle: CycleState
     ) -> Sequence[Candidate]:
+        kept: list[Candidate] = []
         for c in cands:
-            if not c.breaker_allows:
+            if c.breaker_allows:
+                kept.append(c)
+            else:
                 cycle.reject(self.name, c, "circuit breaker open")
-        return [c for c in cands if c.breaker_allows]
+        return kept

@@ -8,13 +8,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from modelyard.v1 import model_pb2
 from router.scheduling.types import Candidate, CycleState, Request
 
 TOOLS_UNFIT = "cannot call tools (capabilities.tools is off)"
 
 
 def unfit_reason(req: Request, cand: Candidate) -> str | None:
-    caps = cand.model.capabilities
+    return _unfit(req, cand.model)
+
+
+def _unfit(req: Request, model: model_pb2.Model) -> str | None:
+    caps = model.capabilities
     if req.embedding:
         if not caps.embedding:
             return "not an embedding model"
@@ -24,9 +29,10 @@ def unfit_reason(req: Request, cand: Candidate) -> str | None:
         return "no plain completion"
     if req.tools and not caps.tools:
         return TOOLS_UNFIT
-    missing = set(req.required_tags) - set(caps.tags)
-    if missing:
-        return "missing tags " + ",".join(sorted(missing))
+    if req.required_tags:
+        missing = set(req.required_tags) - set(caps.tags)
+        if missing:
+            return "missing tags " + ",".join(sorted(missing))
     # context_length 0: unknown, let the worker decide.
     if caps.context_length and caps.context_length < req.context_needed:
         return f"context {caps.context_length} < {req.context_needed} tokens needed"
@@ -41,8 +47,16 @@ class CapabilityFilter:
         self, req: Request, cands: Sequence[Candidate], cycle: CycleState
     ) -> Sequence[Candidate]:
         kept: list[Candidate] = []
+        # The answer depends on the model alone, and a pool's candidates of one model
+        # share its message: judged once per model, not once per worker.
+        verdicts: dict[int, str | None] = {}
         for c in cands:
-            why = unfit_reason(req, c)
+            model = c.model
+            key = id(model)
+            if key in verdicts:
+                why = verdicts[key]
+            else:
+                why = verdicts[key] = _unfit(req, model)
             if why is None:
                 kept.append(c)
             else:

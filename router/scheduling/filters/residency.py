@@ -22,9 +22,11 @@ def unservable_reason(cand: Candidate) -> str | None:
     why = _UNSERVABLE.get(cand.residency)
     if why is not None:
         return why
-    need = cand.model.resources.memory_bytes
-    if cand.needs_load and need and cand.memory_budget_bytes and need > cand.memory_budget_bytes:
-        return f"needs {need} bytes, budget {cand.memory_budget_bytes}"
+    budget = cand.memory_budget_bytes
+    if budget and cand.needs_load:
+        need = cand.model.resources.memory_bytes
+        if need > budget:
+            return f"needs {need} bytes, budget {budget}"
     return None
 
 
@@ -37,6 +39,10 @@ class ResidencyFilter:
     ) -> Sequence[Candidate]:
         kept: list[Candidate] = []
         for c in cands:
+            # Most candidates fit plainly: the reason is built only for the rest.
+            if c.residency not in _UNSERVABLE and not (c.memory_budget_bytes and c.needs_load):
+                kept.append(c)
+                continue
             why = unservable_reason(c)
             if why is None:
                 kept.append(c)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from operator import itemgetter
 
 from router.scheduling.types import Candidate
 
@@ -10,5 +11,6 @@ from router.scheduling.types import Candidate
 def chosen_then_rest(
     chosen: Candidate, scored: Sequence[tuple[Candidate, float]]
 ) -> list[Candidate]:
-    rest = sorted((p for p in scored if p[0] is not chosen), key=lambda p: -p[1])
-    return [chosen, *(c for c, _ in rest)]
+    # Stable, and reverse keeps ties in their given order as the negated key did.
+    rest = sorted(scored, key=itemgetter(1), reverse=True)
+    return [chosen, *(c for c, _ in rest if c is not chosen)]

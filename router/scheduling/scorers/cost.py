@@ -17,4 +17,12 @@ class CostScorer:
     def score(
         self, req: Request, cands: Sequence[Candidate], cycle: CycleState
     ) -> dict[Candidate, float]:
-        return lower_is_better({c: price_per_1k(c.model.pricing) for c in cands})
+        # One price per model message (a pool's candidates of a model share it).
+        prices: dict[int, float] = {}
+        raw: dict[Candidate, float] = {}
+        for c in cands:
+            price = prices.get(id(c.model))
+            if price is None:
+                price = prices[id(c.model)] = price_per_1k(c.model.pricing)
+            raw[c] = price
+        return lower_is_better(raw)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from router.scheduling.predict import predicted_ttft_ms
+from router.scheduling.predict import predicted_ttfts
 from router.scheduling.scorers._scale import lower_is_better
 from router.scheduling.types import Candidate, CycleState, Request
 
@@ -17,4 +17,4 @@ class LatencyScorer:
     def score(
         self, req: Request, cands: Sequence[Candidate], cycle: CycleState
     ) -> dict[Candidate, float]:
-        return lower_is_better({c: predicted_ttft_ms(req, c, cands, cycle) for c in cands})
+        return lower_is_better(predicted_ttfts(req, cands, cycle))

@@ -80,3 +80,23 @@ def test_published_holders_and_warm_workers_come_from_the_index() -> None:
     view = _candidates(workers)
     assert view.prefix_holders(r, 4) == []
     assert list(view.resident(random.Random(2))) == []
+
+
+def test_the_random_draw_takes_models_in_turn() -> None:
+    models = [model_pb2.Model(name=f"m{i}", version="1") for i in range(20)]
+    acct = Accounting(BreakerBoard(), LatencyEstimates(), RoutingStats())
+    view = IndexedPool(
+        models,
+        _pool(100),
+        acct,
+        Counter(),
+        PrefixHistory(),
+        SessionTargets(),
+        Counter(),
+        random.Random(1),
+    )
+    assert view.model_count == 20
+    drawn = list(view.shuffled(random.Random(4)))
+    assert len({id(c) for c in drawn}) == 2000
+    for turn in range(3):
+        assert len({c.model_key for c in drawn[turn * 20 : (turn + 1) * 20]}) == 20
