@@ -59,9 +59,9 @@ def run_all(routers: Mapping[str, str], args: argparse.Namespace) -> Results:
 
 def rows(runs: Mapping[str, list[Run]], workers: int) -> list[str]:
     out = [
-        "| policy | TTFT p50 ms | TTFT p95 ms | req/s | cached fraction | max share / fair "
-        "| errors |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| policy | TTFT p50 ms | TTFT p95 ms | req/s | cached fraction | turns moved "
+        "| max share / fair | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for policy, reps in runs.items():
         errors = sum(sum(r.errors.values()) for r in reps)
@@ -70,6 +70,7 @@ def rows(runs: Mapping[str, list[Run]], workers: int) -> list[str]:
             f"{spread([r.ttft(0.95) for r in reps])} | "
             f"{spread([r.requests_per_s for r in reps], '{:.2f}')} | "
             f"{spread([r.cached_fraction for r in reps], '{:.2f}')} | "
+            f"{spread([r.moved for r in reps], '{:.2f}')} | "
             f"{spread([r.max_share(workers) for r in reps], '{:.2f}')} | {errors} |"
         )
     return out
@@ -110,7 +111,8 @@ def report(results: Results, args: argparse.Namespace) -> str:
         f"{args.reps} interleaved repetitions, text scale {args.scale:g}, think time "
         f"{args.think_ms:g} ms mean between a session's turns; `{command(args)}`. "
         "Policies: bench/prefix_pool.py says how each router is configured. Figures: "
-        "min / median / max over repetitions.",
+        "min / median / max over repetitions. Turns moved: the share of a session's later "
+        "turns served by another worker than its turn before (multi-turn only).",
     ]
     titles = {
         "multi_turn": f"Multi-turn chat: {args.sessions} sessions x {args.turns} turns",

@@ -46,6 +46,8 @@ class Sample:
     worker: str
     input_tokens: int
     cached_tokens: int
+    session: str = ""  # multi-turn only: the session and its turn
+    turn: int = 0
 
 
 @dataclass
@@ -67,6 +69,20 @@ class Run:
         prompt = sum(s.input_tokens for s in self.samples)
         return sum(s.cached_tokens for s in self.samples) / prompt if prompt else 0.0
 
+    @property
+    def moved(self) -> float:
+        """Multi-turn: the share of later turns served by another worker than the turn
+        before (their history's KV is not there)."""
+        last: dict[str, str] = {}
+        moves = later = 0
+        turns = [x for x in self.samples if x.session]
+        for sample in sorted(turns, key=lambda x: (x.session, x.turn)):
+            if sample.session in last:
+                later += 1
+                moves += last[sample.session] != sample.worker
+            last[sample.session] = sample.worker
+        return moves / later if later else 0.0
+
     def max_share(self, workers: int) -> float:
         """The busiest worker's share of requests over its fair share (1.0: even)."""
         counts = Counter(s.worker for s in self.samples)
@@ -87,7 +103,12 @@ def message(role: str, content: str) -> common_pb2.ChatMessage:
 
 
 async def ask(
-    stub: Any, messages: list[common_pb2.ChatMessage], session: str, run: Run, max_tokens: int
+    stub: Any,
+    messages: list[common_pb2.ChatMessage],
+    session: str,
+    run: Run,
+    max_tokens: int,
+    turn: tuple[str, int] = ("", 0),
 ) -> str | None:
     """One chat request; its sample goes into `run`. The reply text, None if it failed."""
     request = router_pb2.GenerateRequest(
@@ -114,7 +135,7 @@ async def ask(
         run.errors[err.code().name] += 1
         return None
     ttft = ((first or time.perf_counter()) - began) * 1000
-    run.samples.append(Sample(ttft, worker, usage.input_tokens, usage.cached_input_tokens))
+    run.samples.append(Sample(ttft, worker, usage.input_tokens, usage.cached_input_tokens, *turn))
     return "".join(reply)
 
 
@@ -147,7 +168,7 @@ async def multi_turn(
                 await asyncio.sleep(think[s][t])
             history.append(message("user", filler(f"{tag}-{s}-{t}", user_n) + " Summarise."))
             key = f"{tag}-{s}" if keyed else ""
-            reply = await ask(stub, history, key, run, sizes.max_tokens)
+            reply = await ask(stub, history, key, run, sizes.max_tokens, (f"{s}", t))
             if reply is None:
                 return
             history.append(message("assistant", reply))
