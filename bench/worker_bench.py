@@ -213,7 +213,10 @@ def cli() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args()
     reps = asyncio.run(run(args.repeats, args.tokens, args.threads))
-    publish(RESULTS, report(reps, args.tokens, args.threads))
+    # Another thread count than the default (all cores) is a comparison of its own.
+    default = args.threads == (os.cpu_count() or 1)
+    path = RESULTS if default else RESULTS.with_name(f"worker-threads{args.threads}.md")
+    publish(path, report(reps, args.tokens, args.threads))
 
 
 if __name__ == "__main__":
