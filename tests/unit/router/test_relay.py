@@ -128,7 +128,9 @@ async def test_deadline_reaches_the_worker(
         await collect(router.stub, request(), deadline_s=4.0)
 
     (remaining,) = worker.fake.time_remaining
-    assert remaining is not None and 2.0 < remaining <= 4.0
+    # gRPC C-core may round a timeout up when it encodes the grpc-timeout header
+    # ("encoding may round up arbitrarily", timeout_encoding.h): seen 4.009 s here.
+    assert remaining is not None and 2.0 < remaining <= 4.0 * 1.05
 
 
 async def test_client_cancel_cancels_the_worker_call(
