@@ -145,11 +145,9 @@ def _means(cands: Sequence[Candidate], cycle: CycleState) -> _Means:
 def predicted_ttft_ms(
     req: Request, cand: Candidate, cands: Sequence[Candidate], cycle: CycleState
 ) -> float:
-    """Where the worker's prefill speed is measured: its queue wait (`queue_wait_ms`)
-    plus the prefill of the uncached part of this prompt, plus the load time of a cold
-    model. Otherwise: EWMA TTFT (or the model's mean over measured workers, or a prior)
-    less the prefill a held prefix saves, net of its extra queue wait (but never below
-    the uncached share of the EWMA), plus the load time of a cold model, plus one
+    """EWMA TTFT (or the model's mean over measured workers, or a prior) less the
+    prefill a held prefix saves, net of its extra queue wait (but never below the
+    uncached share of the EWMA), plus the load time of a cold model, plus one
     inter-token gap per stream this router already has open on the worker (their
     decode steps share its compute), plus the prefill of the prompts it sent there
     that are not at their first token yet."""
@@ -157,7 +155,7 @@ def predicted_ttft_ms(
     value = cache.get(cand)
     if value is None:
         gain = prefix_gains(req, cands, cycle).get(cand)
-        value = cache[cand] = _predict(req, cand, _means(cands, cycle), gain)
+        value = cache[cand] = _predict(cand, _means(cands, cycle), gain)
     return value
 
 
@@ -173,7 +171,7 @@ def predicted_ttfts(
         if value is None:
             if tables is None:
                 tables = prefix_gains(req, cands, cycle), _means(cands, cycle)
-            value = cache[c] = _predict(req, c, tables[1], tables[0].get(c))
+            value = cache[c] = _predict(c, tables[1], tables[0].get(c))
         out[c] = value
     return out
 
@@ -186,9 +184,7 @@ def _ttft_cache(cycle: CycleState) -> dict[Candidate, float]:
     return cache  # type: ignore[return-value]
 
 
-def _predict(req: Request, cand: Candidate, means: _Means, gain: PrefixGain | None) -> float:
-    if cand.prefill_ms_per_token is not None and req.prompt_tokens:
-        return _sized(req, cand, cand.prefill_ms_per_token, gain) + swap_ms(cand)
+def _predict(cand: Candidate, means: _Means, gain: PrefixGain | None) -> float:
     base = cand.ttft_ms
     if base is None:
         base = means.ttft_ms.get(cand.model_key, PRIOR_TTFT_MS)
@@ -199,13 +195,3 @@ def _predict(req: Request, cand: Candidate, means: _Means, gain: PrefixGain | No
     if cand.prefilling_tokens:  # most candidates: nothing sent there is still prefilling
         pending = cand.prefilling_tokens * _per_token(cand, means.prefill_ms_per_token)
     return base + swap_ms(cand) + cand.in_flight * itl + pending
-
-
-def _sized(req: Request, cand: Candidate, per_token: float, gain: PrefixGain | None) -> float:
-    """This request's TTFT on a worker whose prefill speed is measured: the wait for what
-    is queued there, then the prefill of the part of its prompt the worker lacks. The
-    EWMA of past TTFTs averages prompts of every size and cache luck: on a multi-turn
-    chat it made the worker holding a session's history look slower than an idle one
-    that had served short prompts, and one turn in four left its history (prefix bench)."""
-    share = gain.share if gain is not None else 0.0
-    return queue_wait_ms(cand, per_token) + req.prompt_tokens * (1.0 - share) * per_token
