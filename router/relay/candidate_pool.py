@@ -57,6 +57,14 @@ class IndexedPool:
 
     def prefix_holders(self, req: Request, limit: int) -> list[Candidate]:
         out: list[Candidate] = []
+        for cand in self._holders(req):
+            if cand not in out:
+                out.append(cand)
+                if len(out) >= limit:
+                    break
+        return out
+
+    def _holders(self, req: Request) -> Iterator[Candidate]:
         # Longest prefix first: its holders save the most prefill.
         for link in reversed(req.prefix.hashes):
             for m, key in enumerate(self._keys):
@@ -65,14 +73,8 @@ class IndexedPool:
                 # A popular prefix may sit on most of the pool: a random few of its holders.
                 for address in itertools.chain(_draw(published, self._rng), guessed):
                     handle = self.handles.get(address)
-                    if handle is None:
-                        continue
-                    cand = self._get(handle, m)
-                    if cand not in out:
-                        out.append(cand)
-                        if len(out) >= limit:
-                            return out
-        return out
+                    if handle is not None:
+                        yield self._get(handle, m)
 
     def affinity_targets(self, req: Request, count: int) -> list[Candidate]:
         if not req.session_key:

@@ -46,10 +46,10 @@ def _status(
     )
 
 
-def _candidates(workers: WorkerPool) -> IndexedPool:
+def _candidates(workers: WorkerPool, models: list[model_pb2.Model] | None = None) -> IndexedPool:
     acct = Accounting(BreakerBoard(), LatencyEstimates(), RoutingStats())
     return IndexedPool(
-        [MODEL],
+        models or [MODEL],
         workers,
         acct,
         Counter(),
@@ -84,17 +84,7 @@ def test_published_holders_and_warm_workers_come_from_the_index() -> None:
 
 def test_the_random_draw_takes_models_in_turn() -> None:
     models = [model_pb2.Model(name=f"m{i}", version="1") for i in range(20)]
-    acct = Accounting(BreakerBoard(), LatencyEstimates(), RoutingStats())
-    view = IndexedPool(
-        models,
-        _pool(100),
-        acct,
-        Counter(),
-        PrefixHistory(),
-        SessionTargets(),
-        Counter(),
-        random.Random(1),
-    )
+    view = _candidates(_pool(100), models)
     assert view.model_count == 20
     drawn = list(view.shuffled(random.Random(4)))
     assert len({id(c) for c in drawn}) == 2000
