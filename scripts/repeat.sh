@@ -11,6 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 runs="${1:-10}"
 export CI=true
+source scripts/pytest_ci.sh
 export PATH="$PWD/.venv/bin:$PATH"
 postgres_url="$(bash scripts/postgres.sh)"
 export MODELYARD_TEST_POSTGRES_URL="$postgres_url"
@@ -21,12 +22,8 @@ for i in $(seq 1 "$runs"); do
   seed=$RANDOM$RANDOM
   start=$(date +%s)
   status=0
-  pytest -p no:cacheprovider -p tests.ci_gate --strict-markers -rsxX -m "not gpu" \
+  pytest "${PYTEST_CI[@]}" "${VLLM_TESTS[@]/#/--ignore=}" \
     --random-order-bucket=global --random-order-seed="$seed" \
-    --ignore=tests/unit/worker/test_engine_vllm_args.py \
-    --ignore=tests/unit/worker/test_engine_transformers.py \
-    --ignore=tests/integration/test_vllm_engine.py \
-    --ignore=tests/integration/test_vllm_worker.py \
     >"$out/run-$i.log" 2>&1 || status=$?
   line="run $i seed $seed status $status $(( $(date +%s) - start ))s $(tail -n 1 "$out/run-$i.log")"
   echo "$line" | tee -a "$out/summary"

@@ -103,5 +103,11 @@ def test_test_sh_runs_as_ci_and_hides_no_failure_in_an_export() -> None:
             assert not re.search(r"^\s*(export|local|readonly|declare)\s+\w+=\"?\$\(", line), (
                 f"{path.name}:{number}: assign first, then export: {line.strip()}"
             )
-    assert "-p tests.ci_gate" in script and "--strict-markers" in script
-    assert '-m "not gpu"' in script
+    flags = (ROOT / "scripts" / "pytest_ci.sh").read_text()
+    assert "-p tests.ci_gate" in flags and "--strict-markers" in flags
+    assert '-m "not gpu"' in flags
+    # The repeat runs exercise the stage CI runs: the same flags, the same files left out.
+    for runner in ("test.sh", "repeat.sh"):
+        runs = (ROOT / "scripts" / runner).read_text()
+        assert "source scripts/pytest_ci.sh" in runs
+        assert '"${PYTEST_CI[@]}" "${VLLM_TESTS[@]/#/--ignore=}"' in runs
