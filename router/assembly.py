@@ -70,44 +70,11 @@ def build(
     breakers = accounting.breakers
     pool.on_removed.append(accounting.forget_worker)
     response_cache = build_response_cache(settings, metrics.response_cache)
-    relay = Relay(
-        catalog,
-        pool,
-        profiles=build_profiles(
-            settings.profile_weights,
-            settings.profile_pickers,
-            sample_size=settings.scheduling_sample_size,
-        ),
-        accounting=accounting,
-        max_attempts=settings.max_attempts,
-        max_total_attempts=settings.max_total_attempts,
-        connect_timeout_s=settings.connect_timeout_s,
-        silence_timeout_s=settings.silence_timeout_s,
-        stream_silence_timeout_s=settings.stream_silence_timeout_s,
-        client_policy=settings.client_policy(),
-        admission=RouterAdmission(settings.max_in_flight, settings.max_in_flight_per_key),
-        response_cache=response_cache,
-    )
-
+    relay, embed_relay = _relays(settings, catalog, pool, accounting, response_cache)
     # Scrapes run on prometheus_client's thread; the cache changes on the loop.
     metrics.watch_healthy_workers(loop_caller(lambda: _healthy_workers(cache, pool, breakers)))
     metrics.watch_breakers(
         loop_caller(lambda: {h.address: breakers.state(h.address) for h in pool.workers})
-    )
-    embed_relay = EmbedRelay(
-        catalog,
-        pool,
-        profiles=build_profiles(
-            settings.profile_weights,
-            settings.profile_pickers,
-            sample_size=settings.scheduling_sample_size,
-        ),
-        accounting=accounting,
-        max_attempts=settings.max_attempts,
-        max_total_attempts=settings.max_total_attempts,
-        connect_timeout_s=settings.connect_timeout_s,
-        client_policy=settings.client_policy(),
-        admission=relay.admission,
     )
     api = RouterApi(relay, catalog, pool, embed_relay)
     outcomes = OutcomeOps(accounting.stats, mesh)
@@ -116,6 +83,47 @@ def build(
     return RouterParts(
         catalog, cache, relay, api, accounting, metrics, servicer, outcomes, response_cache, desk
     )
+
+
+def _relays(
+    settings: RouterSettings,
+    catalog: Catalog,
+    pool: WorkerPool,
+    accounting: Accounting,
+    response_cache: ResponseCache | None,
+) -> tuple[Relay, EmbedRelay]:
+    """Generations and embeddings: the same profiles, attempt budget and admission."""
+    profiles = build_profiles(
+        settings.profile_weights,
+        settings.profile_pickers,
+        sample_size=settings.scheduling_sample_size,
+    )
+    relay = Relay(
+        catalog,
+        pool,
+        profiles=profiles,
+        accounting=accounting,
+        silence_timeout_s=settings.silence_timeout_s,
+        stream_silence_timeout_s=settings.stream_silence_timeout_s,
+        client_policy=settings.client_policy(),
+        admission=RouterAdmission(settings.max_in_flight, settings.max_in_flight_per_key),
+        response_cache=response_cache,
+        max_attempts=settings.max_attempts,
+        max_total_attempts=settings.max_total_attempts,
+        connect_timeout_s=settings.connect_timeout_s,
+    )
+    embed_relay = EmbedRelay(
+        catalog,
+        pool,
+        profiles=profiles,
+        accounting=accounting,
+        client_policy=settings.client_policy(),
+        admission=relay.admission,
+        max_attempts=settings.max_attempts,
+        max_total_attempts=settings.max_total_attempts,
+        connect_timeout_s=settings.connect_timeout_s,
+    )
+    return relay, embed_relay
 
 
 def _ticket_desk(settings: RouterSettings, relay: Relay, accounting: Accounting) -> TicketDesk:

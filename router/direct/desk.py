@@ -57,7 +57,7 @@ class TicketDesk:
         self.router_id = router_id
         self._clock = clock
         self._wall = wall_clock
-        self.pending = PendingPicks(relay.admission, relay.in_flight, clock)
+        self.pending = PendingPicks(relay.admission, relay.load.in_flight, clock)
 
     def _need_signer(self) -> TicketSigner:
         if self._signer is None:
@@ -169,7 +169,7 @@ class TicketDesk:
                 "its hold ran out, or another router replica issued it",
                 reason="TICKET_NOT_OUTSTANDING",
             )
-        account(self._acct, self._relay.prefix_history, pick, request)
+        account(self._acct, self._relay.load.history, pick, request)
 
 
 def _timestamp(unix_s: float) -> timestamp_pb2.Timestamp:

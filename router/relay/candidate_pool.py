@@ -11,7 +11,6 @@ from __future__ import annotations
 import itertools
 import math
 import random
-from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 
 from modelyard.refs import key_of
@@ -19,8 +18,7 @@ from modelyard.v1 import model_pb2
 from router.accounting import Accounting
 from router.relay.candidates import candidate_of
 from router.scheduling.types import Candidate, Request
-from router.state.prefix_history import PrefixHistory
-from router.state.session_targets import SessionTargets
+from router.state.local_load import LocalLoad
 from router.workers import WorkerHandle, WorkerPool
 
 
@@ -30,10 +28,7 @@ class IndexedPool:
         models: Sequence[model_pb2.Model],
         pool: WorkerPool,
         acct: Accounting,
-        in_flight: Counter[str],
-        history: PrefixHistory,
-        sessions: SessionTargets,
-        prefilling: Counter[str],
+        load: LocalLoad,
         rng: random.Random | None = None,
     ) -> None:
         self._models = models
@@ -42,9 +37,9 @@ class IndexedPool:
         self._workers = pool.workers
         self.handles: Mapping[str, WorkerHandle] = pool.by_address
         self._index = pool.index
-        self._acct, self._in_flight, self._history = acct, in_flight, history
-        self._sessions = sessions
-        self._prefilling = prefilling
+        self._acct = acct
+        self._in_flight, self._prefilling = load.in_flight, load.prefilling
+        self._history, self._sessions = load.history, load.sessions
         self._rng = rng or _RNG
         # Per model, by address: built at most once per cycle.
         self._built: list[dict[str, Candidate]] = [{} for _ in models]

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -37,8 +36,7 @@ from router.relay.refusals import left_pool, refused
 from router.relay.requests import hinted, request_id_of
 from router.scheduling.framework import Profile, run_cycle
 from router.scheduling.types import Request
-from router.state.prefix_history import PrefixHistory
-from router.state.session_targets import SessionTargets
+from router.state.local_load import LocalLoad
 from router.stats import Outcome
 from router.workers import WorkerPool
 
@@ -84,10 +82,9 @@ class EmbedRelay:
         self._admission = admission or RouterAdmission(max_in_flight=1024)
         self._clock = clock
         # This relay's open calls per worker: the pushed status lags behind them.
-        self._in_flight: Counter[str] = Counter()
-        self._no_prefixes = PrefixHistory()  # embeddings leave no prefix in a KV cache
-        self._no_prefills: Counter[str] = Counter()  # embeddings are not prefill the scorers weigh
-        self._sessions = SessionTargets()
+        # Its history and prefill tally stay empty: an embedding leaves no prefix in a KV
+        # cache and is not the prefill the scorers weigh.
+        self._load = LocalLoad()
 
     async def embed(
         self, request: router_pb2.EmbedRequest, *, timeout_s: float | None
@@ -167,15 +164,7 @@ class EmbedRelay:
     def _schedule(
         self, profile: Profile, req: Request, models: Sequence[model_pb2.Model]
     ) -> Scheduled:
-        pool = IndexedPool(
-            models,
-            self._pool,
-            self._acct,
-            self._in_flight,
-            self._no_prefixes,
-            self._sessions,
-            self._no_prefills,
-        )
+        pool = IndexedPool(models, self._pool, self._acct, self._load)
         decision = run_cycle(profile, req, pool)
         return Scheduled(decision.ordered, decision.cycle, pool.handles)
 
@@ -194,7 +183,7 @@ class EmbedRelay:
             return left_pool(handle)
         self._acct.breakers.on_attempt(handle.address)
         target = run.target
-        self._in_flight[handle.address] += 1
+        self._load.in_flight[handle.address] += 1
         try:
             reply = await handle.stub.Embed(
                 worker_pb2.WorkerServiceEmbedRequest(
@@ -215,7 +204,7 @@ class EmbedRelay:
         except grpc.aio.UsageError:
             return left_pool(handle)
         finally:
-            self._in_flight[handle.address] -= 1
+            self._load.in_flight[handle.address] -= 1
         return self._answer(run, attempt, reply)
 
     def _answer(

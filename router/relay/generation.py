@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections import Counter
 from collections.abc import AsyncGenerator, Callable, Iterator, Mapping, Sequence
 from contextlib import AsyncExitStack, aclosing
 
@@ -54,8 +53,8 @@ from router.relay.stream import (
 from router.scheduling.framework import Profile, run_cycle
 from router.scheduling.predict import uncached_prompt_tokens
 from router.scheduling.types import Request
+from router.state.local_load import LocalLoad
 from router.state.prefix_history import PrefixHistory
-from router.state.session_targets import SessionTargets
 from router.stats import Outcome as StatsOutcome
 from router.workers import WorkerPool
 
@@ -95,27 +94,12 @@ class Relay:
         self._connect_timeout_s = connect_timeout_s
         self._silence_s = (silence_timeout_s, stream_silence_timeout_s)
         self._clock = clock
-        # This router's open streams (and direct picks) per worker: the pushed status lags
-        # behind them.
-        self.in_flight: Counter[str] = Counter()
-        # Uncached prompt tokens of those streams not yet at their first token, per worker.
-        self.prefilling: Counter[str] = Counter()
-        # Where this router sent each prefix, for workers that publish no prefix summary.
-        self.prefix_history = prefix_history or PrefixHistory()
-        self._sessions = SessionTargets()
+        self.load = LocalLoad(history=prefix_history or PrefixHistory())
         self._cache = CacheHook(response_cache, accounting, clock)
 
     def candidates(self, models: Sequence[model_pb2.Model]) -> IndexedPool:
         """The request's candidates, built as the scheduling cycle asks for them."""
-        return IndexedPool(
-            models,
-            self._pool,
-            self._acct,
-            self.in_flight,
-            self.prefix_history,
-            self._sessions,
-            self.prefilling,
-        )
+        return IndexedPool(models, self._pool, self._acct, self.load)
 
     async def generate(
         self, request: router_pb2.GenerateRequest, *, timeout_s: float | None
@@ -289,8 +273,8 @@ class Relay:
                     wait_for_ready=False,
                 ),
                 handle.address,
-                self.in_flight,
-                Prefill(self.prefilling, uncached_prompt_tokens(run.req, attempt.cand)),
+                self.load.in_flight,
+                Prefill(self.load.prefilling, uncached_prompt_tokens(run.req, attempt.cand)),
             )
         except grpc.aio.UsageError:
             return left_pool(handle)
@@ -329,7 +313,7 @@ class Relay:
             client_ms=(now - run.started_at) * 1000,
         )
         if not cand.prefix_precise:
-            self.prefix_history.record(cand.model_key, cand.worker, run.req.prefix)
+            self.load.history.record(cand.model_key, cand.worker, run.req.prefix)
         span.set_attribute("modelyard.worker", handle.worker_id or handle.address)
         span.set_attribute("modelyard.model", cand.model_key)
         span.set_attribute("modelyard.attempt", leg.attempt.number)

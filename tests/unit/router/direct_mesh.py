@@ -78,7 +78,7 @@ class DirectMesh:
 
     @property
     def in_flight(self) -> dict[str, int]:
-        return dict(self.router.parts.relay.in_flight)
+        return dict(self.router.parts.relay.load.in_flight)
 
     @property
     def admitted(self) -> int:

@@ -4,7 +4,6 @@ questions, and a removed worker leaves them."""
 from __future__ import annotations
 
 import random
-from collections import Counter
 from typing import Any, cast
 
 from modelyard.prefix import SCHEME, chain_of_prompt
@@ -14,8 +13,7 @@ from router.breaker import BreakerBoard
 from router.relay.candidate_pool import IndexedPool
 from router.scheduling.types import Request
 from router.state.latency import LatencyEstimates
-from router.state.prefix_history import PrefixHistory
-from router.state.session_targets import SessionTargets
+from router.state.local_load import LocalLoad
 from router.stats import RoutingStats
 from router.workers import WorkerPool
 
@@ -52,10 +50,7 @@ def _candidates(workers: WorkerPool, models: list[model_pb2.Model] | None = None
         models or [MODEL],
         workers,
         acct,
-        Counter(),
-        PrefixHistory(),
-        SessionTargets(),
-        Counter(),
+        LocalLoad(),
         random.Random(1),
     )
 

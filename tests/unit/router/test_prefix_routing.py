@@ -125,7 +125,7 @@ async def test_a_prompt_counts_as_prefill_on_its_worker_until_its_first_token(
         address = f"127.0.0.1:{a.port}"
         await load(address, model)
         await wait_until(lambda: len(router.pool.warm_workers(model)) == 1, DEADLINE_S)
-        prefilling = router.parts.relay.prefilling
+        prefilling = router.parts.relay.load.prefilling
         request = router_pb2.GenerateRequest(
             model="sim",
             messages=[message("system", HISTORY), message("user", "What is fact 7?")],

@@ -64,7 +64,7 @@ async def test_a_repeated_prefix_returns_to_the_worker_the_router_sent_it_to(
         served = [(await collect(router.stub, long_request()))[0].started.worker_id]
         for _ in range(3):  # equal load: ties would alternate between the two
             served.append((await collect(router.stub, long_request()))[0].started.worker_id)
-        history = router.parts.relay.prefix_history
+        history = router.parts.relay.load.history
 
     assert len(set(served)) == 1, served
     first = one if served[0] == "w1" else two
@@ -86,7 +86,7 @@ async def test_a_published_summary_decides_and_is_not_second_guessed_by_history(
         handles = router.pool.workers
         await wait_until(lambda: all(h.prefix_sets for h in handles))
         served = [(await collect(router.stub, long_request()))[0].started.worker_id for _ in "abc"]
-        history = router.parts.relay.prefix_history
+        history = router.parts.relay.load.history
 
     assert served == ["w2"] * 3
     assert len(history) == 0  # precise workers leave no guesses behind
