@@ -3,6 +3,12 @@
 # first failing run (the point is to find flakes and order dependence, not to retry them).
 #
 #   bash scripts/repeat.sh 10            # logs in .repeat/run-<i>.log, seeds in .repeat/summary
+#   bash scripts/repeat.sh 1 global      # one run with every test shuffled across modules
+#
+# The second argument is pytest-random-order's bucket. `module` (the default) shuffles the
+# modules and the tests inside each, so module-scoped fixtures (a loaded model, a mesh)
+# are built once per module and a run takes as long as CI's. `global` interleaves tests of
+# different modules too: it rebuilds those fixtures again and again (about 3x slower).
 #
 # Expects scripts/test.sh to have set up .venv and PostgreSQL once before (it runs the same
 # pytest stage with the same flags, in file order). The vLLM venv's tests are left out: they
@@ -10,6 +16,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs="${1:-10}"
+bucket="${2:-module}"
 export CI=true
 source scripts/pytest_ci.sh
 export PATH="$PWD/.venv/bin:$PATH"
@@ -23,9 +30,9 @@ for i in $(seq 1 "$runs"); do
   start=$(date +%s)
   status=0
   pytest "${PYTEST_CI[@]}" "${VLLM_TESTS[@]/#/--ignore=}" \
-    --random-order-bucket=global --random-order-seed="$seed" \
+    --random-order-bucket="$bucket" --random-order-seed="$seed" \
     >"$out/run-$i.log" 2>&1 || status=$?
-  line="run $i seed $seed status $status $(( $(date +%s) - start ))s $(tail -n 1 "$out/run-$i.log")"
+  line="run $i bucket $bucket seed $seed status $status $(( $(date +%s) - start ))s $(tail -n 1 "$out/run-$i.log")"
   echo "$line" | tee -a "$out/summary"
   if [ "$status" -ne 0 ]; then
     exit "$status"
