@@ -57,6 +57,7 @@ async def start_server(
     tls: TlsSettings | None = None,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
     limits: ServerLimits | None = None,
+    share_port: bool = False,
 ) -> RunningServer:
     """Build, bind and start a server with the given servicers plus health and reflection.
 
@@ -64,13 +65,15 @@ async def start_server(
     With `tls` enabled (a certificate configured) the port speaks only TLS (mTLS when
     `tls.mtls`); `interceptors` run after tracing, e.g. a `modelyard.auth.AccessGate`;
     `limits` bound message sizes and concurrent calls (defaults: `ServerLimits()`).
+    `share_port`: SO_REUSEPORT, for sibling processes of one service on one port (the
+    kernel spreads connections over them); off, a port in use is an error.
     """
     if tls is not None:
         tls.check_server()  # fail closed, before anything binds: never plaintext by mistake
     limits = limits or ServerLimits()
     server = grpc.aio.server(
         interceptors=[*server_interceptors(), *interceptors],
-        options=[*GRPC_OPTIONS, *limits.grpc_options()],
+        options=[*_port_options(share_port), *limits.grpc_options()],
         maximum_concurrent_rpcs=limits.max_concurrent_rpcs,
     )
     register(server)
@@ -92,6 +95,12 @@ async def start_server(
     for name in ["", *service_names]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     return RunningServer(server, health_servicer, port, service_names)
+
+
+def _port_options(share_port: bool) -> list[tuple[str, int]]:
+    if not share_port:
+        return GRPC_OPTIONS
+    return [o for o in GRPC_OPTIONS if o[0] != "grpc.so_reuseport"] + [("grpc.so_reuseport", 1)]
 
 
 async def wait_for_signal() -> None:

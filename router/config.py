@@ -3,7 +3,7 @@ object, built once in `router.main` and passed down."""
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from modelyard.settings import CommaList, ServiceSettings
@@ -18,6 +18,16 @@ class RouterSettings(ServiceSettings):
     address: str = Field(
         default="127.0.0.1:50050",
         description="host:port to listen on; port 0 picks a free port.",
+    )
+    processes: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description=(
+            "Router processes sharing the ports (SO_REUSEPORT), each with its own loop, "
+            "status watches and limits (max_in_flight holds per process); fixed ports only; "
+            "process i serves /metrics on metrics_port + i; not with ticket_key."
+        ),
     )
     registry_address: str = Field(
         default="127.0.0.1:50051",
@@ -369,3 +379,22 @@ class RouterSettings(ServiceSettings):
             if not sep or not host or not port.isdigit():
                 raise ValueError(f"worker address {address!r} is not host:port")
         return value
+
+    @model_validator(mode="after")
+    def _check_processes(self) -> RouterSettings:
+        if self.processes == 1:
+            return self
+        fixed = [("address", self.address)]
+        if self.http_address:
+            fixed.append(("http_address", self.http_address))
+        for name, address in fixed:
+            port = address.rpartition(":")[2]
+            if not port.isdigit() or int(port) == 0:
+                raise ValueError(f"processes > 1 shares one port: {name} needs a fixed port")
+        if self.ticket_key:
+            raise ValueError(
+                "processes > 1 does not work with ticket_key (direct streams): a worker's "
+                "outcome report must reach the process that issued its ticket; run more "
+                "router replicas instead"
+            )
+        return self

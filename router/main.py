@@ -16,7 +16,7 @@ import grpc
 
 from modelyard.bearer import bearer_interceptors
 from modelyard.discovery import ROUTER_SERVICE
-from modelyard.discovery.consul import register_service
+from modelyard.discovery.consul import Registration, register_service
 from modelyard.discovery.settings import DiscoverySettings
 from modelyard.server import host_of, start_server, wait_for_signal
 from modelyard.telemetry import (
@@ -56,8 +56,11 @@ class RunningRouter:
         await self._stack.aclose()
 
 
-async def start_router(settings: RouterSettings) -> RunningRouter:
-    """Start every part of the router; returns once the gRPC port (and HTTP front) listen."""
+async def start_router(settings: RouterSettings, *, sibling: int | None = None) -> RunningRouter:
+    """Start every part of the router; returns once the gRPC port (and HTTP front) listen.
+    `sibling`: this process's index among the `settings.processes` sharing the ports
+    (router/processes.py); None when it runs alone."""
+    shared = sibling is not None
     stack = AsyncExitStack()
     try:
         parts = await _start_parts(settings, stack)
@@ -76,6 +79,7 @@ async def start_router(settings: RouterSettings) -> RunningRouter:
                     reporter_identities=settings.outcome_reporter_identities,
                 )
             ],
+            share_port=shared,
         )
         stack.push_async_callback(running.stop, STOP_GRACE_S)
         # /health on the HTTP front: serving from here until a stop begins.
@@ -93,23 +97,29 @@ async def start_router(settings: RouterSettings) -> RunningRouter:
                 serving=serving.is_set,
                 metrics=parts.metrics.registry,
                 outcomes=parts.outcomes,
+                share_port=shared,
             )
             stack.push_async_callback(front.stop)
         # Last in, first out: Consul stops sending clients here before anything stops.
-        registration = register_service(
-            name=ROUTER_SERVICE,
-            bind_address=settings.address,
-            port=running.port,
-            grpc_service=SERVICE_NAME,
-            tls=settings.tls.enabled,
-            tls_server_name=settings.tls.server_name,
-        )
-        stack.push_async_callback(registration.close)
+        # Siblings share the first one's service id (name, host, port): it registers alone.
+        if not sibling:
+            stack.push_async_callback(_register(settings, running.port).close)
         stack.callback(serving.clear)  # last in, first out: the first step of a stop
     except BaseException:
         await stack.aclose()
         raise
     return RunningRouter(running.port, parts, stack)
+
+
+def _register(settings: RouterSettings, port: int) -> Registration:
+    return register_service(
+        name=ROUTER_SERVICE,
+        bind_address=settings.address,
+        port=port,
+        grpc_service=SERVICE_NAME,
+        tls=settings.tls.enabled,
+        tls_server_name=settings.tls.server_name,
+    )
 
 
 async def _start_parts(settings: RouterSettings, stack: AsyncExitStack) -> RouterParts:
@@ -197,9 +207,14 @@ def _mesh_outcomes(
     )
 
 
-async def serve(settings: RouterSettings, *, on_ready: Callable[[int], None] | None = None) -> None:
+async def serve(
+    settings: RouterSettings,
+    *,
+    on_ready: Callable[[int], None] | None = None,
+    sibling: int | None = None,
+) -> None:
     """Serve until a stop signal; `on_ready` gets the bound port (useful with port 0)."""
-    router = await start_router(settings)
+    router = await start_router(settings, sibling=sibling)
     try:
         log.info(
             "router listening on %s:%d (registry %s, workers %s)",
@@ -216,11 +231,11 @@ async def serve(settings: RouterSettings, *, on_ready: Callable[[int], None] | N
         await router.stop()
 
 
-def run(settings: RouterSettings) -> None:
-    """The process entry point behind `modelyard router serve`."""
+def run(settings: RouterSettings, *, sibling: int | None = None) -> None:
+    """One router process (router/processes.py runs several)."""
     setup_logging(settings.log_level)
     setup_tracing("modelyard-router")
     try:
-        asyncio.run(serve(settings))
+        asyncio.run(serve(settings, sibling=sibling))
     finally:
         shutdown_tracing()

@@ -186,12 +186,19 @@ def router_serve(
             "Env: MODELYARD_ROUTER_MAX_ATTEMPTS."
         ),
     ] = None,
+    processes: Annotated[
+        int | None,
+        typer.Option(
+            help="Router processes sharing the ports (SO_REUSEPORT), one per core to use. "
+            "Env: MODELYARD_ROUTER_PROCESSES."
+        ),
+    ] = None,
     log_level: RouterLogLevel = None,
 ) -> None:
     """Run a router. Consul discovery: MODELYARD_CONSUL_ADDRESS (see docs/operations.md)."""
-    from router.main import run
+    from router.processes import run_router
 
-    run(
+    run_router(
         build_settings(
             RouterSettings,
             address=address,
@@ -200,6 +207,7 @@ def router_serve(
             http_address=http_address,
             metrics_port=metrics_port,
             max_attempts=max_attempts,
+            processes=processes,
             log_level=log_level,
         )
     )

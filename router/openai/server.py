@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import ssl
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -59,12 +60,14 @@ async def start_http_front(
     serving: Callable[[], bool] = lambda: True,
     metrics: CollectorRegistry | None = None,
     outcomes: StatsOperations | None = None,
+    share_port: bool = False,
 ) -> HttpFront:
     """Listen on `http_address` and serve the OpenAI API over `router`, in process.
     `api_keys` (none: open) are checked on every request but /health and /metrics before
     its body is read; `limits` bound bodies and requests in flight; with a certificate in
     `tls` the front speaks HTTPS only (the same certificate, and client certificates with
-    mtls). `ignore_unknown`, `serving`, `metrics` and `outcomes`: see `build_app`."""
+    mtls). `ignore_unknown`, `serving`, `metrics` and `outcomes`: see `build_app`.
+    `share_port`: SO_REUSEPORT, for sibling router processes on one port."""
     host = host_of(http_address)
     port = int(http_address.rpartition(":")[2])
     config = uvicorn.Config(
@@ -88,7 +91,8 @@ async def start_http_front(
     # Load now: an unreadable certificate or key stops the router here, not in the task.
     config.load()
     server = _Server(config)
-    task = asyncio.create_task(server.serve(), name="openai-http-front")
+    sockets = [_shared_socket(host, port)] if share_port else None
+    task = asyncio.create_task(server.serve(sockets), name="openai-http-front")
     while not server.started:
         if task.done():
             await task  # re-raises why it could not start (e.g. the port is taken)
@@ -97,6 +101,22 @@ async def start_http_front(
     scheme = "https" if config.is_ssl else "http"
     log.info("OpenAI-compatible HTTP front on %s://%s:%d/v1", scheme, host, port)
     return HttpFront(server, task)
+
+
+def _shared_socket(host: str, port: int) -> socket.socket:
+    """A socket bound with SO_REUSEPORT (uvicorn's own binding has no such option)."""
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(address)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def _ssl_options(tls: TlsSettings | None) -> dict[str, Any]:
