@@ -181,11 +181,14 @@ async def _read_body(reader: asyncio.StreamReader, head: bytes, began: float) ->
 
 
 class GrpcClient:
-    """RouterService.Generate over one channel."""
+    """RouterService.Generate over `channels` channels in turn (each its own connection, so
+    router processes sharing a port each get some)."""
 
-    def __init__(self, address: str, model: str, api_key: str = "") -> None:
-        self._channel = grpc.aio.insecure_channel(address)
-        self._stub: Any = router_pb2_grpc.RouterServiceStub(self._channel)
+    def __init__(self, address: str, model: str, api_key: str = "", channels: int = 1) -> None:
+        own = [("grpc.use_local_subchannel_pool", 1)]
+        self._channels = [grpc.aio.insecure_channel(address, options=own) for _ in range(channels)]
+        self._stubs: list[Any] = [router_pb2_grpc.RouterServiceStub(c) for c in self._channels]
+        self._turn = 0
         self._request = router_pb2.GenerateRequest(
             model=model,
             messages=[common_pb2.ChatMessage(role="user", content=PROMPT)],
@@ -196,7 +199,9 @@ class GrpcClient:
     async def one(self) -> float:
         began = time.perf_counter()
         first = None
-        async for event in self._stub.Generate(self._request, timeout=30, metadata=self._metadata):
+        self._turn = (self._turn + 1) % len(self._stubs)
+        stub = self._stubs[self._turn]
+        async for event in stub.Generate(self._request, timeout=30, metadata=self._metadata):
             if first is None and event.WhichOneof("event") == "delta":
                 first = (time.perf_counter() - began) * 1000
         if first is None:
@@ -204,7 +209,8 @@ class GrpcClient:
         return first
 
     async def close(self) -> None:
-        await self._channel.close()
+        for channel in self._channels:
+            await channel.close()
 
 
 class DirectClient:

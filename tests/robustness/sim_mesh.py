@@ -119,6 +119,7 @@ def start_sim_mesh(
     extra: Mapping[str, str] = FAST,
     http: bool = False,
     direct: bool = False,
+    workers: int = 1,
 ) -> SimMesh:
     """Start the mesh, register `names` as sim models and wait until the router serves
     the first of them end to end. `direct`: with direct streams (LocalMesh.direct_streams)."""
@@ -129,6 +130,7 @@ def start_sim_mesh(
         env=mesh_env(env),
         router_http_port=0 if http else None,
         direct_streams=direct,
+        worker_ports=(0,) * workers,
     )
     local.start()
     mesh = SimMesh(local, [sim_model(artifact, name, extra) for name in names])
