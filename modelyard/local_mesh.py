@@ -12,6 +12,7 @@ import contextlib
 import ctypes
 import json
 import os
+import random
 import secrets
 import signal
 import socket
@@ -36,10 +37,45 @@ class ServiceFailed(RuntimeError):
     """A child service exited or did not become healthy in time."""
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
+# Ports handed out by free_port in this process: two calls before either port is bound
+# must not return the same one.
+_handed_out: set[int] = set()
+_port_rng = random.Random(os.getpid() ^ time.monotonic_ns())
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on now, for a service started a moment later.
+
+    Chosen below the kernel's ephemeral range: a port bind(0) hands out lies in that range,
+    and any outgoing connection made before the service binds may take it as its source
+    port (seen in CI as "Address already in use" seconds after the port was free)."""
+    low, _high = _ephemeral_range()
+    floor = max(1024, low - 12_000)
+    for _ in range(200):
+        port = _port_rng.randrange(floor, low)
+        if port not in _handed_out and _bindable(host, port):
+            _handed_out.add(port)
+            return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:  # a crowded host: the old way
+        s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def _bindable(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def port_is_free(port: int) -> bool:

@@ -20,7 +20,7 @@ SERVICE_NAME = router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name
 OPERATOR_METHODS = tuple(method_name(SERVICE_NAME, m) for m in ("GetRoutingStats", "ListWorkers"))
 OPERATOR_PATHS = ("/v1/stats",)
 # Workers report direct streams' outcomes; a client must never report its own.
-REPORTER_METHODS = (method_name(SERVICE_NAME, "ReportOutcome"),)
+REPORTER_METHODS = tuple(method_name(SERVICE_NAME, m) for m in ("ReportOutcome", "ReportOutcomes"))
 OPERATOR_ROLE_NAME = "an operator"
 _CLIENT_HINT = (
     "SDK: Client(api_key=...); CLI: --api-key or MODELYARD_API_KEY; OpenAI clients: their api_key"

@@ -137,6 +137,14 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         self._desk.report(request)
         return router_pb2.ReportOutcomeResponse()
 
+    @grpc_errors
+    async def ReportOutcomes(
+        self, request: router_pb2.ReportOutcomesRequest, context: Context
+    ) -> router_pb2.ReportOutcomesResponse:
+        if self._desk is None:
+            raise Unimplemented("this router issues no tickets")
+        return self._desk.report_all(request.reports)
+
     async def _events(
         self, request: router_pb2.GenerateRequest, context: Context
     ) -> AsyncGenerator[router_pb2.GenerateResponse, None]:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import socket
 import urllib.request
+
+from modelyard import local_mesh
 
 # Another loopback address (all of 127/8 is loopback on Linux): an interface that is not
 # the host of the services' listen address.
@@ -11,9 +12,7 @@ OTHER_HOST = "127.0.0.2"
 
 
 def free_port(host: str = OTHER_HOST) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    return local_mesh.free_port(host)
 
 
 def answers_metrics(host: str, port: int) -> bool:

@@ -3,8 +3,9 @@
 A direct stream never passes through a router, so the router learns how it ended from
 the worker: usage, timings, finish reason and status, with the ticket as proof of the
 pick. Reports go out in the background, never in the stream's way: a bounded queue (when
-full, a report is dropped and counted), a few senders, and retries with backoff while
-the router is unreachable. A worker dials only the routers its settings name
+full, a report is dropped and counted), a few senders that send what piled up as one
+ReportOutcomes batch per router (one by one to a router without it), and retries with
+backoff while the router is unreachable. A worker dials only the routers its settings name
 (MODELYARD_WORKER_OUTCOME_ROUTERS, by router id): never an address a client could choose.
 """
 
@@ -12,9 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-from collections.abc import AsyncIterator, Mapping
-from typing import TYPE_CHECKING, TypeAlias, cast
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, TypeAlias, TypeVar, cast
 
 import grpc
 
@@ -32,6 +34,8 @@ if TYPE_CHECKING:  # the async stub type exists only in the .pyi
     RouterStub: TypeAlias = router_pb2_grpc.RouterServiceAsyncStub
 # Worth another try: the router is away or busy, not refusing the report.
 _TRANSIENT = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+MAX_BATCH = 256  # the router's limit per ReportOutcomes call
+_Reply = TypeVar("_Reply")
 
 
 class DirectReport:
@@ -91,6 +95,7 @@ class OutcomeReporter:
         self._queue: asyncio.Queue[tuple[str, router_pb2.ReportOutcomeRequest]] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stubs: dict[str, tuple[grpc.aio.Channel, RouterStub]] = {}
+        self._one_by_one: set[str] = set()  # routers without ReportOutcomes
         self.sent = 0
         self.dropped = 0
 
@@ -123,26 +128,64 @@ class OutcomeReporter:
 
     async def _send_all(self) -> None:
         assert self._queue is not None
+        queue = self._queue
         while True:
-            address, report = await self._queue.get()
+            batch = [await queue.get()]
+            while len(batch) < MAX_BATCH and not queue.empty():
+                batch.append(queue.get_nowait())  # what piled up while the last batch went
             try:
-                await self._send(address, report)
+                by_address: dict[str, list[router_pb2.ReportOutcomeRequest]] = {}
+                for address, report in batch:
+                    by_address.setdefault(address, []).append(report)
+                for address, reports in by_address.items():
+                    await self._send(address, reports)
             finally:
-                self._queue.task_done()
+                for _ in batch:
+                    queue.task_done()
 
-    async def _send(self, address: str, report: router_pb2.ReportOutcomeRequest) -> None:
+    async def _send(self, address: str, reports: list[router_pb2.ReportOutcomeRequest]) -> None:
         stub = self._stub(address)
-        for attempt in range(self._tries):
+        if len(reports) > 1 and address not in self._one_by_one:
+            batch = router_pb2.ReportOutcomesRequest(reports=reports)
             try:
-                await stub.ReportOutcome(report, timeout=self._timeout_s)
-                self.sent += 1
-                return
+                reply = await self._retrying(
+                    functools.partial(stub.ReportOutcomes, batch, timeout=self._timeout_s)
+                )
             except grpc.aio.AioRpcError as err:
-                if err.code() not in _TRANSIENT or attempt + 1 == self._tries:
-                    self.dropped += 1
-                    log.warning("outcome report to %s refused: %s", address, err.details())
+                if err.code() != grpc.StatusCode.UNIMPLEMENTED:
+                    self._refused(address, len(reports), err.details())
                     return
+                self._one_by_one.add(address)  # a router from before ReportOutcomes
+            else:
+                accepted = sum(1 for r in reply.results if r.status_code == 0)
+                self.sent += accepted
+                if accepted < len(reports):
+                    reasons = sorted({r.reason for r in reply.results if r.status_code != 0})
+                    self._refused(address, len(reports) - accepted, ", ".join(reasons))
+                return
+        for report in reports:
+            try:
+                await self._retrying(
+                    functools.partial(stub.ReportOutcome, report, timeout=self._timeout_s)
+                )
+                self.sent += 1
+            except grpc.aio.AioRpcError as err:
+                self._refused(address, 1, err.details())
+
+    async def _retrying(self, call: Callable[[], Awaitable[_Reply]]) -> _Reply:
+        """`call`, again with backoff while the router is away or busy."""
+        for attempt in range(self._tries - 1):
+            try:
+                return await call()
+            except grpc.aio.AioRpcError as err:
+                if err.code() not in _TRANSIENT:
+                    raise
             await asyncio.sleep(self._backoff_s * 2**attempt)
+        return await call()
+
+    def _refused(self, address: str, count: int, why: str | None) -> None:
+        self.dropped += count
+        log.warning("%d outcome report(s) to %s refused: %s", count, address, why)
 
     def _stub(self, address: str) -> RouterStub:
         if address not in self._stubs:

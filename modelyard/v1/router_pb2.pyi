@@ -877,3 +877,76 @@ class ReportOutcomeResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReportOutcomeResponse: _TypeAlias = ReportOutcomeResponse  # noqa: Y015
+
+@_typing.final
+class ReportOutcomesRequest(_message.Message):
+    """ReportOutcomesRequest carries several reports (1 to 256)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPORTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def reports(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReportOutcomeRequest]: ...
+    def __init__(
+        self,
+        *,
+        reports: _abc.Iterable[Global___ReportOutcomeRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reports", b"reports"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportOutcomesRequest: _TypeAlias = ReportOutcomesRequest  # noqa: Y015
+
+@_typing.final
+class ReportOutcomesResponse(_message.Message):
+    """ReportOutcomesResponse says, report by report and in order, how each went."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReportOutcomeResult]: ...
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___ReportOutcomeResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportOutcomesResponse: _TypeAlias = ReportOutcomesResponse  # noqa: Y015
+
+@_typing.final
+class ReportOutcomeResult(_message.Message):
+    """ReportOutcomeResult is what ReportOutcome would have answered for one report."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATUS_CODE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    status_code: _builtins.int
+    """google.rpc.Code: 0 (OK) accepted; FAILED_PRECONDITION no pick outstanding
+    (reported already, held too long, or another replica's); PERMISSION_DENIED
+    not this router's ticket.
+    """
+    reason: _builtins.str
+    """ErrorInfo.reason of a refusal (e.g. TICKET_NOT_OUTSTANDING)."""
+    def __init__(
+        self,
+        *,
+        status_code: _builtins.int = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "status_code", b"status_code"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportOutcomeResult: _TypeAlias = ReportOutcomeResult  # noqa: Y015

@@ -88,6 +88,11 @@ class RouterServiceStub:
                 request_serializer=modelyard_dot_v1_dot_router__pb2.ReportOutcomeRequest.SerializeToString,
                 response_deserializer=modelyard_dot_v1_dot_router__pb2.ReportOutcomeResponse.FromString,
                 _registered_method=True)
+        self.ReportOutcomes = channel.unary_unary(
+                '/modelyard.v1.RouterService/ReportOutcomes',
+                request_serializer=modelyard_dot_v1_dot_router__pb2.ReportOutcomesRequest.SerializeToString,
+                response_deserializer=modelyard_dot_v1_dot_router__pb2.ReportOutcomesResponse.FromString,
+                _registered_method=True)
 
 
 class RouterServiceServicer:
@@ -188,6 +193,15 @@ class RouterServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportOutcomes(self, request, context):
+        """ReportOutcomes is ReportOutcome for up to 256 generations in one call, so a
+        busy worker's reports cost one round trip per batch; each report is
+        accepted or refused on its own.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RouterServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -235,6 +249,11 @@ def add_RouterServiceServicer_to_server(servicer, server):
                     servicer.ReportOutcome,
                     request_deserializer=modelyard_dot_v1_dot_router__pb2.ReportOutcomeRequest.FromString,
                     response_serializer=modelyard_dot_v1_dot_router__pb2.ReportOutcomeResponse.SerializeToString,
+            ),
+            'ReportOutcomes': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportOutcomes,
+                    request_deserializer=modelyard_dot_v1_dot_router__pb2.ReportOutcomesRequest.FromString,
+                    response_serializer=modelyard_dot_v1_dot_router__pb2.ReportOutcomesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -489,6 +508,33 @@ class RouterService:
             '/modelyard.v1.RouterService/ReportOutcome',
             modelyard_dot_v1_dot_router__pb2.ReportOutcomeRequest.SerializeToString,
             modelyard_dot_v1_dot_router__pb2.ReportOutcomeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportOutcomes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modelyard.v1.RouterService/ReportOutcomes',
+            modelyard_dot_v1_dot_router__pb2.ReportOutcomesRequest.SerializeToString,
+            modelyard_dot_v1_dot_router__pb2.ReportOutcomesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -90,6 +90,11 @@ class RouterServiceStub:
     ended, with its ticket as proof, so that stats, breakers, latency
     estimates and per-key admission see direct traffic as proxied traffic.
     """
+    ReportOutcomes: _grpc.UnaryUnaryMultiCallable[_router_pb2.ReportOutcomesRequest, _router_pb2.ReportOutcomesResponse]
+    """ReportOutcomes is ReportOutcome for up to 256 generations in one call, so a
+    busy worker's reports cost one round trip per batch; each report is
+    accepted or refused on its own.
+    """
 
 @_typing.type_check_only
 class RouterServiceAsyncStub(RouterServiceStub):
@@ -152,6 +157,11 @@ class RouterServiceAsyncStub(RouterServiceStub):
     """ReportOutcome is called by workers, not clients: how a ticketed request
     ended, with its ticket as proof, so that stats, breakers, latency
     estimates and per-key admission see direct traffic as proxied traffic.
+    """
+    ReportOutcomes: _aio.UnaryUnaryMultiCallable[_router_pb2.ReportOutcomesRequest, _router_pb2.ReportOutcomesResponse]  # type: ignore[assignment]
+    """ReportOutcomes is ReportOutcome for up to 256 generations in one call, so a
+    busy worker's reports cost one round trip per batch; each report is
+    accepted or refused on its own.
     """
 
 class RouterServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -266,6 +276,17 @@ class RouterServiceServicer(metaclass=_abc_1.ABCMeta):
         """ReportOutcome is called by workers, not clients: how a ticketed request
         ended, with its ticket as proof, so that stats, breakers, latency
         estimates and per-key admission see direct traffic as proxied traffic.
+        """
+
+    @_abc_1.abstractmethod
+    def ReportOutcomes(
+        self,
+        request: _router_pb2.ReportOutcomesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_router_pb2.ReportOutcomesResponse, _abc.Awaitable[_router_pb2.ReportOutcomesResponse]]:
+        """ReportOutcomes is ReportOutcome for up to 256 generations in one call, so a
+        busy worker's reports cost one round trip per batch; each report is
+        accepted or refused on its own.
         """
 
 def add_RouterServiceServicer_to_server(servicer: RouterServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

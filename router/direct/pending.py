@@ -29,6 +29,7 @@ class Pick:
     """One pick, as the router decided it: what the outcome is accounted under."""
 
     nonce: str  # the ticket's: the key of the pick, and what a report redeems
+    ticket: str  # as issued: a report carrying exactly it needs no signature check
     request_id: str
     worker: str  # address
     model: model_pb2.Model
@@ -76,6 +77,9 @@ class PendingPicks:
         if len(self._ends) > 2 * len(self._picks) + 64:  # mostly picks reported already
             self._ends = [(p.hold_until, p.nonce) for p in self._picks.values()]
             heapq.heapify(self._ends)
+
+    def get(self, nonce: str) -> Pick | None:
+        return self._picks.get(nonce)
 
     def take(self, nonce: str) -> Pick | None:
         """The pick of a ticket, let go (once: a second take finds nothing)."""

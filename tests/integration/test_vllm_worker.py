@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -23,6 +22,7 @@ import grpc
 import pytest
 
 from modelyard.bundled import smollm2_model
+from modelyard.local_mesh import free_port
 from modelyard.v1 import common_pb2, model_pb2, worker_pb2, worker_pb2_grpc
 from tests.fixtures.catalogue import write_catalog
 
@@ -41,12 +41,6 @@ if not VLLM_PYTHON.exists():
     pytest.skip(reason, allow_module_level=True)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def smollm2_vllm() -> model_pb2.Model:
     model = smollm2_model()
@@ -60,7 +54,7 @@ def worker(
     tmp_path_factory: pytest.TempPathFactory, smollm2_vllm: model_pb2.Model
 ) -> Iterator[str]:
     """A worker process from .venv-vllm on a free loopback port; its address."""
-    address = f"127.0.0.1:{_free_port()}"
+    address = f"127.0.0.1:{free_port()}"
     home = tmp_path_factory.mktemp("vllm-worker")
     log_path = home / "worker.log"
     env = {

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -14,7 +13,7 @@ from typing import Any
 import grpc
 from google.protobuf import json_format
 
-from modelyard.local_mesh import ServiceProcess, spawn_service
+from modelyard.local_mesh import ServiceProcess, free_port, spawn_service
 from modelyard.server import start_server
 from modelyard.v1 import common_pb2, model_pb2, registry_pb2_grpc, worker_pb2, worker_pb2_grpc
 from tests.sim_models import sim_model as shared_sim_model
@@ -72,9 +71,7 @@ async def sim_worker(
 
 
 def free_address() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{s.getsockname()[1]}"
+    return f"127.0.0.1:{free_port()}"
 
 
 def spawn_sim_worker(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -15,7 +16,7 @@ from typing import Any
 import pytest
 
 from modelyard import local_mesh
-from modelyard.local_mesh import LocalMesh, ServiceFailed
+from modelyard.local_mesh import LocalMesh, ServiceFailed, free_port
 
 
 class _FakeService:
@@ -149,3 +150,21 @@ def test_direct_streams_give_router_and_workers_a_ticket_key_and_reporter_token(
     token = worker["MODELYARD_WORKER_OUTCOME_TOKEN"]
     assert router["MODELYARD_ROUTER_OUTCOME_REPORTER_TOKENS"] == f"workers:{token}"
     assert len(token) >= 32
+
+
+def test_free_ports_lie_below_the_ephemeral_range_and_are_not_handed_out_twice() -> None:
+    # A port from the ephemeral range may become an outgoing connection's source port before
+    # the service binds it: CI saw "Address already in use" on a metrics port that way.
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = [free_port() for _ in range(50)]
+    assert len(set(ports)) == 50
+    assert all(1024 <= port < low for port in ports)
+
+
+def test_free_port_skips_a_port_something_listens_on() -> None:
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        taken = held.getsockname()[1]
+        assert not local_mesh._bindable("127.0.0.1", taken)
+        assert local_mesh._bindable("127.0.0.1", free_port())

@@ -6,6 +6,7 @@ WorkerServiceGenerateRequest, so the binding to the request body is what is chec
 
 from __future__ import annotations
 
+import base64
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,13 @@ from modelyard.auth import current_caller
 from modelyard.bearer import bearer_metadata
 from modelyard.errors import ModelyardError, from_rpc_error
 from modelyard.server import start_server
-from modelyard.tickets import TICKET_METADATA, Grant, TicketSigner, TicketVerifier
+from modelyard.tickets import (
+    TICKET_METADATA,
+    Grant,
+    TicketSigner,
+    TicketVerifier,
+    unverified_nonce,
+)
 from modelyard.v1 import model_pb2, worker_pb2
 from worker.auth import GENERATE, SERVICE_NAME, worker_gate
 
@@ -81,9 +88,12 @@ def test_forged_tampered_and_untrusted_tickets_are_refused(tmp_path: Path) -> No
     assert reason(verifier.verify, forged) == "TICKET_INVALID"
     assert reason(verifier.verify, stranger) == "TICKET_KEY_UNKNOWN"
     assert reason(verifier.verify, f"{other_body}.{signature}") == "TICKET_INVALID"
-    for junk in ("", ".", "a.b.c", "x" * 5000, f"{body}.", "!!.??"):
+    nested = base64.urlsafe_b64encode(b"[" * 1500).decode().rstrip("=")  # deep JSON
+    for junk in ("", ".", "a.b.c", "x" * 5000, f"{body}.", "!!.??", "é.é", f"{nested}.x"):
         assert reason(verifier.verify, junk) == "TICKET_INVALID"
+        assert unverified_nonce(junk) is None or junk == f"{body}."  # a body, unsigned
     assert verifier.verify(ticket).request_id == "req-1"
+    assert unverified_nonce(ticket) == verifier.verify(ticket).nonce
 
 
 def test_keys_rotate_without_downtime(tmp_path: Path) -> None:

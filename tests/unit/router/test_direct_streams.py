@@ -16,7 +16,7 @@ from modelyard.client import AsyncClient, Client
 from modelyard.errors import from_rpc_error
 from modelyard.refs import model_key
 from modelyard.server import start_server
-from modelyard.tickets import TICKET_METADATA
+from modelyard.tickets import TICKET_METADATA, Claims
 from modelyard.v1 import common_pb2, router_pb2, worker_pb2, worker_pb2_grpc
 from tests.unit.router.direct_mesh import (
     CLIENT_KEY,
@@ -198,3 +198,61 @@ async def test_without_a_ticket_key_pick_worker_says_how_to_set_one(tmp_path: Pa
         with pytest.raises(Exception, match="MODELYARD_ROUTER_TICKET_KEY") as err:
             await text_of(client, direct=True)
         assert getattr(err.value, "reason", "") == "NO_TICKET_KEY"
+
+
+async def test_a_batch_of_reports_is_judged_report_by_report(tmp_path: Path) -> None:
+    async with direct_mesh(tmp_path) as mesh:
+        first, second = await pick(mesh, max_tokens=4), await pick(mesh, max_tokens=4)
+        stub = mesh.router_stub()
+        forged = first.ticket[:-4] + "AAAA"
+        batch = router_pb2.ReportOutcomesRequest(
+            reports=[
+                router_pb2.ReportOutcomeRequest(ticket=t, usage=common_pb2.Usage(output_tokens=1))
+                for t in (first.ticket, forged, first.ticket, second.ticket)
+            ]
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as client_err:
+            await stub.ReportOutcomes(batch, timeout=5, metadata=bearer_metadata(CLIENT_KEY))
+        assert client_err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        reply = await stub.ReportOutcomes(
+            batch, timeout=5, metadata=bearer_metadata(REPORTER_TOKEN)
+        )
+        assert [(r.status_code, r.reason) for r in reply.results] == [
+            (grpc.StatusCode.OK.value[0], ""),
+            (grpc.StatusCode.PERMISSION_DENIED.value[0], "TICKET_INVALID"),
+            (grpc.StatusCode.FAILED_PRECONDITION.value[0], "TICKET_NOT_OUTSTANDING"),
+            (grpc.StatusCode.OK.value[0], ""),
+        ]
+        assert mesh.in_flight == {} and mesh.admitted == 0
+
+        too_many = router_pb2.ReportOutcomesRequest(reports=[batch.reports[0]] * 257)
+        for request in (too_many, router_pb2.ReportOutcomesRequest()):
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.ReportOutcomes(
+                    request, timeout=5, metadata=bearer_metadata(REPORTER_TOKEN)
+                )
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "1 to 256 reports" in (err.value.details() or "")
+
+
+async def test_a_report_of_the_ticket_as_issued_skips_the_signature_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with direct_mesh(tmp_path) as mesh:
+        desk = mesh.router.parts.desk
+        assert desk is not None and desk._signer is not None
+        checked: list[str] = []
+        read = desk._signer.read
+
+        def counted(ticket: str) -> Claims:
+            checked.append(ticket)
+            return read(ticket)
+
+        monkeypatch.setattr(desk._signer, "read", counted)
+        reply = await pick(mesh, max_tokens=4)
+        desk.report(router_pb2.ReportOutcomeRequest(ticket=reply.ticket))
+        assert checked == [] and mesh.in_flight == {}
+        # Not held any more: the full check runs and says the ticket is ours but spent.
+        with pytest.raises(Exception, match="no pick is outstanding"):
+            desk.report(router_pb2.ReportOutcomeRequest(ticket=reply.ticket))
+        assert checked == [reply.ticket]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,17 +10,12 @@ from typing import Any
 import pytest
 
 from modelyard.errors import FailedPrecondition, NotFound, Unavailable
+from modelyard.local_mesh import free_port
 from modelyard.v1 import model_pb2
 from worker.artifacts import ArtifactSettings, ArtifactStore
 
 boto3 = pytest.importorskip("boto3")
 moto_server = pytest.importorskip("moto.server")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +26,7 @@ def s3_endpoint() -> Iterator[str]:
         env.setenv("AWS_SECRET_ACCESS_KEY", "testing")
         env.setenv("AWS_DEFAULT_REGION", "us-east-1")
         env.delenv("AWS_PROFILE", raising=False)
-        port = _free_port()
+        port = free_port()
         server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
         server.start()
         try:
@@ -87,6 +81,6 @@ async def test_s3_checksum_mismatch_and_missing_key(
 
 async def test_s3_unreachable_endpoint_is_unavailable(tmp_path: Path, s3_endpoint: str) -> None:
     del s3_endpoint  # only for the fake credentials it sets
-    store = _store(tmp_path, f"http://127.0.0.1:{_free_port()}")
+    store = _store(tmp_path, f"http://127.0.0.1:{free_port()}")
     with pytest.raises(Unavailable):
         await store.fetch(model_pb2.Artifact(uri="s3://models/m.gguf"))

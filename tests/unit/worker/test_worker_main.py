@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import time
 import urllib.request
 from pathlib import Path
@@ -15,6 +14,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from modelyard.local_mesh import free_port
 from modelyard.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 from tests.fixtures.catalogue import write_catalog
 from tests.fixtures.tiny_gguf import gguf_model
@@ -22,12 +22,6 @@ from tests.worker_events import next_content
 from worker.config import WorkerSettings
 from worker.main import NOT_SERVING, PRELOADED, SERVICE_NAME, SERVING, serve, start_worker
 from worker.residency import ModelManager, ResidencyState
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def fetch(url: str) -> str:
