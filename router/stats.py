@@ -6,8 +6,10 @@ per series is bounded by the range of values, not by the request count.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -18,6 +20,9 @@ from modelyard.v1 import common_pb2, router_pb2
 # Keys (models, arms) kept at most: the catalogue bounds them; this guards against
 # a churning catalogue.
 MAX_SERIES = 1024
+# GetRoutingStats' window over this replica's own figures: kept per minute, for an hour.
+WINDOW_STEP_S = 60
+MAX_WINDOW_S = 3600
 
 
 class LogHistogram:
@@ -33,6 +38,11 @@ class LogHistogram:
     def quantile(self, q: float) -> float:
         """The value at quantile q (0..1), as the bucket's geometric midpoint; 0 if empty."""
         return quantile(self._buckets, q)
+
+    def merge(self, other: LogHistogram) -> None:
+        for index, count in other._buckets.items():
+            self._buckets[index] = self._buckets.get(index, 0) + count
+        self.count += other.count
 
     def summary(self) -> router_pb2.LatencySummary:
         return router_pb2.LatencySummary(
@@ -54,6 +64,12 @@ class Traffic:
     cached_requests: int = 0
     cached_input_tokens: int = 0
 
+    def merge(self, other: Traffic) -> None:
+        for name in _COUNTS:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.ttft.merge(other.ttft)
+        self.total.merge(other.total)
+
     def to_proto(self, reference_usd_per_1k: float) -> router_pb2.TrafficStats:
         reference = reference_usd_per_1k * (self.input_tokens + self.output_tokens) / 1000
         return router_pb2.TrafficStats(
@@ -72,6 +88,40 @@ class Traffic:
             cached_requests=self.cached_requests,
             cached_input_tokens=self.cached_input_tokens,
         )
+
+
+_COUNTS = tuple(f.name for f in dataclasses.fields(Traffic) if f.name not in ("ttft", "total"))
+
+
+class WindowedTraffic:
+    """A series' traffic since the router started, and per minute for the last hour (what
+    GetRoutingStats' window reads when the registry's mesh-wide figures are not there)."""
+
+    def __init__(self) -> None:
+        self.total = Traffic()
+        self._minutes: deque[tuple[int, Traffic]] = deque()  # (minute number, traffic)
+
+    def now(self, at_s: float) -> tuple[Traffic, Traffic]:
+        """The running total and the traffic of the minute `at_s` falls in."""
+        minute = int(at_s // WINDOW_STEP_S)
+        if not self._minutes or self._minutes[-1][0] != minute:
+            self._minutes.append((minute, Traffic()))
+            # One minute more than the longest window: its oldest minute is partly in it.
+            while self._minutes[0][0] < minute - MAX_WINDOW_S // WINDOW_STEP_S:
+                self._minutes.popleft()
+        return self.total, self._minutes[-1][1]
+
+    def since(self, first_minute: int | None) -> Traffic | None:
+        """The traffic of minutes `first_minute` on (None: since the start); None if a
+        window had none."""
+        if first_minute is None:
+            return self.total
+        merged = Traffic()
+        for minute, traffic in reversed(self._minutes):
+            if minute < first_minute:
+                break
+            merged.merge(traffic)
+        return merged if merged.requests or merged.feedback_count else None
 
 
 ModelSeriesKey = tuple[str, str]  # (name, version): sorts by name, then version
@@ -102,11 +152,11 @@ class Outcome:
         return model_key(self.model, self.version) if self.version else self.model
 
 
-class _Series(OrderedDict[tuple[str, ...], Traffic]):
-    def get_or_add(self, key: tuple[str, ...]) -> Traffic:
+class _Series(OrderedDict[tuple[str, ...], WindowedTraffic]):
+    def get_or_add(self, key: tuple[str, ...]) -> WindowedTraffic:
         traffic = self.get(key)
         if traffic is None:
-            traffic = self[key] = Traffic()
+            traffic = self[key] = WindowedTraffic()
             if len(self) > MAX_SERIES:
                 self.popitem(last=False)
         else:
@@ -177,8 +227,10 @@ class RoutingStats:
         *,
         reference_usd_per_1k: float = 0.0,
         feedback: FeedbackBook | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._reference = reference_usd_per_1k
+        self._clock = clock
         self._models = _Series()
         self._arms = _Series()
         self.feedback = feedback or FeedbackBook()
@@ -191,8 +243,10 @@ class RoutingStats:
         series = [self._models.get_or_add(series_key)]
         if arm_key is not None:
             series.append(self._arms.get_or_add(arm_key))
-        for traffic in series:
-            _add(traffic, outcome)
+        now = self._clock()
+        for windowed in series:
+            for traffic in windowed.now(now):
+                _add(traffic, outcome)
         if outcome.ok:
             self.feedback.remember(request_id, series_key, arm_key, outcome.client)
 
@@ -206,35 +260,42 @@ class RoutingStats:
         keys: list[tuple[_Series, tuple[str, ...]]] = [(self._models, series_key)]
         if arm_key is not None:
             keys.append((self._arms, arm_key))
+        now = self._clock()
         for series, key in keys:
-            traffic = series.get_or_add(key)
-            traffic.feedback_sum += score
-            traffic.feedback_count += 1
+            for traffic in series.get_or_add(key).now(now):  # scored now, counted now
+                traffic.feedback_sum += score
+                traffic.feedback_count += 1
         return True
 
-    def to_proto(self, model: str = "", route: str = "") -> router_pb2.GetRoutingStatsResponse:
+    def to_proto(
+        self, model: str = "", route: str = "", window_s: int = 0
+    ) -> router_pb2.GetRoutingStatsResponse:
+        """This replica's figures; with `window_s`, those of the minutes that overlap the
+        last `window_s` seconds (at most MAX_WINDOW_S), series with none left out."""
         reply = router_pb2.GetRoutingStatsResponse()
-        for (name, version), traffic in sorted(self._models.items()):
+        first: int | None = None  # the oldest minute counted; None: since the start
+        if window_s:
+            now = self._clock()
+            first = int((now - min(window_s, MAX_WINDOW_S)) // WINDOW_STEP_S)
+            reply.window_seconds = math.ceil(now - first * WINDOW_STEP_S)
+        for (name, version), windowed in sorted(self._models.items()):
             if model and model not in (name, model_key(name, version)):
                 continue
-            reply.models.append(
-                router_pb2.ModelStats(
-                    model=name, version=version, traffic=traffic.to_proto(self._reference)
+            if (traffic := windowed.since(first)) is not None:
+                stats = traffic.to_proto(self._reference)
+                reply.models.append(
+                    router_pb2.ModelStats(model=name, version=version, traffic=stats)
                 )
-            )
-        for (route_name, arm, label), traffic in sorted(self._arms.items()):
+        for (route_name, arm, label), windowed in sorted(self._arms.items()):
             if route and route != route_name:
                 continue
             if model and model not in (label, label.partition("@")[0]):
                 continue
-            reply.arms.append(
-                router_pb2.ArmStats(
-                    route=route_name,
-                    arm=arm,
-                    model=label,
-                    traffic=traffic.to_proto(self._reference),
+            if (traffic := windowed.since(first)) is not None:
+                stats = traffic.to_proto(self._reference)
+                reply.arms.append(
+                    router_pb2.ArmStats(route=route_name, arm=arm, model=label, traffic=stats)
                 )
-            )
         return reply
 
 

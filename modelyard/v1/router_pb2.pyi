@@ -575,6 +575,7 @@ class GetRoutingStatsResponse(_message.Message):
     ARMS_FIELD_NUMBER: _builtins.int
     MESH_WIDE_FIELD_NUMBER: _builtins.int
     OUTCOMES_DROPPED_FIELD_NUMBER: _builtins.int
+    WINDOW_SECONDS_FIELD_NUMBER: _builtins.int
     mesh_wide: _builtins.bool
     """True when the figures are the whole mesh's (read from the registry);
     false when they are this replica's alone.
@@ -582,6 +583,11 @@ class GetRoutingStatsResponse(_message.Message):
     outcomes_dropped: _builtins.int
     """Outcomes this replica could not hand to the registry (its buffer was full
     while the registry was away) since it started: missing from mesh figures.
+    """
+    window_seconds: _builtins.int
+    """How far back the figures reach, in seconds; 0: everything retained.
+    Mesh-wide: the window asked for. A replica's own figures are kept per minute
+    for an hour: the window (at most 3600) widens to the minutes it overlaps.
     """
     @_builtins.property
     def models(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelStats]: ...
@@ -594,10 +600,11 @@ class GetRoutingStatsResponse(_message.Message):
         arms: _abc.Iterable[Global___ArmStats] | None = ...,
         mesh_wide: _builtins.bool = ...,
         outcomes_dropped: _builtins.int = ...,
+        window_seconds: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["arms", b"arms", "mesh_wide", b"mesh_wide", "models", b"models", "outcomes_dropped", b"outcomes_dropped"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arms", b"arms", "mesh_wide", b"mesh_wide", "models", b"models", "outcomes_dropped", b"outcomes_dropped", "window_seconds", b"window_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -74,7 +74,7 @@ class MeshOutcomes:
             found = await self._reader.QueryOutcomeStats(query, timeout=self._stats_timeout_s)
         except grpc.aio.AioRpcError as err:
             log.info("mesh stats unavailable (%s): answering from this replica", err.code().name)
-            reply = local.to_proto(model=request.model, route=request.route)
+            reply = local.to_proto(request.model, request.route, request.window_seconds)
             reply.outcomes_dropped = self.shipper.dropped
             return reply
         reply = router_pb2.GetRoutingStatsResponse(
@@ -82,6 +82,7 @@ class MeshOutcomes:
             arms=found.arms,
             mesh_wide=True,
             outcomes_dropped=self.shipper.dropped,
+            window_seconds=request.window_seconds,
         )
         for traffic in (*(m.traffic for m in reply.models), *(a.traffic for a in reply.arms)):
             self._fill_savings(traffic)

@@ -28,7 +28,7 @@ class OutcomeOps:
     ) -> router_pb2.GetRoutingStatsResponse:
         if self.mesh is not None:
             return await self.mesh.routing_stats(request, self.stats)
-        return self.stats.to_proto(model=request.model, route=request.route)
+        return self.stats.to_proto(request.model, request.route, request.window_seconds)
 
     async def record_feedback(
         self, request: router_pb2.RecordFeedbackRequest, *, time_left_s: float | None = None
