@@ -176,9 +176,9 @@ class WorkerSettings(ServiceSettings):
         default="",
         description=(
             "host:port of the registry every model is resolved through (by name@version; "
-            "a request's copy of the model is never loaded). Empty: the healthy "
-            "modelyard-registry found through Consul when MODELYARD_CONSUL_ADDRESS is set, "
-            "else catalog_file."
+            "a request's copy of the model is never loaded). Empty: catalog_file if set, "
+            "else (with MODELYARD_CONSUL_ADDRESS) the healthy modelyard-registry Consul "
+            "lists, followed: one that starts later or moves is picked up."
         ),
     )
     registry_token: str = Field(

@@ -30,7 +30,6 @@ from modelyard.v1 import common_pb2, worker_pb2_grpc
 from worker.artifacts import ArtifactStore
 from worker.auth import SERVICE_NAME, worker_gate
 from worker.catalogue import Catalogue, open_catalogue
-from worker.catalogue.consul import find_registry
 from worker.config import WorkerSettings
 from worker.counters import ChangeNotifier
 from worker.engines import EngineFactory, available_engines
@@ -125,7 +124,7 @@ async def start_worker(
     # Read first: a malformed preload or catalogue file stops the worker before it listens.
     entries = read_preload(Path(settings.preload)) if settings.preload else []
     if catalogue is None:
-        catalogue = open_catalogue(settings, await _consul_registry(settings))
+        catalogue = open_catalogue(settings, DiscoverySettings())
     try:
         manager = build_manager(settings, store=store)
     except BaseException:
@@ -233,14 +232,6 @@ async def _preload_then_ready(
         log.error("not ready: preloads failed for %s", ", ".join(failed))
         return
     await health_servicer.set(PRELOADED, SERVING)
-
-
-async def _consul_registry(settings: WorkerSettings) -> str:
-    """With Consul discovery and no registry or catalogue configured: the registry there."""
-    discovery = DiscoverySettings()
-    if settings.registry_address or settings.catalog_file or not discovery.enabled:
-        return ""
-    return await find_registry(discovery)
 
 
 async def serve(settings: WorkerSettings, *, on_ready: Callable[[int], None] | None = None) -> None:

@@ -1,45 +1,85 @@
-"""The registry's address from Consul, for a worker given none: a healthy
-`modelyard-registry` instance, looked up once at start (waiting a little for one)."""
+"""The catalogue of the registry Consul lists, for a worker given no registry address: a
+healthy `modelyard-registry` instance, followed with blocking queries, so a registry that
+starts after the worker, or moves to another host, is picked up without a restart."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import Callable, Sequence
 
 from modelyard.discovery import REGISTRY_SERVICE, DiscoverySettings
-from modelyard.discovery.consul import CALL_TIMEOUT_S, CONSUL_ERRORS, consul_client
-from modelyard.discovery.watch import instances_of
+from modelyard.discovery.instances import ServiceInstance
+from modelyard.discovery.watch import ConsulWatch
+from modelyard.errors import Unavailable
+from modelyard.refs import ModelKey
+from modelyard.v1 import model_pb2
+from worker.catalogue.registry import RegistryCatalogue
 
 log = logging.getLogger(__name__)
 
 
-async def find_registry(settings: DiscoverySettings, wait_s: float = 10.0) -> str:
-    """host:port of a healthy registry, or "" when none appears within `wait_s`."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + wait_s
-    delay = 0.25
-    client = consul_client(settings)
-    try:
-        while True:
-            try:
-                async with asyncio.timeout(CALL_TIMEOUT_S):
-                    _, entries = await client.health.service(REGISTRY_SERVICE, passing=True)
-                found = instances_of(entries)
-                if found:
-                    log.info("registry from Consul: %s", found[0].address)
-                    return found[0].address
-            except CONSUL_ERRORS as err:
-                log.debug("Consul %s: %s", settings.address, err)
-            if loop.time() + delay > deadline:
-                log.error(
-                    "no healthy %s in Consul %s after %.0f s: this worker loads nothing; "
-                    "set MODELYARD_WORKER_REGISTRY_ADDRESS",
-                    REGISTRY_SERVICE,
-                    settings.address,
-                    wait_s,
-                )
-                return ""
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
-    finally:
-        await client.close()
+class ConsulRegistryCatalogue:
+    """Resolves through the registry Consul lists as healthy, whichever that is now.
+
+    It keeps its registry while Consul still lists it (or lists none: a flapping check
+    or an agent restart is no reason to drop a working connection), and moves to the first
+    listed one otherwise."""
+
+    def __init__(
+        self,
+        settings: DiscoverySettings,
+        open_at: Callable[[str], RegistryCatalogue],
+        *,
+        first_wait_s: float = 10.0,
+    ) -> None:
+        self._settings = settings
+        self._open_at = open_at
+        # Resolves this soon after the start wait for Consul's first answer (preloads).
+        self._first_wait_s = first_wait_s
+        self._waits_until = 0.0
+        self._watch = ConsulWatch(settings, REGISTRY_SERVICE, self._on_change)
+        self._task: asyncio.Task[None] | None = None
+        self.current: RegistryCatalogue | None = None
+        self.found = asyncio.Event()  # set once a registry was listed
+
+    def start(self) -> None:
+        self._waits_until = asyncio.get_running_loop().time() + self._first_wait_s
+        self._task = asyncio.create_task(self._watch.run(), name="consul-registry")
+
+    async def _on_change(self, instances: Sequence[ServiceInstance]) -> None:
+        addresses = [i.address for i in instances]
+        old = self.current
+        if not addresses or (old is not None and old.address in addresses):
+            return
+        log.info("registry from Consul: %s", addresses[0])
+        self.current = self._open_at(addresses[0])
+        self.found.set()
+        if old is not None:
+            log.warning("registry %s left Consul's healthy set: now %s", old.address, addresses[0])
+            await old.close()
+
+    async def resolve(self, key: ModelKey) -> model_pb2.Model:
+        left = self._waits_until - asyncio.get_running_loop().time()
+        if self.current is None and left > 0:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(left):
+                    await self.found.wait()
+        if self.current is None:
+            raise Unavailable(
+                f"cannot resolve {key}: no healthy {REGISTRY_SERVICE} in Consul "
+                f"{self._settings.address} yet; start a registry there, or set "
+                "MODELYARD_WORKER_REGISTRY_ADDRESS",
+                reason="NO_REGISTRY",
+                metadata={"model": key},
+            )
+        return await self.current.resolve(key)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self.current is not None:
+            await self.current.close()
