@@ -4,6 +4,7 @@ the catalogue file, else the registry Consul lists (with Consul discovery), else
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
@@ -34,19 +35,11 @@ def open_catalogue(
     if settings.registry_address:
         if settings.catalog_file:
             log.warning("both a registry and a catalogue file are set: using the registry")
-        catalogue = registry_catalogue(settings, settings.registry_address)
-        catalogue.start()
-        return catalogue
+        return registry_catalogue(settings, settings.registry_address)
     if settings.catalog_file:
         return read_catalog_file(Path(settings.catalog_file))
     if discovery is not None and discovery.enabled:
-
-        def open_at(address: str) -> RegistryCatalogue:
-            found = registry_catalogue(settings, address)
-            found.start()
-            return found
-
-        consul = ConsulRegistryCatalogue(discovery, open_at)
+        consul = ConsulRegistryCatalogue(discovery, functools.partial(registry_catalogue, settings))
         consul.start()
         return consul
     log.warning(
@@ -57,6 +50,7 @@ def open_catalogue(
 
 
 def registry_catalogue(settings: WorkerSettings, address: str) -> RegistryCatalogue:
+    """The catalogue of the registry at `address`, following its Watch."""
     channel = secure_or_insecure_channel(
         address,
         settings.tls,
@@ -67,6 +61,8 @@ def registry_catalogue(settings: WorkerSettings, address: str) -> RegistryCatalo
         "registry_pb2_grpc.RegistryServiceAsyncStub",
         registry_pb2_grpc.RegistryServiceStub(channel),
     )
-    return RegistryCatalogue(
+    catalogue = RegistryCatalogue(
         stub, address=address, timeout_s=settings.registry_timeout_s, channel=channel
     )
+    catalogue.start()
+    return catalogue
