@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -9,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import typer
@@ -56,21 +58,51 @@ def test_a_usage_error_exits_2() -> None:
 )
 def test_ctrl_c_while_a_call_waits_exits_130(args: tuple[str, ...], flag: str) -> None:
     # A service that accepts the connection and never answers: the command is inside its
-    # call when the interrupt comes.
+    # call when the interrupt comes. The port is not one bind(0) hands out, so no other
+    # client still dialling a port from an earlier test connects here, and the connection
+    # taken is checked to be the command's own.
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as silent:
-        silent.bind(("127.0.0.1", 0))
+        silent.bind(("127.0.0.1", free_port()))
         silent.listen()
         silent.settimeout(60)
         port = silent.getsockname()[1]
         proc = _modelyard(*args, flag, f"127.0.0.1:{port}")
+        conns: list[socket.socket] = []
         try:
-            conn, _ = silent.accept()
+            while True:
+                conn, peer = silent.accept()
+                conns.append(conn)
+                if _socket_of(proc.pid, peer[1]):
+                    break
+            signals = _signal_masks(proc.pid)  # for the message, should SIGINT go unheard
             proc.send_signal(signal.SIGINT)
             _, err = proc.communicate(timeout=60)
-            conn.close()
         finally:
             proc.kill()
-    assert proc.returncode == 130, err
+            for conn in conns:
+                conn.close()
+    assert proc.returncode == 130, f"{err}\nsignal masks at the interrupt: {signals}"
+
+
+def _socket_of(pid: int, local_port: int) -> bool:
+    """Whether process `pid` holds the TCP socket bound to 127.0.0.1:`local_port`."""
+    held = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                held.add(target[len("socket:[") : -1])
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):  # gRPC dials 127.0.0.1 v4-mapped
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if int(fields[1].rpartition(":")[2], 16) == local_port and fields[9] in held:
+                return True
+    return False
+
+
+def _signal_masks(pid: int) -> str:
+    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return " ".join(line for line in lines if line.startswith(("SigBlk", "SigIgn", "SigCgt")))
 
 
 @pytest.mark.parametrize(
