@@ -6,6 +6,7 @@ Who may write is checked before any handler runs, by `registry.auth.registry_gat
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from datetime import datetime
 from typing import Any, TypeAlias
 
@@ -129,8 +130,11 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     async def Watch(
         self, request: registry_pb2.WatchRequest, context: Context
     ) -> AsyncIterator[registry_pb2.WatchResponse]:
-        async for event in self._store.watch(request.since_revision):
-            yield event
+        # Closed here, not whenever the collector finds it: a cancelled Watch stops counting
+        # as a watcher (and lets the revision poller go) before the handler returns.
+        async with aclosing(self._store.watch(request.since_revision)) as events:
+            async for event in events:
+                yield event
 
 
 def add_to_server(store: RegistryStore, server: grpc.aio.Server) -> None:
