@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 
 # Changes read from the log per query; also the most a watcher holds in memory.
 BATCH = 256
+# How long closing the store waits for cancelled watchers to finish their last read.
+CLOSE_WAIT_S = 5.0
 
 
 class ChangeSource(Protocol):
@@ -50,6 +52,8 @@ class WatchHub:
         self._latest = 0
         self._moved = asyncio.Event()
         self._watchers = 0
+        self._idle = asyncio.Event()  # set while nobody watches
+        self._idle.set()
         self._poller: asyncio.Task[None] | None = None
         self._stopping: set[asyncio.Task[None]] = set()
 
@@ -80,6 +84,7 @@ class WatchHub:
     def watching(self) -> Iterator[None]:
         """Count one watcher; the poller runs while anyone watches."""
         self._watchers += 1
+        self._idle.clear()
         metrics.WATCHERS.inc()
         if self._poller is None or self._poller.done():
             self._poller = asyncio.get_running_loop().create_task(self._poll(), name="watch-poll")
@@ -88,6 +93,8 @@ class WatchHub:
         finally:
             self._watchers -= 1
             metrics.WATCHERS.dec()
+            if self._watchers == 0:
+                self._idle.set()
             if self._watchers == 0 and self._poller is not None:
                 # Cancelled here, awaited in close(): a poller still unwinding a database
                 # read must not outlive the store's engine.
@@ -96,7 +103,14 @@ class WatchHub:
                 self._poller.add_done_callback(self._stopping.discard)
                 self._poller = None
 
-    async def close(self) -> None:
+    async def close(self, wait_s: float = CLOSE_WAIT_S) -> None:
+        """Stop the poller, once the watchers (cancelled with their server) have ended or
+        `wait_s` has passed: a watcher cancelled in a database read is still closing its
+        connection, and an engine disposed under it left that close to hang the loop's
+        shutdown (seen as a registry test's teardown that never ended)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(wait_s):
+                await self._idle.wait()
         if self._poller is not None:
             self._poller.cancel()
             self._stopping.add(self._poller)

@@ -266,3 +266,29 @@ async def test_writes_need_the_admin_token_reads_do_not(
     listed = await guarded.ListModels(registry_pb2.ListModelsRequest())
     assert len(listed.models) == 1
     assert (await guarded.GetModel(registry_pb2.GetModelRequest(name="smollm2"))).model
+
+
+async def test_a_stopped_registry_leaves_no_watch_behind(tmp_path: Path) -> None:
+    # A Watch cancelled by the server's stop may be in a database read: its connection
+    # closes in a task of its own. Closing the store waits for it; before, the engine was
+    # disposed under it and the loop's shutdown then hung (about one run in five).
+    for attempt in range(10):
+        store = await open_store(f"sqlite+aiosqlite:///{tmp_path / f'r{attempt}.db'}")
+        running = await start_server(
+            "127.0.0.1:0", functools.partial(add_to_server, store), [SERVICE_NAME]
+        )
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as chan:
+            stub = cast(
+                "registry_pb2_grpc.RegistryServiceAsyncStub",
+                registry_pb2_grpc.RegistryServiceStub(chan),
+            )
+            await stub.RegisterModel(registry_pb2.RegisterModelRequest(model=model("1")))
+            call = stub.Watch(registry_pb2.WatchRequest())
+            await asyncio.wait_for(call.read(), 10)
+            await stub.RegisterModel(registry_pb2.RegisterModelRequest(model=model("2")))
+            await asyncio.wait_for(call.read(), 10)
+            call.cancel()
+        await running.stop(0)
+        await store.close()
+        left = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        assert not left, f"attempt {attempt}: {left}"
