@@ -41,7 +41,15 @@ def _modelyard(*args: str) -> subprocess.Popen[str]:
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "NO_COLOR": "1"},
+        preexec_fn=_interruptible,
     )
+
+
+def _interruptible() -> None:
+    # As a terminal's command gets it: a suite started in the background (`cmd &` in a
+    # script, nohup) ignores SIGINT, children inherit that, and Python then never turns
+    # Ctrl-C into KeyboardInterrupt (seen in CI-like runs: SigIgn had SIGINT set).
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def test_a_usage_error_exits_2() -> None:
