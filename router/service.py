@@ -124,26 +124,25 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     async def PickWorker(
         self, request: router_pb2.PickWorkerRequest, context: Context
     ) -> router_pb2.PickWorkerResponse:
-        if self._desk is None:
-            raise Unimplemented("this router issues no tickets")
-        return await self._desk.pick(request, timeout_s=context.time_remaining())
+        return await self._tickets().pick(request, timeout_s=context.time_remaining())
 
     @grpc_errors
     async def ReportOutcome(
         self, request: router_pb2.ReportOutcomeRequest, context: Context
     ) -> router_pb2.ReportOutcomeResponse:
-        if self._desk is None:
-            raise Unimplemented("this router issues no tickets")
-        self._desk.report(request)
+        self._tickets().report(request)
         return router_pb2.ReportOutcomeResponse()
 
     @grpc_errors
     async def ReportOutcomes(
         self, request: router_pb2.ReportOutcomesRequest, context: Context
     ) -> router_pb2.ReportOutcomesResponse:
+        return self._tickets().report_all(request.reports)
+
+    def _tickets(self) -> TicketDesk:
         if self._desk is None:
             raise Unimplemented("this router issues no tickets")
-        return self._desk.report_all(request.reports)
+        return self._desk
 
     async def _events(
         self, request: router_pb2.GenerateRequest, context: Context
