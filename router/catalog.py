@@ -234,7 +234,7 @@ class Catalog:
         if cache is not None:
             return Listing(tuple(cache.models()), cache.revision)
         return await self._through(
-            self._listing, "all", lambda: self._list_all(timeout_s), "the model list"
+            self._listing, "all", lambda wait: self._list_all(timeout_s, wait), "the model list"
         )
 
     def _parse(self, model_field: str, hints: common_pb2.RoutingHints, **kind: bool) -> Wanted:
@@ -256,7 +256,10 @@ class Catalog:
             fitting = [m for m in cache.models() if _fits(m, query)]
         else:
             listed = await self._through(
-                self._auto, query, lambda: self._list_fitting(query, timeout_s), "the model list"
+                self._auto,
+                query,
+                lambda wait: self._list_fitting(query, timeout_s, wait),
+                "the model list",
             )
             fitting = list(listed)
         models = _production_first(fitting)
@@ -302,7 +305,10 @@ class Catalog:
             # Not in the Watch cache (or none yet): ask the registry. A model registered a
             # moment ago may not have reached this router's Watch stream yet.
             model = await self._through(
-                self._models, ref, lambda: self._get_model(ref, timeout_s), f"model '{ref}'"
+                self._models,
+                ref,
+                lambda wait: self._get_model(ref, timeout_s, wait),
+                f"model '{ref}'",
             )
         if model.stage == model_pb2.STAGE_ARCHIVED:
             raise FailedPrecondition(
@@ -318,16 +324,18 @@ class Catalog:
         return cache.routes() if cache is not None else []
 
     async def _through(
-        self, cache: TtlCache[K, V], key: K, fetch: Callable[[], Awaitable[V]], what: str
+        self, cache: TtlCache[K, V], key: K, fetch: Callable[[bool], Awaitable[V]], what: str
     ) -> V:
+        """`fetch(wait_for_ready)`: with nothing cached it waits (within its deadline) for a
+        registry that is starting or reconnecting; with a stale copy it fails fast to it."""
         cached = cache.fresh(key)
         if cached is not None:
             return cached
+        stale = cache.any_age(key)
         try:
-            value = await fetch()
+            value = await fetch(stale is None)
         except grpc.aio.AioRpcError as err:
             if err.code() in _UNREACHABLE:
-                stale = cache.any_age(key)
                 if stale is not None:
                     log.warning(
                         "registry at %s unreachable (%s); serving %s from cache",
@@ -336,9 +344,16 @@ class Catalog:
                         what,
                     )
                     return stale
+                # gRPC's details name addresses and socket errors: they stay in this log.
+                log.warning(
+                    "registry at %s unreachable: %s %s",
+                    self._address,
+                    err.code().name,
+                    err.details(),
+                )
                 raise Unavailable(
-                    f"registry at {self._address} is unreachable and {what} is not cached: "
-                    f"{err.details() or err.code().name}",
+                    f"registry at {self._address} is unreachable and {what} is not cached; "
+                    "retry once the registry answers",
                     reason="REGISTRY_UNAVAILABLE",
                     metadata={"registry": self._address},
                 ) from err
@@ -359,29 +374,32 @@ class Catalog:
     def _deadline(self, timeout_s: float | None) -> float:
         return self._timeout_s if timeout_s is None else max(0.0, min(self._timeout_s, timeout_s))
 
-    async def _get_model(self, ref: ModelRef, timeout_s: float | None) -> model_pb2.Model:
+    async def _get_model(
+        self, ref: ModelRef, timeout_s: float | None, wait: bool
+    ) -> model_pb2.Model:
         reply: registry_pb2.GetModelResponse = await self._stub.GetModel(
             registry_pb2.GetModelRequest(name=ref.name, version=ref.version),
             timeout=self._deadline(timeout_s),
+            wait_for_ready=wait,
         )
         return reply.model
 
     async def _list_fitting(
-        self, query: AutoQuery, timeout_s: float | None
+        self, query: AutoQuery, timeout_s: float | None, wait: bool
     ) -> tuple[model_pb2.Model, ...]:
         request = registry_pb2.ListModelsRequest(
             require_chat=query.chat, require_completion=not query.chat, tags=list(query.tags)
         )
-        models, _ = await self._list(request, timeout_s)
+        models, _ = await self._list(request, timeout_s, wait)
         # The registry filters chat, completion and tags; `_fits` is the one definition.
         return tuple(m for m in models if _fits(m, query))
 
-    async def _list_all(self, timeout_s: float | None) -> Listing:
-        models, revision = await self._list(registry_pb2.ListModelsRequest(), timeout_s)
+    async def _list_all(self, timeout_s: float | None, wait: bool) -> Listing:
+        models, revision = await self._list(registry_pb2.ListModelsRequest(), timeout_s, wait)
         return Listing(tuple(models), revision)
 
     async def _list(
-        self, request: registry_pb2.ListModelsRequest, timeout_s: float | None
+        self, request: registry_pb2.ListModelsRequest, timeout_s: float | None, wait: bool
     ) -> tuple[list[model_pb2.Model], int]:
         """Every non-archived model matching `request`, across pages."""
         request.page_size = _PAGE_SIZE
@@ -389,7 +407,7 @@ class Catalog:
         revision = 0
         while True:
             reply: registry_pb2.ListModelsResponse = await self._stub.ListModels(
-                request, timeout=self._deadline(timeout_s)
+                request, timeout=self._deadline(timeout_s), wait_for_ready=wait
             )
             models += [m for m in reply.models if m.stage != model_pb2.STAGE_ARCHIVED]
             revision = reply.revision

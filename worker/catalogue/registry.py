@@ -74,8 +74,13 @@ class RegistryCatalogue:
         if known is not None and self._clock() - known[0] <= self._ttl_s:
             return known[1]
         try:
+            # A version never resolved waits (within the timeout) for a registry that is
+            # still starting, or whose connection is backing off after it restarted; one
+            # resolved before falls back to its last answer at once.
             reply: registry_pb2.GetModelResponse = await self._stub.GetModel(
-                registry_pb2.GetModelRequest(name=name, version=version), timeout=self._timeout_s
+                registry_pb2.GetModelRequest(name=name, version=version),
+                timeout=self._timeout_s,
+                wait_for_ready=known is None,
             )
         except grpc.aio.AioRpcError as err:
             if err.code() in _UNREACHABLE and known is not None:

@@ -11,9 +11,17 @@ import pytest
 import pytest_asyncio
 
 from modelyard.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from modelyard.local_mesh import free_port
+from modelyard.server import start_server
 from modelyard.v1 import common_pb2, model_pb2, registry_pb2_grpc
 from router.catalog import Catalog
-from tests.unit.router.doubles import LOOP_SCOPE, RegistryUnderTest, make_model
+from tests.unit.router.doubles import (
+    LOOP_SCOPE,
+    REGISTRY_SERVICE,
+    FakeRegistry,
+    RegistryUnderTest,
+    make_model,
+)
 
 pytestmark = pytest.mark.asyncio(loop_scope=LOOP_SCOPE)
 
@@ -103,6 +111,35 @@ async def test_registry_down_serves_from_cache_else_unavailable_naming_it(
 
     assert stale.version == "1"
     assert registry.address in caught.value.message
+
+    assert "failed to connect" not in caught.value.message  # gRPC's own words stay in the log
+
+
+async def test_a_registry_that_starts_after_the_router_answers_its_first_request() -> None:
+    # Registry and router started side by side (a Helm install): the router's first
+    # connection fails and backs off, and a request in that backoff waits for the registry
+    # within its deadline instead of failing fast as unreachable.
+    address = f"127.0.0.1:{free_port()}"
+    fake = FakeRegistry([make_model("tiny", "1")])
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = cast(
+            "registry_pb2_grpc.RegistryServiceAsyncStub",
+            registry_pb2_grpc.RegistryServiceStub(channel),
+        )
+        catalog = Catalog(stub, registry_address=address, call_timeout_s=5.0)
+        with pytest.raises(Unavailable):  # nothing listens yet: the channel now backs off
+            await catalog.resolve("tiny", chat=True, timeout_s=0.2)
+        server = await start_server(
+            address,
+            lambda s: registry_pb2_grpc.add_RegistryServiceServicer_to_server(fake, s),
+            [REGISTRY_SERVICE],
+        )
+        try:
+            resolved = await catalog.resolve("tiny", chat=True)
+        finally:
+            await server.stop(0)
+
+    assert resolved.version == "1"
 
 
 async def test_auto_picks_a_fitting_model_production_first(

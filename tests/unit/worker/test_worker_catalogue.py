@@ -18,6 +18,7 @@ import grpc
 import pytest
 
 from modelyard.bearer import bearer_metadata
+from modelyard.local_mesh import free_port
 from modelyard.refs import model_key
 from modelyard.server import RunningServer, start_server
 from modelyard.v1 import common_pb2, model_pb2, worker_pb2, worker_pb2_grpc
@@ -27,6 +28,7 @@ from registry.store import RegistryStore, open_store
 from tests.fixtures.tiny_gguf import gguf_model
 from tests.worker_events import collect
 from worker.artifacts import ArtifactStore
+from worker.catalogue.build import registry_catalogue
 from worker.catalogue.registry import RegistryCatalogue
 from worker.config import WorkerSettings
 from worker.main import RunningWorker, start_worker
@@ -243,3 +245,29 @@ async def test_known_models_keep_serving_while_the_registry_is_down(
     assert served[-1].HasField("finished")
     assert unknown == grpc.StatusCode.UNAVAILABLE  # cannot ask, so nothing is loaded
     assert mesh.store.fetched == [registered.artifact.uri]
+
+
+async def test_a_registry_that_starts_after_the_worker_resolves_the_first_load(
+    tmp_path: Path, settings: WorkerSettings, tiny_gguf: Path
+) -> None:
+    # `modelyard up` starts the registry and its workers side by side: the worker's first
+    # connection fails and backs off, and a load asked for in that backoff must wait for
+    # the registry (within the timeout), not fail fast as unreachable.
+    address = f"127.0.0.1:{free_port()}"
+    catalogue = registry_catalogue(settings.model_copy(update={"registry_timeout_s": 5.0}), address)
+    store = await open_store(f"sqlite+aiosqlite:///{tmp_path / 'registry.db'}")
+    try:
+        await asyncio.sleep(0.3)  # the Watch has tried and failed: the channel backs off
+        server = await start_server(
+            address, functools.partial(add_to_server, store), [REGISTRY_SERVICE_NAME]
+        )
+        try:
+            await store.register(gguf_model(tiny_gguf, name="tiny"))
+            resolved = await catalogue.resolve(model_key("tiny", "1"))
+        finally:
+            await server.stop(0)
+    finally:
+        await catalogue.close()
+        await store.close()
+
+    assert resolved.name == "tiny"
