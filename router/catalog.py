@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
-from typing import Generic, TypeAlias, TypeVar
+from typing import TypeAlias, TypeVar
 
 import grpc
 
@@ -29,6 +29,7 @@ from modelyard.errors import (
 from modelyard.refs import AUTO, ModelRef, key_of, parse_ref
 from modelyard.v1 import common_pb2, model_pb2, registry_pb2, registry_pb2_grpc
 from router.ab import choose_arm
+from router.ttl_cache import TtlCache
 
 log = logging.getLogger(__name__)
 
@@ -38,31 +39,6 @@ V = TypeVar("V")
 # Registry answers that mean "cannot reach it", as opposed to "it said no".
 _UNREACHABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 _PAGE_SIZE = 1000
-
-
-class TtlCache(Generic[K, V]):
-    """Values with the time they were fetched; stale ones stay for registry outages."""
-
-    def __init__(self, ttl_s: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self._ttl_s = ttl_s
-        self._clock = clock
-        self._entries: dict[K, tuple[float, V]] = {}
-
-    def fresh(self, key: K) -> V | None:
-        entry = self._entries.get(key)
-        if entry is None or self._clock() - entry[0] > self._ttl_s:
-            return None
-        return entry[1]
-
-    def any_age(self, key: K) -> V | None:
-        entry = self._entries.get(key)
-        return None if entry is None else entry[1]
-
-    def put(self, key: K, value: V) -> None:
-        self._entries[key] = (self._clock(), value)
-
-    def drop(self, key: K) -> None:
-        self._entries.pop(key, None)
 
 
 @dataclass(frozen=True)
