@@ -9,7 +9,7 @@ import grpc
 
 from modelyard.errors import from_rpc_error
 from router.relay.attempts import Fatal, Retryable
-from router.relay.stream import NoFinish, describe
+from router.relay.stream import NoFinish, describe, for_client
 from router.workers import WorkerHandle
 
 log = logging.getLogger(__name__)
@@ -26,7 +26,7 @@ def refused(
     code = err.code() if isinstance(err, grpc.aio.AioRpcError) else None
     if code is not None and code not in _RETRYABLE:
         return Fatal(from_rpc_error(err))
-    failure = f"{handle.address} ({describe(err)})"
+    failure = f"{handle.address} ({for_client(err)})"
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         return Retryable(failure, exhausted=from_rpc_error(err))
     log.warning(

@@ -69,9 +69,31 @@ async def drain(events: AsyncIterator[WorkerEvent]) -> None:
 
 
 def describe(err: BaseException) -> str:
+    """For the log: gRPC's own words included."""
     if isinstance(err, grpc.aio.AioRpcError):
         return f"{err.code().name}: {err.details() or 'no details'}"
     return str(err)
+
+
+# gRPC's own text for a failed call names addresses and socket errors ("failed to connect
+# to all addresses; last error: ... Connection refused"): it stays in the log. A worker's
+# refusals carry a rich status and are written for clients: they pass through.
+_TRANSPORT = {
+    grpc.StatusCode.UNAVAILABLE: "unreachable",
+    grpc.StatusCode.DEADLINE_EXCEEDED: "timed out",
+    grpc.StatusCode.CANCELLED: "call cancelled",
+}
+_STATUS_DETAILS = "grpc-status-details-bin"
+
+
+def for_client(err: BaseException) -> str:
+    """What a client may read of a worker's failure."""
+    if not isinstance(err, grpc.aio.AioRpcError):
+        return str(err)
+    code = err.code()
+    if any(key == _STATUS_DETAILS for key, _ in err.trailing_metadata() or ()):
+        return f"{code.name}: {err.details() or 'no details'}"
+    return f"{code.name}: {_TRANSPORT.get(code, 'call failed')}"
 
 
 class StreamRelay:
@@ -105,7 +127,7 @@ class StreamRelay:
             except grpc.aio.AioRpcError as err:
                 if err.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
                     raise from_rpc_error(err) from err
-                raise self._broken(describe(err)) from err
+                raise self._broken(for_client(err), logged=describe(err)) from err
             except Silent as err:
                 raise self._broken(str(err), silent=True) from None
             if event is None:
@@ -152,13 +174,13 @@ class StreamRelay:
         finished.cost.CopyFrom(cost_of(self._assignment.model.pricing, finished.usage))
         return RouterEvent(finished=finished)
 
-    def _broken(self, why: str, *, silent: bool = False) -> StreamBroken:
+    def _broken(self, why: str, *, silent: bool = False, logged: str = "") -> StreamBroken:
         log.warning(
             "worker %s failed after %d token(s) of %s: %s",
             self._worker_name,
             self.usage.output_tokens,
             self._assignment.request_id,
-            why,
+            logged or why,
         )
         return (StreamSilent if silent else StreamBroken)(
             f"worker {self._worker_name} failed after {self.usage.output_tokens} token(s) "

@@ -161,6 +161,33 @@ async def test_worker_down_is_unavailable_naming_it_without_hanging(
     assert dead in (caught.value.details() or "")
 
 
+# What gRPC itself says of a call whose connection died: addresses and socket errors.
+TRANSPORT_TEXT = "Socket closed; last error: ipv4:10.9.8.7:50051: Connection reset by peer"
+
+
+async def test_grpcs_own_failure_text_stays_in_the_log_and_the_client_reads_the_worker(
+    registry: RegistryUnderTest, start_worker: WorkerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A status without modelyard's rich details is gRPC's own (the worker's refusals carry
+    # them): before the first token and after it, the client gets the worker and the code.
+    early = await start_worker("w-early", [Fail(grpc.StatusCode.UNAVAILABLE, TRANSPORT_TEXT)])
+    late = await start_worker(
+        "w-late", [started(), delta("Hel", 1), Fail(grpc.StatusCode.UNAVAILABLE, TRANSPORT_TEXT)]
+    )
+    errors: list[grpc.aio.AioRpcError] = []
+    for worker in (early, late):
+        async with running_router(registry.address, [worker.address]) as router:
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await collect(router.stub, request())
+            errors.append(caught.value)
+
+    before, after = (e.details() or "" for e in errors)
+    assert f"{early.address} (UNAVAILABLE: unreachable)" in before
+    assert "w-late" in after and "UNAVAILABLE: unreachable" in after
+    assert all("10.9.8.7" not in d and "reset" not in d for d in (before, after))
+    assert caplog.text.count(TRANSPORT_TEXT) == 2  # the operator still sees it
+
+
 async def test_unavailable_before_the_first_token_falls_through_to_the_next_worker(
     registry: RegistryUnderTest, start_worker: WorkerFactory
 ) -> None:
