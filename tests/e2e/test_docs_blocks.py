@@ -8,6 +8,7 @@ reason in tests/docs_blocks.py.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -19,6 +20,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from modelyard.cli.up import HTTP_PORT_OFFSET
+from modelyard.local_mesh import port_is_free
 from tests.docs_blocks import ROOT, RUN, SKIP, Block, all_blocks, find
 
 BLOCK_TIMEOUT_S = 300
@@ -33,9 +36,39 @@ def test_every_block_is_run_or_skipped_with_a_reason() -> None:
         find(phrase)  # no stale entry: each phrase names exactly one block
 
 
+# `up`'s defaults: router, registry, worker and the OpenAI front.
+DEFAULT_PORTS = (50050, 50051, 50052, 50050 + HTTP_PORT_OFFSET)
+PORTS_WAIT_S = 120.0
+
+
+def wait_for_default_ports() -> None:
+    """The default ports lie in the kernel's ephemeral range (32768-60999 here), so an
+    outgoing connection of this suite may hold one as its source port for a moment (seen
+    once in a random-order run: "port(s) 50050 already in use"). Wait that out; a port
+    still taken after PORTS_WAIT_S is a listener left running, and fails naming it."""
+    deadline = time.monotonic() + PORTS_WAIT_S
+    while busy := [port for port in DEFAULT_PORTS if not port_is_free(port)]:
+        if time.monotonic() > deadline:
+            pytest.fail(f"default ports still taken after {PORTS_WAIT_S:.0f} s: {_holders(busy)}")
+        time.sleep(0.5)
+
+
+def _holders(ports: list[int]) -> str:
+    """Each busy port's sockets, as /proc/net/tcp lists them (local, remote, TCP state)."""
+    found: list[str] = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for row in Path(table).read_text().splitlines()[1:]:
+                local, remote, state = row.split()[1:4]
+                if int(local.rsplit(":", 1)[1], 16) in ports:
+                    found.append(f"{local} -> {remote} state {state}")
+    return "; ".join(found) or f"{ports} (no socket listed)"
+
+
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     home = tmp_path_factory.mktemp("docs-home")
+    wait_for_default_ports()
     env = {
         **os.environ,
         "XDG_CONFIG_HOME": str(home / "config"),  # a user's own contexts must not leak in
