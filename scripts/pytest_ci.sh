@@ -12,5 +12,6 @@ VLLM_TESTS=(
 
 # --strict-markers: a mistyped marker is an error, not a silent no-op; -rsxX lists every
 # skip and xfail with its reason; tests.ci_gate prints the skip count and fails the run
-# if anything was skipped, xfailed or xpassed.
-PYTEST_CI=(-p no:cacheprovider -p tests.ci_gate --strict-markers -rsxX -m "not gpu")
+# if anything was skipped, xfailed or xpassed. --durations: the 20 slowest steps, to keep
+# the stage well inside CI's time on 2 cores.
+PYTEST_CI=(-p no:cacheprovider -p tests.ci_gate --strict-markers -rsxX -m "not gpu" --durations=20)
