@@ -7,6 +7,7 @@ freeze one, stop the registry), so they pass alone, together and in any order.
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 from collections.abc import Iterator
@@ -182,10 +183,20 @@ def test_a_hung_worker_honours_the_deadline(
     assert reply.finished.usage.output_tokens > 0
 
 
+def _mentions(log: Path, words: str) -> bool:
+    return words in log.read_text()
+
+
 def test_routing_continues_while_the_registry_is_down(
     mesh2: LocalMesh, stub: router_pb2_grpc.RouterServiceStub, smollm2: model_pb2.Model
 ) -> None:
     register_priced(mesh2, stub, smollm2)
+    # Workers start beside the registry, so their first Watch may still be in backoff
+    # (seen once: the registry stopped before either had connected, and neither knew the
+    # models). Their cache is this test's premise: wait until both follow the registry.
+    for i in range(2):
+        worker_log = mesh2.data_dir / "logs" / f"worker-{i}.log"
+        until(functools.partial(_mentions, worker_log, "watching registry"), f"worker-{i} watches")
     assert mesh2.service("registry").stop() == 0  # the process is gone, its port closed
     log = mesh2.data_dir / "logs" / "router.log"
     until(lambda: "lost registry watch" in log.read_text(), "the router saw the registry go")
