@@ -60,6 +60,15 @@ def _wait_gone(pids: list[int], timeout_s: float = 30.0) -> None:
         time.sleep(0.1)
 
 
+def _wait_listening(log: Path, siblings: int, timeout_s: float = 60.0) -> None:
+    """Until each sibling logged that it listens: the router answers health as soon as
+    one does, and spawned interpreters start slowly on a loaded host."""
+    deadline = time.monotonic() + timeout_s
+    while log.read_text(errors="replace").count("router listening on") < siblings:
+        assert time.monotonic() < deadline, log.read_text(errors="replace")[-4000:]
+        time.sleep(0.2)
+
+
 def _served_ok(port: int) -> float:
     """Requests this sibling finished OK, from its own /metrics."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
@@ -79,6 +88,7 @@ def test_siblings_share_the_port_and_stop_together(tmp_path: Path) -> None:
         router = mesh.local.service("router")
         siblings = _siblings(router.process.pid)
         assert len(siblings) == 2
+        _wait_listening(router.log_path, 2)
         warm = _served_ok(metrics) + _served_ok(metrics + 1)  # start_sim_mesh's warm-up
         request = router_pb2.CompleteRequest(
             model=mesh.model.name, prompt="hi", sampling=common_pb2.SamplingParams(max_tokens=2)
