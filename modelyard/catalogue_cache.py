@@ -122,7 +122,9 @@ async def _watch_once(
 ) -> bool:
     """Apply one Watch stream's events until it ends; whether it delivered any."""
     connected = False
-    call = stub.Watch(registry_pb2.WatchRequest(since_revision=cache.revision))
+    # Waits for the channel rather than failing fast in its reconnect backoff: the stream
+    # opens as soon as the registry answers again (see modelyard/channel_options.py).
+    call = stub.Watch(registry_pb2.WatchRequest(since_revision=cache.revision), wait_for_ready=True)
     try:
         async for event in call:
             if not connected:

@@ -15,6 +15,7 @@ from typing import cast
 import grpc
 
 from modelyard.bearer import bearer_interceptors
+from modelyard.channel_options import CHANNEL_OPTIONS
 from modelyard.discovery import ROUTER_SERVICE
 from modelyard.discovery.consul import Registration, register_service
 from modelyard.discovery.settings import DiscoverySettings
@@ -36,7 +37,7 @@ from router.openai.admission import FrontLimits
 from router.openai.server import start_http_front
 from router.outcomes import MeshOutcomes, OutcomeShipper
 from router.service import add_to_server
-from router.workers import CHANNEL_OPTIONS, WorkerPool
+from router.workers import WorkerPool
 
 log = logging.getLogger(__name__)
 

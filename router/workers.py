@@ -18,6 +18,7 @@ from typing import cast
 import grpc
 from google.protobuf import duration_pb2
 
+from modelyard.channel_options import CHANNEL_OPTIONS
 from modelyard.prefix import SCHEME as PREFIX_SCHEME
 from modelyard.refs import ModelKey, key_of, model_key
 from modelyard.telemetry import client_interceptors
@@ -25,22 +26,6 @@ from modelyard.v1 import model_pb2, router_pb2, worker_pb2, worker_pb2_grpc
 from router.state.worker_index import WorkerIndex
 
 log = logging.getLogger(__name__)
-
-# gRPC's default reconnect backoff grows to 120 s; a restarted worker (or registry)
-# should be reachable again within a couple of seconds.
-CHANNEL_OPTIONS = [
-    ("grpc.initial_reconnect_backoff_ms", 250),
-    ("grpc.min_reconnect_backoff_ms", 250),
-    ("grpc.max_reconnect_backoff_ms", 2_000),
-    # HTTP/2 pings find a stopped worker process (SIGSTOP, a hung host) whose TCP peer
-    # still answers: no ping ack within 10 + 5 s fails its calls UNAVAILABLE. Workers
-    # accept pings this often (modelyard/server.py).
-    ("grpc.keepalive_time_ms", 10_000),
-    ("grpc.keepalive_timeout_ms", 5_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.max_pings_without_data", 0),
-    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-]
 
 HEARTBEAT_S = 2.0
 # A watch silent for this many heartbeats is treated as dead and reopened.

@@ -22,6 +22,7 @@ import grpc
 
 from modelyard.auth import current_caller
 from modelyard.bearer import bearer_interceptors
+from modelyard.channel_options import CHANNEL_OPTIONS
 from modelyard.errors import ModelyardError
 from modelyard.tickets import Claims
 from modelyard.tls import TlsSettings, secure_or_insecure_channel
@@ -190,7 +191,7 @@ class OutcomeReporter:
     def _stub(self, address: str) -> RouterStub:
         if address not in self._stubs:
             channel = secure_or_insecure_channel(
-                address, self._tls, bearer_interceptors(self._token)
+                address, self._tls, bearer_interceptors(self._token), CHANNEL_OPTIONS
             )
             stub = cast("RouterStub", router_pb2_grpc.RouterServiceStub(channel))
             self._stubs[address] = (channel, stub)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
 from modelyard.bearer import bearer_interceptors
+from modelyard.channel_options import CHANNEL_OPTIONS
 from modelyard.discovery import DiscoverySettings
 from modelyard.telemetry import client_interceptors
 from modelyard.tls import secure_or_insecure_channel
@@ -55,6 +56,7 @@ def registry_catalogue(settings: WorkerSettings, address: str) -> RegistryCatalo
         address,
         settings.tls,
         [*client_interceptors(), *bearer_interceptors(settings.registry_token)],
+        CHANNEL_OPTIONS,
     )
     # The stub factory's overload cannot tell that this channel is async.
     stub = cast(

@@ -15,6 +15,7 @@ import grpc
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
+from modelyard.channel_options import CHANNEL_OPTIONS
 from modelyard.local_mesh import free_port
 from modelyard.server import RunningServer, start_server
 from modelyard.v1 import outcomes_pb2, outcomes_pb2_grpc, router_pb2
@@ -23,7 +24,6 @@ from registry.outcomes import OutcomeStore
 from registry.store import RegistryStore, open_store
 from router.outcomes import MeshOutcomes, OutcomeShipper
 from router.stats import Outcome, RoutingStats
-from router.workers import CHANNEL_OPTIONS
 
 
 class Registry:

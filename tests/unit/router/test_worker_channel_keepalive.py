@@ -10,8 +10,9 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from modelyard.channel_options import CHANNEL_OPTIONS
 from modelyard.server import start_server
-from router.workers import CHANNEL_OPTIONS, plaintext_channel
+from router.workers import plaintext_channel
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

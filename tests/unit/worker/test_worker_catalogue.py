@@ -271,3 +271,31 @@ async def test_a_registry_that_starts_after_the_worker_resolves_the_first_load(
         await store.close()
 
     assert resolved.name == "tiny"
+
+
+async def test_the_watch_is_back_within_seconds_of_a_long_registry_outage(
+    tmp_path: Path, settings: WorkerSettings
+) -> None:
+    # gRPC's own reconnect backoff grows to 120 s: after a 30 s outage its next attempt
+    # would come 8 to 18 s after the registry is back, and the worker would not see new
+    # models until then. The worker's channel caps that backoff at 2 s.
+    address = f"127.0.0.1:{free_port()}"
+    catalogue = registry_catalogue(settings, address)
+    store = await open_store(f"sqlite+aiosqlite:///{tmp_path / 'registry.db'}")
+    try:
+        await asyncio.sleep(30)
+        assert not catalogue.cache.synced.is_set()
+        server = await start_server(
+            address, functools.partial(add_to_server, store), [REGISTRY_SERVICE_NAME]
+        )
+        try:
+            back = time.monotonic()
+            await asyncio.wait_for(catalogue.cache.synced.wait(), timeout=20)
+            waited = time.monotonic() - back
+        finally:
+            await server.stop(0)
+    finally:
+        await catalogue.close()
+        await store.close()
+
+    assert waited < 6.0, f"the Watch reconnected {waited:.1f} s after the registry was back"
