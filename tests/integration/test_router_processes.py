@@ -15,6 +15,7 @@ import grpc
 from modelyard.bearer import bearer_metadata
 from modelyard.local_mesh import free_port, port_is_free, spawn_service
 from modelyard.v1 import common_pb2, router_pb2, router_pb2_grpc
+from tests.integration.conftest import until
 from tests.robustness.sim_mesh import CLIENT_KEY, start_sim_mesh
 
 # Connections over the siblings: the kernel hashes each to one of them, so with 24 the
@@ -60,13 +61,8 @@ def _wait_gone(pids: list[int], timeout_s: float = 30.0) -> None:
         time.sleep(0.1)
 
 
-def _wait_listening(log: Path, siblings: int, timeout_s: float = 60.0) -> None:
-    """Until each sibling logged that it listens: the router answers health as soon as
-    one does, and spawned interpreters start slowly on a loaded host."""
-    deadline = time.monotonic() + timeout_s
-    while log.read_text(errors="replace").count("router listening on") < siblings:
-        assert time.monotonic() < deadline, log.read_text(errors="replace")[-4000:]
-        time.sleep(0.2)
+def _listening(log: Path, siblings: int) -> bool:
+    return log.read_text(errors="replace").count("router listening on") >= siblings
 
 
 def _served_ok(port: int) -> float:
@@ -88,7 +84,9 @@ def test_siblings_share_the_port_and_stop_together(tmp_path: Path) -> None:
         router = mesh.local.service("router")
         siblings = _siblings(router.process.pid)
         assert len(siblings) == 2
-        _wait_listening(router.log_path, 2)
+        # The router answers health as soon as one sibling does, and spawned interpreters
+        # start slowly on a loaded host: wait for both before reading their counters.
+        until(lambda: _listening(router.log_path, 2), "both siblings listen", timeout_s=60)
         warm = _served_ok(metrics) + _served_ok(metrics + 1)  # start_sim_mesh's warm-up
         request = router_pb2.CompleteRequest(
             model=mesh.model.name, prompt="hi", sampling=common_pb2.SamplingParams(max_tokens=2)
