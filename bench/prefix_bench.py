@@ -106,7 +106,8 @@ def report(results: Results, args: argparse.Namespace) -> str:
         "",
         f"Machine: {machine()}; clients, routers, workers and registry share the CPUs. "
         f"{args.workers} llama.cpp workers (SmolLM2-135M Q4_1, 1 thread, {PARALLEL_SEQUENCES} "
-        f"parallel sequences, {CONTEXT_CELLS} KV cells), {args.max_tokens} output tokens a "
+        f"parallel sequences, {CONTEXT_CELLS} KV cells in a stream per sequence), "
+        f"{args.max_tokens} output tokens a "
         "request, "
         f"{args.reps} interleaved repetitions, text scale {args.scale:g}, think time "
         f"{args.think_ms:g} ms mean between a session's turns; `{command(args)}`. "

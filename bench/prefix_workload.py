@@ -152,7 +152,7 @@ async def multi_turn(
     which frees exactly the worker that served it: a load-only router then sends it back
     there and gets the cache for free. People read before they answer, so other sessions'
     turns arrive in between; `sizes.think_ms` models that (seeded, the same for every
-    policy)."""
+    policy), and spreads the sessions' first turns the same way."""
     run = Run()
     pauses = random.Random(f"{sessions}-{turns}")
     think = [
@@ -164,8 +164,9 @@ async def multi_turn(
     async def session(s: int) -> None:
         history = [message("system", f"Session {tag}-{s}. " + filler(f"{tag}-{s}", system_n))]
         for t in range(turns):
-            if t:
-                await asyncio.sleep(think[s][t])
+            # Turn 0 too: sessions start spread out, as people arrive, not in one instant
+            # (a burst of every first turn at once measures the burst, not the routing).
+            await asyncio.sleep(think[s][t])
             history.append(message("user", filler(f"{tag}-{s}-{t}", user_n) + " Summarise."))
             key = f"{tag}-{s}" if keyed else ""
             reply = await ask(stub, history, key, run, sizes.max_tokens, (f"{s}", t))

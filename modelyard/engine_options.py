@@ -19,8 +19,8 @@ from modelyard.v1 import common_pb2
 EngineKind: TypeAlias = common_pb2.Engine.ValueType
 
 ALLOWED: Mapping[EngineKind, frozenset[str]] = {
-    # worker/engines/llama_cpp.py reads these two.
-    common_pb2.ENGINE_LLAMA_CPP: frozenset({"n_gpu_layers", "flash_attn"}),
+    # worker/engines/llama_cpp.py reads these three.
+    common_pb2.ENGINE_LLAMA_CPP: frozenset({"n_gpu_layers", "flash_attn", "kv_unified"}),
     # worker/engines/transformers.py: the torch device and dtype.
     common_pb2.ENGINE_TRANSFORMERS: frozenset({"device", "dtype"}),
     # worker/engines/vllm.py: its own keys, then AsyncEngineArgs fields that tune memory,

@@ -71,6 +71,7 @@ class BatchDecoder:
         key: str,
         step_delay_s: float = 0.0,
         prefix: KvPrefixCache | None = None,
+        seq_cells: int | None = None,
     ) -> None:
         import llama_cpp
         from llama_cpp._internals import LlamaBatch
@@ -80,6 +81,9 @@ class BatchDecoder:
         self._vocab = llama_cpp.llama_model_get_vocab(model.model)
         self._n_vocab = int(model.n_vocab())
         self.n_ctx, self.n_batch, self.n_seq = n_ctx, n_batch, n_seq
+        # The most cells one sequence may hold: the whole context when the cache is
+        # unified, its own stream's share when each sequence has one (kv_unified=0).
+        self.seq_cells = n_ctx if seq_cells is None else seq_cells
         self._counters = counters
         self._step_delay_s = step_delay_s
         self.prefix = prefix
@@ -160,7 +164,7 @@ class BatchDecoder:
             return admitted  # the next free cells are the stalled sequence's
         while self._pending and self._free_ids:
             job = self._pending[0]
-            reserve = min(job.reserve, self.n_ctx)
+            reserve = min(job.reserve, self.seq_cells)
             if self._slots and reserved + reserve > self.n_ctx:
                 break  # waits for a sequence to finish; FIFO, so no starvation
             self._pending.popleft()
@@ -196,7 +200,7 @@ class BatchDecoder:
             sampler,
             reserve,
             TextStream(job.request.stop),
-            room=self.n_ctx - len(job.prompt_tokens),
+            room=self.seq_cells - len(job.prompt_tokens),
         )
 
     def _start(self, slot: Slot) -> None:
@@ -290,7 +294,7 @@ class BatchDecoder:
         if slot.n_past < slot.reserve:
             return True
         others = sum(s.reserve for s in self._slots if s is not slot)
-        want = slot.wanted(self.n_ctx)
+        want = slot.wanted(self.seq_cells)
         grown = min(want, self.n_ctx - others)
         slot.stalled = grown <= slot.n_past
         if not slot.stalled:

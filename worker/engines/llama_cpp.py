@@ -26,6 +26,7 @@ import logging
 from collections.abc import AsyncGenerator
 from typing import Any
 
+from modelyard.errors import InvalidArgument
 from worker.counters import CounterSnapshot, SequenceCounters
 from worker.engines.base import (
     EmbedRequest,
@@ -86,6 +87,9 @@ class LlamaCppEngine:
             )
         model, ctx = await asyncio.to_thread(_open, spec)
         n_ctx = int(ctx.n_ctx())
+        # The longest one request may be: the whole context, or with a stream per
+        # sequence (kv_unified=0) that stream's share.
+        seq_cells = _seq_cells(ctx)
         self._decoder = BatchDecoder(
             model,
             ctx,
@@ -96,9 +100,10 @@ class LlamaCppEngine:
             key=spec.key,
             step_delay_s=spec.token_delay_s,
             prefix=_prefix_cache(spec, ctx, n_ctx),
+            seq_cells=seq_cells,
         )
         self._decoder.start()
-        self._model, self._ctx, self._key, self._n_ctx = model, ctx, spec.key, n_ctx
+        self._model, self._ctx, self._key, self._n_ctx = model, ctx, spec.key, seq_cells
         self._grammars = GrammarCompiler(model.vocab, int(model.n_vocab()))
         self._template = ChatTemplate.from_metadata(
             model.metadata(),
@@ -108,7 +113,7 @@ class LlamaCppEngine:
         )
         return LoadedInfo(
             engine=ENGINE_NAME,
-            context_length=n_ctx,
+            context_length=seq_cells,
             vocab_size=int(model.n_vocab()),
             has_chat_template=not self._template.is_fallback,
             max_sequences=live_sequences(spec),
@@ -221,7 +226,11 @@ def _open(spec: ModelSpec) -> tuple[Any, Any]:
         params.n_ctx = spec.context_length
         params.n_batch = params.n_ubatch = min(spec.batch_size, spec.context_length)
         params.n_seq_max = live_sequences(spec)
-        params.kv_unified = True  # sequences share the cells: one long prompt may use them all
+        # Unified (the default): sequences share the cells, so one long prompt may use them
+        # all, but every sequence's attention then runs over every used cell. "0" gives
+        # each sequence a stream of n_ctx / sequences cells: requests are capped at that,
+        # and concurrent long sequences stop slowing each other (bench/README.md).
+        params.kv_unified = _flag(spec, "kv_unified", default=True)
         params.n_threads = params.n_threads_batch = spec.threads
         # Off, as llama-cpp-python's Llama has it: greedy output then matches Llama's token
         # for token (the fused kernel rounds differently); "flash_attn": "1" turns it on.
@@ -242,6 +251,24 @@ def _open(spec: ModelSpec) -> tuple[Any, Any]:
             model.n_ctx_train(),
         )
     return model, ctx
+
+
+def _seq_cells(ctx: Any) -> int:
+    import llama_cpp
+
+    return int(llama_cpp.llama_n_ctx_seq(ctx.ctx))
+
+
+def _flag(spec: ModelSpec, key: str, *, default: bool) -> bool:
+    """A "0"/"1" engine option; anything else is the model's configuration error."""
+    value = spec.extra.get(key)
+    if value is None:
+        return default
+    if value not in ("0", "1"):
+        raise InvalidArgument.for_field(
+            f"load_options.extra.{key}", f"{key} is '0' or '1', not {value[:32]!r}"
+        )
+    return value == "1"
 
 
 def _prefix_cache(spec: ModelSpec, ctx: Any, n_ctx: int) -> KvPrefixCache | None:
