@@ -15,6 +15,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -233,6 +234,12 @@ async def until_status(
     return status
 
 
+async def first_delta(call: Any) -> None:
+    async for event in call:
+        if event.HasField("delta"):
+            return
+
+
 async def test_a_request_waiting_in_llama_cpp_for_kv_cells_counts_as_queued(mesh: Mesh) -> None:
     # Each reserves prompt + 1,500 cells of the 2,048: the second waits inside the engine
     # for the first to finish, although the worker's queue let both in.
@@ -242,10 +249,24 @@ async def test_a_request_waiting_in_llama_cpp_for_kv_cells_counts_as_queued(mesh
     ]
     name = mesh.smollm2.name
     try:
+        # Both may be counted queued for a moment, before the decode loop admits one.
         both = await until_status(
-            mesh, name, lambda s: s.running_sequences + s.queued_requests == 2
+            mesh,
+            name,
+            lambda s: s.running_sequences + s.queued_requests == 2 and s.running_sequences >= 1,
         )
         assert (both.running_sequences, both.queued_requests) == (1, 1)
+        # Once the running one has streamed a token the loop has admitted again: the other
+        # still waits.
+        firsts = [asyncio.ensure_future(first_delta(call)) for call in calls]
+        try:
+            await asyncio.wait(firsts, timeout=60, return_when=asyncio.FIRST_COMPLETED)
+            assert any(f.done() for f in firsts), "no request streamed a token in 60 s"
+            after = await status_of(mesh, name)
+        finally:
+            for f in firsts:
+                f.cancel()
+        assert (after.running_sequences, after.queued_requests) == (1, 1)
     finally:
         for call in calls:
             call.cancel()
