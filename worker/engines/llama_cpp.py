@@ -243,6 +243,17 @@ def _open(spec: ModelSpec) -> tuple[Any, Any]:
     except BaseException:
         model.close()
         raise
+    if not params.kv_unified and int(ctx.n_ctx()) != spec.context_length:
+        # llama.cpp rounds each stream up (to 256 cells): more memory than the budget
+        # counted for this context.
+        cells = int(ctx.n_ctx())
+        _close(model, ctx)
+        raise InvalidArgument.for_field(
+            "load_options.extra.kv_unified",
+            f"with kv_unified=0 the context ({spec.context_length}) is split into "
+            f"{params.n_seq_max} streams that llama.cpp rounds up to {cells} cells in all; "
+            f"use a context of {cells} or fewer parallel sequences",
+        )
     if ctx.n_ctx() > model.n_ctx_train() > 0:
         log.info(
             "%s: context %d exceeds the %d tokens the model was trained with",

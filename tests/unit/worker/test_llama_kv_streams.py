@@ -38,11 +38,11 @@ STREAM = CONTEXT // SEQUENCES
 COUNT = ", ".join(str(n) for n in range(1, 40))
 
 
-def spec(path: Path, **extra: str) -> ModelSpec:
+def spec(path: Path, context: int = CONTEXT, **extra: str) -> ModelSpec:
     return ModelSpec(
         "smollm2@1",
         path,
-        context_length=CONTEXT,
+        context_length=context,
         threads=1,
         max_parallel_sequences=SEQUENCES,
         prefix_cache_share=0.5,
@@ -130,3 +130,11 @@ async def test_a_cached_prefix_is_reused_within_a_stream(
 async def test_kv_unified_takes_only_0_or_1(smollm2_gguf: Path) -> None:
     with pytest.raises(InvalidArgument, match="kv_unified is '0' or '1'"):
         await LlamaCppEngine(SequenceCounters()).load(spec(smollm2_gguf, kv_unified="yes"))
+
+
+async def test_a_context_that_does_not_split_into_whole_streams_is_refused(
+    smollm2_gguf: Path,
+) -> None:
+    # 1,000 / 2 streams: llama.cpp would round each up to 512, more than was budgeted.
+    with pytest.raises(InvalidArgument, match="use a context of 1024 or fewer"):
+        await LlamaCppEngine(SequenceCounters()).load(spec(smollm2_gguf, context=1000))
