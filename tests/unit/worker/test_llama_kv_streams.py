@@ -16,14 +16,12 @@ import pytest
 import pytest_asyncio
 
 from modelyard.errors import InvalidArgument
+from tests.engine_runs import drain, run
 from worker.counters import SequenceCounters
 from worker.engines.base import (
-    EngineEvent,
     EngineRequest,
-    Finished,
     FinishReason,
     ModelSpec,
-    Piece,
     SamplingConfig,
     Scheduled,
 )
@@ -58,13 +56,6 @@ async def streams(smollm2_gguf: Path) -> AsyncIterator[tuple[LlamaCppEngine, int
     await engine.unload()
 
 
-async def run(engine: LlamaCppEngine, req: EngineRequest) -> tuple[list[int], Finished]:
-    events: list[EngineEvent] = [e async for e in engine.generate(req)]
-    finished = events[-1]
-    assert isinstance(finished, Finished)
-    return [t for e in events if isinstance(e, Piece) for t in e.token_ids], finished
-
-
 def counting(request_id: str, word: str, max_tokens: int = 8) -> EngineRequest:
     return EngineRequest(
         request_id, prompt=f"{word}: {COUNT}", sampling=GREEDY, max_tokens=max_tokens
@@ -93,12 +84,9 @@ async def test_sequences_batch_and_match_their_solo_output(
     second = engine.generate(counting("b", "B"))
     assert isinstance(await anext(second), Scheduled)
     assert engine.stats().running_sequences == 2
-    together = []
-    for stream in (first, second):
-        events = [e async for e in stream]
-        assert isinstance(events[-1], Finished) and events[-1].reason is FinishReason.LENGTH
-        together.append([t for e in events if isinstance(e, Piece) for t in e.token_ids])
-    assert together == solo
+    together = [await drain(stream) for stream in (first, second)]
+    assert all(end.reason is FinishReason.LENGTH for _, end in together)
+    assert [tokens for tokens, _ in together] == solo
 
 
 async def test_a_sequence_that_fills_its_stream_ends_with_context_length(

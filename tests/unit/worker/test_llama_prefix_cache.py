@@ -18,15 +18,14 @@ import pytest
 import pytest_asyncio
 
 from modelyard.prefix import chain_of_messages, chain_of_prompt
+from tests.engine_runs import run
 from worker.counters import SequenceCounters
 from worker.engines.base import (
     ChatTurn,
-    EngineEvent,
     EngineRequest,
     Finished,
     FinishReason,
     ModelSpec,
-    Piece,
     SamplingConfig,
     Scheduled,
 )
@@ -70,13 +69,6 @@ async def warm(smollm2_gguf: Path) -> AsyncIterator[LlamaCppEngine]:
     await engine.load(spec(smollm2_gguf, context=4096, share=0.75))
     yield engine
     await engine.unload()
-
-
-async def run(engine: LlamaCppEngine, req: EngineRequest) -> tuple[list[int], Finished]:
-    events: list[EngineEvent] = [e async for e in engine.generate(req)]
-    finished = events[-1]
-    assert isinstance(finished, Finished)
-    return [t for e in events if isinstance(e, Piece) for t in e.token_ids], finished
 
 
 def ask(request_id: str, question: str, max_tokens: int = COMPARED) -> EngineRequest:
