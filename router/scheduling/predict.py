@@ -45,20 +45,24 @@ def swap_ms(cand: Candidate) -> float:
     return LOAD_BASE_MS + LOAD_MS_PER_GB * cand.model.resources.memory_bytes / _GB
 
 
-def queue_wait_ms(cand: Candidate, prefill_ms_per_token: float = 0.0) -> float:
-    """What a new request waits for on this worker before its prefill: the tokens queued
-    ahead of it (its pushed status) at its recent throughput, plus one token gap per
-    stream this router has open there, plus the prompts this router sent it that are not
-    at their first token yet (`prefill_ms_per_token` each). Running streams batch with the
-    new one, so they slow its steps rather than block it: counting each as a queue of
-    tokens made one extra open stream outweigh any held prefix. Prompts being prefilled
-    do take the compute a new prefill needs: without them, concurrent requests sharing a
-    cold prefix all went to the same worker (the shared-prompt bench: every request to
-    one of two workers, TTFT p50 34x load-only's)."""
+def queue_wait_ms(cand: Candidate, prefill_ms_per_token: float) -> float:
+    """What a new request waits for on this worker before its own prefill: the prompt
+    work ahead of it at the worker's prefill rate, plus one token gap per stream this
+    router has open there.
+
+    The work ahead is the larger of the worker's queued tokens (every router's requests,
+    from its pushed status, which lags) and the uncached prompt tokens this router sent
+    it that are not at their first token yet (fresh, and without them concurrent
+    requests sharing a cold prefix all went to one worker: the shared-prompt bench, TTFT
+    p50 34x load-only's). Both count the same requests when one router feeds the
+    worker, so the larger, not the sum. Queued tokens are priced at the prefill rate,
+    not at the worker's recent output rate: on a prompt-heavy worker that rate is a few
+    tokens a second, and a single queued 1,000-token prompt read as minutes of wait,
+    taking every held prefix's bonus away. Running streams batch with the new request,
+    so they slow its steps rather than block it: a token gap each."""
     itl = cand.inter_token_ms if cand.inter_token_ms is not None else PRIOR_INTER_TOKEN_MS
-    ms_per_token = 1000.0 / cand.tokens_per_second if cand.tokens_per_second > 0 else itl
-    pending = cand.prefilling_tokens * prefill_ms_per_token
-    return cand.queued_tokens * ms_per_token + cand.in_flight * itl + pending
+    ahead = max(cand.queued_tokens, cand.prefilling_tokens)
+    return ahead * prefill_ms_per_token + cand.in_flight * itl
 
 
 def uncached_prompt_tokens(req: Request, cand: Candidate) -> int:
@@ -146,11 +150,9 @@ def predicted_ttft_ms(
     req: Request, cand: Candidate, cands: Sequence[Candidate], cycle: CycleState
 ) -> float:
     """EWMA TTFT (or the model's mean over measured workers, or a prior) less the
-    prefill a held prefix saves, net of its extra queue wait (but never below the
-    uncached share of the EWMA), plus the load time of a cold model, plus one
-    inter-token gap per stream this router already has open on the worker (their
-    decode steps share its compute), plus the prefill of the prompts it sent there
-    that are not at their first token yet."""
+    prefill a held prefix saves (never below the uncached share of the EWMA), plus the
+    load time of a cold model, plus the queue wait ahead of the request there
+    (`queue_wait_ms`)."""
     cache = _ttft_cache(cycle)
     value = cache.get(cand)
     if value is None:
@@ -188,10 +190,10 @@ def _predict(cand: Candidate, means: _Means, gain: PrefixGain | None) -> float:
     base = cand.ttft_ms
     if base is None:
         base = means.ttft_ms.get(cand.model_key, PRIOR_TTFT_MS)
-    if gain is not None and gain.net_ms > 0:
-        base = max(base - gain.net_ms, base * (1.0 - gain.share))
-    itl = cand.inter_token_ms if cand.inter_token_ms is not None else PRIOR_INTER_TOKEN_MS
-    pending = 0.0
-    if cand.prefilling_tokens:  # most candidates: nothing sent there is still prefilling
-        pending = cand.prefilling_tokens * _per_token(cand, means.prefill_ms_per_token)
-    return base + swap_ms(cand) + cand.in_flight * itl + pending
+    if gain is not None and gain.saved_ms > 0:
+        # The whole saving: the holder's queue is added below, once. (Taking the net
+        # saving here as well charged the holder its queue twice, so a holder with a
+        # short queue predicted no better than a worker that must prefill everything.)
+        base = max(base - gain.saved_ms, base * (1.0 - gain.share))
+    wait = queue_wait_ms(cand, _per_token(cand, means.prefill_ms_per_token))
+    return base + swap_ms(cand) + wait

@@ -36,7 +36,8 @@ def turn(**fields: Any) -> Request:
 
 
 def worker(name: str, *, held: frozenset[int] = frozenset(), **fields: Any) -> Candidate:
-    # 100 tokens/s: each queued token waits 10 ms.
+    # Prefill at 2 ms a token: each token queued there waits 2 ms. (Its recent output,
+    # 100 tokens/s, is not a queue's price: test_a_queued_prompt_is_priced_at_the_prefill_rate.)
     base: dict[str, Any] = {
         "residency": WARM,
         "ttft_ms": 1000.0,
@@ -62,19 +63,19 @@ def test_no_shared_prefix_empty_chain_or_unknown_model_score_zero() -> None:
 
 
 def test_a_short_queue_on_the_holder_scales_the_bonus_down() -> None:
-    # 30 queued tokens: 300 ms of wait against ~780 ms saved.
-    holder, other = worker("a", held=HELD, queued_tokens=30), worker("b")
+    # 150 queued tokens: 300 ms of wait against ~780 ms saved.
+    holder, other = worker("a", held=HELD, queued_tokens=150), worker("b")
     scores = PrefixScorer().score(turn(), [holder, other], cycle())
     assert scores[holder] == pytest.approx(SHARE * (SAVED_MS - 300.0) / SAVED_MS)
 
 
 def test_a_queue_that_costs_more_than_the_saved_prefill_loses_the_bonus() -> None:
-    # 80 queued tokens: 800 ms of wait, more than the ~780 ms the prefix saves.
-    holder, other = worker("a", held=HELD, queued_tokens=80), worker("b")
+    # 400 queued tokens: 800 ms of wait, more than the ~780 ms the prefix saves.
+    holder, other = worker("a", held=HELD, queued_tokens=400), worker("b")
     assert SAVED_MS < 800.0
     assert set(PrefixScorer().score(turn(), [holder, other], cycle()).values()) == {0.0}
     # The wait counted is the extra over the least loaded: both busy alike, bonus kept.
-    busy_other = worker("b", queued_tokens=80)
+    busy_other = worker("b", queued_tokens=400)
     scores = PrefixScorer().score(turn(), [holder, busy_other], cycle())
     assert scores[holder] == pytest.approx(SHARE)
 
@@ -111,7 +112,7 @@ def test_profiles_send_the_turn_to_the_holder_unless_its_queue_is_long(
     for _ in range(4):  # whatever the tie-break turn
         idle = [worker("a", held=HELD), worker("b")]
         assert run_cycle(profile, r, idle).ordered[0].worker == "a"
-        short = [worker("a", held=HELD, queued_tokens=30), worker("b")]
+        short = [worker("a", held=HELD, queued_tokens=150), worker("b")]
         assert run_cycle(profile, r, short).ordered[0].worker == "a"
         long = [worker("a", held=HELD, queued_tokens=2000), worker("b")]
         assert run_cycle(profile, r, long).ordered[0].worker == "b"
@@ -134,8 +135,46 @@ def test_prompts_being_prefilled_on_the_holder_count_as_queue() -> None:
     holder, other = worker("a", held=HELD, prefilling_tokens=400), worker("b")
     assert PrefixScorer().score(turn(), [holder, other], cycle())[holder] == 0.0
     state = cycle()
-    # No net gain, so the EWMA stands, plus the 800 ms of prefill queued there.
-    assert predicted_ttft_ms(turn(), holder, [holder, other], state) == pytest.approx(1800.0)
+    # Its prediction: the EWMA less the prefill it saves, plus the 800 ms queued there.
+    predicted = predicted_ttft_ms(turn(), holder, [holder, other], state)
+    assert predicted == pytest.approx(1000.0 - SAVED_MS + 800.0)
+
+
+def test_a_holder_with_a_short_queue_predicts_better_than_a_full_prefill() -> None:
+    # 200 prompt tokens prefilling on the holder: 400 ms ahead of the request, against
+    # ~780 ms its prefix saves, so it answers first (~620 ms against 1,000). Charging the
+    # queue twice (the net saving taken off, then the queue added) predicted ~1,020 and
+    # the latency scorer sent the turn to the worker that must prefill all of it.
+    holder, other = worker("a", held=HELD, prefilling_tokens=200), worker("b")
+    state = cycle()
+    assert predicted_ttft_ms(turn(), holder, [holder, other], state) == pytest.approx(
+        1000.0 - SAVED_MS + 400.0
+    )
+    assert predicted_ttft_ms(turn(), other, [holder, other], state) == 1000.0
+    profile = build_profiles()[common_pb2.OBJECTIVE_LATENCY]
+    assert run_cycle(profile, turn(), [holder, other]).ordered[0] is holder
+
+
+def test_a_queued_prompt_is_priced_at_the_prefill_rate() -> None:
+    # A prompt-heavy worker outputs few tokens a second (16 a request here): pricing its
+    # queue at that rate made one queued 100-token prompt ~30 s of wait and took the
+    # bonus away. At its prefill rate it is 200 ms against ~780 ms saved.
+    holder = worker("a", held=HELD, queued_tokens=100, tokens_per_second=3.2)
+    other = worker("b", tokens_per_second=3.2)
+    gain = prefix_gains(turn(), [holder, other], cycle())[holder]
+    assert gain.net_ms == pytest.approx(SAVED_MS - 200.0)
+
+
+def test_requests_this_router_sent_and_the_worker_queues_count_once() -> None:
+    # The worker's queue and this router's prompts not at their first token are the same
+    # 300 tokens when this router feeds it: 600 ms ahead, not 1,200.
+    holder = worker("a", held=HELD, queued_tokens=300, prefilling_tokens=300)
+    gain = prefix_gains(turn(), [holder, worker("b")], cycle())[holder]
+    assert gain.net_ms == pytest.approx(SAVED_MS - 600.0)
+    # Another router's queue on top of this one's prompts: the larger counts.
+    holder = worker("a", held=HELD, queued_tokens=350, prefilling_tokens=100)
+    gain = prefix_gains(turn(), [holder, worker("b")], cycle())[holder]
+    assert gain.net_ms == pytest.approx(SAVED_MS - 700.0)
 
 
 def test_concurrent_cold_requests_do_not_pile_onto_the_fastest_worker() -> None:
