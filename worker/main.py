@@ -191,6 +191,7 @@ def _servicer(
         catalogue,
         limits=settings.limits,
         keepalive_s=settings.generate_keepalive_s,
+        stream_interval_s=settings.stream_interval_ms / 1000.0,
         outputs=outputs,
         reports=reports,
     )

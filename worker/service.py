@@ -93,7 +93,9 @@ def checked_key(model: model_pb2.Model) -> ModelKey:
     return key_of(model)
 
 
-def engine_request(request: worker_pb2.WorkerServiceGenerateRequest) -> EngineRequest:
+def engine_request(
+    request: worker_pb2.WorkerServiceGenerateRequest, stream_interval_s: float = 0.0
+) -> EngineRequest:
     """The engine's view of a request, with the contract's defaults filled in; an unset
     max_tokens is left to `OutputPlanner.plan`, once the model's context is known."""
     s = request.sampling
@@ -117,6 +119,7 @@ def engine_request(request: worker_pb2.WorkerServiceGenerateRequest) -> EngineRe
         output_format=output_format_of(s.response_format),
         logit_bias=dict(s.logit_bias),
         logprobs=logprobs_of(s),
+        stream_interval_s=stream_interval_s,
     )
 
 
@@ -148,6 +151,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         *,
         limits: ServerLimits | None = None,
         keepalive_s: float = DEFAULT_KEEPALIVE_S,
+        stream_interval_s: float = 0.0,
         outputs: OutputPlanner | None = None,
         reports: OutcomeReporter | None = None,
     ) -> None:
@@ -158,6 +162,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         self._catalogue = catalogue
         self._limits = limits or ServerLimits()
         self._keepalive_s = keepalive_s
+        self._stream_interval_s = stream_interval_s
         self._embedder = EmbedHandler(manager, catalogue, identity.worker_id)
 
     @grpc_errors
@@ -186,7 +191,9 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         )
         remaining = context.time_remaining()
         deadline = clock.received + remaining if remaining is not None else None
-        req, tool_parser = with_tools(engine_request(request), request.tools, request.tool_choice)
+        req, tool_parser = with_tools(
+            engine_request(request, self._stream_interval_s), request.tools, request.tool_choice
+        )
         request_id = request.request_id or req.request_id
         operation = operation_name(bool(request.messages))
         spans = Spans(span_name(operation, key), span_attributes(request, key, request_id))

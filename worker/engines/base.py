@@ -149,6 +149,9 @@ class EngineRequest:
     logit_bias: Mapping[int, float] = field(default_factory=dict)  # token id -> added logit
     logprobs: int | None = None  # None: none; else how many alternatives per token (0..20)
     tools: ToolPrompt | None = None  # chat only: the tools rendered into the prompt
+    # > 0: after the first token, tokens reach the worker's stream at most this often,
+    # those decoded meanwhile together (the worker's stream_interval_ms; channel engines).
+    stream_interval_s: float = 0.0
 
     @property
     def planned_tokens(self) -> int:

@@ -9,8 +9,9 @@ running request into each forward pass (continuous batching). The model is
 loaded with llama-cpp-python's thin wrappers of the C API (`LlamaModel`,
 `LlamaContext`) because the high-level `Llama` opens a one-sequence context.
 
-Tokens reach the event loop one by one through an `EventChannel` sized to the
-request's max_tokens, so a slow consumer never stalls the other sequences.
+Tokens reach the event loop through an `EventChannel` sized to the request's
+max_tokens, so a slow consumer never stalls the other sequences (paced by the
+worker's stream interval when one is set).
 Closing the consumer's stream (or `abort`) sets the job's cancel flag, which the
 loop checks before every step: an abandoned request costs at most one more step.
 
@@ -137,7 +138,7 @@ class LlamaCppEngine:
         self._jobs.add(job)
         try:
             decoder.submit(job)
-            async for event in engine_events(job.channel, ENGINE_NAME):
+            async for event in engine_events(job.channel, ENGINE_NAME, req.stream_interval_s):
                 yield event
         finally:
             # First thing, synchronously: the decode loop drops the sequence next step.

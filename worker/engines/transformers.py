@@ -149,7 +149,7 @@ class TransformersEngine:
         future = executor.submit(_decode, loaded, job, self._counters, cost)
         self._jobs[job] = future
         try:
-            async for event in engine_events(job.channel, ENGINE_NAME):
+            async for event in engine_events(job.channel, ENGINE_NAME, req.stream_interval_s):
                 yield event
         finally:
             job.cancel.set()
