@@ -1,13 +1,16 @@
 """Worker bench (llama.cpp): what the worker adds over bare llama-cpp-python, and batching.
 
     .venv/bin/python -m bench.worker_bench [--repeats 5] [--tokens 128] [--threads N]
+        [--stream-interval-ms 50]
 
 One worker in process serving SmolLM2 over gRPC, and llama-cpp-python's own `Llama` on the
 same file. Each repetition measures, in turn (so a busy spell of the shared machine hits
 both sides of a ratio alike):
 
 - decode tok/s after the first token, one greedy stream of `--tokens` tokens of a counting
-  prompt (it cannot stop early): the worker over gRPC vs `Llama.create_completion(stream=True)`;
+  prompt (it cannot stop early): the worker over gRPC vs `Llama.create_completion(stream=True)`,
+  and a second worker with `stream_interval_ms` (tokens after the first joined per interval:
+  a message and a loop wake per interval instead of per token; 0 leaves it out);
 - cold load to first token: bare `Llama()` + its first token, vs the worker after
   UnloadModel: one Generate with load_if_cold to its first token (fetch and verify,
   budget, engine load, admission, first token);
@@ -22,9 +25,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +54,7 @@ STREAMS = (1, 8)
 class Repetition:
     bare_decode: float = 0.0
     worker_decode: float = 0.0
+    paced_decode: float = 0.0
     bare_cold: float = 0.0
     worker_cold: float = 0.0
     aggregate: dict[int, float] = field(default_factory=dict)
@@ -129,6 +135,7 @@ async def worker_cold(stub: worker_pb2_grpc.WorkerServiceStub, model: model_pb2.
 
 async def repetition(
     stub: worker_pb2_grpc.WorkerServiceStub,
+    paced: worker_pb2_grpc.WorkerServiceStub | None,
     model: model_pb2.Model,
     llama: Any,
     tokens: int,
@@ -138,6 +145,9 @@ async def repetition(
     _, rep.bare_decode, n_bare = bare_stream(llama, tokens)
     _, rep.worker_decode, n_worker = await grpc_stream(stub, model, tokens, COUNTING)
     rep.short += (n_bare < tokens) + (n_worker < tokens)
+    if paced is not None:
+        _, rep.paced_decode, n_paced = await grpc_stream(paced, model, tokens, COUNTING)
+        rep.short += n_paced < tokens
     rep.bare_cold = await asyncio.to_thread(bare_cold, threads)
     rep.worker_cold = await worker_cold(stub, model)
     for n in STREAMS:
@@ -146,7 +156,7 @@ async def repetition(
     return rep
 
 
-async def run(repeats: int, tokens: int, threads: int) -> list[Repetition]:
+async def run(repeats: int, tokens: int, threads: int, interval_ms: float) -> list[Repetition]:
     model = smollm2_model()
     model.load_options.context_length = CONTEXT
     with tempfile.TemporaryDirectory() as cache:
@@ -156,26 +166,48 @@ async def run(repeats: int, tokens: int, threads: int) -> list[Repetition]:
             context_length=CONTEXT,
             artifacts=ArtifactSettings(cache_dir=Path(cache)),
         )
-        worker = await start_worker(settings, catalogue=FileCatalogue([model]))
-        llama = open_llama(threads)
-        try:
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{worker.port}") as channel:
-                stub = worker_pb2_grpc.WorkerServiceStub(channel)
-                await grpc_stream(stub, model, 4, COUNTING)  # loads and verifies once
-                bare_stream(llama, 4)
-                return [
-                    await repetition(stub, model, llama, tokens, threads) for _ in range(repeats)
-                ]
-        finally:
-            llama.close()
-            await worker.stop(grace_s=1)
+        async with contextlib.AsyncExitStack() as stack:
+            stub = await stack.enter_async_context(serving(settings, model))
+            paced = None
+            if interval_ms > 0:
+                settings = settings.model_copy(update={"stream_interval_ms": interval_ms})
+                paced = await stack.enter_async_context(serving(settings, model))
+            llama = open_llama(threads)
+            stack.callback(llama.close)
+            bare_stream(llama, 4)
+            return [
+                await repetition(stub, paced, model, llama, tokens, threads) for _ in range(repeats)
+            ]
 
 
-def report(reps: list[Repetition], tokens: int, threads: int) -> str:
+@contextlib.asynccontextmanager
+async def serving(
+    settings: WorkerSettings, model: model_pb2.Model
+) -> AsyncIterator[worker_pb2_grpc.WorkerServiceStub]:
+    """A worker in this process with `model` loaded, and a stub on it."""
+    worker = await start_worker(settings, catalogue=FileCatalogue([model]))
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{worker.port}") as channel:
+            stub = worker_pb2_grpc.WorkerServiceStub(channel)
+            await grpc_stream(stub, model, 4, COUNTING)  # loads and verifies once
+            yield stub
+    finally:
+        await worker.stop(grace_s=1)
+
+
+def report(reps: list[Repetition], tokens: int, threads: int, interval_ms: float) -> str:
     def each(f: Any) -> list[float]:
         return [float(f(r)) for r in reps]
 
     decode = each(lambda r: r.worker_decode / r.bare_decode)
+    paced = []
+    if interval_ms > 0:
+        paced = [
+            f"| decode tok/s, one stream, worker with stream_interval_ms {interval_ms:g} | "
+            f"{spread(each(lambda r: r.paced_decode), '{:.1f}')} | "
+            f"{spread(each(lambda r: r.bare_decode), '{:.1f}')} | "
+            f"{spread(each(lambda r: r.paced_decode / r.bare_decode), '{:.3f}')} |"
+        ]
     cold = each(lambda r: r.worker_cold / r.bare_cold)
     gain = each(lambda r: r.aggregate[8] / r.aggregate[1])
     return "\n".join(
@@ -191,6 +223,7 @@ def report(reps: list[Repetition], tokens: int, threads: int) -> str:
             f"| decode tok/s, one stream (gRPC vs in process) | "
             f"{spread(each(lambda r: r.worker_decode), '{:.1f}')} | "
             f"{spread(each(lambda r: r.bare_decode), '{:.1f}')} | {spread(decode, '{:.3f}')} |",
+            *paced,
             f"| cold load to first token, s (unload + request vs `Llama()` + token) | "
             f"{spread(each(lambda r: r.worker_cold), '{:.3f}')} | "
             f"{spread(each(lambda r: r.bare_cold), '{:.3f}')} | {spread(cold)} |",
@@ -211,12 +244,14 @@ def cli() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--stream-interval-ms", type=float, default=50.0)
     args = parser.parse_args()
-    reps = asyncio.run(run(args.repeats, args.tokens, args.threads))
+    interval = args.stream_interval_ms
+    reps = asyncio.run(run(args.repeats, args.tokens, args.threads, interval))
     # Another thread count than the default (all cores) is a comparison of its own.
     default = args.threads == (os.cpu_count() or 1)
     path = RESULTS if default else RESULTS.with_name(f"worker-threads{args.threads}.md")
-    publish(path, report(reps, args.tokens, args.threads))
+    publish(path, report(reps, args.tokens, args.threads, interval))
 
 
 if __name__ == "__main__":
