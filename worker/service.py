@@ -138,6 +138,13 @@ def queued_tokens(request: worker_pb2.WorkerServiceGenerateRequest, output_token
     return estimate_prompt_tokens(request.prompt, request.messages) + output_tokens
 
 
+def deadline_of(context: grpc.aio.ServicerContext[Any, Any], now: float) -> float | None:
+    """The call's deadline in monotonic seconds (`now` is when it was received); None
+    when the client set none."""
+    remaining = context.time_remaining()
+    return now + remaining if remaining is not None else None
+
+
 def seconds_of(duration: duration_pb2.Duration) -> float:
     return duration.seconds + duration.nanos / 1e9
 
@@ -172,9 +179,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> worker_pb2.WorkerServiceEmbedResponse:
         key = checked_key(request.model)
-        remaining = context.time_remaining()
-        deadline = time.monotonic() + remaining if remaining is not None else None
-        return await self._embedder.embed(key, request, deadline)
+        return await self._embedder.embed(key, request, deadline_of(context, time.monotonic()))
 
     @grpc_errors
     async def Generate(
@@ -189,11 +194,9 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         check_generation(
             request.prompt, request.messages, request.sampling, request.tools, request.tool_choice
         )
-        remaining = context.time_remaining()
-        deadline = clock.received + remaining if remaining is not None else None
-        req, tool_parser = with_tools(
-            engine_request(request, self._stream_interval_s), request.tools, request.tool_choice
-        )
+        deadline = deadline_of(context, clock.received)
+        req = engine_request(request, self._stream_interval_s)
+        req, tool_parser = with_tools(req, request.tools, request.tool_choice)
         request_id = request.request_id or req.request_id
         operation = operation_name(bool(request.messages))
         spans = Spans(span_name(operation, key), span_attributes(request, key, request_id))

@@ -4,11 +4,12 @@ Shaped like the llama.cpp server's slot loop. Each running request owns a
 sequence id in one context whose KV cache is unified (all sequences share its
 cells). Every step the loop builds one `llama_batch` holding the next token of
 every decoding sequence plus a chunk of at most `PREFILL_CHUNK` prompt tokens of
-sequences still reading their prompt, runs one `llama_decode`, and samples each
-sequence's next token from its own row of logits with its own llama.cpp sampler
-chain (penalties, top-k, top-p, min-p, temperature, seeded dist; greedy at
-temperature 0, as `Llama` does). New requests join between steps, so a long
-prompt delays the running streams by one chunk, not by the whole prompt.
+sequences still reading their prompt (the fewest left first), runs one
+`llama_decode`, and samples each sequence's next token from its own row of logits
+with its own llama.cpp sampler chain (penalties, top-k, top-p, min-p, temperature,
+seeded dist; greedy at temperature 0, as `Llama` does). New requests join between
+steps, so a long prompt delays the running streams by one chunk, not by the whole
+prompt, and a short prompt admitted after it does not wait for it.
 
 Each request reserves KV cells on admission and may grow them
 (`llama_slots`: the reservation rules); it waits for a later step while the
@@ -274,11 +275,9 @@ class BatchDecoder:
         budget = self.n_batch - n
         if decoding:
             budget = min(budget, PREFILL_CHUNK)
-        for slot in self._slots:
+        for slot in self._prefill_order():
             if budget <= 0:
                 break
-            if not slot.prefilling:
-                continue
             prompt = slot.job.prompt_tokens
             take = min(budget, len(prompt) - slot.fed)
             for i in range(slot.fed, slot.fed + take):
@@ -287,6 +286,17 @@ class BatchDecoder:
             slot.evaluated += take
             budget -= take
         return n, rows
+
+    def _prefill_order(self) -> list[Slot]:
+        """Sequences still reading their prompt, the fewest tokens left first: a request
+        with most of its prompt cached (a chat's next turn) gets its first token within a
+        step instead of waiting out a long cold prompt admitted before it. The long one
+        takes what is left of every step's budget, and waits at most for the shorter
+        prompts among the sequences running."""
+        prefilling = [s for s in self._slots if s.prefilling]
+        if len(prefilling) > 1:
+            prefilling.sort(key=lambda s: len(s.job.prompt_tokens) - s.fed)
+        return prefilling
 
     def _has_cell(self, slot: Slot) -> bool:
         """Whether the sequence's next token has a reserved cell, growing its reservation
