@@ -29,21 +29,18 @@ import contextlib
 import os
 import tempfile
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import grpc
 
 from bench.repeats import COUNTING, counting_prompt, spread
 from bench.report import machine, publish
 from modelyard.bundled import smollm2_model, smollm2_path
 from modelyard.v1 import common_pb2, model_pb2, worker_pb2, worker_pb2_grpc
+from tests.worker_stub import serving
 from worker.artifacts.settings import ArtifactSettings
 from worker.catalogue import FileCatalogue
 from worker.config import WorkerSettings
-from worker.main import start_worker
 
 RESULTS = Path(__file__).parent / "results" / "worker.md"
 CONTEXT = 2048
@@ -167,32 +164,21 @@ async def run(repeats: int, tokens: int, threads: int, interval_ms: float) -> li
             artifacts=ArtifactSettings(cache_dir=Path(cache)),
         )
         async with contextlib.AsyncExitStack() as stack:
-            stub = await stack.enter_async_context(serving(settings, model))
+            catalogue = FileCatalogue([model])
+            stub = await stack.enter_async_context(serving(settings, catalogue, [model]))
             paced = None
             if interval_ms > 0:
                 settings = settings.model_copy(update={"stream_interval_ms": interval_ms})
-                paced = await stack.enter_async_context(serving(settings, model))
+                paced = await stack.enter_async_context(serving(settings, catalogue, [model]))
+            for warm in (stub, paced):  # the first request's path, once
+                if warm is not None:
+                    await grpc_stream(warm, model, 4, COUNTING)
             llama = open_llama(threads)
             stack.callback(llama.close)
             bare_stream(llama, 4)
             return [
                 await repetition(stub, paced, model, llama, tokens, threads) for _ in range(repeats)
             ]
-
-
-@contextlib.asynccontextmanager
-async def serving(
-    settings: WorkerSettings, model: model_pb2.Model
-) -> AsyncIterator[worker_pb2_grpc.WorkerServiceStub]:
-    """A worker in this process with `model` loaded, and a stub on it."""
-    worker = await start_worker(settings, catalogue=FileCatalogue([model]))
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{worker.port}") as channel:
-            stub = worker_pb2_grpc.WorkerServiceStub(channel)
-            await grpc_stream(stub, model, 4, COUNTING)  # loads and verifies once
-            yield stub
-    finally:
-        await worker.stop(grace_s=1)
 
 
 def report(reps: list[Repetition], tokens: int, threads: int, interval_ms: float) -> str:

@@ -5,9 +5,9 @@ woken (`call_soon_threadsafe`, a write to its self-pipe) only when the consumer 
 parked waiting for an event: a consumer that is busy, or paced (the worker's stream
 interval: `pause`), finds the tokens decoded meanwhile already there and takes them
 without a wake each. Only tokens wait out a pause: any other event (the stream's end,
-a failure) cuts it short. Credits bound how far the producer may run ahead of a slow consumer, and a
-closed channel (the consumer went away) makes `put` return False at once so the
-decode loop stops.
+a failure) cuts it short. Credits bound how far the producer may run ahead of a slow
+consumer, and a closed channel (the consumer went away) makes `put` return False at
+once so the decode loop stops.
 """
 
 from __future__ import annotations

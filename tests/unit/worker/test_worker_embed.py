@@ -14,9 +14,9 @@ import pytest_asyncio
 from modelyard.minilm import MINILM_DIMENSIONS, ensure_minilm, minilm_model
 from modelyard.v1 import common_pb2, model_pb2, worker_pb2, worker_pb2_grpc
 from tests.fixtures.tiny_gguf import gguf_model
+from tests.worker_stub import serving
 from worker.catalogue import FileCatalogue
 from worker.config import WorkerSettings
-from worker.main import RunningWorker, start_worker
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -42,12 +42,8 @@ async def stub(
     settings: WorkerSettings, minilm: model_pb2.Model, tiny_gguf: Path
 ) -> AsyncIterator[worker_pb2_grpc.WorkerServiceStub]:
     catalogue = FileCatalogue([minilm, gguf_model(tiny_gguf, name="tiny-chat")])
-    running: RunningWorker = await start_worker(settings, catalogue=catalogue)
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
-            yield worker_pb2_grpc.WorkerServiceStub(channel)
-    finally:
-        await running.stop(grace_s=1)
+    async with serving(settings, catalogue) as client:
+        yield client
 
 
 def embed_request(

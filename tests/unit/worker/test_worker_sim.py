@@ -18,13 +18,13 @@ from modelyard.errors import InvalidArgument, from_rpc_error
 from modelyard.v1 import common_pb2, model_pb2, worker_pb2, worker_pb2_grpc
 from tests.sim_models import sim_model as shared_sim_model
 from tests.worker_events import collect
+from tests.worker_stub import serving
 from worker.artifacts.settings import ArtifactSettings
 from worker.catalogue.file import FileCatalogue
 from worker.config import WorkerSettings
 from worker.engines import available_engines
 from worker.engines.base import EngineRequest, ModelSpec, Piece, SamplingConfig
 from worker.engines.sim import SimEngine
-from worker.main import start_worker
 
 GiB = 1 << 30
 EXTRA = {
@@ -68,12 +68,8 @@ async def stub(tmp_path: Path, artifact: Path) -> AsyncIterator[worker_pb2_grpc.
             sim_model(artifact, "bad", sim_batch_slowdown="lots"),
         ]
     )
-    worker = await start_worker(settings, catalogue=catalogue)
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{worker.port}") as channel:
-            yield worker_pb2_grpc.WorkerServiceStub(channel)
-    finally:
-        await worker.stop(grace_s=1)
+    async with serving(settings, catalogue) as client:
+        yield client
 
 
 def test_the_engine_is_offered_only_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -16,9 +16,9 @@ import pytest_asyncio
 from modelyard.bundled import smollm2_model
 from modelyard.v1 import common_pb2, model_pb2, worker_pb2, worker_pb2_grpc
 from tests.worker_events import content
+from tests.worker_stub import serving
 from worker.catalogue import FileCatalogue
 from worker.config import WorkerSettings
-from worker.main import start_worker
 
 INTERVAL_MS = 100.0
 TOKENS = 64
@@ -33,7 +33,7 @@ def reference(smollm2_gguf: Path, settings: WorkerSettings) -> Any:
     llama = Llama(
         str(smollm2_gguf), n_ctx=settings.context_length, n_threads=settings.threads, verbose=False
     )
-    out = llama.create_completion(COUNTING, max_tokens=TOKENS, temperature=0)
+    out: Any = llama.create_completion(COUNTING, max_tokens=TOKENS, temperature=0)
     llama.close()
     return out["choices"][0]["text"]
 
@@ -42,14 +42,8 @@ def reference(smollm2_gguf: Path, settings: WorkerSettings) -> Any:
 async def stub(settings: WorkerSettings) -> AsyncIterator[worker_pb2_grpc.WorkerServiceStub]:
     model = smollm2_model()
     paced = settings.model_copy(update={"stream_interval_ms": INTERVAL_MS})
-    running = await start_worker(paced, catalogue=FileCatalogue([model]))
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
-            client = worker_pb2_grpc.WorkerServiceStub(channel)
-            await client.LoadModel(worker_pb2.LoadModelRequest(model=model), timeout=60)
-            yield client
-    finally:
-        await running.stop(grace_s=1)
+    async with serving(paced, FileCatalogue([model]), loaded=[model]) as client:
+        yield client
 
 
 def counting(model: model_pb2.Model) -> worker_pb2.WorkerServiceGenerateRequest:

@@ -19,9 +19,9 @@ from modelyard.bundled import smollm2_model
 from modelyard.errors import from_rpc_error
 from modelyard.v1 import common_pb2, model_pb2, worker_pb2, worker_pb2_grpc
 from tests.worker_events import collect
+from tests.worker_stub import serving
 from worker.catalogue import FileCatalogue
 from worker.config import WorkerSettings
-from worker.main import RunningWorker, start_worker
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -76,14 +76,8 @@ def reference(smollm2_gguf: Path, settings: WorkerSettings) -> Iterator[Any]:
 async def stub(
     settings: WorkerSettings, smollm2: model_pb2.Model
 ) -> AsyncIterator[worker_pb2_grpc.WorkerServiceStub]:
-    running: RunningWorker = await start_worker(settings, catalogue=FileCatalogue([smollm2]))
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
-            client = worker_pb2_grpc.WorkerServiceStub(channel)
-            await client.LoadModel(worker_pb2.LoadModelRequest(model=smollm2), timeout=60)
-            yield client
-    finally:
-        await running.stop(grace_s=1)
+    async with serving(settings, FileCatalogue([smollm2]), loaded=[smollm2]) as client:
+        yield client
 
 
 def request(
