@@ -3,7 +3,7 @@ llama.cpp workers: TTFT p50/p95, throughput, cached-token fraction and load imba
 
     .venv/bin/python -m bench.prefix_bench [--workers 2] [--sessions 16] [--turns 6]
         [--questions 48] [--concurrency 8] [--reps 3] [--scale 1.0] [--max-tokens 16]
-        [--think-ms 0] [--quick]
+        [--think-ms 0] [--cache-share 1.0] [--quick]
 
 One mesh (bench/prefix_pool.py: registry, SmolLM2 llama.cpp workers with one thread
 each, one router per policy over the same workers) runs both workloads
@@ -21,7 +21,13 @@ import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from bench.prefix_pool import CONTEXT_CELLS, PARALLEL_SEQUENCES, POLICIES, prefix_pool
+from bench.prefix_pool import (
+    CACHE_SHARE,
+    CONTEXT_CELLS,
+    PARALLEL_SEQUENCES,
+    POLICIES,
+    prefix_pool,
+)
 from bench.prefix_workload import Run, Sizes, multi_turn, shared_prompt, spread
 from bench.report import machine, publish
 
@@ -95,8 +101,10 @@ def command(args: argparse.Namespace) -> str:
     if args.quick:
         return "python -m bench.prefix_bench --quick"
     flags = ("workers", "sessions", "turns", "questions", "concurrency", "reps", "scale")
-    text = " ".join(f"--{f} {getattr(args, f):g}" for f in (*flags, "max_tokens", "think_ms"))
-    text = text.replace("max_tokens", "max-tokens").replace("think_ms", "think-ms")
+    dashed = ("max_tokens", "think_ms", "cache_share")
+    text = " ".join(f"--{f} {getattr(args, f):g}" for f in (*flags, *dashed))
+    for name in dashed:
+        text = text.replace(name, name.replace("_", "-"))
     return f"python -m bench.prefix_bench {text} --policies {args.policies}"
 
 
@@ -106,7 +114,8 @@ def report(results: Results, args: argparse.Namespace) -> str:
         "",
         f"Machine: {machine()}; clients, routers, workers and registry share the CPUs. "
         f"{args.workers} llama.cpp workers (SmolLM2-135M Q4_1, 1 thread, {PARALLEL_SEQUENCES} "
-        f"parallel sequences, {CONTEXT_CELLS} KV cells in a stream per sequence), "
+        f"parallel sequences, {CONTEXT_CELLS} KV cells in a stream per sequence, "
+        f"a prefix cache of {args.cache_share * CONTEXT_CELLS:.0f} tokens in host memory), "
         f"{args.max_tokens} output tokens a "
         "request, "
         f"{args.reps} interleaved repetitions, text scale {args.scale:g}, think time "
@@ -150,6 +159,12 @@ def main() -> None:
         default=0.0,
         help="Mean pause before a session's next turn (uniform in [0, 2x]; 0: none).",
     )
+    parser.add_argument(
+        "--cache-share",
+        type=float,
+        default=CACHE_SHARE,
+        help="Each worker's MODELYARD_WORKER_PREFIX_CACHE_SHARE (every policy's alike).",
+    )
     parser.add_argument("--quick", action="store_true", help="A smoke run.")
     args = parser.parse_args()
     if args.quick:
@@ -160,7 +175,7 @@ def main() -> None:
         parser.error(f"--policies: prefix, load_only and any of {', '.join(POLICIES)}")
     with (
         tempfile.TemporaryDirectory() as tmp,
-        prefix_pool(Path(tmp), args.workers, policies) as routers,
+        prefix_pool(Path(tmp), args.workers, policies, args.cache_share) as routers,
     ):
         results = run_all(routers, args)
     publish(RESULTS, report(results, args))

@@ -32,6 +32,10 @@ from modelyard.v1 import model_pb2, registry_pb2, registry_pb2_grpc, worker_pb2,
 # under the trained 8,192); cached prefixes live in host memory.
 CONTEXT_CELLS = 16_384
 PARALLEL_SEQUENCES = 4
+# Each worker's cached prefixes, in host memory: 16,384 tokens (~380 MB of SmolLM2 KV),
+# the multi-turn working set of 8 sessions a worker at ~1,300 tokens each, with room for
+# stale entries. At 0.5 the last turns' histories were evicted before they were reused.
+CACHE_SHARE = 1.0
 
 
 def _weights(table: Mapping[str, float]) -> str:
@@ -70,14 +74,14 @@ def _registry(logs: Path) -> ServiceProcess:
     return spawn_service("registry", args, address, logs / "registry.log")
 
 
-def _worker(logs: Path, name: str, registry: str) -> ServiceProcess:
+def _worker(logs: Path, name: str, registry: str, cache_share: float) -> ServiceProcess:
     address = _addr()
     args = ["worker", "serve", "--address", address, "--worker-id", name, "--threads", "1"]
     env = {
         "MODELYARD_WORKER_CONTEXT_LENGTH": str(CONTEXT_CELLS),
         "MODELYARD_WORKER_MAX_PARALLEL_SEQUENCES": str(PARALLEL_SEQUENCES),
         # Opt-in (see MODELYARD_WORKER_PREFIX_CACHE_SHARE); every policy gets the same cache.
-        "MODELYARD_WORKER_PREFIX_CACHE_SHARE": "0.5",
+        "MODELYARD_WORKER_PREFIX_CACHE_SHARE": f"{cache_share:g}",
     }
     args += ["--registry-address", registry]
     return spawn_service(name, args, address, logs / f"{name}.log", env)
@@ -95,14 +99,18 @@ def _router(logs: Path, policy: str, registry: str, workers: list[str]) -> Servi
 
 @contextmanager
 def prefix_pool(
-    logs: Path, workers: int, policies: Sequence[str] = tuple(POLICIES)
+    logs: Path,
+    workers: int,
+    policies: Sequence[str] = tuple(POLICIES),
+    cache_share: float = CACHE_SHARE,
 ) -> Iterator[dict[str, str]]:
-    """Start the mesh with the model warm on every worker; yields {policy: router address}."""
+    """Start the mesh with the model warm on every worker; yields {policy: router address}.
+    `cache_share`: each worker's prefix cache, a multiple of CONTEXT_CELLS in tokens."""
     services: list[ServiceProcess] = []
     try:
         registry = _registry(logs)
         services.append(registry)
-        pool = [_worker(logs, f"w{i}", registry.address) for i in range(workers)]
+        pool = [_worker(logs, f"w{i}", registry.address, cache_share) for i in range(workers)]
         services += pool
         for service in services:
             service.wait_healthy(120)

@@ -150,14 +150,14 @@ def predicted_ttft_ms(
     req: Request, cand: Candidate, cands: Sequence[Candidate], cycle: CycleState
 ) -> float:
     """EWMA TTFT (or the model's mean over measured workers, or a prior) less the
-    prefill a held prefix saves (never below the uncached share of the EWMA), plus the
-    load time of a cold model, plus the queue wait ahead of the request there
-    (`queue_wait_ms`)."""
+    prefill a held prefix saves, never below the prefill of the prompt tokens the
+    candidate lacks (at its measured rate); plus the load time of a
+    cold model, plus the queue wait ahead of the request there (`queue_wait_ms`)."""
     cache = _ttft_cache(cycle)
     value = cache.get(cand)
     if value is None:
         gain = prefix_gains(req, cands, cycle).get(cand)
-        value = cache[cand] = _predict(cand, _means(cands, cycle), gain)
+        value = cache[cand] = _predict(req, cand, _means(cands, cycle), gain)
     return value
 
 
@@ -173,7 +173,7 @@ def predicted_ttfts(
         if value is None:
             if tables is None:
                 tables = prefix_gains(req, cands, cycle), _means(cands, cycle)
-            value = cache[c] = _predict(c, tables[1], tables[0].get(c))
+            value = cache[c] = _predict(req, c, tables[1], tables[0].get(c))
         out[c] = value
     return out
 
@@ -186,14 +186,22 @@ def _ttft_cache(cycle: CycleState) -> dict[Candidate, float]:
     return cache  # type: ignore[return-value]
 
 
-def _predict(cand: Candidate, means: _Means, gain: PrefixGain | None) -> float:
+def _predict(req: Request, cand: Candidate, means: _Means, gain: PrefixGain | None) -> float:
     base = cand.ttft_ms
     if base is None:
         base = means.ttft_ms.get(cand.model_key, PRIOR_TTFT_MS)
+    uncached = float(req.prompt_tokens)
     if gain is not None and gain.saved_ms > 0:
         # The whole saving: the holder's queue is added below, once. (Taking the net
         # saving here as well charged the holder its queue twice, so a holder with a
         # short queue predicted no better than a worker that must prefill everything.)
-        base = max(base - gain.saved_ms, base * (1.0 - gain.share))
-    wait = queue_wait_ms(cand, _per_token(cand, means.prefill_ms_per_token))
+        base -= gain.saved_ms
+        uncached = max(1.0, uncached * (1.0 - gain.share))
+    per_token = _per_token(cand, means.prefill_ms_per_token)
+    # No worker answers before it has prefilled what it lacks of this prompt. The EWMA
+    # is of recent requests, mostly cached ones on a chat workload: alone, it priced a
+    # cold 1,300-token history on a worker that lacked it like a cached turn, so turns
+    # left their holder over a queue far shorter than the prefill the move cost.
+    base = max(base, uncached * per_token)
+    wait = queue_wait_ms(cand, per_token)
     return base + swap_ms(cand) + wait

@@ -88,9 +88,30 @@ def test_predicted_ttft_drops_by_the_net_saving_and_feeds_the_ceiling() -> None:
     assert predicted_ttft_ms(r, holder, [holder, other], state) == pytest.approx(1000 - SAVED_MS)
     kept = LatencyCeilingFilter().filter(turn(max_ttft_ms=500.0), [holder, other], cycle())
     assert list(kept) == [holder]
-    # Never below the uncached share of the EWMA, however slow the prefill estimate.
+    # Never below the prefill of the tokens it lacks, whatever the saving took off.
     slow = worker("a", held=HELD, prefill_ms_per_token=100.0)
-    assert predicted_ttft_ms(r, slow, [slow, other], cycle()) == pytest.approx(1000 * (1 - SHARE))
+    lacking = PROMPT_TOKENS * (1 - SHARE) * 100.0
+    assert predicted_ttft_ms(r, slow, [slow, other], cycle()) == pytest.approx(lacking)
+
+
+def test_a_worker_lacking_the_prefix_predicts_at_least_its_cold_prefill() -> None:
+    # Its EWMA (200 ms) is of recent cached turns; this one must prefill all 400 tokens.
+    holder, other = worker("a", held=HELD), worker("b", ttft_ms=200.0)
+    r, state = turn(), cycle()
+    assert predicted_ttft_ms(r, other, [holder, other], state) == PROMPT_TOKENS * 2.0
+    # A prompt shorter than the EWMA's requests: the EWMA stands.
+    short = req(chat=True, prompt_tokens=50)
+    assert predicted_ttft_ms(short, worker("b", ttft_ms=200.0), [other], cycle()) == 200.0
+
+
+def test_the_turn_stays_with_its_holder_though_the_other_had_faster_recent_turns() -> None:
+    # The other worker's recent TTFTs were cached turns (200 ms), the holder's were cold
+    # ones (1,000 ms); the holder's short queue (300 ms) is far less than the 780 ms the
+    # move would prefill again. On the EWMA alone the turn moved.
+    profile = build_profiles()[common_pb2.OBJECTIVE_LATENCY]
+    for _ in range(4):
+        cands = [worker("a", held=HELD, queued_tokens=150), worker("b", ttft_ms=200.0)]
+        assert run_cycle(profile, turn(), cands).ordered[0].worker == "a"
 
 
 def test_a_worker_without_an_estimate_borrows_the_models_mean_then_a_prior() -> None:
