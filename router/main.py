@@ -132,12 +132,12 @@ async def _start_parts(settings: RouterSettings, stack: AsyncExitStack) -> Route
         CHANNEL_OPTIONS,
     )
     stack.push_async_callback(registry_channel.close)
-    worker_interceptors = [*client_interceptors(), *bearer_interceptors(settings.worker_api_key)]
     pool = WorkerPool(
         settings.workers,
         connect=lambda address: secure_or_insecure_channel(
-            address, settings.tls, worker_interceptors, CHANNEL_OPTIONS
+            address, settings.tls, None, CHANNEL_OPTIONS
         ),
+        api_key=settings.worker_api_key,
     )
     pool.start()
     stack.push_async_callback(pool.close)

@@ -18,12 +18,13 @@ from typing import cast
 import grpc
 from google.protobuf import duration_pb2
 
+from modelyard.bearer import bearer_metadata
 from modelyard.channel_options import CHANNEL_OPTIONS
 from modelyard.prefix import SCHEME as PREFIX_SCHEME
 from modelyard.refs import ModelKey, key_of, model_key
-from modelyard.telemetry import client_interceptors
 from modelyard.v1 import model_pb2, router_pb2, worker_pb2, worker_pb2_grpc
 from router.state.worker_index import WorkerIndex
+from router.worker_rpc import Metadata
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,9 @@ class WorkerHandle:
     ] = field(default=(None, {}), init=False, repr=False)
     # The pool's index of resident models and published prefixes, kept current here.
     index: WorkerIndex | None = None
+    # What every call to the worker carries (its API key): the channel has no
+    # interceptors (router/worker_rpc.py says why).
+    auth: Metadata = ()
 
     @property
     def worker_id(self) -> str:
@@ -125,10 +129,12 @@ class WorkerPool:
         *,
         heartbeat_s: float = HEARTBEAT_S,
         connect: Callable[[str], grpc.aio.Channel] | None = None,
+        api_key: str = "",
     ) -> None:
         self._heartbeat_s = heartbeat_s
-        # Opens a worker's channel (router.main: TLS and the worker API key when set).
+        # Opens a worker's channel (router.main: with TLS when set).
         self._connect = connect or plaintext_channel
+        self._auth = bearer_metadata(api_key)
         self._tasks: dict[WorkerHandle, asyncio.Task[None]] = {}
         self._started = False
         # Channels of removed workers, closing once their in-flight calls end.
@@ -138,7 +144,7 @@ class WorkerPool:
         self.index = WorkerIndex()
         self.workers: list[WorkerHandle] = []
         for address in dict.fromkeys(addresses):  # keep order, drop repeats
-            self.workers.append(_new_handle(address, self._connect, self.index))
+            self.workers.append(_new_handle(address, self._connect, self.index, self._auth))
         # Replaced, never changed, with `workers`: a cycle holds one consistent pair.
         self.by_address: dict[str, WorkerHandle] = {h.address: h for h in self.workers}
 
@@ -161,7 +167,7 @@ class WorkerPool:
         known = self.by_address.get(address)
         if known is not None:
             return known
-        handle = _new_handle(address, self._connect, self.index)
+        handle = _new_handle(address, self._connect, self.index, self._auth)
         # A new list, so an ordering in progress keeps iterating the old one.
         self.workers = [*self.workers, handle]
         self.by_address = {**self.by_address, address: handle}
@@ -238,7 +244,9 @@ class WorkerPool:
         interval = duration_pb2.Duration()
         interval.FromMilliseconds(int(self._heartbeat_s * 1000))
         call = handle.stub.WatchStatus(
-            worker_pb2.WatchStatusRequest(heartbeat_interval=interval), wait_for_ready=False
+            worker_pb2.WatchStatusRequest(heartbeat_interval=interval),
+            wait_for_ready=False,
+            metadata=handle.auth,
         )
         try:
             while True:
@@ -282,17 +290,22 @@ def residencies_of(
 
 
 def plaintext_channel(address: str) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(
-        address, options=CHANNEL_OPTIONS, interceptors=client_interceptors()
-    )
+    return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
 
 
 def _new_handle(
-    address: str, connect: Callable[[str], grpc.aio.Channel], index: WorkerIndex
+    address: str,
+    connect: Callable[[str], grpc.aio.Channel],
+    index: WorkerIndex,
+    auth: Metadata = (),
 ) -> WorkerHandle:
     channel = connect(address)
     # The stub factory's overload cannot tell that this channel is async.
     stub = worker_pb2_grpc.WorkerServiceStub(channel)
     return WorkerHandle(
-        address, channel, cast("worker_pb2_grpc.WorkerServiceAsyncStub", stub), index=index
+        address,
+        channel,
+        cast("worker_pb2_grpc.WorkerServiceAsyncStub", stub),
+        index=index,
+        auth=auth,
     )

@@ -15,6 +15,7 @@ from modelyard.errors import (
     Unavailable,
 )
 from router.catalog import Target
+from router.relay.calls import OpenCall
 from router.relay.silence import SilenceWatch
 from router.relay.stream import WorkerEvent
 from router.scheduling.types import Candidate, CycleState
@@ -75,6 +76,7 @@ class Committed:
     opened_at: float  # when the worker call was opened (the worker's own TTFT starts)
     route_ms: float  # from the request's arrival to the call
     watch: SilenceWatch  # the attempt's silence bounds, carried on into the relay
+    call: OpenCall  # closed by the request's cleanup, or at its end with its code
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from opentelemetry.trace import Status, StatusCode
 from modelyard.errors import ModelyardError
 from modelyard.genai import operation_name, request_attributes, sampling_attributes, span_name
 from modelyard.v1 import router_pb2
+from router.worker_rpc import end_call
 
 tracer = trace.get_tracer("modelyard.router")
 
@@ -28,7 +29,8 @@ class Prefill:
 
 class OpenCall:
     """A worker call this router holds open: counted in flight until closed (once), and
-    its prefill counted until its first token (`prefilled`) or its close."""
+    its prefill counted until its first token (`prefilled`) or its close. Its client
+    span (router/worker_rpc.py) ends with it, with the code `close` was given."""
 
     def __init__(
         self,
@@ -36,12 +38,14 @@ class OpenCall:
         worker: str,
         in_flight: Counter[str],
         prefill: Prefill | None = None,
+        span: trace.Span | None = None,
     ):
         self.call = call
         self._worker = worker
         self._in_flight = in_flight
         in_flight[worker] += 1
         self._open = True
+        self._span = span
         self._prefill = prefill
         if prefill is not None and prefill.tokens > 0:
             prefill.tally[worker] += prefill.tokens
@@ -55,13 +59,16 @@ class OpenCall:
         _take(self._prefill.tally, self._worker, self._prefill.tokens)
         self._prefill = None
 
-    def close(self) -> None:
+    def close(self, code: grpc.StatusCode = grpc.StatusCode.CANCELLED) -> None:
+        """End the call; `code`: how it ended, for its span (OK once its finish was read)."""
         if not self._open:
             return
         self._open = False
         self.call.cancel()
         self.prefilled()
         _take(self._in_flight, self._worker, 1)
+        if self._span is not None:
+            end_call(self._span, code)
 
 
 def _take(tally: Counter[str], worker: str, n: int) -> None:

@@ -38,6 +38,7 @@ from router.scheduling.framework import Profile, run_cycle
 from router.scheduling.types import Request
 from router.state.local_load import LocalLoad
 from router.stats import Outcome
+from router.worker_rpc import end_call, start_call
 from router.workers import WorkerPool
 
 tracer = trace.get_tracer("modelyard.router")
@@ -184,6 +185,8 @@ class EmbedRelay:
         self._acct.breakers.on_attempt(handle.address)
         target = run.target
         self._load.in_flight[handle.address] += 1
+        span, metadata = start_call("Embed", handle.address, handle.auth)
+        code = grpc.StatusCode.CANCELLED  # until the call says otherwise
         try:
             reply = await handle.stub.Embed(
                 worker_pb2.WorkerServiceEmbedRequest(
@@ -198,13 +201,17 @@ class EmbedRelay:
                     attempt=attempt.number,
                 ),
                 timeout=self._left(run.deadline),
+                metadata=metadata,
             )
+            code = grpc.StatusCode.OK
         except grpc.aio.AioRpcError as err:
+            code = err.code()
             return refused(run.request_id, handle, err)
         except grpc.aio.UsageError:
             return left_pool(handle)
         finally:
             self._load.in_flight[handle.address] -= 1
+            end_call(span, code)
         return self._answer(run, attempt, reply)
 
     def _answer(

@@ -56,6 +56,7 @@ from router.scheduling.types import Request
 from router.state.local_load import LocalLoad
 from router.state.prefix_history import PrefixHistory
 from router.stats import Outcome as StatsOutcome
+from router.worker_rpc import end_call, start_call
 from router.workers import WorkerPool
 
 log = logging.getLogger(__name__)
@@ -147,8 +148,10 @@ class Relay:
                         look.see(event)
                         yield event
                 except ModelyardError as err:
+                    leg.call.close(err.code)
                     self._broken(run, leg, stream, err)
                     raise
+                leg.call.close(grpc.StatusCode.OK)
                 span.set_attributes(usage_attributes(stream.finished.usage))
                 self._finished(run, leg, stream)
                 await self._cache.store(look, leg.attempt.cand.model)
@@ -265,28 +268,33 @@ class Relay:
         self._acct.breakers.on_attempt(handle.address)
         route_ms = (self._clock() - run.started_at) * 1000
         opened_at = self._clock()
+        span, metadata = start_call("Generate", handle.address, handle.auth)
         try:
             call = OpenCall(
                 handle.stub.Generate(
                     worker_request(run.request, run.assignment(attempt)),
                     timeout=self._left(run.deadline),
+                    metadata=metadata,
                     wait_for_ready=False,
                 ),
                 handle.address,
                 self.load.in_flight,
                 Prefill(self.load.prefilling, uncached_prompt_tokens(run.req, attempt.cand)),
+                span,
             )
         except grpc.aio.UsageError:
+            end_call(span, grpc.StatusCode.CANCELLED)
             return left_pool(handle)
         cleanup.callback(call.close)
-        # Iterate (not call.read()): the OpenTelemetry client interceptor ends its span
-        # only when the response iterator is exhausted.
         events = aiter(call.call)
         watch = SilenceWatch.for_status(handle.status, self._silence_s, run.deadline, self._clock)
         try:
             head = await read_head(events, watch)
-        except (grpc.aio.AioRpcError, NoFinish) as err:
-            call.close()
+        except grpc.aio.AioRpcError as err:
+            call.close(err.code())
+            return refused(run.request_id, handle, err)
+        except NoFinish as err:
+            call.close(grpc.StatusCode.UNKNOWN)
             return refused(run.request_id, handle, err)
         except grpc.aio.UsageError:
             call.close()
@@ -301,7 +309,7 @@ class Relay:
             )
             return Retryable(f"{handle.address} ({err} before the first token)", silent=True)
         call.prefilled()
-        return Committed(attempt, head, events, opened_at, route_ms, watch)
+        return Committed(attempt, head, events, opened_at, route_ms, watch, call)
 
     def _first_token(self, run: GenerationRun, leg: Committed, span: trace.Span) -> StreamRelay:
         cand, handle = leg.attempt.cand, leg.attempt.handle
