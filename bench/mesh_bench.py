@@ -9,7 +9,9 @@ chunks at once (bench/instant_backend.py) behind vllm-router 0.1.17 (Rust) and t
 proxy (both from PyPI, in bench/.venvs, installed on first use), and for modelyard one sim
 worker that streams 16 tokens at once behind the router's gRPC port, its OpenAI front,
 and in direct-stream mode (one PickWorker call to the router, then the worker's Generate
-with the router-signed ticket; the worker reports the outcome back to the router).
+with the router-signed ticket; the worker reports the outcome back to the router). A bare
+grpc.aio process relaying the worker's stream as bytes (bench/grpc_relay.py) is the floor
+of any Python gRPC router on the machine.
 Closed loop at each concurrency; load generator, routers and backends share the cores.
 
 - Router-added TTFT: the system's TTFT percentile minus its backend's, called directly
@@ -41,8 +43,10 @@ from bench.mesh_load import (
     run_level,
 )
 from bench.mesh_systems import (
+    GRPC_FLOOR,
     System,
     start_backend,
+    start_grpc_relay,
     start_litellm,
     start_modelyard,
     start_vllm_router,
@@ -58,7 +62,9 @@ Results = dict[tuple[str, int], list[Level]]
 
 
 def baseline_of(system: str) -> str:
-    return WORKER_DIRECT if system.startswith("modelyard") else BACKEND_DIRECT
+    return (
+        WORKER_DIRECT if system.startswith("modelyard") or system == GRPC_FLOOR else BACKEND_DIRECT
+    )
 
 
 async def measure(
@@ -130,15 +136,18 @@ def report(results: Results, levels: list[int], args: argparse.Namespace) -> str
 async def run(args: argparse.Namespace, work: Path, stack: ExitStack) -> Results:
     backend = start_backend(stack, work)
     modelyard, mesh = start_modelyard(stack, work)
-    systems: list[System] = [backend, *modelyard]
+    floor = start_grpc_relay(stack, work, mesh.local.worker_addresses[0])
+    systems: list[System] = [backend, *modelyard, floor]
     if not args.no_peers:
         systems += [start_vllm_router(stack, work, backend), start_litellm(stack, work, backend)]
     calls: dict[str, tuple[Callable[[], Awaitable[float]], int]] = {}
     closers: list[Callable[[], object]] = []
     for system in systems:
-        client: GrpcClient | DirectClient | HttpClient
+        client: GrpcClient | DirectClient | HttpClient | WorkerClient
         if system.kind == "grpc":
             client = GrpcClient(system.address, system.model, system.api_key)
+        elif system.kind == "worker":
+            client = WorkerClient(system.address, mesh.model, ROUTER_TO_WORKER)
         elif system.kind == "direct":
             client = DirectClient(system.address, system.model, system.api_key)
         else:

@@ -14,6 +14,8 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
+
 from modelyard.local_mesh import free_port
 from tests.robustness.sim_mesh import CLIENT_KEY, SimMesh, start_sim_mesh
 
@@ -22,6 +24,7 @@ PEERS = {  # venv name -> what pip installs there (pinned where the issue measur
     "vllm-router": ["vllm-router==0.1.17"],
     "litellm": ["litellm[proxy]"],
 }
+GRPC_FLOOR = "grpc.aio byte relay (floor)"
 # Tokens come out as fast as the sim engine can make them: the router's cost shows.
 INSTANT = {
     "sim_decode_ms_per_token": "0",
@@ -139,6 +142,17 @@ def start_litellm(stack: ExitStack, work: Path, backend: System) -> System:
     pid = spawn(stack, args, work / "litellm.log", env)
     wait_http(f"http://127.0.0.1:{port}/health/liveliness", timeout_s=240)
     return System("LiteLLM proxy", "http", f"127.0.0.1:{port}", "instant", pid, key)
+
+
+def start_grpc_relay(stack: ExitStack, work: Path, worker: str) -> System:
+    """The floor: a bare grpc.aio byte relay in front of the mesh's worker."""
+    port = free_port()
+    args = [sys.executable, "-m", "bench.grpc_relay", "--port", str(port), "--worker", worker]
+    pid = spawn(stack, args, work / "grpc-relay.log")
+    address = f"127.0.0.1:{port}"
+    with grpc.insecure_channel(address) as channel:
+        grpc.channel_ready_future(channel).result(timeout=60)
+    return System(GRPC_FLOOR, "worker", address, "instant", pid)
 
 
 def start_modelyard(stack: ExitStack, work: Path) -> tuple[list[System], SimMesh]:
