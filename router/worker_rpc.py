@@ -4,10 +4,9 @@ The worker channels carry no interceptors: grpc.aio runs an intercepted call thr
 task of its own and hands each streamed message through one async generator more per
 interceptor (with the tracing and bearer interceptors, 9% of the router's py-spy samples
 under the mesh bench's load passed through them, ~3% in their own frames). Each call
-states its metadata
-instead: the worker API key, and the trace context of a CLIENT span shaped like the one
-OpenTelemetry's interceptor made (same name and rpc.* attributes), so a worker's spans
-still descend from the router's.
+states its metadata instead: the worker API key, and the trace context of a CLIENT span
+shaped like the one OpenTelemetry's interceptor made (same name and rpc.* attributes), so
+a worker's spans still descend from the router's.
 """
 
 from __future__ import annotations
