@@ -4,13 +4,8 @@ and the call's code on that span, never more of the worker's words."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import grpc
-import pytest
 from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
@@ -18,23 +13,9 @@ from modelyard.bearer import bearer_metadata
 from router.worker_rpc import end_call, start_call
 
 
-@pytest.fixture(scope="module")
-def spans() -> Iterator[InMemorySpanExporter]:
-    provider = trace.get_tracer_provider()
-    if not isinstance(provider, TracerProvider):
-        provider = TracerProvider()
-        trace.set_tracer_provider(provider)
-    exporter = InMemorySpanExporter()
-    processor = SimpleSpanProcessor(exporter)
-    provider.add_span_processor(processor)
-    yield exporter
-    processor.shutdown()
-
-
 def test_the_call_carries_the_key_and_the_trace_context_of_its_client_span(
     spans: InMemorySpanExporter,
 ) -> None:
-    spans.clear()
     with trace.get_tracer("test").start_as_current_span("route") as parent:
         span, metadata = start_call("Generate", "10.0.0.7:50052", bearer_metadata("k-1"))
         end_call(span, grpc.StatusCode.OK)
@@ -55,7 +36,6 @@ def test_the_call_carries_the_key_and_the_trace_context_of_its_client_span(
 
 
 def test_a_failed_call_marks_its_span_with_the_code_only(spans: InMemorySpanExporter) -> None:
-    spans.clear()
     span, metadata = start_call("Embed", "10.0.0.7:50052", ())
     assert all(key != "authorization" for key, _ in metadata)  # no key configured: none sent
     end_call(span, grpc.StatusCode.RESOURCE_EXHAUSTED)
