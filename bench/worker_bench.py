@@ -15,7 +15,8 @@ both sides of a ratio alike):
   UnloadModel: one Generate with load_if_cold to its first token (fetch and verify,
   budget, engine load, admission, first token);
 - aggregate tok/s through the worker at 1 and 8 concurrent streams (distinct counting
-  prompts): continuous batching.
+  prompts): continuous batching; and the streams' median TTFT, beside one whole
+  generation's time (8 admitted together start within a prefill or so of each other).
 
 Reports min / median / max of each ratio over the repetitions; a single run on a shared
 machine is not evidence. Writes bench/results/worker.md.
@@ -27,6 +28,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import statistics
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -55,6 +57,7 @@ class Repetition:
     bare_cold: float = 0.0
     worker_cold: float = 0.0
     aggregate: dict[int, float] = field(default_factory=dict)
+    ttft: dict[int, float] = field(default_factory=dict)  # median over the streams, s
     short: int = 0  # streams that produced fewer tokens than asked (should stay 0)
 
 
@@ -114,14 +117,15 @@ async def grpc_stream(
 
 async def aggregate(
     stub: worker_pb2_grpc.WorkerServiceStub, model: model_pb2.Model, streams: int, tokens: int
-) -> tuple[float, int]:
-    """(aggregate tok/s, streams that stopped short)."""
+) -> tuple[float, float, int]:
+    """(aggregate tok/s, median TTFT in s, streams that stopped short)."""
     start = time.perf_counter()
     results = await asyncio.gather(
         *(grpc_stream(stub, model, tokens, counting_prompt(i)) for i in range(streams))
     )
     rate = sum(n for _, _, n in results) / (time.perf_counter() - start)
-    return rate, sum(1 for _, _, n in results if n < tokens)
+    ttft = statistics.median(t for t, _, _ in results)
+    return rate, ttft, sum(1 for _, _, n in results if n < tokens)
 
 
 async def worker_cold(stub: worker_pb2_grpc.WorkerServiceStub, model: model_pb2.Model) -> float:
@@ -148,7 +152,7 @@ async def repetition(
     rep.bare_cold = await asyncio.to_thread(bare_cold, threads)
     rep.worker_cold = await worker_cold(stub, model)
     for n in STREAMS:
-        rep.aggregate[n], short = await aggregate(stub, model, n, tokens)
+        rep.aggregate[n], rep.ttft[n], short = await aggregate(stub, model, n, tokens)
         rep.short += short
     return rep
 
@@ -196,6 +200,9 @@ def report(reps: list[Repetition], tokens: int, threads: int, interval_ms: float
         ]
     cold = each(lambda r: r.worker_cold / r.bare_cold)
     gain = each(lambda r: r.aggregate[8] / r.aggregate[1])
+    ttft = each(lambda r: r.ttft[8] / r.ttft[1])
+    # What admission one request at a time would cost the 8th stream: a whole generation.
+    whole = each(lambda r: tokens / r.aggregate[1])
     return "\n".join(
         [
             "# Worker bench (llama.cpp)",
@@ -214,10 +221,17 @@ def report(reps: list[Repetition], tokens: int, threads: int, interval_ms: float
             f"{spread(each(lambda r: r.worker_cold), '{:.3f}')} | "
             f"{spread(each(lambda r: r.bare_cold), '{:.3f}')} | {spread(cold)} |",
             "",
-            "| concurrent streams through the worker | aggregate tok/s | vs 1 stream |",
-            "|---|---:|---:|",
-            f"| 1 | {spread(each(lambda r: r.aggregate[1]), '{:.1f}')} | 1.00 |",
-            f"| 8 | {spread(each(lambda r: r.aggregate[8]), '{:.1f}')} | {spread(gain)} |",
+            "| concurrent streams through the worker | aggregate tok/s | vs 1 stream "
+            "| TTFT p50 ms | vs 1 stream |",
+            "|---|---:|---:|---:|---:|",
+            f"| 1 | {spread(each(lambda r: r.aggregate[1]), '{:.1f}')} | 1.00 "
+            f"| {spread(each(lambda r: r.ttft[1] * 1000), '{:.0f}')} | 1.00 |",
+            f"| 8 | {spread(each(lambda r: r.aggregate[8]), '{:.1f}')} | {spread(gain)} "
+            f"| {spread(each(lambda r: r.ttft[8] * 1000), '{:.0f}')} | {spread(ttft)} |",
+            "",
+            f"One whole {tokens}-token generation at 1 stream takes "
+            f"{spread([w * 1000 for w in whole], '{:.0f}')} ms: a TTFT at 8 streams well "
+            "under it means the 8 were admitted together, not one after another.",
             "",
             "Each cell: min / median / max over the repetitions.",
             "",
