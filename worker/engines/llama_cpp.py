@@ -220,7 +220,7 @@ def _open(spec: ModelSpec) -> tuple[Any, Any]:
 
     model_params = llama_cpp.llama_model_default_params()
     # Metal/CUDA builds offload this many layers; the CPU build ignores it.
-    model_params.n_gpu_layers = int(spec.extra.get("n_gpu_layers", "0"))
+    model_params.n_gpu_layers = _int_option(spec, "n_gpu_layers", default=0)
     model: Any = LlamaModel(path_model=str(spec.path), params=model_params, verbose=False)
     try:
         params = llama_cpp.llama_context_default_params()
@@ -234,10 +234,11 @@ def _open(spec: ModelSpec) -> tuple[Any, Any]:
         params.kv_unified = _flag(spec, "kv_unified", default=True)
         params.n_threads = params.n_threads_batch = spec.threads
         # Off, as llama-cpp-python's Llama has it: greedy output then matches Llama's token
-        # for token (the fused kernel rounds differently); "flash_attn": "1" turns it on.
+        # for token (the fused kernel rounds differently); "flash_attn": "1" turns it on
+        # (any other value than "0"/"1" is refused, not read as off).
         params.flash_attn_type = (
             llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
-            if spec.extra.get("flash_attn") == "1"
+            if _flag(spec, "flash_attn", default=False)
             else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
         )
         ctx: Any = LlamaContext(model=model, params=params, verbose=False)
@@ -281,6 +282,19 @@ def _flag(spec: ModelSpec, key: str, *, default: bool) -> bool:
             f"load_options.extra.{key}", f"{key} is '0' or '1', not {value[:32]!r}"
         )
     return value == "1"
+
+
+def _int_option(spec: ModelSpec, key: str, *, default: int) -> int:
+    """An integer engine option; anything else is the model's configuration error."""
+    value = spec.extra.get(key)
+    if value is None:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise InvalidArgument.for_field(
+            f"load_options.extra.{key}", f"{key} is an integer, not {value[:32]!r}"
+        ) from None
 
 
 def _prefix_cache(spec: ModelSpec, ctx: Any, n_ctx: int) -> KvPrefixCache | None:

@@ -120,6 +120,23 @@ async def test_kv_unified_takes_only_0_or_1(smollm2_gguf: Path) -> None:
         await LlamaCppEngine(SequenceCounters()).load(spec(smollm2_gguf, kv_unified="yes"))
 
 
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("flash_attn", "true", "flash_attn is '0' or '1', not 'true'"),  # was read as off
+        ("n_gpu_layers", "all", "n_gpu_layers is an integer, not 'all'"),
+    ],
+)
+async def test_other_options_with_values_the_engine_cannot_read_are_refused(
+    smollm2_gguf: Path, option: str, value: str, message: str
+) -> None:
+    with pytest.raises(InvalidArgument, match=message) as refused:
+        await LlamaCppEngine(SequenceCounters()).load(
+            spec(smollm2_gguf, CONTEXT, **{option: value})
+        )
+    assert [v.field for v in refused.value.violations] == [f"load_options.extra.{option}"]
+
+
 async def test_a_context_that_does_not_split_into_whole_streams_is_refused(
     smollm2_gguf: Path,
 ) -> None:
