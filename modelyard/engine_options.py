@@ -11,7 +11,7 @@ chooses files, code or where they go; an operator may widen a worker's list
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TypeAlias
 
 from modelyard.v1 import common_pb2
@@ -65,6 +65,29 @@ ALLOWED: Mapping[EngineKind, frozenset[str]] = {
     ),
 }
 
+
+def _flag(value: str) -> str | None:
+    return None if value in ("0", "1") else "'0' or '1'"
+
+
+def _integer(value: str) -> str | None:
+    try:
+        int(value)
+    except ValueError:
+        return "an integer"
+    return None
+
+
+# What the engines can read of a key's value (worker/engines/llama_cpp.py parses these):
+# checked at registration, so no version is stored that no worker could load.
+VALUES: Mapping[EngineKind, Mapping[str, Callable[[str], str | None]]] = {
+    common_pb2.ENGINE_LLAMA_CPP: {
+        "flash_attn": _flag,
+        "kv_unified": _flag,
+        "n_gpu_layers": _integer,
+    },
+}
+
 # Keys the worker itself fills in from validated fields (never taken from `extra`).
 RESERVED = frozenset({"sha256", "draft_model", "draft_sha256"})
 
@@ -84,3 +107,19 @@ def refused_keys(
     """The keys of `extra` none of `engines` accepts, sorted."""
     allowed = allowed_for(engines, extended)
     return sorted(k for k in extra if k not in allowed)
+
+
+def unreadable_values(
+    extra: Mapping[str, str], engines: Iterable[EngineKind]
+) -> list[tuple[str, str]]:
+    """(key, what its value must be) for each value of `extra` that one of `engines` (every
+    engine when none is named) reads and could not parse, sorted by key."""
+    kinds = [e for e in engines if e in ALLOWED] or list(ALLOWED)
+    out: dict[str, str] = {}
+    for kind in kinds:
+        for key, rule in VALUES.get(kind, {}).items():
+            if key in extra and key not in out:
+                wanted = rule(extra[key])
+                if wanted is not None:
+                    out[key] = wanted
+    return sorted(out.items())

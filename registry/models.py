@@ -16,7 +16,7 @@ from sqlalchemy import ColumnElement, case, exists, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from modelyard.digest import is_sha256
-from modelyard.engine_options import allowed_for, refused_keys
+from modelyard.engine_options import allowed_for, refused_keys, unreadable_values
 from modelyard.errors import AlreadyExists, FieldViolation, InvalidArgument, NotFound
 from modelyard.refs import check_name, check_version
 from modelyard.v1 import model_pb2
@@ -140,6 +140,14 @@ def _artifact_and_option_violations(model: model_pb2.Model) -> list[FieldViolati
                     f"{key!r} is not an option the model's engines accept; allowed: {allowed}",
                 )
             )
+    extra = model.load_options.extra
+    for key, wanted in unreadable_values(extra, model.engines):
+        violations.append(
+            FieldViolation(
+                f"model.load_options.extra.{key}",
+                f"{key} is {wanted}, not {extra[key][:32]!r}: no worker could load this version",
+            )
+        )
     return violations
 
 

@@ -334,6 +334,27 @@ async def test_vllm_options_that_choose_code_or_files_are_refused(
     assert "gpu_memory_utilization" in violation.description  # the allowed keys are listed
 
 
+@pytest.mark.parametrize(
+    ("key", "value", "wanted"),
+    [("flash_attn", "true", "'0' or '1'"), ("kv_unified", "yes", "'0' or '1'"),
+     ("n_gpu_layers", "all", "an integer")],
+)  # fmt: skip
+async def test_llama_cpp_options_no_worker_could_read_are_refused(
+    store: RegistryStore, key: str, value: str, wanted: str
+) -> None:
+    model = make_model()
+    model.engines.append(common_pb2.ENGINE_LLAMA_CPP)
+    model.load_options.extra[key] = value
+
+    with pytest.raises(InvalidArgument) as caught:
+        await store.register(model)
+
+    (violation,) = caught.value.violations
+    assert violation.field == f"model.load_options.extra.{key}"
+    assert f"{key} is {wanted}, not {value!r}" in violation.description
+    assert await store.revision() == 0
+
+
 async def test_engine_options_the_engines_read_are_accepted(store: RegistryStore) -> None:
     vllm = make_model(version="1")
     vllm.engines.append(common_pb2.ENGINE_VLLM)
