@@ -263,6 +263,17 @@ class WorkerSettings(ServiceSettings):
             "router is served, its outcome not reported."
         ),
     )
+    outcome_linger_ms: float = Field(
+        default=20.0,
+        ge=0.0,
+        le=1000.0,
+        description=(
+            "How long the outcome reporter waits after a direct stream ends for others to "
+            "end, so their reports go to the router in one ReportOutcomes call: each call "
+            "costs the router a unary RPC. The router holds the stream's admission slot "
+            "until its report arrives, so keep it short; 0 sends each at once."
+        ),
+    )
     outcome_token: str = Field(
         default="",
         description=(

@@ -183,7 +183,10 @@ def _servicer(
     # Direct streams' outcomes go to the routers the settings name, never to one a ticket
     # or a client names.
     reports = OutcomeReporter(
-        settings.outcome_routers, token=settings.outcome_token, tls=settings.tls
+        settings.outcome_routers,
+        token=settings.outcome_token,
+        tls=settings.tls,
+        linger_s=settings.outcome_linger_ms / 1000.0,
     )
     return WorkerServicer(
         manager,

@@ -4,7 +4,8 @@ A direct stream never passes through a router, so the router learns how it ended
 the worker: usage, timings, finish reason and status, with the ticket as proof of the
 pick. Reports go out in the background, never in the stream's way: a bounded queue (when
 full, a report is dropped and counted), a few senders that send what piled up as one
-ReportOutcomes batch per router (one by one to a router without it), and retries with
+ReportOutcomes batch per router (one by one to a router without it), gathering for a short
+linger first (one sender at a time, so concurrent ends share a call), and retries with
 backoff while the router is unreachable. A worker dials only the routers its settings name
 (MODELYARD_WORKER_OUTCOME_ROUTERS, by router id): never an address a client could choose.
 """
@@ -87,12 +88,17 @@ class OutcomeReporter:
         tries: int = 5,
         backoff_s: float = 0.2,
         timeout_s: float = 5.0,
+        linger_s: float = 0.0,
     ) -> None:
         self.routers = dict(routers)
         self._token = token
         self._tls = tls
         self._capacity, self._senders = capacity, senders
         self._tries, self._backoff_s, self._timeout_s = tries, backoff_s, timeout_s
+        self._linger_s = linger_s
+        # One sender gathers at a time: the others wait here, not on the queue, so the
+        # reports arriving during a linger join that sender's batch.
+        self._gathering = asyncio.Lock()
         self._queue: asyncio.Queue[tuple[str, router_pb2.ReportOutcomeRequest]] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stubs: dict[str, tuple[grpc.aio.Channel, RouterStub]] = {}
@@ -131,10 +137,14 @@ class OutcomeReporter:
         assert self._queue is not None
         queue = self._queue
         while True:
-            batch = [await queue.get()]
-            while len(batch) < MAX_BATCH and not queue.empty():
-                batch.append(queue.get_nowait())  # what piled up while the last batch went
+            batch: list[tuple[str, router_pb2.ReportOutcomeRequest]] = []
             try:
+                async with self._gathering:
+                    batch.append(await queue.get())
+                    if self._linger_s > 0 and queue.qsize() < MAX_BATCH - 1:
+                        await asyncio.sleep(self._linger_s)  # streams ending meanwhile join
+                    while len(batch) < MAX_BATCH and not queue.empty():
+                        batch.append(queue.get_nowait())  # what piled up meanwhile
                 by_address: dict[str, list[router_pb2.ReportOutcomeRequest]] = {}
                 for address, report in batch:
                     by_address.setdefault(address, []).append(report)

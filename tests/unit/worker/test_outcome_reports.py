@@ -87,7 +87,7 @@ async def reporting_to(router: OldRouter, **kwargs: Any) -> AsyncIterator[Outcom
         lambda s: router_pb2_grpc.add_RouterServiceServicer_to_server(router, s),
         [SERVICE_NAME],
     )
-    reporter = OutcomeReporter({"r1": address}, senders=1, backoff_s=0.01, **kwargs)
+    reporter = OutcomeReporter({"r1": address}, **{"senders": 1, "backoff_s": 0.01, **kwargs})
     try:
         yield reporter
     finally:
@@ -111,6 +111,21 @@ async def test_what_piles_up_goes_as_one_batch() -> None:
         assert reporter.sent == 300 and reporter.dropped == 0
     # All were queued before the one sender ran: batches of at most 256.
     assert [len(call) for call in router.calls] == [256, 44]
+    assert [t for call in router.calls for t in call] == [c.raw for c in tickets]
+
+
+@pytest.mark.asyncio
+async def test_reports_of_streams_ending_within_the_linger_share_one_call() -> None:
+    router = new_router()
+    tickets = [claims(i) for i in range(10)]
+    # Four senders: the one gathering holds the others off, so they cannot split the batch.
+    async with reporting_to(router, senders=4, linger_s=0.5) as reporter:
+        for c in tickets:  # streams ending 5 ms apart: ~50 ms, well inside the linger
+            reporter.submit(c, report(c))
+            await asyncio.sleep(0.005)
+        await asyncio.wait_for(reporter.flush(), 30)
+        assert reporter.sent == 10 and reporter.dropped == 0
+    assert [len(call) for call in router.calls] == [10]
     assert [t for call in router.calls for t in call] == [c.raw for c in tickets]
 
 
