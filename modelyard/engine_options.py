@@ -112,8 +112,9 @@ def refused_keys(
 def unreadable_values(
     extra: Mapping[str, str], engines: Iterable[EngineKind]
 ) -> list[tuple[str, str]]:
-    """(key, what its value must be) for each value of `extra` that one of `engines` (every
-    engine when none is named) reads and could not parse, sorted by key."""
+    """(key, why) for each value of `extra` that one of `engines` (every engine when none
+    is named) reads and could not parse, sorted by key; the registry refuses these at
+    registration and the engine at load, with the same words."""
     kinds = [e for e in engines if e in ALLOWED] or list(ALLOWED)
     out: dict[str, str] = {}
     for kind in kinds:
@@ -121,5 +122,5 @@ def unreadable_values(
             if key in extra and key not in out:
                 wanted = rule(extra[key])
                 if wanted is not None:
-                    out[key] = wanted
+                    out[key] = f"{key} is {wanted}, not {extra[key][:32]!r}"
     return sorted(out.items())

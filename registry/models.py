@@ -140,12 +140,10 @@ def _artifact_and_option_violations(model: model_pb2.Model) -> list[FieldViolati
                     f"{key!r} is not an option the model's engines accept; allowed: {allowed}",
                 )
             )
-    extra = model.load_options.extra
-    for key, wanted in unreadable_values(extra, model.engines):
+    for key, why in unreadable_values(model.load_options.extra, model.engines):
         violations.append(
             FieldViolation(
-                f"model.load_options.extra.{key}",
-                f"{key} is {wanted}, not {extra[key][:32]!r}: no worker could load this version",
+                f"model.load_options.extra.{key}", f"{why}: no worker could load this version"
             )
         )
     return violations

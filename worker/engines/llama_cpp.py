@@ -27,7 +27,9 @@ import logging
 from collections.abc import AsyncGenerator
 from typing import Any
 
-from modelyard.errors import InvalidArgument
+from modelyard.engine_options import unreadable_values
+from modelyard.errors import FieldViolation, InvalidArgument
+from modelyard.v1 import common_pb2
 from worker.counters import CounterSnapshot, SequenceCounters
 from worker.engines.base import (
     EmbedRequest,
@@ -218,9 +220,10 @@ def _open(spec: ModelSpec) -> tuple[Any, Any]:
     import llama_cpp
     from llama_cpp._internals import LlamaContext, LlamaModel
 
+    _check_options(spec)
     model_params = llama_cpp.llama_model_default_params()
     # Metal/CUDA builds offload this many layers; the CPU build ignores it.
-    model_params.n_gpu_layers = _int_option(spec, "n_gpu_layers", default=0)
+    model_params.n_gpu_layers = int(spec.extra.get("n_gpu_layers", "0"))
     model: Any = LlamaModel(path_model=str(spec.path), params=model_params, verbose=False)
     try:
         params = llama_cpp.llama_context_default_params()
@@ -234,8 +237,7 @@ def _open(spec: ModelSpec) -> tuple[Any, Any]:
         params.kv_unified = _flag(spec, "kv_unified", default=True)
         params.n_threads = params.n_threads_batch = spec.threads
         # Off, as llama-cpp-python's Llama has it: greedy output then matches Llama's token
-        # for token (the fused kernel rounds differently); "flash_attn": "1" turns it on
-        # (any other value than "0"/"1" is refused, not read as off).
+        # for token (the fused kernel rounds differently); "flash_attn": "1" turns it on.
         params.flash_attn_type = (
             llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
             if _flag(spec, "flash_attn", default=False)
@@ -272,29 +274,19 @@ def _seq_cells(ctx: Any) -> int:
     return int(llama_cpp.llama_n_ctx_seq(ctx.ctx))
 
 
-def _flag(spec: ModelSpec, key: str, *, default: bool) -> bool:
-    """A "0"/"1" engine option; anything else is the model's configuration error."""
-    value = spec.extra.get(key)
-    if value is None:
-        return default
-    if value not in ("0", "1"):
-        raise InvalidArgument.for_field(
-            f"load_options.extra.{key}", f"{key} is '0' or '1', not {value[:32]!r}"
+def _check_options(spec: ModelSpec) -> None:
+    """INVALID_ARGUMENT for option values this engine cannot read (a version registered
+    before the registry checked them): modelyard/engine_options.py holds the rules."""
+    unreadable = unreadable_values(spec.extra, (common_pb2.ENGINE_LLAMA_CPP,))
+    if unreadable:
+        raise InvalidArgument.for_violations(
+            [FieldViolation(f"load_options.extra.{key}", why) for key, why in unreadable]
         )
-    return value == "1"
 
 
-def _int_option(spec: ModelSpec, key: str, *, default: int) -> int:
-    """An integer engine option; anything else is the model's configuration error."""
-    value = spec.extra.get(key)
-    if value is None:
-        return default
-    try:
-        return int(value)
-    except ValueError:
-        raise InvalidArgument.for_field(
-            f"load_options.extra.{key}", f"{key} is an integer, not {value[:32]!r}"
-        ) from None
+def _flag(spec: ModelSpec, key: str, *, default: bool) -> bool:
+    """A "0"/"1" option `_check_options` has let through."""
+    return spec.extra.get(key, "1" if default else "0") == "1"
 
 
 def _prefix_cache(spec: ModelSpec, ctx: Any, n_ctx: int) -> KvPrefixCache | None:
