@@ -14,9 +14,12 @@ both sides of a ratio alike):
 - cold load to first token: bare `Llama()` + its first token, vs the worker after
   UnloadModel: one Generate with load_if_cold to its first token (fetch and verify,
   budget, engine load, admission, first token);
-- aggregate tok/s through the worker at 1 and 8 concurrent streams (distinct counting
-  prompts): continuous batching; and the streams' median TTFT, beside one whole
-  generation's time (8 admitted together start within a prefill or so of each other).
+- aggregate tok/s through the worker at 1 and 8 concurrent streams (counting prompts no
+  earlier request used, so no stream starts from a cached prefix): continuous batching;
+  and the streams' median and last TTFT against bare llama.cpp's prefill of the same 8
+  prompts in one batch (one `llama_decode` of 8 sequences): on CPU prefill is
+  compute-bound, so that batch is the soonest the 8th stream can start, and 8 requests
+  admitted together start within it, not one whole generation after another.
 
 Reports min / median / max of each ratio over the repetitions; a single run on a shared
 machine is not evidence. Writes bench/results/worker.md.
@@ -31,9 +34,12 @@ import os
 import statistics
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy
 
 from bench.repeats import COUNTING, counting_prompt, spread
 from bench.report import machine, publish
@@ -58,6 +64,9 @@ class Repetition:
     worker_cold: float = 0.0
     aggregate: dict[int, float] = field(default_factory=dict)
     ttft: dict[int, float] = field(default_factory=dict)  # median over the streams, s
+    last_ttft: float = 0.0  # the 8 streams' last first token, s
+    bare_prefill: float = 0.0  # bare batching: the same 8 prompts' first tokens, s
+    bare_aggregate: float = 0.0  # bare batching: the same 8 streams' tok/s
     short: int = 0  # streams that produced fewer tokens than asked (should stay 0)
 
 
@@ -84,6 +93,60 @@ def bare_stream(llama: Any, tokens: int) -> tuple[float, float, int]:
         first = first or last
         n += 1
     return first - start, (n - 1) / (last - first) if n > 1 else 0.0, n
+
+
+class BareBatch:
+    """Bare llama.cpp batching N prompts itself (its low-level API, no worker): one
+    `llama_decode` of every prompt as its own sequence, then one step per token holding
+    each sequence's next token, greedy. Its first tokens come as soon as one batched
+    prefill allows, and its tok/s is what the engine gives N streams."""
+
+    def __init__(self, llama: Any, sequences: int, threads: int) -> None:
+        import llama_cpp
+        from llama_cpp._internals import LlamaBatch, LlamaContext
+
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx, params.n_batch = CONTEXT, 512
+        params.n_ubatch, params.n_seq_max = 512, sequences
+        params.n_threads = params.n_threads_batch = threads
+        params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED  # as the worker
+        self._llama_cpp, self._llama = llama_cpp, llama
+        self._ctx: Any = LlamaContext(model=llama._model, params=params, verbose=False)
+        self._batch: Any = LlamaBatch(n_tokens=512, embd=0, n_seq_max=1, verbose=False)
+
+    def run(self, prompts: list[str], tokens: int) -> tuple[float, float]:
+        """(seconds to every stream's first token, aggregate tok/s over the whole run)."""
+        lib, ctx, batch = self._llama_cpp, self._ctx, self._batch
+        encoded = [self._llama.tokenize(p.encode()) for p in prompts]
+        lib.llama_memory_clear(lib.llama_get_memory(ctx.ctx), True)
+        batch.reset()
+        start = time.perf_counter()
+        rows = []
+        for seq_id, prompt in enumerate(encoded):
+            batch.add_sequence(prompt, seq_id, logits_all=False)
+            rows.append(batch.batch.n_tokens - 1)
+        ctx.decode(batch)
+        nexts = [self._greedy(row) for row in rows]
+        first = time.perf_counter() - start
+        n_past = [len(p) for p in encoded]
+        for _ in range(tokens - 1):
+            b = batch.batch
+            b.n_tokens = len(nexts)
+            for seq_id, token in enumerate(nexts):
+                b.token[seq_id], b.pos[seq_id] = token, n_past[seq_id]
+                b.n_seq_id[seq_id], b.seq_id[seq_id][0], b.logits[seq_id] = 1, seq_id, True
+                n_past[seq_id] += 1
+            ctx.decode(batch)
+            nexts = [self._greedy(row) for row in range(len(nexts))]
+        return first, len(prompts) * tokens / (time.perf_counter() - start)
+
+    def _greedy(self, row: int) -> int:
+        logits = self._llama_cpp.llama_get_logits_ith(self._ctx.ctx, row)
+        return int(numpy.ctypeslib.as_array(logits, shape=(self._llama.n_vocab(),)).argmax())
+
+    def close(self) -> None:
+        self._batch.close()
+        self._ctx.close()
 
 
 def bare_cold(threads: int) -> float:
@@ -116,16 +179,16 @@ async def grpc_stream(
 
 
 async def aggregate(
-    stub: worker_pb2_grpc.WorkerServiceStub, model: model_pb2.Model, streams: int, tokens: int
-) -> tuple[float, float, int]:
-    """(aggregate tok/s, median TTFT in s, streams that stopped short)."""
+    stub: worker_pb2_grpc.WorkerServiceStub,
+    model: model_pb2.Model,
+    prompts: list[str],
+    tokens: int,
+) -> tuple[float, list[float], int]:
+    """(aggregate tok/s, each stream's TTFT in s, streams that stopped short)."""
     start = time.perf_counter()
-    results = await asyncio.gather(
-        *(grpc_stream(stub, model, tokens, counting_prompt(i)) for i in range(streams))
-    )
+    results = await asyncio.gather(*(grpc_stream(stub, model, tokens, p) for p in prompts))
     rate = sum(n for _, _, n in results) / (time.perf_counter() - start)
-    ttft = statistics.median(t for t, _, _ in results)
-    return rate, ttft, sum(1 for _, _, n in results if n < tokens)
+    return rate, [t for t, _, _ in results], sum(1 for _, _, n in results if n < tokens)
 
 
 async def worker_cold(stub: worker_pb2_grpc.WorkerServiceStub, model: model_pb2.Model) -> float:
@@ -139,21 +202,59 @@ async def repetition(
     paced: worker_pb2_grpc.WorkerServiceStub | None,
     model: model_pb2.Model,
     llama: Any,
+    bare_batch: BareBatch,
     tokens: int,
     threads: int,
+    index: int,
 ) -> Repetition:
     rep = Repetition()
-    _, rep.bare_decode, n_bare = bare_stream(llama, tokens)
-    _, rep.worker_decode, n_worker = await grpc_stream(stub, model, tokens, COUNTING)
-    rep.short += (n_bare < tokens) + (n_worker < tokens)
+
+    async def bare() -> tuple[float, float, int]:
+        return bare_stream(llama, tokens)
+
+    async def worker() -> tuple[float, float, int]:
+        return await grpc_stream(stub, model, tokens, COUNTING)
+
+    async def paced_worker() -> tuple[float, float, int]:
+        assert paced is not None
+        return await grpc_stream(paced, model, tokens, COUNTING)
+
+    Side = Callable[[], Awaitable[tuple[float, float, int]]]
+    sides: dict[str, Side] = {"bare": bare, "worker": worker}
     if paced is not None:
-        _, rep.paced_decode, n_paced = await grpc_stream(paced, model, tokens, COUNTING)
-        rep.short += n_paced < tokens
+        sides["paced"] = paced_worker
+    # In the order A B C C B A, averaged: a machine slowing down or speeding up during
+    # the round weighs on every side alike.
+    rates: dict[str, list[float]] = {name: [] for name in sides}
+    for name in [*sides, *reversed(sides)]:
+        _, rate, n = await sides[name]()
+        rates[name].append(rate)
+        rep.short += n < tokens
+    rep.bare_decode = statistics.fmean(rates["bare"])
+    rep.worker_decode = statistics.fmean(rates["worker"])
+    rep.paced_decode = statistics.fmean(rates.get("paced", [0.0]))
     rep.bare_cold = await asyncio.to_thread(bare_cold, threads)
     rep.worker_cold = await worker_cold(stub, model)
-    for n in STREAMS:
-        rep.aggregate[n], rep.ttft[n], short = await aggregate(stub, model, n, tokens)
+    # Prompts no earlier request used: a cached prefix would shorten the prefill.
+    base = 1000 + 100 * index
+    rep.aggregate[1], ttfts, short = await aggregate(stub, model, [counting_prompt(base)], tokens)
+    rep.ttft[1], rep.short = ttfts[0], rep.short + short
+    # 8 streams: bare batching and the worker in the order A B B A, each pair on the same
+    # prompts, averaged (as the decode round).
+    n = STREAMS[-1]
+    halves = [[counting_prompt(base + 10 + 20 * h + i) for i in range(n)] for h in (0, 1)]
+    bare_runs = [await asyncio.to_thread(bare_batch.run, halves[0], tokens)]
+    worker_runs = []
+    for prompts in halves:
+        rate, ttfts, short = await aggregate(stub, model, prompts, tokens)
+        worker_runs.append((rate, statistics.median(ttfts), max(ttfts)))
         rep.short += short
+    bare_runs.append(await asyncio.to_thread(bare_batch.run, halves[1], tokens))
+    rep.aggregate[n] = statistics.fmean(r[0] for r in worker_runs)
+    rep.ttft[n] = statistics.fmean(r[1] for r in worker_runs)
+    rep.last_ttft = statistics.fmean(r[2] for r in worker_runs)
+    rep.bare_prefill = statistics.fmean(first for first, _ in bare_runs)
+    rep.bare_aggregate = statistics.fmean(rate for _, rate in bare_runs)
     return rep
 
 
@@ -180,8 +281,11 @@ async def run(repeats: int, tokens: int, threads: int, interval_ms: float) -> li
             llama = open_llama(threads)
             stack.callback(llama.close)
             bare_stream(llama, 4)
+            bare_batch = BareBatch(llama, STREAMS[-1], threads)
+            stack.callback(bare_batch.close)
             return [
-                await repetition(stub, paced, model, llama, tokens, threads) for _ in range(repeats)
+                await repetition(stub, paced, model, llama, bare_batch, tokens, threads, i)
+                for i in range(repeats)
             ]
 
 
@@ -203,6 +307,8 @@ def report(reps: list[Repetition], tokens: int, threads: int, interval_ms: float
     ttft = each(lambda r: r.ttft[8] / r.ttft[1])
     # What admission one request at a time would cost the 8th stream: a whole generation.
     whole = each(lambda r: tokens / r.aggregate[1])
+    bare = each(lambda r: r.bare_prefill * 1000)
+    batched = each(lambda r: r.aggregate[8] / r.bare_aggregate)
     return "\n".join(
         [
             "# Worker bench (llama.cpp)",
@@ -229,9 +335,25 @@ def report(reps: list[Repetition], tokens: int, threads: int, interval_ms: float
             f"| 8 | {spread(each(lambda r: r.aggregate[8]), '{:.1f}')} | {spread(gain)} "
             f"| {spread(each(lambda r: r.ttft[8] * 1000), '{:.0f}')} | {spread(ttft)} |",
             "",
-            f"One whole {tokens}-token generation at 1 stream takes "
-            f"{spread([w * 1000 for w in whole], '{:.0f}')} ms: a TTFT at 8 streams well "
-            "under it means the 8 were admitted together, not one after another.",
+            "| 8 streams at once | worker | bare llama.cpp batching them | worker / bare |",
+            "|---|---:|---:|---:|",
+            f"| aggregate tok/s | {spread(each(lambda r: r.aggregate[8]), '{:.1f}')} "
+            f"| {spread(each(lambda r: r.bare_aggregate), '{:.1f}')} | {spread(batched)} |",
+            "| first token, median stream, ms "
+            f"| {spread(each(lambda r: r.ttft[8] * 1000), '{:.0f}')} "
+            f"| {spread(bare, '{:.0f}')} "
+            f"| {spread(each(lambda r: r.ttft[8] / r.bare_prefill))} |",
+            "| first token, last stream, ms "
+            f"| {spread(each(lambda r: r.last_ttft * 1000), '{:.0f}')} "
+            f"| {spread(bare, '{:.0f}')} "
+            f"| {spread(each(lambda r: r.last_ttft / r.bare_prefill))} |",
+            "",
+            "Bare batching: llama.cpp's low-level API prefills the 8 prompts as 8 sequences "
+            "of one `llama_decode` (the soonest it gives all 8 a first token), then decodes "
+            "one token of each per step, greedy. One whole "
+            f"{tokens}-token generation at 1 stream takes "
+            f"{spread([w * 1000 for w in whole], '{:.0f}')} ms: admission one request "
+            "after another would start the last stream that late.",
             "",
             "Each cell: min / median / max over the repetitions.",
             "",
