@@ -81,6 +81,11 @@ class BatchDecoder:
         self._model, self._ctx = model, ctx
         self._vocab = llama_cpp.llama_model_get_vocab(model.model)
         self._n_vocab = int(model.n_vocab())
+        # token -> its text's bytes, None for an end-of-generation token. Filled as tokens
+        # first appear (at most the vocabulary): each ctypes call on the token path
+        # hands the GIL back and waits for it again behind the event loop's gRPC work,
+        # which measured ~0.3 ms a token at 8 streams against ~5 us without contention.
+        self._pieces: dict[int, bytes | None] = {}
         self.n_ctx, self.n_batch, self.n_seq = n_ctx, n_batch, n_seq
         # The most cells one sequence may hold: the whole context when the cache is
         # unified, its own stream's share when each sequence has one (kv_unified=0).
@@ -326,7 +331,8 @@ class BatchDecoder:
     def _accept(self, slot: Slot, token: int, logprob: TokenLogprob | None) -> None:
         """One sampled token: stream it, or end the sequence."""
         job, req = slot.job, slot.job.request
-        if self._llama_cpp.llama_vocab_is_eog(self._vocab, token):
+        piece = self._piece(token)
+        if piece is None:
             tail = slot.text.finish()
             slot.reply.append(tail.text)
             if tail.text and not job.emit(Piece(tail.text, ())):
@@ -338,7 +344,7 @@ class BatchDecoder:
             return
         slot.produced += 1
         self._counters.generated(1)
-        chunk = slot.text.feed(bytes(self._model.detokenize([token])))
+        chunk = slot.text.feed(piece)
         reason: FinishReason | None = None
         if chunk.stop is not None:
             reason = FinishReason.STOP_SEQUENCE
@@ -359,6 +365,15 @@ class BatchDecoder:
             self._end(slot, reason, stop)
         else:
             slot.next_token = token
+
+    def _piece(self, token: int) -> bytes | None:
+        try:
+            return self._pieces[token]
+        except KeyError:
+            eog = self._llama_cpp.llama_vocab_is_eog(self._vocab, token)
+            piece = None if eog else bytes(self._model.detokenize([token]))
+            self._pieces[token] = piece
+            return piece
 
     def _end(self, slot: Slot, outcome: FinishReason | DecodeFailed | None, stop: str = "") -> None:
         """Free the sequence, then tell the consumer (None: the loop is stopping)."""
