@@ -203,6 +203,48 @@ async def worker_cold(stub: worker_pb2_grpc.WorkerServiceStub, model: model_pb2.
     return ttft
 
 
+Side = Callable[[], Awaitable[tuple[float, float, int]]]
+
+
+async def decode_round(rep: Repetition, sides: dict[str, Side], tokens: int) -> None:
+    """One stream per side in the order A B C C B A, averaged: a machine slowing down or
+    speeding up during the round weighs on every side alike."""
+    rates: dict[str, list[float]] = {name: [] for name in sides}
+    for name in [*sides, *reversed(sides)]:
+        _, rate, n = await sides[name]()
+        rates[name].append(rate)
+        rep.short += n < tokens
+    rep.bare_decode = statistics.fmean(rates["bare"])
+    rep.worker_decode = statistics.fmean(rates["worker"])
+    rep.paced_decode = statistics.fmean(rates.get("paced", [0.0]))
+
+
+async def batching_round(
+    rep: Repetition,
+    stub: worker_pb2_grpc.WorkerServiceStub,
+    model: model_pb2.Model,
+    bare_batch: BareBatch,
+    tokens: int,
+    base: int,
+) -> None:
+    """8 streams: bare batching and the worker in the order A B B A, each pair on the
+    same prompts (`base` on: none an earlier request used), averaged."""
+    n = STREAMS[-1]
+    halves = [[counting_prompt(base + 10 + 20 * h + i) for i in range(n)] for h in (0, 1)]
+    bare_runs = [await asyncio.to_thread(bare_batch.run, halves[0], tokens)]
+    worker_runs = []
+    for prompts in halves:
+        rate, ttfts, short = await aggregate(stub, model, prompts, tokens)
+        worker_runs.append((rate, statistics.median(ttfts), max(ttfts)))
+        rep.short += short
+    bare_runs.append(await asyncio.to_thread(bare_batch.run, halves[1], tokens))
+    rep.aggregate[n] = statistics.fmean(r[0] for r in worker_runs)
+    rep.ttft[n] = statistics.fmean(r[1] for r in worker_runs)
+    rep.last_ttft = statistics.fmean(r[2] for r in worker_runs)
+    rep.bare_prefill = statistics.fmean(first for first, _ in bare_runs)
+    rep.bare_aggregate = statistics.fmean(rate for _, rate in bare_runs)
+
+
 async def repetition(
     stub: worker_pb2_grpc.WorkerServiceStub,
     paced: worker_pb2_grpc.WorkerServiceStub | None,
@@ -225,42 +267,17 @@ async def repetition(
         assert paced is not None
         return await grpc_stream(paced, model, tokens, COUNTING)
 
-    Side = Callable[[], Awaitable[tuple[float, float, int]]]
     sides: dict[str, Side] = {"bare": bare, "worker": worker}
     if paced is not None:
         sides["paced"] = paced_worker
-    # In the order A B C C B A, averaged: a machine slowing down or speeding up during
-    # the round weighs on every side alike.
-    rates: dict[str, list[float]] = {name: [] for name in sides}
-    for name in [*sides, *reversed(sides)]:
-        _, rate, n = await sides[name]()
-        rates[name].append(rate)
-        rep.short += n < tokens
-    rep.bare_decode = statistics.fmean(rates["bare"])
-    rep.worker_decode = statistics.fmean(rates["worker"])
-    rep.paced_decode = statistics.fmean(rates.get("paced", [0.0]))
+    await decode_round(rep, sides, tokens)
     rep.bare_cold = await asyncio.to_thread(bare_cold, threads)
     rep.worker_cold = await worker_cold(stub, model)
     # Prompts no earlier request used: a cached prefix would shorten the prefill.
     base = 1000 + 100 * index
     rep.aggregate[1], ttfts, short = await aggregate(stub, model, [counting_prompt(base)], tokens)
     rep.ttft[1], rep.short = ttfts[0], rep.short + short
-    # 8 streams: bare batching and the worker in the order A B B A, each pair on the same
-    # prompts, averaged (as the decode round).
-    n = STREAMS[-1]
-    halves = [[counting_prompt(base + 10 + 20 * h + i) for i in range(n)] for h in (0, 1)]
-    bare_runs = [await asyncio.to_thread(bare_batch.run, halves[0], tokens)]
-    worker_runs = []
-    for prompts in halves:
-        rate, ttfts, short = await aggregate(stub, model, prompts, tokens)
-        worker_runs.append((rate, statistics.median(ttfts), max(ttfts)))
-        rep.short += short
-    bare_runs.append(await asyncio.to_thread(bare_batch.run, halves[1], tokens))
-    rep.aggregate[n] = statistics.fmean(r[0] for r in worker_runs)
-    rep.ttft[n] = statistics.fmean(r[1] for r in worker_runs)
-    rep.last_ttft = statistics.fmean(r[2] for r in worker_runs)
-    rep.bare_prefill = statistics.fmean(first for first, _ in bare_runs)
-    rep.bare_aggregate = statistics.fmean(rate for _, rate in bare_runs)
+    await batching_round(rep, stub, model, bare_batch, tokens, base)
     return rep
 
 
