@@ -53,6 +53,7 @@ from worker.config import WorkerSettings
 RESULTS = Path(__file__).parent / "results" / "worker.md"
 CONTEXT = 2048
 STREAMS = (1, 8)
+BARE_BATCH_TOKENS = 512  # the worker's batch size (ModelSpec.batch_size)
 
 
 @dataclass
@@ -106,8 +107,8 @@ class BareBatch:
         from llama_cpp._internals import LlamaBatch, LlamaContext
 
         params = llama_cpp.llama_context_default_params()
-        params.n_ctx, params.n_batch = CONTEXT, 512
-        params.n_ubatch, params.n_seq_max = 512, sequences
+        params.n_ctx, params.n_batch = CONTEXT, BARE_BATCH_TOKENS
+        params.n_ubatch, params.n_seq_max = BARE_BATCH_TOKENS, sequences
         params.n_threads = params.n_threads_batch = threads
         # As the worker's default: one KV cache all sequences share. llama.cpp's own
         # default splits it into a stream per sequence (the worker's kv_unified "0"),
@@ -117,13 +118,18 @@ class BareBatch:
         params.kv_unified = True
         params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED  # as the worker
         self._llama_cpp, self._llama = llama_cpp, llama
+        self._n_vocab = int(llama.n_vocab())
         self._ctx: Any = LlamaContext(model=llama._model, params=params, verbose=False)
-        self._batch: Any = LlamaBatch(n_tokens=512, embd=0, n_seq_max=1, verbose=False)
+        self._batch: Any = LlamaBatch(
+            n_tokens=BARE_BATCH_TOKENS, embd=0, n_seq_max=1, verbose=False
+        )
 
     def run(self, prompts: list[str], tokens: int) -> tuple[float, float]:
         """(seconds to every stream's first token, aggregate tok/s over the whole run)."""
         lib, ctx, batch = self._llama_cpp, self._ctx, self._batch
         encoded = [self._llama.tokenize(p.encode()) for p in prompts]
+        if sum(map(len, encoded)) > BARE_BATCH_TOKENS:  # the batch's arrays are that long
+            raise ValueError(f"the prompts exceed one batch of {BARE_BATCH_TOKENS} tokens")
         lib.llama_memory_clear(lib.llama_get_memory(ctx.ctx), True)
         batch.reset()
         start = time.perf_counter()
@@ -135,8 +141,8 @@ class BareBatch:
         nexts = [self._greedy(row) for row in rows]
         first = time.perf_counter() - start
         n_past = [len(p) for p in encoded]
+        b = batch.batch
         for _ in range(tokens - 1):
-            b = batch.batch
             b.n_tokens = len(nexts)
             for seq_id, token in enumerate(nexts):
                 b.token[seq_id], b.pos[seq_id] = token, n_past[seq_id]
@@ -148,7 +154,7 @@ class BareBatch:
 
     def _greedy(self, row: int) -> int:
         logits = self._llama_cpp.llama_get_logits_ith(self._ctx.ctx, row)
-        return int(numpy.ctypeslib.as_array(logits, shape=(self._llama.n_vocab(),)).argmax())
+        return int(numpy.ctypeslib.as_array(logits, shape=(self._n_vocab,)).argmax())
 
     def close(self) -> None:
         self._batch.close()
