@@ -23,6 +23,10 @@ SNAPSHOTS = Counter(
     "Snapshots sent to watchers, by reason (start, resume_too_old, behind_retention).",
     ["reason"],
 )
+SNAPSHOT_READS = Counter(
+    "modelyard_registry_snapshot_reads_total",
+    "Catalogue snapshots read from the database; watchers asking at once share one.",
+)
 
 
 def count_write(kind: registry_pb2.ChangeKind.ValueType, revision: int) -> None:

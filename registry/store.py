@@ -29,6 +29,7 @@ from registry.models import ModelFilter
 from registry.paging import PageKey, decode_token, encode_token, page_size_of
 from registry.rollout import status as rollout_status
 from registry.rollout.edit import RouteEdit
+from registry.snapshots import SharedSnapshots
 from registry.tables import ModelRow, RouteRow
 from registry.validation import validate_route
 from registry.watch import BATCH, WatchHub, watch
@@ -125,6 +126,7 @@ class RegistryStore:
         # Within this process, queue writers here rather than in the database's lock wait.
         self._write_lock = asyncio.Lock()
         self.hub = WatchHub(self.revision, poll_interval_s)
+        self._snapshots = SharedSnapshots(self._read_snapshot)
 
     async def close(self) -> None:
         await self.hub.close()
@@ -291,7 +293,18 @@ class RegistryStore:
 
     # -- watch ---------------------------------------------------------------------
 
-    async def snapshot(self) -> registry_pb2.CatalogSnapshot:
+    async def snapshot(self) -> registry_pb2.WatchResponse:
+        """The whole catalogue at one revision (at least the current one) as a Watch
+        event, shared by the watchers that ask for it at once (`registry.snapshots`):
+        read it, never change it."""
+        return await self._snapshots.at(self.hub.latest)
+
+    @property
+    def snapshot_reads(self) -> int:
+        """Snapshots read from the database so far (watchers share them)."""
+        return self._snapshots.reads
+
+    async def _read_snapshot(self) -> registry_pb2.WatchResponse:
         """The whole catalogue at one revision, read in one consistent transaction."""
         async with self._reading() as session:
             revision = await changes.current_revision(session)
@@ -299,7 +312,10 @@ class RegistryStore:
             all_models = [convert.row_to_model(r) for r in rows]
             route_rows = await session.scalars(select(RouteRow).order_by(RouteRow.name))
             all_routes = [routes.row_to_route(r) for r in route_rows]
-        return registry_pb2.CatalogSnapshot(revision=revision, models=all_models, routes=all_routes)
+        snapshot = registry_pb2.CatalogSnapshot(
+            revision=revision, models=all_models, routes=all_routes
+        )
+        return registry_pb2.WatchResponse(snapshot=snapshot)
 
     async def changes_after(
         self, revision: int, limit: int

@@ -32,7 +32,9 @@ CLOSE_WAIT_S = 5.0
 
 
 class ChangeSource(Protocol):
-    async def snapshot(self) -> registry_pb2.CatalogSnapshot: ...
+    async def snapshot(self) -> registry_pb2.WatchResponse:
+        """A snapshot event (shared between watchers: read, never changed)."""
+        ...
 
     async def changes_after(
         self, revision: int, limit: int
@@ -145,8 +147,8 @@ async def watch(
         # resyncs like any watcher ahead of the database (never reaches a query).
         if since_revision == 0 or since_revision > MAX_REVISION:
             snapshot = await _snapshot(source, hub, "start" if since_revision == 0 else AHEAD)
-            last = snapshot.revision
-            yield registry_pb2.WatchResponse(snapshot=snapshot)
+            last = snapshot.snapshot.revision
+            yield snapshot
         while True:
             changes, current = await source.changes_after(last, batch)
             hub.advance(current)
@@ -154,8 +156,8 @@ async def watch(
                 reason = "resume_too_old" if last == since_revision else "behind_retention"
                 log.info("watcher at revision %d is past the change log; sending a snapshot", last)
                 snapshot = await _snapshot(source, hub, reason)
-                last = snapshot.revision
-                yield registry_pb2.WatchResponse(snapshot=snapshot)
+                last = snapshot.snapshot.revision
+                yield snapshot
                 continue
             for change in changes:
                 yield registry_pb2.WatchResponse(change=change)
@@ -172,10 +174,8 @@ def _gap(changes: list[registry_pb2.CatalogChange], last: int, current: int) -> 
     return current != last
 
 
-async def _snapshot(
-    source: ChangeSource, hub: WatchHub, reason: str
-) -> registry_pb2.CatalogSnapshot:
+async def _snapshot(source: ChangeSource, hub: WatchHub, reason: str) -> registry_pb2.WatchResponse:
     snapshot = await source.snapshot()
     metrics.SNAPSHOTS.labels(reason).inc()
-    hub.advance(snapshot.revision)
+    hub.advance(snapshot.snapshot.revision)
     return snapshot

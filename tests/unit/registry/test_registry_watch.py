@@ -206,3 +206,27 @@ async def test_a_watcher_reads_the_log_one_bounded_batch_at_a_time(store: Regist
 
     assert [e.change.revision for e in events] == list(range(2, 32))
     assert calls[:4] == [8, 8, 8, 6]  # never more than one batch in memory
+
+
+async def test_watchers_starting_at_once_share_one_snapshot_read(store: RegistryStore) -> None:
+    """A registry restart meets every worker's Watch at once: one database read serves
+    them all, an unchanged catalogue is not read again, and a write is seen by the next."""
+    for version in range(1, 4):
+        await store.register(make_model(version=str(version)))
+    streams = [store.watch(0) for _ in range(30)]
+    firsts = await asyncio.gather(*(take(s, 1) for s in streams))
+    later = store.watch(0)
+    [again] = await take(later, 1)
+    await store.register(make_model(version="4"))
+    [change] = await take(later, 1)
+    [fresh] = await take(store.watch(0), 1)
+    for stream in [*streams, later]:
+        await stream.aclose()
+
+    assert {e.snapshot.revision for [e] in firsts} == {3}
+    assert all(len(e.snapshot.models) == 3 for [e] in firsts)
+    assert again.snapshot == firsts[0][0].snapshot
+    assert change.change.revision == 4
+    assert fresh.snapshot.revision == 4
+    assert len(fresh.snapshot.models) == 4
+    assert store.snapshot_reads == 2
