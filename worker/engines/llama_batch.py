@@ -19,8 +19,9 @@ holding the most cells ends with CONTEXT_LENGTH, freeing its cells for the other
 Finished sequences' KV is saved to host memory as cached prefixes (`llama_prefix`)
 that a request sharing their first tokens starts from; they hold no cells.
 
-Everything here runs on the loop thread except `submit`, `cancel_all` and
-`stop`, which only touch the pending list under the lock.
+Everything here runs on the process's one llama.cpp compute thread
+(`llama_compute`: every model takes turns there, one step each) except `submit`,
+`wake` and `stop`, which only touch the pending list under its lock.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from worker.engines.base import (
     TokenLogprob,
 )
 from worker.engines.channel import DecodeFailed
+from worker.engines.llama_compute import COMPUTE
 from worker.engines.llama_grammar import GrammarDeadEnd, dead_end
 from worker.engines.llama_pieces import TokenPieces
 from worker.engines.llama_prefix import KvPrefixCache
@@ -54,12 +56,11 @@ log = logging.getLogger(__name__)
 # Prompt tokens per step while other sequences are decoding: bounds their stall to
 # one chunk's prefill (~0.3 s on 2 cores for SmolLM2) per step.
 PREFILL_CHUNK = 64
-IDLE_WAIT_S = 0.5
 KEPT_EVALUATED = 256  # recent requests whose evaluated prompt tokens `evaluated` remembers
 
 
 class BatchDecoder:
-    """Owns the context; `run` is the body of its one thread."""
+    """Owns the context; `turn` is one step of it on the compute thread."""
 
     def __init__(
         self,
@@ -95,12 +96,10 @@ class BatchDecoder:
         self._pending: collections.deque[Job] = collections.deque()
         self._slots: list[Slot] = []
         self._free_ids = list(range(n_seq - 1, -1, -1))
-        self._cond = threading.Condition()
+        self._cond = COMPUTE.cond  # one lock for every loop on the compute thread
         self._stopping = False
-        self._thread = threading.Thread(target=self.run, name=f"llama-{key}", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
+        self._stopped = threading.Event()  # set once the compute thread let go of it
+        COMPUTE.attach(self)  # takes turns from now on
 
     @property
     def pending(self) -> int:
@@ -120,33 +119,40 @@ class BatchDecoder:
             self._cond.notify()
 
     def stop(self) -> None:
-        """Blocking: end every stream as CANCELLED and join the thread."""
+        """Blocking (never on the compute thread): end every stream as CANCELLED and
+        wait until the compute thread has let go of the context."""
         with self._cond:
             self._stopping = True
-            self._cond.notify()
-        self._thread.join()
+            self._cond.notify_all()
+        self._stopped.wait()
         self._batch.close()
 
-    # -- the loop thread ------------------------------------------------------------
+    # -- on the compute thread ------------------------------------------------------
 
-    def run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._stopping and not self._slots and not self._pending:
-                    self._cond.wait(IDLE_WAIT_S)
-                if self._stopping:
-                    break
-                admitted = self._admit()
-            for slot in admitted:
-                self._start(slot)
-            try:
-                self._step()
-                if self._step_delay_s and self._slots:
-                    time.sleep(self._step_delay_s)  # simulated slow hardware
-            except Exception as err:
-                log.exception("llama.cpp decode step failed")
-                for slot in list(self._slots):
-                    self._end(slot, DecodeFailed(err))
+    def has_work(self) -> bool:
+        return self._stopping or bool(self._slots) or bool(self._pending)
+
+    def turn(self) -> bool:
+        with self._cond:
+            stopping = self._stopping
+            admitted = [] if stopping else self._admit()
+        if stopping:
+            self._wind_down()
+            self._stopped.set()
+            return False
+        for slot in admitted:
+            self._start(slot)
+        try:
+            self._step()
+            if self._step_delay_s and self._slots:
+                time.sleep(self._step_delay_s)  # simulated slow hardware
+        except Exception as err:
+            log.exception("llama.cpp decode step failed")
+            for slot in list(self._slots):
+                self._end(slot, DecodeFailed(err))
+        return True
+
+    def _wind_down(self) -> None:
         for slot in list(self._slots):
             self._end(slot, None)
         with self._cond:
@@ -328,15 +334,8 @@ class BatchDecoder:
         """One sampled token: stream it, or end the sequence."""
         job, req = slot.job, slot.job.request
         piece = self._piece(token)
-        if piece is None:
-            tail = slot.text.finish()
-            slot.reply.append(tail.text)
-            if tail.text and not job.emit(Piece(tail.text, ())):
-                self._end(slot, FinishReason.CANCELLED)
-            elif tail.stop is not None:
-                self._end(slot, FinishReason.STOP_SEQUENCE, tail.stop)
-            else:
-                self._end(slot, FinishReason.STOP)
+        if piece is None:  # end of generation
+            self._end_tail(slot, FinishReason.STOP)
             return
         slot.produced += 1
         self._counters.generated(1)

@@ -105,7 +105,6 @@ class LlamaCppEngine:
             prefix=_prefix_cache(spec, ctx, n_ctx),
             seq_cells=seq_cells,
         )
-        self._decoder.start()
         self._model, self._ctx, self._key, self._n_ctx = model, ctx, spec.key, seq_cells
         self._grammars = GrammarCompiler(model.vocab, int(model.n_vocab()))
         self._template = ChatTemplate.from_metadata(

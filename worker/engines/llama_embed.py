@@ -5,7 +5,8 @@ model serves every `Pooling` a request asks for; the model's own (its GGUF
 `<arch>.pooling_type`) is the default. One batch covers the whole context because
 encoder models (BERT) attend both ways and need an input in one micro-batch. The
 worker's admission gives the model one slot, so one batch runs at a time; the lock
-only guards against a misuse of that.
+only guards against a misuse of that. Batches run on the process's llama.cpp compute
+thread (`llama_compute`), between the generating models' steps.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 from worker.engines.base import EmbedRequest, EmbedResult, ModelSpec, Pooling
 from worker.engines.embed_common import fit_tokens, pool
+from worker.engines.llama_compute import COMPUTE
 
 # GGUF's llama_pooling_type values.
 _GGUF_POOLING = {1: Pooling.MEAN, 2: Pooling.CLS, 3: Pooling.LAST}
@@ -35,7 +37,7 @@ class LlamaEmbedder:
         return cls(await asyncio.to_thread(_open, spec), spec.key)
 
     async def embed(self, req: EmbedRequest) -> EmbedResult:
-        return await asyncio.to_thread(self._embed, req)
+        return await asyncio.wrap_future(COMPUTE.call(lambda: self._embed(req)))
 
     def close(self) -> None:
         with self._lock:  # a cancelled request's batch may still be running in its thread
