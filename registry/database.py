@@ -58,5 +58,13 @@ def _on_sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
         cursor.close()
 
 
+# Execution option of a session that reads before it writes: BEGIN IMMEDIATE takes the
+# write lock up front (waiting out busy_timeout). A deferred BEGIN's read snapshot cannot
+# become a write once another connection has committed: SQLite fails the write at once
+# with "database is locked", whatever busy_timeout says.
+WRITE_FIRST = {"sqlite_immediate": True}
+
+
 def _on_sqlite_begin(conn: Connection) -> None:
-    conn.exec_driver_sql("BEGIN")
+    immediate = conn.get_execution_options().get("sqlite_immediate", False)
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")

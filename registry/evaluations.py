@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from modelyard.errors import AlreadyExists, FieldViolation, InvalidArgument
 from modelyard.refs import NAME_PATTERN, VERSION_PATTERN, parse_ref
 from modelyard.v1 import outcomes_pb2
+from registry.database import WRITE_FIRST
 from registry.tables import EvaluationRunRow, EvaluationTargetRow
 
 MAX_ID_CHARS = 128
@@ -89,6 +90,7 @@ class EvaluationStore:
         if not stored.HasField("created_at"):
             stored.created_at.FromMilliseconds(int(self._clock() * 1000))
         async with self._sessions() as session:
+            await session.connection(execution_options=WRITE_FIRST)  # reads, then writes
             existing = await session.get(EvaluationRunRow, run.id)
             if existing is not None:
                 _check_same(existing, run)

@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import delete, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from registry.database import WRITE_FIRST
 from registry.outcomes import OutcomeStore, dialect_insert
 from registry.tables import WINDOW_SUMS, OutcomeRow, OutcomeWindowLatencyRow, OutcomeWindowRow
 
@@ -100,6 +101,8 @@ async def stop_folding(task: asyncio.Task[None]) -> None:
 async def _lock(session: AsyncSession, dialect: str) -> None:
     if dialect == "postgresql":
         await session.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": FOLD_LOCK_ID})
+    else:  # SQLite: the write lock before the read (registry.database.WRITE_FIRST)
+        await session.connection(execution_options=WRITE_FIRST)
 
 
 def _aggregate(

@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from modelyard.errors import AlreadyExists, FieldViolation, InvalidArgument, NotFound
 from modelyard.latency_buckets import bucket_of
 from modelyard.v1 import outcomes_pb2
+from registry.database import WRITE_FIRST
 from registry.outcome_stats import SeriesFilter, query_stats
 from registry.tables import OutcomeRow
 
@@ -69,6 +70,7 @@ class OutcomeStore:
         if not rows:
             return 0
         async with self.sessions() as session:
+            await session.connection(execution_options=WRITE_FIRST)  # reads, then writes
             known = set(
                 (
                     await session.scalars(

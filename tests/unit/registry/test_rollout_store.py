@@ -4,6 +4,7 @@ stage in the same write), operator controls, and evaluation runs with the gate."
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import time
 from collections.abc import AsyncIterator
@@ -270,6 +271,25 @@ async def test_evaluation_runs_are_idempotent_and_listed_by_model(
         await evaluations.record(too_many)
     with pytest.raises(InvalidArgument):
         await evaluations.record(run("x" * 129, 0.8, 0.7))
+
+
+async def test_evaluation_runs_recorded_at_once_by_two_replicas_all_land(
+    sqlite_store: RegistryStore, tmp_path: Path
+) -> None:
+    """Each record reads (is it a repeat?) before it writes; on SQLite a deferred read
+    could not become a write once the other replica had committed ("database is
+    locked" at once, as INTERNAL: seen in the gRPC fuzz), so it takes the lock first."""
+    other = await open_store(f"sqlite+aiosqlite:///{tmp_path / 'r.db'}", poll_interval_s=0.2)
+    try:
+        stores = [EvaluationStore(sqlite_store.engine), EvaluationStore(other.engine)]
+        stored = await asyncio.gather(
+            *(stores[i % 2].record(run(f"run-{i}", 0.8, 0.7)) for i in range(40))
+        )
+        listed = await stores[0].list(limit=100)
+    finally:
+        await other.close()
+    assert all(stored)
+    assert len(listed) == 40
 
 
 async def test_the_evaluation_gate_holds_the_rollout_until_a_run_passes(
