@@ -3,7 +3,8 @@ llama.cpp workers: TTFT p50/p95, throughput, cached-token fraction and load imba
 
     .venv/bin/python -m bench.prefix_bench [--workers 2] [--sessions 16] [--turns 6]
         [--questions 48] [--concurrency 8] [--reps 3] [--scale 1.0] [--max-tokens 16]
-        [--think-ms 0] [--cache-share 1.0] [--quick]
+        [--reply-tokens 214] [--user-sentences 6] [--think-ms 0] [--cache-share 1.0]
+        [--quick]
 
 One mesh (bench/prefix_pool.py: registry, SmolLM2 llama.cpp workers with one thread
 each, one router per policy over the same workers) runs both workloads
@@ -28,7 +29,15 @@ from bench.prefix_pool import (
     POLICIES,
     prefix_pool,
 )
-from bench.prefix_workload import Run, Sizes, multi_turn, shared_prompt, spread
+from bench.prefix_workload import (
+    REPLY_TOKENS,
+    USER_SENTENCES,
+    Run,
+    Sizes,
+    multi_turn,
+    shared_prompt,
+    spread,
+)
 from bench.report import machine, publish
 
 RESULTS = Path(__file__).parent / "results" / "prefix.md"
@@ -39,7 +48,9 @@ Results = dict[str, dict[str, list[Run]]]  # workload -> policy -> one Run per r
 def run_all(routers: Mapping[str, str], args: argparse.Namespace) -> Results:
     policies = list(routers)
     results: Results = {w: {p: [] for p in policies} for w in WORKLOADS}
-    sizes = Sizes(args.scale, args.max_tokens, args.think_ms)
+    sizes = Sizes(
+        args.scale, args.max_tokens, args.think_ms, args.reply_tokens, args.user_sentences
+    )
     for rep in range(args.reps):
         order = policies[rep % len(policies) :] + policies[: rep % len(policies)]
         for policy in order:
@@ -65,9 +76,9 @@ def run_all(routers: Mapping[str, str], args: argparse.Namespace) -> Results:
 
 def rows(runs: Mapping[str, list[Run]], workers: int) -> list[str]:
     out = [
-        "| policy | TTFT p50 ms | TTFT p95 ms | req/s | cached fraction | turns moved "
-        "| max share / fair | errors |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| policy | TTFT p50 ms | TTFT p95 ms | req/s | output tok/s | cached fraction "
+        "| turns moved | max share / fair | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for policy, reps in runs.items():
         errors = sum(sum(r.errors.values()) for r in reps)
@@ -75,6 +86,7 @@ def rows(runs: Mapping[str, list[Run]], workers: int) -> list[str]:
             f"| {policy} | {spread([r.ttft(0.5) for r in reps])} | "
             f"{spread([r.ttft(0.95) for r in reps])} | "
             f"{spread([r.requests_per_s for r in reps], '{:.2f}')} | "
+            f"{spread([r.output_tokens_per_s for r in reps], '{:.1f}')} | "
             f"{spread([r.cached_fraction for r in reps], '{:.2f}')} | "
             f"{spread([r.moved for r in reps], '{:.2f}')} | "
             f"{spread([r.max_share(workers) for r in reps], '{:.2f}')} | {errors} |"
@@ -101,7 +113,7 @@ def command(args: argparse.Namespace) -> str:
     if args.quick:
         return "python -m bench.prefix_bench --quick"
     flags = ("workers", "sessions", "turns", "questions", "concurrency", "reps", "scale")
-    dashed = ("max_tokens", "think_ms", "cache_share")
+    dashed = ("max_tokens", "reply_tokens", "user_sentences", "think_ms", "cache_share")
     text = " ".join(f"--{f} {getattr(args, f):g}" for f in (*flags, *dashed))
     for name in dashed:
         text = text.replace(name, name.replace("_", "-"))
@@ -116,8 +128,9 @@ def report(results: Results, args: argparse.Namespace) -> str:
         f"{args.workers} llama.cpp workers (SmolLM2-135M Q4_1, 1 thread, {PARALLEL_SEQUENCES} "
         f"parallel sequences, {CONTEXT_CELLS} KV cells in a stream per sequence, "
         f"a prefix cache of {args.cache_share * CONTEXT_CELLS:.0f} tokens in host memory), "
-        f"{args.max_tokens} output tokens a "
-        "request, "
+        f"chat turns of ~{args.user_sentences * args.scale * 22:.0f}-token questions and "
+        f"{args.reply_tokens}-token replies at most, {args.max_tokens} output tokens a "
+        "shared-prompt answer, "
         f"{args.reps} interleaved repetitions, text scale {args.scale:g}, think time "
         f"{args.think_ms:g} ms mean between a session's turns; `{command(args)}`. "
         "Policies: bench/prefix_pool.py says how each router is configured. Figures: "
@@ -149,7 +162,21 @@ def main() -> None:
         default=",".join(POLICIES),
         help=f"Comma list, prefix and load_only included (default: all of {', '.join(POLICIES)}).",
     )
-    parser.add_argument("--max-tokens", type=int, default=16, help="Output tokens a request.")
+    parser.add_argument(
+        "--max-tokens", type=int, default=16, help="Output tokens a shared-prompt answer."
+    )
+    parser.add_argument(
+        "--reply-tokens",
+        type=int,
+        default=REPLY_TOKENS,
+        help="A chat turn's reply, at most (default: LMSYS-Chat-1M's mean).",
+    )
+    parser.add_argument(
+        "--user-sentences",
+        type=int,
+        default=USER_SENTENCES,
+        help="A chat turn's question in ~22-token sentences, at scale 1.",
+    )
     parser.add_argument(
         "--scale", type=float, default=1.0, help="Text lengths (a slow machine: below 1)."
     )
@@ -169,7 +196,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.sessions, args.turns, args.questions, args.concurrency, args.reps = 2, 2, 4, 2, 1
-        args.scale = 0.2
+        args.scale, args.reply_tokens = 0.2, 16
     policies = args.policies.split(",")
     if not {"prefix", "load_only"} <= set(policies) <= set(POLICIES):
         parser.error(f"--policies: prefix, load_only and any of {', '.join(POLICIES)}")

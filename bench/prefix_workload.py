@@ -1,8 +1,11 @@
 """The prefix bench's two workloads, driven through one router, and what they measure.
 
 - multi-turn chat: `sessions` concurrent sessions of `turns` turns each; every turn
-  sends the whole history (a ~300-token system prompt of the session's own, then
-  ~200-token user messages and the replies), growing from ~500 to ~1,600 tokens;
+  sends the whole history (a ~300-token system prompt of the session's own, then the
+  user messages and the replies). Turn shapes follow LMSYS-Chat-1M's means (Zheng et
+  al., ICLR 2024: ~70 tokens a user message, ~214 a reply): at scale 0.5 a ~75-token
+  message asks for a list the model writes up to `reply_tokens`, and the history grows
+  from ~320 to ~1,800 tokens;
 - shared system prompt: `questions` short questions behind one ~1,000-token system
   prompt, `concurrency` at a time (RAG / agent style).
 
@@ -24,15 +27,26 @@ import grpc
 from modelyard.bundled import SMOLLM2_NAME
 from modelyard.v1 import common_pb2, router_pb2, router_pb2_grpc
 
+# A chat turn at scale 1.0: ~140 tokens of question (LMSYS-Chat-1M's ~70 at scale 0.5);
+# a reply of LMSYS-Chat-1M's mean length. The question asks for a list, which SmolLM2
+# writes to the limit (asked to summarise, it stops after ~40 tokens).
+USER_SENTENCES = 6
+REPLY_TOKENS = 214
+ASK = " List every record above, one per line."
+
 
 @dataclass(frozen=True)
 class Sizes:
-    """`scale` multiplies the texts' lengths (1.0: the sizes above); output tokens a request;
-    `think_ms`: the mean pause before a session's next turn (uniform in [0, 2x])."""
+    """`scale` multiplies the texts' lengths (1.0: the sizes above); `max_tokens`: output
+    tokens a shared-prompt answer; `think_ms`: the mean pause before a session's next turn
+    (uniform in [0, 2x]); `reply_tokens` and `user_sentences` (at scale 1.0): a chat
+    turn's reply and question."""
 
     scale: float = 1.0
     max_tokens: int = 16
     think_ms: float = 0.0
+    reply_tokens: int = REPLY_TOKENS
+    user_sentences: int = USER_SENTENCES
 
 
 TIMEOUT_S = 900.0
@@ -48,6 +62,7 @@ class Sample:
     cached_tokens: int
     session: str = ""  # multi-turn only: the session and its turn
     turn: int = 0
+    output_tokens: int = 0
 
 
 @dataclass
@@ -63,6 +78,11 @@ class Run:
     @property
     def requests_per_s(self) -> float:
         return len(self.samples) / self.wall_s if self.wall_s else 0.0
+
+    @property
+    def output_tokens_per_s(self) -> float:
+        out = sum(s.output_tokens for s in self.samples)
+        return out / self.wall_s if self.wall_s else 0.0
 
     @property
     def cached_fraction(self) -> float:
@@ -135,7 +155,16 @@ async def ask(
         run.errors[err.code().name] += 1
         return None
     ttft = ((first or time.perf_counter()) - began) * 1000
-    run.samples.append(Sample(ttft, worker, usage.input_tokens, usage.cached_input_tokens, *turn))
+    run.samples.append(
+        Sample(
+            ttft,
+            worker,
+            usage.input_tokens,
+            usage.cached_input_tokens,
+            *turn,
+            output_tokens=usage.output_tokens,
+        )
+    )
     return "".join(reply)
 
 
@@ -159,7 +188,8 @@ async def multi_turn(
         [pauses.uniform(0, 2 * sizes.think_ms) / 1000 for _ in range(turns)]
         for _ in range(sessions)
     ]
-    system_n, user_n = sentences(20, sizes.scale), sentences(13, sizes.scale)
+    system_n = sentences(20, sizes.scale)
+    user_n = sentences(sizes.user_sentences, sizes.scale)
 
     async def session(s: int) -> None:
         history = [message("system", f"Session {tag}-{s}. " + filler(f"{tag}-{s}", system_n))]
@@ -167,9 +197,9 @@ async def multi_turn(
             # Turn 0 too: sessions start spread out, as people arrive, not in one instant
             # (a burst of every first turn at once measures the burst, not the routing).
             await asyncio.sleep(think[s][t])
-            history.append(message("user", filler(f"{tag}-{s}-{t}", user_n) + " Summarise."))
+            history.append(message("user", filler(f"{tag}-{s}-{t}", user_n) + ASK))
             key = f"{tag}-{s}" if keyed else ""
-            reply = await ask(stub, history, key, run, sizes.max_tokens, (f"{s}", t))
+            reply = await ask(stub, history, key, run, sizes.reply_tokens, (f"{s}", t))
             if reply is None:
                 return
             history.append(message("assistant", reply))

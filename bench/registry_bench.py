@@ -1,4 +1,6 @@
-"""Registry bench: load 10,000 models, time ListModels pages and the Watch snapshot.
+"""Registry bench: load 10,000 models, time ListModels pages and the Watch snapshot
+(read from the database after a write, shared while the catalogue has not changed, and
+for 1,000 watchers starting at once, as after a registry restart).
 
     .venv/bin/python -m bench.registry_bench [--models 10000] [--postgres-url URL]
 
@@ -29,6 +31,7 @@ from modelyard.v1 import model_pb2
 from registry.store import ModelFilter, RegistryStore, open_store
 
 PAGE_SIZES = (10, 100, 1000)
+WATCHERS = 1000
 RESULTS = Path(__file__).parent / "results" / "registry.md"
 
 
@@ -39,7 +42,10 @@ class Result:
     load_s: float
     pages: dict[int, tuple[float, float, int]]  # size -> (p50 ms, p95 ms, pages timed)
     filtered: tuple[float, float]  # p50, p95 ms of a tag + label filtered page of 100
-    snapshot_ms: tuple[float, float]  # p50, p95 of Watch's first event
+    snapshot_ms: tuple[float, float]  # p50, p95 of Watch's first event after a write
+    cached_ms: tuple[float, float]  # the same, the catalogue unchanged since the last one
+    herd_s: float  # WATCHERS watchers starting at once: until the last has its snapshot
+    herd_reads: int  # database reads those watchers cost
 
 
 def model(i: int) -> model_pb2.Model:
@@ -94,17 +100,51 @@ async def run(backend: str, url: str, count: int) -> Result:
                 ModelFilter(tags=("t3",), label_selector="tier=paid,team!=team-1"), page_size=100
             )
             filtered.append((time.perf_counter() - started) * 1000)
-        snapshots: list[float] = []
-        for _ in range(5):
-            started = time.perf_counter()
-            stream = store.watch(0)
-            event = await anext(stream)
-            snapshots.append((time.perf_counter() - started) * 1000)
-            await stream.aclose()
-            assert len(event.snapshot.models) == count
-        return Result(backend, count, load_s, pages, percentiles(filtered), percentiles(snapshots))
+        fresh: list[float] = []
+        for i in range(5):  # a write first: the revision moves, the snapshot is read
+            await store.register(model(count + i))
+            fresh.append(await snapshot_ms(store, count + i + 1))
+        cached = [await snapshot_ms(store, count + 5) for _ in range(5)]
+        herd_s, reads = await herd(store, count + 6)
+        return Result(
+            backend,
+            count,
+            load_s,
+            pages,
+            percentiles(filtered),
+            percentiles(fresh),
+            percentiles(cached),
+            herd_s,
+            reads,
+        )
     finally:
         await store.close()
+
+
+async def snapshot_ms(store: RegistryStore, expect: int) -> float:
+    """Watch from scratch: ms to its first event, the snapshot of `expect` models."""
+    started = time.perf_counter()
+    stream = store.watch(0)
+    event = await anext(stream)
+    elapsed = (time.perf_counter() - started) * 1000
+    await stream.aclose()
+    assert len(event.snapshot.models) == expect
+    return elapsed
+
+
+async def herd(store: RegistryStore, expect: int) -> tuple[float, int]:
+    """WATCHERS watchers starting together after a write: (seconds until every one has
+    its snapshot, database reads they cost)."""
+    await store.register(model(expect - 1))
+    reads = store.snapshot_reads
+    streams = [store.watch(0) for _ in range(WATCHERS)]
+    started = time.perf_counter()
+    events = await asyncio.gather(*(anext(s) for s in streams))
+    elapsed = time.perf_counter() - started
+    for stream in streams:
+        await stream.aclose()
+    assert all(len(e.snapshot.models) == expect for e in events)
+    return elapsed, store.snapshot_reads - reads
 
 
 async def with_scratch_postgres(server_url: str, count: int) -> Result:
@@ -132,8 +172,9 @@ def markdown(results: list[Result]) -> str:
         "PostgreSQL is the test cluster of scripts/postgres.sh (fsync off).",
         "",
         "| backend | models | load (writes/s) | page 10 p50/p95 ms | page 100 p50/p95 ms "
-        "| page 1000 p50/p95 ms | filtered page 100 p50/p95 ms | Watch snapshot p50/p95 ms |",
-        "|---|---|---|---|---|---|---|---|",
+        "| page 1000 p50/p95 ms | filtered page 100 p50/p95 ms | Watch snapshot p50/p95 ms "
+        f"| unchanged catalogue p50/p95 ms | {WATCHERS:,} watchers at once |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         cells = [f"{r.pages[s][0]:.1f} / {r.pages[s][1]:.1f}" for s in PAGE_SIZES]
@@ -141,7 +182,9 @@ def markdown(results: list[Result]) -> str:
             f"| {r.backend} | {r.models:,} | {r.models / r.load_s:,.0f} | "
             + " | ".join(cells)
             + f" | {r.filtered[0]:.1f} / {r.filtered[1]:.1f}"
-            + f" | {r.snapshot_ms[0]:.0f} / {r.snapshot_ms[1]:.0f} |"
+            + f" | {r.snapshot_ms[0]:.0f} / {r.snapshot_ms[1]:.0f}"
+            + f" | {r.cached_ms[0]:.2f} / {r.cached_ms[1]:.2f}"
+            + f" | {r.herd_s:.2f} s, {r.herd_reads} database read(s) |"
         )
     return "\n".join(lines) + "\n"
 

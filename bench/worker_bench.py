@@ -1,11 +1,13 @@
 """Worker bench (llama.cpp): what the worker adds over bare llama-cpp-python, and batching.
 
     .venv/bin/python -m bench.worker_bench [--repeats 5] [--tokens 128] [--threads N]
-        [--stream-interval-ms 50]
+        [--stream-interval-ms 50] [--in-process]
 
-One worker in process serving SmolLM2 over gRPC, and llama-cpp-python's own `Llama` on the
-same file. Each repetition measures, in turn (so a busy spell of the shared machine hits
-both sides of a ratio alike):
+One worker serving SmolLM2 over gRPC, as its own process (`modelyard worker serve`, as
+deployed: its event loop and GIL serve only its side of the stream; `--in-process` runs
+it in the bench's process, sharing the client's loop and GIL), and llama-cpp-python's
+own `Llama` on the same file in the bench's process. Each repetition measures, in turn
+(so a busy spell of the shared machine hits both sides of a ratio alike):
 
 - decode tok/s after the first token, one greedy stream of `--tokens` tokens of a counting
   prompt (it cannot stop early): the worker over gRPC vs `Llama.create_completion(stream=True)`,
@@ -30,20 +32,24 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import statistics
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy
+import grpc
+from google.protobuf import json_format
 
+from bench.bare_llama import CONTEXT, BareBatch, bare_cold, bare_stream, on_bare, open_llama
 from bench.repeats import COUNTING, counting_prompt, spread
 from bench.report import machine, publish
-from modelyard.bundled import smollm2_model, smollm2_path
+from modelyard.bundled import smollm2_model
+from modelyard.local_mesh import free_port, spawn_service
 from modelyard.v1 import common_pb2, model_pb2, worker_pb2, worker_pb2_grpc
 from tests.worker_stub import serving
 from worker.artifacts.settings import ArtifactSettings
@@ -51,9 +57,7 @@ from worker.catalogue import FileCatalogue
 from worker.config import WorkerSettings
 
 RESULTS = Path(__file__).parent / "results" / "worker.md"
-CONTEXT = 2048
 STREAMS = (1, 8)
-BARE_BATCH_TOKENS = 512  # the worker's batch size (ModelSpec.batch_size)
 
 
 @dataclass
@@ -69,105 +73,6 @@ class Repetition:
     bare_prefill: float = 0.0  # bare batching: the same 8 prompts' first tokens, s
     bare_aggregate: float = 0.0  # bare batching: the same 8 streams' tok/s
     short: int = 0  # streams that produced fewer tokens than asked (should stay 0)
-
-
-def open_llama(threads: int) -> Any:
-    """Bare `Llama` with the worker's threads for both phases (its batch default: all cores)."""
-    from llama_cpp import Llama
-
-    return Llama(
-        str(smollm2_path()),
-        n_ctx=CONTEXT,
-        n_threads=threads,
-        n_threads_batch=threads,
-        verbose=False,
-    )
-
-
-def bare_stream(llama: Any, tokens: int) -> tuple[float, float, int]:
-    """(seconds to first token, decode tokens/s after it, tokens) with Llama's own streaming."""
-    start = time.perf_counter()
-    first = last = 0.0
-    n = 0
-    for _ in llama.create_completion(COUNTING, max_tokens=tokens, temperature=0, stream=True):
-        last = time.perf_counter()
-        first = first or last
-        n += 1
-    return first - start, (n - 1) / (last - first) if n > 1 else 0.0, n
-
-
-class BareBatch:
-    """Bare llama.cpp batching N prompts itself (its low-level API, no worker): one
-    `llama_decode` of every prompt as its own sequence, then one step per token holding
-    each sequence's next token, greedy. Its first tokens come as soon as one batched
-    prefill allows, and its tok/s is what the engine gives N streams."""
-
-    def __init__(self, llama: Any, sequences: int, threads: int) -> None:
-        import llama_cpp
-        from llama_cpp._internals import LlamaBatch, LlamaContext
-
-        params = llama_cpp.llama_context_default_params()
-        params.n_ctx, params.n_batch = CONTEXT, BARE_BATCH_TOKENS
-        params.n_ubatch, params.n_seq_max = BARE_BATCH_TOKENS, sequences
-        params.n_threads = params.n_threads_batch = threads
-        # As the worker's default: one KV cache all sequences share. llama.cpp's own
-        # default splits it into a stream per sequence (the worker's kv_unified "0"),
-        # where each token attends over its own sequence's cells only: on 8 x 180-token
-        # streams that gave 123 tok/s against 103 unified (medians of 7, EPYC), a
-        # difference of layout, not of the worker.
-        params.kv_unified = True
-        params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED  # as the worker
-        self._llama_cpp, self._llama = llama_cpp, llama
-        self._n_vocab = int(llama.n_vocab())
-        self._ctx: Any = LlamaContext(model=llama._model, params=params, verbose=False)
-        self._batch: Any = LlamaBatch(
-            n_tokens=BARE_BATCH_TOKENS, embd=0, n_seq_max=1, verbose=False
-        )
-
-    def run(self, prompts: list[str], tokens: int) -> tuple[float, float]:
-        """(seconds to every stream's first token, aggregate tok/s over the whole run)."""
-        lib, ctx, batch = self._llama_cpp, self._ctx, self._batch
-        encoded = [self._llama.tokenize(p.encode()) for p in prompts]
-        if sum(map(len, encoded)) > BARE_BATCH_TOKENS:  # the batch's arrays are that long
-            raise ValueError(f"the prompts exceed one batch of {BARE_BATCH_TOKENS} tokens")
-        lib.llama_memory_clear(lib.llama_get_memory(ctx.ctx), True)
-        batch.reset()
-        start = time.perf_counter()
-        rows = []
-        for seq_id, prompt in enumerate(encoded):
-            batch.add_sequence(prompt, seq_id, logits_all=False)
-            rows.append(batch.batch.n_tokens - 1)
-        ctx.decode(batch)
-        nexts = [self._greedy(row) for row in rows]
-        first = time.perf_counter() - start
-        n_past = [len(p) for p in encoded]
-        b = batch.batch
-        for _ in range(tokens - 1):
-            b.n_tokens = len(nexts)
-            for seq_id, token in enumerate(nexts):
-                b.token[seq_id], b.pos[seq_id] = token, n_past[seq_id]
-                b.n_seq_id[seq_id], b.seq_id[seq_id][0], b.logits[seq_id] = 1, seq_id, True
-                n_past[seq_id] += 1
-            ctx.decode(batch)
-            nexts = [self._greedy(row) for row in range(len(nexts))]
-        return first, len(prompts) * tokens / (time.perf_counter() - start)
-
-    def _greedy(self, row: int) -> int:
-        logits = self._llama_cpp.llama_get_logits_ith(self._ctx.ctx, row)
-        return int(numpy.ctypeslib.as_array(logits, shape=(self._n_vocab,)).argmax())
-
-    def close(self) -> None:
-        self._batch.close()
-        self._ctx.close()
-
-
-def bare_cold(threads: int) -> float:
-    started = time.perf_counter()
-    llama = open_llama(threads)
-    bare_stream(llama, 1)
-    seconds = time.perf_counter() - started
-    llama.close()
-    return seconds
 
 
 async def grpc_stream(
@@ -237,13 +142,13 @@ async def batching_round(
     same prompts (`base` on: none an earlier request used), averaged."""
     n = STREAMS[-1]
     halves = [[counting_prompt(base + 10 + 20 * h + i) for i in range(n)] for h in (0, 1)]
-    bare_runs = [await asyncio.to_thread(bare_batch.run, halves[0], tokens)]
+    bare_runs = [await on_bare(bare_batch.run, halves[0], tokens)]
     worker_runs = []
     for prompts in halves:
         rate, ttfts, short = await aggregate(stub, model, prompts, tokens)
         worker_runs.append((rate, statistics.median(ttfts), max(ttfts)))
         rep.short += short
-    bare_runs.append(await asyncio.to_thread(bare_batch.run, halves[1], tokens))
+    bare_runs.append(await on_bare(bare_batch.run, halves[1], tokens))
     rep.aggregate[n] = statistics.fmean(r[0] for r in worker_runs)
     rep.ttft[n] = statistics.fmean(r[1] for r in worker_runs)
     rep.last_ttft = statistics.fmean(r[2] for r in worker_runs)
@@ -264,7 +169,7 @@ async def repetition(
     rep = Repetition()
 
     async def bare() -> tuple[float, float, int]:
-        return bare_stream(llama, tokens)
+        return await on_bare(bare_stream, llama, tokens)
 
     async def worker() -> tuple[float, float, int]:
         return await grpc_stream(stub, model, tokens, COUNTING)
@@ -277,7 +182,7 @@ async def repetition(
     if paced is not None:
         sides["paced"] = paced_worker
     await decode_round(rep, sides, tokens)
-    rep.bare_cold = await asyncio.to_thread(bare_cold, threads)
+    rep.bare_cold = await on_bare(bare_cold, threads)
     rep.worker_cold = await worker_cold(stub, model)
     # Prompts no earlier request used: a cached prefix would shorten the prefill.
     base = 1000 + 100 * index
@@ -287,30 +192,69 @@ async def repetition(
     return rep
 
 
-async def run(repeats: int, tokens: int, threads: int, interval_ms: float) -> list[Repetition]:
+@contextlib.asynccontextmanager
+async def in_process_worker(
+    model: model_pb2.Model, threads: int, interval_ms: float, cache: Path
+) -> AsyncIterator[worker_pb2_grpc.WorkerServiceStub]:
+    settings = WorkerSettings(
+        address="127.0.0.1:0",
+        threads=threads,
+        context_length=CONTEXT,
+        stream_interval_ms=interval_ms,
+        artifacts=ArtifactSettings(cache_dir=cache),
+    )
+    async with serving(settings, FileCatalogue([model]), [model]) as stub:
+        yield stub
+
+
+@contextlib.asynccontextmanager
+async def worker_process(
+    model: model_pb2.Model, threads: int, interval_ms: float, cache: Path
+) -> AsyncIterator[worker_pb2_grpc.WorkerServiceStub]:
+    """`modelyard worker serve` with the model in its catalogue file, warm."""
+    name = f"worker-{interval_ms:g}"
+    catalog = cache / f"{name}.json"
+    catalog.write_text(json.dumps([json_format.MessageToDict(model)]))
+    address = f"127.0.0.1:{free_port()}"
+    args = ["worker", "serve", "--address", address, "--threads", str(threads)]
+    args += ["--context-length", str(CONTEXT), "--catalog-file", str(catalog)]
+    env = {
+        "MODELYARD_WORKER_ARTIFACTS_CACHE_DIR": str(cache / name),
+        "MODELYARD_WORKER_STREAM_INTERVAL_MS": f"{interval_ms:g}",
+    }
+    service = spawn_service(name, args, address, cache / f"{name}.log", env)
+    try:
+        await asyncio.to_thread(service.wait_healthy, 120)
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub = worker_pb2_grpc.WorkerServiceStub(channel)
+            await stub.LoadModel(worker_pb2.LoadModelRequest(model=model), timeout=120)
+            yield stub
+    finally:
+        service.stop()
+
+
+async def run(
+    repeats: int, tokens: int, threads: int, interval_ms: float, in_process: bool
+) -> list[Repetition]:
     model = smollm2_model()
     model.load_options.context_length = CONTEXT
-    with tempfile.TemporaryDirectory() as cache:
-        settings = WorkerSettings(
-            address="127.0.0.1:0",
-            threads=threads,
-            context_length=CONTEXT,
-            artifacts=ArtifactSettings(cache_dir=Path(cache)),
-        )
+    start_worker = in_process_worker if in_process else worker_process
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = Path(tmp)
         async with contextlib.AsyncExitStack() as stack:
-            catalogue = FileCatalogue([model])
-            stub = await stack.enter_async_context(serving(settings, catalogue, [model]))
+            stub = await stack.enter_async_context(start_worker(model, threads, 0.0, cache))
             paced = None
             if interval_ms > 0:
-                settings = settings.model_copy(update={"stream_interval_ms": interval_ms})
-                paced = await stack.enter_async_context(serving(settings, catalogue, [model]))
+                paced = await stack.enter_async_context(
+                    start_worker(model, threads, interval_ms, cache)
+                )
             for warm in (stub, paced):  # the first request's path, once
                 if warm is not None:
                     await grpc_stream(warm, model, 4, COUNTING)
-            llama = open_llama(threads)
+            llama = await on_bare(open_llama, threads)
             stack.callback(llama.close)
-            bare_stream(llama, 4)
-            bare_batch = BareBatch(llama, STREAMS[-1], threads)
+            await on_bare(bare_stream, llama, 4)
+            bare_batch = await on_bare(BareBatch, llama, STREAMS[-1], threads)
             stack.callback(bare_batch.close)
             return [
                 await repetition(stub, paced, model, llama, bare_batch, tokens, threads, i)
@@ -318,7 +262,9 @@ async def run(repeats: int, tokens: int, threads: int, interval_ms: float) -> li
             ]
 
 
-def report(reps: list[Repetition], tokens: int, threads: int, interval_ms: float) -> str:
+def report(
+    reps: list[Repetition], tokens: int, threads: int, interval_ms: float, in_process: bool
+) -> str:
     def each(f: Any) -> list[float]:
         return [float(f(r)) for r in reps]
 
@@ -342,7 +288,9 @@ def report(reps: list[Repetition], tokens: int, threads: int, interval_ms: float
         [
             "# Worker bench (llama.cpp)",
             "",
-            f"{machine()}; llama.cpp threads {threads}; SmolLM2-135M Q4_1, context {CONTEXT}, "
+            f"{machine()}; llama.cpp threads {threads}; the worker "
+            f"{'in the bench process' if in_process else 'a process of its own'}; "
+            f"SmolLM2-135M Q4_1, context {CONTEXT}, "
             f"greedy, {tokens} tokens of counting prompts; {len(reps)} interleaved "
             f"repetitions; streams that stopped short: {sum(r.short for r in reps)}.",
             "",
@@ -396,13 +344,22 @@ def cli() -> None:
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--stream-interval-ms", type=float, default=50.0)
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="Serve the worker in the bench's process (shares the client's loop and GIL).",
+    )
     args = parser.parse_args()
-    interval = args.stream_interval_ms
-    reps = asyncio.run(run(args.repeats, args.tokens, args.threads, interval))
-    # Another thread count than the default (all cores) is a comparison of its own.
-    default = args.threads == (os.cpu_count() or 1)
-    path = RESULTS if default else RESULTS.with_name(f"worker-threads{args.threads}.md")
-    publish(path, report(reps, args.tokens, args.threads, interval))
+    interval, in_process = args.stream_interval_ms, args.in_process
+    reps = asyncio.run(run(args.repeats, args.tokens, args.threads, interval, in_process))
+    # Another thread count than the default (all cores), or the worker in process, is a
+    # comparison of its own.
+    path = RESULTS
+    if args.threads != (os.cpu_count() or 1):
+        path = path.with_name(f"worker-threads{args.threads}.md")
+    if in_process:
+        path = path.with_name(path.stem + "-in-process.md")
+    publish(path, report(reps, args.tokens, args.threads, interval, in_process))
 
 
 if __name__ == "__main__":
