@@ -88,6 +88,7 @@ class BatchDecoder:
         # unified, its own stream's share when each sequence has one (kv_unified=0).
         self.seq_cells = n_ctx if seq_cells is None else seq_cells
         self._counters = counters
+        self._key = key  # the model, in logs (every model steps on one thread)
         self._step_delay_s = step_delay_s
         self.prefix = prefix
         # request id -> prompt tokens evaluated, for the most recent finished requests.
@@ -147,7 +148,7 @@ class BatchDecoder:
             if self._step_delay_s and self._slots:
                 time.sleep(self._step_delay_s)  # simulated slow hardware
         except Exception as err:
-            log.exception("llama.cpp decode step failed")
+            log.exception("llama.cpp decode step of %s failed", self._key)
             for slot in list(self._slots):
                 self._end(slot, DecodeFailed(err))
         return True
