@@ -16,22 +16,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import statistics
 import tempfile
 from pathlib import Path
 
-import grpc
-from google.protobuf import json_format
-
 from bench.bare_llama import CONTEXT
 from bench.repeats import COUNTING, spread
 from bench.report import machine, publish
-from bench.worker_bench import grpc_stream
+from bench.worker_bench import grpc_stream, worker_process
 from modelyard.bundled import smollm2_model
-from modelyard.local_mesh import free_port, spawn_service
-from modelyard.v1 import model_pb2, worker_pb2, worker_pb2_grpc
+from modelyard.v1 import model_pb2, worker_pb2
 
 RESULTS = Path(__file__).parent / "results" / "models.md"
 
@@ -48,37 +43,24 @@ def models() -> tuple[model_pb2.Model, model_pb2.Model]:
 async def measure(repeats: int, tokens: int, threads: int, tmp: Path) -> list[tuple[float, float]]:
     """(A's tok/s alone, with B loaded) per repetition."""
     first, second = models()
-    catalog = tmp / "catalog.json"
-    catalog.write_text(json.dumps([json_format.MessageToDict(m) for m in (first, second)]))
-    address = f"127.0.0.1:{free_port()}"
-    args = ["worker", "serve", "--address", address, "--threads", str(threads)]
-    args += ["--context-length", str(CONTEXT), "--catalog-file", str(catalog)]
-    env = {"MODELYARD_WORKER_ARTIFACTS_CACHE_DIR": str(tmp / "cache")}
-    service = spawn_service("worker", args, address, tmp / "worker.log", env)
-    try:
-        await asyncio.to_thread(service.wait_healthy, 120)
-        async with grpc.aio.insecure_channel(address) as channel:
-            stub = worker_pb2_grpc.WorkerServiceStub(channel)
-            await stub.LoadModel(worker_pb2.LoadModelRequest(model=first), timeout=120)
-            await grpc_stream(stub, first, 4, COUNTING)
+    async with worker_process(first, threads, 0.0, tmp, also=[second]) as stub:
+        await grpc_stream(stub, first, 4, COUNTING)
 
-            async def rate() -> float:
-                return (await grpc_stream(stub, first, tokens, COUNTING))[1]
+        async def rate() -> float:
+            return (await grpc_stream(stub, first, tokens, COUNTING))[1]
 
-            rows = []
-            for _ in range(repeats):
-                alone = [await rate()]
-                await stub.LoadModel(worker_pb2.LoadModelRequest(model=second), timeout=120)
-                await grpc_stream(stub, second, 4, COUNTING)  # B has computed, then idles
-                loaded = await rate()
-                await stub.UnloadModel(
-                    worker_pb2.UnloadModelRequest(name=second.name, version=second.version)
-                )
-                alone.append(await rate())
-                rows.append((statistics.fmean(alone), loaded))
-            return rows
-    finally:
-        service.stop()
+        rows = []
+        for _ in range(repeats):
+            alone = [await rate()]
+            await stub.LoadModel(worker_pb2.LoadModelRequest(model=second), timeout=120)
+            await grpc_stream(stub, second, 4, COUNTING)  # B has computed, then idles
+            loaded = await rate()
+            await stub.UnloadModel(
+                worker_pb2.UnloadModelRequest(name=second.name, version=second.version)
+            )
+            alone.append(await rate())
+            rows.append((statistics.fmean(alone), loaded))
+        return rows
 
 
 def report(rows: list[tuple[float, float]], tokens: int, threads: int) -> str:

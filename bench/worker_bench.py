@@ -37,7 +37,7 @@ import os
 import statistics
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -209,12 +209,16 @@ async def in_process_worker(
 
 @contextlib.asynccontextmanager
 async def worker_process(
-    model: model_pb2.Model, threads: int, interval_ms: float, cache: Path
+    model: model_pb2.Model,
+    threads: int,
+    interval_ms: float,
+    cache: Path,
+    also: Sequence[model_pb2.Model] = (),
 ) -> AsyncIterator[worker_pb2_grpc.WorkerServiceStub]:
-    """`modelyard worker serve` with the model in its catalogue file, warm."""
+    """`modelyard worker serve` with the model warm; `also` in its catalogue file, cold."""
     name = f"worker-{interval_ms:g}"
     catalog = cache / f"{name}.json"
-    catalog.write_text(json.dumps([json_format.MessageToDict(model)]))
+    catalog.write_text(json.dumps([json_format.MessageToDict(m) for m in (model, *also)]))
     address = f"127.0.0.1:{free_port()}"
     args = ["worker", "serve", "--address", address, "--threads", str(threads)]
     args += ["--context-length", str(CONTEXT), "--catalog-file", str(catalog)]

@@ -20,8 +20,8 @@ Finished sequences' KV is saved to host memory as cached prefixes (`llama_prefix
 that a request sharing their first tokens starts from; they hold no cells.
 
 Everything here runs on the process's one llama.cpp compute thread
-(`llama_compute`: every model takes turns there, one step each) except `submit`,
-`wake` and `stop`, which only touch the pending list under its lock.
+(`llama_compute`: every model takes turns there, one step each) except `submit`
+and `stop`, which only touch the pending list under its lock.
 """
 
 from __future__ import annotations
@@ -113,10 +113,6 @@ class BatchDecoder:
             self._pending.append(job)
             # Waiting here for cells counts as queued: the worker's status stays truthful.
             self._counters.enqueued(job.reserve)
-            self._cond.notify()
-
-    def wake(self) -> None:
-        with self._cond:
             self._cond.notify()
 
     def stop(self) -> None:
