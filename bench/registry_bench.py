@@ -1,6 +1,7 @@
 """Registry bench: load 10,000 models, time ListModels pages and the Watch snapshot
 (read from the database after a write, shared while the catalogue has not changed, and
-for 1,000 watchers starting at once, as after a registry restart).
+for 1,000 watchers starting at once, as after a registry restart, in process and over
+gRPC from another process).
 
     .venv/bin/python -m bench.registry_bench [--models 10000] [--postgres-url URL]
 
@@ -8,7 +9,9 @@ Runs on SQLite (a temporary file, WAL, synchronous=FULL) and on PostgreSQL when
 a URL is given or MODELYARD_TEST_POSTGRES_URL is set (scripts/postgres.sh prints
 one; it uses a scratch database it creates and drops). Calls go through the
 store in process, so the numbers are the database and the (de)serialization,
-not gRPC. Writes a markdown table to bench/results/registry.md.
+not gRPC, except the last column: 1,000 Watch streams over loopback gRPC from a
+process of their own (bench/watch_herd.py), with the registry's CPU meanwhile.
+Writes a markdown table to bench/results/registry.md.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from pathlib import Path
 from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from bench.watch_herd import Herd, grpc_herd
 from modelyard.v1 import model_pb2
 from registry.store import ModelFilter, RegistryStore, open_store
 
@@ -46,6 +50,7 @@ class Result:
     cached_ms: tuple[float, float]  # the same, the catalogue unchanged since the last one
     herd_s: float  # WATCHERS watchers starting at once: until the last has its snapshot
     herd_reads: int  # database reads those watchers cost
+    over_grpc: Herd  # WATCHERS Watch streams over gRPC, from another process
 
 
 def model(i: int) -> model_pb2.Model:
@@ -106,6 +111,8 @@ async def run(backend: str, url: str, count: int) -> Result:
             fresh.append(await snapshot_ms(store, count + i + 1))
         cached = [await snapshot_ms(store, count + 5) for _ in range(5)]
         herd_s, reads = await herd(store, count + 6)
+        await store.register(model(count + 6))
+        over_grpc = await grpc_herd(store, WATCHERS)
         return Result(
             backend,
             count,
@@ -116,6 +123,7 @@ async def run(backend: str, url: str, count: int) -> Result:
             percentiles(cached),
             herd_s,
             reads,
+            over_grpc,
         )
     finally:
         await store.close()
@@ -168,15 +176,20 @@ def markdown(results: list[Result]) -> str:
         "# Registry bench",
         "",
         f"`python -m bench.registry_bench` on {platform.machine()}, {os.cpu_count()} CPUs, "
-        f"Python {platform.python_version()}; store called in process (no gRPC). "
+        f"Python {platform.python_version()}; store called in process (no gRPC), except "
+        f"the last column: {WATCHERS:,} Watch streams over loopback gRPC (50 per connection) "
+        "from another process on the same cores, until the last has its snapshot, and the "
+        "registry process's CPU meanwhile. "
         "PostgreSQL is the test cluster of scripts/postgres.sh (fsync off).",
         "",
         "| backend | models | load (writes/s) | page 10 p50/p95 ms | page 100 p50/p95 ms "
         "| page 1000 p50/p95 ms | filtered page 100 p50/p95 ms | Watch snapshot p50/p95 ms "
-        f"| unchanged catalogue p50/p95 ms | {WATCHERS:,} watchers at once |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        f"| unchanged catalogue p50/p95 ms | {WATCHERS:,} watchers at once "
+        f"| {WATCHERS:,} watchers over gRPC |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
+        g = r.over_grpc
         cells = [f"{r.pages[s][0]:.1f} / {r.pages[s][1]:.1f}" for s in PAGE_SIZES]
         lines.append(
             f"| {r.backend} | {r.models:,} | {r.models / r.load_s:,.0f} | "
@@ -184,7 +197,9 @@ def markdown(results: list[Result]) -> str:
             + f" | {r.filtered[0]:.1f} / {r.filtered[1]:.1f}"
             + f" | {r.snapshot_ms[0]:.0f} / {r.snapshot_ms[1]:.0f}"
             + f" | {r.cached_ms[0]:.2f} / {r.cached_ms[1]:.2f}"
-            + f" | {r.herd_s:.2f} s, {r.herd_reads} database read(s) |"
+            + f" | {r.herd_s:.2f} s, {r.herd_reads} database read(s)"
+            + f" | {g.seconds:.1f} s, registry CPU {g.registry_cpu_s:.1f} s, "
+            f"{g.snapshot_bytes / 1e6:.1f} MB serialized {g.encodings} time(s) |"
         )
     return "\n".join(lines) + "\n"
 

@@ -5,7 +5,7 @@ Who may write is checked before any handler runs, by `registry.auth.registry_gat
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 from datetime import datetime
 from typing import Any, TypeAlias
@@ -127,15 +127,51 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         )
 
     @grpc_errors
-    async def Watch(
+    async def Watch(  # type: ignore[override]  # bytes: see add_to_server
         self, request: registry_pb2.WatchRequest, context: Context
-    ) -> AsyncIterator[registry_pb2.WatchResponse]:
+    ) -> AsyncIterator[registry_pb2.WatchResponse | bytes]:
         # Closed here, not whenever the collector finds it: a cancelled Watch stops counting
         # as a watcher (and lets the revision poller go) before the handler returns.
         async with aclosing(self._store.watch(request.since_revision)) as events:
             async for event in events:
-                yield event
+                yield self._store.wire(event)  # a shared snapshot goes as shared bytes
 
 
 def add_to_server(store: RegistryStore, server: grpc.aio.Server) -> None:
-    registry_pb2_grpc.add_RegistryServiceServicer_to_server(RegistryServicer(store), server)
+    """The generated registration, with Watch's serializer passing bytes through: a
+    snapshot (~1.8 MB at 10,000 models) is serialized once for every watcher, not once
+    per stream."""
+    captured = _Registrations()
+    registry_pb2_grpc.add_RegistryServiceServicer_to_server(RegistryServicer(store), captured)
+    service, methods = captured.service, dict(captured.methods)
+    watch = methods["Watch"]
+    methods["Watch"] = grpc.unary_stream_rpc_method_handler(
+        watch.unary_stream,
+        watch.request_deserializer,
+        _bytes_as_they_are(watch.response_serializer),
+    )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, methods),))
+    server.add_registered_method_handlers(service, methods)
+
+
+class _Registrations:
+    """Takes the generated code's registration in place of a server."""
+
+    def __init__(self) -> None:
+        self.service = ""
+        self.methods: dict[str, grpc.RpcMethodHandler] = {}
+
+    def add_generic_rpc_handlers(self, handlers: object) -> None:
+        pass  # the same methods come again, by name, below
+
+    def add_registered_method_handlers(
+        self, service: str, methods: dict[str, grpc.RpcMethodHandler]
+    ) -> None:
+        self.service, self.methods = service, methods
+
+
+def _bytes_as_they_are(serialize: Callable[[Any], bytes]) -> Callable[[Any], bytes]:
+    def serializer(reply: Any) -> bytes:
+        return reply if isinstance(reply, bytes) else serialize(reply)
+
+    return serializer

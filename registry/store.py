@@ -304,6 +304,17 @@ class RegistryStore:
         """Snapshots read from the database so far (watchers share them)."""
         return self._snapshots.reads
 
+    @property
+    def snapshot_encodings(self) -> int:
+        """Snapshots serialized for the wire so far (watchers share those too)."""
+        return self._snapshots.encodings
+
+    def wire(self, event: registry_pb2.WatchResponse) -> registry_pb2.WatchResponse | bytes:
+        """What a Watch stream sends for `event`: a shared snapshot as the bytes every
+        watcher is sent, anything else as it is (serialized per stream by gRPC)."""
+        encoded = self._snapshots.encoded(event)
+        return event if encoded is None else encoded
+
     async def _read_snapshot(self) -> registry_pb2.WatchResponse:
         """The whole catalogue at one revision, read in one consistent transaction."""
         async with self._reading() as session:

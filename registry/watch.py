@@ -149,6 +149,9 @@ async def watch(
             snapshot = await _snapshot(source, hub, "start" if since_revision == 0 else AHEAD)
             last = snapshot.snapshot.revision
             yield snapshot
+            # Nothing newer than a snapshot is known until the hub moves: asking the
+            # change log at once cost every watcher of a restart herd a query.
+            await hub.wait_past(last)
         while True:
             changes, current = await source.changes_after(last, batch)
             hub.advance(current)
@@ -158,6 +161,7 @@ async def watch(
                 snapshot = await _snapshot(source, hub, reason)
                 last = snapshot.snapshot.revision
                 yield snapshot
+                await hub.wait_past(last)
                 continue
             for change in changes:
                 yield registry_pb2.WatchResponse(change=change)

@@ -218,6 +218,51 @@ async def test_watch_streams_over_grpc_and_resumes(
     assert third.change.revision == 3 and third.change.model.version == "3"
 
 
+async def test_watchers_over_grpc_share_one_serialized_snapshot(tmp_path: Path) -> None:
+    """A registry restart meets every worker's Watch at once: the snapshot is read and
+    serialized once for all of them (through the gate and the server's interceptors, as
+    deployed), each watcher parses the whole catalogue, and a write makes the next
+    watcher's snapshot a new one."""
+    store = await open_store(f"sqlite+aiosqlite:///{tmp_path / 'registry.db'}")
+    running = await start_server(
+        "127.0.0.1:0",
+        functools.partial(add_to_server, store),
+        [SERVICE_NAME],
+        interceptors=[registry_gate("s3cret")],
+    )
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as chan:
+            stub = cast(
+                "registry_pb2_grpc.RegistryServiceAsyncStub",
+                registry_pb2_grpc.RegistryServiceStub(chan),
+            )
+            admin = bearer_metadata("s3cret")
+            for version in ("1", "2", "3"):
+                request = registry_pb2.RegisterModelRequest(model=model(version))
+                await stub.RegisterModel(request, metadata=admin)
+            calls = [stub.Watch(registry_pb2.WatchRequest()) for _ in range(20)]
+            firsts = await asyncio.wait_for(asyncio.gather(*(c.read() for c in calls)), 20)
+            encoded_once = store.snapshot_encodings
+            request = registry_pb2.RegisterModelRequest(model=model("4"))
+            await stub.RegisterModel(request, metadata=admin)
+            changes = await asyncio.wait_for(asyncio.gather(*(c.read() for c in calls)), 20)
+            fresh_call = stub.Watch(registry_pb2.WatchRequest())
+            fresh = await asyncio.wait_for(fresh_call.read(), 10)
+            for call in [*calls, fresh_call]:
+                call.cancel()
+    finally:
+        await running.stop(0)
+        await store.close()
+
+    assert encoded_once == 1
+    assert store.snapshot_encodings == 2
+    for first in firsts:
+        assert first.snapshot.revision == 3
+        assert [m.version for m in first.snapshot.models] == ["1", "2", "3"]
+    assert {(c.change.revision, c.change.model.version) for c in changes} == {(4, "4")}
+    assert fresh.snapshot.revision == 4 and len(fresh.snapshot.models) == 4
+
+
 @pytest.fixture
 async def guarded(tmp_path: Path) -> AsyncIterator[registry_pb2_grpc.RegistryServiceAsyncStub]:
     store = await open_store(f"sqlite+aiosqlite:///{tmp_path / 'registry.db'}")

@@ -230,3 +230,32 @@ async def test_watchers_starting_at_once_share_one_snapshot_read(store: Registry
     assert fresh.snapshot.revision == 4
     assert len(fresh.snapshot.models) == 4
     assert store.snapshot_reads == 2
+
+
+async def test_watchers_ask_the_change_log_only_once_the_catalogue_moves(
+    store: RegistryStore,
+) -> None:
+    """After its snapshot a watcher waits for the hub: a restart herd of watchers costs
+    no change-log query each, and a write reaches every one of them."""
+    await store.register(make_model(version="1"))
+    asked: list[int] = []
+    real = store.changes_after
+
+    async def spy(revision: int, limit: int) -> tuple[list[registry_pb2.CatalogChange], int]:
+        asked.append(revision)
+        return await real(revision, limit)
+
+    store.changes_after = spy  # type: ignore[method-assign]
+    streams = [store.watch(0) for _ in range(10)]
+    await asyncio.gather(*(take(s, 1) for s in streams))
+    nexts = [asyncio.ensure_future(take(s, 1)) for s in streams]
+    await asyncio.sleep(0.2)  # every watcher is now waiting for its next event
+    asked_before_write = list(asked)
+    await store.register(make_model(version="2"))
+    changes = await asyncio.gather(*nexts)
+    for stream in streams:
+        await stream.aclose()
+
+    assert asked_before_write == []
+    assert asked == [1] * 10
+    assert [e.change.revision for [e] in changes] == [2] * 10
