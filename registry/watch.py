@@ -149,10 +149,11 @@ async def watch(
             snapshot = await _snapshot(source, hub, "start" if since_revision == 0 else AHEAD)
             last = snapshot.snapshot.revision
             yield snapshot
-            # Nothing newer than a snapshot is known until the hub moves: asking the
-            # change log at once cost every watcher of a restart herd a query.
-            await hub.wait_past(last)
         while True:
+            if last == hub.latest:
+                # Nothing newer is known until the hub moves: a herd of watchers (given
+                # a snapshot, or resuming where they were) costs no change-log query each.
+                await hub.wait_past(last)
             changes, current = await source.changes_after(last, batch)
             hub.advance(current)
             if _gap(changes, last, current):
@@ -161,7 +162,6 @@ async def watch(
                 snapshot = await _snapshot(source, hub, reason)
                 last = snapshot.snapshot.revision
                 yield snapshot
-                await hub.wait_past(last)
                 continue
             for change in changes:
                 yield registry_pb2.WatchResponse(change=change)

@@ -235,8 +235,9 @@ async def test_watchers_starting_at_once_share_one_snapshot_read(store: Registry
 async def test_watchers_ask_the_change_log_only_once_the_catalogue_moves(
     store: RegistryStore,
 ) -> None:
-    """After its snapshot a watcher waits for the hub: a restart herd of watchers costs
-    no change-log query each, and a write reaches every one of them."""
+    """A watcher at the newest revision (just given a snapshot, or resuming there) waits
+    for the hub: a restart herd of watchers costs no change-log query each, and a write
+    reaches every one of them."""
     await store.register(make_model(version="1"))
     asked: list[int] = []
     real = store.changes_after
@@ -248,6 +249,7 @@ async def test_watchers_ask_the_change_log_only_once_the_catalogue_moves(
     store.changes_after = spy  # type: ignore[method-assign]
     streams = [store.watch(0) for _ in range(10)]
     await asyncio.gather(*(take(s, 1) for s in streams))
+    streams += [store.watch(1) for _ in range(5)]  # resuming where they were
     nexts = [asyncio.ensure_future(take(s, 1)) for s in streams]
     await asyncio.sleep(0.2)  # every watcher is now waiting for its next event
     asked_before_write = list(asked)
@@ -257,5 +259,5 @@ async def test_watchers_ask_the_change_log_only_once_the_catalogue_moves(
         await stream.aclose()
 
     assert asked_before_write == []
-    assert asked == [1] * 10
-    assert [e.change.revision for [e] in changes] == [2] * 10
+    assert asked == [1] * 15
+    assert [e.change.revision for [e] in changes] == [2] * 15
