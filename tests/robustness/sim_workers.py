@@ -117,6 +117,15 @@ async def sim_router(
         await server.stop(0)
 
 
+async def until_watching(router: RouterUnderTest, count: int) -> None:
+    """Wait until the router follows `count` workers' status streams."""
+    async with asyncio.timeout(30):
+        while True:
+            if sum(h.watching for h in router.pool.workers) == count:
+                return
+            await asyncio.sleep(0.05)
+
+
 async def running_sequences(address: str) -> int:
     async with grpc.aio.insecure_channel(address) as channel:
         stub = worker_pb2_grpc.WorkerServiceStub(channel)

@@ -28,6 +28,7 @@ from tests.robustness.sim_workers import (
     sim_worker,
     spawn_sim_worker,
     until_running,
+    until_watching,
 )
 from tests.unit.router.doubles import RouterUnderTest
 
@@ -44,14 +45,6 @@ async def complete(
     stub: router_pb2_grpc.RouterServiceAsyncStub, request: router_pb2.GenerateRequest
 ) -> list[router_pb2.GenerateResponse]:
     return [e async for e in stub.Generate(request, timeout=DEADLINE_S)]
-
-
-async def until_watching(router: RouterUnderTest, count: int) -> None:
-    async with asyncio.timeout(30):
-        while True:
-            if sum(h.watching for h in router.pool.workers) == count:
-                return
-            await asyncio.sleep(0.05)
 
 
 async def until_warm(router: RouterUnderTest, model: model_pb2.Model, count: int) -> None:
