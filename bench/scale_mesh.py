@@ -11,10 +11,12 @@ For each pool size, a fresh mesh: registry (SQLite) and router as their own proc
 the workers in `--hosts` processes (bench/scale_hosts.py), `--models` sim models each
 warm on two workers in 50 (every worker preloads two). Then:
 
-- idle, 10 s: router and registry CPU per second (status heartbeats and watches alone),
-  and resident memory: router, registry, and the worker hosts per worker;
+- idle, 10 s: CPU per second of router, registry, worker hosts and the bench process
+  (status heartbeats, watches and health checks alone), and resident memory: router,
+  registry, and the worker hosts per worker;
 - load: `--requests` streamed 16-token generations, 8 at a time, each for a random model:
-  the router's scheduling time (Timings.route_ms), TTFT, req/s, router CPU per request;
+  the router's scheduling time (Timings.route_ms), TTFT, req/s, router CPU per request,
+  and the CPU per second of each process;
 - churn: the same load for `--churn-s` seconds while workers leave and join at 5/s
   (each leaver deregisters from Consul, then drains and stops; each joiner starts,
   registers and preloads): requests that failed, and how many left and joined.
@@ -32,10 +34,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 
@@ -52,6 +55,7 @@ OPERATOR_KEY = "scale-operator"
 CHURN_PER_S = 5
 CONCURRENCY = 8
 IDLE_S = 10.0
+T = TypeVar("T")
 # Fast sim models: 1 ms a token, no early end, 1 GiB accounted (four fit a worker).
 EXTRA = {
     "sim_decode_ms_per_token": "1",
@@ -75,17 +79,16 @@ class Load:
 class Size:
     workers: int
     ready_s: float  # from the first host starting until the router lists every worker
-    router_idle_cpu: float  # CPU seconds per second
-    registry_idle_cpu: float
     router_rss: int
     registry_rss: int
     hosts_rss: int
     load: Load
     churn: Load
-    left: int = 0
-    joined: int = 0
-    # CPU seconds per second of the steady load, by process: where the cores went.
-    steady_cpu: dict[str, float] = field(default_factory=dict)
+    left: int
+    joined: int
+    # CPU seconds per second by process, idle (no requests) and under the steady load.
+    idle_cpu: dict[str, float]
+    steady_cpu: dict[str, float]
 
 
 class Hosts:
@@ -143,10 +146,13 @@ def cpu_by_process(pids: dict[str, list[int]]) -> dict[str, float]:
     return {**used, "load generator + Consul stand-in": mine.user + mine.system}
 
 
-def cpu_per_s(pid: int, seconds: float) -> float:
-    before = tree_cpu_s(pid)
-    time.sleep(seconds)
-    return (tree_cpu_s(pid) - before) / seconds
+def cpu_rates(groups: dict[str, list[int]], run: Callable[[], T]) -> tuple[dict[str, float], T]:
+    """What `run` returns, and each group's CPU seconds per second while it ran."""
+    before, began = cpu_by_process(groups), time.perf_counter()
+    result = run()
+    wall = time.perf_counter() - began
+    after = cpu_by_process(groups)
+    return {k: (after[k] - before[k]) / wall for k in after}, result
 
 
 async def listed_workers(router: str) -> int:
@@ -271,18 +277,16 @@ def measure(size: int, args: argparse.Namespace) -> Size:
         ready_s = time.monotonic() - began
         router_pid = mesh.service("router").process.pid
         registry_pid = mesh.service("registry").process.pid
-        time.sleep(2)
-        router_idle = cpu_per_s(router_pid, IDLE_S / 2)
-        registry_idle = cpu_per_s(registry_pid, IDLE_S / 2)
-        rss = (rss_bytes(router_pid), rss_bytes(registry_pid), sum(map(rss_bytes, hosts.pids)))
         groups = {"router": [router_pid], "registry": [registry_pid], "worker hosts": hosts.pids}
-        cpu_before, began = cpu_by_process(groups), time.perf_counter()
-        steady = asyncio.run(
-            load(mesh.router_address, args.models, float("inf"), args.requests, router_pid)
+        time.sleep(2)
+        idle_cpu, _ = cpu_rates(groups, lambda: time.sleep(IDLE_S))
+        rss = (rss_bytes(router_pid), rss_bytes(registry_pid), sum(map(rss_bytes, hosts.pids)))
+        steady_cpu, steady = cpu_rates(
+            groups,
+            lambda: asyncio.run(
+                load(mesh.router_address, args.models, float("inf"), args.requests, router_pid)
+            ),
         )
-        wall = time.perf_counter() - began
-        cpu_after = cpu_by_process(groups)
-        steady_cpu = {k: (cpu_after[k] - cpu_before[k]) / wall for k in cpu_after}
 
         async def churned() -> tuple[Load, int, int]:
             stop = time.monotonic() + args.churn_s
@@ -293,18 +297,7 @@ def measure(size: int, args: argparse.Namespace) -> Size:
             return await running, *moved
 
         churn_load, left, joined = asyncio.run(churned())
-        return Size(
-            size,
-            ready_s,
-            router_idle,
-            registry_idle,
-            *rss,
-            steady,
-            churn_load,
-            left,
-            joined,
-            steady_cpu,
-        )
+        return Size(size, ready_s, *rss, steady, churn_load, left, joined, idle_cpu, steady_cpu)
 
 
 def report(sizes: list[Size], args: argparse.Namespace) -> str:
@@ -318,20 +311,17 @@ def report(sizes: list[Size], args: argparse.Namespace) -> str:
         "the load generator and the Consul stand-in (in the bench process, running every "
         "worker's gRPC health check each 10 s) share the cores.",
         "",
-        "| workers | ready s | router idle CPU | registry idle CPU | router RSS MiB "
-        "| registry RSS MiB | host RSS per worker MiB |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        "| workers | ready s | router RSS MiB | registry RSS MiB | host RSS per worker MiB |",
+        "|---:|---:|---:|---:|---:|",
     ]
     for s in sizes:
         lines.append(
-            f"| {s.workers:,} | {s.ready_s:.0f} | {s.router_idle_cpu:.2f} | "
-            f"{s.registry_idle_cpu:.2f} | {s.router_rss / mib:.0f} | {s.registry_rss / mib:.0f} "
-            f"| {s.hosts_rss / s.workers / mib:.1f} |"
+            f"| {s.workers:,} | {s.ready_s:.0f} | {s.router_rss / mib:.0f} | "
+            f"{s.registry_rss / mib:.0f} | {s.hosts_rss / s.workers / mib:.1f} |"
         )
     lines += [
         "",
-        "Idle CPU: CPU seconds per second with no requests (status streams, heartbeats, "
-        "watches). Load: 16-token generations, 8 at a time, random model of "
+        "Load: 16-token generations, 8 at a time, random model of "
         f"{args.models}. Churn: the same load while workers leave and join at "
         f"{CHURN_PER_S}/s.",
         "",
@@ -352,15 +342,16 @@ def report(sizes: list[Size], args: argparse.Namespace) -> str:
             )
     lines += [
         "",
-        "CPU seconds per second during the steady load, by process (2 CPUs in all):",
+        "CPU seconds per second by process (2 CPUs in all), idle (no requests: status "
+        "streams, heartbeats, watches, health checks) and under the steady load:",
         "",
-        "| workers | " + " | ".join(sizes[0].steady_cpu) + " |",
-        "|---:|" + "---:|" * len(sizes[0].steady_cpu),
+        "| workers | phase | " + " | ".join(sizes[0].steady_cpu) + " |",
+        "|---:|---|" + "---:|" * len(sizes[0].steady_cpu),
     ]
     for s in sizes:
-        lines.append(
-            f"| {s.workers:,} | " + " | ".join(f"{v:.2f}" for v in s.steady_cpu.values()) + " |"
-        )
+        for phase, cpu in (("idle", s.idle_cpu), ("steady", s.steady_cpu)):
+            rates = " | ".join(f"{v:.2f}" for v in cpu.values())
+            lines.append(f"| {s.workers:,} | {phase} | {rates} |")
     errors = [
         f"{s.workers} workers, {p}: {r.first_error}"
         for s in sizes
