@@ -15,14 +15,20 @@ from router.workers import WorkerHandle
 log = logging.getLogger(__name__)
 
 # Before the first token these move on to the next candidate; anything else is the
-# answer (a bad request stays bad on every worker).
-_RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
+# answer (a bad request stays bad on every worker). CANCELLED: this router cancels its
+# calls only once its own request is over, so a CANCELLED it reads is the worker's: a
+# gRPC server that begins to stop (a worker leaving the pool) cancels the calls it had
+# not yet handed to the worker.
+_RETRYABLE = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.CANCELLED}
+)
 
 
 def refused(
     request_id: str, handle: WorkerHandle, err: grpc.aio.AioRpcError | NoFinish
 ) -> Retryable | Fatal:
-    """Try the next one (UNAVAILABLE, a full worker, no finish), or this is the answer."""
+    """Try the next one (UNAVAILABLE, CANCELLED, a full worker, no finish), or this is
+    the answer."""
     code = err.code() if isinstance(err, grpc.aio.AioRpcError) else None
     if code is not None and code not in _RETRYABLE:
         return Fatal(from_rpc_error(err))
