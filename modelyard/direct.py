@@ -30,7 +30,13 @@ from modelyard.v1 import common_pb2, router_pb2, worker_pb2, worker_pb2_grpc
 
 MAX_PICKS = 3  # picks for one generation: the first and two after failed workers
 MAX_CHANNELS = 8  # workers a client keeps a channel open to
-_RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
+# CANCELLED: a worker's gRPC server that begins to stop (the worker leaving the pool)
+# cancels the calls it had not yet handed to the worker. A call this client cancelled
+# itself says so in gRPC's own words and is never tried again.
+_RETRYABLE = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.CANCELLED}
+)
+_CANCELLED_HERE = "Locally cancelled by application!"
 _HEAD_ENDS = frozenset({"delta", "finished"})
 
 RouterEvent = router_pb2.GenerateResponse
@@ -88,6 +94,8 @@ class Picks:
         """Whether to ask again after `err` before the first token (then `pick`'s worker
         is excluded)."""
         if err.code() not in _RETRYABLE or self.tries >= MAX_PICKS:
+            return False
+        if err.code() == grpc.StatusCode.CANCELLED and err.details() == _CANCELLED_HERE:
             return False
         self.exclude.append(pick.worker_address)
         return True

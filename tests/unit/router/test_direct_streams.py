@@ -168,10 +168,18 @@ async def test_only_a_worker_may_report_an_outcome(tmp_path: Path) -> None:
         )
 
 
+@pytest.mark.parametrize(
+    "code, details",
+    [
+        (grpc.StatusCode.UNAVAILABLE, "gone"),
+        # A worker's gRPC server that begins to stop cancels calls not yet handed to it.
+        (grpc.StatusCode.CANCELLED, "CANCELLED"),
+    ],
+)
 async def test_a_worker_failing_before_the_first_token_makes_the_client_pick_again(
-    tmp_path: Path,
+    tmp_path: Path, code: grpc.StatusCode, details: str
 ) -> None:
-    broken = FakeWorker("broken", [started(), Fail(grpc.StatusCode.UNAVAILABLE, "gone")])
+    broken = FakeWorker("broken", [started(), Fail(code, details)])
     address = free_address()
     server = await start_server(
         address,
