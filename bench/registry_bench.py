@@ -51,6 +51,7 @@ class Result:
     herd_s: float  # WATCHERS watchers starting at once: until the last has its snapshot
     herd_reads: int  # database reads those watchers cost
     over_grpc: Herd  # WATCHERS Watch streams over gRPC, from another process
+    resumed: Herd  # the same, resuming at the newest revision, until a write reaches all
 
 
 def model(i: int) -> model_pb2.Model:
@@ -113,6 +114,7 @@ async def run(backend: str, url: str, count: int) -> Result:
         herd_s, reads = await herd(store, count + 6)
         await store.register(model(count + 6))
         over_grpc = await grpc_herd(store, WATCHERS)
+        resumed = await grpc_herd(store, WATCHERS, write=lambda: store.register(model(count + 7)))
         return Result(
             backend,
             count,
@@ -124,6 +126,7 @@ async def run(backend: str, url: str, count: int) -> Result:
             herd_s,
             reads,
             over_grpc,
+            resumed,
         )
     finally:
         await store.close()
@@ -179,14 +182,15 @@ def markdown(results: list[Result]) -> str:
         f"Python {platform.python_version()}; store called in process (no gRPC), except "
         f"the last column: {WATCHERS:,} Watch streams over loopback gRPC (50 per connection) "
         "from another process on the same cores, until the last has its snapshot, and the "
-        "registry process's CPU meanwhile. "
+        "registry process's CPU meanwhile; and 1,000 resuming at the newest revision, as "
+        "after a registry restart, until one write reaches them all. "
         "PostgreSQL is the test cluster of scripts/postgres.sh (fsync off).",
         "",
         "| backend | models | load (writes/s) | page 10 p50/p95 ms | page 100 p50/p95 ms "
         "| page 1000 p50/p95 ms | filtered page 100 p50/p95 ms | Watch snapshot p50/p95 ms "
         f"| unchanged catalogue p50/p95 ms | {WATCHERS:,} watchers at once "
-        f"| {WATCHERS:,} watchers over gRPC |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        f"| {WATCHERS:,} watchers over gRPC | {WATCHERS:,} resuming over gRPC |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         g = r.over_grpc
@@ -199,7 +203,8 @@ def markdown(results: list[Result]) -> str:
             + f" | {r.cached_ms[0]:.2f} / {r.cached_ms[1]:.2f}"
             + f" | {r.herd_s:.2f} s, {r.herd_reads} database read(s)"
             + f" | {g.seconds:.1f} s, registry CPU {g.registry_cpu_s:.1f} s, "
-            f"{g.snapshot_bytes / 1e6:.1f} MB serialized {g.encodings} time(s) |"
+            f"{g.snapshot_bytes / 1e6:.1f} MB serialized {g.encodings} time(s)"
+            + f" | {r.resumed.seconds:.1f} s, registry CPU {r.resumed.registry_cpu_s:.1f} s |"
         )
     return "\n".join(lines) + "\n"
 

@@ -3,7 +3,7 @@ after a registry restart, with the watchers in a process of their own so the reg
 CPU is its own.
 
 The bench side (`grpc_herd`) serves the store on loopback in this process and starts
-`python -m bench.watch_herd PORT N`, which opens N Watch streams on one channel, takes
+`python -m bench.watch_herd PORT N SINCE`, which opens N Watch streams, takes
 each first event as bytes (counted, not parsed: parsing is the watchers' cost, not the
 registry's) and prints the seconds until the last arrived.
 """
@@ -16,6 +16,7 @@ import json
 import resource
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import grpc
@@ -44,11 +45,18 @@ def _cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-async def grpc_herd(store: RegistryStore, watchers: int) -> Herd:
+async def grpc_herd(
+    store: RegistryStore, watchers: int, write: Callable[[], Awaitable[object]] | None = None
+) -> Herd:
+    """`watchers` Watch streams from a process of their own, each until its first event.
+    Without `write`, from scratch: that event is the snapshot. With it, resuming at the
+    current revision, as after a registry restart: once all of them watch, `write` runs
+    and its change is that first event."""
     running = await start_server(
         "127.0.0.1:0", functools.partial(add_to_server, store), [SERVICE_NAME]
     )
     try:
+        since = 0 if write is None else await store.revision()
         encodings = store.snapshot_encodings
         cpu = _cpu_s()
         child = await asyncio.create_subprocess_exec(
@@ -57,8 +65,13 @@ async def grpc_herd(store: RegistryStore, watchers: int) -> Herd:
             "bench.watch_herd",
             str(running.port),
             str(watchers),
+            str(since),
             stdout=asyncio.subprocess.PIPE,
         )
+        if write is not None:
+            async with asyncio.timeout(120):
+                await _every_one_watching(store, watchers)
+            await write()
         out, _ = await child.communicate()
         cpu = _cpu_s() - cpu
         if child.returncode != 0:
@@ -71,7 +84,14 @@ async def grpc_herd(store: RegistryStore, watchers: int) -> Herd:
         await running.stop(0)
 
 
-async def _watch_all(port: int, count: int) -> dict[str, float]:
+async def _every_one_watching(store: RegistryStore, watchers: int) -> None:
+    while True:
+        if store.hub.watchers >= watchers:
+            return
+        await asyncio.sleep(0.01)
+
+
+async def _watch_all(port: int, count: int, since: int) -> dict[str, float]:
     # Watchers are workers and routers, each on a connection of its own (and a server
     # takes at most 512 streams per connection): one connection per PER_CONNECTION.
     options = [
@@ -91,7 +111,8 @@ async def _watch_all(port: int, count: int) -> dict[str, float]:
             for channel in channels
         ]
         started = time.perf_counter()
-        calls = [watches[i % len(watches)](registry_pb2.WatchRequest()) for i in range(count)]
+        request = registry_pb2.WatchRequest(since_revision=since)
+        calls = [watches[i % len(watches)](request) for i in range(count)]
         firsts = await asyncio.gather(*(call.read() for call in calls))
         seconds = time.perf_counter() - started
         for call in calls:
@@ -105,4 +126,5 @@ async def _watch_all(port: int, count: int) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    json.dump(asyncio.run(_watch_all(int(sys.argv[1]), int(sys.argv[2]))), sys.stdout)
+    port, count, since = map(int, sys.argv[1:4])
+    json.dump(asyncio.run(_watch_all(port, count, since)), sys.stdout)

@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from modelyard.errors import InvalidArgument
 from modelyard.v1 import model_pb2, registry_pb2
 from registry import changes, convert, metrics, models, routes
+from registry.change_reads import SharedChangeReads
 from registry.database import create_engine, is_sqlite
 from registry.migrate import upgrade
 from registry.models import ModelFilter
@@ -127,6 +128,7 @@ class RegistryStore:
         self._write_lock = asyncio.Lock()
         self.hub = WatchHub(self.revision, poll_interval_s)
         self._snapshots = SharedSnapshots(self._read_snapshot)
+        self._change_reads = SharedChangeReads(self._read_changes)
 
     async def close(self) -> None:
         await self.hub.close()
@@ -329,6 +331,18 @@ class RegistryStore:
         return registry_pb2.WatchResponse(snapshot=snapshot)
 
     async def changes_after(
+        self, revision: int, limit: int
+    ) -> tuple[list[registry_pb2.CatalogChange], int]:
+        """Up to `limit` changes after `revision`, and the current revision; watchers
+        asking at once share one read (`registry.change_reads`)."""
+        return await self._change_reads.after(revision, limit)
+
+    @property
+    def change_reads(self) -> int:
+        """Change-log reads made for watchers so far."""
+        return self._change_reads.reads
+
+    async def _read_changes(
         self, revision: int, limit: int
     ) -> tuple[list[registry_pb2.CatalogChange], int]:
         async with self._reading() as session:

@@ -237,7 +237,7 @@ async def test_watchers_ask_the_change_log_only_once_the_catalogue_moves(
 ) -> None:
     """A watcher at the newest revision (just given a snapshot, or resuming there) waits
     for the hub: a restart herd of watchers costs no change-log query each, and a write
-    reaches every one of them."""
+    reaches every one of them through one read of the change log."""
     await store.register(make_model(version="1"))
     asked: list[int] = []
     real = store.changes_after
@@ -253,11 +253,14 @@ async def test_watchers_ask_the_change_log_only_once_the_catalogue_moves(
     nexts = [asyncio.ensure_future(take(s, 1)) for s in streams]
     await asyncio.sleep(0.2)  # every watcher is now waiting for its next event
     asked_before_write = list(asked)
+    reads = store.change_reads
     await store.register(make_model(version="2"))
     changes = await asyncio.gather(*nexts)
+    reads = store.change_reads - reads
     for stream in streams:
         await stream.aclose()
 
     assert asked_before_write == []
     assert asked == [1] * 15
+    assert reads == 1  # the 15 woken together share one read of the change log
     assert [e.change.revision for [e] in changes] == [2] * 15
