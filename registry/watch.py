@@ -1,8 +1,8 @@
 """Watch: a snapshot, then every change in revision order, for as long as the caller reads.
 
-Each watcher reads the change log itself, in batches, from the revision it has
-reached; in between it waits on the `WatchHub` and holds no database
-connection. The hub learns of new revisions two ways: the store tells it after
+Each watcher reads the change log in batches from the revision it has reached
+(watchers woken by the same write share one read: `registry.change_reads`); in
+between it waits on the `WatchHub` and holds no database connection. The hub learns of new revisions two ways: the store tells it after
 each commit in this process, and one poller per process reads the revision row
 every `poll_interval_s`, so writes made by another registry replica (sharing a
 PostgreSQL database) reach this replica's watchers too.
