@@ -2,8 +2,9 @@
 
 Each watcher reads the change log in batches from the revision it has reached
 (watchers woken by the same write share one read: `registry.change_reads`); in
-between it waits on the `WatchHub` and holds no database connection. The hub learns of new revisions two ways: the store tells it after
-each commit in this process, and one poller per process reads the revision row
+between it waits on the `WatchHub` and holds no database connection. The hub
+learns of new revisions two ways: the store tells it after each commit in this
+process, and one poller per process reads the revision row
 every `poll_interval_s`, so writes made by another registry replica (sharing a
 PostgreSQL database) reach this replica's watchers too.
 

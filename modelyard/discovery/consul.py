@@ -135,6 +135,8 @@ class ConsulRegistration:
                 async with asyncio.timeout(CALL_TIMEOUT_S):
                     await client.agent.service.deregister(self.spec.service_id)
                 log.info("deregistered %s from Consul", self.spec.service_id)
+                # Still serving: watchers drop it before the server stops taking calls.
+                await asyncio.sleep(self._settings.deregister_wait_s)
         except CONSUL_ERRORS as err:
             # The agent drops it once the check has been critical long enough.
             log.warning("could not deregister %s from Consul: %s", self.spec.service_id, err)

@@ -35,6 +35,16 @@ class DiscoverySettings(BaseSettings):
         ge=0,
         description="The agent drops a service critical this long (0: never).",
     )
+    deregister_wait_s: float = Field(
+        default=1.0,
+        ge=0,
+        le=60,
+        description=(
+            "After deregistering, how long a stopping service keeps taking calls before it "
+            "stops, so the routers and clients watching Consul drop it first (a call that "
+            "reaches a stopping gRPC server is cancelled)."
+        ),
+    )
     wait_s: float = Field(
         default=30.0, gt=0, description="Longest wait of one blocking query before it is renewed."
     )

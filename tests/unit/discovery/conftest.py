@@ -28,6 +28,7 @@ def fast_settings(agent: ConsulAgentStandIn, **overrides: object) -> DiscoverySe
         "check_interval_s": 0.1,
         "check_timeout_s": 1.0,
         "wait_s": 2.0,
+        "deregister_wait_s": 0.0,
         **overrides,
     }
     return DiscoverySettings.model_validate(values)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import consul
 import pytest
 from grpc_health.v1 import health_pb2
@@ -51,6 +53,30 @@ async def test_registers_with_grpc_check_then_deregisters(
 
     await registration.close()
     assert agent.service_ids() == []
+
+
+async def test_a_deregistered_service_keeps_serving_a_moment_before_it_stops(
+    agent: ConsulAgentStandIn, grpc_server: RunningServer
+) -> None:
+    """Watchers drop it before its server stops taking calls: a call that reaches a
+    stopping gRPC server is cancelled (what bench.scale_mesh's churn met)."""
+    registration = register_service(
+        name="modelyard-worker",
+        bind_address="127.0.0.1:0",
+        port=grpc_server.port,
+        service_id="worker-a",
+        grpc_service=SERVICE,
+        settings=fast_settings(agent, deregister_wait_s=0.5),
+    )
+    assert isinstance(registration, ConsulRegistration)
+    await eventually(lambda: agent.service_ids() == ["worker-a"])
+    await eventually(registration.registered.is_set)
+    closing = asyncio.ensure_future(registration.close())
+    await eventually(lambda: agent.service_ids() == [])
+    still_draining = not closing.done()
+    await closing
+
+    assert still_draining
 
 
 async def test_check_follows_grpc_health(
