@@ -25,18 +25,13 @@ from typing import Any
 import grpc
 
 from modelyard.client_connection import Connection
+from modelyard.errors import RETRY_ELSEWHERE
 from modelyard.tickets import TICKET_METADATA
 from modelyard.v1 import common_pb2, router_pb2, worker_pb2, worker_pb2_grpc
 
 MAX_PICKS = 3  # picks for one generation: the first and two after failed workers
 MAX_CHANNELS = 8  # workers a client keeps a channel open to
-# CANCELLED: a worker's gRPC server that begins to stop (the worker leaving the pool)
-# cancels the calls it had not yet handed to the worker. A call this client cancelled
-# itself says so in gRPC's own words and is never tried again.
-_RETRYABLE = frozenset(
-    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.CANCELLED}
-)
-_CANCELLED_HERE = "Locally cancelled by application!"
+_CANCELLED_HERE = "Locally cancelled by application!"  # gRPC's words for a caller's cancel
 _HEAD_ENDS = frozenset({"delta", "finished"})
 
 RouterEvent = router_pb2.GenerateResponse
@@ -93,7 +88,7 @@ class Picks:
     def retry(self, err: grpc.RpcError, pick: router_pb2.PickWorkerResponse) -> bool:
         """Whether to ask again after `err` before the first token (then `pick`'s worker
         is excluded)."""
-        if err.code() not in _RETRYABLE or self.tries >= MAX_PICKS:
+        if err.code() not in RETRY_ELSEWHERE or self.tries >= MAX_PICKS:
             return False
         if err.code() == grpc.StatusCode.CANCELLED and err.details() == _CANCELLED_HERE:
             return False

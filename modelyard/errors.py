@@ -32,6 +32,17 @@ class FieldViolation:
     description: str
 
 
+# A worker's failure before its first token that another worker may take instead (the
+# router's relay and the SDK's direct streams both follow it): unreachable, full, or
+# CANCELLED, which a gRPC server that begins to stop (a worker leaving the pool) gives
+# the calls it had not yet handed to the worker. Anything else is the answer: a bad
+# request stays bad on every worker. A caller's own cancel is never retried (asyncio
+# raises CancelledError for it; the SDK's sync call checks gRPC's words).
+RETRY_ELSEWHERE = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.CANCELLED}
+)
+
+
 class ModelyardError(Exception):
     """Base of all errors that cross a service boundary."""
 

@@ -7,21 +7,12 @@ import logging
 
 import grpc
 
-from modelyard.errors import from_rpc_error
+from modelyard.errors import RETRY_ELSEWHERE, from_rpc_error
 from router.relay.attempts import Fatal, Retryable
 from router.relay.stream import NoFinish, describe, for_client
 from router.workers import WorkerHandle
 
 log = logging.getLogger(__name__)
-
-# Before the first token these move on to the next candidate; anything else is the
-# answer (a bad request stays bad on every worker). CANCELLED: this router cancels its
-# calls only once its own request is over, so a CANCELLED it reads is the worker's: a
-# gRPC server that begins to stop (a worker leaving the pool) cancels the calls it had
-# not yet handed to the worker.
-_RETRYABLE = frozenset(
-    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.CANCELLED}
-)
 
 
 def refused(
@@ -30,7 +21,7 @@ def refused(
     """Try the next one (UNAVAILABLE, CANCELLED, a full worker, no finish), or this is
     the answer."""
     code = err.code() if isinstance(err, grpc.aio.AioRpcError) else None
-    if code is not None and code not in _RETRYABLE:
+    if code is not None and code not in RETRY_ELSEWHERE:
         return Fatal(from_rpc_error(err))
     failure = f"{handle.address} ({for_client(err)})"
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:

@@ -22,7 +22,7 @@ from registry.auth import SERVICE_NAME, registry_gate
 from registry.config import RegistrySettings
 from registry.main import serve
 from registry.service import add_to_server
-from registry.store import open_store
+from registry.store import RegistryStore, open_store
 
 
 @pytest.fixture
@@ -218,41 +218,28 @@ async def test_watch_streams_over_grpc_and_resumes(
     assert third.change.revision == 3 and third.change.model.version == "3"
 
 
-async def test_watchers_over_grpc_share_one_serialized_snapshot(tmp_path: Path) -> None:
+async def test_watchers_over_grpc_share_one_serialized_snapshot(
+    guarded_registry: tuple[registry_pb2_grpc.RegistryServiceAsyncStub, RegistryStore],
+) -> None:
     """A registry restart meets every worker's Watch at once: the snapshot is read and
     serialized once for all of them (through the gate and the server's interceptors, as
     deployed), each watcher parses the whole catalogue, and a write makes the next
     watcher's snapshot a new one."""
-    store = await open_store(f"sqlite+aiosqlite:///{tmp_path / 'registry.db'}")
-    running = await start_server(
-        "127.0.0.1:0",
-        functools.partial(add_to_server, store),
-        [SERVICE_NAME],
-        interceptors=[registry_gate("s3cret")],
-    )
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as chan:
-            stub = cast(
-                "registry_pb2_grpc.RegistryServiceAsyncStub",
-                registry_pb2_grpc.RegistryServiceStub(chan),
-            )
-            admin = bearer_metadata("s3cret")
-            for version in ("1", "2", "3"):
-                request = registry_pb2.RegisterModelRequest(model=model(version))
-                await stub.RegisterModel(request, metadata=admin)
-            calls = [stub.Watch(registry_pb2.WatchRequest()) for _ in range(20)]
-            firsts = await asyncio.wait_for(asyncio.gather(*(c.read() for c in calls)), 20)
-            encoded_once = store.snapshot_encodings
-            request = registry_pb2.RegisterModelRequest(model=model("4"))
-            await stub.RegisterModel(request, metadata=admin)
-            changes = await asyncio.wait_for(asyncio.gather(*(c.read() for c in calls)), 20)
-            fresh_call = stub.Watch(registry_pb2.WatchRequest())
-            fresh = await asyncio.wait_for(fresh_call.read(), 10)
-            for call in [*calls, fresh_call]:
-                call.cancel()
-    finally:
-        await running.stop(0)
-        await store.close()
+    stub, store = guarded_registry
+    admin = bearer_metadata("s3cret")
+    for version in ("1", "2", "3"):
+        await stub.RegisterModel(
+            registry_pb2.RegisterModelRequest(model=model(version)), metadata=admin
+        )
+    calls = [stub.Watch(registry_pb2.WatchRequest()) for _ in range(20)]
+    firsts = await asyncio.wait_for(asyncio.gather(*(c.read() for c in calls)), 20)
+    encoded_once = store.snapshot_encodings
+    await stub.RegisterModel(registry_pb2.RegisterModelRequest(model=model("4")), metadata=admin)
+    changes = await asyncio.wait_for(asyncio.gather(*(c.read() for c in calls)), 20)
+    fresh_call = stub.Watch(registry_pb2.WatchRequest())
+    fresh = await asyncio.wait_for(fresh_call.read(), 10)
+    for call in [*calls, fresh_call]:
+        call.cancel()
 
     assert encoded_once == 1
     assert store.snapshot_encodings == 2
@@ -264,7 +251,10 @@ async def test_watchers_over_grpc_share_one_serialized_snapshot(tmp_path: Path) 
 
 
 @pytest.fixture
-async def guarded(tmp_path: Path) -> AsyncIterator[registry_pb2_grpc.RegistryServiceAsyncStub]:
+async def guarded_registry(
+    tmp_path: Path,
+) -> AsyncIterator[tuple[registry_pb2_grpc.RegistryServiceAsyncStub, RegistryStore]]:
+    """A registry behind its gate (admin token "s3cret"), and its store."""
     store = await open_store(f"sqlite+aiosqlite:///{tmp_path / 'registry.db'}")
     running = await start_server(
         "127.0.0.1:0",
@@ -273,12 +263,17 @@ async def guarded(tmp_path: Path) -> AsyncIterator[registry_pb2_grpc.RegistrySer
         interceptors=[registry_gate("s3cret")],
     )
     async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as chan:
-        yield cast(
-            "registry_pb2_grpc.RegistryServiceAsyncStub",
-            registry_pb2_grpc.RegistryServiceStub(chan),
-        )
+        stub = registry_pb2_grpc.RegistryServiceStub(chan)
+        yield cast("registry_pb2_grpc.RegistryServiceAsyncStub", stub), store
     await running.stop(0)
     await store.close()
+
+
+@pytest.fixture
+def guarded(
+    guarded_registry: tuple[registry_pb2_grpc.RegistryServiceAsyncStub, RegistryStore],
+) -> registry_pb2_grpc.RegistryServiceAsyncStub:
+    return guarded_registry[0]
 
 
 async def test_writes_need_the_admin_token_reads_do_not(
