@@ -19,8 +19,10 @@ from modelyard.v1 import common_pb2
 EngineKind: TypeAlias = common_pb2.Engine.ValueType
 
 ALLOWED: Mapping[EngineKind, frozenset[str]] = {
-    # worker/engines/llama_cpp.py reads these three.
-    common_pb2.ENGINE_LLAMA_CPP: frozenset({"n_gpu_layers", "flash_attn", "kv_unified"}),
+    # worker/engines/llama_cpp.py reads these four.
+    common_pb2.ENGINE_LLAMA_CPP: frozenset(
+        {"n_gpu_layers", "flash_attn", "kv_unified", "prefix_cache_replies"}
+    ),
     # worker/engines/transformers.py: the torch device and dtype.
     common_pb2.ENGINE_TRANSFORMERS: frozenset({"device", "dtype"}),
     # worker/engines/vllm.py: its own keys, then AsyncEngineArgs fields that tune memory,
@@ -84,6 +86,7 @@ VALUES: Mapping[EngineKind, Mapping[str, Callable[[str], str | None]]] = {
     common_pb2.ENGINE_LLAMA_CPP: {
         "flash_attn": _flag,
         "kv_unified": _flag,
+        "prefix_cache_replies": _flag,
         "n_gpu_layers": _integer,
     },
 }

@@ -69,8 +69,10 @@ class WorkerSettings(ServiceSettings):
             "prompts), as a multiple of its context in tokens: llama.cpp keeps it in host "
             "memory (counted in the model's memory estimate), vLLM's automatic prefix "
             "caching is on when it is above 0. 0 (the default): no reuse. Opt-in because "
-            "llama.cpp's greedy output with a reused prefix can differ from a cold run after "
-            "a few tokens (its float sums depend on the batch shape); 0.5 is a good value."
+            "llama.cpp's greedy output from a reused reply can differ from a cold run after "
+            "a few tokens (a reply's KV comes from one-token decode steps, which round "
+            "differently from a prefill); a model's load option prefix_cache_replies: '0' "
+            "keeps prompt KV only, and its reuse is exact. 0.5 is a good value."
         ),
     )
     max_queued_requests: int = Field(

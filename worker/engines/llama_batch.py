@@ -284,6 +284,8 @@ class BatchDecoder:
                 break
             prompt = slot.job.prompt_tokens
             take = min(budget, len(prompt) - slot.fed)
+            if take > 1 and len(prompt) - slot.fed - take == 1:
+                take -= 1  # the last prompt token never in a batch of its own (llama_prefix)
             for i in range(slot.fed, slot.fed + take):
                 add(prompt[i], slot, i == len(prompt) - 1)
             slot.fed += take
@@ -386,10 +388,14 @@ class BatchDecoder:
         if self.prefix is None:
             return
         req = slot.job.request
+        n_prompt = len(slot.job.prompt_tokens)
+        replies = self.prefix.replies
         # Its chains only once the whole prompt is in: a prefix cut mid-prompt holds none.
-        whole = slot.fed == len(slot.job.prompt_tokens)
-        chains = finished_chains(req, "".join(slot.reply), reason) if whole else []
-        self.prefix.keep(slot.seq_id, slot.kv, chains)
+        whole = slot.fed == n_prompt
+        chains = (
+            finished_chains(req, "".join(slot.reply), reason, with_reply=replies) if whole else []
+        )
+        self.prefix.keep(slot.seq_id, slot.kv if replies else slot.kv[:n_prompt], chains)
 
     def _memory_seq_rm(self, seq_id: int) -> None:
         memory = self._llama_cpp.llama_get_memory(self._ctx.ctx)

@@ -292,7 +292,8 @@ def _prefix_cache(spec: ModelSpec, ctx: Any, n_ctx: int) -> KvPrefixCache | None
     import llama_cpp
 
     limit = prefix_cache_tokens(n_ctx, spec.prefix_cache_share)
-    return KvPrefixCache(llama_cpp, ctx, limit=limit) if limit > 0 else None
+    replies = _flag(spec, "prefix_cache_replies", default=True)
+    return KvPrefixCache(llama_cpp, ctx, limit=limit, replies=replies) if limit > 0 else None
 
 
 def _close(model: Any, ctx: Any) -> None:

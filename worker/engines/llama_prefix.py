@@ -1,14 +1,26 @@
 """Prefix reuse for the llama.cpp batched engine: finished sequences' KV kept in host
 memory as an LRU, restored into a new request's sequence.
 
-When a sequence finishes, its KV (the whole prompt and the reply tokens it fed) is
-saved out of the context (`llama_state_seq_get_data`: ~23 KB a token for SmolLM2,
-~15 ms per 1,000 tokens) and its cells are freed. A new request looks up the
-longest cached token prefix of its prompt (an index of rolling hashes of
-BLOCK-token blocks finds the candidates, then the tokens are compared exactly),
-restores that entry into its own sequence (`llama_state_seq_set_data`: ~3 ms per
-1,000 tokens, logits bit-identical to a cold prefill), drops the positions past the
-common prefix and prefills only the rest, always at least its last token.
+When a sequence finishes, its KV (the whole prompt and, unless the model's
+`prefix_cache_replies` is "0", the reply tokens it fed) is saved out of the context
+(`llama_state_seq_get_data`: ~23 KB a token for SmolLM2, ~15 ms per 1,000 tokens)
+and its cells are freed. A new request looks up the longest cached token prefix of
+its prompt (an index of rolling hashes of BLOCK-token blocks finds the candidates,
+then the tokens are compared exactly), restores that entry into its own sequence
+(`llama_state_seq_set_data`: ~3 ms per 1,000 tokens), drops the positions past the
+common prefix and prefills only the rest, always at least MIN_EVALUATED tokens.
+
+Greedy output with reuse is bit-identical to a cold run's when the reused KV came
+from prefill. On this CPU build a token's KV and logits are the same whatever the
+size of the prefill batch that computed them, from two tokens up; a batch of one
+token (every decode step of a lone sequence) rounds differently
+(tests/unit/worker/test_llama_prefix_cache.py checks both). So the last prompt token
+never runs alone: a request evaluates at least MIN_EVALUATED tokens, and the decoder
+never leaves one prompt token for a step of its own. A reply's KV comes from decode
+steps, so reusing it (a chat's next turn, the default) can flip a later near-tie, as
+llama.cpp's server warns of its own prompt cache; `prefix_cache_replies: "0"` keeps
+the prompt's KV only and makes every reuse exact, at the price of prefilling the last
+reply again.
 
 Why not keep the cells in the context, shared with `llama_memory_seq_cp`: in a
 unified KV cache every sequence attends over every used cell (masked, but computed),
@@ -40,6 +52,8 @@ from worker.engines.prefix_summary import PrefixSummary, summary_links
 BLOCK = 32  # tokens per index block: a prefix shorter than one block is not worth a lookup
 # Entries at most: bounds the lookup index and the summary's work.
 MAX_CACHED_PREFIXES = 64
+# Prompt tokens a request evaluates at least: a one-token batch rounds differently (above).
+MIN_EVALUATED = 2
 
 
 def prefix_cache_tokens(n_ctx: int, share: float) -> int:
@@ -77,9 +91,10 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 
 
 class KvPrefixCache:
-    def __init__(self, llama_cpp: Any, ctx: Any, *, limit: int) -> None:
+    def __init__(self, llama_cpp: Any, ctx: Any, *, limit: int, replies: bool = True) -> None:
         self._llama_cpp, self._ctx = llama_cpp, ctx
         self.limit = limit
+        self.replies = replies  # keep the KV of reply tokens too (reuse then not bit-exact)
         self._ids = itertools.count()
         self._entries: collections.OrderedDict[int, CachedPrefix] = collections.OrderedDict()
         self._index: dict[int, set[int]] = collections.defaultdict(set)
@@ -90,7 +105,8 @@ class KvPrefixCache:
 
     def match(self, prompt: Sequence[int]) -> tuple[CachedPrefix | None, int]:
         """The entry holding the longest prefix of `prompt`, and how many of its tokens
-        to reuse (at most all but the prompt's last); (None, 0) when none holds a block."""
+        to reuse (all but the prompt's last MIN_EVALUATED at most); (None, 0) when none
+        holds a block."""
         best: CachedPrefix | None = None
         best_len = 0
         for key in reversed(block_keys(prompt)):
@@ -101,7 +117,7 @@ class KvPrefixCache:
                     best, best_len = entry, n
             if best is not None:
                 break
-        best_len = min(best_len, len(prompt) - 1)
+        best_len = min(best_len, len(prompt) - MIN_EVALUATED)
         if best is None or best_len < BLOCK:
             return None, 0
         self._entries.move_to_end(best.id)
@@ -135,8 +151,9 @@ class KvPrefixCache:
         return True
 
     def keep(self, seq_id: int, tokens: list[int], chains: Sequence[PrefixChain]) -> None:
-        """A finished live sequence's KV, saved as the newest entry if it fits the limit,
-        replacing entries it extends; the live sequence itself is left to its owner."""
+        """A finished live sequence's KV of positions 0..len(tokens)-1, saved as the newest
+        entry if it fits the limit, replacing entries it extends; the live sequence is
+        left to its owner (cut to those positions)."""
         if len(tokens) < BLOCK or len(tokens) > self.limit:
             return
         for old in self._entries.values():
@@ -145,7 +162,7 @@ class KvPrefixCache:
                 self._entries.move_to_end(old.id)
                 self._publish()
                 return
-        state = self._save(seq_id)
+        state = self._save(seq_id, len(tokens))
         if state is None:
             return
         held: list[tuple[int, ...]] = []
@@ -174,7 +191,9 @@ class KvPrefixCache:
 
     # -- internals -----------------------------------------------------------------
 
-    def _save(self, seq_id: int) -> bytearray | None:
+    def _save(self, seq_id: int, n: int) -> bytearray | None:
+        memory = self._llama_cpp.llama_get_memory(self._ctx.ctx)
+        self._llama_cpp.llama_memory_seq_rm(memory, seq_id, n, -1)  # positions past `tokens`
         size = int(self._llama_cpp.llama_state_seq_get_size(self._ctx.ctx, seq_id))
         if size <= 0:
             return None

@@ -49,11 +49,14 @@ def request_chain(req: EngineRequest) -> PrefixChain:
     return chain_of_request(req.prompt, req.messages)
 
 
-def finished_chains(req: EngineRequest, reply: str, reason: FinishReason) -> list[PrefixChain]:
-    """The chains a finished request's KV holds: its own, and for a chat the chain with the
-    assistant's reply as one more message (the next turn of the conversation starts so)."""
+def finished_chains(
+    req: EngineRequest, reply: str, reason: FinishReason, *, with_reply: bool = True
+) -> list[PrefixChain]:
+    """The chains a finished request's KV holds: its own, and for a chat whose reply's KV
+    is kept (`with_reply`) the chain with the assistant's reply as one more message (the
+    next turn of the conversation starts so)."""
     chains = [request_chain(req)]
-    if req.messages and req.prompt_token_ids is None and reason in _COMPLETE:
+    if with_reply and req.messages and req.prompt_token_ids is None and reason in _COMPLETE:
         chains.append(chain_of_messages([*req.messages, ChatTurn("assistant", reply)]))
     return [c for c in chains if c.hashes]
 
