@@ -387,14 +387,12 @@ class BatchDecoder:
         """The sequence's KV becomes a cached prefix (a decode failure's is never kept)."""
         if self.prefix is None:
             return
-        req = slot.job.request
-        n_prompt = len(slot.job.prompt_tokens)
-        replies = self.prefix.replies
+        n_prompt, replies = len(slot.job.prompt_tokens), self.prefix.replies
         # Its chains only once the whole prompt is in: a prefix cut mid-prompt holds none.
-        whole = slot.fed == n_prompt
-        chains = (
-            finished_chains(req, "".join(slot.reply), reason, with_reply=replies) if whole else []
-        )
+        chains = []
+        if slot.fed == n_prompt:
+            reply = "".join(slot.reply)
+            chains = finished_chains(slot.job.request, reply, reason, with_reply=replies)
         self.prefix.keep(slot.seq_id, slot.kv if replies else slot.kv[:n_prompt], chains)
 
     def _memory_seq_rm(self, seq_id: int) -> None:

@@ -183,6 +183,13 @@ class LlamaCppEngine:
             return None
         return decoder.prefix.summary()
 
+    def set_prefix_cache_limit(self, tokens: int) -> None:
+        """From any thread: cached prefixes beyond `tokens` are dropped (the worker's
+        memory manager making room for another model); no-op without a cache."""
+        decoder = self._decoder
+        if decoder is not None and decoder.prefix is not None:
+            decoder.prefix.set_limit(tokens)
+
     def evaluated_prompt_tokens(self, request_id: str) -> int | None:
         """Prompt tokens a recent finished request ran through the model (None: unknown)."""
         decoder = self._decoder

@@ -34,7 +34,9 @@ the worker's memory estimate counts it) and at most MAX_CACHED_PREFIXES entries.
 entry that a newer one extends is dropped (the newer holds all of it).
 
 Everything runs on the decode thread except `summary`, which reads an immutable
-snapshot the thread replaces on every change.
+snapshot the thread replaces on every change, and `set_limit`, which the worker's
+memory manager calls from its loop (the lock): when another model needs room, the
+cached prefixes of the models in memory go first (worker/residency/prefix_reserve.py).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from __future__ import annotations
 import collections
 import ctypes
 import itertools
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -100,10 +103,16 @@ class KvPrefixCache:
         self._index: dict[int, set[int]] = collections.defaultdict(set)
         self._tokens = 0
         self._summary = PrefixSummary((), 0, limit)
+        # The decode thread's lookups, saves and restores against `set_limit`'s evictions.
+        self._lock = threading.Lock()
 
     # -- lookups -------------------------------------------------------------------
 
     def match(self, prompt: Sequence[int]) -> tuple[CachedPrefix | None, int]:
+        with self._lock:
+            return self._match(prompt)
+
+    def _match(self, prompt: Sequence[int]) -> tuple[CachedPrefix | None, int]:
         """The entry holding the longest prefix of `prompt`, and how many of its tokens
         to reuse (all but the prompt's last MIN_EVALUATED at most); (None, 0) when none
         holds a block."""
@@ -137,7 +146,11 @@ class KvPrefixCache:
     def restore_into(self, entry: CachedPrefix, seq_id: int, n: int) -> bool:
         """Live sequence `seq_id` (emptied first) starts as the entry's first n positions;
         False (the sequence left empty) when the context has no room for the entry's
-        cells right now."""
+        cells right now, or `set_limit` has dropped the entry since `match`."""
+        with self._lock:
+            return entry.id in self._entries and self._restore(entry, seq_id, n)
+
+    def _restore(self, entry: CachedPrefix, seq_id: int, n: int) -> bool:
         memory = self._llama_cpp.llama_get_memory(self._ctx.ctx)
         self._llama_cpp.llama_memory_seq_rm(memory, seq_id, -1, -1)
         size = len(entry.state)
@@ -154,6 +167,10 @@ class KvPrefixCache:
         """A finished live sequence's KV of positions 0..len(tokens)-1, saved as the newest
         entry if it fits the limit, replacing entries it extends; the live sequence is
         left to its owner (cut to those positions)."""
+        with self._lock:
+            self._keep(seq_id, tokens, chains)
+
+    def _keep(self, seq_id: int, tokens: list[int], chains: Sequence[PrefixChain]) -> None:
         if len(tokens) < BLOCK or len(tokens) > self.limit:
             return
         for old in self._entries.values():
@@ -185,9 +202,19 @@ class KvPrefixCache:
         self._publish()
 
     def clear(self) -> None:
-        for entry in list(self._entries.values()):
-            self._evict(entry)
-        self._publish()
+        with self._lock:
+            for entry in list(self._entries.values()):
+                self._evict(entry)
+            self._publish()
+
+    def set_limit(self, tokens: int) -> None:
+        """From any thread: hold at most `tokens` from now on, least recently used
+        entries dropped at once to get there (a live sequence holds its own copy)."""
+        with self._lock:
+            self.limit = max(tokens, 0)
+            while self._entries and self._tokens > self.limit:
+                self._evict(next(iter(self._entries.values())))
+            self._publish()
 
     # -- internals -----------------------------------------------------------------
 

@@ -42,6 +42,15 @@ class PrefixCacheHolder(Protocol):
         ...
 
 
+@runtime_checkable
+class PrefixCacheResizer(Protocol):
+    """An engine whose prefix cache the worker may shrink and grow back (memory pressure)."""
+
+    def set_prefix_cache_limit(self, tokens: int) -> None:
+        """Hold at most `tokens` of cached prefixes from now on; thread-safe."""
+        ...
+
+
 def request_chain(req: EngineRequest) -> PrefixChain:
     """The request's chain; empty for token ids (a router cannot hash what it never sees)."""
     if req.prompt_token_ids is not None:

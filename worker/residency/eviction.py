@@ -1,8 +1,11 @@
-"""Which idle models to evict so a new one fits the memory budget: a pure function.
+"""How to make room for a new model in the memory budget: a pure function.
 
-Least recently used first, only models nobody holds (no request queued or running,
-not pinned, warm). The answer is a plan to carry out, or the reason it cannot fit
-(`refusal` turns that into the error a client sees).
+Cached prefixes go first: each model's prefix-cache reserve (`reclaimable`, any
+model's, busy or not: no request needs a cached prefix to finish), least recently
+used models' first. Then idle models are evicted, least recently used first, only
+those nobody holds (no request queued or running, not pinned, warm). The answer is
+a plan to carry out, or the reason it cannot fit (`refusal` turns that into the
+error a client sees).
 """
 
 from __future__ import annotations
@@ -21,13 +24,16 @@ class Holder:
     bytes: int
     last_used: float
     evictable: bool
+    reclaimable: int = 0  # of `bytes`: what shrinking its prefix cache would free
 
 
 @dataclass(frozen=True)
 class Evict:
-    """It fits once these models are evicted (none: it fits as is)."""
+    """It fits once these prefix caches have shrunk by these bytes and these models are
+    evicted (none of either: it fits as is)."""
 
     victims: tuple[str, ...]
+    shrink: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -51,15 +57,25 @@ def plan_eviction(need: int, budget: int, holders: Sequence[Holder]) -> Plan:
     if need > budget:
         return TooLarge()
     used = sum(h.bytes for h in holders)
+    by_age = sorted(holders, key=lambda h: h.last_used)
+    shrink: list[tuple[str, int]] = []
+    left: dict[str, int] = {}  # bytes a model still holds once its cache has shrunk
+    for holder in by_age:
+        take = min(holder.reclaimable, max(used + need - budget, 0))
+        if take > 0:
+            shrink.append((holder.key, take))
+            used -= take
+        left[holder.key] = holder.bytes - take
     victims: list[str] = []
-    for holder in sorted((h for h in holders if h.evictable), key=lambda h: h.last_used):
+    for holder in (h for h in by_age if h.evictable):
         if used + need <= budget:
             break
         victims.append(holder.key)
-        used -= holder.bytes
+        used -= left[holder.key]
     if used + need > budget:
         return Busy(budget - used, tuple(h.key for h in holders if not h.evictable))
-    return Evict(tuple(victims))
+    # An evicted model's cache goes with it: shrinking it first would be wasted work.
+    return Evict(tuple(victims), tuple((k, b) for k, b in shrink if k not in victims))
 
 
 def refusal(

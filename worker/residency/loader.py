@@ -36,6 +36,7 @@ from worker.engines.sim_options import sim_memory_bytes
 from worker.residency.load_options import engine_extra, is_artifact_uri
 from worker.residency.memory import estimate, rss_bytes
 from worker.residency.progress import LoadPhase, ProgressPublisher
+from worker.residency.state import PrefixReserve
 
 if TYPE_CHECKING:
     from worker.config import WorkerSettings
@@ -70,6 +71,14 @@ class Opened:
     engine: Engine
     info: LoadedInfo
     measured_bytes: int  # growth of the process's resident set over the load and warm-up
+
+
+@dataclass(frozen=True)
+class Needed:
+    """Memory a load needs; `prefix` is the part its cached prefixes may fill."""
+
+    total: int
+    prefix: PrefixReserve | None = None
 
 
 class ModelLoader:
@@ -134,17 +143,21 @@ class ModelLoader:
         for path in paths:
             self.store.release(path)
 
-    async def needed_bytes(self, model: model_pb2.Model, path: Path) -> int:
-        """Bytes the model will take: the registered figure, else an estimate from the file."""
+    async def needed_bytes(self, model: model_pb2.Model, path: Path) -> Needed:
+        """Bytes the model will take: the registered figure, else an estimate from the file
+        with its prefix cache's reserve (which shrinks first when another model needs room)."""
         # A simulated model (engine `sim`) states its footprint: its file is only a token.
         if simulated := sim_memory_bytes(model.load_options.extra):
-            return simulated
+            return Needed(simulated)
         if model.resources.memory_bytes:
-            return model.resources.memory_bytes
+            return Needed(model.resources.memory_bytes)
         context = self.context_length(model)
         cached = prefix_cache_tokens(context, self._settings.prefix_cache_share)
         found = await asyncio.to_thread(estimate, path, context, cached)
-        return found.total
+        if not (found.prefix_tokens and found.prefix_token_bytes):
+            return Needed(found.total)
+        reserve = PrefixReserve(found.prefix_token_bytes, found.prefix_tokens, found.prefix_tokens)
+        return Needed(found.total, reserve)
 
     def spec(
         self, key: ModelKey, model: model_pb2.Model, kind: EngineKind, fetched: Fetched

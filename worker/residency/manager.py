@@ -10,8 +10,9 @@ load's check and measured footprint see only its own memory. Concurrent loads of
 one model share one load task.
 
 Memory: before a load the model's estimate must fit the budget next to the
-models in memory; idle warm models (no request queued or running, not pinned)
-are evicted least recently used first (`eviction.plan_eviction`). A model that
+models in memory; cached prefixes give up their reserve first (`prefix_reserve`,
+grown back once room returns), then idle warm models (no request queued or
+running, not pinned) are evicted least recently used first (`eviction.plan_eviction`). A model that
 can never fit, or one that would need a busy or pinned model evicted, is
 RESOURCE_EXHAUSTED at once with the bytes needed and available: the router then
 tries another worker instead of this request waiting for memory that may not
@@ -35,17 +36,19 @@ from urllib.parse import urlsplit
 
 from opentelemetry import trace
 
-from modelyard.errors import FailedPrecondition, ModelyardError, NotFound, Unavailable
+from modelyard.errors import ModelyardError, NotFound, Unavailable
 from modelyard.refs import ModelKey, key_of
 from modelyard.v1 import common_pb2, model_pb2
 from worker.admission import RequestQueue, within
 from worker.counters import ChangeNotifier, SequenceCounters
-from worker.residency.backoff import backoff_refusal, note_failure, note_success
+from worker.residency.admissible import check_admissible
+from worker.residency.backoff import note_failure, note_success
 from worker.residency.engine_choice import EngineKind, pick_engine
 from worker.residency.eviction import Evict, Holder, plan_eviction, refusal
 from worker.residency.keep_alive import KeepAlive
 from worker.residency.loader import ModelLoader, Opened
 from worker.residency.memory import GPU_ENGINES, default_budget_bytes, rss_bytes, trim_heap
+from worker.residency.prefix_reserve import grow_back, reclaimable_bytes, shrink
 from worker.residency.progress import LoadPhase, ProgressPublisher
 from worker.residency.state import (
     Lease,
@@ -163,7 +166,15 @@ class ModelManager:
         every slot is busy; `deadline` (monotonic seconds) bounds both waits
         (DEADLINE_EXCEEDED). A full queue is RESOURCE_EXHAUSTED at once.
         """
-        await self._check_admissible(key_of(model), load_if_cold, deadline)
+        key = key_of(model)
+        await check_admissible(
+            self._residents.get(key),
+            key,
+            load_if_cold,
+            deadline,
+            load_on_demand=self.settings.load_on_demand,
+            rejected=self.stats.rejected,
+        )
         r = self._resident_for(model)
         ticket = r.queue.submit(priority, tokens)  # RESOURCE_EXHAUSTED before any load
         self._hold(r)
@@ -207,35 +218,6 @@ class ModelManager:
                     log.warning("unloading %s at shutdown: %s", r.key, err.message)
 
     # -- admission and references ----------------------------------------------------
-
-    async def _check_admissible(
-        self, key: ModelKey, load_if_cold: bool, deadline: float | None
-    ) -> None:
-        """Refuse a request the model's state cannot take (draining, cold without a load)."""
-        r = self._residents.get(key)
-        if r is not None and r.state is ResidencyState.DRAINING:
-            if not (load_if_cold and r.unload_task is not None):
-                self.stats.rejected[key, "draining"] += 1
-                raise Unavailable(f"model {key} is being unloaded on this worker; try another")
-            # Evicted a moment ago to make room for another model: reload it after.
-            await within(deadline, asyncio.shield(r.unload_task), f"{key} was unloading")
-        state = r.state if r is not None else ResidencyState.COLD
-        if state in (ResidencyState.WARM, ResidencyState.LOADING):
-            return
-        if load_if_cold and (refusal := backoff_refusal(key, r)) is not None:
-            self.stats.rejected[key, "load_backoff"] += 1
-            raise refusal
-        if load_if_cold and self.settings.load_on_demand:
-            return
-        detail = f": its last load failed: {r.error}" if r is not None and r.error else ""
-        how = "set load_if_cold" if self.settings.load_on_demand else "(load on demand is off)"
-        self.stats.rejected[key, "not_loaded"] += 1
-        raise FailedPrecondition(
-            f"model {key} is not loaded on this worker ({state.value}{detail}); "
-            f"call LoadModel first or {how}",
-            reason="MODEL_NOT_LOADED",
-            metadata={"model": key},
-        )
 
     def _hold(self, r: Resident) -> None:
         r.refcount += 1
@@ -324,7 +306,8 @@ class ModelManager:
             fetched = await self.loader.fetch(r.key, r.model, kind, self._known_model, progress)
             try:
                 async with self._lock:
-                    r.estimated_bytes = await self.loader.needed_bytes(r.model, fetched.path)
+                    needed = await self.loader.needed_bytes(r.model, fetched.path)
+                    r.estimated_bytes, r.prefix = needed.total, needed.prefix
                     await self._make_room(r)
                     r.memory_bytes = r.estimated_bytes
                     progress.phase(LoadPhase.LOAD)
@@ -345,15 +328,21 @@ class ModelManager:
         return known.model if known is not None else None
 
     async def _make_room(self, r: Resident) -> None:
-        """Under `_lock`: evict idle models (LRU first) until `r`'s estimate fits the budget."""
+        """Under `_lock`: shrink prefix caches, then evict idle models (LRU first), until
+        `r`'s estimate fits the budget."""
         others: dict[str, Resident] = {
             o.key: o for o in self._residents.values() if o.holds_memory and o is not r
         }
-        holders = [Holder(o.key, o.memory_bytes, o.last_used, o.evictable) for o in others.values()]
+        holders = [
+            Holder(o.key, o.memory_bytes, o.last_used, o.evictable, reclaimable_bytes(o))
+            for o in others.values()
+        ]
         plan = plan_eviction(r.estimated_bytes, self.budget_bytes, holders)
         if not isinstance(plan, Evict):
             available = self.budget_bytes - held_bytes(others.values())
             raise refusal(plan, r.key, r.estimated_bytes, self.budget_bytes, available)
+        for key, nbytes in plan.shrink:
+            await shrink(others[key], nbytes)
         for victim in (others[key] for key in plan.victims):
             log.info(
                 "evicting %s (idle since %.0f) to load %s", victim.key, victim.last_used, r.key
@@ -396,4 +385,14 @@ class ModelManager:
         r.state = ResidencyState.COLD
         log.info("unloaded %s (freed %d MiB, cancelled %d requests)", r.key, freed >> 20, cancelled)
         self.notifier.notify()
+        # After any load that waits for the lock now: it gets the room first.
+        asyncio.ensure_future(self._grow_back()).add_done_callback(
+            lambda t: t.cancelled() or t.exception()
+        )
         return UnloadResult(cancelled, freed)
+
+    async def _grow_back(self) -> None:
+        """Room came back: prefix caches shrunk for another model take what fits again."""
+        async with self._lock:
+            if await grow_back(self._residents.values(), self.budget_bytes - self.used_bytes):
+                self.notifier.notify()  # the status shows each cache's limit

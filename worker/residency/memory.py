@@ -52,12 +52,15 @@ class ModelShape:
 @dataclass(frozen=True)
 class Estimate:
     weights_bytes: int
-    kv_cache_bytes: int
+    kv_cache_bytes: int  # the context's cells
     overhead_bytes: int
+    prefix_token_bytes: int = 0  # KV of one token of cached prefixes (host memory)
+    prefix_tokens: int = 0
 
     @property
     def total(self) -> int:
-        return self.weights_bytes + self.kv_cache_bytes + self.overhead_bytes
+        prefixes = self.prefix_token_bytes * self.prefix_tokens
+        return self.weights_bytes + self.kv_cache_bytes + self.overhead_bytes + prefixes
 
 
 def rss_bytes() -> int:
@@ -252,5 +255,5 @@ def estimate(path: Path, context_length: int, cached_tokens: int = 0) -> Estimat
         extra = int(weights * (NON_GGUF_FACTOR - 1))
         return Estimate(weights, 0, extra)
     logits = shape.n_vocab * 4 * 8  # f32 logits for a few output rows
-    kv = shape.kv_cache_bytes(context_length + cached_tokens)
-    return Estimate(weights, kv, OVERHEAD_BYTES + logits)
+    kv = shape.kv_cache_bytes(context_length)
+    return Estimate(weights, kv, OVERHEAD_BYTES + logits, shape.kv_cache_bytes(1), cached_tokens)

@@ -31,6 +31,19 @@ class ResidencyState(enum.Enum):
 HOLDS_MEMORY = (ResidencyState.LOADING, ResidencyState.WARM, ResidencyState.DRAINING)
 
 
+@dataclass
+class PrefixReserve:
+    """The model's prefix-cache share of its memory (worker/residency/prefix_reserve.py)."""
+
+    token_bytes: int  # KV bytes one cached token takes
+    full_tokens: int  # the limit the worker's settings give it
+    tokens: int  # the limit now: less while another model needed the room
+
+    @property
+    def bytes(self) -> int:
+        return self.tokens * self.token_bytes
+
+
 @dataclass(eq=False)
 class Resident:
     """One model version known to this worker."""
@@ -50,6 +63,7 @@ class Resident:
     keep_alive_s: float | None = None  # None: the worker default
     estimated_bytes: int = 0
     memory_bytes: int = 0  # measured after load; the estimate while loading
+    prefix: PrefixReserve | None = None  # the part of memory_bytes cached prefixes may fill
     load_ms: float = 0.0
     loads: int = 0
     # Consecutive failed loads, and when (monotonic) an on-demand load may try again.

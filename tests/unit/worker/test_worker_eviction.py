@@ -42,3 +42,31 @@ def test_a_model_larger_than_the_budget_can_never_fit() -> None:
 
 def test_exactly_full_fits() -> None:
     assert plan_eviction(50 * MiB, 100 * MiB, [idle("a", 50, 1.0)]) == Evict(())
+
+
+def cached(key: str, size: int, cache: int, last_used: float, *, evictable: bool) -> Holder:
+    return Holder(key, size * MiB, last_used, evictable, reclaimable=cache * MiB)
+
+
+def test_cached_prefixes_go_before_any_model_and_only_as_much_as_needed() -> None:
+    # Busy or idle, a model's cached prefixes shrink first, least recently used first.
+    holders = [
+        cached("busy", 40, 10, 2.0, evictable=False),
+        cached("idle", 40, 10, 1.0, evictable=True),
+    ]
+    assert plan_eviction(25 * MiB, 100 * MiB, holders) == Evict((), (("idle", 5 * MiB),))
+    assert plan_eviction(35 * MiB, 100 * MiB, holders) == Evict(
+        (), (("idle", 10 * MiB), ("busy", 5 * MiB))
+    )
+
+
+def test_an_idle_model_goes_once_every_cache_has_shrunk_and_its_own_is_not_shrunk() -> None:
+    holders = [
+        cached("busy", 40, 10, 2.0, evictable=False),
+        cached("idle", 40, 10, 1.0, evictable=True),
+    ]
+    # 20 MiB of caches are not enough for 45: the idle model goes (its cache with it).
+    assert plan_eviction(45 * MiB, 100 * MiB, holders) == Evict(("idle",), (("busy", 10 * MiB),))
+    # Nothing is shrunk when even that would not make room.
+    plan = plan_eviction(75 * MiB, 100 * MiB, holders)
+    assert plan == Busy(available_bytes=70 * MiB, busy=("busy",))

@@ -17,6 +17,7 @@ import pytest
 from modelyard.errors import ResourceExhausted
 from modelyard.refs import model_key
 from modelyard.v1 import common_pb2, model_pb2
+from tests.engine_runs import drain
 from worker.config import WorkerSettings
 from worker.engines.base import EngineRequest, Finished, Piece, SamplingConfig
 from worker.main import build_manager
@@ -128,3 +129,48 @@ async def test_a_model_with_a_stream_in_flight_is_not_evicted(
 def test_references_differ(references: dict[str, str]) -> None:
     # Guards the swap test: the two models must be told apart by their answers.
     assert references["smollm2"] != references["gemma"]
+
+
+async def test_cached_prefixes_make_room_before_any_model_goes_and_grow_back(
+    settings: WorkerSettings, models: dict[str, model_pb2.Model], gemma_gguf: Path
+) -> None:
+    """SmolLM2 busy with a stream, Gemma needing room: SmolLM2's cached prefixes give up
+    their reserve (half of it is enough here) instead of Gemma being refused; the stream
+    goes on; once Gemma is gone the reserve grows back."""
+    manager = build_manager(settings.model_copy(update={"prefix_cache_share": 2.0}))
+    smollm2_key = model_key("smollm2", "1")
+    count = ", ".join(str(n) for n in range(90))
+    async with manager.acquire(models["smollm2"], load_if_cold=True) as lease:
+        for word in ("Numbers", "Counting"):  # two cached prefixes of ~440 tokens
+            request = EngineRequest(word, prompt=f"{word}: {count}", max_tokens=4)
+            await drain(lease.engine.generate(request))
+    smollm2 = manager.get(smollm2_key)
+    assert smollm2 is not None and smollm2.prefix is not None
+    full = smollm2.prefix.tokens
+    assert full == 2 * CONTEXT and smollm2.prefix.bytes > 10 * MiB
+    assert lease.engine.prefix_summary().cached_tokens > full // 2  # type: ignore[attr-defined]
+    gemma_needs = await manager.loader.needed_bytes(models["gemma"], gemma_gguf)
+    manager.budget_bytes = smollm2.memory_bytes + gemma_needs.total - smollm2.prefix.bytes // 2
+
+    async with manager.acquire(models["smollm2"]) as lease:
+        stream = lease.engine.generate(EngineRequest("long", prompt=PROMPT, max_tokens=10_000))
+        await anext(stream)
+        await anext(stream)  # decoding now: SmolLM2 cannot be evicted
+        await asyncio.wait_for(complete(manager, models["gemma"]), 60)
+        assert smollm2.state is ResidencyState.WARM and manager.evictions_total == 0
+        assert full // 2 - 1 <= smollm2.prefix.tokens <= full // 2
+        summary = lease.engine.prefix_summary()  # type: ignore[attr-defined]
+        assert summary.cached_tokens_limit == smollm2.prefix.tokens
+        assert 0 < summary.cached_tokens <= smollm2.prefix.tokens  # the older one went
+        assert manager.used_bytes <= manager.budget_bytes
+        assert isinstance(await anext(stream), Piece)  # still streaming
+        await stream.aclose()
+
+    version = manager.notifier.version
+    await manager.unload(model_key("gemma", "1"))
+    async with asyncio.timeout(10):
+        while smollm2.prefix.tokens < full:
+            version = await manager.notifier.wait(version, 10)
+    assert manager.used_bytes <= manager.budget_bytes
+    assert lease.engine.prefix_summary().cached_tokens_limit == full  # type: ignore[attr-defined]
+    await manager.close()
