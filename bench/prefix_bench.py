@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import json
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -193,6 +195,11 @@ def main() -> None:
         help="Each worker's MODELYARD_WORKER_PREFIX_CACHE_SHARE (every policy's alike).",
     )
     parser.add_argument("--quick", action="store_true", help="A smoke run.")
+    parser.add_argument(
+        "--samples",
+        type=Path,
+        help="Also write every request's sample here, one JSON object a line.",
+    )
     args = parser.parse_args()
     if args.quick:
         args.sessions, args.turns, args.questions, args.concurrency, args.reps = 2, 2, 4, 2, 1
@@ -205,7 +212,20 @@ def main() -> None:
         prefix_pool(Path(tmp), args.workers, policies, args.cache_share) as routers,
     ):
         results = run_all(routers, args)
+    if args.samples is not None:
+        write_samples(args.samples, results)
     publish(RESULTS, report(results, args))
+
+
+def write_samples(path: Path, results: Results) -> None:
+    """Per request: workload, policy, repetition and the sample's fields."""
+    with path.open("w") as out:
+        for workload, policies in results.items():
+            for policy, runs in policies.items():
+                for rep, run in enumerate(runs):
+                    for sample in run.samples:
+                        record = {"workload": workload, "policy": policy, "rep": rep}
+                        out.write(json.dumps(record | dataclasses.asdict(sample)) + "\n")
 
 
 if __name__ == "__main__":

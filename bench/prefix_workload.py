@@ -63,6 +63,8 @@ class Sample:
     session: str = ""  # multi-turn only: the session and its turn
     turn: int = 0
     output_tokens: int = 0
+    sent_s: float = 0.0  # time.perf_counter() when it was sent, and when its stream ended
+    ended_s: float = 0.0
 
 
 @dataclass
@@ -163,6 +165,8 @@ async def ask(
             usage.cached_input_tokens,
             *turn,
             output_tokens=usage.output_tokens,
+            sent_s=began,
+            ended_s=time.perf_counter(),
         )
     )
     return "".join(reply)

@@ -109,13 +109,13 @@ class KvPrefixCache:
     # -- lookups -------------------------------------------------------------------
 
     def match(self, prompt: Sequence[int]) -> tuple[CachedPrefix | None, int]:
+        """The entry holding the longest prefix of `prompt`, and how many of its tokens
+        to reuse (all but the prompt's last MIN_EVALUATED at most); (None, 0) when none
+        holds a block."""
         with self._lock:
             return self._match(prompt)
 
     def _match(self, prompt: Sequence[int]) -> tuple[CachedPrefix | None, int]:
-        """The entry holding the longest prefix of `prompt`, and how many of its tokens
-        to reuse (all but the prompt's last MIN_EVALUATED at most); (None, 0) when none
-        holds a block."""
         best: CachedPrefix | None = None
         best_len = 0
         for key in reversed(block_keys(prompt)):

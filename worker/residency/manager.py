@@ -12,13 +12,14 @@ one model share one load task.
 Memory: before a load the model's estimate must fit the budget next to the
 models in memory; cached prefixes give up their reserve first (`prefix_reserve`,
 grown back once room returns), then idle warm models (no request queued or
-running, not pinned) are evicted least recently used first (`eviction.plan_eviction`). A model that
-can never fit, or one that would need a busy or pinned model evicted, is
-RESOURCE_EXHAUSTED at once with the bytes needed and available: the router then
-tries another worker instead of this request waiting for memory that may not
-come back within its deadline. After the load (and its warm-up) the footprint
-is the measured RSS growth, or the estimate where that is larger (the growth
-under-reads when the allocator reuses memory an earlier unload freed).
+running, not pinned) are evicted least recently used first
+(`eviction.plan_eviction`). A model that can never fit, or one that would need
+a busy or pinned model evicted, is RESOURCE_EXHAUSTED at once with the bytes
+needed and available: the router then tries another worker instead of this
+request waiting for memory that may not come back within its deadline. After the
+load (and its warm-up) the footprint is the measured RSS growth, or the estimate
+where that is larger (the growth under-reads when the allocator reuses memory an
+earlier unload freed).
 
 Collaborators are given, not found: the `ModelLoader` (artifact store and engine
 factories inside it) and the `ChangeNotifier` status watchers wait on.
